@@ -1,0 +1,1 @@
+"""Numbers, figures and the HTML report from probe runs (arrive with issue 4)."""

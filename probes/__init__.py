@@ -1,0 +1,1 @@
+"""Capture what a causal video diffuser computes while it generates (probes arrive with issue 3)."""

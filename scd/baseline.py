@@ -1,0 +1,126 @@
+"""The baseline: a Wan-style causal video diffuser (block-causal attention over frames).
+
+Frames are patchified into frame-major tokens; every frame carries its own timestep (diffusion
+forcing), which modulates every block through adaLN-zero; a frame attends to itself and to earlier
+frames. 30 blocks by default, the depth of Wan-2.1-1.3B, so that "layer 15" and "layers 28-29"
+mean what they mean in the paper. The model knows nothing of schedulers: it maps noisy frames and
+their timesteps to a flow-matching velocity (noise - data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from scd.blocks import Block, KVCache, modulate, rope_angles
+
+
+@dataclass
+class BaselineConfig:
+    frame_size: int = 32        # pixels per side of a (square) frame
+    patch_size: int = 4         # pixels per side of a patch: (32 / 4)^2 = 64 tokens per frame
+    channels: int = 3           # RGB
+    width: int = 128            # residual stream width
+    depth: int = 30             # blocks; Wan-2.1-1.3B has 30
+    heads: int = 4              # attention heads (head dim = width / heads, split over 3 RoPE axes)
+    mlp_ratio: float = 4.0      # MLP hidden width / width
+    rope_theta: float = 10000.0  # RoPE base
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.frame_size // self.patch_size) ** 2
+
+
+# Named sizes, as DiT's DiT_models: "tiny" for tests, "baseline" for the shipped checkpoint.
+BASELINE_SIZES: dict[str, BaselineConfig] = {
+    "tiny": BaselineConfig(frame_size=16, width=32, depth=4, heads=2),
+    "baseline": BaselineConfig(width=128, depth=30, heads=4),
+}
+
+
+def block_causal_mask(query_frames: torch.Tensor, key_frames: torch.Tensor) -> torch.Tensor:
+    """Boolean [Lq, Lk]: True where a query token may attend (key frame <= query frame)."""
+    return key_frames[None, :] <= query_frames[:, None]
+
+
+class CausalVideoDiffuser(HookedRootModule):
+    """The baseline causal video diffuser; forward maps noisy frames and timesteps to velocity."""
+
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__()
+        if config.frame_size % config.patch_size:
+            raise ValueError(f"frame_size {config.frame_size} is not a multiple of patch_size {config.patch_size}")
+        self.config = config
+        c, p, w = config.channels, config.patch_size, config.width
+        self.patch_embed = nn.Linear(c * p * p, w)
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(256, w)
+        self.blocks = nn.ModuleList([Block(w, config.heads, config.mlp_ratio) for _ in range(config.depth)])
+        self.norm_out = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.modulation_out = nn.Linear(w, 2 * w)
+        self.unpatch = nn.Linear(w, c * p * p)
+        for layer in (self.modulation_out, self.unpatch):  # the model starts by predicting zero velocity
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.hook_embed = HookPoint()  # [B, F*N, W] patch embeddings
+        self.setup()
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for streaming generation."""
+        return KVCache()
+
+    def patchify(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, F, C, H, W] -> frame-major tokens [B, F*N, C*p*p] (row-major patches within a frame)."""
+        B, Fr, C, H, W = video.shape
+        p = self.config.patch_size
+        x = video.reshape(B, Fr, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(B, Fr * (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
+        """Inverse of `patchify`."""
+        B = tokens.shape[0]
+        p, C, S = self.config.patch_size, self.config.channels, self.config.frame_size
+        x = tokens.reshape(B, frames, S // p, S // p, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(B, frames, C, S, S)
+
+    def forward(
+        self, video: torch.Tensor, timesteps: torch.Tensor, cache: KVCache | None = None, update_cache: bool = False,
+    ) -> torch.Tensor:
+        """Velocity [B, F, C, H, W] for noisy frames `video` [B, F, C, H, W] at `timesteps` [B, F] in [0, 1000].
+
+        With a `cache`, the frames are the ones right after the cached frames and also attend to
+        them; `update_cache=True` appends this call's keys and values (for finished, clean frames).
+        """
+        B, Fr = video.shape[:2]
+        if timesteps.shape != (B, Fr):
+            raise ValueError(f"timesteps must be [batch, frames] = {(B, Fr)}, got {tuple(timesteps.shape)}")
+        cfg, n = self.config, self.config.tokens_per_frame
+        start = cache.frames if cache is not None else 0
+        frame_index = torch.arange(start, start + Fr, device=video.device)
+        angles = rope_angles(frame_index, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size,
+                             cfg.width // cfg.heads, cfg.rope_theta)
+        mask = None
+        if Fr > 1:  # one frame sees all of the (earlier) cache: no mask needed
+            query_frames = frame_index.repeat_interleave(n)
+            key_frames = torch.cat([torch.arange(start, device=video.device).repeat_interleave(n), query_frames])
+            mask = block_causal_mask(query_frames, key_frames)
+        x = self.hook_embed(self.patch_embed(self.patchify(video)))
+        cond = self.time_embed(self.time_proj(timesteps.flatten()).to(x.dtype)).view(B, Fr, -1)
+        for i, block in enumerate(self.blocks):
+            x, (k, v) = block(x, cond, angles, mask, cache.layer(i) if cache is not None else None)
+            if update_cache:
+                cache.append(i, k, v)
+        if update_cache:
+            cache.frames += Fr
+        shift, scale = self.modulation_out(nn.functional.silu(cond))[:, :, None].chunk(2, dim=-1)
+        x = modulate(self.norm_out(x).view(B, Fr, n, -1), shift, scale).view(B, Fr * n, -1)
+        return self.unpatchify(self.unpatch(x), Fr)
+
+    def get_config(self) -> dict:
+        """The config as a JSON-able dict (with the family name, for `load_model`)."""
+        return {"family": "baseline", **asdict(self.config)}

@@ -1,0 +1,139 @@
+"""The one transformer block of every model here: the baseline, the SCD encoder and the SCD decoder.
+
+Wan-style DiT block: adaLN-zero modulation from a per-frame timestep, RMS qk-norm, 3-axis RoPE
+over (frame, row, col), self-attention that can read a KV cache of earlier frames, and an MLP.
+HookPoints follow TransformerLens names; q and k are hooked after qk-norm and RoPE (what the
+softmax sees) and k, v include the cached keys and values of earlier frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """How a head's dims are split between (frame, row, col) rotations; Wan-2.1's split."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def rope_angles(frames: torch.Tensor, rows: int, cols: int, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Rotation angles [len(frames) * rows * cols, head_dim // 2] for frame-major tokens at absolute frame indices."""
+    device = frames.device
+    f, r, c = torch.meshgrid(
+        frames.to(torch.float64), torch.arange(rows, device=device, dtype=torch.float64),
+        torch.arange(cols, device=device, dtype=torch.float64), indexing="ij",
+    )
+    angles = []
+    for pos, dim in zip((f, r, c), rope_axes(head_dim)):
+        freqs = theta ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+        angles.append(pos.reshape(-1, 1) * freqs)
+    return torch.cat(angles, dim=1).float()
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x [B, L, H, D] by angles [L, D // 2]."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of finished frames, per block: [B, L_past, H, D] each, already RoPE'd."""
+    keys: list[torch.Tensor | None] = field(default_factory=list)
+    values: list[torch.Tensor | None] = field(default_factory=list)
+    frames: int = 0  # how many frames are cached: the next frame's RoPE frame index
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if i >= len(self.keys) or self.keys[i] is None:
+            return None
+        return self.keys[i], self.values[i]
+
+    def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        while len(self.keys) <= i:
+            self.keys.append(None)
+            self.values.append(None)
+        past = self.layer(i)
+        self.keys[i] = k if past is None else torch.cat([past[0], k], dim=1)
+        self.values[i] = v if past is None else torch.cat([past[1], v], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with RMS qk-norm, RoPE and an optional KV cache."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+        self.out = nn.Linear(width, width)
+        self.hook_q = HookPoint()  # [B, L_query, H, D] after qk-norm and RoPE
+        self.hook_k = HookPoint()  # [B, L_past + L_query, H, D] after qk-norm and RoPE
+        self.hook_v = HookPoint()  # [B, L_past + L_query, H, D]
+
+    def forward(
+        self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, L, W] -> (output [B, L, W], this call's own (k, v) [B, L, H, D] for a cache)."""
+        B, L, W = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).unbind(2)
+        q = apply_rope(self.q_norm(q), angles)
+        k = apply_rope(self.k_norm(k), angles)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return self.out(o.transpose(1, 2).reshape(B, L, W)), (k[:, -L:], v[:, -L:])
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x [B, F, N, W] with per-frame shift, scale [B, F, 1, W]."""
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    """adaLN-zero DiT block; its residual gates start at zero so a deep stack starts as the identity."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.modulation = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.hook_resid_pre = HookPoint()   # [B, L, W]
+        self.hook_attn_out = HookPoint()    # [B, L, W] gated attention output, as added to the residual
+        self.hook_mlp_out = HookPoint()     # [B, L, W] gated MLP output, as added to the residual
+        self.hook_resid_post = HookPoint()  # [B, L, W]
+
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, F*N, W] frame-major tokens, cond [B, F, W] per-frame timestep embedding."""
+        B, L, W = x.shape
+        frames = cond.shape[1]
+        x = self.hook_resid_pre(x)
+        mod = self.modulation(F.silu(cond))[:, :, None]  # [B, F, 1, 6W]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        h = modulate(self.norm1(x).view(B, frames, -1, W), shift1, scale1).view(B, L, W)
+        a, kv = self.attn(h, angles, mask, past)
+        x = x + self.hook_attn_out((gate1 * a.view(B, frames, -1, W)).view(B, L, W))
+        h = modulate(self.norm2(x).view(B, frames, -1, W), shift2, scale2)
+        x = x + self.hook_mlp_out((gate2 * self.mlp(h)).view(B, L, W))
+        return self.hook_resid_post(x), kv

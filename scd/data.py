@@ -1,0 +1,140 @@
+"""The procedural video benchmark: moving sprites with an exact ground-truth continuation.
+
+Every clip is drawn from one integer seed, so `clip(i)` is the same bytes on every call and
+machine, and any continuation of it (more frames) is exact. Train clips use even seeds and val
+clips odd seeds, so the two splits can never share a clip.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy.ndimage import map_coordinates
+from sklearn.datasets import load_digits
+
+SPLITS = ("train", "val")
+SPRITE_KINDS = ("ball", "square", "digit")
+
+
+def clip_seed(split: str, index: int) -> int:
+    """The seed that draws clip `index` of `split`: even for train, odd for val (disjoint by construction)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+    if index < 0:
+        raise ValueError(f"clip index must be >= 0, got {index}")
+    return 2 * index + SPLITS.index(split)
+
+
+@lru_cache(maxsize=1)
+def _digit_images() -> np.ndarray:
+    """sklearn's bundled 8x8 digits (1797 images, shipped with scikit-learn: no download), in [0, 1]."""
+    return load_digits().images.astype(np.float64) / 16.0
+
+
+@dataclass
+class Sprite:
+    kind: str           # "ball" | "square" | "digit"
+    size: float         # side (or diameter) in pixels
+    x: float            # top-left corner, pixels (continuous, sub-pixel motion)
+    y: float
+    vx: float           # velocity, pixels per frame
+    vy: float
+    color: np.ndarray   # RGB in [0, 1]
+    digit: int = -1     # index into the digits images when kind == "digit"
+
+    def step(self, width: int, height: int) -> None:
+        """Move by one frame; an elastic bounce reflects the part of the move that left the frame."""
+        self.x, self.vx = _bounce(self.x + self.vx, self.vx, width - self.size)
+        self.y, self.vy = _bounce(self.y + self.vy, self.vy, height - self.size)
+
+    def alpha(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        """Coverage in [0, 1] of each pixel centre (px, py), anti-aliased over one pixel."""
+        u = (px - self.x) / self.size  # sprite-local coordinates in [0, 1]
+        v = (py - self.y) / self.size
+        if self.kind == "ball":
+            r = self.size / 2
+            dist = np.hypot(px - self.x - r, py - self.y - r)
+            return np.clip(r - dist + 0.5, 0.0, 1.0)
+        if self.kind == "square":
+            cover_x = np.clip(np.minimum(px + 0.5 - self.x, self.x + self.size - px + 0.5), 0, 1)
+            cover_y = np.clip(np.minimum(py + 0.5 - self.y, self.y + self.size - py + 0.5), 0, 1)
+            return cover_x * cover_y
+        image = _digit_images()[self.digit]
+        coords = np.stack([v * 8 - 0.5, u * 8 - 0.5])  # pixel centres of the 8x8 image
+        return np.clip(map_coordinates(image, coords, order=1, mode="constant", cval=0.0), 0, 1)
+
+
+def _bounce(pos: float, vel: float, limit: float) -> tuple[float, float]:
+    if pos < 0:
+        return -pos, -vel
+    if pos > limit:
+        return 2 * limit - pos, -vel
+    return pos, vel
+
+
+def _random_color(rng: np.random.Generator, saturation: float, value: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(rng.random(), saturation, value))
+
+
+class VideoBenchmark:
+    """Moving sprites (balls, squares, sklearn's 8x8 digits) on a plain background.
+
+    1-3 objects per clip, constant velocity, elastic wall bounces, occlusion by drawing order.
+    `clip(i)` is float32 [frames, 3, size, size] in [-1, 1], deterministic for every index i >= 0;
+    a longer clip of the same index starts with the shorter one.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        frames: int = 8,
+        size: int = 32,
+        max_objects: int = 3,
+        speed: tuple[float, float] = (0.04, 0.09),  # pixels per frame as a fraction of `size`
+    ) -> None:
+        clip_seed(split, 0)  # validates the split name
+        if frames < 1 or size < 8 or not 1 <= max_objects:
+            raise ValueError(f"need frames >= 1, size >= 8, max_objects >= 1; got {frames}, {size}, {max_objects}")
+        self.split, self.frames, self.size = split, frames, size
+        self.max_objects, self.speed = max_objects, speed
+
+    def sprites(self, index: int) -> tuple[np.ndarray, list[Sprite]]:
+        """The background colour and the sprites of clip `index` at frame 0 (all randomness is drawn here)."""
+        rng = np.random.default_rng(clip_seed(self.split, index))
+        background = _random_color(rng, saturation=0.5, value=0.25)
+        sprites = []
+        for _ in range(int(rng.integers(1, self.max_objects + 1))):
+            kind = SPRITE_KINDS[int(rng.integers(len(SPRITE_KINDS)))]
+            size = float(rng.uniform(0.22, 0.38) * self.size)
+            speed = rng.uniform(*self.speed) * self.size
+            angle = rng.uniform(0, 2 * np.pi)
+            sprites.append(Sprite(
+                kind=kind, size=size,
+                x=float(rng.uniform(0, self.size - size)), y=float(rng.uniform(0, self.size - size)),
+                vx=float(speed * np.cos(angle)), vy=float(speed * np.sin(angle)),
+                color=_random_color(rng, saturation=0.8, value=1.0),
+                digit=int(rng.integers(len(_digit_images()))) if kind == "digit" else -1,
+            ))
+        return background, sprites
+
+    def clip(self, index: int) -> torch.Tensor:
+        """Clip `index`: float32 [frames, 3, size, size] in [-1, 1]."""
+        background, sprites = self.sprites(index)
+        py, px = np.mgrid[0:self.size, 0:self.size] + 0.5  # pixel centres
+        video = np.empty((self.frames, self.size, self.size, 3))
+        for f in range(self.frames):
+            canvas = np.broadcast_to(background, (self.size, self.size, 3)).copy()
+            for sprite in sprites:  # later sprites occlude earlier ones
+                a = sprite.alpha(px, py)[..., None]
+                canvas = canvas * (1 - a) + sprite.color * a
+                sprite.step(self.size, self.size)
+            video[f] = canvas
+        return torch.from_numpy(video * 2 - 1).float().permute(0, 3, 1, 2).contiguous()
+
+    def batch(self, indices: list[int] | range) -> torch.Tensor:
+        """Clips stacked: float32 [len(indices), frames, 3, size, size]."""
+        return torch.stack([self.clip(i) for i in indices])

@@ -1,0 +1,196 @@
+"""Validation quality of a model against two trivial predictors, PNG strips, and shipping a checkpoint.
+
+Quality is PSNR and SSIM (torchmetrics) of generated frames against the benchmark's exact
+ground truth, on frames in [-1, 1] (predictions clamped to that range). The two reference
+predictors any video model must beat: copy the last context frame, and extrapolate the last two
+context frames linearly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm import tqdm
+
+from scd.data import VideoBenchmark, clip_seed
+from scd.sampling import generate
+from scd.zoo import CHECKPOINT_DIR, CheckpointError, load_model, save_model
+
+DATA_RANGE = (-1.0, 1.0)
+
+
+def frame_quality(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame PSNR (dB) and SSIM of pred vs target, both [N, C, H, W] in [-1, 1]."""
+    pred, target = pred.float().clamp(*DATA_RANGE), target.float()
+    psnr = peak_signal_noise_ratio(pred, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(pred, target, data_range=DATA_RANGE, reduction="none")
+    return psnr, ssim
+
+
+def copy_last(context: torch.Tensor, frames: int) -> torch.Tensor:
+    """Predict every future frame as the last context frame: [B, T, ...] -> [B, frames, ...]."""
+    return context[:, -1:].expand(-1, frames, *context.shape[2:])
+
+
+def extrapolate_linearly(context: torch.Tensor, frames: int) -> torch.Tensor:
+    """Pixel-wise linear extrapolation of the last two context frames, clamped to [-1, 1]."""
+    last, delta = context[:, -1:], context[:, -1:] - context[:, -2:-1]
+    steps = torch.arange(1, frames + 1, dtype=context.dtype).view(1, -1, *[1] * (context.dim() - 2))
+    return (last + steps * delta).clamp(*DATA_RANGE)
+
+
+def validate(
+    model: torch.nn.Module, clips: int = 32, context: int = 4, frames: int = 4, steps: int = 50, seed: int = 0,
+    device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True,
+) -> pd.DataFrame:
+    """Tidy table (method, clip, frame, psnr, ssim) on val clips 0..clips-1 for the model and the references."""
+    bench = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
+    rows = []
+    for start in tqdm(range(0, clips, batch_size), desc="validate", disable=not progress):
+        index = list(range(start, min(clips, start + batch_size)))
+        truth = bench.batch(index)
+        predictions = {
+            "model": generate(model, truth[:, :context], frames, steps=steps, seed=seed + start, device=device)[:, context:],
+            "copy last frame": copy_last(truth[:, :context], frames),
+            "extrapolate linearly": extrapolate_linearly(truth[:, :context], frames),
+        }
+        for method, pred in predictions.items():
+            psnr, ssim = frame_quality(pred.flatten(0, 1), truth[:, context:].flatten(0, 1))
+            for j, (p, s) in enumerate(zip(psnr.view(len(index), frames).tolist(), ssim.view(len(index), frames).tolist())):
+                rows += [{"method": method, "clip": index[j], "frame": context + k, "psnr": p[k], "ssim": s[k]}
+                         for k in range(frames)]
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean PSNR and SSIM per method over all clips and generated frames, and per generated frame."""
+    overall = table.groupby("method", sort=False)[["psnr", "ssim"]].mean()
+    per_frame = table.pivot_table(index="method", columns="frame", values="psnr", sort=False)
+    per_frame.columns = [f"psnr frame {c}" for c in per_frame.columns]
+    return overall.join(per_frame)
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """[T, C, H, W] in [-1, 1] -> uint8 [T, H, W, C]."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_strip(video: torch.Tensor, truth: torch.Tensor, context: int, path: str | Path, title: str = "") -> Path:
+    """PNG with two rows (model: context + generated; ground truth), one column per frame."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = video.shape[0]
+    fig, axes = plt.subplots(2, T, figsize=(1.3 * T, 3.0), squeeze=False)
+    for row, (label, frames) in enumerate([("model", video), ("ground truth", truth[:T])]):
+        for col, image in enumerate(to_uint8(frames)):
+            ax = axes[row, col]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{'context' if col < context else 'generated'} {col}", fontsize=7)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def training_command(run: Path) -> str:
+    """The `probe train` command that reproduces a run, from its train.json."""
+    from scd.train import TrainConfig
+
+    saved = json.loads((run / "train.json").read_text())
+    flags = []
+    for f in fields(TrainConfig):
+        if f.name == "family" or saved[f.name] == f.default and f.name not in ("size", "steps"):
+            continue
+        value = saved[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        flags.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}")
+    return f"probe train {saved['family']} {' '.join(flags)} --out {run}"
+
+
+def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 50, force: bool = False) -> Path:
+    """Ship a training run's EMA weights as scd/checkpoints/{name}.safetensors (float16), .json and .md card.
+
+    The card records the training command, data seeds, iterations, wall time, hardware, final loss
+    and the validation table of the float16 weights as shipped. Files are replaced only with `force`.
+    """
+    run = Path(run)
+    targets = [CHECKPOINT_DIR / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
+    if any(p.exists() for p in targets) and not force:
+        raise CheckpointError(f"scd/checkpoints/{name} already exists; pass --force to replace it")
+    model = load_model(run)
+    with tempfile.TemporaryDirectory(dir=CHECKPOINT_DIR) as tmp:
+        weights = save_model(model, Path(tmp) / f"{name}.safetensors", dtype=torch.float16)
+        shipped = load_model(weights)
+        table = validate(shipped, clips=clips, steps=steps)
+        summary = summarize(table)
+        card = _model_card(run, name, shipped, summary, clips, steps, weights)
+        (Path(tmp) / f"{name}.md").write_text(card)
+        table.to_csv(run / "validation.csv", index=False)
+        for target in targets:
+            shutil.move(Path(tmp) / target.name, target)
+    return targets[-1]
+
+
+def _model_card(run: Path, name: str, model: torch.nn.Module, summary: pd.DataFrame, clips: int, steps: int,
+                weights: Path) -> str:
+    train_cfg = json.loads((run / "train.json").read_text())
+    log = list(csv.DictReader(open(run / "loss.csv")))
+    last = [float(r["loss"]) for r in log[-100:]]
+    first_clip, last_clip = 0, train_cfg["steps"] * train_cfg["batch_size"] - 1
+    params = sum(p.numel() for p in model.parameters())
+    model_row, copy_row, linear_row = (summary.loc[m] for m in ("model", "copy last frame", "extrapolate linearly"))
+    table = summary.reset_index().rename(columns={"method": "predictor", "psnr": "PSNR (dB)", "ssim": "SSIM"})
+    return f"""# Model card: `{name}`
+
+{model.__class__.__name__} ({model.get_config()['family']}), {params / 1e6:.2f} M parameters,
+{model.config.depth} blocks, width {model.config.width}, {model.config.heads} heads,
+{model.config.tokens_per_frame} tokens per {model.config.frame_size}x{model.config.frame_size} frame.
+Weights: `{name}.safetensors`, float16 (EMA), sha256 `{json.loads(weights.with_suffix('.json').read_text())['sha256']}`.
+
+## Training
+- Command: `{training_command(run)}`
+- Objective: flow matching (velocity = noise - data), one timestep per frame (diffusion forcing),
+  logit-normal sigma (std {train_cfg['logit_normal_std']}), clean-context ratio {train_cfg['clean_context_ratio']},
+  AdamW lr {train_cfg['lr']} ({train_cfg['warmup']} warm-up steps, cosine to x{train_cfg['min_lr_ratio']}),
+  gradient clip {train_cfg['grad_clip']}, EMA {train_cfg['ema_decay']}, bfloat16 autocast: {train_cfg['bf16']}.
+- Data: procedural train split, clips of {train_cfg['frames']} frames, clip indices {first_clip}-{last_clip}
+  (seeds {clip_seed('train', first_clip)}-{clip_seed('train', last_clip)}, even seeds only; val uses odd seeds), each seen once.
+- Iterations: {len(log)} steps of batch {train_cfg['batch_size']};
+  wall time {float(log[-1]['seconds']) / 3600:.2f} h on {os.cpu_count()} CPU cores
+  ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads).
+- Final loss (mean of the last {len(last)} steps): {np.mean(last):.4f}.
+
+## Validation
+{clips} val clips (indices 0-{clips - 1}), 4 context frames, 4 generated frames, {steps} Euler steps per frame,
+seed 0; PSNR and SSIM of the generated frames against ground truth, averaged over clips and frames.
+
+{table.to_markdown(index=False, floatfmt='.3f')}
+
+The model beats copying the last frame by {model_row['psnr'] - copy_row['psnr']:+.2f} dB PSNR
+({model_row['ssim'] - copy_row['ssim']:+.3f} SSIM) and linear extrapolation by
+{model_row['psnr'] - linear_row['psnr']:+.2f} dB PSNR ({model_row['ssim'] - linear_row['ssim']:+.3f} SSIM).
+
+Reproduce: `probe export {run} --name {name} --clips {clips} --steps {steps} --force`.
+"""

@@ -1,0 +1,86 @@
+"""The streaming autoregressive sampler: frame after frame, an unrolled flow-matching loop per frame.
+
+Context frames are encoded once into a KV cache (timestep 0). Each new frame starts from seeded
+noise and is denoised by an explicit loop over a diffusers `FlowMatchEulerDiscreteScheduler`,
+reading the cache; the finished frame is then passed once more at timestep 0 to write its clean
+keys and values into the cache, as Self-Forcing does. `use_cache=False` instead recomputes the
+whole causal sequence at every step: slower, the same numbers, kept as the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
+
+# callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
+# output video of the frame being computed; `step` is the denoising step (0..steps-1), or None for
+# the pass that writes the finished frame into the KV cache (timestep 0).
+StepCallback = Callable[[int, "int | None", float], None]
+
+
+def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    """The flow-matching Euler scheduler every model here samples with (sigma = timestep / 1000)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    context: torch.Tensor,
+    frames: int,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    callback: StepCallback | None = None,
+    use_cache: bool = True,
+    shift: float = 1.0,
+) -> torch.Tensor:
+    """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
+
+    Returns the context followed by the generated frames, on the CPU in float32, with the same
+    rank as `context`. The same `seed` gives the same video.
+    """
+    if frames < 0 or steps < 1:
+        raise ValueError(f"need frames >= 0 and steps >= 1, got frames={frames}, steps={steps}")
+    batched = context.dim() == 5
+    video = (context if batched else context[None]).to(device=device, dtype=dtype)
+    if video.shape[1] < 1:
+        raise ValueError("need at least one context frame")
+    model = model.to(device=device, dtype=dtype).eval()
+    B, T = video.shape[:2]
+    frame_shape = video.shape[2:]
+    generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
+    scheduler = make_scheduler(shift)
+    clean = torch.zeros(B, 1, device=device, dtype=dtype)
+
+    cache = model.new_cache() if use_cache else None
+    if use_cache:
+        for f in range(T):
+            if callback is not None:
+                callback(f, None, 0.0)
+        model(video, clean.expand(B, T), cache=cache, update_cache=True)
+
+    for f in range(T, T + frames):
+        x = torch.randn((B, 1, *frame_shape), generator=generator).to(device=device, dtype=dtype)
+        scheduler.set_timesteps(steps, device=device)
+        for step, t in enumerate(scheduler.timesteps):
+            if callback is not None:
+                callback(f, step, float(t))
+            t_frame = t.to(dtype).expand(B, 1)
+            if use_cache:
+                velocity = model(x, t_frame, cache=cache)
+            else:  # the full causal sequence: clean past frames, then the noisy current frame
+                velocity = model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, f), t_frame], dim=1))[:, -1:]
+            x = scheduler.step(velocity, t, x).prev_sample.to(dtype)
+        video = torch.cat([video, x], dim=1)
+        if use_cache:
+            if callback is not None:
+                callback(f, None, 0.0)
+            model(x, clean, cache=cache, update_cache=True)
+    video = video.float().cpu()
+    return video if batched else video[0]

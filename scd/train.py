@@ -1,0 +1,191 @@
+"""Flow-matching training with per-frame timesteps (diffusion forcing), resumable.
+
+Every frame of a clip gets its own noise level sigma ~ logit-normal; a share of frames
+(`clean_context_ratio`) is kept clean (sigma = 0) so that the model sees the inference regime,
+clean past frames and a noisy current one. The loss is the MSE between the predicted velocity and
+noise - data on the noisy frames. Batches and noise are functions of the step index, so a resumed
+run continues exactly where it stopped. Everything is saved as safetensors (optimizer included).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from scd.data import VideoBenchmark
+from scd.zoo import build_model, save_model
+
+
+@dataclass
+class TrainConfig:
+    family: str = "baseline"         # model family (see scd.zoo.FAMILIES)
+    size: str = "baseline"           # named size of that family
+    steps: int = 6000                # optimisation steps in total
+    batch_size: int = 8              # clips per step
+    frames: int = 8                  # frames per training clip
+    lr: float = 1e-3                 # peak AdamW learning rate
+    warmup: int = 200                # linear warm-up steps, then cosine decay
+    min_lr_ratio: float = 0.1        # final lr = lr * min_lr_ratio
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0           # max global gradient norm
+    ema_decay: float = 0.999         # EMA of the weights; the EMA is what gets shipped
+    clean_context_ratio: float = 0.5  # share of frames kept clean (sigma = 0), excluded from the loss
+    logit_normal_std: float = 1.0    # sigma = sigmoid(N(0, std))
+    bf16: bool = True                # bfloat16 autocast (faster on this CPU; weights stay float32)
+    checkpoint_every: int = 250      # steps between resumable checkpoints
+    seed: int = 0                    # noise seed; batch b of step s uses train clips s*B .. s*B+B-1
+    threads: int = 0                 # torch threads (0: torch's default)
+
+
+def sizes_of(family: str) -> dict:
+    from scd.baseline import BASELINE_SIZES
+    registry = {"baseline": BASELINE_SIZES}
+    if family not in registry:
+        raise ValueError(f"unknown model family {family!r}; accepted: {', '.join(registry)}")
+    return registry[family]
+
+
+def model_config(cfg: TrainConfig) -> dict:
+    sizes = sizes_of(cfg.family)
+    if cfg.size not in sizes:
+        raise ValueError(f"unknown {cfg.family} size {cfg.size!r}; accepted: {', '.join(sizes)}")
+    return {"family": cfg.family, **asdict(sizes[cfg.size])}
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Diffusion-forcing flow-matching loss on clips [B, F, C, H, W]."""
+    B, Fr = clips.shape[:2]
+    sigma = torch.sigmoid(torch.randn(B, Fr, generator=generator) * cfg.logit_normal_std)
+    noisy = torch.rand(B, Fr, generator=generator) >= cfg.clean_context_ratio
+    sigma = torch.where(noisy, sigma, torch.zeros_like(sigma))
+    noise = torch.randn(clips.shape, generator=generator)
+    s = sigma[:, :, None, None, None]
+    x_t = (1 - s) * clips + s * noise
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        velocity = model(x_t, sigma * 1000)
+    err = (velocity.float() - (noise - clips)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+    return (err * noisy).sum() / noisy.sum().clamp(min=1)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    state = optimizer.state_dict()
+    tensors = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, json.dumps(state["param_groups"])
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+def save_train_state(path: Path, step: int, model: nn.Module, ema: AveragedModel, optimizer: torch.optim.Optimizer,
+                     cfg: TrainConfig) -> None:
+    """Everything needed to resume, in one safetensors file (written atomically)."""
+    tensors, groups = _optimizer_tensors(optimizer)
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+              metadata={"step": str(step), "param_groups": groups, "train_config": json.dumps(asdict(cfg))})
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          until: int | None = None) -> dict:
+    """Train (or resume) into `out_dir`; returns a summary. Writes `model.safetensors` + `config.json`
+    (EMA weights, loadable with `load_model(out_dir)`), `train_state.safetensors`, `loss.csv`, `train.json`.
+
+    `until` ends this sitting after that step (checkpointed) without changing the schedule, so a long
+    run can be trained in several sittings with `resume=True`; the result equals one uninterrupted run.
+    """
+    out = Path(out_dir)
+    state_path = out / "train_state.safetensors"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it")
+    if resume and not state_path.exists():
+        raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    torch.manual_seed(cfg.seed)  # the initial weights are part of the run
+    model = build_model(model_config(cfg))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    start, elapsed = 0, 0.0
+    if resume:
+        from safetensors import safe_open
+        with safe_open(state_path, "pt") as f:
+            meta = f.metadata()
+        saved = json.loads(meta["train_config"])
+        if saved != asdict(cfg):
+            changed = sorted(k for k in saved if saved[k] != asdict(cfg).get(k))
+            raise ValueError(f"--resume with a different training config (changed: {', '.join(changed)})")
+        tensors = load_file(state_path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        _load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["param_groups"])
+        start = int(meta["step"])
+        log = list(csv.DictReader(open(out / "loss.csv"))) if (out / "loss.csv").exists() else []
+        elapsed = float(log[-1]["seconds"]) if log else 0.0
+    (out / "train.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size)
+    log_file = open(out / "loss.csv", "a", newline="")
+    writer = csv.writer(log_file)
+    if start == 0:
+        log_file.truncate(0)
+        writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
+    generator = torch.Generator()
+    model.train()
+    end = cfg.steps if until is None else min(until, cfg.steps)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="train")
+    t0, loss = time.perf_counter() - elapsed, float("nan")
+    for step in bar:
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        clips = data.batch(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
+        generator.manual_seed(cfg.seed * 1_000_003 + step)
+        loss = flow_matching_loss(model, clips, cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = loss.detach()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema.update_parameters(model)
+        writer.writerow([step + 1, f"{loss.item():.5f}", f"{lr:.3g}", f"{grad_norm.item():.4f}",
+                         f"{time.perf_counter() - t0:.1f}"])
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2g}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            log_file.flush()
+            save_train_state(state_path, step + 1, model, ema, optimizer, cfg)
+            save_model(ema.module, out / "model.safetensors")
+    log_file.close()
+    if start >= end:
+        save_model(ema.module, out / "model.safetensors")
+    return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,
+            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}

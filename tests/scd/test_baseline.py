@@ -1,0 +1,145 @@
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.blocks import rope_axes
+from scd.sampling import generate
+
+DESIGN = Path(__file__).resolve().parents[3] / "shared" / "DESIGN.md"
+
+
+def _video(model, frames=4, batch=2, seed=0):
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames, cfg.channels, cfg.frame_size, cfg.frame_size, generator=g)
+
+
+def test_output_shape_and_zero_init_predicts_zero_velocity():
+    model = CausalVideoDiffuser(BASELINE_SIZES["tiny"])
+    x = _video(model)
+    assert torch.equal(model(x, torch.full((2, 4), 500.0)), torch.zeros_like(x))
+
+
+def test_patchify_roundtrip_and_frame_major_order(tiny_model):
+    x = _video(tiny_model, frames=3)
+    tokens = tiny_model.patchify(x)
+    n = tiny_model.config.tokens_per_frame
+    assert tokens.shape[1] == 3 * n
+    assert torch.equal(tiny_model.unpatchify(tokens, 3), x)
+    # tokens of frame 1 depend only on frame 1's pixels
+    y = x.clone()
+    y[:, 1] += 1
+    changed = (tiny_model.patchify(y) != tokens).any(-1).any(0)
+    assert changed[n:2 * n].all() and not changed[:n].any() and not changed[2 * n:].any()
+
+
+def test_a_frame_does_not_change_when_later_frames_change(tiny_model):
+    x, t = _video(tiny_model, frames=4), torch.rand(2, 4) * 1000
+    y = x.clone()
+    y[:, 2:] = torch.randn_like(y[:, 2:])
+    t2 = t.clone()
+    t2[:, 3] = 10.0
+    with torch.no_grad():
+        a, b = tiny_model(x, t), tiny_model(y, t2)
+    assert torch.equal(a[:, :2], b[:, :2])
+
+
+def test_the_block_causal_mask_is_used_earlier_frames_change_later_outputs(tiny_model):
+    x, t = _video(tiny_model, frames=4), torch.rand(2, 4) * 1000
+    y = x.clone()
+    y[:, 0] = torch.randn_like(y[:, 0])
+    with torch.no_grad():
+        a, b = tiny_model(x, t), tiny_model(y, t)
+    for f in range(1, 4):
+        assert (a[:, f] - b[:, f]).abs().max() > 1e-3, f"frame {f} ignores frame 0"
+
+
+def test_each_frame_has_its_own_timestep(tiny_model):
+    x, t = _video(tiny_model, frames=3), torch.full((2, 3), 300.0)
+    t2 = t.clone()
+    t2[:, 2] = 900.0
+    with torch.no_grad():
+        a, b = tiny_model(x, t), tiny_model(x, t2)
+    assert torch.equal(a[:, :2], b[:, :2]) and not torch.allclose(a[:, 2], b[:, 2])
+
+
+def test_every_hookpoint_named_in_design_exists():
+    model = CausalVideoDiffuser(BASELINE_SIZES["tiny"])
+    names = set(re.findall(r"`(blocks\.\{i\}\.[a-z_.]+)`", DESIGN.read_text()))
+    assert len(names) == 7, names
+    for i in range(model.config.depth):
+        for name in names:
+            assert name.format(i=i) in model.hook_dict, name.format(i=i)
+
+
+def test_hooked_q_k_v_are_what_the_softmax_sees(tiny_model):
+    """Recompute attention with an explicit softmax from the hooked q, k, v (a raw forward hook reads the
+    real attention output) under the block-causal mask: they must agree."""
+    x, t = _video(tiny_model, frames=3), torch.rand(2, 3) * 1000
+    seen, attn_out = {}, {}
+    layer = 2
+    block = tiny_model.blocks[layer]
+    handle = block.attn.out.register_forward_hook(lambda m, inp, out: attn_out.setdefault("o", inp[0]))
+
+    def keep(tensor, hook):
+        seen[hook.name.split(".")[-1]] = tensor
+
+    with torch.no_grad():
+        tiny_model.run_with_hooks(x, t, fwd_hooks=[(f"blocks.{layer}.attn.hook_{n}", keep) for n in "qkv"])
+    handle.remove()
+    q, k, v = (seen[f"hook_{n}"] for n in "qkv")  # [B, L, H, D]
+    n = tiny_model.config.tokens_per_frame
+    frame = torch.arange(3).repeat_interleave(n)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(frame[None, :] > frame[:, None], float("-inf"))
+    expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).flatten(2)
+    assert torch.allclose(attn_out["o"], expected, atol=1e-5)
+
+
+def test_q_and_k_are_hooked_after_qk_norm_and_rope():
+    tiny = CausalVideoDiffuser(BASELINE_SIZES["tiny"]).eval()  # RMS-norm weights are 1 at init
+    x, t = _video(tiny, frames=2), torch.rand(2, 2) * 1000
+    _, cache = tiny.run_with_cache(x, t, names_filter=lambda name: name.endswith(("hook_q", "hook_k")))
+    for name in ("blocks.0.attn.hook_q", "blocks.0.attn.hook_k"):  # normed, and a rotation keeps the norm
+        assert torch.allclose(cache[name].pow(2).mean(-1), torch.ones_like(cache[name][..., 0]), atol=1e-4)
+    # RoPE was applied: the same content at frame 0 and at frame 1 gives different q
+    same = x[:, :1].expand(-1, 2, -1, -1, -1).contiguous()
+    _, cache = tiny.run_with_cache(same, torch.zeros(2, 2), names_filter=lambda name: name.endswith("hook_q"))
+    q, n = cache["blocks.0.attn.hook_q"], tiny.config.tokens_per_frame
+    assert not torch.allclose(q[:, :n], q[:, n:], atol=1e-3)
+
+
+def test_kv_cached_generation_equals_full_recomputation(tiny_model):
+    from scd.data import VideoBenchmark
+    clip = VideoBenchmark("val", size=16).batch(range(2))
+    cached = generate(tiny_model, clip[:, :3], 3, steps=8, seed=3)
+    full = generate(tiny_model, clip[:, :3], 3, steps=8, seed=3, use_cache=False)
+    assert cached.shape == (2, 6, 3, 16, 16)
+    assert torch.equal(cached[:, :3], clip[:, :3])
+    assert (cached - full).abs().max() <= 1e-4
+
+
+def test_generation_is_seeded_and_calls_back_every_step(tiny_model):
+    from scd.data import VideoBenchmark
+    clip = VideoBenchmark("val", size=16).clip(0)
+    calls = []
+    a = generate(tiny_model, clip[:2], 2, steps=5, seed=1, callback=lambda f, s, t: calls.append((f, s, t)))
+    b = generate(tiny_model, clip[:2], 2, steps=5, seed=1)
+    c = generate(tiny_model, clip[:2], 2, steps=5, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    denoising = [(f, s) for f, s, _ in calls if s is not None]
+    assert denoising == [(f, s) for f in (2, 3) for s in range(5)]
+    assert [t for f, s, t in calls if f == 2 and s is not None][0] == 1000.0
+    assert [(f, t) for f, s, t in calls if s is None] == [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.0)]
+
+
+def test_rope_split_and_config_validation():
+    assert rope_axes(32) == (12, 10, 10) and sum(rope_axes(24)) == 24
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        CausalVideoDiffuser(BaselineConfig(frame_size=30, patch_size=4, width=32, depth=1, heads=2))
+    with pytest.raises(ValueError, match="timesteps"):
+        CausalVideoDiffuser(BASELINE_SIZES["tiny"])(torch.zeros(1, 2, 3, 16, 16), torch.zeros(2))

@@ -1,0 +1,54 @@
+import csv
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from scd.train import TrainConfig, learning_rate, train
+from scd.zoo import load_model
+
+TINY = dict(size="tiny", batch_size=4, frames=4, warmup=5, lr=3e-3, checkpoint_every=10, threads=1)
+
+
+def _losses(run):
+    return [float(r["loss"]) for r in csv.DictReader(open(run / "loss.csv"))]
+
+
+def test_a_short_training_run_lowers_the_loss(tmp_path):
+    train(TrainConfig(steps=120, **TINY), tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 120
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(steps=20, **TINY)
+    train(cfg, tmp_path / "straight", progress=False)
+    first = train(cfg, tmp_path / "resumed", progress=False, until=10)
+    with safe_open(tmp_path / "resumed" / "train_state.safetensors", "pt") as f:
+        assert f.metadata()["step"] == "10" and first["steps"] == 10
+    with pytest.raises(ValueError, match="different training config"):  # resuming needs the same config
+        train(TrainConfig(steps=20, **{**TINY, "lr": 1e-3}), tmp_path / "resumed", resume=True, progress=False)
+    second = train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert second["resumed_from"] == 10 and second["steps"] == 20
+    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "resumed" / "loss.csv"))] == list(range(1, 21))
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    a, b = load_model(tmp_path / "straight"), load_model(tmp_path / "resumed")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_a_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path):
+    train(TrainConfig(steps=2, **TINY), tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(TrainConfig(steps=2, **TINY), tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(TrainConfig(steps=2, **TINY), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    lrs = [learning_rate(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)

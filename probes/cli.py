@@ -58,9 +58,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     video = generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=device,
                      dtype=DTYPES[args.dtype])
     psnr, ssim = frame_quality(video[args.context:], clip[args.context:])
-    save_strip(video, clip, args.context, out, title=f"{args.model} · val clip {args.clip} · {args.steps} steps · seed {args.seed}")
+    title = f"{args.model} · val clip {args.clip} · {args.steps} steps · seed {args.seed}"
+    save_strip(video, clip, args.context, out, title=title)
     if not args.quiet:
-        for i, (p, s) in enumerate(zip(psnr.tolist(), ssim.tolist())):
+        for i, (p, s) in enumerate(zip(psnr.tolist(), ssim.tolist(), strict=True)):
             print(f"frame {args.context + i}: PSNR {p:6.2f} dB  SSIM {s:.3f}")
         print(f"wrote {out}")
 

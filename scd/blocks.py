@@ -32,7 +32,7 @@ def rope_angles(frames: torch.Tensor, rows: int, cols: int, head_dim: int, theta
         torch.arange(cols, device=device, dtype=torch.float64), indexing="ij",
     )
     angles = []
-    for pos, dim in zip((f, r, c), rope_axes(head_dim)):
+    for pos, dim in zip((f, r, c), rope_axes(head_dim), strict=True):
         freqs = theta ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
         angles.append(pos.reshape(-1, 1) * freqs)
     return torch.cat(angles, dim=1).float()

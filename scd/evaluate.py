@@ -67,9 +67,9 @@ def validate(
         }
         for method, pred in predictions.items():
             psnr, ssim = frame_quality(pred.flatten(0, 1), truth[:, context:].flatten(0, 1))
-            for j, (p, s) in enumerate(zip(psnr.view(len(index), frames).tolist(), ssim.view(len(index), frames).tolist())):
-                rows += [{"method": method, "clip": index[j], "frame": context + k, "psnr": p[k], "ssim": s[k]}
-                         for k in range(frames)]
+            psnr, ssim = psnr.view(len(index), frames).tolist(), ssim.view(len(index), frames).tolist()
+            rows += [{"method": method, "clip": clip, "frame": context + k, "psnr": psnr[j][k], "ssim": ssim[j][k]}
+                     for j, clip in enumerate(index) for k in range(frames)]
     return pd.DataFrame(rows)
 
 
@@ -138,7 +138,7 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     run = Path(run)
     targets = [CHECKPOINT_DIR / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
     if any(p.exists() for p in targets) and not force:
-        raise CheckpointError(f"scd/checkpoints/{name} already exists; pass --force to replace it")
+        raise CheckpointError(f"{CHECKPOINT_DIR / name}.safetensors already exists; pass --force to replace it")
     model = load_model(run)
     with tempfile.TemporaryDirectory(dir=CHECKPOINT_DIR) as tmp:
         weights = save_model(model, Path(tmp) / f"{name}.safetensors", dtype=torch.float16)

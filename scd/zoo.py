@@ -57,6 +57,11 @@ def build_model(config: dict) -> nn.Module:
     return model_cls(config_cls(**config))
 
 
+def config_path_for(weights: Path) -> Path:
+    """The JSON config beside a weights file: `config.json` for `model.safetensors`, else `{stem}.json`."""
+    return weights.parent / "config.json" if weights.name == "model.safetensors" else weights.with_suffix(".json")
+
+
 def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
     """(weights, config) paths of a shipped name, a checkpoint directory or a .safetensors file."""
     if isinstance(name_or_path, str) and name_or_path in shipped_models():
@@ -65,7 +70,7 @@ def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
     if path.is_dir():
         weights, config = path / "model.safetensors", path / "config.json"
     elif path.suffix == ".safetensors":
-        weights, config = path, path.with_suffix(".json")
+        weights, config = path, config_path_for(path)
     else:
         raise CheckpointError(
             f"unknown model {str(name_or_path)!r}; accepted: {', '.join(shipped_models()) or '(none shipped)'}, "
@@ -113,9 +118,7 @@ def save_model(model: nn.Module, weights_path: str | Path, dtype: torch.dtype = 
                config_path: str | Path | None = None) -> Path:
     """Write weights (atomically) and the JSON config with their sha256; returns the weights path."""
     weights_path = Path(weights_path)
-    if config_path is None:
-        config_path = weights_path.parent / "config.json" if weights_path.name == "model.safetensors" \
-            else weights_path.with_suffix(".json")
+    config_path = config_path_for(weights_path) if config_path is None else Path(config_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     tmp = weights_path.with_name(weights_path.name + ".tmp")

@@ -35,7 +35,7 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
     assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "resumed" / "loss.csv"))] == list(range(1, 21))
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     a, b = load_model(tmp_path / "straight"), load_model(tmp_path / "resumed")
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 
@@ -51,4 +51,4 @@ def test_learning_rate_warms_up_then_decays():
     cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
     lrs = [learning_rate(cfg, s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] == pytest.approx(0.1, abs=1e-3)

@@ -26,3 +26,13 @@ def randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.
 def tiny_model() -> CausalVideoDiffuser:
     """The `tiny` baseline (16x16 frames, 4 blocks) with random weights."""
     return randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason shown, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

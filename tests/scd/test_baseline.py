@@ -143,3 +143,12 @@ def test_rope_split_and_config_validation():
         CausalVideoDiffuser(BaselineConfig(frame_size=30, patch_size=4, width=32, depth=1, heads=2))
     with pytest.raises(ValueError, match="timesteps"):
         CausalVideoDiffuser(BASELINE_SIZES["tiny"])(torch.zeros(1, 2, 3, 16, 16), torch.zeros(2))
+
+
+@pytest.mark.gpu
+def test_cuda_generation_matches_cpu(tiny_model):
+    from scd.data import VideoBenchmark
+    clip = VideoBenchmark("val", size=16).clip(0)
+    cpu = generate(tiny_model, clip[:2], 2, steps=4, seed=0)
+    cuda = generate(tiny_model, clip[:2], 2, steps=4, seed=0, device="cuda")
+    assert (cpu - cuda).abs().max() < 1e-3

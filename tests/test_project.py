@@ -12,5 +12,6 @@ def test_ci_runs_exactly_the_readme_quick_start():
     assert block, "README has no quick-start bash block"
     quick_start = [line for line in block.group(1).splitlines() if line.strip()]
     assert len(quick_start) == 2, quick_start  # install + main job, then the tests
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line for line in script if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci == quick_start

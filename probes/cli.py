@@ -82,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from scd.evaluate import export_checkpoint
 
-    card = export_checkpoint(args.run, args.name, clips=args.clips, steps=args.steps, force=args.force)
+    card = export_checkpoint(args.run, args.name, clips=args.clips, steps=args.steps, force=args.force,
+                             weights=args.weights)
     print(f"wrote {card}")
 
 
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", required=True, help="checkpoint name, e.g. baseline")
     e.add_argument("--clips", type=_positive, default=32, help="val clips for the model card's quality table")
     e.add_argument("--steps", type=_positive, default=50, help="denoising steps for the validation")
+    e.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                   help="EMA or raw weights; auto: the lower loss on unseen train clips (never val)")
     e.add_argument("--force", action="store_true", help="replace an existing shipped checkpoint")
     e.set_defaults(func=cmd_export)
     return parser

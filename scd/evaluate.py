@@ -129,23 +129,32 @@ def training_command(run: Path) -> str:
     return f"probe train {saved['family']} {' '.join(flags)} --out {run}"
 
 
-def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 50, force: bool = False) -> Path:
-    """Ship a training run's EMA weights as scd/checkpoints/{name}.safetensors (float16), .json and .md card.
+def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 50, force: bool = False,
+                      weights: str = "auto") -> Path:
+    """Ship a training run as scd/checkpoints/{name}.safetensors (float16), .json and .md card.
 
-    The card records the training command, data seeds, iterations, wall time, hardware, final loss
-    and the validation table of the float16 weights as shipped. Files are replaced only with `force`.
+    `weights`: "ema", "raw", or "auto" (the one with the lower loss on unseen train-split clips,
+    never on val). The card records the training command, data seeds, iterations, wall time,
+    hardware, final loss, that choice, and the validation table of the float16 weights as shipped.
+    Files are replaced only with `force`.
     """
+    from scd.train import WEIGHTS, dev_loss, load_trained
+
     run = Path(run)
+    if weights not in (*WEIGHTS, "auto"):
+        raise CheckpointError(f"unknown weights {weights!r}; accepted: auto, {', '.join(WEIGHTS)}")
     targets = [CHECKPOINT_DIR / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
     if any(p.exists() for p in targets) and not force:
         raise CheckpointError(f"{CHECKPOINT_DIR / name}.safetensors already exists; pass --force to replace it")
-    model = load_model(run)
+    candidates = {w: load_trained(run, w) for w in WEIGHTS}
+    dev = {w: dev_loss(m, run) for w, m in candidates.items()}
+    chosen = min(dev, key=dev.get) if weights == "auto" else weights
     with tempfile.TemporaryDirectory(dir=CHECKPOINT_DIR) as tmp:
-        weights = save_model(model, Path(tmp) / f"{name}.safetensors", dtype=torch.float16)
-        shipped = load_model(weights)
+        path = save_model(candidates[chosen], Path(tmp) / f"{name}.safetensors", dtype=torch.float16)
+        shipped = load_model(path)
         table = validate(shipped, clips=clips, steps=steps)
         summary = summarize(table)
-        card = _model_card(run, name, shipped, summary, clips, steps, weights)
+        card = _model_card(run, name, shipped, summary, clips, steps, path, chosen, dev)
         (Path(tmp) / f"{name}.md").write_text(card)
         table.to_csv(run / "validation.csv", index=False)
         for target in targets:
@@ -154,7 +163,7 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
 
 
 def _model_card(run: Path, name: str, model: torch.nn.Module, summary: pd.DataFrame, clips: int, steps: int,
-                weights: Path) -> str:
+                weights: Path, chosen: str, dev: dict[str, float]) -> str:
     train_cfg = json.loads((run / "train.json").read_text())
     log = list(csv.DictReader(open(run / "loss.csv")))
     last = [float(r["loss"]) for r in log[-100:]]
@@ -167,7 +176,9 @@ def _model_card(run: Path, name: str, model: torch.nn.Module, summary: pd.DataFr
 {model.__class__.__name__} ({model.get_config()['family']}), {params / 1e6:.2f} M parameters,
 {model.config.depth} blocks, width {model.config.width}, {model.config.heads} heads,
 {model.config.tokens_per_frame} tokens per {model.config.frame_size}x{model.config.frame_size} frame.
-Weights: `{name}.safetensors`, float16 (EMA), sha256 `{json.loads(weights.with_suffix('.json').read_text())['sha256']}`.
+Weights: `{name}.safetensors`, float16, sha256 `{json.loads(weights.with_suffix('.json').read_text())['sha256']}`.
+Shipped: the **{chosen}** weights of the run. Flow-matching loss on 64 train-split clips the run never saw
+(a dev set, disjoint from val): EMA {dev['ema']:.4f}, raw {dev['raw']:.4f}.
 
 ## Training
 - Command: `{training_command(run)}`
@@ -192,5 +203,5 @@ The model beats copying the last frame by {model_row['psnr'] - copy_row['psnr']:
 ({model_row['ssim'] - copy_row['ssim']:+.3f} SSIM) and linear extrapolation by
 {model_row['psnr'] - linear_row['psnr']:+.2f} dB PSNR ({model_row['ssim'] - linear_row['ssim']:+.3f} SSIM).
 
-Reproduce: `probe export {run} --name {name} --clips {clips} --steps {steps} --force`.
+Reproduce: `probe export {run} --name {name} --clips {clips} --steps {steps} --weights {chosen} --force`.
 """

@@ -189,3 +189,33 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         save_model(ema.module, out / "model.safetensors")
     return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+
+
+WEIGHTS = ("ema", "raw")
+
+
+def load_trained(run: str | Path, weights: str = "ema") -> nn.Module:
+    """A training run's EMA weights (`model.safetensors`) or its raw optimised weights (from `train_state`)."""
+    from scd.zoo import load_model
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
+    model = load_model(run)
+    if weights == "raw":
+        tensors = load_file(Path(run) / "train_state.safetensors")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model.eval()
+
+
+@torch.no_grad()
+def dev_loss(model: nn.Module, run: str | Path, clips: int = 64) -> float:
+    """Flow-matching loss (float32, fixed noise) on train-split clips the run never saw: a dev set
+    disjoint from both the training clips and the val split, for choosing weights without touching val."""
+    cfg = TrainConfig(**json.loads((Path(run) / "train.json").read_text()))
+    first = cfg.steps * cfg.batch_size
+    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size)
+    generator = torch.Generator().manual_seed(12345)
+    eval_cfg = TrainConfig(**{**asdict(cfg), "bf16": False})
+    losses = [flow_matching_loss(model, data.batch(range(first + i, first + min(clips, i + 16))), eval_cfg, generator)
+              for i in range(0, clips, 16)]
+    return float(torch.stack(losses).mean())

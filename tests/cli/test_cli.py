@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 
@@ -76,6 +77,7 @@ def test_train_then_resume_then_export(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in shipped.iterdir()) == ["mini.json", "mini.md", "mini.safetensors"]
     card = (shipped / "mini.md").read_text()
     assert "probe train baseline --size tiny --steps 4" in card and "copy last frame" in card
+    assert re.search(r"Shipped: the \*\*(ema|raw)\*\* weights", card)
     assert main(["export", str(run), "--name", "mini", "--clips", "2"]) == 2 and "--force" in _error(capsys)
 
 

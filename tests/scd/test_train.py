@@ -52,3 +52,18 @@ def test_learning_rate_warms_up_then_decays():
     lrs = [learning_rate(cfg, s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_raw_and_ema_weights_of_a_run_and_the_dev_loss(tmp_path):
+    from safetensors.torch import load_file
+
+    from scd.train import dev_loss, load_trained
+
+    train(TrainConfig(steps=6, **TINY), tmp_path / "run", progress=False)
+    raw, ema = load_trained(tmp_path / "run", "raw"), load_trained(tmp_path / "run", "ema")
+    state = load_file(tmp_path / "run" / "train_state.safetensors")
+    assert all(torch.equal(v, state[f"model.{k}"]) for k, v in raw.state_dict().items())
+    assert not torch.equal(raw.blocks[0].attn.qkv.weight, ema.blocks[0].attn.qkv.weight)
+    assert dev_loss(raw, tmp_path / "run", clips=4) == dev_loss(raw, tmp_path / "run", clips=4)  # fixed noise
+    with pytest.raises(ValueError, match="accepted: ema, raw"):
+        load_trained(tmp_path / "run", "best")

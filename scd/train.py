@@ -64,6 +64,16 @@ def model_config(cfg: TrainConfig) -> dict:
     return {"family": cfg.family, **asdict(sizes[cfg.size])}
 
 
+def machine_description() -> str:
+    """CPU model, cores, torch threads and version: what a wall time was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
     if step < cfg.warmup:
@@ -152,6 +162,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         log = list(csv.DictReader(open(out / "loss.csv"))) if (out / "loss.csv").exists() else []
         elapsed = float(log[-1]["seconds"]) if log else 0.0
     (out / "train.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    with open(out / "machines.txt", "a") as f:  # one line per sitting
+        f.write(f"step {start}: {machine_description()}\n")
 
     data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size)
     log_file = open(out / "loss.csv", "a", newline="")
@@ -188,7 +200,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     if start >= end:
         save_model(ema.module, out / "model.safetensors")
     return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,
-            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+            "machine": machine_description()}
 
 
 WEIGHTS = ("ema", "raw")

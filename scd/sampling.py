@@ -43,7 +43,8 @@ def generate(
     """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
 
     Returns the context followed by the generated frames, on the CPU in float32, with the same
-    rank as `context`. The same `seed` gives the same video.
+    rank as `context`. The same `seed` gives the same video. The model is moved to `device` and
+    `dtype` in place (as a diffusers pipeline's `.to()` would be) and put in eval mode.
     """
     if frames < 0 or steps < 1:
         raise ValueError(f"need frames >= 0 and steps >= 1, got frames={frames}, steps={steps}")

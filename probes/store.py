@@ -1,0 +1,158 @@
+"""The run directory: the contract between probes, analyses and notebooks (see DESIGN.md).
+
+    <run>/manifest.json          what was run (model, checkpoint sha256, config, layers, steps, ...), "complete": true
+    <run>/features.safetensors   "layer{L}": float16 [F, S, N, D]
+    <run>/attention.safetensors  "layer{L}": float32 [F, S, H, T]
+    <run>/metrics.parquet        tidy table, one row per (layer, frame, metric)
+    <run>/video.npz              "generated" and "ground_truth", uint8 [T, H, W, 3]
+
+A run is written into a temporary sibling and renamed into place only when every file is there,
+so a directory that looks like a run is a complete run; an existing run is replaced only with `force`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+FORMAT = "scd-probes-run/1"
+PACKAGES = ("torch", "transformer-lens", "nnsight", "diffusers", "scd-probes")
+
+
+class RunError(ValueError):
+    """A run directory that cannot be written or read; the message is one line naming the problem."""
+
+
+def environment() -> dict:
+    """Package versions and the git revision of this checkout (None outside a git checkout)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                  text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        revision = None
+    return {"versions": versions, "git_revision": revision}
+
+
+def write_run(
+    path: str | Path, manifest: dict, *, features: dict[int, torch.Tensor] | None = None,
+    attention: dict[int, torch.Tensor] | None = None, metrics: pd.DataFrame | None = None,
+    generated: np.ndarray, ground_truth: np.ndarray, force: bool = False,
+) -> Path:
+    """Write a complete run directory atomically; returns its path."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise RunError(f"{path} already exists; pass --force to replace it")
+    for name, video in (("generated", generated), ("ground_truth", ground_truth)):
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise RunError(f"{name} must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        save_file({f"layer{k}": v.detach().to("cpu", torch.float16).contiguous() for k, v in (features or {}).items()},
+                  tmp / "features.safetensors")
+        save_file({f"layer{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in (attention or {}).items()},
+                  tmp / "attention.safetensors")
+        table = metrics if metrics is not None else pd.DataFrame(columns=["layer", "frame", "metric", "value"])
+        table.to_parquet(tmp / "metrics.parquet", index=False)
+        np.savez_compressed(tmp / "video.npz", generated=generated, ground_truth=ground_truth)
+        full = {"format": FORMAT, **manifest, **environment(), "complete": True}
+        (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
+        if path.exists():  # force: move the old run aside first, so a failure never leaves neither
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+@dataclass
+class Run:
+    """A complete run directory, read lazily."""
+    path: Path
+    manifest: dict
+
+    def _layers(self, name: str) -> list[int]:
+        with safe_open(self.path / name, "pt") as f:
+            return sorted(int(key.removeprefix("layer")) for key in f.keys())
+
+    def _tensor(self, name: str, layer: int) -> torch.Tensor:
+        with safe_open(self.path / name, "pt") as f:
+            if f"layer{layer}" not in f.keys():
+                recorded = ", ".join(str(layer) for layer in self._layers(name)) or "none"
+                raise RunError(f"layer {layer} is not in {self.path / name}; recorded layers: {recorded}")
+            return f.get_tensor(f"layer{layer}")
+
+    def features(self, layer: int) -> torch.Tensor:
+        """float16 [F, S, N, D]: per probed frame and denoising step, the frame's tokens at this layer."""
+        return self._tensor("features.safetensors", layer)
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip."""
+        return self._tensor("attention.safetensors", layer)
+
+    @property
+    def feature_layers(self) -> list[int]:
+        return self._layers("features.safetensors")
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return self._layers("attention.safetensors")
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "metrics.parquet")
+
+    def video(self) -> tuple[np.ndarray, np.ndarray]:
+        """(generated, ground truth), uint8 [T, H, W, 3] each."""
+        with np.load(self.path / "video.npz") as data:
+            return data["generated"], data["ground_truth"]
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory; an incomplete or foreign directory is refused with a one-line RunError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a run directory (it does not exist or is a file)")
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise RunError(f"{path} is not a run directory: no manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{manifest_path} is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise RunError(f"{path} is not a run directory of this toolkit (manifest format is not {FORMAT!r})")
+    if manifest.get("complete") is not True:
+        raise RunError(f"{path} is an incomplete run (manifest has no \"complete\": true); run it again")
+    for name in ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz"):
+        if not (path / name).is_file():
+            raise RunError(f"{path} is missing {name}")
+    for name in ("features.safetensors", "attention.safetensors"):
+        try:
+            with safe_open(path / name, "pt"):
+                pass
+        except (SafetensorError, OSError):
+            raise RunError(f"{path / name} is corrupt or truncated") from None
+    return Run(path, manifest)

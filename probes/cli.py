@@ -89,6 +89,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from scd.train import TrainConfig
+    from scd.zoo import SIZES
 
     parser = argparse.ArgumentParser(prog="probe", description="Probe causal video diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     t = sub.add_parser("train", help="train a model on the procedural benchmark (resumable)")
-    t.add_argument("family", choices=["baseline"], help="model family")
+    t.add_argument("family", choices=sorted(SIZES), help="model family")
     t.add_argument("--out", required=True, help="run directory for checkpoints and the loss log")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--until", type=_positive, default=None, help="end this sitting after this step (resume later)")

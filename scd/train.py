@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from scd.data import VideoBenchmark
-from scd.zoo import build_model, save_model
+from scd.zoo import SIZES, build_model, save_model
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1        # final lr = lr * min_lr_ratio
     weight_decay: float = 0.01
     grad_clip: float = 1.0           # max global gradient norm
-    ema_decay: float = 0.999         # EMA of the weights; the EMA is what gets shipped
+    ema_decay: float = 0.999         # EMA of the weights (`probe export` ships EMA or raw, whichever is better)
     clean_context_ratio: float = 0.5  # share of frames kept clean (sigma = 0), excluded from the loss
     logit_normal_std: float = 1.0    # sigma = sigmoid(N(0, std))
     bf16: bool = True                # bfloat16 autocast (faster on this CPU; weights stay float32)
@@ -49,16 +49,10 @@ class TrainConfig:
     threads: int = 0                 # torch threads (0: torch's default)
 
 
-def sizes_of(family: str) -> dict:
-    from scd.baseline import BASELINE_SIZES
-    registry = {"baseline": BASELINE_SIZES}
-    if family not in registry:
-        raise ValueError(f"unknown model family {family!r}; accepted: {', '.join(registry)}")
-    return registry[family]
-
-
 def model_config(cfg: TrainConfig) -> dict:
-    sizes = sizes_of(cfg.family)
+    if cfg.family not in SIZES:
+        raise ValueError(f"unknown model family {cfg.family!r}; accepted: {', '.join(SIZES)}")
+    sizes = SIZES[cfg.family]
     if cfg.size not in sizes:
         raise ValueError(f"unknown {cfg.family} size {cfg.size!r}; accepted: {', '.join(sizes)}")
     return {"family": cfg.family, **asdict(sizes[cfg.size])}
@@ -97,6 +91,11 @@ def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, 
     return (err * noisy).sum() / noisy.sum().clamp(min=1)
 
 
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of one part of a train state ("model.", "ema.", "optim."), prefix removed."""
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
     state = optimizer.state_dict()
     tensors = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
@@ -106,7 +105,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        _, i, name = key.split(".", 2)
+        i, name = key.split(".", 1)
         state.setdefault(int(i), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
 
@@ -155,11 +154,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             changed = sorted(k for k in saved if saved[k] != asdict(cfg).get(k))
             raise ValueError(f"--resume with a different training config (changed: {', '.join(changed)})")
         tensors = load_file(state_path)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        _load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["param_groups"])
+        model.load_state_dict(_with_prefix(tensors, "model."))
+        ema.load_state_dict(_with_prefix(tensors, "ema."))
+        _load_optimizer(optimizer, _with_prefix(tensors, "optim."), meta["param_groups"])
         start = int(meta["step"])
-        log = list(csv.DictReader(open(out / "loss.csv"))) if (out / "loss.csv").exists() else []
+        log = []
+        if (out / "loss.csv").exists():
+            with open(out / "loss.csv", newline="") as f:
+                log = list(csv.DictReader(f))
         elapsed = float(log[-1]["seconds"]) if log else 0.0
     (out / "train.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     with open(out / "machines.txt", "a") as f:  # one line per sitting
@@ -214,8 +216,7 @@ def load_trained(run: str | Path, weights: str = "ema") -> nn.Module:
         raise ValueError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
     model = load_model(run)
     if weights == "raw":
-        tensors = load_file(Path(run) / "train_state.safetensors")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(_with_prefix(load_file(Path(run) / "train_state.safetensors"), "model."))
     return model.eval()
 
 

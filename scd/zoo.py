@@ -19,10 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from scd.baseline import BaselineConfig, CausalVideoDiffuser
+from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"baseline": (BaselineConfig, CausalVideoDiffuser)}
+SIZES: dict[str, dict] = {"baseline": BASELINE_SIZES}  # named sizes of each family
 
 
 class CheckpointError(ValueError):

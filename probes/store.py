@@ -50,12 +50,30 @@ def environment() -> dict:
     return {"versions": versions, "git_revision": revision}
 
 
+def _layer_of(key: str) -> int | None:
+    """15 for "layer15"; None for a layer's side entries such as "layer15.gram"."""
+    name = key.removeprefix("layer")
+    return int(name) if key.startswith("layer") and name.isdigit() else None
+
+
+def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A layer's main tensor in the contract's dtype; side entries (Gram matrices, token indices) as given."""
+    if _layer_of(key) is None and not (key.startswith("layer") and "." in key):
+        raise RunError(f"unexpected entry {key!r}; entries are named layer{{L}} or layer{{L}}.{{what}}")
+    tensor = tensor.detach().to("cpu")
+    return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
+
+
 def write_run(
-    path: str | Path, manifest: dict, *, features: dict[int, torch.Tensor] | None = None,
-    attention: dict[int, torch.Tensor] | None = None, metrics: pd.DataFrame | None = None,
+    path: str | Path, manifest: dict, *, features: dict[str, torch.Tensor] | None = None,
+    attention: dict[str, torch.Tensor] | None = None, metrics: pd.DataFrame | None = None,
     generated: np.ndarray, ground_truth: np.ndarray, force: bool = False,
 ) -> Path:
-    """Write a complete run directory atomically; returns its path."""
+    """Write a complete run directory atomically; returns its path.
+
+    `features` / `attention` map "layer{L}" to the layer's tensor (stored float16 / float32) and
+    "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens").
+    """
     path = Path(path)
     if path.exists() and not force:
         raise RunError(f"{path} already exists; pass --force to replace it")
@@ -65,10 +83,8 @@ def write_run(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        save_file({f"layer{k}": v.detach().to("cpu", torch.float16).contiguous() for k, v in (features or {}).items()},
-                  tmp / "features.safetensors")
-        save_file({f"layer{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in (attention or {}).items()},
-                  tmp / "attention.safetensors")
+        save_file({k: _as_stored(k, v, torch.float16) for k, v in (features or {}).items()}, tmp / "features.safetensors")
+        save_file({k: _as_stored(k, v, torch.float32) for k, v in (attention or {}).items()}, tmp / "attention.safetensors")
         table = metrics if metrics is not None else pd.DataFrame(columns=["layer", "frame", "metric", "value"])
         table.to_parquet(tmp / "metrics.parquet", index=False)
         np.savez_compressed(tmp / "video.npz", generated=generated, ground_truth=ground_truth)
@@ -95,18 +111,33 @@ class Run:
 
     def _layers(self, name: str) -> list[int]:
         with safe_open(self.path / name, "pt") as f:
-            return sorted(int(key.removeprefix("layer")) for key in f.keys())
+            return sorted(layer for layer in map(_layer_of, f.keys()) if layer is not None)
 
-    def _tensor(self, name: str, layer: int) -> torch.Tensor:
+    def _tensor(self, name: str, layer: int, what: str = "") -> torch.Tensor:
+        key = f"layer{layer}" + (f".{what}" if what else "")
         with safe_open(self.path / name, "pt") as f:
-            if f"layer{layer}" not in f.keys():
+            if key not in f.keys():
                 recorded = ", ".join(str(layer) for layer in self._layers(name)) or "none"
-                raise RunError(f"layer {layer} is not in {self.path / name}; recorded layers: {recorded}")
-            return f.get_tensor(f"layer{layer}")
+                what = f" ({what})" if what else ""
+                raise RunError(f"layer {layer}{what} is not in {self.path / name}; recorded layers: {recorded}")
+            return f.get_tensor(key)
 
     def features(self, layer: int) -> torch.Tensor:
-        """float16 [F, S, N, D]: per probed frame and denoising step, the frame's tokens at this layer."""
+        """float16 [F, S, N, D]: per probed frame and denoising step, the frame's tokens at this layer
+        (stream mode: a fixed subsample of N' tokens, `token_index`)."""
         return self._tensor("features.safetensors", layer)
+
+    def token_index(self, layer: int) -> torch.Tensor:
+        """int64 [N']: which of the frame's tokens `features(layer)` holds (all in `full` mode)."""
+        return self._tensor("features.safetensors", layer, "tokens")
+
+    def gram(self, layer: int) -> torch.Tensor:
+        """float64 [F, S, S]: inner products of the flattened features of every pair of steps, per frame."""
+        return self._tensor("features.safetensors", layer, "gram")
+
+    def token_cosine(self, layer: int) -> torch.Tensor:
+        """float64 [F, S, S]: per-token cosine between every pair of steps, averaged over all N tokens."""
+        return self._tensor("features.safetensors", layer, "token_cosine")
 
     def attention(self, layer: int) -> torch.Tensor:
         """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip."""

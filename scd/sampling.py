@@ -5,20 +5,46 @@ noise and is denoised by an explicit loop over a diffusers `FlowMatchEulerDiscre
 reading the cache; the finished frame is then passed once more at timestep 0 to write its clean
 keys and values into the cache, as Self-Forcing does. `use_cache=False` instead recomputes the
 whole causal sequence at every step: slower, the same numbers, kept as the reference.
+
+Besides the `callback` argument, observers registered on a model with `observe_sampling` hear every
+step and the finished video of any `generate` call on it: that is how a `Probe` knows which frame
+and denoising step each forward pass belongs to without the caller wiring a callback.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
 # output video of the frame being computed; `step` is the denoising step (0..steps-1), or None for
 # the pass that writes the finished frame into the KV cache (timestep 0).
 StepCallback = Callable[[int, "int | None", float], None]
+
+
+class SamplingObserver(Protocol):
+    """What `observe_sampling` accepts: told of every step and of the finished video."""
+
+    def on_step(self, frame: int, step: int | None, timestep: float) -> None: ...  # as StepCallback
+    def on_video(self, video: torch.Tensor) -> None: ...  # what `generate` returns, before it returns it
+
+
+_observers: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
+
+
+def observe_sampling(model: nn.Module, observer: SamplingObserver) -> RemovableHandle:
+    """Have `observer` hear every `generate` call on `model` until `handle.remove()` (as torch's hooks)."""
+    observers = _observers.setdefault(model, OrderedDict())
+    handle = RemovableHandle(observers)
+    observers[handle.id] = observer
+    return handle
 
 
 def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
@@ -59,19 +85,24 @@ def generate(
     scheduler = make_scheduler(shift)
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
 
+    observers = list(_observers.get(model, {}).values())
+    callbacks = [o.on_step for o in observers] + ([callback] if callback is not None else [])
+
+    def announce(frame: int, step: int | None, timestep: float) -> None:
+        for fn in callbacks:
+            fn(frame, step, timestep)
+
     cache = model.new_cache() if use_cache else None
     if use_cache:
         for f in range(T):
-            if callback is not None:
-                callback(f, None, 0.0)
+            announce(f, None, 0.0)
         model(video, clean.expand(B, T), cache=cache, update_cache=True)
 
     for f in range(T, T + frames):
         x = torch.randn((B, 1, *frame_shape), generator=generator).to(device=device, dtype=dtype)
         scheduler.set_timesteps(steps, device=device)
         for step, t in enumerate(scheduler.timesteps):
-            if callback is not None:
-                callback(f, step, float(t))
+            announce(f, step, float(t))
             t_frame = t.to(dtype).expand(B, 1)
             if use_cache:
                 velocity = model(x, t_frame, cache=cache)
@@ -80,8 +111,10 @@ def generate(
             x = scheduler.step(velocity, t, x).prev_sample.to(dtype)
         video = torch.cat([video, x], dim=1)
         if use_cache:
-            if callback is not None:
-                callback(f, None, 0.0)
+            announce(f, None, 0.0)
             model(x, clean, cache=cache, update_cache=True)
     video = video.float().cpu()
-    return video if batched else video[0]
+    video = video if batched else video[0]
+    for o in observers:
+        o.on_video(video)
+    return video

@@ -93,7 +93,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
         raise CheckpointError(f"config {config_path} must be a JSON object")
     expected_sha = config.pop("sha256", None)
     config.pop("dtype", None)
-    if expected_sha is not None and sha256(weights) != expected_sha:
+    digest = sha256(weights)
+    if expected_sha is not None and digest != expected_sha:
         raise CheckpointError(f"checkpoint {weights} does not match the sha256 in {config_path.name} (truncated or replaced?)")
     try:
         model = build_model(config)
@@ -112,6 +113,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
             raise CheckpointError(f"checkpoint {weights}: {key} has shape {tuple(value.shape)}, "
                                   f"the config needs {tuple(expected[key].shape)}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    # Where the weights came from, for the manifests of runs made with this model.
+    model.checkpoint = {"name": str(name_or_path), "path": str(weights), "sha256": digest}
     return model.to(device=device, dtype=dtype).eval()
 
 

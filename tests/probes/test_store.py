@@ -11,8 +11,10 @@ from probes.store import RunError, load_run, write_run
 
 def _write(path, force=False, seed=0):
     g = torch.Generator().manual_seed(seed)
-    features = {15: torch.randn(2, 3, 4, 8, generator=g)}
-    attention = {15: torch.softmax(torch.randn(2, 3, 2, 6, generator=g), -1), 28: torch.full((2, 3, 2, 6), 1 / 6)}
+    features = {"layer15": torch.randn(2, 3, 4, 8, generator=g), "layer15.tokens": torch.arange(4),
+                "layer15.gram": torch.randn(2, 3, 3, generator=g, dtype=torch.float64)}
+    attention = {"layer15": torch.softmax(torch.randn(2, 3, 2, 6, generator=g), -1),
+                 "layer28": torch.full((2, 3, 2, 6), 1 / 6)}
     metrics = pd.DataFrame({"layer": [15], "frame": [4], "metric": ["cos"], "value": [0.9]})
     video = np.random.default_rng(seed).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     write_run(path, {"model": "baseline", "layers": [15, 28], "seed": seed}, features=features, attention=attention,
@@ -26,8 +28,10 @@ def test_round_trip(tmp_path):
     assert run.manifest["complete"] is True and run.manifest["model"] == "baseline"
     assert run.manifest["versions"]["torch"] == metadata.version("torch")
     assert run.manifest["git_revision"] is None or len(run.manifest["git_revision"]) == 40
-    assert run.features(15).dtype == torch.float16 and torch.equal(run.features(15), features[15].half())
-    assert torch.equal(run.attention(28), attention[28]) and run.attention_layers == [15, 28]
+    assert run.features(15).dtype == torch.float16 and torch.equal(run.features(15), features["layer15"].half())
+    assert run.feature_layers == [15] and torch.equal(run.token_index(15), torch.arange(4))
+    assert run.gram(15).dtype == torch.float64 and torch.equal(run.gram(15), features["layer15.gram"])  # side entries as given
+    assert torch.equal(run.attention(28), attention["layer28"]) and run.attention_layers == [15, 28]
     pd.testing.assert_frame_equal(run.metrics, metrics)
     generated, truth = run.video()
     assert np.array_equal(generated, video) and np.array_equal(truth, video[::-1])

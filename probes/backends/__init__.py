@@ -1,0 +1,28 @@
+"""How a `Probe` reads a model while it runs. Every backend is a context manager with the same signature:
+
+    attach(model, layout, targets, receive, active)
+
+`targets` are (layer, hook) pairs; during every forward pass in which `active()` is true the backend
+calls `receive(layer, hook, tensor)` in the order the pass reaches them, and on exit, normal or not,
+it leaves the model exactly as it found it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Receive = Callable[[int, str, torch.Tensor], None]
+BACKENDS = ("hookpoints", "nnsight")
+
+
+def get_backend(name: str):
+    """The `attach` context manager of a backend by name."""
+    if name == "hookpoints":
+        from probes.backends.hookpoints import attach
+    elif name == "nnsight":
+        from probes.backends.nnsight import attach
+    else:
+        raise ValueError(f"unknown probe backend {name!r}; accepted: {', '.join(BACKENDS)}")
+    return attach

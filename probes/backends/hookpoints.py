@@ -1,0 +1,37 @@
+"""Backend on TransformerLens HookPoints: the built-in models' named identity modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from torch import nn
+
+from probes.adapters import Layout
+from probes.backends import Receive
+
+
+@contextmanager
+def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]], receive: Receive,
+           active: Callable[[], bool]) -> Iterator[None]:
+    """Add one forward hook per target HookPoint; remove exactly those (not the user's own) on exit."""
+    added = []
+
+    def make_hook(layer: int, name: str):
+        def read(tensor, hook):  # returns None: the activation passes through unchanged
+            if active():
+                receive(layer, name, tensor)
+        return read
+
+    try:
+        for layer, hook in targets:
+            path = layout.path(layer, hook)
+            if path not in model.hook_dict:
+                raise ValueError(f"{type(model).__name__} has no HookPoint {path!r}")
+            hook_point = model.hook_dict[path]
+            added.append((hook_point, hook_point.add_hook(make_hook(layer, hook))))
+        yield
+    finally:
+        for hook_point, handle in added:
+            handle.hook.remove()
+            hook_point.fwd_hooks.remove(handle)

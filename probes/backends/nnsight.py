@@ -1,0 +1,76 @@
+"""Backend on nnsight: modules addressed by path, read inside one nnsight trace per forward pass.
+
+This is how third-party models (diffusers transformers) are probed. `generate` calls the model
+itself many times per frame, so while attached the model's `forward` is replaced by one that runs
+the original inside `NNsight(model).trace(...)`, saves the outputs of the target modules in the
+order the pass reaches them (nnsight requires it), and returns the traced output unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from nnsight import NNsight
+from torch import nn
+
+from probes.adapters import Layout
+from probes.backends import Receive
+
+PATCHED = ("forward", "__nnsight__")  # instance attributes NNsight sets on every module it wraps
+
+
+def _envoy(root, path: str):
+    node = root
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+@contextmanager
+def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]], receive: Receive,
+           active: Callable[[], bool]) -> Iterator[None]:
+    """Trace every active forward pass with nnsight; restore the model's own `forward` on exit."""
+    ordered = sorted(targets, key=lambda target: layout.order(*target))
+    paths = [layout.path(layer, hook) for layer, hook in ordered]
+    modules = dict(model.named_modules())
+    for path in paths:
+        if path not in modules:
+            raise ValueError(f"{type(model).__name__} has no module {path!r}")
+    # NNsight wraps every submodule with instance attributes; note what was there to put it back.
+    missing = object()
+    before = [(module, {name: module.__dict__.get(name, missing) for name in PATCHED}) for module in model.modules()]
+    traced = NNsight(model)
+    envoys = [_envoy(traced, path) for path in paths]
+    original = model.forward
+    inside = False
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        nonlocal inside
+        if inside or not active():  # nnsight's own call of the model lands here too: run it plainly
+            return original(*args, **kwargs)
+        inside = True
+        saved = {}  # filled inside the trace: nnsight runs the block apart, a container carries results out
+        try:
+            with traced.trace(*args, **kwargs):
+                for i, envoy in enumerate(envoys):
+                    saved[i] = envoy.output.save()
+                saved["output"] = traced.output.save()
+        finally:
+            inside = False
+        for i, (layer, hook) in enumerate(ordered):
+            receive(layer, hook, saved[i])
+        return saved["output"]
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        for module, attributes in before:
+            for name, value in attributes.items():
+                if value is missing:
+                    module.__dict__.pop(name, None)
+                else:
+                    module.__dict__[name] = value

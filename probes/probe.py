@@ -1,0 +1,277 @@
+"""`Probe`: record what chosen layers compute for every generated frame at every denoising step.
+
+    with Probe(model, layers=[15, 28]) as probe:
+        video = generate(model, context=clip[:4], frames=4, steps=50, seed=0)
+    probe.save("reports/runs/demo", ground_truth=clip[:8])
+
+The probe hears from `generate` (through `scd.sampling.observe_sampling`) which frame and step each
+forward pass belongs to, and reads the layers through a backend (TransformerLens HookPoints, or
+nnsight by module path). Only the tokens of the frame being denoised are kept: with the KV cache
+they are all the queries of a pass, without it the last frame's tokens of the recomputed sequence.
+Cache-writing passes (a finished frame at timestep 0) are not recorded.
+
+What is recorded per (layer, probed frame, step):
+- `features`: `full` mode keeps the tokens [N, D]; `stream` mode keeps a fixed, seeded subsample of
+  tokens (for PCA). Both build the step x step inner products as the steps arrive (`StepGram`).
+- `attention`: the share of the frame's attention (averaged over its query tokens) on each frame of
+  the clip, per head, from q and k as the softmax sees them (`attention_mass_by_frame`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from probes.adapters import HOOKS, layout_of
+from probes.attention import attention_mass_by_frame
+from probes.backends import get_backend
+from probes.reductions import StepGram, cosine_from_gram, off_diagonal
+from probes.store import write_run
+from scd.sampling import observe_sampling
+
+CAPTURES = ("features", "attention")
+MODES = ("full", "stream")
+
+
+class ProbeError(ValueError):
+    """A probe that cannot be set up or saved as asked; the message names the accepted values."""
+
+
+def _frames_uint8(video: torch.Tensor) -> np.ndarray:
+    """[T, C, H, W] in [-1, 1] -> uint8 [T, H, W, C]."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class Probe:
+    """Context manager that records features and per-frame attention of chosen layers during `generate`."""
+
+    def __init__(
+        self, model: nn.Module, layers: Sequence[int] | str = (15,), *, capture: Iterable[str] = CAPTURES,
+        frames: Iterable[int] | None = None, steps: Iterable[int] | None = None, hook: str = "hook_resid_post",
+        mode: str = "full", backend: str = "hookpoints", pca_tokens: int = 256, sample_seed: int = 0,
+    ) -> None:
+        """`layers`: block indices or "all"; `frames`: video frame indices to probe (default every generated
+        frame); `steps`: denoising step indices to record (default all); `hook`: the block HookPoint whose
+        output is the features; `pca_tokens`: tokens kept per step in `stream` mode."""
+        self.model, self.layout = model, layout_of(model)
+        depth = self.layout.depth
+        if isinstance(layers, str):
+            if layers != "all":
+                raise ProbeError(f"layers must be block indices in 0..{depth - 1} or 'all', got {layers!r}")
+            layers = range(depth)
+        self.layers = [int(layer) for layer in layers]
+        if not self.layers:
+            raise ProbeError(f"no layer to probe; accepted: block indices in 0..{depth - 1} or 'all'")
+        if len(set(self.layers)) != len(self.layers):
+            raise ProbeError(f"duplicate layers in {self.layers}; give each layer once")
+        bad = [layer for layer in self.layers if not 0 <= layer < depth]
+        if bad:
+            raise ProbeError(f"layer {bad[0]} is out of range; this model has blocks 0..{depth - 1}")
+        self.capture = tuple(capture)
+        unknown = [c for c in self.capture if c not in CAPTURES]
+        if unknown or not self.capture:
+            raise ProbeError(f"unknown capture kind {unknown[0] if unknown else '(none)'!r}; accepted: {', '.join(CAPTURES)}")
+        if mode not in MODES:
+            raise ProbeError(f"unknown probe mode {mode!r}; accepted: {', '.join(MODES)}")
+        if hook not in HOOKS or hook.startswith("attn."):
+            accepted = ", ".join(h for h in HOOKS if not h.startswith("attn."))
+            raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted}")
+        if pca_tokens < 1:
+            raise ProbeError(f"pca_tokens must be >= 1, got {pca_tokens}")
+        self.frames = None if frames is None else {int(f) for f in frames}
+        self.steps = None if steps is None else {int(s) for s in steps}
+        self.hook, self.mode, self.backend, self.pca_tokens = hook, mode, backend, pca_tokens
+        n = self.layout.tokens_per_frame
+        generator = torch.Generator().manual_seed(sample_seed)
+        # The same tokens at every step and frame, so PCA images line up on the token grid.
+        self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
+        self._stack: ExitStack | None = None
+        self._reset()
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.current: tuple[int, int, float] | None = None  # (frame, step, timestep) of the pass under way
+        self._open: int | None = None                       # the frame whose step buffers are held
+        self.timesteps: dict[int, dict[int, float]] = {}    # frame -> step -> timestep
+        self.num_frames = 0                                 # frames the sampler announced: the clip length
+        self.context: int | None = None                     # frames given before the first denoised one
+        self.video: torch.Tensor | None = None
+        self._features: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
+        self._grams: dict[int, dict[int, StepGram]] = {layer: {} for layer in self.layers}
+        self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
+        self._query: dict[int, torch.Tensor] = {}
+
+    def on_step(self, frame: int, step: int | None, timestep: float) -> None:
+        """Told by `generate` before every forward pass (see `scd.sampling.observe_sampling`)."""
+        self.num_frames = max(self.num_frames, frame + 1)
+        if step is not None and self.context is None:
+            self.context = frame
+        probed = (step is not None and (self.frames is None or frame in self.frames)
+                  and (self.steps is None or step in self.steps))
+        if self._open is not None and (frame != self._open or step is None):  # the open frame is done
+            self._release(self._open)
+        self.current = (frame, step, timestep) if probed else None
+        if probed:
+            self._open = frame
+            self.timesteps.setdefault(frame, {})[step] = timestep
+
+    def on_video(self, video: torch.Tensor) -> None:
+        """Told by `generate` of the finished video."""
+        if self._open is not None:
+            self._release(self._open)
+        self.current = None
+        self.video = video
+
+    def _release(self, frame: int) -> None:
+        """A frame is done: free its per-step buffers (stream mode's memory does not grow with frames)."""
+        self._open = None
+        for grams in self._grams.values():
+            if frame in grams:
+                grams[frame].release()
+
+    def _active(self) -> bool:
+        return self.current is not None
+
+    def _frame_tokens(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tokens of the frame being denoised: the last N of the pass (frame-major layout)."""
+        if tensor.shape[0] != 1:
+            raise ProbeError(f"a Probe records one video at a time; generate was given a batch of {tensor.shape[0]}")
+        return tensor[0, -self.layout.tokens_per_frame:]
+
+    def _receive(self, layer: int, hook: str, tensor: torch.Tensor) -> None:
+        frame, step, _ = self.current
+        if hook == self.hook:
+            x = self._frame_tokens(tensor).detach()
+            self._grams[layer].setdefault(frame, StepGram()).add(x)
+            kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
+            self._features[layer].setdefault(frame, []).append(kept.float().cpu().clone())
+        if hook == "attn.hook_q":
+            self._query[layer] = self._frame_tokens(tensor).detach()
+        elif hook == "attn.hook_k":
+            n = self.layout.tokens_per_frame
+            keys = tensor.detach()[:1]
+            if keys.shape[1] != (frame + 1) * n:
+                raise ProbeError(f"layer {layer} saw {keys.shape[1]} keys while denoising frame {frame}; "
+                                 f"expected frames 0..{frame} x {n} tokens (a frame-major causal layout)")
+            key_frames = torch.arange(frame + 1, device=keys.device).repeat_interleave(n)
+            query_frames = torch.full((n,), frame, device=keys.device)
+            mass = attention_mass_by_frame(self._query.pop(layer)[None], keys, query_frames, key_frames, frame + 1)
+            self._mass[layer].setdefault(frame, []).append(mass[0].mean(1).cpu())  # [H, frame + 1]
+
+    def __enter__(self) -> Probe:
+        if self._stack is not None:
+            raise ProbeError("this Probe is already in use; make a new one for another recording")
+        self._reset()
+        targets = []
+        for layer in self.layers:
+            if "features" in self.capture:
+                targets.append((layer, self.hook))
+            if "attention" in self.capture:
+                targets += [(layer, "attn.hook_q"), (layer, "attn.hook_k")]
+        stack = ExitStack()
+        try:
+            stack.callback(observe_sampling(self.model, self).remove)
+            stack.enter_context(get_backend(self.backend)(self.model, self.layout, targets, self._receive, self._active))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack, self._stack = self._stack, None
+        self.current = None
+        stack.close()
+
+    # -- results ---------------------------------------------------------------------------------
+
+    @property
+    def recorded_frames(self) -> list[int]:
+        """The video frame indices recorded, in order."""
+        return sorted(self.timesteps)
+
+    def _per_frame(self, per_layer: dict[int, dict[int, list]], layer: int, what: str) -> list[list]:
+        if layer not in per_layer:
+            raise ProbeError(f"layer {layer} was not probed; probed layers: {', '.join(map(str, self.layers))}")
+        if not self.recorded_frames:
+            raise ProbeError("nothing was recorded: call generate inside the `with Probe(...)` block")
+        if what not in self.capture:
+            raise ProbeError(f"{what} were not captured; captured: {', '.join(self.capture)}")
+        return [per_layer[layer][frame] for frame in self.recorded_frames]
+
+    def features(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, N, D] (`full`) or [F, S, pca_tokens, D] (`stream`, tokens `token_index`)."""
+        return torch.stack([torch.stack(steps) for steps in self._per_frame(self._features, layer, "features")])
+
+    def gram(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Gram of flattened features, per-token cosine averaged over tokens), each float64 [F, S, S]."""
+        pairs = [g.matrices() for g in self._per_frame(self._grams, layer, "features")]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, H, T]: each probed frame's attention mass on each of the clip's T frames."""
+        frames = self._per_frame(self._mass, layer, "attention")
+        padded = [torch.stack([torch.nn.functional.pad(m, (0, self.num_frames - m.shape[-1])) for m in steps])
+                  for steps in frames]
+        return torch.stack(padded).float()
+
+    def metrics(self) -> pd.DataFrame:
+        """Tidy table, one row per (layer, frame, metric): cross-step cosine summaries, attention shares."""
+        rows = []
+        for layer in self.layers:
+            if "features" in self.capture:
+                gram, token_cosine = self.gram(layer)
+                for name, matrices in (("token_cosine", token_cosine), ("flat_cosine", cosine_from_gram(gram))):
+                    for frame, matrix in zip(self.recorded_frames, matrices, strict=True):
+                        values = off_diagonal(matrix) if matrix.shape[-1] > 1 else matrix.flatten()
+                        rows.append((layer, frame, f"{name}_mean", float(values.mean())))
+                        rows.append((layer, frame, f"{name}_min", float(values.min())))
+            if "attention" in self.capture:
+                for frame, mass in zip(self.recorded_frames, self.attention(layer), strict=True):
+                    rows.append((layer, frame, "attention_earlier", float(mass[..., :frame].sum(-1).mean())))
+                    rows.append((layer, frame, "attention_same_frame", float(mass[..., frame].mean())))
+        return pd.DataFrame(rows, columns=["layer", "frame", "metric", "value"])
+
+    def save(self, path: str | Path, *, ground_truth: torch.Tensor | None = None, force: bool = False,
+             **info) -> Path:
+        """Write the run directory (DESIGN.md); `info` (e.g. clip=0, seed=0) goes into the manifest."""
+        if self.video is None or not self.recorded_frames:
+            raise ProbeError("nothing to save: call generate inside the `with Probe(...)` block first")
+        steps = {frame: sorted(s) for frame, s in self.timesteps.items()}
+        first = steps[self.recorded_frames[0]]
+        if any(s != first for s in steps.values()):
+            raise ProbeError("probed frames recorded different steps; probe one generate call per Probe")
+        features, attention = {}, {}
+        for layer in self.layers:
+            if "features" in self.capture:
+                gram, token_cosine = self.gram(layer)
+                features[f"layer{layer}"] = self.features(layer)
+                features[f"layer{layer}.tokens"] = self.token_index if self.mode == "stream" else \
+                    torch.arange(self.layout.tokens_per_frame)
+                features[f"layer{layer}.gram"] = gram
+                features[f"layer{layer}.token_cosine"] = token_cosine
+            if "attention" in self.capture:
+                attention[f"layer{layer}"] = self.attention(layer)
+        video = self.video if self.video.dim() == 4 else self.video[0]
+        truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *_frames_uint8(video).shape[1:]),
+                                                                                       np.uint8)
+        config = self.model.get_config() if hasattr(self.model, "get_config") else {}
+        manifest = {
+            "model": getattr(self.model, "checkpoint", {}).get("name", type(self.model).__name__),
+            "checkpoint": getattr(self.model, "checkpoint", None),
+            "config": config,
+            "layers": self.layers, "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
+            "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame,
+            "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
+            "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
+            "ground_truth": ground_truth is not None, **info,
+        }
+        return write_run(path, manifest, features=features, attention=attention, metrics=self.metrics(),
+                         generated=_frames_uint8(video), ground_truth=truth, force=force)

@@ -1,4 +1,4 @@
-"""The `probe` command: `probe generate`, `probe train`, `probe export`.
+"""The `probe` command: `probe run`, `probe show`, `probe generate`, `probe train`, `probe export`.
 
 A user mistake (unknown model, bad flag value, missing or corrupt checkpoint) is one line on
 stderr and exit code 2, never a traceback.
@@ -7,6 +7,8 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -18,6 +20,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class UsageError(Exception):
     """Bad user input: reported as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): the problem, then where the help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _nonnegative(text: str) -> int:
@@ -42,6 +51,123 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available here; accepted: cpu")
     return device
+
+
+def _layers(spec: str, depth: int) -> list[int] | str:
+    """'15' / '0,5,15' / 'all' -> block indices (or 'all'), checked against the model's depth."""
+    accepted = f"comma-separated block indices in 0..{depth - 1}, or 'all'"
+    if spec.strip() == "all":
+        return "all"
+    parts = [part.strip() for part in spec.split(",")]
+    if not spec.strip() or any(not part for part in parts):
+        raise UsageError(f"empty layer in {spec!r}; accepted: {accepted}")
+    layers = []
+    for part in parts:
+        if not re.fullmatch(r"[+-]?\d+", part):
+            raise UsageError(f"layer {part!r} is not an integer; accepted: {accepted}")
+        layers.append(int(part))
+    duplicates = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if duplicates:
+        raise UsageError(f"layer {duplicates[0]} is given twice in {spec!r}; give each layer once")
+    for layer in layers:
+        if not 0 <= layer < depth:
+            raise UsageError(f"layer {layer} is out of range; accepted: {accepted}")
+    return layers
+
+
+def _writable_out(out: Path, force: bool) -> None:
+    """Refuse, before any work, an --out that exists (without --force) or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory path for the run")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} already exists and is not empty; pass --force to replace it, or choose another --out")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} cannot be written (no write permission in {parent})")
+
+
+def _default_out(model: str, layers: list[int] | str) -> Path:
+    name = Path(model).name.removesuffix(".safetensors") if model not in ("baseline", "scd") else model
+    spec = "all" if layers == "all" else "-".join(map(str, layers))
+    return Path("reports") / "runs" / f"{name}-layer{'s' if len(spec.split('-')) > 1 or spec == 'all' else ''}-{spec}"
+
+
+def summary_table(metrics, capture: list[str]) -> str:
+    """One row per layer: mean off-diagonal cross-step cosine, its minimum, attention share on earlier frames."""
+    import pandas as pd
+
+    by = metrics.groupby(["layer", "metric"]).value
+    table = pd.DataFrame(index=sorted(metrics.layer.unique()))
+    table.index.name = "layer"
+    if "features" in capture:
+        table["cross-step cosine (mean)"] = by.mean().xs("token_cosine_mean", level="metric")
+        table["cross-step cosine (min)"] = by.min().xs("token_cosine_min", level="metric")
+    if "attention" in capture:
+        table["attention on earlier frames"] = by.mean().xs("attention_earlier", level="metric")
+    return table.to_markdown(floatfmt=".3f")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from probes.probe import CAPTURES, MODES, Probe, ProbeError
+    from scd import VideoBenchmark, generate, load_model
+
+    capture = [c.strip() for c in args.capture.split(",")]
+    for c in capture:
+        if c not in CAPTURES:
+            raise UsageError(f"unknown capture kind {c!r}; accepted: {', '.join(CAPTURES)} (comma-separated)")
+    if len(set(capture)) != len(capture):
+        raise UsageError(f"--capture {args.capture!r} names a kind twice; accepted: {', '.join(CAPTURES)}")
+    if args.mode not in MODES:
+        raise UsageError(f"unknown --mode {args.mode!r}; accepted: {', '.join(MODES)}")
+    clip_frames = args.clip_frames or args.context + args.frames
+    if args.context >= clip_frames:
+        raise UsageError(f"--context {args.context} is longer than the clip ({clip_frames} frames); "
+                         f"accepted: 1..{clip_frames - 1}")
+    if args.context + args.frames > clip_frames:
+        raise UsageError(f"--context {args.context} + --frames {args.frames} needs {args.context + args.frames} frames "
+                         f"but --clip-frames is {clip_frames}")
+    device = _device(args.device)
+    model = load_model(args.model, device=device, dtype=DTYPES[args.dtype])
+    spec = args.layers if args.layers is not None else str(args.layer)
+    layers = _layers(spec, len(model.blocks))
+    out = Path(args.out) if args.out else _default_out(args.model, layers)
+    _writable_out(out, args.force)
+
+    clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(args.clip)
+    progress = tqdm(total=args.frames * args.steps, desc=f"probe {args.model}", unit="step", disable=args.quiet)
+
+    def advance(frame: int, step: int | None, timestep: float) -> None:
+        if step is not None:
+            progress.set_postfix(frame=frame, refresh=False)
+            progress.update()
+
+    try:
+        with Probe(model, layers, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend) as probe:
+            generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=device,
+                     dtype=DTYPES[args.dtype], callback=advance)
+        progress.close()
+        run = probe.save(out, ground_truth=clip[: args.context + args.frames], force=args.force, split="val",
+                         clip=args.clip, seed=args.seed, dtype=args.dtype, device=str(device),
+                         command="probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None)
+    except ProbeError as e:
+        raise UsageError(str(e)) from None
+    if not args.quiet:
+        print(summary_table(probe.metrics(), capture))
+    print(f"wrote {run}")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from probes.store import load_run
+
+    run = load_run(args.run)
+    m = run.manifest
+    print(f"{m.get('model')} · layers {m.get('layers')} · frames {m.get('frames')} · {len(m.get('steps', []))} steps · "
+          f"seed {m.get('seed')} · {m.get('mode')} mode")
+    print(summary_table(run.metrics, m.get("capture", [])))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -88,11 +214,40 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from probes.backends import BACKENDS
+    from probes.probe import CAPTURES, MODES
     from scd.train import TrainConfig
     from scd.zoo import SIZES
 
-    parser = argparse.ArgumentParser(prog="probe", description="Probe causal video diffusion models.")
+    parser = Parser(prog="probe", description="Probe causal video diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="probe a model while it generates: features and attention at every step")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--layer", default="15", help="one block index (default 15)")
+    which.add_argument("--layers", default=None, help="comma-separated block indices, or 'all'")
+    r.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")
+    r.add_argument("--clip", type=_nonnegative, default=0, help="val clip index")
+    r.add_argument("--context", type=_positive, default=4, help="context frames given to the model")
+    r.add_argument("--frames", type=_positive, default=4, help="frames to generate (each one is probed)")
+    r.add_argument("--clip-frames", type=_positive, default=None, help="frames of the val clip (default context + frames)")
+    r.add_argument("--steps", type=_positive, default=50, help="denoising steps per frame")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
+    r.add_argument("--mode", default="full", help=f"{' or '.join(MODES)}: keep every token (float16 on disk) or "
+                   "only running reductions and a token subsample")
+    r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")
+    r.add_argument("--backend", choices=BACKENDS, default="hookpoints", help="how the model is read")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    r.add_argument("--out", default=None, help="run directory (default reports/runs/MODEL-layer-15)")
+    r.add_argument("--force", action="store_true", help="replace an existing run directory")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or table, only the run's path")
+    r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("show", help="print the summary table of a run directory")
+    w.add_argument("run", help="run directory written by probe run")
+    w.set_defaults(func=cmd_show)
 
     g = sub.add_parser("generate", help="generate frames after context frames and write a PNG strip")
     g.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")
@@ -138,15 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `probe` console script."""
+    from probes.store import RunError
     from scd.zoo import CheckpointError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (UsageError, CheckpointError) as e:
+    except (UsageError, CheckpointError, RunError) as e:
         print(f"probe {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"probe {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

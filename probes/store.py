@@ -75,6 +75,8 @@ def write_run(
     "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens").
     """
     path = Path(path)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()  # an empty directory (made ahead by the user) holds no run to protect
     if path.exists() and not force:
         raise RunError(f"{path} already exists; pass --force to replace it")
     for name, video in (("generated", generated), ("ground_truth", ground_truth)):

@@ -1,0 +1,157 @@
+"""`probe run` and `probe show`: the run directory on disk, bad input, an interrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from probes import load_run
+from probes.cli import main
+from probes.store import RunError
+from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.zoo import save_model
+from tests.conftest import randomize
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_model(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), path / "model.safetensors")
+    return path
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _run(checkpoint, out, *extra):
+    layer = [] if {"--layer", "--layers"} & set(extra) else ["--layer", "1"]  # the tiny model has blocks 0..3
+    return main(["run", "--model", str(checkpoint), "--context", "2", "--frames", "2", "--steps", "3", "--out", str(out),
+                 "--quiet", *layer, *extra])
+
+
+def test_run_writes_a_complete_run_and_prints_a_table(tiny_checkpoint, tmp_path, capsys):
+    assert main(["run", "--model", str(tiny_checkpoint), "--layers", "1,3", "--context", "2", "--frames", "2",
+                 "--steps", "3", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "cross-step cosine (mean)" in out and "attention on earlier frames" in out and f"wrote {tmp_path / 'run'}" in out
+    run = load_run(tmp_path / "run")
+    assert run.feature_layers == run.attention_layers == [1, 3]
+    assert run.features(3).shape == (2, 3, 16, 32) and run.attention(1).shape == (2, 3, 2, 4)
+    m = run.manifest
+    assert (m["clip"], m["seed"], m["split"], m["context"], m["frames"]) == (0, 0, "val", 2, [2, 3])
+    assert m["checkpoint"]["sha256"] == json.loads((tiny_checkpoint / "config.json").read_text())["sha256"]
+    generated, truth = run.video()
+    assert generated.shape == truth.shape == (4, 16, 16, 3)
+    assert main(["show", str(tmp_path / "run")]) == 0
+    assert "| 3 |" in capsys.readouterr().out.replace("       ", " ").replace("  ", " ")
+
+
+def test_layers_all_stream_mode_and_the_nnsight_backend(tiny_checkpoint, tmp_path):
+    assert _run(tiny_checkpoint, tmp_path / "a", "--layers", "all", "--mode", "stream", "--backend", "nnsight") == 0
+    assert _run(tiny_checkpoint, tmp_path / "b", "--layers", "all", "--capture", "attention") == 0
+    a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    assert a.feature_layers == a.attention_layers == b.attention_layers == [0, 1, 2, 3] and b.feature_layers == []
+    assert (a.attention(2) - b.attention(2)).abs().max() <= 1e-6  # two backends, two modes, the same mass
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--layer", "4"], "layer 4 is out of range; accepted: comma-separated block indices in 0..3, or 'all'"),
+    (["--layer", "-1"], "layer -1 is out of range"),
+    (["--layer", "x"], "layer 'x' is not an integer; accepted"),
+    (["--layers", "1.5"], "layer '1.5' is not an integer"),
+    (["--layers", ""], "empty layer in ''"),
+    (["--layers", "1,,2"], "empty layer in '1,,2'"),
+    (["--layers", "1,2,1"], "layer 1 is given twice"),
+    (["--capture", "features,logits"], "unknown capture kind 'logits'; accepted: features, attention"),
+    (["--capture", "attention,attention"], "names a kind twice"),
+    (["--mode", "lazy"], "unknown --mode 'lazy'; accepted: full, stream"),
+    (["--context", "5", "--clip-frames", "4"], "--context 5 is longer than the clip (4 frames); accepted: 1..3"),
+    (["--frames", "3", "--clip-frames", "4"], "needs 5 frames but --clip-frames is 4"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_path, capsys, extra, expected):
+    assert _run(tiny_checkpoint, tmp_path / "run", *extra) == 2
+    assert expected in _error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model(tmp_path, capsys):
+    assert main(["run", "--model", "wan-14b", "--out", str(tmp_path / "run")]) == 2
+    assert "unknown model 'wan-14b'; accepted: baseline" in _error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--steps", "0"], "--steps: must be >= 1, got 0"),
+    (["--frames", "0"], "--frames: must be >= 1, got 0"),
+    (["--context", "0"], "--context: must be >= 1, got 0"),
+    (["--clip", "-2"], "--clip: must be >= 0, got -2"),
+    (["--layer", "3", "--layers", "1,2"], "not allowed with argument"),
+    (["--backend", "pyvene"], "invalid choice: 'pyvene'"),
+])
+def test_bad_flags_are_one_line_exit_2(argv, expected, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--out", str(tmp_path / "run"), *argv])
+    assert e.value.code == 2
+    assert expected in _error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_run_is_kept_without_force(tiny_checkpoint, tmp_path, capsys):
+    assert _run(tiny_checkpoint, tmp_path / "run", "--seed", "1") == 0
+    manifest = (tmp_path / "run" / "manifest.json").read_bytes()
+    assert _run(tiny_checkpoint, tmp_path / "run", "--seed", "2") == 2
+    assert "already exists and is not empty; pass --force" in _error(capsys)
+    assert (tmp_path / "run" / "manifest.json").read_bytes() == manifest
+    assert _run(tiny_checkpoint, tmp_path / "run", "--seed", "2", "--force") == 0
+    assert load_run(tmp_path / "run").manifest["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary left behind
+    (tmp_path / "empty").mkdir()
+    assert _run(tiny_checkpoint, tmp_path / "empty") == 0  # an empty directory is not a run to protect
+
+
+def test_an_unwritable_out_is_refused(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    assert _run(tiny_checkpoint, tmp_path / "file" / "run") == 2
+    assert "cannot be written" in _error(capsys)
+    assert _run(tiny_checkpoint, tmp_path / "file") == 2
+    assert "is a file" in _error(capsys)
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_show_refuses_a_broken_run(tiny_checkpoint, tmp_path, capsys):
+    assert _run(tiny_checkpoint, tmp_path / "run") == 0
+    (tmp_path / "run" / "video.npz").unlink()
+    assert main(["show", str(tmp_path / "run")]) == 2
+    assert "is missing video.npz" in _error(capsys)
+    (tmp_path / "run" / "manifest.json").write_text("{not json")
+    assert main(["show", str(tmp_path / "run")]) == 2
+    assert "manifest.json is not valid JSON" in _error(capsys)
+    assert main(["show", str(tmp_path / "nowhere")]) == 2
+    assert "is not a run directory" in _error(capsys)
+
+
+def test_killing_a_run_leaves_nothing_that_loads_and_a_rerun_succeeds(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "probes.cli", "run", "--model", str(tiny_checkpoint), "--steps", "100",
+            "--layers", "all", "--out", str(out)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    line = ""
+    while "step" not in line and time.time() < deadline:  # wait until the progress bar shows it is generating
+        line = proc.stderr.read(64)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "step" in line and proc.returncode == -signal.SIGKILL
+    with pytest.raises(RunError):
+        load_run(out)
+    assert subprocess.run(argv, capture_output=True).returncode == 0  # the same command, run again
+    assert load_run(out).manifest["complete"] is True

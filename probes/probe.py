@@ -151,7 +151,7 @@ class Probe:
             x = self._frame_tokens(tensor).detach()
             self._grams[layer].setdefault(frame, StepGram()).add(x)
             kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
-            self._features[layer].setdefault(frame, []).append(kept.float().cpu().clone())
+            self._features[layer].setdefault(frame, []).append(kept.to("cpu", torch.float32, copy=True))
         if hook == "attn.hook_q":
             self._query[layer] = self._frame_tokens(tensor).detach()
         elif hook == "attn.hook_k":

@@ -28,7 +28,7 @@ class StepGram:
 
     def add(self, features: torch.Tensor) -> None:
         """Take the features [N, D] of the next step."""
-        x = features.float()
+        x = features.to(torch.float32, copy=True)  # a copy: a view would keep the pass's whole activation alive
         norm = torch.linalg.vector_norm(x, dim=-1)
         self.buffer.append(x)
         self.norms.append(norm)

@@ -155,3 +155,17 @@ def test_killing_a_run_leaves_nothing_that_loads_and_a_rerun_succeeds(tiny_check
         load_run(out)
     assert subprocess.run(argv, capture_output=True).returncode == 0  # the same command, run again
     assert load_run(out).manifest["complete"] is True
+
+
+@pytest.mark.slow
+def test_the_default_run_probes_the_shipped_baseline(tmp_path, capsys):
+    """`probe run --layer 15`: the shipped baseline, val clip 0, 4 + 4 frames, 50 steps, seed 0, both captures."""
+    from scd.zoo import CHECKPOINT_DIR
+
+    assert main(["run", "--layer", "15", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run = load_run(tmp_path / "run")
+    m = run.manifest
+    assert (m["model"], m["clip"], m["seed"], m["context"], m["frames"], m["layers"]) == ("baseline", 0, 0, 4, [4, 5, 6, 7], [15])
+    assert m["steps"] == list(range(50)) and m["capture"] == ["features", "attention"] and m["mode"] == "full"
+    assert m["checkpoint"]["sha256"] == json.loads((CHECKPOINT_DIR / "baseline.json").read_text())["sha256"]
+    assert run.features(15).shape == (4, 50, 64, 128) and run.attention(15).shape == (4, 50, 4, 8)

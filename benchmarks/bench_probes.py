@@ -1,0 +1,194 @@
+"""What probing costs: time overhead of a Probe, and peak memory of the attention mass and of the two modes.
+
+    python benchmarks/bench_probes.py                 # the shipped baseline; writes benchmarks/RESULTS.md
+    python benchmarks/bench_probes.py --repeats 1 --quick
+
+1. Overhead: probed / unprobed generation time, measured interleaved in one process (each round runs
+   every setting once, in turn; the median over rounds is reported), for one layer and for all 30
+   layers with attention, in full and stream mode, with both backends for one layer.
+2. Peak memory of `attention_mass_by_frame` for 32,760 keys (21 frames x 1,560 tokens: 480p Wan
+   latents) and the 1,560 queries of one frame, 12 heads of dim 128, default chunk; next to the size
+   of the full attention matrix it avoids.
+3. Peak memory of a probed generation (all 30 layers, features and attention) in full vs stream mode
+   at 50 and 200 steps, each in a fresh subprocess.
+
+Peak memory is the process's resident-set high-water mark (Linux VmHWM, reset through
+/proc/self/clear_refs) above what it held before the measured work; the mode children run with
+glibc's MALLOC_MMAP_THRESHOLD_=16384 so that freed tensors leave the resident set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench_probes: start -->", "<!-- bench_probes: end -->"
+# The probe keeps many small tensors; glibc would serve them from a heap it seldom gives back, so the
+# resident-set peak would measure fragmentation (it varied 2x between identical runs). Served by mmap
+# they are returned on free, and the peak follows the memory actually held.
+MALLOC_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> int:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return _status("VmRSS")
+
+
+def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
+    from probes import Probe
+    from scd import VideoBenchmark, generate, load_model
+
+    model = load_model("baseline")
+    clip = VideoBenchmark("val", frames=4 + frames).clip(0)
+    depth = len(model.blocks)
+    settings = {
+        "unprobed": None,
+        "layer 15, full, hookpoints": dict(layers=[15]),
+        "layer 15, stream, hookpoints": dict(layers=[15], mode="stream"),
+        "layer 15, full, nnsight": dict(layers=[15], backend="nnsight"),
+        f"all {depth} layers, full, hookpoints": dict(layers="all"),
+        f"all {depth} layers, stream, hookpoints": dict(layers="all", mode="stream"),
+        f"all {depth} layers, stream, nnsight": dict(layers="all", mode="stream", backend="nnsight"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    reference = generate(model, clip[:4], frames, steps=steps)  # warm-up
+    for _ in range(repeats):
+        for name, kwargs in settings.items():
+            start = time.perf_counter()
+            if kwargs is None:
+                video = generate(model, clip[:4], frames, steps=steps)
+            else:
+                with Probe(model, **kwargs) as probe:
+                    video = generate(model, clip[:4], frames, steps=steps)
+                probe.metrics()  # the reductions a run writes, so their cost is counted
+            times[name].append(time.perf_counter() - start)
+            assert torch.equal(video, reference), f"{name} changed the generated video"
+    base = statistics.median(times["unprobed"])
+    return [{"setting": name, "seconds": statistics.median(t), "ratio": statistics.median(t) / base}
+            for name, t in times.items()]
+
+
+def attention_memory(keys: int = 32760, queries: int = 1560, heads: int = 12, head_dim: int = 128) -> dict:
+    from probes.attention import SCORES_BUDGET, attention_mass_by_frame
+
+    g = torch.Generator().manual_seed(0)
+    frames = keys // queries
+    q = torch.randn(1, queries, heads, head_dim, generator=g)
+    k = torch.randn(1, keys, heads, head_dim, generator=g)
+    key_frames = torch.arange(frames).repeat_interleave(queries)
+    query_frames = torch.full((queries,), frames - 1)
+    before = _reset_peak()
+    start = time.perf_counter()
+    mass = attention_mass_by_frame(q, k, query_frames, key_frames, frames)
+    seconds = time.perf_counter() - start
+    peak = _status("VmHWM") - before
+    assert torch.allclose(mass.sum(-1), torch.ones(()))
+    chunk = max(1, SCORES_BUDGET // (heads * keys))
+    return {"keys": keys, "queries": queries, "heads": heads, "head_dim": head_dim, "chunk": chunk,
+            "peak_bytes": peak, "full_matrix_bytes": heads * queries * keys * 4, "seconds": seconds}
+
+
+def mode_memory(mode: str, steps: int, frames: int, pca_tokens: int) -> dict:
+    """Run in a fresh process (see main): peak memory of a probed generation above the loaded model."""
+    from probes import Probe
+    from scd import VideoBenchmark, generate, load_model
+
+    torch.set_num_threads(2)
+    model = load_model("baseline")
+    clip = VideoBenchmark("val", frames=4 + frames).clip(0)
+    generate(model, clip[:4], 1, steps=2)  # allocator and kernels warm
+    before = _reset_peak()
+    with Probe(model, "all", mode=mode, pca_tokens=pca_tokens) as probe:
+        generate(model, clip[:4], frames, steps=steps)
+    probe.metrics()
+    return {"mode": mode, "steps": steps, "frames": frames, "peak_bytes": _status("VmHWM") - before}
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def write_results(path: Path, command: str, over: list[dict], attn: dict, modes: list[dict], frames: int,
+                  steps: int, pca_tokens: int) -> None:
+    lines = [START, "## Probe overhead and memory (`benchmarks/bench_probes.py`)", "",
+             f"Command: `{command}` on {platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}.", "",
+             f"### Time: probed / unprobed generation (shipped baseline, 4 context + {frames} frames, {steps} steps)", "",
+             "Settings run interleaved in one process, median over rounds; every probed video equals the unprobed "
+             "one bitwise (checked).", "", "| setting | seconds | probed / unprobed |", "|---|---:|---:|"]
+    lines += [f"| {r['setting']} | {r['seconds']:.2f} | {r['ratio']:.2f}x |" for r in over]
+    lines += ["", "### Memory: per-frame attention mass for a long context", "",
+              f"{attn['queries']:,} queries (one frame) against {attn['keys']:,} keys ({attn['keys'] // attn['queries']} "
+              f"frames x {attn['queries']:,} tokens, 480p Wan latents), {attn['heads']} heads of dim {attn['head_dim']}, "
+              f"default chunk ({attn['chunk']} queries): peak {_mib(attn['peak_bytes'])} above the inputs, "
+              f"{attn['seconds']:.1f} s. The full attention matrix in float32 would be {_mib(attn['full_matrix_bytes'])}.",
+              "", f"### Memory: full vs stream mode, all 30 layers with attention, 4 generated frames "
+              f"(stream keeps {pca_tokens} of 64 tokens for PCA)", "",
+              "Peak resident memory above the loaded model, each setting in a fresh process "
+              "(MALLOC_MMAP_THRESHOLD_=16384, so freed tensors leave the resident set).", "",
+              "| mode | steps | peak |", "|---|---:|---:|"]
+    lines += [f"| {r['mode']} | {r['steps']} | {_mib(r['peak_bytes'])} |" for r in modes]
+    lines += ["", "Full mode keeps every token of every frame and step (float32 in memory, float16 on disk). Stream "
+              "mode keeps the token subsample and, per layer, the steps of the frame being denoised only (an exact "
+              "step x step Gram row needs every earlier step of that frame), dropped when the frame is done: its "
+              "memory does not grow with the number of frames, but one frame's steps are "
+              "held while it is denoised.", END]
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if START in text:
+        text = text[: text.index(START)] + "\n".join(lines) + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds for the overhead")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--pca-tokens", type=int, default=16, help="stream mode's token subsample in the memory test")
+    parser.add_argument("--mode-memory", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    if args.mode_memory:  # the child process of one memory measurement
+        print(json.dumps(mode_memory(args.mode_memory[0], int(args.mode_memory[1]), args.frames, args.pca_tokens)))
+        return
+    torch.set_num_threads(2)
+    over = overhead(args.repeats, args.frames, args.steps)
+    for r in over:
+        print(f"{r['setting']:40s} {r['seconds']:7.2f} s  {r['ratio']:.2f}x", flush=True)
+    attn = attention_memory()
+    print(f"attention mass: peak {_mib(attn['peak_bytes'])} vs full matrix {_mib(attn['full_matrix_bytes'])}", flush=True)
+    modes = []
+    for steps in (50, 200):
+        for mode in ("full", "stream"):
+            child = subprocess.run([sys.executable, __file__, "--mode-memory", mode, str(steps), "--frames",
+                                    str(args.frames), "--pca-tokens", str(args.pca_tokens)],
+                                   capture_output=True, text=True, check=True, env=MALLOC_ENV)
+            modes.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            print(f"{mode:6s} {steps:3d} steps: peak {_mib(modes[-1]['peak_bytes'])}", flush=True)
+    command = "python benchmarks/bench_probes.py " + " ".join(sys.argv[1:])
+    write_results(args.out, command.strip(), over, attn, modes, args.frames, args.steps, args.pca_tokens)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

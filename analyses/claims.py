@@ -1,0 +1,105 @@
+"""The paper's claims as functions of measured numbers, each with its threshold written down here.
+
+Verdicts: "reproduced", "not reproduced", or "not measured" (what is missing is said). Thresholds
+are fixed in this file, before and independent of any result; the report shows them next to the
+measured values. Layer numbers are the paper's (a 30-block model): layer 15, the last 3 layers,
+layers 28-29; for a model of another depth they are taken at the same relative depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analyses.similarity import depth_curve
+from analyses.sparsity import sparsity_table
+from probes.store import Run
+
+REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
+SIMILARITY_THRESHOLD = 0.95   # claim 1: layer-15 mean off-diagonal cross-step cosine, over 50 steps
+PAPER_STEPS = 50              # the paper's denoising steps per frame
+DEEP_SHARE_MAX = 0.1          # claim 2: share of attention on earlier frames in layers 28-29 below this ...
+DEEP_SHARE_RATIO = 1 / 3      # ... and below this fraction of the largest layer's share
+
+
+@dataclass
+class Claim:
+    """One claim of the paper and its verdict on a run."""
+    name: str        # short name
+    statement: str   # what the paper says, in its words
+    threshold: str   # the test applied, written before looking at any result
+    measured: str    # the numbers the verdict rests on, or what is missing
+    verdict: str     # reproduced / not reproduced / not measured
+
+
+def paper_layers(depth: int) -> dict[str, list[int]]:
+    """The paper's layers (15; the last 3; 28-29 of 30) mapped onto a model of `depth` blocks."""
+    scale = lambda layer: round(layer * (depth - 1) / 29)  # noqa: E731
+    return {"middle": [scale(15)], "last3": [depth - 3, depth - 2, depth - 1], "deep": sorted({scale(28), depth - 1})}
+
+
+def _depth(run: Run) -> int:
+    return int(run.manifest.get("config", {}).get("depth", 30))
+
+
+def middle_layer_similarity(run: Run) -> Claim:
+    """Claim 1: the middle layer's features are nearly the same at every denoising step."""
+    layer = paper_layers(_depth(run))["middle"][0]
+    name, statement = "cross-step similarity at layer 15", (
+        "Early and middle layers are redundant across denoising steps: layer 15's step x step cosine "
+        "similarity is near 1 everywhere (> 0.95).")
+    threshold = f"mean off-diagonal per-token cosine at layer {layer} >= {SIMILARITY_THRESHOLD} over {PAPER_STEPS} steps"
+    steps = len(run.manifest.get("steps", []))
+    if layer not in run.feature_layers:
+        return Claim(name, statement, threshold, f"layer {layer} was not probed (features)", NOT_MEASURED)
+    if steps != PAPER_STEPS:
+        return Claim(name, statement, threshold, f"the run has {steps} steps, the claim is about {PAPER_STEPS}", NOT_MEASURED)
+    curve = depth_curve(run).set_index("layer")
+    value = float(curve.loc[layer, "mean_off_diagonal"])
+    verdict = REPRODUCED if value >= SIMILARITY_THRESHOLD else NOT_REPRODUCED
+    return Claim(name, statement, threshold, f"{value:.3f} (min {curve.loc[layer, 'min']:.3f})", verdict)
+
+
+def last_layers_less_similar(run: Run) -> Claim:
+    """Claim 1, its other side: the last layers change more across steps than layer 15."""
+    layers = paper_layers(_depth(run))
+    middle, last = layers["middle"][0], layers["last3"]
+    name, statement = "last 3 layers less similar than layer 15", (
+        "The redundancy is in early and middle layers: the last layers' features change across steps.")
+    threshold = f"mean off-diagonal cosine of each of layers {last} < that of layer {middle}"
+    missing = [layer for layer in [middle, *last] if layer not in run.feature_layers]
+    if missing:
+        return Claim(name, statement, threshold, f"layers {missing} were not probed (features)", NOT_MEASURED)
+    curve = depth_curve(run).set_index("layer")["mean_off_diagonal"]
+    verdict = REPRODUCED if all(curve[layer] < curve[middle] for layer in last) else NOT_REPRODUCED
+    measured = f"layer {middle}: {curve[middle]:.3f}; " + ", ".join(f"layer {layer}: {curve[layer]:.3f}" for layer in last)
+    return Claim(name, statement, threshold, measured, verdict)
+
+
+def deep_layers_local(run: Run) -> Claim:
+    """Claim 2: the deepest layers barely attend to earlier frames."""
+    deep = paper_layers(_depth(run))["deep"]
+    name, statement = "layers 28-29 barely attend to past frames", (
+        "Deep layers barely attend to past frames: layers 28 and 29 attend almost only within the frame.")
+    threshold = (f"share of attention on earlier frames in each of layers {deep} < {DEEP_SHARE_MAX} and "
+                 f"< {DEEP_SHARE_RATIO:.2f} x the largest share over the probed layers")
+    probed = run.attention_layers
+    missing = [layer for layer in deep if layer not in probed]
+    if missing:
+        return Claim(name, statement, threshold, f"layers {missing} were not probed (attention)", NOT_MEASURED)
+    if not set(probed) - set(deep):
+        return Claim(name, statement, threshold, "no layer other than the deep ones was probed to compare with",
+                     NOT_MEASURED)
+    share = sparsity_table(run).set_index("layer")["earlier_share"]
+    largest = int(share.idxmax())
+    ok = all(share[layer] < DEEP_SHARE_MAX and share[layer] < DEEP_SHARE_RATIO * share[largest] for layer in deep)
+    measured = ", ".join(f"layer {layer}: {share[layer]:.3f}" for layer in deep) + \
+        f"; largest: layer {largest}, {share[largest]:.3f}"
+    return Claim(name, statement, threshold, measured, REPRODUCED if ok else NOT_REPRODUCED)
+
+
+CLAIMS = (middle_layer_similarity, last_layers_less_similar, deep_layers_local)
+
+
+def evaluate(run: Run) -> list[Claim]:
+    """Every claim's verdict on one run."""
+    return [claim(run) for claim in CLAIMS]

@@ -1,0 +1,153 @@
+"""Analyses on constructed inputs with known answers, and claims on constructed runs that should give each verdict."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.claims import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, evaluate, paper_layers
+from analyses.pca import pca_images
+from analyses.similarity import cosine_matrix, depth_curve, run_cosine, similarity_table
+from analyses.sparsity import by_offset, earlier_share, entropy, offset_table, sparsity_table
+from probes.reductions import StepGram
+from probes.store import load_run, write_run
+
+FRAMES = [4, 5]  # probed frames of an 6-frame clip
+T = 6
+
+
+def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.Tensor], steps: int, depth: int = 30):
+    """A run directory from constructed features [F, S, N, D] and attention [F, S, H, T]."""
+    entries = {}
+    for layer, x in features.items():
+        grams = [StepGram() for _ in FRAMES]
+        for f, g in enumerate(grams):
+            for s in range(steps):
+                g.add(x[f, s])
+        pairs = [g.matrices() for g in grams]
+        entries |= {f"layer{layer}": x, f"layer{layer}.tokens": torch.arange(x.shape[2]),
+                    f"layer{layer}.gram": torch.stack([p[0] for p in pairs]),
+                    f"layer{layer}.token_cosine": torch.stack([p[1] for p in pairs])}
+    video = np.zeros((T, 4, 4, 3), np.uint8)
+    manifest = {"model": "constructed", "config": {"depth": depth}, "frames": FRAMES, "steps": list(range(steps))}
+    write_run(path, manifest, features=entries, attention={f"layer{k}": v for k, v in attention.items()},
+              generated=video, ground_truth=video)
+    return load_run(path)
+
+
+def _features(similar: bool, steps: int, g: torch.Generator) -> torch.Tensor:
+    """[F, S, 4, 8]: the same features at every step (similar) or a new random draw at every step."""
+    if similar:
+        return torch.randn(len(FRAMES), 1, 4, 8, generator=g).expand(-1, steps, -1, -1).clone()
+    return torch.randn(len(FRAMES), steps, 4, 8, generator=g)
+
+
+def _attention(own_frame_share: float, heads: int = 2, steps: int = 3) -> torch.Tensor:
+    """[F, S, H, T]: `own_frame_share` on the frame itself, the rest spread evenly over earlier frames."""
+    mass = torch.zeros(len(FRAMES), steps, heads, T)
+    for i, frame in enumerate(FRAMES):
+        mass[i, ..., frame] = own_frame_share
+        mass[i, ..., :frame] = (1 - own_frame_share) / frame
+    return mass
+
+
+def test_identical_features_give_similarity_1_and_orthogonal_ones_0():
+    x = torch.randn(5, 16)
+    same = x[None].expand(4, -1, -1)  # [S=4, N=5, D=16]
+    assert torch.allclose(cosine_matrix(same, "token"), torch.ones(4, 4, dtype=torch.float64))
+    assert torch.allclose(cosine_matrix(same, "flat"), torch.ones(4, 4, dtype=torch.float64))
+    eye = torch.eye(16)[:, None, :].expand(-1, 3, -1)  # step s: every token is basis vector e_s
+    assert torch.allclose(cosine_matrix(eye, "token"), torch.eye(16, dtype=torch.float64))
+    assert torch.allclose(cosine_matrix(eye, "flat"), torch.eye(16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="accepted: token, flat"):
+        cosine_matrix(x[None], "l2")
+
+
+def test_per_token_and_flattened_cosine_differ_as_defined():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 10.0]], [[1.0, 0.0], [10.0, 0.0]]])  # [S=2, N=2, D=2]
+    assert cosine_matrix(a, "token")[0, 1].item() == pytest.approx(0.5)  # token 0 equal, token 1 orthogonal
+    assert cosine_matrix(a, "flat")[0, 1].item() == pytest.approx(1 / 101)
+
+
+def test_similarity_tables_from_a_run(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    run = _write(tmp_path / "run", {3: _features(True, 5, g), 7: _features(False, 5, g)}, {}, 5)
+    table = similarity_table(run).set_index(["layer", "frame"])
+    assert table.loc[(3, 4), "mean_off_diagonal"] == pytest.approx(1.0)
+    curve = depth_curve(run).set_index("layer")
+    assert curve.loc[7, "mean_off_diagonal"] < 0.5
+    x = run.features(7).float()
+    assert (run_cosine(run, 7, "flat") - cosine_matrix(x, "flat")).abs().max() < 1e-3  # float16 features on disk
+
+
+def test_pca_images_are_the_same_after_a_rotation_of_feature_space():
+    g = torch.Generator().manual_seed(0)
+    steps, rows, cols, width = 3, 4, 4, 12
+    x = torch.randn(steps, rows * cols, width, generator=g) * torch.linspace(3, 0.1, width)
+    x = x + torch.randn(rows * cols, width, generator=g).abs() ** 3  # skewed, so each component's sign is defined
+    rotation, _ = torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))
+    images, variance = pca_images(x, (rows, cols))
+    rotated, variance_rotated = pca_images((x.double() @ rotation).float(), (rows, cols))
+    assert images.shape == (steps, rows, cols, 3) and images.min() >= 0 and images.max() <= 1
+    assert np.abs(images - rotated).max() < 1e-4
+    assert np.allclose(variance, variance_rotated, atol=1e-6) and variance[0] >= variance[1] >= variance[2]
+
+
+def test_pca_images_place_a_token_subsample_and_grey_the_rest():
+    x = torch.randn(2, 5, 6)
+    index = torch.tensor([0, 3, 6, 9, 15])
+    images, _ = pca_images(x, (4, 4), index)
+    flat = images.reshape(2, 16, 3)
+    missing = [i for i in range(16) if i not in index.tolist()]
+    assert (flat[:, missing] == 0.5).all()
+    with pytest.raises(ValueError, match="grid"):
+        pca_images(x, (2, 2), index)
+
+
+def test_all_mass_on_the_own_frame_gives_a_cross_frame_share_of_0(tmp_path):
+    own, spread = _attention(1.0), _attention(0.25)
+    assert (earlier_share(own, FRAMES) == 0).all()
+    assert torch.allclose(earlier_share(spread, FRAMES), torch.full((2, 3, 2), 0.75))
+    assert torch.allclose(entropy(own), torch.zeros(2, 3, 2, dtype=torch.float64))
+    uniform = torch.full((1, 1, 1, 5), 0.2)
+    assert entropy(uniform).item() == pytest.approx(math.log(5))
+    offsets = by_offset(spread, FRAMES)
+    assert torch.allclose(offsets[0, 0, 0, :5], torch.tensor([0.25, 0.1875, 0.1875, 0.1875, 0.1875]))
+    assert offsets[0, 0, 0, 5].isnan()  # frame 4 has no frame 5 back
+    run = _write(tmp_path / "run", {}, {0: spread, 28: own}, 3)
+    table = sparsity_table(run).set_index("layer")
+    assert table.loc[28, "earlier_share"] == 0 and table.loc[0, "earlier_share"] == pytest.approx(0.75)
+    offset = offset_table(run).set_index(["layer", "offset"])["mass"]
+    assert offset[(28, 0)] == 1 and offset[(0, 0)] == pytest.approx(0.25)
+
+
+def test_paper_layers_of_the_30_block_model():
+    assert paper_layers(30) == {"middle": [15], "last3": [27, 28, 29], "deep": [28, 29]}
+
+
+def _claims_run(tmp_path, name, *, similar15=True, similar_last=False, deep_share=0.0, steps=50, layers=None):
+    g = torch.Generator().manual_seed(0)
+    layers = layers or {15, 27, 28, 29, 5}
+    features = {layer: _features(similar15 if layer == 15 else similar_last if layer >= 27 else True, steps, g)
+                for layer in layers if layer != 5}
+    attention = {layer: _attention(1 - (deep_share if layer >= 28 else 0.6), steps=steps) for layer in layers}
+    return _write(tmp_path / name, features, attention, steps)
+
+
+def test_claims_give_each_verdict_on_runs_built_for_it(tmp_path):
+    paper = evaluate(_claims_run(tmp_path, "paper"))
+    assert [c.verdict for c in paper] == [REPRODUCED, REPRODUCED, REPRODUCED]
+    assert "layer 28: 0.000" in paper[2].measured and "largest: layer 5, 0.600" in paper[2].measured
+    against = evaluate(_claims_run(tmp_path, "against", similar15=False, similar_last=True, deep_share=0.5))
+    assert [c.verdict for c in against] == [NOT_REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]
+    # both conditions at their edges: 0.09 is below 0.1 and below 0.6 / 3; 0.1 is not strictly below 0.1
+    assert evaluate(_claims_run(tmp_path, "small", deep_share=0.09))[2].verdict == REPRODUCED
+    assert evaluate(_claims_run(tmp_path, "edge", deep_share=0.1))[2].verdict == NOT_REPRODUCED  # strictly below
+    few_steps = evaluate(_claims_run(tmp_path, "steps", steps=4))
+    assert few_steps[0].verdict == NOT_MEASURED and "4 steps" in few_steps[0].measured
+    missing = evaluate(_claims_run(tmp_path, "missing", layers={15}))
+    assert [c.verdict for c in missing] == [REPRODUCED, NOT_MEASURED, NOT_MEASURED]
+    assert "[27, 28, 29] were not probed" in missing[1].measured
+    only_deep = evaluate(_claims_run(tmp_path, "only_deep", layers={28, 29}))
+    assert only_deep[2].verdict == NOT_MEASURED and "no layer other than" in only_deep[2].measured

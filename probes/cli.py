@@ -1,4 +1,4 @@
-"""The `probe` command: `probe run`, `probe show`, `probe generate`, `probe train`, `probe export`.
+"""The `probe` command: `probe run`, `probe show`, `probe report`, `probe generate`, `probe train`, `probe export`.
 
 A user mistake (unknown model, bad flag value, missing or corrupt checkpoint) is one line on
 stderr and exit code 2, never a traceback.
@@ -170,6 +170,12 @@ def cmd_show(args: argparse.Namespace) -> None:
     print(summary_table(run.metrics, m.get("capture", [])))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from analyses.report import write_report
+
+    print(f"wrote {write_report(args.runs, args.output)}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from scd import VideoBenchmark, generate, load_model
     from scd.evaluate import frame_quality, save_strip
@@ -248,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("show", help="print the summary table of a run directory")
     w.add_argument("run", help="run directory written by probe run")
     w.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("report", help="one self-contained HTML report (claims, figures) from run directories")
+    p.add_argument("runs", nargs="+", help="run directories written by probe run (e.g. baseline and SCD)")
+    p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
+    p.set_defaults(func=cmd_report)
 
     g = sub.add_parser("generate", help="generate frames after context frames and write a PNG strip")
     g.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")

@@ -15,3 +15,16 @@ def test_ci_runs_exactly_the_readme_quick_start():
     script = (ROOT / ".ci" / "run").read_text().splitlines()
     ci = [line for line in script if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci == quick_start
+
+
+def test_the_reference_report_is_made_from_the_shipped_baseline():
+    """reports/baseline.html: committed, small, made from the shipped checkpoint (its sha256 is in it), with the claims."""
+    import json
+
+    report = ROOT / "reports" / "baseline.html"
+    assert report.is_file() and report.stat().st_size < 5 * 2**20
+    html = report.read_text()
+    shipped = json.loads((ROOT / "scd" / "checkpoints" / "baseline.json").read_text())["sha256"]
+    assert shipped in html and "layers 28-29 barely attend to past frames" in html
+    readme = (ROOT / "README.md").read_text()
+    assert "probe report reports/runs/baseline-layers-all -o reports/baseline.html" in readme

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime
 import io
-import os
 from importlib import metadata
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from analyses import figures
 from analyses.claims import evaluate, paper_layers
 from analyses.similarity import depth_curve
 from analyses.sparsity import sparsity_table
-from probes.store import Run, RunError, load_run
+from probes.store import Run, RunError, load_run, unwritable_reason
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -98,11 +97,9 @@ def write_report(run_paths: list[str | Path], out: str | Path) -> Path:
         raise RunError(f"-o must name an .html file, got {str(out)!r}")
     if out.is_dir():
         raise RunError(f"-o {out} is a directory; name an .html file")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"-o {out} cannot be written ({parent} is not a writable directory)")
+    reason = unwritable_reason(out)
+    if reason:
+        raise RunError(f"-o {out} cannot be written ({reason})")
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
     runs = [load_run(path) for path in run_paths]

@@ -7,7 +7,6 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import fields
@@ -77,15 +76,15 @@ def _layers(spec: str, depth: int) -> list[int] | str:
 
 def _writable_out(out: Path, force: bool) -> None:
     """Refuse, before any work, an --out that exists (without --force) or cannot be written."""
+    from probes.store import unwritable_reason
+
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory path for the run")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"--out {out} already exists and is not empty; pass --force to replace it, or choose another --out")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out} cannot be written (no write permission in {parent})")
+    reason = unwritable_reason(out)
+    if reason:
+        raise UsageError(f"--out {out} cannot be written ({reason})")
 
 
 def _default_out(model: str, layers: list[int] | str) -> Path:

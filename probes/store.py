@@ -13,6 +13,7 @@ so a directory that looks like a run is a complete run; an existing run is repla
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -48,6 +49,18 @@ def environment() -> dict:
     except (OSError, subprocess.TimeoutExpired):
         revision = None
     return {"versions": versions, "git_revision": revision}
+
+
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why `path` could not be created (its nearest existing ancestor is a file or not writable), or None."""
+    parent = Path(path).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no write permission in {parent}"
+    return None
 
 
 def _layer_of(key: str) -> int | None:

@@ -88,9 +88,10 @@ def _writable_out(out: Path, force: bool) -> None:
 
 
 def _default_out(model: str, layers: list[int] | str) -> Path:
-    name = Path(model).name.removesuffix(".safetensors") if model not in ("baseline", "scd") else model
-    spec = "all" if layers == "all" else "-".join(map(str, layers))
-    return Path("reports") / "runs" / f"{name}-layer{'s' if len(spec.split('-')) > 1 or spec == 'all' else ''}-{spec}"
+    """reports/runs/MODEL-layer-15, MODEL-layers-0-5-15 or MODEL-layers-all."""
+    name = Path(model).name.removesuffix(".safetensors")
+    spec = "layers-all" if layers == "all" else ("layer-" if len(layers) == 1 else "layers-") + "-".join(map(str, layers))
+    return Path("reports") / "runs" / f"{name}-{spec}"
 
 
 def summary_table(metrics, capture: list[str]) -> str:
@@ -112,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from probes.probe import CAPTURES, MODES, Probe, ProbeError
+    from probes.store import load_run
     from scd import VideoBenchmark, generate, load_model
 
     capture = [c.strip() for c in args.capture.split(",")]
@@ -154,8 +156,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                          command="probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None)
     except ProbeError as e:
         raise UsageError(str(e)) from None
-    if not args.quiet:
-        print(summary_table(probe.metrics(), capture))
+    if not args.quiet:  # the table of what was written, not a second computation of it
+        print(summary_table(load_run(run).metrics, capture))
     print(f"wrote {run}")
 
 

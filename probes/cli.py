@@ -200,11 +200,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from scd.train import TrainConfig, train
+    from scd.train import TrainConfig, default_config, train
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "family"}
-    cfg = TrainConfig(family=args.family, **values)
     try:
+        cfg = default_config(args.family, **values)
         summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet, until=args.until)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
@@ -285,10 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"default {f.default} (or the family's, scd.train.FAMILY_DEFAULTS)")
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            t.add_argument(flag, type=kind, default=f.default)
+            t.add_argument(flag, type=kind, default=None,
+                           help=f"default {f.default} (or the family's, scd.train.FAMILY_DEFAULTS)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="ship a trained run as scd/checkpoints/NAME (float16) with a model card")

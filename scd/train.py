@@ -2,7 +2,9 @@
 
 Every frame of a clip gets its own noise level sigma ~ logit-normal; a share of frames
 (`clean_context_ratio`) is kept clean (sigma = 0) so that the model sees the inference regime,
-clean past frames and a noisy current one. The loss is the MSE between the predicted velocity and
+clean past frames and a noisy current one. SCD needs no such share: its encoder always reads the
+clean clip, and its decoder denoises every frame of the clip in parallel from that one encoder
+pass (`probe train scd` sets the ratio to 0 and the decoder's learning rate to 2x, as the paper). The loss is the MSE between the predicted velocity and
 noise - data on the noisy frames. Batches and noise are functions of the step index, so a resumed
 run continues exactly where it stopped. Everything is saved as safetensors (optimizer included).
 """
@@ -32,7 +34,7 @@ from scd.zoo import SIZES, build_model, save_model
 class TrainConfig:
     family: str = "baseline"         # model family (see scd.zoo.FAMILIES)
     size: str = "baseline"           # named size of that family
-    steps: int = 6000                # optimisation steps in total
+    steps: int = 4500                # optimisation steps in total
     batch_size: int = 8              # clips per step
     frames: int = 8                  # frames per training clip
     lr: float = 1e-3                 # peak AdamW learning rate
@@ -42,11 +44,29 @@ class TrainConfig:
     grad_clip: float = 1.0           # max global gradient norm
     ema_decay: float = 0.999         # EMA of the weights (`probe export` ships EMA or raw, whichever is better)
     clean_context_ratio: float = 0.5  # share of frames kept clean (sigma = 0), excluded from the loss
+    decoder_lr_scale: float = 1.0    # SCD: the decoder's lr / lr (the paper: 2)
     logit_normal_std: float = 1.0    # sigma = sigmoid(N(0, std))
     bf16: bool = True                # bfloat16 autocast (faster on this CPU; weights stay float32)
     checkpoint_every: int = 250      # steps between resumable checkpoints
     seed: int = 0                    # noise seed; batch b of step s uses train clips s*B .. s*B+B-1
     threads: int = 0                 # torch threads (0: torch's default)
+
+
+# What `probe train FAMILY` uses unless told otherwise. SCD: the paper's decoder lr x2, no clean share
+# (see the module docstring), and the steps that give it the shipped baseline's training FLOPs
+# (4500 steps x 199 GFLOP = 3500 steps x 254 GFLOP, `scd.flops.training_flops`).
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "baseline": {"size": "baseline", "steps": 4500},
+    "scd": {"size": "scd", "steps": 3500, "clean_context_ratio": 0.0, "decoder_lr_scale": 2.0},
+}
+
+
+def default_config(family: str, **overrides) -> TrainConfig:
+    """The training config of a family (`FAMILY_DEFAULTS`), with `overrides` (None values ignored)."""
+    if family not in FAMILY_DEFAULTS:
+        raise ValueError(f"unknown model family {family!r}; accepted: {', '.join(FAMILY_DEFAULTS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig(**{"family": family, **FAMILY_DEFAULTS[family], **given})
 
 
 def model_config(cfg: TrainConfig) -> dict:
@@ -85,10 +105,21 @@ def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, 
     noise = torch.randn(clips.shape, generator=generator)
     s = sigma[:, :, None, None, None]
     x_t = (1 - s) * clips + s * noise
+    separable = cfg.family == "scd"  # the encoder reads the clean clip, the decoder the noised one
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        velocity = model(x_t, sigma * 1000)
+        velocity = model(x_t, sigma * 1000, clean=clips) if separable else model(x_t, sigma * 1000)
     err = (velocity.float() - (noise - clips)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
     return (err * noisy).sum() / noisy.sum().clamp(min=1)
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups, each with an `lr_scale`: SCD's decoder at `decoder_lr_scale`, everything else at 1."""
+    if not hasattr(model, "decoder_parameters") or cfg.decoder_lr_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    decoder = {id(p) for p in model.decoder_parameters()}
+    rest = [p for p in model.parameters() if id(p) not in decoder]
+    return [{"params": rest, "lr_scale": 1.0},
+            {"params": [p for p in model.parameters() if id(p) in decoder], "lr_scale": cfg.decoder_lr_scale}]
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -143,13 +174,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run
     model = build_model(model_config(cfg))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.99))
     start, elapsed = 0, 0.0
     if resume:
         from safetensors import safe_open
         with safe_open(state_path, "pt") as f:
             meta = f.metadata()
-        saved = json.loads(meta["train_config"])
+        saved = asdict(TrainConfig(**json.loads(meta["train_config"])))  # fields added since take their defaults
         if saved != asdict(cfg):
             changed = sorted(k for k in saved if saved[k] != asdict(cfg).get(k))
             raise ValueError(f"--resume with a different training config (changed: {', '.join(changed)})")
@@ -181,9 +213,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     for step in bar:
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         clips = data.batch(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
         generator.manual_seed(cfg.seed * 1_000_003 + step)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # what the model draws itself (SCD's encoder noise)
         loss = flow_matching_loss(model, clips, cfg, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

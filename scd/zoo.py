@@ -20,10 +20,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"baseline": (BaselineConfig, CausalVideoDiffuser)}
-SIZES: dict[str, dict] = {"baseline": BASELINE_SIZES}  # named sizes of each family
+FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
+    "baseline": (BaselineConfig, CausalVideoDiffuser),
+    "scd": (SCDConfig, SeparableCausalDiffuser),
+}
+SIZES: dict[str, dict] = {"baseline": BASELINE_SIZES, "scd": SCD_SIZES}  # named sizes of each family
 
 
 class CheckpointError(ValueError):

@@ -8,7 +8,10 @@ The probe hears from `generate` (through `scd.sampling.observe_sampling`) which 
 forward pass belongs to, and reads the layers through a backend (TransformerLens HookPoints, or
 nnsight by module path). Only the tokens of the frame being denoised are kept: with the KV cache
 they are all the queries of a pass, without it the last frame's tokens of the recomputed sequence.
-Cache-writing passes (a finished frame at timestep 0) are not recorded.
+Cache-writing passes (a finished frame at timestep 0) are not recorded, except by SCD's encoder
+layers, which run in no other pass: they are recorded once per frame (one "step"). SCD's decoder
+layers are recorded at every step like the baseline's (the frame's half of the decoder sequence;
+attention on its two halves: the encoder output of the frame before, and the frame).
 
 What is recorded per (layer, probed frame, step):
 - `features`: `full` mode keeps the tokens [N, D]; `stream` mode keeps a fixed, seeded subsample of
@@ -91,6 +94,7 @@ class Probe:
         generator = torch.Generator().manual_seed(sample_seed)
         # The same tokens at every step and frame, so PCA images line up on the token grid.
         self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
+        self._encoder_layers = [layer for layer in self.layers if self.layout.role(layer) == "encoder"]
         self._stack: ExitStack | None = None
         self._reset()
 
@@ -113,14 +117,19 @@ class Probe:
         self.num_frames = max(self.num_frames, frame + 1)
         if step is not None and self.context is None:
             self.context = frame
-        probed = (step is not None and (self.frames is None or frame in self.frames)
-                  and (self.steps is None or step in self.steps))
+        wanted = self.frames is None or frame in self.frames
+        if step is None:  # a finished frame written into the cache: only encoder layers record it
+            probed = wanted and self._encoder_layers and self.context is not None and frame >= self.context
+        else:
+            probed = wanted and (self.steps is None or step in self.steps)
         if self._open is not None and (frame != self._open or step is None):  # the open frame is done
             self._release(self._open)
         self.current = (frame, step, timestep) if probed else None
         if probed:
             self._open = frame
-            self.timesteps.setdefault(frame, {})[step] = timestep
+            steps = self.timesteps.setdefault(frame, {})
+            if step is not None:
+                steps[step] = timestep
 
     def on_video(self, video: torch.Tensor) -> None:
         """Told by `generate` of the finished video."""
@@ -136,13 +145,17 @@ class Probe:
             if frame in grams:
                 grams[frame].release()
 
-    def _active(self) -> bool:
-        return self.current is not None
+    def _active(self, layer: int) -> bool:
+        """Does `layer` run, and is it recorded, in the pass under way?"""
+        if self.current is None:
+            return False
+        return (self.current[1] is None) == (self.layout.role(layer) == "encoder")
 
     def _frame_tokens(self, tensor: torch.Tensor) -> torch.Tensor:
         """The tokens of the frame being denoised: the last N of the pass (frame-major layout)."""
         if tensor.shape[0] != 1:
-            raise ProbeError(f"a Probe records one video at a time; generate was given a batch of {tensor.shape[0]}")
+            raise ProbeError(f"a Probe records one video at a time, through the KV cache for SCD (use_cache=True); "
+                             f"a pass had a batch of {tensor.shape[0]}")
         return tensor[0, -self.layout.tokens_per_frame:]
 
     def _receive(self, layer: int, hook: str, tensor: torch.Tensor) -> None:
@@ -157,10 +170,10 @@ class Probe:
         elif hook == "attn.hook_k":
             n = self.layout.tokens_per_frame
             keys = tensor.detach()[:1]
-            if keys.shape[1] != (frame + 1) * n:
-                raise ProbeError(f"layer {layer} saw {keys.shape[1]} keys while denoising frame {frame}; "
-                                 f"expected frames 0..{frame} x {n} tokens (a frame-major causal layout)")
-            key_frames = torch.arange(frame + 1, device=keys.device).repeat_interleave(n)
+            try:
+                key_frames = self.layout.key_frames(layer, frame, keys.shape[1]).to(keys.device)
+            except ValueError as e:
+                raise ProbeError(str(e)) from None
             query_frames = torch.full((n,), frame, device=keys.device)
             mass = attention_mass_by_frame(self._query.pop(layer)[None], keys, query_frames, key_frames, frame + 1)
             self._mass[layer].setdefault(frame, []).append(mass[0].mean(1).cpu())  # [H, frame + 1]
@@ -207,7 +220,8 @@ class Probe:
         return [per_layer[layer][frame] for frame in self.recorded_frames]
 
     def features(self, layer: int) -> torch.Tensor:
-        """float32 [F, S, N, D] (`full`) or [F, S, pca_tokens, D] (`stream`, tokens `token_index`)."""
+        """float32 [F, S, N, D] (`full`) or [F, S, pca_tokens, D] (`stream`, tokens `token_index`); S = 1 for
+        SCD's encoder layers, run once per frame."""
         return torch.stack([torch.stack(steps) for steps in self._per_frame(self._features, layer, "features")])
 
     def gram(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +230,8 @@ class Probe:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def attention(self, layer: int) -> torch.Tensor:
-        """float32 [F, S, H, T]: each probed frame's attention mass on each of the clip's T frames."""
+        """float32 [F, S, H, T]: each probed frame's attention mass on each of the clip's T frames
+        (S = 1 for SCD's encoder layers, run once per frame)."""
         frames = self._per_frame(self._mass, layer, "attention")
         padded = [torch.stack([torch.nn.functional.pad(m, (0, self.num_frames - m.shape[-1])) for m in steps])
                   for steps in frames]
@@ -229,8 +244,10 @@ class Probe:
             if "features" in self.capture:
                 gram, token_cosine = self.gram(layer)
                 for name, matrices in (("token_cosine", token_cosine), ("flat_cosine", cosine_from_gram(gram))):
+                    if matrices.shape[-1] < 2:  # one pass per frame (SCD's encoder): no steps to compare
+                        continue
                     for frame, matrix in zip(self.recorded_frames, matrices, strict=True):
-                        values = off_diagonal(matrix) if matrix.shape[-1] > 1 else matrix.flatten()
+                        values = off_diagonal(matrix)
                         rows.append((layer, frame, f"{name}_mean", float(values.mean())))
                         rows.append((layer, frame, f"{name}_min", float(values.min())))
             if "attention" in self.capture:
@@ -267,7 +284,8 @@ class Probe:
             "model": getattr(self.model, "checkpoint", {}).get("name", type(self.model).__name__),
             "checkpoint": getattr(self.model, "checkpoint", None),
             "config": config,
-            "layers": self.layers, "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
+            "layers": self.layers, "layer_roles": [self.layout.role(layer) for layer in self.layers],
+            "layer_paths": [self.layout.blocks[layer] for layer in self.layers], "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
             "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame,
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],

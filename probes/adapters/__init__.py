@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from probes.adapters.builtin import HOOKS, Layout, builtin_layout
+from probes.adapters.builtin import HOOKS, ROLES, Layout, builtin_layout
 
-__all__ = ["HOOKS", "Layout", "layout_of"]
+__all__ = ["HOOKS", "ROLES", "Layout", "layout_of"]
 
 
 def layout_of(model: nn.Module) -> Layout:

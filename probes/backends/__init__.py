@@ -2,9 +2,10 @@
 
     attach(model, layout, targets, receive, active)
 
-`targets` are (layer, hook) pairs; during every forward pass in which `active()` is true the backend
-calls `receive(layer, hook, tensor)` in the order the pass reaches them, and on exit, normal or not,
-it leaves the model exactly as it found it.
+`targets` are (layer, hook) pairs; during every forward pass the backend calls
+`receive(layer, hook, tensor)` for the targets whose layer is `active(layer)` (recorded, and run,
+in this pass: SCD's encoder and decoder never run in the same pass of `generate`), in the order the
+pass reaches them, and on exit, normal or not, it leaves the model exactly as it found it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 Receive = Callable[[int, str, torch.Tensor], None]
+Active = Callable[[int], bool]
 BACKENDS = ("hookpoints", "nnsight")
 
 

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
 
 from probes.adapters import Layout
-from probes.backends import Receive
+from probes.backends import Active, Receive
 
 
 @contextmanager
 def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]], receive: Receive,
-           active: Callable[[], bool]) -> Iterator[None]:
+           active: Active) -> Iterator[None]:
     """Add one forward hook per target HookPoint; remove exactly those (not the user's own) on exit."""
     added = []
 
     def make_hook(layer: int, name: str):
         def read(tensor, hook):  # returns None: the activation passes through unchanged
-            if active():
+            if active(layer):
                 receive(layer, name, tensor)
         return read
 

@@ -9,14 +9,14 @@ order the pass reaches them (nnsight requires it), and returns the traced output
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from nnsight import NNsight
 from torch import nn
 
 from probes.adapters import Layout
-from probes.backends import Receive
+from probes.backends import Active, Receive
 
 PATCHED = ("forward", "__nnsight__")  # instance attributes NNsight sets on every module it wraps
 
@@ -30,7 +30,7 @@ def _envoy(root, path: str):
 
 @contextmanager
 def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]], receive: Receive,
-           active: Callable[[], bool]) -> Iterator[None]:
+           active: Active) -> Iterator[None]:
     """Trace every active forward pass with nnsight; restore the model's own `forward` on exit."""
     ordered = sorted(targets, key=lambda target: layout.order(*target))
     paths = [layout.path(layer, hook) for layer, hook in ordered]
@@ -49,19 +49,21 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
     @functools.wraps(original)
     def forward(*args, **kwargs):
         nonlocal inside
-        if inside or not active():  # nnsight's own call of the model lands here too: run it plainly
+        # Only modules this pass runs may be asked for: nnsight waits for every module it is asked about.
+        wanted = [i for i, (layer, _) in enumerate(ordered) if active(layer)] if not inside else []
+        if not wanted:  # nnsight's own call of the model lands here too: run it plainly
             return original(*args, **kwargs)
         inside = True
         saved = {}  # filled inside the trace: nnsight runs the block apart, a container carries results out
         try:
             with traced.trace(*args, **kwargs):
-                for i, envoy in enumerate(envoys):
-                    saved[i] = envoy.output.save()
+                for i in wanted:
+                    saved[i] = envoys[i].output.save()
                 saved["output"] = traced.output.save()
         finally:
             inside = False
-        for i, (layer, hook) in enumerate(ordered):
-            receive(layer, hook, saved[i])
+        for i in wanted:
+            receive(*ordered[i], saved[i])
         return saved["output"]
 
     model.forward = forward

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.scd_model import SCD_SIZES, SeparableCausalDiffuser
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,12 @@ def randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.
 def tiny_model() -> CausalVideoDiffuser:
     """The `tiny` baseline (16x16 frames, 4 blocks) with random weights."""
     return randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"]))
+
+
+@pytest.fixture
+def tiny_scd() -> SeparableCausalDiffuser:
+    """The `tiny` SCD (16x16 frames, 3 encoder + 2 decoder blocks) with random weights."""
+    return randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"]))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,8 +4,8 @@ Every frame of a clip gets its own noise level sigma ~ logit-normal; a share of 
 (`clean_context_ratio`) is kept clean (sigma = 0) so that the model sees the inference regime,
 clean past frames and a noisy current one. SCD needs no such share: its encoder always reads the
 clean clip, and its decoder denoises every frame of the clip in parallel from that one encoder
-pass (`probe train scd` sets the ratio to 0 and the decoder's learning rate to 2x, as the paper). The loss is the MSE between the predicted velocity and
-noise - data on the noisy frames. Batches and noise are functions of the step index, so a resumed
+pass (`probe train scd` sets the ratio to 0 and the decoder's learning rate to 2x, as the paper). The
+loss is the MSE between the predicted velocity and noise - data on the noisy frames. Batches and noise are functions of the step index, so a resumed
 run continues exactly where it stopped. Everything is saved as safetensors (optimizer included).
 """
 

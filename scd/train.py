@@ -6,7 +6,8 @@ clean past frames and a noisy current one. SCD needs no such share: its encoder 
 clean clip, and its decoder denoises every frame of the clip in parallel from that one encoder
 pass (`probe train scd` sets the ratio to 0 and the decoder's learning rate to 2x, as the paper). The
 loss is the MSE between the predicted velocity and noise - data on the noisy frames. Batches and
-noise are functions of the step index, so a resumed run continues exactly where it stopped. Everything is saved as safetensors (optimizer included).
+noise are functions of the step index, so a resumed run continues exactly where it stopped.
+Everything is saved as safetensors (optimizer included).
 """
 
 from __future__ import annotations

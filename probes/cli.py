@@ -1,4 +1,5 @@
-"""The `probe` command: `probe run`, `probe show`, `probe report`, `probe generate`, `probe train`, `probe export`.
+"""The `probe` command: `probe run`, `probe show`, `probe report`, `probe bench`, `probe generate`, `probe train`,
+`probe export`.
 
 A user mistake (unknown model, bad flag value, missing or corrupt checkpoint) is one line on
 stderr and exit code 2, never a traceback.
@@ -94,18 +95,22 @@ def _default_out(model: str, layers: list[int] | str) -> Path:
     return Path("reports") / "runs" / f"{name}-{spec}"
 
 
-def summary_table(metrics, capture: list[str]) -> str:
-    """One row per layer: mean off-diagonal cross-step cosine, its minimum, attention share on earlier frames."""
+def summary_table(metrics, capture: list[str], roles: dict[int, str] | None = None) -> str:
+    """One row per layer: mean off-diagonal cross-step cosine, its minimum, attention share on earlier frames
+    (empty cosine for SCD encoder layers, which run once per frame)."""
     import pandas as pd
 
     by = metrics.groupby(["layer", "metric"]).value
+    means, mins = by.mean().unstack(), by.min().unstack()
     table = pd.DataFrame(index=sorted(metrics.layer.unique()))
     table.index.name = "layer"
+    if roles and set(roles.values()) != {"causal"}:
+        table["block"] = [roles.get(layer, "") for layer in table.index]
     if "features" in capture:
-        table["cross-step cosine (mean)"] = by.mean().xs("token_cosine_mean", level="metric")
-        table["cross-step cosine (min)"] = by.min().xs("token_cosine_min", level="metric")
+        table["cross-step cosine (mean)"] = means.get("token_cosine_mean")
+        table["cross-step cosine (min)"] = mins.get("token_cosine_min")
     if "attention" in capture:
-        table["attention on earlier frames"] = by.mean().xs("attention_earlier", level="metric")
+        table["attention on earlier frames"] = means.get("attention_earlier")
     return table.to_markdown(floatfmt=".3f")
 
 
@@ -157,7 +162,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     except ProbeError as e:
         raise UsageError(str(e)) from None
     if not args.quiet:  # the table of what was written, not a second computation of it
-        print(summary_table(load_run(run).metrics, capture))
+        written = load_run(run)
+        print(summary_table(written.metrics, capture, _roles(written.manifest)))
     print(f"wrote {run}")
 
 
@@ -168,13 +174,65 @@ def cmd_show(args: argparse.Namespace) -> None:
     m = run.manifest
     print(f"{m.get('model')} · layers {m.get('layers')} · frames {m.get('frames')} · {len(m.get('steps', []))} steps · "
           f"seed {m.get('seed')} · {m.get('mode')} mode")
-    print(summary_table(run.metrics, m.get("capture", [])))
+    print(summary_table(run.metrics, m.get("capture", []), _roles(m)))
+
+
+def _roles(manifest: dict) -> dict[int, str]:
+    """Layer -> causal / encoder / decoder, from a run's manifest."""
+    return dict(zip(manifest.get("layers", []), manifest.get("layer_roles", []), strict=False))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from analyses.report import write_report
 
     print(f"wrote {write_report(args.runs, args.output)}")
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}") from None
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from analyses.bench import quality_table, speed_table, write_bench
+    from scd.train import machine_description
+    from scd.zoo import load_model
+
+    device = _device(args.device)
+    if args.frames < 2:
+        raise UsageError(f"--frames {args.frames} is too few to time a frame-to-frame latency; accepted: >= 2")
+    out = Path(args.out)
+    _writable_out(out, args.force)
+    if args.baseline == args.scd:
+        raise UsageError(f"--baseline and --scd name the same model {args.scd!r}; give two models to compare")
+    labels = [Path(name).name.removesuffix(".safetensors") for name in (args.baseline, args.scd)]
+    if labels[0] == labels[1]:
+        labels = [args.baseline, args.scd]
+    names = {"baseline": labels[0], "other": labels[1]}
+    models = {label: load_model(name) for label, name in zip(labels, (args.baseline, args.scd), strict=True)}
+    sizes = {m.config.frame_size for m in models.values()}
+    if len(sizes) != 1:
+        raise UsageError(f"the two models generate frames of different sizes {sorted(sizes)}; accepted: models of one size")
+    settings = [(steps, context) for steps in args.steps for context in args.context]
+    progress = not args.quiet
+    speed = speed_table(models, settings, frames=args.frames, repeats=args.repeats, device=device, progress=progress)
+    quality = quality_table(models, clips=args.clips, samples=args.samples, steps=args.quality_steps,
+                            device=device, progress=progress)
+    info = {**names, "command": "probe bench " + " ".join(sys.argv[2:]) if sys.argv[0].endswith("probe") else "probe bench",
+            "machine": machine_description() if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "device": str(device), "frames": args.frames, "repeats": args.repeats, "clips": args.clips,
+            "samples": args.samples, "quality_steps": args.quality_steps, "quality_context": 4, "quality_frames": 4,
+            "configs": {name: m.get_config() for name, m in models.items()},
+            "checkpoints": {name: getattr(m, "checkpoint", None) for name, m in models.items()}}
+    write_bench(out, speed, quality, info)
+    if progress:
+        print((out / "bench.md").read_text())
+    print(f"wrote {out}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -260,6 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories written by probe run (e.g. baseline and SCD)")
     p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
     p.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="SCD vs baseline in one process: latency, frames/s, memory, FLOPs, PSNR/SSIM")
+    b.add_argument("--baseline", default="baseline", help="the causal baseline (shipped name or checkpoint path)")
+    b.add_argument("--scd", default="scd", help="the model compared with it (shipped name or checkpoint path)")
+    b.add_argument("--steps", type=_steps_list, default=[50, 4], help="denoising steps per frame (comma-separated)")
+    b.add_argument("--context", type=_steps_list, default=[4, 16], help="context frames (comma-separated)")
+    b.add_argument("--frames", type=_positive, default=8, help="frames generated per timed run (>= 2)")
+    b.add_argument("--repeats", type=_positive, default=3, help="timed runs per model and setting, interleaved")
+    b.add_argument("--clips", type=_positive, default=32, help="val clips for PSNR / SSIM")
+    b.add_argument("--samples", type=_positive, default=4, help="samples per clip for best-of-k quality")
+    b.add_argument("--quality-steps", type=_positive, default=50, help="denoising steps for the quality table")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--out", default="reports/bench", help="directory for bench.md, speed/quality.parquet, bench.json")
+    b.add_argument("--force", action="store_true", help="replace an existing --out")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     g = sub.add_parser("generate", help="generate frames after context frames and write a PNG strip")
     g.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")

@@ -31,19 +31,22 @@ def _decoder_pass(config: dict, frames: int = 1) -> float:
 
 
 def generation_flops(config: dict, context: int, frames: int, steps: int) -> list[float]:
-    """Forward FLOPs of `generate` as the sampler runs it, one entry per segment: [prefill of the context,
-    generated frame 1 (its steps and its cache pass), frame 2, ...]. `config` as `model.get_config()`."""
+    """Forward FLOPs of `generate` on the path to each generated frame, as latency is measured: entry 0 is
+    the context's prefill and the first frame's steps (time to first frame), entry k the cache pass of
+    frame k-1 and the steps of frame k. `config` as `model.get_config()`."""
     family = config["family"]
     if family == "baseline":
         depth = config["depth"]
-        costs = [_causal_pass(config, depth, 0, context)]
-        costs += [(steps + 1) * _causal_pass(config, depth, context + f, 1) for f in range(frames)]
+        step = lambda f: _causal_pass(config, depth, context + f, 1)  # noqa: E731  one pass of frame f
+        cache = step
     elif family == "scd":
         depth = config["encoder_depth"]
-        costs = [_causal_pass(config, depth, 0, context)]
-        costs += [steps * _decoder_pass(config) + _causal_pass(config, depth, context + f, 1) for f in range(frames)]
+        step = lambda f: _decoder_pass(config)  # noqa: E731
+        cache = lambda f: _causal_pass(config, depth, context + f, 1)  # noqa: E731
     else:
         raise ValueError(f"unknown model family {family!r}; accepted: baseline, scd")
+    costs = [_causal_pass(config, depth, 0, context) + steps * step(0)]
+    costs += [cache(f - 1) + steps * step(f) for f in range(1, frames)]
     return costs
 
 

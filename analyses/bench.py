@@ -1,0 +1,239 @@
+"""`probe bench`: SCD against the baseline on speed and quality, measured side by side in one process.
+
+Speed: `generate` runs of both models, interleaved (the order alternates every repeat) and repeated,
+at each (denoising steps, context frames) setting. Frame f is done when the sampler announces its
+cache-writing pass (`callback(f, None, 0)`), so time to first frame covers the context's prefill and
+the first frame's denoising, and the per-frame latency is the time between two frames being done
+(the steady state of streaming). Peak memory is the rise of the resident set during a run on the
+CPU (glibc asked to serve blocks from mmap, so freed tensors leave it) and
+`torch.cuda.max_memory_allocated` on a GPU. Next to every measured ratio stands the analytic FLOP
+ratio of the same setting (`scd.flops`).
+
+Quality: PSNR and SSIM of the generated frames against ground truth on val clips (`scd.evaluate`),
+for one sample and for the best of several seeds per clip, as the paper's protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from scd.data import VideoBenchmark
+from scd.evaluate import validate
+from scd.flops import generation_flops
+from scd.sampling import generate
+
+SETTINGS = ((50, 4), (50, 16), (4, 4), (4, 16))  # (denoising steps, context frames)
+
+
+def _prefer_mmap() -> None:
+    """Have glibc serve blocks >= 16 KiB from mmap, so the resident set follows the memory actually held."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 16384)  # M_MMAP_THRESHOLD
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device, out: dict) -> Iterable[None]:
+    """Sets out["peak_mib"]: the memory a block of code added at its peak, on `device`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        yield
+        torch.cuda.synchronize(device)
+        out["peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current resident set
+        before = _rss("VmRSS")
+    except OSError:  # not Linux: no peak to read
+        before = None
+    yield
+    out["peak_mib"] = (_rss("VmHWM") - before) / 2**20 if before is not None else float("nan")
+
+
+def time_generation(model: nn.Module, context: torch.Tensor, frames: int, steps: int,
+                    device: str | torch.device = "cpu", seed: int = 0) -> dict:
+    """One timed `generate` run: time to first frame, the frame-to-frame latencies, peak memory."""
+    device = torch.device(device)
+    T, done = context.shape[0], {}
+
+    def on_step(frame: int, step: int | None, timestep: float) -> None:
+        if step is None and frame >= T:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            done[frame] = time.perf_counter()
+
+    out: dict = {}
+    with _peak_memory(device, out):
+        start = time.perf_counter()
+        generate(model, context, frames, steps=steps, seed=seed, device=device, callback=on_step)
+    finished = [done[f] for f in range(T, T + frames)]
+    return {"first_frame_s": finished[0] - start, "latencies_s": np.diff(finished).tolist(), **out}
+
+
+def speed_table(models: dict[str, nn.Module], settings: Iterable[tuple[int, int]] = SETTINGS, frames: int = 8,
+                repeats: int = 3, device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Tidy table, one row per (model, steps, context, repeat, frame): time to first frame, latency, memory."""
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2 to measure a frame-to-frame latency, got {frames}")
+    _prefer_mmap()
+    settings = list(settings)
+    size = {next(iter(models.values())).config.frame_size}
+    if any(m.config.frame_size not in size for m in models.values()):
+        raise ValueError("the models compared must generate frames of the same size")
+    clips = {context: VideoBenchmark("val", frames=context, size=size.pop()).clip(0) for _, context in settings}
+    for (steps, context), model in itertools.product(settings, models.values()):  # warm-up, untimed
+        generate(model, clips[context], 1, steps=min(steps, 2), device=device)
+    rows = []
+    runs = [(r, s) for r in range(repeats) for s in settings]
+    names = list(models)
+    for repeat, (steps, context) in tqdm(runs, desc="bench speed", disable=not progress):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            timing = time_generation(models[name], clips[context], frames, steps, device)
+            for k, latency in enumerate(timing["latencies_s"]):
+                rows.append({"model": name, "steps": steps, "context": context, "repeat": repeat, "frame": k + 1,
+                             "first_frame_s": timing["first_frame_s"], "latency_s": latency,
+                             "peak_mib": timing["peak_mib"]})
+    return pd.DataFrame(rows)
+
+
+def speed_summary(speed: pd.DataFrame, configs: dict[str, dict], frames: int) -> pd.DataFrame:
+    """Per (model, steps, context): time to first frame (median over repeats), latency median and p90,
+    frames/s (frames over the summed latencies), peak memory (max), and the analytic forward GFLOPs."""
+    rows = []
+    for (name, steps, context), group in speed.groupby(["model", "steps", "context"], sort=False):
+        flops = generation_flops(configs[name], context, frames, steps)
+        rows.append({
+            "model": name, "steps": steps, "context": context,
+            "first_frame_s": float(group.groupby("repeat").first_frame_s.first().median()),
+            "latency_median_s": float(group.latency_s.median()),
+            "latency_p90_s": float(group.latency_s.quantile(0.9)),
+            "frames_per_s": float(len(group) / group.latency_s.sum()),
+            "peak_mib": float(group.peak_mib.max()),
+            "first_frame_gflop": flops[0] / 1e9,
+            "per_frame_gflop": float(np.mean(flops[1:])) / 1e9,
+        })
+    return pd.DataFrame(rows)
+
+
+def ratio_table(summary: pd.DataFrame, baseline: str, other: str) -> pd.DataFrame:
+    """Per setting: measured `other`/`baseline` speed-ups next to the analytic FLOP ratios."""
+    rows = []
+    for (steps, context), group in summary.groupby(["steps", "context"], sort=False):
+        b, o = group.set_index("model").loc[baseline], group.set_index("model").loc[other]
+        fps, analytic = o.frames_per_s / b.frames_per_s, b.per_frame_gflop / o.per_frame_gflop
+        rows.append({"steps": steps, "context": context, "frames_per_s_ratio": fps, "flop_ratio": analytic,
+                     "measured_over_analytic": fps / analytic,
+                     "first_frame_speedup": b.first_frame_s / o.first_frame_s,
+                     "first_frame_flop_ratio": b.first_frame_gflop / o.first_frame_gflop,
+                     "memory_ratio": o.peak_mib / b.peak_mib if b.peak_mib > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def quality_table(models: dict[str, nn.Module], clips: int = 32, samples: int = 4, steps: int = 50, context: int = 4,
+                  frames: int = 4, device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Tidy table (model, sample, clip, frame, psnr, ssim) on val clips 0..clips-1; sample k uses seeds from
+    1000 k. The trivial predictor "copy last frame" is included once, as a floor."""
+    tables = []
+    for sample, (name, model) in itertools.product(range(samples), models.items()):
+        table = validate(model, clips=clips, context=context, frames=frames, steps=steps, seed=1000 * sample,
+                         device=device, progress=progress)
+        keep = table.method == "model"
+        if sample == 0 and name == next(iter(models)):
+            keep |= table.method == "copy last frame"
+        table = table[keep].assign(model=lambda t: np.where(t.method == "model", name, t.method), sample=sample)
+        tables.append(table.drop(columns="method"))
+    return pd.concat(tables, ignore_index=True)[["model", "sample", "clip", "frame", "psnr", "ssim"]]
+
+
+def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean PSNR / SSIM of sample 0, and best of the samples per clip (each metric on its own)."""
+    rows = []
+    for name, group in quality.groupby("model", sort=False):
+        per_clip = group.groupby(["sample", "clip"])[["psnr", "ssim"]].mean()
+        best = per_clip.groupby("clip").max()
+        rows.append({"model": name, "samples": int(group["sample"].nunique()), "clips": int(group["clip"].nunique()),
+                     "psnr": float(per_clip.loc[0].psnr.mean()), "ssim": float(per_clip.loc[0].ssim.mean()),
+                     "psnr_best": float(best.psnr.mean()), "ssim_best": float(best.ssim.mean())})
+    return pd.DataFrame(rows)
+
+
+def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, info: dict) -> str:
+    """The benchmark as a markdown page."""
+    speed_cols = {"model": "model", "steps": "steps", "context": "context", "first_frame_s": "first frame (s)",
+                  "latency_median_s": "latency median (s)", "latency_p90_s": "latency p90 (s)",
+                  "frames_per_s": "frames/s", "peak_mib": "peak memory (MiB)", "first_frame_gflop": "GFLOP to first frame",
+                  "per_frame_gflop": "GFLOP / frame"}
+    ratio_cols = {"steps": "steps", "context": "context", "frames_per_s_ratio": "frames/s ratio (measured)",
+                  "flop_ratio": "FLOP ratio (analytic)", "measured_over_analytic": "measured / analytic",
+                  "first_frame_speedup": "first-frame speed-up", "first_frame_flop_ratio": "first-frame FLOP ratio",
+                  "memory_ratio": "memory ratio"}
+    quality_cols = {"model": "model", "psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_best": "PSNR best-of-k",
+                    "ssim_best": "SSIM best-of-k", "samples": "k", "clips": "clips"}
+    lines = [f"# {info['other']} vs {info['baseline']}", "",
+             f"`{info['command']}`", "",
+             f"Machine: {info['machine']}; device {info['device']}. {info['frames']} generated frames per run, "
+             f"{info['repeats']} repeats, runs interleaved. Latency: time between two frames being done.", "",
+             "## Speed", "", speed.rename(columns=speed_cols).to_markdown(index=False, floatfmt=".3f"), "",
+             f"## {info['other']} / {info['baseline']}", "",
+             ratios.rename(columns=ratio_cols).to_markdown(index=False, floatfmt=("g", "g") + (".2f",) * 6), "",
+             "## Quality", "",
+             f"{info['clips']} val clips, {info['quality_context']} context + {info['quality_frames']} generated "
+             f"frames, {info['quality_steps']} steps; best-of-k takes each clip's best sample per metric.", "",
+             quality.rename(columns=quality_cols).to_markdown(index=False, floatfmt=".3f"), ""]
+    return "\n".join(lines)
+
+
+def write_bench(out: str | Path, speed: pd.DataFrame, quality: pd.DataFrame, info: dict) -> Path:
+    """Write speed.parquet, quality.parquet, bench.json and bench.md into `out` (via a temporary sibling)."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        speed.to_parquet(tmp / "speed.parquet", index=False)
+        quality.to_parquet(tmp / "quality.parquet", index=False)
+        (tmp / "bench.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        summary = speed_summary(speed, info["configs"], info["frames"])
+        ratios = ratio_table(summary, info["baseline"], info["other"])
+        (tmp / "bench.md").write_text(markdown(summary, ratios, quality_summary(quality), info))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_bench(path: str | Path) -> dict:
+    """A bench directory's tables: info, speed summary, ratios, quality summary (ValueError if incomplete)."""
+    path = Path(path)
+    missing = [n for n in ("speed.parquet", "quality.parquet", "bench.json") if not (path / n).is_file()]
+    if missing:
+        raise ValueError(f"{path} is not a bench directory written by probe bench (missing {', '.join(missing)})")
+    info = json.loads((path / "bench.json").read_text())
+    summary = speed_summary(pd.read_parquet(path / "speed.parquet"), info["configs"], info["frames"])
+    return {"info": info, "speed": summary, "ratios": ratio_table(summary, info["baseline"], info["other"]),
+            "quality": quality_summary(pd.read_parquet(path / "quality.parquet"))}

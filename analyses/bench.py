@@ -161,7 +161,8 @@ def quality_table(models: dict[str, nn.Module], clips: int = 32, samples: int = 
         keep = table.method == "model"
         if sample == 0 and name == next(iter(models)):
             keep |= table.method == "copy last frame"
-        table = table[keep].assign(model=lambda t: np.where(t.method == "model", name, t.method), sample=sample)
+        table = table[keep]
+        table = table.assign(model=np.where(table.method == "model", name, table.method), sample=sample)
         tables.append(table.drop(columns="method"))
     return pd.concat(tables, ignore_index=True)[["model", "sample", "clip", "frame", "psnr", "ssim"]]
 

@@ -3,7 +3,10 @@
 Verdicts: "reproduced", "not reproduced", or "not measured" (what is missing is said). Thresholds
 are fixed in this file, before and independent of any result; the report shows them next to the
 measured values. Layer numbers are the paper's (a 30-block model): layer 15, the last 3 layers,
-layers 28-29; for a model of another depth they are taken at the same relative depth.
+layers 28-29; for a model of another depth they are taken at the same relative depth. On SCD
+(25 encoder + 10 decoder blocks) layer 15 lands in the encoder, which runs once per frame by
+design: there are no steps to compare, and the claim is "not measured" with that reason. Its deep
+layers are decoder layers, whose only past is the encoder output of the frame before.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ SIMILARITY_THRESHOLD = 0.95   # claim 1: layer-15 mean off-diagonal cross-step c
 PAPER_STEPS = 50              # the paper's denoising steps per frame
 DEEP_SHARE_MAX = 0.1          # claim 2: share of attention on earlier frames in layers 28-29 below this ...
 DEEP_SHARE_RATIO = 1 / 3      # ... and below this fraction of the largest layer's share
+
+
+_ONCE_PER_FRAME = ("layer {layer} is in SCD's encoder, which runs once per frame by design: no denoising steps "
+                   "to compare")
 
 
 @dataclass
@@ -37,18 +44,16 @@ def paper_layers(depth: int) -> dict[str, list[int]]:
     return {"middle": [scale(15)], "last3": [depth - 3, depth - 2, depth - 1], "deep": sorted({scale(28), depth - 1})}
 
 
-def _depth(run: Run) -> int:
-    return int(run.manifest.get("config", {}).get("depth", 30))
-
-
 def middle_layer_similarity(run: Run) -> Claim:
     """Claim 1: the middle layer's features are nearly the same at every denoising step."""
-    layer = paper_layers(_depth(run))["middle"][0]
+    layer = paper_layers(run.depth)["middle"][0]
     name, statement = "cross-step similarity at layer 15", (
         "Early and middle layers are redundant across denoising steps: layer 15's step x step cosine "
         "similarity is near 1 everywhere (> 0.95).")
     threshold = f"mean off-diagonal per-token cosine at layer {layer} >= {SIMILARITY_THRESHOLD} over {PAPER_STEPS} steps"
     steps = len(run.manifest.get("steps", []))
+    if run.role(layer) == "encoder":
+        return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=layer), NOT_MEASURED)
     if layer not in run.feature_layers:
         return Claim(name, statement, threshold, f"layer {layer} was not probed (features)", NOT_MEASURED)
     if steps != PAPER_STEPS:
@@ -61,11 +66,13 @@ def middle_layer_similarity(run: Run) -> Claim:
 
 def last_layers_less_similar(run: Run) -> Claim:
     """Claim 1, its other side: the last layers change more across steps than layer 15."""
-    layers = paper_layers(_depth(run))
+    layers = paper_layers(run.depth)
     middle, last = layers["middle"][0], layers["last3"]
     name, statement = "last 3 layers less similar than layer 15", (
         "The redundancy is in early and middle layers: the last layers' features change across steps.")
     threshold = f"mean off-diagonal cosine of each of layers {last} < that of layer {middle}"
+    if run.role(middle) == "encoder":
+        return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=middle), NOT_MEASURED)
     missing = [layer for layer in [middle, *last] if layer not in run.feature_layers]
     if missing:
         return Claim(name, statement, threshold, f"layers {missing} were not probed (features)", NOT_MEASURED)
@@ -77,7 +84,7 @@ def last_layers_less_similar(run: Run) -> Claim:
 
 def deep_layers_local(run: Run) -> Claim:
     """Claim 2: the deepest layers barely attend to earlier frames."""
-    deep = paper_layers(_depth(run))["deep"]
+    deep = paper_layers(run.depth)["deep"]
     name, statement = "layers 28-29 barely attend to past frames", (
         "Deep layers barely attend to past frames: layers 28 and 29 attend almost only within the frame.")
     threshold = (f"share of attention on earlier frames in each of layers {deep} < {DEEP_SHARE_MAX} and "
@@ -94,6 +101,8 @@ def deep_layers_local(run: Run) -> Claim:
     ok = all(share[layer] < DEEP_SHARE_MAX and share[layer] < DEEP_SHARE_RATIO * share[largest] for layer in deep)
     measured = ", ".join(f"layer {layer}: {share[layer]:.3f}" for layer in deep) + \
         f"; largest: layer {largest}, {share[largest]:.3f}"
+    if any(run.role(layer) == "decoder" for layer in deep):
+        measured += " (SCD decoder: share on the encoder output of the frame before)"
     return Claim(name, statement, threshold, measured, REPRODUCED if ok else NOT_REPRODUCED)
 
 

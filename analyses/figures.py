@@ -8,6 +8,7 @@ matplotlib.use("Agg")  # files and notebooks; never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -26,7 +27,7 @@ def _pick(layers: list[int], most: int) -> list[int]:
 
 def similarity_heatmaps(run: Run, layers: list[int] | None = None, frame: int = 0, kind: str = "token") -> Figure:
     """Step x step cosine similarity matrices of one probed frame, one heatmap per layer."""
-    layers = layers or _pick(run.feature_layers, 6)
+    layers = layers or _pick(run.stepwise_layers, 6)
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 0.8, 2.8), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         matrix = run_cosine(run, layer, kind)[frame].numpy()
@@ -66,7 +67,8 @@ def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
     fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(1.5 * (len(chosen) + 1), 1.9))
     for ax, i in zip(axes[:-1], chosen, strict=True):
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"step {run.manifest['steps'][i]}", fontsize=8)
+        once = run.role(layer) == "encoder"  # SCD's encoder reads each frame once
+        ax.set_title("once per frame" if once else f"step {run.manifest['steps'][i]}", fontsize=8)
     axes[-1].imshow(generated[run.manifest["frames"][frame]])
     axes[-1].set_title("generated", fontsize=8)
     for ax in axes:
@@ -119,5 +121,29 @@ def frames_figure(run: Run) -> Figure:
             axes[1, t].set_title(f"ground truth {t}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def bench_figure(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame) -> Figure:
+    """`probe bench` at a glance: frames/s per setting and model; measured vs analytic speed-up; PSNR."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    setting = lambda t: t.steps.astype(str) + " steps, " + t.context.astype(str) + " ctx"  # noqa: E731
+    sns.barplot(data=speed.assign(setting=setting(speed)), x="setting", y="frames_per_s", hue="model", ax=axes[0])
+    axes[0].set_ylabel("frames/s")
+    axes[0].set_xlabel("")
+    long = ratios.assign(setting=setting(ratios)).melt(id_vars="setting", value_vars=["frames_per_s_ratio", "flop_ratio"],
+                                                       var_name="ratio", value_name="speed-up")
+    long["ratio"] = long.ratio.map({"frames_per_s_ratio": "measured frames/s", "flop_ratio": "analytic FLOPs"})
+    sns.barplot(data=long, x="setting", y="speed-up", hue="ratio", ax=axes[1])
+    axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].set_xlabel("")
+    q = quality.melt(id_vars="model", value_vars=["psnr", "psnr_best"], var_name="protocol", value_name="PSNR (dB)")
+    q["protocol"] = q.protocol.map({"psnr": "one sample", "psnr_best": "best of k"})
+    sns.barplot(data=q, x="model", y="PSNR (dB)", hue="protocol", ax=axes[2])
+    axes[2].set_xlabel("")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -40,16 +40,27 @@ def run_name(run: Run) -> str:
     return f"{run.manifest.get('model', '?')} ({run.path.name})"
 
 
+def _layers_text(run: Run) -> str:
+    """The probed layers, with SCD's encoder and decoder layers named as such."""
+    layers = run.manifest.get("layers", [])
+    parts = {}
+    for layer in layers:
+        parts.setdefault(run.role(layer), []).append(str(layer))
+    if set(parts) <= {"causal"}:
+        return ", ".join(map(str, layers))
+    return "; ".join(f"{role} {', '.join(values)}" for role, values in parts.items())
+
+
 def _section(run: Run) -> dict:
     m = run.manifest
-    depth = int(m.get("config", {}).get("depth", 30))
-    middle = paper_layers(depth)["middle"][0]
-    pca_layer = middle if middle in run.feature_layers else (run.feature_layers[len(run.feature_layers) // 2]
-                                                             if run.feature_layers else None)
+    middle = paper_layers(run.depth)["middle"][0]
+    stepwise = run.stepwise_layers
+    pca_layer = middle if middle in run.feature_layers else (stepwise or run.feature_layers or [None])[len(stepwise) // 2]
     figs = {}
-    if run.feature_layers:
+    if stepwise:
         figs["Cross-step cosine similarity (frame being denoised, every step pair)"] = png_data_uri(
             figures.similarity_heatmaps(run))
+    if pca_layer is not None:
         figs[f"PCA of layer {pca_layer} over the denoising steps"] = png_data_uri(figures.pca_strip(run, pca_layer))
     if run.attention_layers:
         figs["Attention mass by key-frame offset"] = png_data_uri(figures.offset_heatmap(run))
@@ -59,22 +70,45 @@ def _section(run: Run) -> dict:
         "model": m.get("model"), "checkpoint sha256": checkpoint.get("sha256"), "run directory": str(run.path),
         "clip": f"{m.get('split', '?')} {m.get('clip', '?')}", "seed": m.get("seed"),
         "frames": f"{m.get('context')} context, probed {m.get('frames')}", "steps": len(m.get("steps", [])),
-        "layers": m.get("layers"), "hook": m.get("hook"), "mode": m.get("mode"), "backend": m.get("backend"),
+        "layers": _layers_text(run), "hook": m.get("hook"), "mode": m.get("mode"), "backend": m.get("backend"),
         "versions": ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),
         "git revision": m.get("git_revision"),
     }
-    similarity = depth_curve(run).round(4).to_dict("records") if run.feature_layers else []
+    similarity = depth_curve(run).round(4).to_dict("records") if stepwise else []
     sparsity = sparsity_table(run).round(4).to_dict("records") if run.attention_layers else []
+    for row in sparsity:
+        row["role"] = run.role(row["layer"])
     return {"name": run_name(run), "summary": summary, "claims": evaluate(run), "figures": figs,
             "similarity": similarity, "sparsity": sparsity}
 
 
-def render(runs: list[Run]) -> str:
-    """The report's HTML for these runs."""
+def _bench_section(bench: dict) -> dict:
+    """The `probe bench` tables (records, escaped by the template) and its figure."""
+    def records(table, columns: dict[str, str]) -> dict:
+        return {"columns": list(columns.values()),
+                "rows": [[row[c] for c in columns] for row in table.to_dict("records")]}
+
+    speed = records(bench["speed"], {"model": "model", "steps": "steps", "context": "context",
+                                     "first_frame_s": "first frame (s)", "latency_median_s": "latency median (s)",
+                                     "latency_p90_s": "latency p90 (s)", "frames_per_s": "frames/s",
+                                     "peak_mib": "peak memory (MiB)", "per_frame_gflop": "GFLOP / frame"})
+    ratios = records(bench["ratios"], {"steps": "steps", "context": "context",
+                                       "frames_per_s_ratio": "frames/s ratio (measured)",
+                                       "flop_ratio": "FLOP ratio (analytic)", "measured_over_analytic": "measured / analytic",
+                                       "first_frame_speedup": "first-frame speed-up", "memory_ratio": "memory ratio"})
+    quality = records(bench["quality"], {"model": "model", "psnr": "PSNR (dB)", "ssim": "SSIM",
+                                         "psnr_best": "PSNR best-of-k", "ssim_best": "SSIM best-of-k", "samples": "k",
+                                         "clips": "clips"})
+    figure = png_data_uri(figures.bench_figure(bench["speed"], bench["ratios"], bench["quality"]))
+    return {"info": bench["info"], "speed": speed, "ratios": ratios, "quality": quality, "figure": figure}
+
+
+def render(runs: list[Run], bench: dict | None = None) -> str:
+    """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     named = {run_name(run): run for run in runs}
     overlays = {}
-    with_features = {name: run for name, run in named.items() if run.feature_layers}
+    with_features = {name: run for name, run in named.items() if run.stepwise_layers}
     with_attention = {name: run for name, run in named.items() if run.attention_layers}
     if with_features:
         overlays["Cross-step similarity vs depth"] = png_data_uri(figures.similarity_vs_depth(with_features))
@@ -87,11 +121,13 @@ def render(runs: list[Run]) -> str:
         version = "?"
     return env.get_template("report.html.j2").render(
         sections=[_section(run) for run in runs], overlays=overlays, version=version,
+        bench=_bench_section(bench) if bench is not None else None,
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def write_report(run_paths: list[str | Path], out: str | Path) -> Path:
-    """Read the runs, render, and write `out` atomically; a RunError for a bad run or output path."""
+def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None) -> Path:
+    """Read the runs (and a `probe bench` directory), render, and write `out` atomically; a RunError for a
+    bad run, bench directory or output path."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise RunError(f"-o must name an .html file, got {str(out)!r}")
@@ -103,7 +139,15 @@ def write_report(run_paths: list[str | Path], out: str | Path) -> Path:
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
     runs = [load_run(path) for path in run_paths]
-    html = render(runs)
+    tables = None
+    if bench is not None:
+        from analyses.bench import load_bench
+
+        try:
+            tables = load_bench(bench)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    html = render(runs, tables)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(html, encoding="utf-8")

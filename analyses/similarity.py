@@ -3,7 +3,8 @@
 The paper's first finding: at layer 15 the step x step similarity matrix of a frame's features is
 near 1 everywhere. Per-token cosine averaged over tokens is the default; the flattened cosine (the
 whole frame as one vector) is the option. Both come from the reductions every run stores
-(`layer{L}.token_cosine`, `layer{L}.gram`), so full and stream runs are analysed alike.
+(`layer{L}.token_cosine`, `layer{L}.gram`), so full and stream runs are analysed alike. Layers
+run once per frame (SCD's encoder) have no steps to compare and are left out of the tables.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def summarize(matrices: torch.Tensor) -> dict[str, float]:
 def similarity_table(run: Run, kind: str = "token") -> pd.DataFrame:
     """One row per (layer, frame): mean off-diagonal cross-step cosine and its minimum."""
     rows = []
-    for layer in run.feature_layers:
+    for layer in run.stepwise_layers:
         for frame, matrix in zip(run.manifest["frames"], run_cosine(run, layer, kind), strict=True):
             rows.append({"layer": layer, "frame": frame, **summarize(matrix)})
     return pd.DataFrame(rows, columns=["layer", "frame", "mean_off_diagonal", "min"])
@@ -62,7 +63,7 @@ def depth_curve(run: Run, kind: str = "token") -> pd.DataFrame:
 def similarity_to_last(run: Run, kind: str = "token") -> pd.DataFrame:
     """One row per (layer, frame, step): cosine of that step's features with the last step's."""
     rows = []
-    for layer in run.feature_layers:
+    for layer in run.stepwise_layers:
         for frame, matrix in zip(run.manifest["frames"], run_cosine(run, layer, kind), strict=True):
             for step, value in zip(run.manifest["steps"], matrix[:, -1].tolist(), strict=True):
                 rows.append({"layer": layer, "frame": frame, "step": step, "cosine_to_last": value})

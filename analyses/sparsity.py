@@ -3,6 +3,8 @@
 The paper's second finding: the share of attention a frame's queries put on earlier frames falls
 with depth, and the last layers attend almost only within the frame. Input: a run's attention
 mass [F, S, H, T] per layer (each probed frame's queries, averaged, on each frame of the clip).
+On SCD, an encoder layer's S is 1 (it reads a frame once), and a decoder layer's "earlier frame" is
+the encoder output of the frame before, the only past it can see.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ def offset_table(run: Run) -> pd.DataFrame:
 
 
 def step_table(run: Run) -> pd.DataFrame:
-    """One row per (layer, step): share of attention on earlier frames at that denoising step."""
+    """One row per (layer, step): share of attention on earlier frames at that denoising step (layers
+    run once per frame, SCD's encoder, have no steps and are left out)."""
     frames, rows = run.manifest["frames"], []
-    for layer in run.attention_layers:
+    for layer in (layer for layer in run.attention_layers if run.role(layer) != "encoder"):
         share = earlier_share(run.attention(layer), frames).mean((0, 2))
         for step, value in zip(run.manifest["steps"], share.tolist(), strict=True):
             rows.append({"layer": layer, "step": step, "earlier_share": value})

@@ -53,9 +53,19 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _layers(spec: str, depth: int) -> list[int] | str:
+def _roles_text(layout) -> str:
+    """' (encoder 0..24, decoder 25..34)' for SCD; '' for a model of one kind of block."""
+    spans: dict[str, list[int]] = {}
+    for layer in range(layout.depth):
+        spans.setdefault(layout.role(layer), []).append(layer)
+    if set(spans) == {"causal"}:
+        return ""
+    return " (" + ", ".join(f"{role} {v[0]}..{v[-1]}" for role, v in spans.items()) + ")"
+
+
+def _layers(spec: str, depth: int, roles: str = "") -> list[int] | str:
     """'15' / '0,5,15' / 'all' -> block indices (or 'all'), checked against the model's depth."""
-    accepted = f"comma-separated block indices in 0..{depth - 1}, or 'all'"
+    accepted = f"comma-separated block indices in 0..{depth - 1}{roles}, or 'all'"
     if spec.strip() == "all":
         return "all"
     parts = [part.strip() for part in spec.split(",")]
@@ -111,12 +121,14 @@ def summary_table(metrics, capture: list[str], roles: dict[int, str] | None = No
         table["cross-step cosine (min)"] = mins.get("token_cosine_min")
     if "attention" in capture:
         table["attention on earlier frames"] = means.get("attention_earlier")
-    return table.to_markdown(floatfmt=".3f")
+    shown = table.astype(object).where(table.notna(), "-")  # SCD encoder layers: no steps to compare
+    return shown.to_markdown(floatfmt=".3f")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from probes.adapters import layout_of
     from probes.probe import CAPTURES, MODES, Probe, ProbeError
     from probes.store import load_run
     from scd import VideoBenchmark, generate, load_model
@@ -139,7 +151,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model = load_model(args.model, device=device, dtype=DTYPES[args.dtype])
     spec = args.layers if args.layers is not None else str(args.layer)
-    layers = _layers(spec, len(model.blocks))
+    layout = layout_of(model)
+    layers = _layers(spec, layout.depth, _roles_text(layout))
     out = Path(args.out) if args.out else _default_out(args.model, layers)
     _writable_out(out, args.force)
 
@@ -185,7 +198,7 @@ def _roles(manifest: dict) -> dict[int, str]:
 def cmd_report(args: argparse.Namespace) -> None:
     from analyses.report import write_report
 
-    print(f"wrote {write_report(args.runs, args.output)}")
+    print(f"wrote {write_report(args.runs, args.output, bench=args.bench)}")
 
 
 def _steps_list(text: str) -> list[int]:
@@ -317,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML report (claims, figures) from run directories")
     p.add_argument("runs", nargs="+", help="run directories written by probe run (e.g. baseline and SCD)")
     p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
+    p.add_argument("--bench", default=None, help="a directory written by probe bench, to include its tables")
     p.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="SCD vs baseline in one process: latency, frames/s, memory, FLOPs, PSNR/SSIM")

@@ -158,6 +158,24 @@ class Run:
         """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip."""
         return self._tensor("attention.safetensors", layer)
 
+    def role(self, layer: int) -> str:
+        """What the layer is: "causal" (a baseline block), or SCD's "encoder" (once per frame) or "decoder"."""
+        roles = dict(zip(self.manifest.get("layers", []), self.manifest.get("layer_roles", []), strict=False))
+        return roles.get(layer, "causal")
+
+    @property
+    def depth(self) -> int:
+        """Blocks of the probed model (SCD: encoder and decoder together)."""
+        config = self.manifest.get("config", {})
+        if "encoder_depth" in config:
+            return int(config["encoder_depth"]) + int(config["decoder_depth"])
+        return int(config.get("depth", 30))
+
+    @property
+    def stepwise_layers(self) -> list[int]:
+        """Feature layers recorded at every denoising step (all but SCD's encoder layers)."""
+        return [layer for layer in self.feature_layers if self.role(layer) != "encoder"]
+
     @property
     def feature_layers(self) -> list[int]:
         return self._layers("features.safetensors")

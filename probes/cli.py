@@ -121,8 +121,8 @@ def summary_table(metrics, capture: list[str], roles: dict[int, str] | None = No
         table["cross-step cosine (min)"] = mins.get("token_cosine_min")
     if "attention" in capture:
         table["attention on earlier frames"] = means.get("attention_earlier")
-    shown = table.astype(object).where(table.notna(), "-")  # SCD encoder layers: no steps to compare
-    return shown.to_markdown(floatfmt=".3f")
+    shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else v)
+    return shown.to_markdown(colalign=("right",) * (len(shown.columns) + 1), disable_numparse=True)  # "-": SCD encoder
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -98,10 +98,11 @@ def speed_table(models: dict[str, nn.Module], settings: Iterable[tuple[int, int]
         raise ValueError(f"frames must be >= 2 to measure a frame-to-frame latency, got {frames}")
     _prefer_mmap()
     settings = list(settings)
-    size = {next(iter(models.values())).config.frame_size}
-    if any(m.config.frame_size not in size for m in models.values()):
-        raise ValueError("the models compared must generate frames of the same size")
-    clips = {context: VideoBenchmark("val", frames=context, size=size.pop()).clip(0) for _, context in settings}
+    sizes = {m.config.frame_size for m in models.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"the models compared must generate frames of one size, got {sorted(sizes)}")
+    size = sizes.pop()
+    clips = {context: VideoBenchmark("val", frames=context, size=size).clip(0) for _, context in settings}
     for (steps, context), model in itertools.product(settings, models.values()):  # warm-up, untimed
         generate(model, clips[context], 1, steps=min(steps, 2), device=device)
     rows = []

@@ -1,0 +1,145 @@
+"""`probe bench` and SCD through `probe run` / `probe report`: files on disk, FLOPs against torch's counter,
+timings against the wall clock, bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from analyses.bench import load_bench, time_generation
+from probes import load_run
+from probes.cli import main
+from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.flops import generation_flops
+from scd.sampling import generate
+from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
+from scd.zoo import save_model
+from tests.conftest import randomize
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    save_model(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), root / "base" / "model.safetensors")
+    save_model(randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"])), root / "scd" / "model.safetensors")
+    return root / "base", root / "scd"
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("model", [
+    CausalVideoDiffuser(BaselineConfig(width=64, depth=3, heads=2)),
+    SeparableCausalDiffuser(SCDConfig(width=64, encoder_depth=3, decoder_depth=2, heads=2)),
+], ids=["baseline", "scd"])
+def test_analytic_flops_match_torch_flop_counter_frame_by_frame(model):
+    """Each generated frame's segment (the previous frame's cache pass and this frame's steps) against
+    torch's FlopCounterMode on a real `generate`; the analytic count leaves out embeddings, modulation and
+    the output head, a few percent at width 64."""
+    context, frames, steps = 3, 3, 4
+    randomize(model)
+    counter, marks = FlopCounterMode(display=False), []
+
+    def on_step(frame, step, timestep):
+        if step is None and frame >= context:
+            marks.append(counter.get_total_flops())
+
+    with counter, sdpa_kernel(SDPBackend.MATH):  # the math path is plain matmuls, which the counter counts
+        generate(model, torch.zeros(context, 3, 32, 32), frames, steps=steps, callback=on_step)
+    measured = [marks[0], *(b - a for a, b in zip(marks, marks[1:], strict=False))]
+    analytic = generation_flops(model.get_config(), context, frames, steps)
+    for k in range(1, frames):  # single-frame passes: no masked-out scores to tell apart
+        assert analytic[k] == pytest.approx(measured[k], rel=0.05), (k, analytic, measured)
+        assert analytic[k] <= measured[k]
+
+
+def test_timings_add_up_to_the_wall_clock(checkpoints):
+    import time
+
+    from scd.zoo import load_model
+
+    model = load_model(checkpoints[0])
+    context = torch.zeros(2, 3, 16, 16)
+    start = time.perf_counter()
+    timing = time_generation(model, context, 4, 3)
+    wall = time.perf_counter() - start
+    assert len(timing["latencies_s"]) == 3 and min(timing["latencies_s"]) > 0
+    assert timing["first_frame_s"] + sum(timing["latencies_s"]) <= wall
+
+
+def test_bench_writes_tables_and_the_report_shows_them_next_to_both_runs(checkpoints, tmp_path, capsys):
+    base, scd = checkpoints
+    out = tmp_path / "bench"
+    assert main(["bench", "--baseline", str(base), "--scd", str(scd), "--steps", "3", "--context", "2,3",
+                 "--frames", "3", "--repeats", "2", "--clips", "2", "--samples", "2", "--quality-steps", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    speed = pd.read_parquet(out / "speed.parquet")
+    assert set(speed.model) == {"base", "scd"} and set(speed.context) == {2, 3} and set(speed.steps) == {3}
+    assert len(speed) == 2 * 2 * 2 * 2  # models x contexts x repeats x latencies (3 frames)
+    quality = pd.read_parquet(out / "quality.parquet")
+    assert set(quality.model) == {"base", "scd", "copy last frame"}
+    assert len(quality[quality.model == "scd"]) == 2 * 2 * 4  # samples x clips x generated frames
+    tables = load_bench(out)
+    ratios = tables["ratios"].set_index("context")
+    summary = tables["speed"].set_index(["model", "context"])
+    for context in (2, 3):  # the ratio table is computed from the speed table, both ways round
+        assert ratios.loc[context, "frames_per_s_ratio"] == pytest.approx(
+            summary.loc[("scd", context), "frames_per_s"] / summary.loc[("base", context), "frames_per_s"])
+    best = tables["quality"].set_index("model")
+    assert (best.psnr_best >= best.psnr - 1e-9).all()
+    assert "FLOP ratio (analytic)" in (out / "bench.md").read_text()
+    assert json.loads((out / "bench.json").read_text())["checkpoints"]["scd"]["sha256"]
+
+    runs = []
+    for model, layer in ((base, "1"), (scd, "4")):
+        runs.append(tmp_path / f"run-{model.name}")
+        assert main(["run", "--model", str(model), "--layer", layer, "--context", "2", "--frames", "2", "--steps", "3",
+                     "--out", str(runs[-1]), "--quiet"]) == 0
+    assert load_run(runs[1]).manifest["layer_roles"] == ["decoder"]
+    report = tmp_path / "report.html"
+    assert main(["report", str(runs[0]), str(runs[1]), "--bench", str(out), "-o", str(report)]) == 0
+    html = report.read_text()
+    assert "run-base" in html and "run-scd" in html and "probe bench" in html and "frames/s ratio (measured)" in html
+
+
+def test_scd_layer_out_of_range_names_encoder_and_decoder(checkpoints, tmp_path, capsys):
+    assert main(["run", "--model", str(checkpoints[1]), "--layer", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "encoder 0..2, decoder 3..4" in _error(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--frames", "1"], "too few"),
+    (["--steps", "0"], "integers >= 1"),
+    (["--context", "a"], "integers"),
+    (["--baseline", "nope"], "unknown model"),
+    (["--same"], "same model"),
+])
+def test_bench_bad_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, capsys, flags, message):
+    base, scd = checkpoints
+    args = ["bench", "--baseline", str(base), "--scd", str(scd), "--out", str(tmp_path / "b"), *flags]
+    if "--same" in flags:
+        args = ["bench", "--baseline", str(base), "--scd", str(base), "--out", str(tmp_path / "b")]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own errors (the flag's value)
+        code = e.code
+    assert code == 2
+    assert message in _error(capsys)
+    assert not (tmp_path / "b").exists()
+
+
+def test_report_refuses_a_directory_that_is_not_a_bench(checkpoints, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "--model", str(checkpoints[0]), "--layer", "1", "--context", "2", "--frames", "1", "--steps", "2",
+                 "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--bench", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
+    assert "not a bench directory" in _error(capsys)
+    assert not (tmp_path / "r.html").exists()

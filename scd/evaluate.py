@@ -161,6 +161,29 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     return targets[-1]
 
 
+def _decoder_lr(train_cfg: dict) -> str:
+    scale = train_cfg.get("decoder_lr_scale", 1.0)
+    return f", decoder lr x{scale}" if scale != 1.0 else ""
+
+
+def _compute(config: dict, train_cfg: dict, steps: int) -> str:
+    """Analytic training FLOPs of the run, and of the shipped baseline's run when this is another model."""
+    from scd.flops import training_flops
+    from scd.train import default_config
+
+    per_step = training_flops(config, train_cfg["frames"], train_cfg["batch_size"])
+    text = f"{steps} steps x {per_step / 1e9:.0f} GFLOP = {steps * per_step / 1e15:.2f} PFLOP (`scd.flops.training_flops`)"
+    baseline_config = CHECKPOINT_DIR / "baseline.json"
+    if config["family"] != "baseline" and baseline_config.exists():
+        baseline = {k: v for k, v in json.loads(baseline_config.read_text()).items() if k not in ("dtype", "sha256")}
+        b_cfg = default_config("baseline")  # what the shipped baseline was trained with (its card)
+        b_steps = b_cfg.steps
+        b_flops = b_steps * training_flops(baseline, b_cfg.frames, b_cfg.batch_size)
+        text += (f"; the shipped baseline: {b_steps} steps x {b_flops / b_steps / 1e9:.0f} GFLOP = "
+                 f"{b_flops / 1e15:.2f} PFLOP, so this run used {steps * per_step / b_flops:.2f}x its compute")
+    return text + "."
+
+
 def _model_card(run: Path, name: str, model: torch.nn.Module, summary: pd.DataFrame, clips: int, steps: int,
                 weights: Path, chosen: str, dev: dict[str, float]) -> str:
     train_cfg = json.loads((run / "train.json").read_text())
@@ -174,10 +197,14 @@ def _model_card(run: Path, name: str, model: torch.nn.Module, summary: pd.DataFr
     gaps = "\n".join(f'Model minus "{m}": {model_row.psnr - summary.loc[m].psnr:+.2f} dB PSNR, '
                       f'{model_row.ssim - summary.loc[m].ssim:+.3f} SSIM.' for m in ("copy last frame", "extrapolate linearly"))
     table = summary.reset_index().rename(columns={"method": "predictor", "psnr": "PSNR (dB)", "ssim": "SSIM"})
+    config = model.get_config()
+    blocks = f"{model.config.depth} blocks"
+    if config["family"] == "scd":
+        blocks += f" ({model.config.encoder_depth} causal encoder + {model.config.decoder_depth} decoder)"
     return f"""# Model card: `{name}`
 
-{model.__class__.__name__} ({model.get_config()['family']}), {params / 1e6:.2f} M parameters,
-{model.config.depth} blocks, width {model.config.width}, {model.config.heads} heads,
+{model.__class__.__name__} ({config['family']}), {params / 1e6:.2f} M parameters,
+{blocks}, width {model.config.width}, {model.config.heads} heads,
 {model.config.tokens_per_frame} tokens per {model.config.frame_size}x{model.config.frame_size} frame.
 Weights: `{name}.safetensors`, float16, sha256 `{json.loads(weights.with_suffix('.json').read_text())['sha256']}`.
 Shipped: the **{chosen}** weights of the run. Flow-matching loss on 64 train-split clips the run never saw
@@ -188,7 +215,9 @@ Shipped: the **{chosen}** weights of the run. Flow-matching loss on 64 train-spl
 - Objective: flow matching (velocity = noise - data), one timestep per frame (diffusion forcing),
   logit-normal sigma (std {train_cfg['logit_normal_std']}), clean-context ratio {train_cfg['clean_context_ratio']},
   AdamW lr {train_cfg['lr']} ({train_cfg['warmup']} warm-up steps, cosine to x{train_cfg['min_lr_ratio']}),
-  gradient clip {train_cfg['grad_clip']}, EMA {train_cfg['ema_decay']}, bfloat16 autocast: {train_cfg['bf16']}.
+  gradient clip {train_cfg['grad_clip']}, EMA {train_cfg['ema_decay']},
+  bfloat16 autocast: {train_cfg['bf16']}{_decoder_lr(train_cfg)}.
+- Compute: {_compute(config, train_cfg, len(log))}
 - Data: procedural train split, clips of {train_cfg['frames']} frames, clip indices {first_clip}-{last_clip}
   (seeds {clip_seed('train', first_clip)}-{clip_seed('train', last_clip)}, even seeds only; val uses odd seeds), each seen once.
 - Iterations: {len(log)} steps of batch {train_cfg['batch_size']}; wall time {float(log[-1]['seconds']) / 3600:.2f} h on

@@ -1,4 +1,4 @@
-"""The shipped baseline checkpoint: it loads, its card tells the truth, and it beats copying the last frame."""
+"""The shipped checkpoints: they load, their cards tell the truth, and they beat copying the last frame."""
 
 import json
 import re
@@ -8,26 +8,37 @@ import pytest
 from scd.evaluate import summarize, validate
 from scd.zoo import CHECKPOINT_DIR, load_model, sha256
 
+SHIPPED = {"baseline": 30, "scd": 35}  # name -> blocks
 
-def test_the_shipped_baseline_loads_and_is_small():
-    weights = CHECKPOINT_DIR / "baseline.safetensors"
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_checkpoint_loads_and_is_small(name):
+    weights = CHECKPOINT_DIR / f"{name}.safetensors"
     assert weights.stat().st_size < 25 * 2**20
-    assert json.loads((CHECKPOINT_DIR / "baseline.json").read_text())["sha256"] == sha256(weights)
-    model = load_model("baseline")
-    assert model.config.depth == 30 and not model.training
+    assert json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())["sha256"] == sha256(weights)
+    model = load_model(name)
+    assert model.config.depth == SHIPPED[name] and not model.training
+    assert model.get_config()["family"] == name
 
 
-def _card_psnr(method: str) -> float:
-    card = (CHECKPOINT_DIR / "baseline.md").read_text()
+def _card_psnr(name: str, method: str) -> float:
+    card = (CHECKPOINT_DIR / f"{name}.md").read_text()
     row = re.search(rf"^\| {re.escape(method)}\s*\|\s*([0-9.]+)", card, flags=re.M)
-    assert row, f"no {method!r} row in the model card"
+    assert row, f"no {method!r} row in the model card of {name}"
     return float(row.group(1))
 
 
 @pytest.mark.slow
-def test_the_shipped_baseline_beats_copy_last_frame_as_its_card_says():
-    summary = summarize(validate(load_model("baseline"), clips=32, steps=50, progress=False))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_checkpoint_beats_copy_last_frame_as_its_card_says(name):
+    summary = summarize(validate(load_model(name), clips=32, steps=50, progress=False))
     model, copy = summary.loc["model", "psnr"], summary.loc["copy last frame", "psnr"]
     assert model > copy, (model, copy)
     for method in ("model", "copy last frame", "extrapolate linearly"):  # the card reports what this measures
-        assert _card_psnr(method) == pytest.approx(summary.loc[method, "psnr"], abs=0.01)
+        assert _card_psnr(name, method) == pytest.approx(summary.loc[method, "psnr"], abs=0.01)
+
+
+def test_the_scd_card_states_both_training_computes():
+    card = (CHECKPOINT_DIR / "scd.md").read_text()
+    assert re.search(r"Compute: \d+ steps x \d+ GFLOP = [0-9.]+ PFLOP .*the shipped baseline: 4500 steps", card)
+    assert "decoder lr x2.0" in card and "25 causal encoder + 10 decoder" in card

@@ -28,3 +28,20 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     assert shipped in html and "layers 28-29 barely attend to past frames" in html
     readme = (ROOT / "README.md").read_text()
     assert "probe report reports/runs/baseline-layers-all -o reports/baseline.html" in readme
+
+
+def test_the_scd_report_and_bench_are_made_from_both_shipped_checkpoints():
+    """reports/scd_vs_baseline.html and reports/bench/: committed, from the shipped baseline and SCD."""
+    import json
+
+    shipped = {name: json.loads((ROOT / "scd" / "checkpoints" / f"{name}.json").read_text())["sha256"]
+               for name in ("baseline", "scd")}
+    report = ROOT / "reports" / "scd_vs_baseline.html"
+    assert report.is_file() and report.stat().st_size < 5 * 2**20
+    html = report.read_text()
+    assert all(sha in html for sha in shipped.values()) and "frames/s ratio (measured)" in html
+    bench = json.loads((ROOT / "reports" / "bench" / "bench.json").read_text())
+    assert {name: bench["checkpoints"][name]["sha256"] for name in shipped} == shipped
+    assert bench["clips"] >= 32 and bench["samples"] == 4
+    readme = (ROOT / "README.md").read_text()
+    assert "probe bench" in readme and "reports/scd_vs_baseline.html" in readme

@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ def _rss(field: str) -> int:
 
 
 @contextlib.contextmanager
-def _peak_memory(device: torch.device, out: dict) -> Iterable[None]:
+def _peak_memory(device: torch.device, out: dict) -> Iterator[None]:
     """Sets out["peak_mib"]: the memory a block of code added at its peak, on `device`."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

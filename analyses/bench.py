@@ -5,7 +5,8 @@ at each (denoising steps, context frames) setting. Frame f is done when the samp
 cache-writing pass (`callback(f, None, 0)`), so time to first frame covers the context's prefill and
 the first frame's denoising, and the per-frame latency is the time between two frames being done
 (the steady state of streaming). Peak memory is the rise of the resident set during a run on the
-CPU (glibc asked to serve blocks from mmap, so freed tensors leave it) and
+CPU (glibc asked to serve blocks from mmap and to trim its heap before each run, so memory freed
+by an earlier run is neither counted nor silently reused) and
 `torch.cuda.max_memory_allocated` on a GPU. Next to every measured ratio stands the analytic FLOP
 ratio of the same setting (`scd.flops`).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import itertools
 import json
 import os
@@ -62,6 +64,9 @@ def _peak_memory(device: torch.device, out: dict) -> Iterator[None]:
         torch.cuda.synchronize(device)
         out["peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         return
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # hand freed heap pages back, or the run reuses them unseen
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current resident set
         before = _rss("VmRSS")

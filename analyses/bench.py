@@ -214,11 +214,12 @@ def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, i
 def write_bench(out: str | Path, speed: pd.DataFrame, quality: pd.DataFrame, info: dict) -> Path:
     """Write speed.parquet, quality.parquet, bench.json and bench.md into `out` (via a temporary sibling)."""
     import shutil
-    import tempfile
+
+    from probes.store import temporary_sibling
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temporary_sibling(out)
     try:
         speed.to_parquet(tmp / "speed.parquet", index=False)
         quality.to_parquet(tmp / "quality.parquet", index=False)

@@ -77,6 +77,16 @@ def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
 
 
+def temporary_sibling(path: Path) -> Path:
+    """A new hidden directory beside `path`, to be renamed to it once complete; with the permissions a
+    plain mkdir would give (mkdtemp's 0700 would otherwise stay on the renamed result)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
 def write_run(
     path: str | Path, manifest: dict, *, features: dict[str, torch.Tensor] | None = None,
     attention: dict[str, torch.Tensor] | None = None, metrics: pd.DataFrame | None = None,
@@ -96,7 +106,7 @@ def write_run(
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise RunError(f"{name} must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temporary_sibling(path)
     try:
         save_file({k: _as_stored(k, v, torch.float16) for k, v in (features or {}).items()}, tmp / "features.safetensors")
         save_file({k: _as_stored(k, v, torch.float32) for k, v in (attention or {}).items()}, tmp / "attention.safetensors")

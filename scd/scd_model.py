@@ -21,7 +21,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.baseline import block_causal_mask
+from scd.baseline import CausalVideoDiffuser, block_causal_mask
 from scd.blocks import Block, KVCache, modulate, rope_angles
 
 
@@ -103,19 +103,9 @@ class SeparableCausalDiffuser(HookedRootModule):
         parts = (self.decoder, self.context_proj, self.norm_out, self.modulation_out, self.unpatch)
         return [self.start_context, *(p for part in parts for p in part.parameters())]
 
-    def patchify(self, video: torch.Tensor) -> torch.Tensor:
-        """[B, F, C, H, W] -> frame-major tokens [B, F*N, C*p*p] (row-major patches within a frame)."""
-        B, Fr, C, H, W = video.shape
-        p = self.config.patch_size
-        x = video.reshape(B, Fr, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)
-        return x.reshape(B, Fr * (H // p) * (W // p), C * p * p)
-
-    def unpatchify(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
-        """Inverse of `patchify`."""
-        B = tokens.shape[0]
-        p, C, S = self.config.patch_size, self.config.channels, self.config.frame_size
-        x = tokens.reshape(B, frames, S // p, S // p, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-        return x.reshape(B, frames, C, S, S)
+    # Same token layout as the baseline (frame-major, row-major patches): the same functions.
+    patchify = CausalVideoDiffuser.patchify
+    unpatchify = CausalVideoDiffuser.unpatchify
 
     def _angles(self, frame_index: torch.Tensor) -> torch.Tensor:
         cfg = self.config

@@ -39,6 +39,18 @@ from scd.sampling import generate
 
 SETTINGS = ((50, 4), (50, 16), (4, 4), (4, 16))  # (denoising steps, context frames)
 
+# How the summary tables' columns are headed, in the markdown page and in the report.
+SPEED_COLUMNS = {"model": "model", "steps": "steps", "context": "context", "first_frame_s": "first frame (s)",
+                 "latency_median_s": "latency median (s)", "latency_p90_s": "latency p90 (s)",
+                 "frames_per_s": "frames/s", "peak_mib": "peak memory (MiB)",
+                 "first_frame_gflop": "GFLOP to first frame", "per_frame_gflop": "GFLOP / frame"}
+RATIO_COLUMNS = {"steps": "steps", "context": "context", "frames_per_s_ratio": "frames/s ratio (measured)",
+                 "flop_ratio": "FLOP ratio (analytic)", "measured_over_analytic": "measured / analytic",
+                 "first_frame_speedup": "first-frame speed-up", "first_frame_flop_ratio": "first-frame FLOP ratio",
+                 "memory_ratio": "memory ratio"}
+QUALITY_COLUMNS = {"model": "model", "psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_best": "PSNR best-of-k",
+                   "ssim_best": "SSIM best-of-k", "samples": "k", "clips": "clips"}
+
 
 def _prefer_mmap() -> None:
     """Have glibc serve blocks >= 16 KiB from mmap, so the resident set follows the memory actually held."""
@@ -187,27 +199,17 @@ def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, info: dict) -> str:
     """The benchmark as a markdown page."""
-    speed_cols = {"model": "model", "steps": "steps", "context": "context", "first_frame_s": "first frame (s)",
-                  "latency_median_s": "latency median (s)", "latency_p90_s": "latency p90 (s)",
-                  "frames_per_s": "frames/s", "peak_mib": "peak memory (MiB)", "first_frame_gflop": "GFLOP to first frame",
-                  "per_frame_gflop": "GFLOP / frame"}
-    ratio_cols = {"steps": "steps", "context": "context", "frames_per_s_ratio": "frames/s ratio (measured)",
-                  "flop_ratio": "FLOP ratio (analytic)", "measured_over_analytic": "measured / analytic",
-                  "first_frame_speedup": "first-frame speed-up", "first_frame_flop_ratio": "first-frame FLOP ratio",
-                  "memory_ratio": "memory ratio"}
-    quality_cols = {"model": "model", "psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_best": "PSNR best-of-k",
-                    "ssim_best": "SSIM best-of-k", "samples": "k", "clips": "clips"}
     lines = [f"# {info['other']} vs {info['baseline']}", "",
              f"`{info['command']}`", "",
              f"Machine: {info['machine']}; device {info['device']}. {info['frames']} generated frames per run, "
              f"{info['repeats']} repeats, runs interleaved. Latency: time between two frames being done.", "",
-             "## Speed", "", speed.rename(columns=speed_cols).to_markdown(index=False, floatfmt=".3f"), "",
+             "## Speed", "", speed.rename(columns=SPEED_COLUMNS).to_markdown(index=False, floatfmt=".3f"), "",
              f"## {info['other']} / {info['baseline']}", "",
-             ratios.rename(columns=ratio_cols).to_markdown(index=False, floatfmt=("g", "g") + (".2f",) * 6), "",
+             ratios.rename(columns=RATIO_COLUMNS).to_markdown(index=False, floatfmt=("g", "g") + (".2f",) * 6), "",
              "## Quality", "",
              f"{info['clips']} val clips, {info['quality_context']} context + {info['quality_frames']} generated "
              f"frames, {info['quality_steps']} steps; best-of-k takes each clip's best sample per metric.", "",
-             quality.rename(columns=quality_cols).to_markdown(index=False, floatfmt=".3f"), ""]
+             quality[list(QUALITY_COLUMNS)].rename(columns=QUALITY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""]
     return "\n".join(lines)
 
 

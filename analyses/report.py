@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from analyses import figures
+from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
 from analyses.claims import evaluate, paper_layers
 from analyses.similarity import depth_curve
 from analyses.sparsity import sparsity_table
@@ -88,17 +89,9 @@ def _bench_section(bench: dict) -> dict:
         return {"columns": list(columns.values()),
                 "rows": [[row[c] for c in columns] for row in table.to_dict("records")]}
 
-    speed = records(bench["speed"], {"model": "model", "steps": "steps", "context": "context",
-                                     "first_frame_s": "first frame (s)", "latency_median_s": "latency median (s)",
-                                     "latency_p90_s": "latency p90 (s)", "frames_per_s": "frames/s",
-                                     "peak_mib": "peak memory (MiB)", "per_frame_gflop": "GFLOP / frame"})
-    ratios = records(bench["ratios"], {"steps": "steps", "context": "context",
-                                       "frames_per_s_ratio": "frames/s ratio (measured)",
-                                       "flop_ratio": "FLOP ratio (analytic)", "measured_over_analytic": "measured / analytic",
-                                       "first_frame_speedup": "first-frame speed-up", "memory_ratio": "memory ratio"})
-    quality = records(bench["quality"], {"model": "model", "psnr": "PSNR (dB)", "ssim": "SSIM",
-                                         "psnr_best": "PSNR best-of-k", "ssim_best": "SSIM best-of-k", "samples": "k",
-                                         "clips": "clips"})
+    speed = records(bench["speed"], SPEED_COLUMNS)
+    ratios = records(bench["ratios"], RATIO_COLUMNS)
+    quality = records(bench["quality"], QUALITY_COLUMNS)
     figure = png_data_uri(figures.bench_figure(bench["speed"], bench["ratios"], bench["quality"]))
     return {"info": bench["info"], "speed": speed, "ratios": ratios, "quality": quality, "figure": figure}
 
@@ -141,8 +134,6 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
     runs = [load_run(path) for path in run_paths]
     tables = None
     if bench is not None:
-        from analyses.bench import load_bench
-
         try:
             tables = load_bench(bench)
         except ValueError as e:

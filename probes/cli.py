@@ -12,8 +12,12 @@ import re
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from probes.store import Run
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -105,17 +109,19 @@ def _default_out(model: str, layers: list[int] | str) -> Path:
     return Path("reports") / "runs" / f"{name}-{spec}"
 
 
-def summary_table(metrics, capture: list[str], roles: dict[int, str] | None = None) -> str:
-    """One row per layer: mean off-diagonal cross-step cosine, its minimum, attention share on earlier frames
-    (empty cosine for SCD encoder layers, which run once per frame)."""
+def summary_table(run: Run) -> str:
+    """One row per layer of a run: mean off-diagonal cross-step cosine, its minimum, attention share on
+    earlier frames ("-" for the cosine of SCD encoder layers, which run once per frame)."""
     import pandas as pd
 
+    metrics, capture = run.metrics, run.manifest.get("capture", [])
     by = metrics.groupby(["layer", "metric"]).value
     means, mins = by.mean().unstack(), by.min().unstack()
     table = pd.DataFrame(index=sorted(metrics.layer.unique()))
     table.index.name = "layer"
-    if roles and set(roles.values()) != {"causal"}:
-        table["block"] = [roles.get(layer, "") for layer in table.index]
+    roles = [run.role(layer) for layer in table.index]
+    if set(roles) != {"causal"}:
+        table["block"] = roles
     if "features" in capture:
         table["cross-step cosine (mean)"] = means.get("token_cosine_mean")
         table["cross-step cosine (min)"] = mins.get("token_cosine_min")
@@ -175,8 +181,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     except ProbeError as e:
         raise UsageError(str(e)) from None
     if not args.quiet:  # the table of what was written, not a second computation of it
-        written = load_run(run)
-        print(summary_table(written.metrics, capture, _roles(written.manifest)))
+        print(summary_table(load_run(run)))
     print(f"wrote {run}")
 
 
@@ -187,12 +192,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     m = run.manifest
     print(f"{m.get('model')} · layers {m.get('layers')} · frames {m.get('frames')} · {len(m.get('steps', []))} steps · "
           f"seed {m.get('seed')} · {m.get('mode')} mode")
-    print(summary_table(run.metrics, m.get("capture", []), _roles(m)))
-
-
-def _roles(manifest: dict) -> dict[int, str]:
-    """Layer -> causal / encoder / decoder, from a run's manifest."""
-    return dict(zip(manifest.get("layers", []), manifest.get("layer_roles", []), strict=False))
+    print(summary_table(run))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -48,6 +48,16 @@ def block_causal_mask(query_frames: torch.Tensor, key_frames: torch.Tensor) -> t
     return key_frames[None, :] <= query_frames[:, None]
 
 
+def frames_mask(start: int, frames: int, tokens_per_frame: int, device: torch.device) -> torch.Tensor | None:
+    """The block-causal mask of `frames` frames after `start` cached ones, or None for one frame (it sees
+    all of the earlier cache: no mask needed)."""
+    if frames == 1:
+        return None
+    query_frames = torch.arange(start, start + frames, device=device).repeat_interleave(tokens_per_frame)
+    key_frames = torch.cat([torch.arange(start, device=device).repeat_interleave(tokens_per_frame), query_frames])
+    return block_causal_mask(query_frames, key_frames)
+
+
 class CausalVideoDiffuser(HookedRootModule):
     """The baseline causal video diffuser; forward maps noisy frames and timesteps to velocity."""
 
@@ -104,11 +114,7 @@ class CausalVideoDiffuser(HookedRootModule):
         frame_index = torch.arange(start, start + Fr, device=video.device)
         angles = rope_angles(frame_index, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size,
                              cfg.width // cfg.heads, cfg.rope_theta)
-        mask = None
-        if Fr > 1:  # one frame sees all of the (earlier) cache: no mask needed
-            query_frames = frame_index.repeat_interleave(n)
-            key_frames = torch.cat([torch.arange(start, device=video.device).repeat_interleave(n), query_frames])
-            mask = block_causal_mask(query_frames, key_frames)
+        mask = frames_mask(start, Fr, n, video.device)
         x = self.hook_embed(self.patch_embed(self.patchify(video)))
         cond = self.time_embed(self.time_proj(timesteps.flatten()).to(x.dtype)).view(B, Fr, -1)
         for i, block in enumerate(self.blocks):

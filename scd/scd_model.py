@@ -21,7 +21,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.baseline import CausalVideoDiffuser, block_causal_mask
+from scd.baseline import CausalVideoDiffuser, frames_mask
 from scd.blocks import Block, KVCache, modulate, rope_angles
 
 
@@ -119,11 +119,7 @@ class SeparableCausalDiffuser(HookedRootModule):
         n = self.config.tokens_per_frame
         start = cache.frames if cache is not None else 0
         frame_index = torch.arange(start, start + Fr, device=frames.device)
-        mask = None
-        if Fr > 1:
-            query_frames = frame_index.repeat_interleave(n)
-            key_frames = torch.cat([torch.arange(start, device=frames.device).repeat_interleave(n), query_frames])
-            mask = block_causal_mask(query_frames, key_frames)
+        mask = frames_mask(start, Fr, n, frames.device)
         angles = self._angles(frame_index)
         x = self.hook_embed(self.patch_embed(self.patchify(frames)))
         clean = torch.zeros(B * Fr, device=frames.device)  # the fixed clean-context timestep

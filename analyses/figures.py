@@ -1,21 +1,28 @@
-"""The paper's figures from a run: each a function returning a matplotlib Figure, used by the report and the notebooks."""
+"""The paper's figures from a run: each a function returning a matplotlib Figure, used by the report and the notebooks.
+
+Every figure is returned closed (detached from pyplot): a notebook cell that ends with one shows it
+once, `savefig` writes it, and no window opens nor do figures pile up in pyplot's registry.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files and notebooks; never a window
+from analyses.pca import pca_images
+from analyses.similarity import depth_curve, run_cosine, similarity_to_last
+from analyses.sparsity import head_table, offset_table, sparsity_table, step_table
+from probes.store import Run
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
-from analyses.pca import pca_images  # noqa: E402
-from analyses.similarity import depth_curve, run_cosine  # noqa: E402
-from analyses.sparsity import head_table, offset_table, sparsity_table  # noqa: E402
-from probes.store import Run  # noqa: E402
+def _finished(fig: Figure) -> Figure:
+    """Lay the figure out and detach it from pyplot (see the module docstring)."""
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def _pick(layers: list[int], most: int) -> list[int]:
@@ -37,8 +44,7 @@ def similarity_heatmaps(run: Run, layers: list[int] | None = None, frame: int = 
         ax.set_xlabel("step")
     axes[0, 0].set_ylabel("step")
     fig.suptitle(f"cross-step cosine ({kind}), frame {run.manifest['frames'][frame]}", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finished(fig)
 
 
 def similarity_vs_depth(runs: dict[str, Run], kind: str = "token") -> Figure:
@@ -52,9 +58,21 @@ def similarity_vs_depth(runs: dict[str, Run], kind: str = "token") -> Figure:
     ax.set_xlabel("layer")
     ax.set_ylabel("cross-step cosine")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
+    return _finished(fig)
 
+
+
+def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
+    """Cosine of each step's features with the last step's, against the step (mean over probed frames),
+    one line per layer: how early in denoising a layer's features settle."""
+    table = similarity_to_last(run)
+    layers = layers or _pick(run.stepwise_layers, 8)
+    table = table[table.layer.isin(layers)].groupby(["layer", "step"]).cosine_to_last.mean().reset_index()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.lineplot(data=table, x="step", y="cosine_to_last", hue="layer", palette="viridis", ax=ax)
+    ax.set_ylabel("cosine with the last step")
+    ax.set_xlabel("denoising step")
+    return _finished(fig)
 
 def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
     """PCA images of one layer's features at a few steps, next to the generated frame."""
@@ -75,8 +93,7 @@ def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
         ax.axis("off")
     fig.suptitle(f"layer {layer} PCA (top 3 = RGB, {variance.sum():.0%} of variance), "
                  f"frame {run.manifest['frames'][frame]}", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finished(fig)
 
 
 def attention_vs_depth(runs: dict[str, Run]) -> Figure:
@@ -93,9 +110,30 @@ def attention_vs_depth(runs: dict[str, Run]) -> Figure:
     ax.set_xlabel("layer")
     ax.set_ylabel("attention on earlier frames")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finished(fig)
 
+
+
+def head_heatmap(run: Run) -> Figure:
+    """Layer x head: each head's share of attention on earlier frames."""
+    table = head_table(run).pivot(index="layer", columns="head", values="earlier_share")
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * table.shape[1], max(2.5, 0.18 * len(table) + 1)))
+    sns.heatmap(table, ax=ax, cmap="magma", vmin=0, vmax=1, annot=table.size <= 64, fmt=".2f")
+    ax.set_title("attention on earlier frames, per head", fontsize=9)
+    return _finished(fig)
+
+
+def attention_across_steps(run: Run, layers: list[int] | None = None) -> Figure:
+    """Share of attention on earlier frames at each denoising step, one line per layer (layers run at
+    every step only)."""
+    table = step_table(run)
+    layers = layers or _pick(sorted(table.layer.unique().tolist()), 8)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.lineplot(data=table[table.layer.isin(layers)], x="step", y="earlier_share", hue="layer", palette="viridis", ax=ax)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("attention on earlier frames")
+    return _finished(fig)
 
 def offset_heatmap(run: Run) -> Figure:
     """Layer x key-frame offset (0 = the frame itself, 1 = the previous one, ...): mean attention mass."""
@@ -103,8 +141,7 @@ def offset_heatmap(run: Run) -> Figure:
     fig, ax = plt.subplots(figsize=(5, max(2.5, 0.18 * len(table) + 1)))
     sns.heatmap(table, ax=ax, cmap="magma", vmin=0, vmax=1, annot=len(table) <= 8, fmt=".2f")
     ax.set_xlabel("key frame offset (0 = same frame)")
-    fig.tight_layout()
-    return fig
+    return _finished(fig)
 
 
 def frames_figure(run: Run) -> Figure:
@@ -121,9 +158,27 @@ def frames_figure(run: Run) -> Figure:
             axes[1, t].set_title(f"ground truth {t}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    return fig
+    return _finished(fig)
 
+
+
+def compare_frames(runs: dict[str, Run]) -> Figure:
+    """The generated frames of several runs of one clip, one row each, under the ground truth."""
+    videos = {name: run.video() for name, run in runs.items()}
+    truth = next((t for _, t in videos.values() if len(t)), None)
+    rows = ([("ground truth", truth)] if truth is not None else []) + [(name, g) for name, (g, _) in videos.items()]
+    context = max(run.manifest.get("context", 0) for run in runs.values())
+    width = max(len(frames) for _, frames in rows)
+    fig, axes = plt.subplots(len(rows), width, figsize=(1.1 * width + 1, 1.2 * len(rows)), squeeze=False)
+    for r, (name, frames) in enumerate(rows):
+        for t in range(width):
+            axes[r, t].axis("off")
+            if t < len(frames):
+                axes[r, t].imshow(frames[t])
+            if r == 0:
+                axes[r, t].set_title(("context" if t < context else "generated") + f" {t}", fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    return _finished(fig)
 
 def bench_figure(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame) -> Figure:
     """`probe bench` at a glance: frames/s per setting and model; measured vs analytic speed-up; PSNR."""
@@ -145,5 +200,4 @@ def bench_figure(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFram
     for ax in axes:
         ax.tick_params(axis="x", labelsize=7)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finished(fig)

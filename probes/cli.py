@@ -8,6 +8,7 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import fields
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; a desktop backend would need a display
     try:
         args.func(args)
     except (UsageError, CheckpointError, RunError) as e:

@@ -87,12 +87,11 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def save_strip(video: torch.Tensor, truth: torch.Tensor, context: int, path: str | Path, title: str = "") -> Path:
     """PNG with two rows (model: context + generated; ground truth), one column per frame."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a file only, whatever the backend (a notebook's included)
 
     T = video.shape[0]
-    fig, axes = plt.subplots(2, T, figsize=(1.3 * T, 3.0), squeeze=False)
+    fig = Figure(figsize=(1.3 * T, 3.0))
+    axes = fig.subplots(2, T, squeeze=False)
     for row, (label, frames) in enumerate([("model", video), ("ground truth", truth[:T])]):
         for col, image in enumerate(to_uint8(frames)):
             ax = axes[row, col]
@@ -108,7 +107,6 @@ def save_strip(video: torch.Tensor, truth: torch.Tensor, context: int, path: str
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
 

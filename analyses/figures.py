@@ -69,7 +69,7 @@ def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
     layers = layers or _pick(run.stepwise_layers, 8)
     table = table[table.layer.isin(layers)].groupby(["layer", "step"]).cosine_to_last.mean().reset_index()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    sns.lineplot(data=table, x="step", y="cosine_to_last", hue="layer", palette="viridis", ax=ax)
+    sns.lineplot(data=table, x="step", y="cosine_to_last", hue="layer", palette="viridis", legend="full", ax=ax)
     ax.set_ylabel("cosine with the last step")
     ax.set_xlabel("denoising step")
     return _finished(fig)
@@ -129,7 +129,8 @@ def attention_across_steps(run: Run, layers: list[int] | None = None) -> Figure:
     table = step_table(run)
     layers = layers or _pick(sorted(table.layer.unique().tolist()), 8)
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    sns.lineplot(data=table[table.layer.isin(layers)], x="step", y="earlier_share", hue="layer", palette="viridis", ax=ax)
+    sns.lineplot(data=table[table.layer.isin(layers)], x="step", y="earlier_share", hue="layer", palette="viridis",
+                 legend="full", ax=ax)
     ax.set_ylim(0, 1)
     ax.set_xlabel("denoising step")
     ax.set_ylabel("attention on earlier frames")

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, 
     s = sigma[:, :, None, None, None]
     x_t = (1 - s) * clips + s * noise
     separable = cfg.family == "scd"  # the encoder reads the clean clip, the decoder the noised one
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), warnings.catch_warnings():
+        # rms_norm under autocast: "cannot dispatch to fused implementation", i.e. slower, not wrong.
+        warnings.filterwarnings("ignore", "Mismatch dtype between input and weight", UserWarning)
         velocity = model(x_t, sigma * 1000, clean=clips) if separable else model(x_t, sigma * 1000)
     err = (velocity.float() - (noise - clips)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
     return (err * noisy).sum() / noisy.sum().clamp(min=1)

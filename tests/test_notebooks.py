@@ -154,3 +154,13 @@ def test_analyses_an_existing_run_directory_instead_of_probing(name, existing_ru
     else:
         assert f"frames [4], 50 steps -> {existing_runs['baseline']}" in text
         assert "probe-notebook-" not in text  # nothing was probed into a temporary directory
+
+
+def test_the_dev_install_brings_jupyterlab_and_a_kernel_that_sees_the_toolkit():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    lab = subprocess.run([sys.executable, "-m", "jupyterlab", "--version"], capture_output=True, text=True)
+    assert lab.returncode == 0 and lab.stdout.strip()[0].isdigit(), lab.stderr
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    probe = subprocess.run([spec.argv[0], "-c", "import scd, probes, analyses, ipykernel"], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr

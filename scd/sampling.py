@@ -63,14 +63,15 @@ def generate(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     callback: StepCallback | None = None,
-    use_cache: bool = True,
+    use_cache: bool | None = None,
     shift: float = 1.0,
 ) -> torch.Tensor:
     """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
 
     Returns the context followed by the generated frames, on the CPU in float32, with the same
     rank as `context`. The same `seed` gives the same video. The model is moved to `device` and
-    `dtype` in place (as a diffusers pipeline's `.to()` would be) and put in eval mode.
+    `dtype` in place (as a diffusers pipeline's `.to()` would be) and put in eval mode. `use_cache`
+    defaults to whether the model has a KV cache (`new_cache`).
     """
     if frames < 0 or steps < 1:
         raise ValueError(f"need frames >= 0 and steps >= 1, got frames={frames}, steps={steps}")
@@ -79,6 +80,10 @@ def generate(
     if video.shape[1] < 1:
         raise ValueError("need at least one context frame")
     model = model.to(device=device, dtype=dtype).eval()
+    if use_cache is None:
+        use_cache = hasattr(model, "new_cache")
+    elif use_cache and not hasattr(model, "new_cache"):
+        raise ValueError(f"{type(model).__name__} has no KV cache; call generate with use_cache=False")
     B, T = video.shape[:2]
     frame_shape = video.shape[2:]
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device

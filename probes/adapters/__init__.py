@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import nn
 
 from probes.adapters.builtin import HOOKS, ROLES, Layout, builtin_layout
 
-__all__ = ["HOOKS", "ROLES", "Layout", "layout_of"]
+__all__ = ["HOOKS", "ROLES", "Layout", "layout_of", "load_model"]
 
 
 def layout_of(model: nn.Module) -> Layout:
     """The layout of a model this toolkit knows how to probe; a ValueError naming the accepted kinds otherwise."""
     if hasattr(model, "hook_dict") and hasattr(model, "get_config"):
         return builtin_layout(model)
-    raise ValueError(f"cannot probe a {type(model).__name__}; accepted: the built-in models of scd (load_model)")
+    from probes.adapters.diffusers import DiffusersVideoModel, diffusers_layout
+
+    if isinstance(model, DiffusersVideoModel):
+        return diffusers_layout(model)
+    raise ValueError(f"cannot probe a {type(model).__name__}; accepted: the built-in models of scd (load_model) and "
+                     "diffusers Wan / SkyReels-V2 transformers (load_model('diffusers:PATH'))")
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               **diffusers_options) -> nn.Module:
+    """`scd.load_model` for the built-in models, and "diffusers:PATH" for a local diffusers Wan / SkyReels-V2
+    transformer (`probes.adapters.diffusers.load_diffusers`; options: latent_size, text_embeddings)."""
+    if isinstance(name_or_path, str) and name_or_path.startswith("diffusers:"):
+        from probes.adapters.diffusers import load_diffusers
+
+        return load_diffusers(name_or_path.removeprefix("diffusers:"), device=device, dtype=dtype, **diffusers_options)
+    from scd.zoo import load_model as load_builtin
+
+    return load_builtin(name_or_path, device=device, dtype=dtype)

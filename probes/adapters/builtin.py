@@ -30,6 +30,7 @@ class Layout:
     blocks: tuple[str, ...]  # module path of each probe-able block; layer i is blocks[i], in execution order
     tokens_per_frame: int    # tokens of one frame; a frame's tokens are contiguous, frames in time order
     roles: tuple[str, ...] = ()  # ROLES entry per block; empty: all "causal"
+    hook_paths: dict[str, str] | None = None  # HOOKS name -> path inside the block ("" = the block's output); None: as named
 
     @property
     def depth(self) -> int:
@@ -40,8 +41,11 @@ class Layout:
         return self.roles[layer] if self.roles else "causal"
 
     def path(self, layer: int, hook: str) -> str:
-        """Module path of a block's HookPoint, e.g. `blocks.15.attn.hook_q`."""
-        return f"{self.blocks[layer]}.{hook}"
+        """Module path of a block's HookPoint, e.g. `blocks.15.attn.hook_q` (or of the module read for it)."""
+        inside = hook if self.hook_paths is None else self.hook_paths.get(hook)
+        if inside is None:
+            raise ValueError(f"this model has no {hook!r}; accepted: {', '.join(self.hook_paths)}")
+        return f"{self.blocks[layer]}.{inside}".rstrip(".")
 
     def order(self, layer: int, hook: str) -> tuple[int, int]:
         """Sort key giving the order in which a forward pass reaches (layer, hook)."""

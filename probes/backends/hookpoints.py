@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
+from transformer_lens.hook_points import HookPoint
 
 from probes.adapters import Layout
 from probes.backends import Active, Receive
@@ -26,9 +27,9 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
     try:
         for layer, hook in targets:
             path = layout.path(layer, hook)
-            if path not in model.hook_dict:
-                raise ValueError(f"{type(model).__name__} has no HookPoint {path!r}")
-            hook_point = model.hook_dict[path]
+            hook_point = dict(model.named_modules()).get(path)
+            if not isinstance(hook_point, HookPoint):
+                raise ValueError(f"{type(model).__name__} has no HookPoint {path!r} (the nnsight backend reads any module)")
             added.append((hook_point, hook_point.add_hook(make_hook(layer, hook))))
         yield
     finally:

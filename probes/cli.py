@@ -135,10 +135,10 @@ def summary_table(run: Run) -> str:
 def cmd_run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from probes.adapters import layout_of
+    from probes.adapters import layout_of, load_model
     from probes.probe import CAPTURES, MODES, Probe, ProbeError
     from probes.store import load_run
-    from scd import VideoBenchmark, generate, load_model
+    from scd import VideoBenchmark, generate
 
     capture = [c.strip() for c in args.capture.split(",")]
     for c in capture:
@@ -156,14 +156,22 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError(f"--context {args.context} + --frames {args.frames} needs {args.context + args.frames} frames "
                          f"but --clip-frames is {clip_frames}")
     device = _device(args.device)
-    model = load_model(args.model, device=device, dtype=DTYPES[args.dtype])
+    latent = args.model.startswith("diffusers:")
+    options = {"latent_size": _latent_size(args.latent_size)} if latent else {}
+    model = load_model(args.model, device=device, dtype=DTYPES[args.dtype], **options)
     spec = args.layers if args.layers is not None else str(args.layer)
     layout = layout_of(model)
     layers = _layers(spec, layout.depth, _roles_text(layout))
     out = Path(args.out) if args.out else _default_out(args.model, layers)
     _writable_out(out, args.force)
 
-    clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(args.clip)
+    if latent:  # no VAE here: seeded Gaussian latents stand in for the context, and there is no ground truth
+        generator = torch.Generator().manual_seed(args.clip)
+        clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
+        truth = None
+    else:
+        clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(args.clip)
+        truth = clip[: args.context + args.frames]
     progress = tqdm(total=args.frames * args.steps, desc=f"probe {args.model}", unit="step", disable=args.quiet)
 
     def advance(frame: int, step: int | None, timestep: float) -> None:
@@ -176,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=device,
                      dtype=DTYPES[args.dtype], callback=advance)
         progress.close()
-        run = probe.save(out, ground_truth=clip[: args.context + args.frames], force=args.force, split="val",
+        run = probe.save(out, ground_truth=truth, force=args.force, split="latent noise" if latent else "val",
                          clip=args.clip, seed=args.seed, dtype=args.dtype, device=str(device),
                          command="probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None)
     except ProbeError as e:
@@ -200,6 +208,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     from analyses.report import write_report
 
     print(f"wrote {write_report(args.runs, args.output, bench=args.bench)}")
+
+
+def _latent_size(text: str) -> tuple[int, int]:
+    """'8x8' -> (8, 8): the latent frame size a diffusers model is probed at."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UsageError(f"--latent-size {text!r} is not HxW; accepted: two positive integers, e.g. 60x104")
+    return int(parts[0]), int(parts[1])
 
 
 def _steps_list(text: str) -> list[int]:
@@ -306,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--layer", default="15", help="one block index (default 15)")
     which.add_argument("--layers", default=None, help="comma-separated block indices, or 'all'")
     r.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")
-    r.add_argument("--clip", type=_nonnegative, default=0, help="val clip index")
+    r.add_argument("--clip", type=_nonnegative, default=0, help="val clip index (diffusers models: seed of the context latents)")
+    r.add_argument("--latent-size", default="8x8", help="diffusers models: latent frame size HxW")
     r.add_argument("--context", type=_positive, default=4, help="context frames given to the model")
     r.add_argument("--frames", type=_positive, default=4, help="frames to generate (each one is probed)")
     r.add_argument("--clip-frames", type=_positive, default=None, help="frames of the val clip (default context + frames)")
@@ -316,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", default="full", help=f"{' or '.join(MODES)}: keep every token (float16 on disk) or "
                    "only running reductions and a token subsample")
     r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")
-    r.add_argument("--backend", choices=BACKENDS, default="hookpoints", help="how the model is read")
+    r.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="how the model is read (default: hookpoints; nnsight for diffusers models)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     r.add_argument("--out", default=None, help="run directory (default reports/runs/MODEL-layer-15)")

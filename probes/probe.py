@@ -57,11 +57,12 @@ class Probe:
     def __init__(
         self, model: nn.Module, layers: Sequence[int] | str = (15,), *, capture: Iterable[str] = CAPTURES,
         frames: Iterable[int] | None = None, steps: Iterable[int] | None = None, hook: str = "hook_resid_post",
-        mode: str = "full", backend: str = "hookpoints", pca_tokens: int = 256, sample_seed: int = 0,
+        mode: str = "full", backend: str | None = None, pca_tokens: int = 256, sample_seed: int = 0,
     ) -> None:
         """`layers`: block indices or "all"; `frames`: video frame indices to probe (default every generated
         frame); `steps`: denoising step indices to record (default all); `hook`: the block HookPoint whose
-        output is the features; `pca_tokens`: tokens kept per step in `stream` mode."""
+        output is the features; `backend`: "hookpoints" or "nnsight" (default: hookpoints where the model
+        has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode."""
         self.model, self.layout = model, layout_of(model)
         depth = self.layout.depth
         if isinstance(layers, str):
@@ -89,6 +90,8 @@ class Probe:
             raise ProbeError(f"pca_tokens must be >= 1, got {pca_tokens}")
         self.frames = None if frames is None else {int(f) for f in frames}
         self.steps = None if steps is None else {int(s) for s in steps}
+        # HookPoints where the model has them (the built-in models); nnsight reads any module by path.
+        backend = backend or ("hookpoints" if hasattr(model, "hook_dict") else "nnsight")
         self.hook, self.mode, self.backend, self.pca_tokens = hook, mode, backend, pca_tokens
         n = self.layout.tokens_per_frame
         generator = torch.Generator().manual_seed(sample_seed)
@@ -277,6 +280,8 @@ class Probe:
             if "attention" in self.capture:
                 attention[f"layer{layer}"] = self.attention(layer)
         video = self.video if self.video.dim() == 4 else self.video[0]
+        if hasattr(self.model, "preview"):  # latent frames (diffusers models): shown as RGB
+            video = self.model.preview(video)
         truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *_frames_uint8(video).shape[1:]),
                                                                                        np.uint8)
         config = self.model.get_config() if hasattr(self.model, "get_config") else {}

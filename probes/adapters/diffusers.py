@@ -30,13 +30,10 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from probes.adapters.builtin import Layout
+from scd.zoo import CheckpointError
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 TEXT_TOKENS = 512  # Wan's text context length (its processor hard-codes it too)
-
-
-class DiffusersModelError(ValueError):
-    """A diffusers directory that cannot be loaded as a video transformer; one line naming the problem."""
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -91,20 +88,20 @@ class DiffusersVideoModel(nn.Module):
         super().__init__()
         family = type(transformer).__name__
         if family not in FAMILIES:
-            raise DiffusersModelError(f"cannot use a {family}; accepted: {', '.join(FAMILIES)}")
+            raise CheckpointError(f"cannot use a {family}; accepted: {', '.join(FAMILIES)}")
         p_t, p_h, p_w = transformer.config.patch_size
         h, w = latent_size
         if p_t != 1:
-            raise DiffusersModelError(f"temporal patch size {p_t}: a frame-causal layout needs 1 latent frame per token frame")
+            raise CheckpointError(f"temporal patch size {p_t}: a frame-causal layout needs 1 latent frame per token frame")
         if h % p_h or w % p_w:
-            raise DiffusersModelError(f"latent size {h}x{w} is not a multiple of the patch size {p_h}x{p_w}")
+            raise CheckpointError(f"latent size {h}x{w} is not a multiple of the patch size {p_h}x{p_w}")
         self.transformer, self.family, self.latent_size = transformer, family, (h, w)
         self.tokens_per_frame = (h // p_h) * (w // p_w)
         text_dim = transformer.config.text_dim
         if text_embeddings is None:
             text_embeddings = torch.zeros(TEXT_TOKENS, text_dim)
         if text_embeddings.dim() != 2 or text_embeddings.shape[1] != text_dim:
-            raise DiffusersModelError(f"text embeddings must be [tokens, {text_dim}], got {tuple(text_embeddings.shape)}")
+            raise CheckpointError(f"text embeddings must be [tokens, {text_dim}], got {tuple(text_embeddings.shape)}")
         self.register_buffer("text_embeddings", text_embeddings.float(), persistent=False)
         self.checkpoint = {"name": name}
         for block in transformer.blocks:
@@ -158,19 +155,19 @@ def load_diffusers(path: str | Path, latent_size: tuple[int, int] = (8, 8), text
     directory = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise DiffusersModelError(f"{directory} is not a diffusers model directory: no config.json")
+        raise CheckpointError(f"{directory} is not a diffusers model directory: no config.json")
     try:
         family = json.loads(config_path.read_text()).get("_class_name")
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DiffusersModelError(f"{config_path} is not valid JSON") from None
+        raise CheckpointError(f"{config_path} is not valid JSON") from None
     if family not in FAMILIES:
-        raise DiffusersModelError(f"{config_path} describes a {family}; accepted: {', '.join(FAMILIES)}")
+        raise CheckpointError(f"{config_path} describes a {family}; accepted: {', '.join(FAMILIES)}")
     if not any(directory.glob("*.safetensors")):
-        raise DiffusersModelError(f"{directory} has no .safetensors weights")
+        raise CheckpointError(f"{directory} has no .safetensors weights")
     try:
         transformer = getattr(diffusers, family).from_pretrained(directory, local_files_only=True, torch_dtype=dtype,
                                                                  use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise DiffusersModelError(f"cannot load {directory}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot load {directory}: {str(e).splitlines()[0]}") from None
     model = DiffusersVideoModel(transformer, latent_size, text_embeddings, name=f"diffusers:{path}")
     return model.to(device=device, dtype=dtype).eval()

@@ -8,7 +8,6 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import fields
@@ -205,6 +204,9 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display
     from analyses.report import write_report
 
     print(f"wrote {write_report(args.runs, args.output, bench=args.bench)}")
@@ -419,7 +421,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; a desktop backend would need a display
     try:
         args.func(args)
     except (UsageError, CheckpointError, RunError) as e:

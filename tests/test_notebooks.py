@@ -4,6 +4,7 @@ each one run top to bottom in a fresh kernel (papermill, as a researcher scaling
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,13 @@ def code_of(path: Path) -> list[str]:
 def execute(path: Path, out: Path, **parameters) -> nbformat.NotebookNode:
     """Run a notebook top to bottom in a new kernel, from its own directory (as Jupyter does); raises
     papermill.PapermillExecutionError at the first failing cell."""
-    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3", cwd=str(path.parent),
-                               progress_bar=False, log_output=False)
+    backend = os.environ.pop("MPLBACKEND", None)  # as in a fresh shell: the kernel picks the inline backend
+    try:
+        papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
+                                   cwd=str(path.parent), progress_bar=False, log_output=False)
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
     return nbformat.read(out, as_version=4)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -127,6 +128,13 @@ def summary_table(run: Run) -> str:
         table["cross-step cosine (min)"] = mins.get("token_cosine_min")
     if "attention" in capture:
         table["attention on earlier frames"] = means.get("attention_earlier")
+    if "clip" in metrics:  # a merged sweep: the spread of each item's mean over the items
+        spread = metrics.groupby(["layer", "metric", "clip", "seed"]).value.mean().groupby(["layer", "metric"]).std()
+        spread = spread.unstack()
+        for name, metric in (("cross-step cosine (mean)", "token_cosine_mean"), ("attention on earlier frames",
+                                                                                 "attention_earlier")):
+            if name in table and metric in spread:
+                table[f"{name}, std over {len(run.manifest['sweep']['items'])} runs"] = spread[metric]
     shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else v)
     return shown.to_markdown(colalign=("right",) * (len(shown.columns) + 1), disable_numparse=True)  # "-": SCD encoder
 
@@ -134,6 +142,7 @@ def summary_table(run: Run) -> str:
 def cmd_run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from probes import sweep
     from probes.adapters import layout_of, load_model
     from probes.probe import CAPTURES, MODES, Probe, ProbeError
     from probes.store import load_run
@@ -154,7 +163,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.context + args.frames > clip_frames:
         raise UsageError(f"--context {args.context} + --frames {args.frames} needs {args.context + args.frames} frames "
                          f"but --clip-frames is {clip_frames}")
+    clips = _indices(args.clip, "--clip", minimum=0)
+    seeds = _indices(args.seed, "--seed")
+    rank, world_size, local_rank = sweep.world()
     device = _device(args.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)  # one GPU per rank of the machine
     latent = args.model.startswith("diffusers:")
     options = {"latent_size": _latent_size(args.latent_size)} if latent else {}
     model = load_model(args.model, device=device, dtype=DTYPES[args.dtype], **options)
@@ -162,32 +176,54 @@ def cmd_run(args: argparse.Namespace) -> None:
     layout = layout_of(model)
     layers = _layers(spec, layout.depth, _roles_text(layout))
     out = Path(args.out) if args.out else _default_out(args.model, layers)
-    _writable_out(out, args.force)
+    items = [(clip, seed) for clip in clips for seed in seeds]
+    sharded = len(items) > 1 or world_size > 1
+    command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
 
-    if latent:  # no VAE here: seeded Gaussian latents stand in for the context, and there is no ground truth
-        generator = torch.Generator().manual_seed(args.clip)
-        clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
-        truth = None
+    def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
+        if latent:  # no VAE here: seeded Gaussian latents stand in for the context, and there is no ground truth
+            generator = torch.Generator().manual_seed(clip_index)
+            clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
+            truth = None
+        else:
+            clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(clip_index)
+            truth = clip[: args.context + args.frames]
+        progress = tqdm(total=args.frames * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
+
+        def advance(frame: int, step: int | None, timestep: float) -> None:
+            if step is not None:
+                progress.set_postfix(frame=frame, refresh=False)
+                progress.update()
+
+        try:
+            with Probe(model, layers, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend) as probe:
+                generate(model, clip[: args.context], args.frames, steps=args.steps, seed=seed, device=device,
+                         dtype=DTYPES[args.dtype], callback=advance)
+            progress.close()
+            return probe.save(path, ground_truth=truth, force=args.force, split="latent noise" if latent else "val",
+                              clip=clip_index, seed=seed, dtype=args.dtype, device=str(device), command=command)
+        except ProbeError as e:
+            raise UsageError(str(e)) from None
+
+    if not sharded:
+        _writable_out(out, args.force)
+        run = probe_item(clips[0], seeds[0], out, args.quiet)
     else:
-        clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(args.clip)
-        truth = clip[: args.context + args.frames]
-    progress = tqdm(total=args.frames * args.steps, desc=f"probe {args.model}", unit="step", disable=args.quiet)
-
-    def advance(frame: int, step: int | None, timestep: float) -> None:
-        if step is not None:
-            progress.set_postfix(frame=frame, refresh=False)
-            progress.update()
-
-    try:
-        with Probe(model, layers, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend) as probe:
-            generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=device,
-                     dtype=DTYPES[args.dtype], callback=advance)
-        progress.close()
-        run = probe.save(out, ground_truth=truth, force=args.force, split="latent noise" if latent else "val",
-                         clip=args.clip, seed=args.seed, dtype=args.dtype, device=str(device),
-                         command="probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None)
-    except ProbeError as e:
-        raise UsageError(str(e)) from None
+        with sweep.process_group(world_size):
+            _writable_out(out, args.force)  # every rank: each refuses alone rather than leave the others waiting
+            if rank == 0:
+                if out.exists() and args.force:
+                    shutil.rmtree(out)  # a sweep is replaced whole: no shard of an older one stays
+                out.mkdir(parents=True, exist_ok=True)
+            sweep.barrier(world_size)  # no rank writes before rank 0 has accepted the output directory
+            with sweep.write_shard(out, rank, world_size) as (shard, written):
+                for clip_index, seed in items[rank::world_size]:
+                    probe_item(clip_index, seed, shard / sweep.item_name(clip_index, seed), args.quiet or rank > 0)
+                    written.append({"clip": clip_index, "seed": seed, "run": sweep.item_name(clip_index, seed)})
+            sweep.barrier(world_size)
+        run = out
+        if rank > 0:
+            return
     if not args.quiet:  # the table of what was written, not a second computation of it
         print(summary_table(load_run(run)))
     print(f"wrote {run}")
@@ -198,8 +234,11 @@ def cmd_show(args: argparse.Namespace) -> None:
 
     run = load_run(args.run)
     m = run.manifest
+    items = m.get("sweep", {}).get("items")
+    which = (f"{len(items)} runs (clips {sorted({i['clip'] for i in items})}, seeds {sorted({i['seed'] for i in items})})"
+             if items else f"clip {m.get('clip')}, seed {m.get('seed')}")
     print(f"{m.get('model')} · layers {m.get('layers')} · frames {m.get('frames')} · {len(m.get('steps', []))} steps · "
-          f"seed {m.get('seed')} · {m.get('mode')} mode")
+          f"{which} · {m.get('mode')} mode")
     print(summary_table(run))
 
 
@@ -210,6 +249,25 @@ def cmd_report(args: argparse.Namespace) -> None:
     from analyses.report import write_report
 
     print(f"wrote {write_report(args.runs, args.output, bench=args.bench)}")
+
+
+def _indices(text: str, flag: str, minimum: int | None = None) -> list[int]:
+    """'3' / '0-3' / '0,2,5' -> [3] / [0, 1, 2, 3] / [0, 2, 5]: the clips or seeds of a run or sweep."""
+    accepted = "an integer, a range A-B or a comma-separated list" + (f", each >= {minimum}" if minimum is not None else "")
+    values: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([+-]?\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise UsageError(f"{flag} {text!r} is not valid; accepted: {accepted}")
+        first, last = int(match[1]), int(match[2]) if match[2] else int(match[1])
+        if last < first:
+            raise UsageError(f"{flag} range {part.strip()!r} is empty; accepted: {accepted}")
+        values += range(first, last + 1)
+    if minimum is not None and min(values) < minimum:
+        raise UsageError(f"{flag} {min(values)} is out of range; accepted: {accepted}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{flag} {text!r} names a value twice")
+    return values
 
 
 def _latent_size(text: str) -> tuple[int, int]:
@@ -324,13 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--layer", default="15", help="one block index (default 15)")
     which.add_argument("--layers", default=None, help="comma-separated block indices, or 'all'")
     r.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")
-    r.add_argument("--clip", type=_nonnegative, default=0, help="val clip index (diffusers models: seed of the context latents)")
+    r.add_argument("--clip", default="0", help="val clip index (diffusers models: seed of the context latents); "
+                   "several (0-3 or 0,2,5) make a sweep, sharded over the ranks of torchrun")
     r.add_argument("--latent-size", default="8x8", help="diffusers models: latent frame size HxW")
     r.add_argument("--context", type=_positive, default=4, help="context frames given to the model")
     r.add_argument("--frames", type=_positive, default=4, help="frames to generate (each one is probed)")
     r.add_argument("--clip-frames", type=_positive, default=None, help="frames of the val clip (default context + frames)")
     r.add_argument("--steps", type=_positive, default=50, help="denoising steps per frame")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", default="0", help="sampling seed; several (0-3 or 0,1) make a sweep, as --clip")
     r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
     r.add_argument("--mode", default="full", help=f"{' or '.join(MODES)}: keep every token (float16 on disk) or "
                    "only running reductions and a token subsample")

@@ -205,12 +205,17 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Open a run directory; an incomplete or foreign directory is refused with a one-line RunError."""
+    """Open a run directory, or a sweep's shards merged (`probes.sweep.MergedRun`); an incomplete or foreign
+    directory is refused with a one-line RunError."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path} is not a run directory (it does not exist or is a file)")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
+        from probes.sweep import is_sweep, load_sweep
+
+        if is_sweep(path):  # shards of a sweep (probes/sweep.py): merged into one run
+            return load_sweep(path)
         raise RunError(f"{path} is not a run directory: no manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text())

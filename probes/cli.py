@@ -170,7 +170,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", local_rank)  # one GPU per rank of the machine
     latent = args.model.startswith("diffusers:")
-    options = {"latent_size": _latent_size(args.latent_size)} if latent else {}
+    options = {"latent_size": _latent_size(args.latent_size), "text_embeddings": _text_embeddings(args.text_embeddings)
+               } if latent else {}
     model = load_model(args.model, device=device, dtype=DTYPES[args.dtype], **options)
     spec = args.layers if args.layers is not None else str(args.layer)
     layout = layout_of(model)
@@ -268,6 +269,25 @@ def _indices(text: str, flag: str, minimum: int | None = None) -> list[int]:
     if len(set(values)) != len(values):
         raise UsageError(f"{flag} {text!r} names a value twice")
     return values
+
+
+def _text_embeddings(path: str | None) -> torch.Tensor | None:
+    """The tensor of a .safetensors file ("text_embeddings", or its only tensor): a diffusers model's prompt."""
+    if path is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        reason = str(e).splitlines()[0]
+        raise UsageError(f"--text-embeddings {path} cannot be read ({reason}); accepted: a .safetensors file") from None
+    if "text_embeddings" in tensors:
+        return tensors["text_embeddings"]
+    if len(tensors) != 1:
+        raise UsageError(f"--text-embeddings {path} holds {sorted(tensors)}; accepted: one tensor, or one named text_embeddings")
+    return next(iter(tensors.values()))
 
 
 def _latent_size(text: str) -> tuple[int, int]:
@@ -385,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--clip", default="0", help="val clip index (diffusers models: seed of the context latents); "
                    "several (0-3 or 0,2,5) make a sweep, sharded over the ranks of torchrun")
     r.add_argument("--latent-size", default="8x8", help="diffusers models: latent frame size HxW")
+    r.add_argument("--text-embeddings", default=None,
+                   help="diffusers models: a .safetensors file of the prompt's embeddings [tokens, text_dim] (default: zeros)")
     r.add_argument("--context", type=_positive, default=4, help="context frames given to the model")
     r.add_argument("--frames", type=_positive, default=4, help="frames to generate (each one is probed)")
     r.add_argument("--clip-frames", type=_positive, default=None, help="frames of the val clip (default context + frames)")

@@ -64,14 +64,15 @@ def generate(
     dtype: torch.dtype = torch.float32,
     callback: StepCallback | None = None,
     use_cache: bool | None = None,
-    shift: float = 1.0,
+    shift: float | None = None,
 ) -> torch.Tensor:
     """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
 
     Returns the context followed by the generated frames, on the CPU in float32, with the same
     rank as `context`. The same `seed` gives the same video. The model is moved to `device` and
     `dtype` in place (as a diffusers pipeline's `.to()` would be) and put in eval mode. `use_cache`
-    defaults to whether the model has a KV cache (`new_cache`).
+    defaults to whether the model has a KV cache (`new_cache`), `shift` (the scheduler's timestep
+    shift) to the model's `flow_shift`, or 1.
     """
     if frames < 0 or steps < 1:
         raise ValueError(f"need frames >= 0 and steps >= 1, got frames={frames}, steps={steps}")
@@ -87,7 +88,7 @@ def generate(
     B, T = video.shape[:2]
     frame_shape = video.shape[2:]
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
-    scheduler = make_scheduler(shift)
+    scheduler = make_scheduler(getattr(model, "flow_shift", 1.0) if shift is None else shift)
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
 
     observers = list(_observers.get(model, {}).values())

@@ -18,6 +18,10 @@ Tokens are frame-major, (h / p_h) x (w / p_w) per latent frame; the latent size 
 model is loaded (`latent_size`), because a layout has a fixed token count per frame. There is no
 KV cache: every denoising step recomputes the clean past frames (`generate(..., use_cache=False)`).
 Text conditioning is a supplied embedding [L, text_dim] or zeros (512 tokens, as Wan pads its text).
+From a pipeline directory (`transformer/`, optionally `vae/` and `scheduler/`), the scheduler's
+flow shift is used for sampling (with the flow-matching Euler scheduler of `generate`), and the VAE,
+when there is one, decodes each latent frame for the report; without one the report shows three
+latent channels.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class DiffusersVideoModel(nn.Module):
     """A Wan / SkyReels-V2 transformer as a causal video diffuser over latent frames (see the module docstring)."""
 
     def __init__(self, transformer: nn.Module, latent_size: tuple[int, int], text_embeddings: torch.Tensor | None = None,
-                 name: str = "diffusers") -> None:
+                 name: str = "diffusers", vae: nn.Module | None = None, flow_shift: float = 1.0) -> None:
         super().__init__()
         family = type(transformer).__name__
         if family not in FAMILIES:
@@ -104,6 +108,7 @@ class DiffusersVideoModel(nn.Module):
             raise CheckpointError(f"text embeddings must be [tokens, {text_dim}], got {tuple(text_embeddings.shape)}")
         self.register_buffer("text_embeddings", text_embeddings.float(), persistent=False)
         self.checkpoint = {"name": name}
+        self.vae, self.flow_shift = vae, flow_shift  # generate samples with the model's flow shift
         for block in transformer.blocks:
             block.attn1.hook_q, block.attn1.hook_k = HookPoint(), HookPoint()
             block.attn1.set_processor(FrameCausalAttnProcessor(self.tokens_per_frame))
@@ -115,6 +120,7 @@ class DiffusersVideoModel(nn.Module):
     def get_config(self) -> dict:
         """What a run's manifest records of the model."""
         return {"family": self.family, "latent_size": list(self.latent_size), "tokens_per_frame": self.tokens_per_frame,
+                "flow_shift": self.flow_shift, "vae": self.vae is not None,
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.transformer.config.items()
                    if not k.startswith("_")}}
 
@@ -132,10 +138,19 @@ class DiffusersVideoModel(nn.Module):
             out = self.transformer(x, timesteps.repeat_interleave(self.tokens_per_frame, dim=1), text, return_dict=False)[0]
         return out.transpose(1, 2)
 
+    @torch.no_grad()
     def preview(self, video: torch.Tensor) -> torch.Tensor:
-        """[T, 3, h, w] in [-1, 1] to show latent frames: the first three channels, each scaled by its spread."""
-        rgb = video[:, :3].float()
-        return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1)
+        """Latent frames [T, C, h, w] as images [T, 3, H, W] in [-1, 1]: each frame decoded by the VAE on its
+        own (as a one-frame video), or without a VAE the first three channels, each scaled by its spread."""
+        if self.vae is None:
+            rgb = video[:, :3].float()
+            return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1)
+        config = self.vae.config
+        param = next(self.vae.parameters())
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+        z = (video[:, :, None].float() * std + mean).to(param.device, param.dtype)  # un-normalised, as Wan's pipelines do
+        return self.vae.decode(z).sample[:, :, 0].float().cpu().clamp(-1, 1)
 
 
 def diffusers_layout(model: DiffusersVideoModel) -> Layout:
@@ -148,11 +163,12 @@ def diffusers_layout(model: DiffusersVideoModel) -> Layout:
 def load_diffusers(path: str | Path, latent_size: tuple[int, int] = (8, 8), text_embeddings: torch.Tensor | None = None,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiffusersVideoModel:
     """Load a local diffusers transformer directory (`config.json` + weights), or a pipeline directory's
-    `transformer/`, with `from_pretrained` and no network access."""
+    `transformer/` (with its `vae/` and `scheduler/` when there), with `from_pretrained` and no network access."""
     import diffusers
 
     root = Path(path)
-    directory = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
+    pipeline = (root / "transformer" / "config.json").is_file()
+    directory = root / "transformer" if pipeline else root
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory} is not a diffusers model directory: no config.json")
@@ -169,5 +185,16 @@ def load_diffusers(path: str | Path, latent_size: tuple[int, int] = (8, 8), text
                                                                  use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot load {directory}: {str(e).splitlines()[0]}") from None
-    model = DiffusersVideoModel(transformer, latent_size, text_embeddings, name=f"diffusers:{path}")
+    vae, flow_shift = None, 1.0
+    if pipeline and (root / "vae" / "config.json").is_file():
+        try:
+            vae = diffusers.AutoencoderKLWan.from_pretrained(root / "vae", local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot load the VAE in {root / 'vae'}: {str(e).splitlines()[0]}") from None
+    scheduler = root / "scheduler" / "scheduler_config.json"
+    if pipeline and scheduler.is_file():
+        settings = json.loads(scheduler.read_text())
+        flow_shift = float(settings.get("flow_shift") or settings.get("shift") or 1.0)
+    model = DiffusersVideoModel(transformer, latent_size, text_embeddings, name=f"diffusers:{path}", vae=vae,
+                                flow_shift=flow_shift)
     return model.to(device=device, dtype=dtype).eval()

@@ -172,3 +172,43 @@ def test_bad_directories_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["run", "--model", f"diffusers:{tmp_path}", "--latent-size", "8by8"]) == 2
     assert "--latent-size '8by8' is not HxW" in capsys.readouterr().err
+
+
+def test_a_pipeline_directory_brings_its_vae_flow_shift_and_a_supplied_prompt(tmp_path):
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import save_file
+
+    from scd.sampling import make_scheduler
+
+    tiny("wan").save_pretrained(tmp_path / "pipe" / "transformer")
+    torch.manual_seed(1)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 1.0, 2.0]).eval()
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    (tmp_path / "pipe" / "scheduler").mkdir()
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0}))
+    prompt = torch.randn(7, TINY["text_dim"], generator=torch.Generator().manual_seed(2))
+    save_file({"text_embeddings": prompt}, tmp_path / "prompt.safetensors")
+    out = tmp_path / "run"
+    assert main(["run", "--model", f"diffusers:{tmp_path / 'pipe'}", "--layer", "1", "--context", "1", "--frames", "1",
+                 "--steps", "4", "--text-embeddings", str(tmp_path / "prompt.safetensors"), "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    scheduler = make_scheduler(3.0)
+    scheduler.set_timesteps(4)
+    assert run.manifest["config"]["flow_shift"] == 3.0
+    assert run.manifest["timesteps"] == pytest.approx(scheduler.timesteps.tolist())
+
+    model = load_model(f"diffusers:{tmp_path / 'pipe'}", latent_size=LATENT, text_embeddings=prompt)
+    latents = generate(model, context_latents(1), 1, steps=4, seed=0)
+    with torch.no_grad():  # each latent frame decoded on its own, un-normalised as Wan's pipelines do
+        z = latents[:, :, None] * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1, 1) + \
+            torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1, 1)
+        frames = vae.decode(z).sample[:, :, 0].clamp(-1, 1)
+    expected = ((frames + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    generated, truth = run.video()
+    assert generated.shape == (2, 16, 16, 3) and len(truth) == 0
+    assert abs(generated.astype(int) - expected.astype(int)).max() <= 1
+    unprompted = generate(load_model(f"diffusers:{tmp_path / 'pipe'}", latent_size=LATENT), context_latents(1), 1,
+                          steps=4, seed=0)
+    assert (unprompted - latents).abs().max() > 1e-3  # the prompt reaches the model

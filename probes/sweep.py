@@ -1,6 +1,6 @@
 """Probe sweeps over many clips or seeds, sharded over processes, GPUs or machines with `torchrun`.
 
-    torchrun --nproc_per_node 2 $(which probe) run --clip 0-3 --seed 0,1 --out reports/runs/sweep
+    torchrun --standalone --nproc_per_node 2 -m probes.cli run --clip 0-3 --seed 0,1 --out reports/runs/sweep
     probe report reports/runs/sweep                       # load_run merges the shards
 
 Each rank probes every `world_size`-th (clip, seed) item and writes one shard, atomically:

@@ -212,3 +212,21 @@ def test_a_pipeline_directory_brings_its_vae_flow_shift_and_a_supplied_prompt(tm
     unprompted = generate(load_model(f"diffusers:{tmp_path / 'pipe'}", latent_size=LATENT), context_latents(1), 1,
                           steps=4, seed=0)
     assert (unprompted - latents).abs().max() > 1e-3  # the prompt reaches the model
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["baseline", "scd", "diffusers"])
+def test_probe_run_on_cuda_in_bfloat16(model, saved, tmp_path):
+    """`--device cuda --dtype bfloat16` for every kind of model: the run is complete and its numbers are sane."""
+    if model != "diffusers" and saved[0] != "wan":
+        pytest.skip("a built-in model is checked once, not once per diffusers family")
+    spec = f"diffusers:{saved[1]}" if model == "diffusers" else model
+    out = tmp_path / "run"
+    assert main(["run", "--model", spec, "--layers", "all", "--device", "cuda", "--dtype", "bfloat16", "--frames", "2",
+                 "--steps", "4", "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    for layer in run.attention_layers:
+        torch.testing.assert_close(run.attention(layer).sum(-1), torch.ones(run.attention(layer).shape[:-1]), atol=2e-2,
+                                   rtol=0)
+        assert torch.isfinite(run.features(layer).float()).all()
+    assert run.manifest["dtype"] == "bfloat16" and run.manifest["device"].startswith("cuda")

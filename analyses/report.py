@@ -52,6 +52,13 @@ def _layers_text(run: Run) -> str:
     return "; ".join(f"{role} {', '.join(values)}" for role, values in parts.items())
 
 
+def _sweep_text(sweep: dict) -> str:
+    """What a merged sweep averages over (the clip and seed above are its first item's, shown in the figures)."""
+    items = sweep["items"]
+    return (f"mean of {len(items)} runs (clips {sorted({i['clip'] for i in items})}, seeds {sorted({i['seed'] for i in items})}, "
+            f"{sweep['world_size']} shards); the PCA and frames show the first")
+
+
 def _section(run: Run) -> dict:
     m = run.manifest
     middle = paper_layers(run.depth)["middle"][0]
@@ -70,6 +77,7 @@ def _section(run: Run) -> dict:
     summary = {
         "model": m.get("model"), "checkpoint sha256": checkpoint.get("sha256"), "run directory": str(run.path),
         "clip": f"{m.get('split', '?')} {m.get('clip', '?')}", "seed": m.get("seed"),
+        **({"sweep": _sweep_text(m["sweep"])} if "sweep" in m else {}),
         "frames": f"{m.get('context')} context, probed {m.get('frames')}", "steps": len(m.get("steps", [])),
         "layers": _layers_text(run), "hook": m.get("hook"), "mode": m.get("mode"), "backend": m.get("backend"),
         "versions": ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),

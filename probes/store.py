@@ -179,7 +179,7 @@ class Run:
         config = self.manifest.get("config", {})
         if "encoder_depth" in config:
             return int(config["encoder_depth"]) + int(config["decoder_depth"])
-        return int(config.get("depth", 30))
+        return int(config.get("depth", config.get("num_layers", 30)))  # num_layers: diffusers transformers
 
     @property
     def stepwise_layers(self) -> list[int]:

@@ -18,7 +18,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NAMES = ["01_cross_step_similarity", "02_attention_sparsity", "03_scd_vs_baseline", "04_your_model"]
 OURS = ("scd", "probes", "analyses")
 # Libraries a notebook may use for data and layout; plotting itself belongs to analyses/figures.py.
-ALLOWED = {"tempfile", "pathlib", "dataclasses", "numpy", "pandas", "torch", "IPython", *OURS}
+ALLOWED = {"tempfile", "pathlib", "dataclasses", "numpy", "pandas", "torch", "IPython", "diffusers", *OURS}
 
 
 def code_of(path: Path) -> list[str]:

@@ -54,6 +54,8 @@ def test_probe_run_features_equal_a_raw_forward_hook_and_attention_an_explicit_s
                  "--steps", "3", "--out", str(out), "--quiet"]) == 0
     run = load_run(out)
     assert run.manifest["config"]["family"] == FAMILIES[family].__name__ and run.manifest["frames"] == [2, 3]
+    assert run.depth == TINY["num_layers"] and run.manifest["backend"] == "nnsight"
+    assert main(["report", str(out), "-o", str(tmp_path / "report.html")]) == 0  # the report reads it like any run
 
     # The same generation, read with plain torch hooks on the loaded module tree.
     model = load_model(f"diffusers:{directory}", latent_size=LATENT)

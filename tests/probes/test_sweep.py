@@ -80,7 +80,7 @@ def test_probe_show_and_report_read_a_sweep(one_process, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "4 runs (clips [0, 1, 2, 3], seeds [0])" in shown and "std over 4 runs" in shown
     html = write_report([one_process], tmp_path / "report.html").read_text()
-    assert "cross-step" in html
+    assert "cross-step" in html and "mean of 4 runs (clips [0, 1, 2, 3], seeds [0], 1 shards)" in html
 
 
 def test_incomplete_sweeps_are_refused(one_process, tmp_path):

@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
 
     def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
-        if latent:  # no VAE here: seeded Gaussian latents stand in for the context, and there is no ground truth
+        if latent:  # seeded Gaussian latents stand in for a diffusers model's context: there is no ground truth
             generator = torch.Generator().manual_seed(clip_index)
             clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
             truth = None

@@ -30,6 +30,8 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
@@ -56,16 +58,20 @@ def frame_causal_mask(tokens: int, tokens_per_frame: int, device: torch.device) 
     return (frame[None, :] <= frame[:, None])[None, None]
 
 
-class FrameCausalAttnProcessor:
-    """Self-attention of a Wan / SkyReels-V2 block, block-causal over latent frames, q and k through HookPoints."""
+class FrameCausalAttnProcessor(WanAttnProcessor):
+    """Self-attention of a Wan / SkyReels-V2 block, block-causal over latent frames, q and k through HookPoints.
+
+    A subclass of Wan's processor (SkyReels-V2's is a copy of it), so that diffusers' attention-backend
+    selection (`set_attention_backend`) still picks the kernel; only the self-attention path is written
+    out, to pass q and k through the HookPoints and to add the frame mask.
+    """
 
     def __init__(self, tokens_per_frame: int) -> None:
+        super().__init__()
         self.tokens_per_frame = tokens_per_frame
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb: tuple | None = None) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
         if encoder_hidden_states is not None:
             raise ValueError("FrameCausalAttnProcessor is for self-attention (attn1) only")
         if getattr(attn, "fused_projections", False):
@@ -79,7 +85,8 @@ class FrameCausalAttnProcessor:
         query, key = attn.hook_q(query), attn.hook_k(key)  # [B, tokens, heads, head_dim], as the softmax sees them
         if attention_mask is None:  # SkyReels-V2 passes its own only when its causal block size is > 1
             attention_mask = frame_causal_mask(query.shape[1], self.tokens_per_frame, query.device)
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -24,10 +24,11 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
                 receive(layer, name, tensor)
         return read
 
+    modules = dict(model.named_modules())
     try:
         for layer, hook in targets:
             path = layout.path(layer, hook)
-            hook_point = dict(model.named_modules()).get(path)
+            hook_point = modules.get(path)
             if not isinstance(hook_point, HookPoint):
                 raise ValueError(f"{type(model).__name__} has no HookPoint {path!r} (the nnsight backend reads any module)")
             added.append((hook_point, hook_point.add_hook(make_hook(layer, hook))))

@@ -1,0 +1,184 @@
+"""Causal tests of the paper's findings, by intervening in the baseline while it generates.
+
+Feature reuse (finding 1: early and middle layers compute the same features at every step): while
+a frame is denoised, blocks 0..K run only at refresh steps (step 0, or every m-th step) and block
+K's output from the last refresh step is reused at the steps between; blocks 0..K are really skipped
+there, so the time saved is measured. Attention knockout (finding 2: deep layers do not need past
+frames): in blocks K.., the queries of the frame being denoised attend only to that frame's keys (the
+cached keys and values of the context and earlier frames are cut away). Both act on the denoising
+steps only; the pass that writes a finished frame into the KV cache is left as it is.
+
+`intervention_table` measures each setting against the unmodified generation of the same clip and
+seed (drift: PSNR, SSIM, max abs difference of the generated frames), against the ground truth, and
+in wall time per generated frame, all in one process, the settings interleaved per clip.
+
+SCD: its encoder already runs once per frame (reuse is built in), and knocking out its decoder's
+only past, the encoder output of the frame before, would leave it no context at all; so these
+interventions are defined for the causal baseline (and any model whose blocks are all "causal").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from scd.data import VideoBenchmark
+from scd.evaluate import frame_quality
+from scd.sampling import generate, observe_sampling
+
+INTERVENTIONS = ("reuse", "knockout")
+DEFAULT_LAYERS = (0, 5, 10, 15, 20, 25, 29)
+
+
+class InterventionError(ValueError):
+    """An intervention that cannot be applied to this model; the message names the accepted values."""
+
+
+class _StepTracker:
+    """Knows, from `generate`, whether the pass under way is a denoising step, and which."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_step(self, frame: int, step: int | None, timestep: float) -> None:
+        self.step = step
+
+    def on_video(self, video: torch.Tensor) -> None:
+        self.step = None
+
+
+def _causal_blocks(model: nn.Module, layer: int) -> nn.ModuleList:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "new_cache"):
+        raise InterventionError(f"interventions need a causal model with a KV cache (the baseline); got "
+                                f"{type(model).__name__} (SCD: encoder reuse is built in, decoder knockout is moot)")
+    if not 0 <= layer < len(blocks):
+        raise InterventionError(f"layer {layer} is out of range; accepted: 0..{len(blocks) - 1}")
+    return blocks
+
+
+@contextmanager
+def feature_reuse(model: nn.Module, layer: int, refresh: int | None = None) -> Iterator[dict[str, int]]:
+    """Run blocks 0..`layer` only at refresh steps (step 0, or steps divisible by `refresh`) and reuse block
+    `layer`'s output at the other denoising steps. Yields counts: block calls run and skipped."""
+    blocks = _causal_blocks(model, layer)
+    if refresh is not None and refresh < 1:
+        raise InterventionError(f"refresh must be >= 1 (every m-th step), got {refresh}")
+    tracker, counts = _StepTracker(), {"run": 0, "skipped": 0}
+    reused: dict[str, torch.Tensor] = {}
+
+    def replace(i: int, original):
+        def forward(x, cond, angles, mask=None, past=None):
+            step = tracker.step
+            fresh = step is None or step == 0 or (refresh is not None and step % refresh == 0)
+            if fresh:
+                counts["run"] += 1
+                out = original(x, cond, angles, mask, past)
+                if i == layer and step is not None:
+                    reused["output"] = out[0]
+                return out
+            counts["skipped"] += 1
+            return (reused["output"] if i == layer else x), (None, None)  # no cache is written at denoising steps
+        return forward
+
+    handle = observe_sampling(model, tracker)
+    for i, block in enumerate(blocks[: layer + 1]):
+        block.forward = replace(i, block.forward)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+        for block in blocks[: layer + 1]:
+            del block.forward  # the class's forward again
+
+
+@contextmanager
+def attention_knockout(model: nn.Module, layer: int) -> Iterator[None]:
+    """In blocks `layer`.., the denoised frame's queries see only its own keys and values at every step."""
+    blocks = _causal_blocks(model, layer)
+    n = model.config.tokens_per_frame
+    tracker = _StepTracker()
+
+    def own_frame_only(module, inputs, output):
+        return output[:, -n:] if tracker.step is not None else None  # [B, L, H, D]: the last n are the frame's own
+
+    handles = [observe_sampling(model, tracker)]
+    for block in blocks[layer:]:
+        handles += [block.attn.hook_k.register_forward_hook(own_frame_only),
+                    block.attn.hook_v.register_forward_hook(own_frame_only)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None) -> Iterator[None]:
+    """`feature_reuse` or `attention_knockout` by name; layer -1 means none."""
+    if kind not in INTERVENTIONS:
+        raise InterventionError(f"unknown intervention {kind!r}; accepted: {', '.join(INTERVENTIONS)}")
+    if layer == -1:
+        yield
+    elif kind == "reuse":
+        with feature_reuse(model, layer, refresh):
+            yield
+    else:
+        with attention_knockout(model, layer):
+            yield
+
+
+def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int, device) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    video = generate(model, context, frames, steps=steps, seed=seed, device=device)
+    return video, (time.perf_counter() - start) / frames
+
+
+def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], clips: int = 16, context: int = 4,
+                       frames: int = 4, steps: int = 50, seed: int = 0, refresh: int | None = None,
+                       device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Tidy table, one row per (intervention, layer, clip): drift from the unmodified generation (PSNR, SSIM,
+    max abs difference over the generated frames), PSNR / SSIM against the ground truth, seconds per
+    generated frame. The unmodified generation is the row ("none", -1)."""
+    for kind, layer in settings:
+        with intervention(model, kind, layer, refresh):  # refuse a bad setting before any work
+            pass
+    data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
+    generate(model, data.clip(0)[:context], 1, steps=2, device=device)  # warm-up, untimed
+    rows = []
+    for clip in tqdm(range(clips), desc="interventions", disable=not progress):
+        video = data.clip(clip)
+        truth = video[context:]
+        reference, seconds = _timed(model, video[:context], frames, steps, seed, device)
+        psnr, ssim = frame_quality(reference[context:], truth)
+        rows.append({"intervention": "none", "layer": -1, "clip": clip, "drift_psnr": float("inf"), "drift_ssim": 1.0,
+                     "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+                     "seconds_per_frame": seconds})
+        for kind, layer in settings:
+            with intervention(model, kind, layer, refresh):
+                changed, seconds = _timed(model, video[:context], frames, steps, seed, device)
+            drift_psnr, drift_ssim = frame_quality(changed[context:], reference[context:])
+            psnr, ssim = frame_quality(changed[context:], truth)
+            rows.append({"intervention": kind, "layer": layer, "clip": clip, "drift_psnr": float(drift_psnr.mean()),
+                         "drift_ssim": float(drift_ssim.mean()),
+                         "drift_max_abs": float((changed[context:] - reference[context:]).abs().max()),
+                         "psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "seconds_per_frame": seconds})
+    return pd.DataFrame(rows)
+
+
+def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (intervention, layer): means over clips, and the wall time relative to the unmodified generation
+    (its `speedup`, measured in the same process)."""
+    summary = table.groupby(["intervention", "layer"], sort=False).agg(
+        clips=("clip", "nunique"), drift_psnr=("drift_psnr", "mean"), drift_ssim=("drift_ssim", "mean"),
+        drift_max_abs=("drift_max_abs", "max"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
+        seconds_per_frame=("seconds_per_frame", "median")).reset_index()
+    baseline = float(summary.loc[summary.intervention == "none", "seconds_per_frame"].iloc[0])
+    summary["speedup"] = baseline / summary.seconds_per_frame
+    return summary

@@ -106,7 +106,41 @@ def deep_layers_local(run: Run) -> Claim:
     return Claim(name, statement, threshold, measured, REPRODUCED if ok else NOT_REPRODUCED)
 
 
+REUSE_DRIFT_MIN = 30.0        # causal claim 1: PSNR (dB) of reuse-from-layer-15 frames vs unmodified, at least this
+KNOCKOUT_DRIFT_MIN = 30.0     # causal claim 2: the same for knockout from layer 25
+
+
+def _intervention_claim(summary, kind: str, layer: int, name: str, statement: str, threshold_db: float) -> Claim:
+    threshold = f"PSNR of the generated frames vs the unmodified generation >= {threshold_db:g} dB (mean over clips)"
+    row = summary[(summary.intervention == kind) & (summary.layer == layer)]
+    if row.empty:
+        swept = sorted(summary[summary.intervention == kind].layer.tolist())
+        return Claim(name, statement, threshold, f"{kind} from layer {layer} was not measured (swept: {swept})",
+                     NOT_MEASURED)
+    row = row.iloc[0]
+    measured = (f"{row.drift_psnr:.1f} dB (SSIM {row.drift_ssim:.3f}) over {int(row.clips)} clips; "
+                f"speed-up {row.speedup:.2f}x")
+    return Claim(name, statement, threshold, measured, REPRODUCED if row.drift_psnr >= threshold_db else NOT_REPRODUCED)
+
+
+def reuse_costs_little(summary, depth: int) -> Claim:
+    """Causal test of claim 1: computing layers 0..15 once per frame changes the frames little."""
+    layer = paper_layers(depth)["middle"][0]
+    return _intervention_claim(summary, "reuse", layer, f"reuse at layer {layer} costs little",
+                               "Early and middle layers can be computed once per frame: reusing layer 15's features "
+                               "across the denoising steps changes the generation little.", REUSE_DRIFT_MIN)
+
+
+def knockout_costs_little(summary, depth: int) -> Claim:
+    """Causal test of claim 2: cutting deep layers off past frames changes the frames little."""
+    layer = round(25 * (depth - 1) / 29)
+    return _intervention_claim(summary, "knockout", layer, f"knockout from layer {layer} costs little",
+                               "Deep layers do not need past frames: letting layers 25.. attend only within the frame "
+                               "changes the generation little.", KNOCKOUT_DRIFT_MIN)
+
+
 CLAIMS = (middle_layer_similarity, last_layers_less_similar, deep_layers_local)
+INTERVENTION_CLAIMS = (reuse_costs_little, knockout_costs_little)  # on a `probe intervene` summary
 
 
 def evaluate(run: Run) -> list[Claim]:

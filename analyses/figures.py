@@ -202,3 +202,40 @@ def bench_figure(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFram
         ax.tick_params(axis="x", labelsize=7)
         ax.legend(fontsize=7)
     return _finished(fig)
+
+
+def intervention_figure(summary: pd.DataFrame) -> Figure:
+    """Drift from the unmodified generation against the layer K an intervention starts at (reuse: blocks
+    0..K skipped between refreshes; knockout: blocks K.. see only the frame), next to the speed-up."""
+    changed = summary[summary.intervention != "none"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    sns.lineplot(data=changed, x="layer", y="drift_psnr", hue="intervention", marker="o", ax=axes[0])
+    axes[0].axhline(30, color="grey", lw=0.8, ls=":", label="30 dB (claim threshold)")
+    axes[0].set_ylabel("PSNR vs unmodified (dB)")
+    axes[0].legend(fontsize=7)
+    sns.lineplot(data=changed, x="layer", y="speedup", hue="intervention", marker="o", ax=axes[1])
+    axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].set_ylabel("speed-up (measured wall time)")
+    for ax in axes:
+        ax.set_xlabel("from layer K")
+    return _finished(fig)
+
+
+def intervention_frames(videos: dict[str, np.ndarray], context: int, rows: list[str] | None = None) -> Figure:
+    """Generated frames of one clip under a few interventions (keys "reuse15", "knockout25", ...), under the
+    ground truth and the unmodified generation."""
+    names = ["ground_truth", "none-1"] + (rows or [k for k in videos if k not in ("ground_truth", "none-1")])
+    labels = {"ground_truth": "ground truth", "none-1": "unmodified"}
+    generated = {name: videos[name][context:] for name in names}
+    width = max(len(v) for v in generated.values())
+    fig, axes = plt.subplots(len(names), width, figsize=(1.1 * width + 1.2, 1.15 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for t in range(width):
+            axes[r, t].axis("off")
+            if t < len(generated[name]):
+                axes[r, t].imshow(generated[name][t])
+            if r == 0:
+                axes[r, t].set_title(f"generated {context + t}", fontsize=7)
+        label = labels.get(name, name.replace("reuse", "reuse from ").replace("knockout", "knockout from "))
+        axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    return _finished(fig)

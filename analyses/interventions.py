@@ -19,17 +19,22 @@ interventions are defined for the causal baseline (and any model whose blocks ar
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from scd.data import VideoBenchmark
-from scd.evaluate import frame_quality
+from scd.evaluate import frame_quality, to_uint8
 from scd.sampling import generate, observe_sampling
 
 INTERVENTIONS = ("reuse", "knockout")
@@ -142,10 +147,12 @@ def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, see
 
 def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], clips: int = 16, context: int = 4,
                        frames: int = 4, steps: int = 50, seed: int = 0, refresh: int | None = None,
-                       device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
+                       device: str | torch.device = "cpu", progress: bool = True,
+                       keep: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Tidy table, one row per (intervention, layer, clip): drift from the unmodified generation (PSNR, SSIM,
     max abs difference over the generated frames), PSNR / SSIM against the ground truth, seconds per
-    generated frame. The unmodified generation is the row ("none", -1)."""
+    generated frame. The unmodified generation is the row ("none", -1). `keep`, if given, receives clip
+    0's videos (uint8 [T, H, W, 3]) under "ground_truth" and "{intervention}{layer}"."""
     for kind, layer in settings:
         with intervention(model, kind, layer, refresh):  # refuse a bad setting before any work
             pass
@@ -156,6 +163,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], cl
         video = data.clip(clip)
         truth = video[context:]
         reference, seconds = _timed(model, video[:context], frames, steps, seed, device)
+        if keep is not None and clip == 0:
+            keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
         psnr, ssim = frame_quality(reference[context:], truth)
         rows.append({"intervention": "none", "layer": -1, "clip": clip, "drift_psnr": float("inf"), "drift_ssim": 1.0,
                      "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
@@ -163,6 +172,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], cl
         for kind, layer in settings:
             with intervention(model, kind, layer, refresh):
                 changed, seconds = _timed(model, video[:context], frames, steps, seed, device)
+            if keep is not None and clip == 0:
+                keep[f"{kind}{layer}"] = to_uint8(changed)
             drift_psnr, drift_ssim = frame_quality(changed[context:], reference[context:])
             psnr, ssim = frame_quality(changed[context:], truth)
             rows.append({"intervention": kind, "layer": layer, "clip": clip, "drift_psnr": float(drift_psnr.mean()),
@@ -182,3 +193,54 @@ def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
     baseline = float(summary.loc[summary.intervention == "none", "seconds_per_frame"].iloc[0])
     summary["speedup"] = baseline / summary.seconds_per_frame
     return summary
+
+
+SUMMARY_COLUMNS = {"intervention": "intervention", "layer": "from layer", "clips": "clips",
+                   "drift_psnr": "PSNR vs unmodified (dB)", "drift_ssim": "SSIM vs unmodified",
+                   "drift_max_abs": "max abs difference", "psnr": "PSNR vs truth (dB)", "ssim": "SSIM vs truth",
+                   "seconds_per_frame": "s / frame (median)", "speedup": "speed-up"}
+
+
+def markdown(summary: pd.DataFrame, info: dict) -> str:
+    """The sweeps as a markdown page."""
+    refresh = f"every {info['refresh']} steps" if info.get("refresh") else "at step 0 only"
+    return "\n".join([
+        f"# Interventions on {info['model']}", "", f"`{info['command']}`", "",
+        f"Machine: {info['machine']}. {info['clips']} val clips, {info['context']} context + {info['frames']} generated "
+        f"frames, {info['steps']} steps, seed {info['seed']}. Reuse: blocks 0..K run {refresh}, block K's output reused "
+        "in between. Knockout: blocks K.. attend only to the frame's own keys. Drift: generated frames against the "
+        "unmodified generation of the same clip and seed (inf dB: identical).", "",
+        summary[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""])
+
+
+def write_interventions(out: str | Path, table: pd.DataFrame, videos: dict[str, np.ndarray], info: dict) -> Path:
+    """interventions.parquet, frames.npz (clip 0), interventions.json and interventions.md, via a temporary sibling."""
+    from probes.store import temporary_sibling
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(out)
+    try:
+        table.to_parquet(tmp / "interventions.parquet", index=False)
+        np.savez_compressed(tmp / "frames.npz", **videos)
+        (tmp / "interventions.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        (tmp / "interventions.md").write_text(markdown(intervention_summary(table), info))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_interventions(path: str | Path) -> dict:
+    """An interventions directory: info, the tidy table, its summary, clip 0's videos (ValueError if incomplete)."""
+    path = Path(path)
+    missing = [n for n in ("interventions.parquet", "frames.npz", "interventions.json") if not (path / n).is_file()]
+    if missing:
+        raise ValueError(f"{path} is not a directory written by probe intervene (missing {', '.join(missing)})")
+    table = pd.read_parquet(path / "interventions.parquet")
+    with np.load(path / "frames.npz") as frames:
+        videos = {name: frames[name] for name in frames.files}
+    return {"info": json.loads((path / "interventions.json").read_text()), "table": table,
+            "summary": intervention_summary(table), "videos": videos}

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 
 from analyses import figures
 from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
-from analyses.claims import evaluate, paper_layers
+from analyses.claims import INTERVENTION_CLAIMS, evaluate, paper_layers
+from analyses.interventions import SUMMARY_COLUMNS, load_interventions
 from analyses.similarity import depth_curve
 from analyses.sparsity import sparsity_table
 from probes.store import Run, RunError, load_run, unwritable_reason
@@ -104,8 +105,25 @@ def _bench_section(bench: dict) -> dict:
     return {"info": bench["info"], "speed": speed, "ratios": ratios, "quality": quality, "figure": figure}
 
 
-def render(runs: list[Run], bench: dict | None = None) -> str:
-    """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`)."""
+def _interventions_section(interventions: dict) -> dict:
+    """The `probe intervene` claims, table (records, escaped by the template) and figures."""
+    info, summary = interventions["info"], interventions["summary"]
+    depth = int(info.get("depth", 30))
+    claims = [claim(summary, depth) for claim in INTERVENTION_CLAIMS]
+    table = {"columns": list(SUMMARY_COLUMNS.values()),
+             "rows": [[row[c] for c in SUMMARY_COLUMNS] for row in summary.to_dict("records")]}
+    shown = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +
+             [round(25 * (depth - 1) / 29)] if f"{kind}{layer}" in interventions["videos"]]
+    figs = {"Drift from the unmodified generation, and the measured speed-up, against the layer an intervention "
+            "starts at": png_data_uri(figures.intervention_figure(summary)),
+            f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
+                figures.intervention_frames(interventions["videos"], info["context"], shown))}
+    return {"info": info, "claims": claims, "table": table, "figures": figs}
+
+
+def render(runs: list[Run], bench: dict | None = None, interventions: dict | None = None) -> str:
+    """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`, and a
+    `probe intervene` directory's, from `load_interventions`)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     named = {run_name(run): run for run in runs}
     overlays = {}
@@ -123,12 +141,14 @@ def render(runs: list[Run], bench: dict | None = None) -> str:
     return env.get_template("report.html.j2").render(
         sections=[_section(run) for run in runs], overlays=overlays, version=version,
         bench=_bench_section(bench) if bench is not None else None,
+        interventions=_interventions_section(interventions) if interventions is not None else None,
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None) -> Path:
-    """Read the runs (and a `probe bench` directory), render, and write `out` atomically; a RunError for a
-    bad run, bench directory or output path."""
+def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None,
+                 interventions: str | Path | None = None) -> Path:
+    """Read the runs (and a `probe bench` and a `probe intervene` directory), render, and write `out`
+    atomically; a RunError for a bad run, bench or interventions directory, or output path."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise RunError(f"-o must name an .html file, got {str(out)!r}")
@@ -146,7 +166,13 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
             tables = load_bench(bench)
         except ValueError as e:
             raise RunError(str(e)) from None
-    html = render(runs, tables)
+    sweeps = None
+    if interventions is not None:
+        try:
+            sweeps = load_interventions(interventions)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    html = render(runs, tables, sweeps)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(html, encoding="utf-8")

@@ -1,5 +1,5 @@
-"""The `probe` command: `probe run`, `probe show`, `probe report`, `probe bench`, `probe generate`, `probe train`,
-`probe export`.
+"""The `probe` command: `probe run`, `probe show`, `probe report`, `probe bench`, `probe intervene`, `probe generate`,
+`probe train`, `probe export`.
 
 A user mistake (unknown model, bad flag value, missing or corrupt checkpoint) is one line on
 stderr and exit code 2, never a traceback.
@@ -249,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display
     from analyses.report import write_report
 
-    print(f"wrote {write_report(args.runs, args.output, bench=args.bench)}")
+    print(f"wrote {write_report(args.runs, args.output, bench=args.bench, interventions=args.interventions)}")
 
 
 def _indices(text: str, flag: str, minimum: int | None = None) -> list[int]:
@@ -345,6 +345,59 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _intervention_layers(text: str, flag: str, depth: int) -> list[int]:
+    """'default' (the paper's depths 0, 5, ..., 25, 29, scaled to the model), 'none', or block indices."""
+    if text == "none":
+        return []
+    if text == "default":
+        return sorted({round(layer * (depth - 1) / 29) for layer in (0, 5, 10, 15, 20, 25, 29)})
+    try:
+        layers = _layers(text, depth)
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e}; or 'default', 'none'") from None
+    if layers == "all":
+        return list(range(depth))
+    return sorted(layers)
+
+
+def cmd_intervene(args: argparse.Namespace) -> None:
+    from analyses.interventions import InterventionError, intervention_table, write_interventions
+    from scd.train import machine_description
+    from scd.zoo import load_model
+
+    device = _device(args.device)
+    out = Path(args.out)
+    _writable_out(out, args.force)
+    if args.refresh is not None and args.refresh < 1:
+        raise UsageError(f"--refresh {args.refresh} is not a step interval; accepted: >= 1")
+    model = load_model(args.model, device=device)
+    if not hasattr(model, "blocks"):
+        raise UsageError(f"--model {args.model} is an SCD model: its encoder already runs once per frame (reuse is "
+                         "built in) and its decoder's only past is the encoder output (knockout is moot); accepted: "
+                         "a causal baseline")
+    depth = len(model.blocks)
+    settings = [("reuse", k) for k in _intervention_layers(args.reuse, "--reuse", depth)] + \
+               [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)]
+    if not settings:
+        raise UsageError("--reuse none and --knockout none leave nothing to measure; accepted: layer lists or 'default'")
+    videos: dict = {}
+    try:
+        table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
+                                   steps=args.steps, seed=args.seed, refresh=args.refresh, device=device,
+                                   progress=not args.quiet, keep=videos)
+    except InterventionError as e:
+        raise UsageError(str(e)) from None
+    info = {"model": args.model, "checkpoint": getattr(model, "checkpoint", None), "depth": depth,
+            "command": "probe intervene " + " ".join(sys.argv[2:]) if sys.argv[0].endswith("probe") else "probe intervene",
+            "machine": machine_description() if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "device": str(device), "clips": args.clips, "context": args.context, "frames": args.frames,
+            "steps": args.steps, "seed": args.seed, "refresh": args.refresh}
+    write_interventions(out, table, videos, info)
+    if not args.quiet:
+        print((out / "interventions.md").read_text())
+    print(f"wrote {out}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from scd import VideoBenchmark, generate, load_model
     from scd.evaluate import frame_quality, save_strip
@@ -433,7 +486,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories written by probe run (e.g. baseline and SCD)")
     p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
     p.add_argument("--bench", default=None, help="a directory written by probe bench, to include its tables")
+    p.add_argument("--interventions", default=None, help="a directory written by probe intervene, to include it")
     p.set_defaults(func=cmd_report)
+
+    i = sub.add_parser("intervene", help="causal tests: feature reuse across steps and cross-frame attention knockout")
+    i.add_argument("--model", default="baseline", help="a causal baseline: shipped name or checkpoint path")
+    i.add_argument("--reuse", default="default",
+                   help="layers K: blocks 0..K run only at refresh steps, K's output reused (default 0,5,10,15,20,25,29; 'none')")
+    i.add_argument("--knockout", default="default",
+                   help="layers K: blocks K.. attend only within the frame (default 0,5,10,15,20,25,29; 'none')")
+    i.add_argument("--refresh", type=int, default=None, help="reuse: recompute blocks 0..K every m steps (default: step 0 only)")
+    i.add_argument("--clips", type=_positive, default=16, help="val clips")
+    i.add_argument("--context", type=_positive, default=4, help="context frames")
+    i.add_argument("--frames", type=_positive, default=4, help="generated frames per clip")
+    i.add_argument("--steps", type=_positive, default=50, help="denoising steps per frame")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--device", default="cpu")
+    i.add_argument("--out", default="reports/interventions", help="directory for interventions.parquet/.md/.json, frames.npz")
+    i.add_argument("--force", action="store_true", help="replace an existing --out")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=cmd_intervene)
 
     b = sub.add_parser("bench", help="SCD vs baseline in one process: latency, frames/s, memory, FLOPs, PSNR/SSIM")
     b.add_argument("--baseline", default="baseline", help="the causal baseline (shipped name or checkpoint path)")

@@ -1,0 +1,83 @@
+"""`probe intervene` and its place in `probe report`: files on disk, the causal claims, bad input."""
+
+import pandas as pd
+import pytest
+
+from analyses.claims import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, knockout_costs_little, reuse_costs_little
+from analyses.interventions import load_interventions
+from probes.cli import main
+from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.scd_model import SCD_SIZES, SeparableCausalDiffuser
+from scd.zoo import save_model
+from tests.conftest import randomize
+
+SMALL = ["--clips", "2", "--context", "2", "--frames", "2", "--steps", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("intervene")
+    save_model(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), root / "base" / "model.safetensors")
+    save_model(randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"])), root / "scd" / "model.safetensors")
+    return root / "base", root / "scd"
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(checkpoints, tmp_path):
+    base, _ = checkpoints
+    out = tmp_path / "iv"
+    assert main(["intervene", "--model", str(base), "--reuse", "1,2", "--knockout", "default", *SMALL, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["frames.npz", "interventions.json", "interventions.md",
+                                                   "interventions.parquet"]
+    loaded = load_interventions(out)
+    summary = loaded["summary"]
+    assert [tuple(r) for r in summary[["intervention", "layer"]].values] == \
+        [("none", -1), ("reuse", 1), ("reuse", 2), ("knockout", 0), ("knockout", 1), ("knockout", 2), ("knockout", 3)]
+    assert (loaded["table"].groupby(["intervention", "layer"]).clip.nunique() == 2).all()
+    assert loaded["videos"]["reuse2"].shape == (4, 16, 16, 3) and "ground_truth" in loaded["videos"]
+    assert "PSNR vs unmodified (dB)" in (out / "interventions.md").read_text()
+
+    run = tmp_path / "run"
+    assert main(["run", "--model", str(base), "--layers", "all", "--context", "2", "--frames", "1", "--steps", "3",
+                 "--out", str(run), "--quiet"]) == 0
+    html = tmp_path / "report.html"
+    assert main(["report", str(run), "--interventions", str(out), "-o", str(html)]) == 0
+    text = html.read_text()
+    # the tiny model has 4 blocks: the paper's layer 15 is its block 2, layer 25 its block 3
+    assert "reuse at layer 2 costs little" in text and "knockout from layer 3 costs little" in text
+    assert "Interventions on" in text
+
+
+def test_the_causal_claims_read_the_summary():
+    summary = pd.DataFrame({"intervention": ["none", "reuse", "knockout"], "layer": [-1, 15, 25], "clips": [16] * 3,
+                            "drift_psnr": [float("inf"), 34.0, 22.0], "drift_ssim": [1.0, 0.97, 0.8], "speedup": [1, 1.6, 1]})
+    assert reuse_costs_little(summary, 30).verdict == REPRODUCED
+    assert knockout_costs_little(summary, 30).verdict == NOT_REPRODUCED
+    assert reuse_costs_little(summary[summary.intervention != "reuse"], 30).verdict == NOT_MEASURED
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, capsys):
+    base, scd = checkpoints
+    out = tmp_path / "iv"
+    cases = [(["--model", str(scd)], "SCD model"), (["--model", str(base), "--refresh", "0"], "--refresh 0"),
+             (["--model", str(base), "--reuse", "9"], "--reuse: layer 9 is out of range"),
+             (["--model", str(base), "--reuse", "none", "--knockout", "none"], "nothing to measure")]
+    for flags, problem in cases:
+        assert main(["intervene", *flags, *SMALL, "--out", str(out)]) == 2
+        assert problem in _error(capsys)
+        assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["intervene", "--model", str(base), "--reuse", "1", "--knockout", "none", *SMALL, "--out", str(out)]) == 2
+    assert "already exists" in _error(capsys) and (out / "keep.txt").read_text() == "mine"
+    run = tmp_path / "run"
+    assert main(["run", "--model", str(base), "--layer", "1", "--context", "2", "--frames", "1", "--steps", "2",
+                 "--out", str(run), "--quiet"]) == 0
+    assert main(["report", str(run), "--interventions", str(tmp_path / "nothing"), "-o", str(tmp_path / "r.html")]) == 2
+    assert "is not a directory written by probe intervene" in _error(capsys)
+    assert not (tmp_path / "r.html").exists()

@@ -12,9 +12,10 @@ steps only; the pass that writes a finished frame into the KV cache is left as i
 seed (drift: PSNR, SSIM, max abs difference of the generated frames), against the ground truth, and
 in wall time per generated frame, all in one process, the settings interleaved per clip.
 
-SCD: its encoder already runs once per frame (reuse is built in), and knocking out its decoder's
-only past, the encoder output of the frame before, would leave it no context at all; so these
-interventions are defined for the causal baseline (and any model whose blocks are all "causal").
+SCD: its encoder already runs once per frame (reuse is built in), so reuse applies to its decoder
+layers (numbered after the encoder's, as the probes number them: 25..34 for the shipped SCD); and
+knocking out the decoder's only past, the encoder output of the frame before, would leave it no
+context at all, so knockout is defined for the causal baseline only.
 """
 
 from __future__ import annotations
@@ -61,18 +62,31 @@ class _StepTracker:
 def _causal_blocks(model: nn.Module, layer: int) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
     if blocks is None or not hasattr(model, "new_cache"):
-        raise InterventionError(f"interventions need a causal model with a KV cache (the baseline); got "
-                                f"{type(model).__name__} (SCD: encoder reuse is built in, decoder knockout is moot)")
+        raise InterventionError(f"knockout needs a causal model with a KV cache (the baseline); got "
+                                f"{type(model).__name__} (SCD: knocking out the decoder's only past, the encoder "
+                                "output, is moot)")
     if not 0 <= layer < len(blocks):
         raise InterventionError(f"layer {layer} is out of range; accepted: 0..{len(blocks) - 1}")
     return blocks
 
 
+def _reusable_blocks(model: nn.Module, layer: int) -> tuple[nn.ModuleList, int]:
+    """The blocks run at every denoising step and `layer`'s index among them: the baseline's, or SCD's decoder."""
+    if hasattr(model, "decoder") and hasattr(model, "encoder"):
+        first, blocks = len(model.encoder.blocks), model.decoder.blocks
+        if not first <= layer < first + len(blocks):
+            raise InterventionError(f"layer {layer} is not an SCD decoder layer (its encoder runs once per frame: reuse "
+                                    f"is built in); accepted: {first}..{first + len(blocks) - 1}")
+        return blocks, layer - first
+    return _causal_blocks(model, layer), layer
+
+
 @contextmanager
 def feature_reuse(model: nn.Module, layer: int, refresh: int | None = None) -> Iterator[dict[str, int]]:
     """Run blocks 0..`layer` only at refresh steps (step 0, or steps divisible by `refresh`) and reuse block
-    `layer`'s output at the other denoising steps. Yields counts: block calls run and skipped."""
-    blocks = _causal_blocks(model, layer)
+    `layer`'s output at the other denoising steps (SCD: decoder blocks, `layer` in the probes' numbering).
+    Yields counts: block calls run and skipped."""
+    blocks, layer = _reusable_blocks(model, layer)
     if refresh is not None and refresh < 1:
         raise InterventionError(f"refresh must be >= 1 (every m-th step), got {refresh}")
     tracker, counts = _StepTracker(), {"run": 0, "skipped": 0}

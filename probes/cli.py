@@ -371,12 +371,15 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     if args.refresh is not None and args.refresh < 1:
         raise UsageError(f"--refresh {args.refresh} is not a step interval; accepted: >= 1")
     model = load_model(args.model, device=device)
-    if not hasattr(model, "blocks"):
-        raise UsageError(f"--model {args.model} is an SCD model: its encoder already runs once per frame (reuse is "
-                         "built in) and its decoder's only past is the encoder output (knockout is moot); accepted: "
-                         "a causal baseline")
-    depth = len(model.blocks)
-    settings = [("reuse", k) for k in _intervention_layers(args.reuse, "--reuse", depth)] + \
+    scd = hasattr(model, "decoder")
+    if scd and args.knockout != "none":
+        raise UsageError(f"--model {args.model} is an SCD model: knocking out its decoder's only past, the encoder "
+                         "output of the frame before, is moot; accepted: --knockout none (reuse: its decoder layers)")
+    depth = len(model.encoder.blocks) + len(model.decoder.blocks) if scd else len(model.blocks)
+    reuse = _intervention_layers(args.reuse, "--reuse", depth)
+    if scd and args.reuse == "default":  # the decoder's layers: the encoder runs once per frame already
+        reuse = list(range(len(model.encoder.blocks), depth))
+    settings = [("reuse", k) for k in reuse] + \
                [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)]
     if not settings:
         raise UsageError("--reuse none and --knockout none leave nothing to measure; accepted: layer lists or 'default'")

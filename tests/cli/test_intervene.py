@@ -64,7 +64,9 @@ def test_the_causal_claims_read_the_summary():
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, capsys):
     base, scd = checkpoints
     out = tmp_path / "iv"
-    cases = [(["--model", str(scd)], "SCD model"), (["--model", str(base), "--refresh", "0"], "--refresh 0"),
+    cases = [(["--model", str(scd)], "knocking out its decoder's only past"),
+             (["--model", str(scd), "--knockout", "none", "--reuse", "1"], "layer 1 is not an SCD decoder layer"),
+             (["--model", str(base), "--refresh", "0"], "--refresh 0"),
              (["--model", str(base), "--reuse", "9"], "--reuse: layer 9 is out of range"),
              (["--model", str(base), "--reuse", "none", "--knockout", "none"], "nothing to measure")]
     for flags, problem in cases:
@@ -81,3 +83,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, 
     assert main(["report", str(run), "--interventions", str(tmp_path / "nothing"), "-o", str(tmp_path / "r.html")]) == 2
     assert "is not a directory written by probe intervene" in _error(capsys)
     assert not (tmp_path / "r.html").exists()
+
+
+def test_on_scd_reuse_applies_to_its_decoder(checkpoints, tmp_path):
+    _, scd = checkpoints
+    out = tmp_path / "iv"
+    assert main(["intervene", "--model", str(scd), "--knockout", "none", *SMALL, "--out", str(out)]) == 0
+    summary = load_interventions(out)["summary"]
+    assert summary.layer.tolist() == [-1, 3, 4]  # tiny SCD: encoder 0..2, decoder 3..4
+    assert (summary[summary.layer == 4].drift_max_abs > 0).all()

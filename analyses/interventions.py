@@ -61,10 +61,12 @@ class _StepTracker:
 
 def _causal_blocks(model: nn.Module, layer: int) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
+    if hasattr(model, "decoder"):
+        raise InterventionError("knockout on SCD is moot: its decoder's only past is the encoder output of the frame "
+                                "before; accepted: the causal baseline")
     if blocks is None or not hasattr(model, "new_cache"):
-        raise InterventionError(f"knockout needs a causal model with a KV cache (the baseline); got "
-                                f"{type(model).__name__} (SCD: knocking out the decoder's only past, the encoder "
-                                "output, is moot)")
+        raise InterventionError(f"interventions need a model of the built-in families (blocks and a KV cache); got "
+                                f"{type(model).__name__}")
     if not 0 <= layer < len(blocks):
         raise InterventionError(f"layer {layer} is out of range; accepted: 0..{len(blocks) - 1}")
     return blocks

@@ -21,7 +21,6 @@ import ctypes
 import gc
 import itertools
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -215,26 +214,16 @@ def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, i
 
 def write_bench(out: str | Path, speed: pd.DataFrame, quality: pd.DataFrame, info: dict) -> Path:
     """Write speed.parquet, quality.parquet, bench.json and bench.md into `out` (via a temporary sibling)."""
-    import shutil
+    from probes.store import atomic_directory
 
-    from probes.store import temporary_sibling
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(out)
-    try:
+    with atomic_directory(out) as tmp:
         speed.to_parquet(tmp / "speed.parquet", index=False)
         quality.to_parquet(tmp / "quality.parquet", index=False)
         (tmp / "bench.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
         summary = speed_summary(speed, info["configs"], info["frames"])
         ratios = ratio_table(summary, info["baseline"], info["other"])
         (tmp / "bench.md").write_text(markdown(summary, ratios, quality_summary(quality), info))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def load_bench(path: str | Path) -> dict:

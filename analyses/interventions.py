@@ -21,8 +21,6 @@ context at all, so knockout is defined for the causal baseline only.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -231,22 +229,14 @@ def markdown(summary: pd.DataFrame, info: dict) -> str:
 
 def write_interventions(out: str | Path, table: pd.DataFrame, videos: dict[str, np.ndarray], info: dict) -> Path:
     """interventions.parquet, frames.npz (clip 0), interventions.json and interventions.md, via a temporary sibling."""
-    from probes.store import temporary_sibling
+    from probes.store import atomic_directory
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(out)
-    try:
+    with atomic_directory(out) as tmp:
         table.to_parquet(tmp / "interventions.parquet", index=False)
         np.savez_compressed(tmp / "frames.npz", **videos)
         (tmp / "interventions.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
         (tmp / "interventions.md").write_text(markdown(intervention_summary(table), info))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def load_interventions(path: str | Path) -> dict:

@@ -160,19 +160,13 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
     runs = [load_run(path) for path in run_paths]
-    tables = None
-    if bench is not None:
+    def read(loader, path):  # a bench or interventions directory, its problem as a RunError
         try:
-            tables = load_bench(bench)
+            return None if path is None else loader(path)
         except ValueError as e:
             raise RunError(str(e)) from None
-    sweeps = None
-    if interventions is not None:
-        try:
-            sweeps = load_interventions(interventions)
-        except ValueError as e:
-            raise RunError(str(e)) from None
-    html = render(runs, tables, sweeps)
+
+    html = render(runs, read(load_bench, bench), read(load_interventions, interventions))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(html, encoding="utf-8")

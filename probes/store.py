@@ -17,6 +17,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -87,6 +89,27 @@ def temporary_sibling(path: Path) -> Path:
     return tmp
 
 
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` to fill; on success it replaces `path` (an old one is moved aside
+    first, so a failure never leaves neither), on failure it is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_run(
     path: str | Path, manifest: dict, *, features: dict[str, torch.Tensor] | None = None,
     attention: dict[str, torch.Tensor] | None = None, metrics: pd.DataFrame | None = None,
@@ -105,9 +128,7 @@ def write_run(
     for name, video in (("generated", generated), ("ground_truth", ground_truth)):
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise RunError(f"{name} must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_directory(path) as tmp:
         save_file({k: _as_stored(k, v, torch.float16) for k, v in (features or {}).items()}, tmp / "features.safetensors")
         save_file({k: _as_stored(k, v, torch.float32) for k, v in (attention or {}).items()}, tmp / "attention.safetensors")
         table = metrics if metrics is not None else pd.DataFrame(columns=["layer", "frame", "metric", "value"])
@@ -115,16 +136,6 @@ def write_run(
         np.savez_compressed(tmp / "video.npz", generated=generated, ground_truth=ground_truth)
         full = {"format": FORMAT, **manifest, **environment(), "complete": True}
         (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
-        if path.exists():  # force: move the old run aside first, so a failure never leaves neither
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

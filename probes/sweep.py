@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.store import Run, RunError, load_run, temporary_sibling
+from probes.store import Run, RunError, atomic_directory, load_run
 
 SHARD_FORMAT = "scd-probes-shard/1"
 SHARD = re.compile(r"shard-(\d+)-of-(\d+)")
@@ -85,18 +84,11 @@ def is_sweep(path: str | Path) -> bool:
 def write_shard(out: Path, rank: int, world_size: int) -> Iterator[tuple[Path, list[dict]]]:
     """Yields (directory to write item runs into, list to append each item to); on success writes
     shard.json and renames the shard into place, replacing an older shard of the same name."""
-    final = out / shard_name(rank, world_size)
-    tmp = temporary_sibling(final)
     items: list[dict] = []
-    try:
+    with atomic_directory(out / shard_name(rank, world_size)) as tmp:
         yield tmp, items
         shard = {"format": SHARD_FORMAT, "rank": rank, "world_size": world_size, "items": items, "complete": True}
         (tmp / "shard.json").write_text(json.dumps(shard, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_sweep(path: str | Path) -> MergedRun:

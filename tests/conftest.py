@@ -23,6 +23,17 @@ def randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """Checkpoint directories (baseline, SCD) of the `tiny` models with random weights."""
+    from scd.zoo import save_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    save_model(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), root / "base" / "model.safetensors")
+    save_model(randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"])), root / "scd" / "model.safetensors")
+    return root / "base", root / "scd"
+
+
 @pytest.fixture
 def tiny_model() -> CausalVideoDiffuser:
     """The `tiny` baseline (16x16 frames, 4 blocks) with random weights."""

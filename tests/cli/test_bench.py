@@ -12,20 +12,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from analyses.bench import load_bench, time_generation
 from probes import load_run
 from probes.cli import main
-from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.flops import generation_flops
 from scd.sampling import generate
-from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
-from scd.zoo import save_model
+from scd.scd_model import SCDConfig, SeparableCausalDiffuser
 from tests.conftest import randomize
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    save_model(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), root / "base" / "model.safetensors")
-    save_model(randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"])), root / "scd" / "model.safetensors")
-    return root / "base", root / "scd"
 
 
 def _error(capsys) -> str:
@@ -59,12 +50,12 @@ def test_analytic_flops_match_torch_flop_counter_frame_by_frame(model):
         assert analytic[k] <= measured[k]
 
 
-def test_timings_add_up_to_the_wall_clock(checkpoints):
+def test_timings_add_up_to_the_wall_clock(tiny_checkpoints):
     import time
 
     from scd.zoo import load_model
 
-    model = load_model(checkpoints[0])
+    model = load_model(tiny_checkpoints[0])
     context = torch.zeros(2, 3, 16, 16)
     start = time.perf_counter()
     timing = time_generation(model, context, 4, 3)
@@ -73,8 +64,8 @@ def test_timings_add_up_to_the_wall_clock(checkpoints):
     assert timing["first_frame_s"] + sum(timing["latencies_s"]) <= wall
 
 
-def test_bench_writes_tables_and_the_report_shows_them_next_to_both_runs(checkpoints, tmp_path, capsys):
-    base, scd = checkpoints
+def test_bench_writes_tables_and_the_report_shows_them_next_to_both_runs(tiny_checkpoints, tmp_path, capsys):
+    base, scd = tiny_checkpoints
     out = tmp_path / "bench"
     assert main(["bench", "--baseline", str(base), "--scd", str(scd), "--steps", "3", "--context", "2,3",
                  "--frames", "3", "--repeats", "2", "--clips", "2", "--samples", "2", "--quality-steps", "2",
@@ -108,8 +99,8 @@ def test_bench_writes_tables_and_the_report_shows_them_next_to_both_runs(checkpo
     assert "run-base" in html and "run-scd" in html and "probe bench" in html and "frames/s ratio (measured)" in html
 
 
-def test_scd_layer_out_of_range_names_encoder_and_decoder(checkpoints, tmp_path, capsys):
-    assert main(["run", "--model", str(checkpoints[1]), "--layer", "5", "--out", str(tmp_path / "x")]) == 2
+def test_scd_layer_out_of_range_names_encoder_and_decoder(tiny_checkpoints, tmp_path, capsys):
+    assert main(["run", "--model", str(tiny_checkpoints[1]), "--layer", "5", "--out", str(tmp_path / "x")]) == 2
     assert "encoder 0..2, decoder 3..4" in _error(capsys)
     assert not (tmp_path / "x").exists()
 
@@ -121,8 +112,8 @@ def test_scd_layer_out_of_range_names_encoder_and_decoder(checkpoints, tmp_path,
     (["--baseline", "nope"], "unknown model"),
     (["--same"], "same model"),
 ])
-def test_bench_bad_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, capsys, flags, message):
-    base, scd = checkpoints
+def test_bench_bad_input_is_one_line_and_writes_nothing(tiny_checkpoints, tmp_path, capsys, flags, message):
+    base, scd = tiny_checkpoints
     args = ["bench", "--baseline", str(base), "--scd", str(scd), "--out", str(tmp_path / "b"), *flags]
     if "--same" in flags:
         args = ["bench", "--baseline", str(base), "--scd", str(base), "--out", str(tmp_path / "b")]
@@ -135,9 +126,9 @@ def test_bench_bad_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, c
     assert not (tmp_path / "b").exists()
 
 
-def test_report_refuses_a_directory_that_is_not_a_bench(checkpoints, tmp_path, capsys):
+def test_report_refuses_a_directory_that_is_not_a_bench(tiny_checkpoints, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["run", "--model", str(checkpoints[0]), "--layer", "1", "--context", "2", "--frames", "1", "--steps", "2",
+    assert main(["run", "--model", str(tiny_checkpoints[0]), "--layer", "1", "--context", "2", "--frames", "1", "--steps", "2",
                  "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["report", str(run), "--bench", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2

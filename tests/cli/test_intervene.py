@@ -1,25 +1,12 @@
 """`probe intervene` and its place in `probe report`: files on disk, the causal claims, bad input."""
 
 import pandas as pd
-import pytest
 
 from analyses.claims import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, knockout_costs_little, reuse_costs_little
 from analyses.interventions import load_interventions
 from probes.cli import main
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
-from scd.scd_model import SCD_SIZES, SeparableCausalDiffuser
-from scd.zoo import save_model
-from tests.conftest import randomize
 
 SMALL = ["--clips", "2", "--context", "2", "--frames", "2", "--steps", "3", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("intervene")
-    save_model(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), root / "base" / "model.safetensors")
-    save_model(randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"])), root / "scd" / "model.safetensors")
-    return root / "base", root / "scd"
 
 
 def _error(capsys) -> str:
@@ -28,8 +15,8 @@ def _error(capsys) -> str:
     return err
 
 
-def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(checkpoints, tmp_path):
-    base, _ = checkpoints
+def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(tiny_checkpoints, tmp_path):
+    base, _ = tiny_checkpoints
     out = tmp_path / "iv"
     assert main(["intervene", "--model", str(base), "--reuse", "1,2", "--knockout", "default", *SMALL, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["frames.npz", "interventions.json", "interventions.md",
@@ -61,8 +48,8 @@ def test_the_causal_claims_read_the_summary():
     assert reuse_costs_little(summary[summary.intervention != "reuse"], 30).verdict == NOT_MEASURED
 
 
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, capsys):
-    base, scd = checkpoints
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoints, tmp_path, capsys):
+    base, scd = tiny_checkpoints
     out = tmp_path / "iv"
     cases = [(["--model", str(scd)], "knocking out its decoder's only past"),
              (["--model", str(scd), "--knockout", "none", "--reuse", "1"], "layer 1 is not an SCD decoder layer"),
@@ -85,8 +72,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, 
     assert not (tmp_path / "r.html").exists()
 
 
-def test_on_scd_reuse_applies_to_its_decoder(checkpoints, tmp_path):
-    _, scd = checkpoints
+def test_on_scd_reuse_applies_to_its_decoder(tiny_checkpoints, tmp_path):
+    _, scd = tiny_checkpoints
     out = tmp_path / "iv"
     assert main(["intervene", "--model", str(scd), "--knockout", "none", *SMALL, "--out", str(out)]) == 0
     summary = load_interventions(out)["summary"]

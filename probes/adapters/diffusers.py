@@ -36,6 +36,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from probes.adapters.builtin import Layout
+from scd.baseline import block_causal_mask
 from scd.zoo import CheckpointError
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
@@ -55,7 +56,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def frame_causal_mask(tokens: int, tokens_per_frame: int, device: torch.device) -> torch.Tensor:
     """bool [1, 1, tokens, tokens]: a token sees every token of its own and earlier latent frames."""
     frame = torch.arange(tokens, device=device) // tokens_per_frame
-    return (frame[None, :] <= frame[:, None])[None, None]
+    return block_causal_mask(frame, frame)[None, None]
 
 
 class FrameCausalAttnProcessor(WanAttnProcessor):

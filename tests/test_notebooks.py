@@ -15,7 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NAMES = ["01_cross_step_similarity", "02_attention_sparsity", "03_scd_vs_baseline", "04_your_model"]
+NAMES = ["01_cross_step_similarity", "02_attention_sparsity", "03_scd_vs_baseline", "04_your_model",
+         "05_interventions"]
+FIGURES = {"01_cross_step_similarity": 6, "02_attention_sparsity": 4, "03_scd_vs_baseline": 7, "04_your_model": 5,
+           "05_interventions": 2}  # figures each shows with its defaults
 OURS = ("scd", "probes", "analyses")
 # Libraries a notebook may use for data and layout; plotting itself belongs to analyses/figures.py.
 ALLOWED = {"tempfile", "pathlib", "dataclasses", "numpy", "pandas", "torch", "IPython", "diffusers", *OURS}
@@ -48,7 +51,7 @@ def stdout(nb: nbformat.NotebookNode) -> str:
     return "".join(o.text for o in outputs(nb, "stream") if o.name == "stdout")
 
 
-def test_the_four_notebooks_are_there():
+def test_the_notebooks_are_there():
     assert [p.stem for p in NOTEBOOKS] == NAMES
 
 
@@ -121,7 +124,7 @@ def test_runs_top_to_bottom_with_its_defaults(path, tmp_path):
     assert all(cell.execution_count is not None for cell in code_cells), "every code cell ran"
     assert not outputs(nb, "error")
     figures = outputs(nb, mime="image/png")
-    assert len(figures) >= 3, f"{path.name} showed {len(figures)} figures"
+    assert len(figures) == FIGURES[path.stem], f"{path.name} showed {len(figures)} figures"
     text = stdout(nb)
     if path.stem == "04_your_model":  # the two backends record the same video
         assert "same video: True" in text
@@ -143,20 +146,25 @@ def existing_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES[:3])
+@pytest.mark.parametrize("name", NAMES[:3] + NAMES[4:])
 def test_analyses_an_existing_run_directory_instead_of_probing(name, existing_runs, tmp_path):
     path = ROOT / "notebooks" / f"{name}.ipynb"
     if name == "03_scd_vs_baseline":
         parameters = {"baseline_run_dir": str(existing_runs["baseline"]), "scd_run_dir": str(existing_runs["scd"]),
                       "bench_dir": str(ROOT / "reports" / "bench")}
+    elif name == "05_interventions":
+        parameters = {"interventions_dir": str(ROOT / "reports" / "interventions")}
     else:
         parameters = {"run_dir": str(existing_runs["baseline"])}
     nb = execute(path, tmp_path / path.name, **parameters)
     assert not outputs(nb, "error")
     text = stdout(nb)
-    if name == "03_scd_vs_baseline":
+    streams = "".join(o.text for o in outputs(nb, "stream"))
+    if name == "05_interventions":  # the committed reference, shown: nothing measured again
+        assert "interventions:" not in streams and len(outputs(nb, mime="image/png")) == 2
+    elif name == "03_scd_vs_baseline":
         assert "30 blocks (causal 0..29), 50 steps" in text and "35 blocks (encoder 3..18, decoder 25..34)" in text
-        assert "bench speed" not in "".join(o.text for o in outputs(nb, "stream"))  # the bench was read, not run
+        assert "bench speed" not in streams  # the bench was read, not run
     else:
         assert f"frames [4], 50 steps -> {existing_runs['baseline']}" in text
         assert "probe-notebook-" not in text  # nothing was probed into a temporary directory

@@ -18,7 +18,8 @@ def test_ci_runs_exactly_the_readme_quick_start():
 
 
 def test_the_reference_report_is_made_from_the_shipped_baseline():
-    """reports/baseline.html: committed, small, made from the shipped checkpoint (its sha256 is in it), with the claims."""
+    """reports/baseline.html: committed, small, made from the shipped checkpoint (its sha256 is in it), with the claims
+    and the interventions."""
     import json
 
     report = ROOT / "reports" / "baseline.html"
@@ -27,7 +28,12 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     shipped = json.loads((ROOT / "scd" / "checkpoints" / "baseline.json").read_text())["sha256"]
     assert shipped in html and "layers 28-29 barely attend to past frames" in html
     readme = (ROOT / "README.md").read_text()
-    assert "probe report reports/runs/baseline-layers-all -o reports/baseline.html" in readme
+    command = "probe report reports/runs/baseline-layers-all --interventions reports/interventions -o reports/baseline.html"
+    assert command in readme
+    # ... with the committed interventions, made from the same checkpoint
+    interventions = json.loads((ROOT / "reports" / "interventions" / "interventions.json").read_text())
+    assert interventions["checkpoint"]["sha256"] == shipped and interventions["clips"] >= 16
+    assert "reuse at layer 15 costs little" in html and "knockout from layer 25 costs little" in html
 
 
 def test_the_scd_report_and_bench_are_made_from_both_shipped_checkpoints():

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from scd.data import VideoBenchmark
 from scd.evaluate import validate
 from scd.flops import generation_flops
+from scd.progress import progress as progress_bar
 from scd.sampling import generate
 
 SETTINGS = ((50, 4), (50, 16), (4, 4), (4, 16))  # (denoising steps, context frames)
@@ -124,7 +124,7 @@ def speed_table(models: dict[str, nn.Module], settings: Iterable[tuple[int, int]
     rows = []
     runs = [(r, s) for r in range(repeats) for s in settings]
     names = list(models)
-    for repeat, (steps, context) in tqdm(runs, desc="bench speed", disable=not progress):
+    for repeat, (steps, context) in progress_bar(runs, desc="bench speed", disable=not progress):
         for name in names if repeat % 2 == 0 else names[::-1]:
             timing = time_generation(models[name], clips[context], frames, steps, device)
             for k, latency in enumerate(timing["latencies_s"]):
@@ -212,11 +212,11 @@ def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, i
     return "\n".join(lines)
 
 
-def write_bench(out: str | Path, speed: pd.DataFrame, quality: pd.DataFrame, info: dict) -> Path:
+def write_bench(out: str | Path, speed: pd.DataFrame, quality: pd.DataFrame, info: dict, force: bool = False) -> Path:
     """Write speed.parquet, quality.parquet, bench.json and bench.md into `out` (via a temporary sibling)."""
-    from probes.store import atomic_directory
+    from scd.outputs import atomic_directory
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "bench", force) as tmp:
         speed.to_parquet(tmp / "speed.parquet", index=False)
         quality.to_parquet(tmp / "quality.parquet", index=False)
         (tmp / "bench.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from scd.data import VideoBenchmark
 from scd.evaluate import frame_quality, to_uint8
+from scd.progress import progress as progress_bar
 from scd.sampling import generate, observe_sampling
 
 INTERVENTIONS = ("reuse", "knockout")
@@ -173,7 +173,7 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], cl
     data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
     generate(model, data.clip(0)[:context], 1, steps=2, device=device)  # warm-up, untimed
     rows = []
-    for clip in tqdm(range(clips), desc="interventions", disable=not progress):
+    for clip in progress_bar(range(clips), desc="interventions", disable=not progress):
         video = data.clip(clip)
         truth = video[context:]
         reference, seconds = _timed(model, video[:context], frames, steps, seed, device)
@@ -227,11 +227,12 @@ def markdown(summary: pd.DataFrame, info: dict) -> str:
         summary[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""])
 
 
-def write_interventions(out: str | Path, table: pd.DataFrame, videos: dict[str, np.ndarray], info: dict) -> Path:
+def write_interventions(out: str | Path, table: pd.DataFrame, videos: dict[str, np.ndarray], info: dict,
+                        force: bool = False) -> Path:
     """interventions.parquet, frames.npz (clip 0), interventions.json and interventions.md, via a temporary sibling."""
-    from probes.store import atomic_directory
+    from scd.outputs import atomic_directory
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "interventions", force) as tmp:
         table.to_parquet(tmp / "interventions.parquet", index=False)
         np.savez_compressed(tmp / "frames.npz", **videos)
         (tmp / "interventions.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

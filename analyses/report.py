@@ -24,7 +24,8 @@ from analyses.claims import INTERVENTION_CLAIMS, evaluate, paper_layers
 from analyses.interventions import SUMMARY_COLUMNS, load_interventions
 from analyses.similarity import depth_curve
 from analyses.sparsity import sparsity_table
-from probes.store import Run, RunError, load_run, unwritable_reason
+from probes.store import Run, RunError, load_run
+from scd.outputs import OutputError, atomic_file, check_output
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -146,17 +147,17 @@ def render(runs: list[Run], bench: dict | None = None, interventions: dict | Non
 
 
 def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None,
-                 interventions: str | Path | None = None) -> Path:
+                 interventions: str | Path | None = None, force: bool = False) -> Path:
     """Read the runs (and a `probe bench` and a `probe intervene` directory), render, and write `out`
-    atomically; a RunError for a bad run, bench or interventions directory, or output path."""
+    atomically; a RunError for a bad run, bench or interventions directory, or output path. An existing
+    `out` is replaced only with `force`, and only if it is a report this toolkit wrote."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise RunError(f"-o must name an .html file, got {str(out)!r}")
-    if out.is_dir():
-        raise RunError(f"-o {out} is a directory; name an .html file")
-    reason = unwritable_reason(out)
-    if reason:
-        raise RunError(f"-o {out} cannot be written ({reason})")
+    try:
+        check_output(out, "report", force, flag="-o")
+    except OutputError as e:
+        raise RunError(str(e)) from None
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
     runs = [load_run(path) for path in run_paths]
@@ -167,8 +168,6 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
             raise RunError(str(e)) from None
 
     html = render(runs, read(load_bench, bench), read(load_interventions, interventions))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return out

@@ -7,11 +7,23 @@
     run = load_run("reports/runs/demo")
 
 `Probe` (probe.py) over two backends (backends/: TransformerLens HookPoints, nnsight), the exact
-per-frame attention mass (attention.py), cross-step reductions (reductions.py) and the run
-directory (store.py).
+per-frame attention mass (attention.py), cross-step reductions (reductions.py), the run
+directory (store.py, written through scd.outputs). The names below are
+imported on first use (PEP 562), so that `probes.choices` needs no torch.
 """
 
-from probes.probe import Probe, ProbeError
-from probes.store import Run, RunError, load_run, write_run
+from importlib import import_module
 
-__all__ = ["Probe", "ProbeError", "Run", "RunError", "load_run", "write_run"]
+_EXPORTS = {"Probe": "probes.probe", "ProbeError": "probes.probe", "Run": "probes.store", "RunError": "probes.store",
+            "load_run": "probes.store", "write_run": "probes.store"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'probes' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -34,12 +34,14 @@ from torch import nn
 from probes.adapters import HOOKS, layout_of
 from probes.attention import attention_mass_by_frame
 from probes.backends import get_backend
+from probes.choices import BACKENDS, CAPTURES, MODES
 from probes.reductions import StepGram, cosine_from_gram, off_diagonal
 from probes.store import write_run
 from scd.sampling import observe_sampling
 
-CAPTURES = ("features", "attention")
-MODES = ("full", "stream")
+
+def _index(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
 
 
 class ProbeError(ValueError):
@@ -63,31 +65,48 @@ class Probe:
         frame); `steps`: denoising step indices to record (default all); `hook`: the block HookPoint whose
         output is the features; `backend`: "hookpoints" or "nnsight" (default: hookpoints where the model
         has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode."""
-        self.model, self.layout = model, layout_of(model)
+        try:
+            self.model, self.layout = model, layout_of(model)
+        except ValueError as e:
+            raise ProbeError(str(e)) from None
         depth = self.layout.depth
+        accepted = f"block indices in 0..{depth - 1} (integers), or 'all'"
         if isinstance(layers, str):
             if layers != "all":
-                raise ProbeError(f"layers must be block indices in 0..{depth - 1} or 'all', got {layers!r}")
+                raise ProbeError(f"layers {layers!r} is not accepted; accepted: {accepted}")
             layers = range(depth)
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = [layers]
+        if not isinstance(layers, Iterable) or not all(_index(layer) for layer in layers):
+            raise ProbeError(f"layers {layers!r} is not accepted; accepted: {accepted}")
         self.layers = [int(layer) for layer in layers]
         if not self.layers:
-            raise ProbeError(f"no layer to probe; accepted: block indices in 0..{depth - 1} or 'all'")
+            raise ProbeError(f"no layer to probe; accepted: {accepted}")
         if len(set(self.layers)) != len(self.layers):
-            raise ProbeError(f"duplicate layers in {self.layers}; give each layer once")
+            raise ProbeError(f"duplicate layers in {self.layers}; accepted: {accepted}, each once")
         bad = [layer for layer in self.layers if not 0 <= layer < depth]
         if bad:
-            raise ProbeError(f"layer {bad[0]} is out of range; this model has blocks 0..{depth - 1}")
-        self.capture = tuple(capture)
+            raise ProbeError(f"layer {bad[0]} is out of range; accepted: {accepted}")
+        self.capture = (capture,) if isinstance(capture, str) else tuple(capture)
         unknown = [c for c in self.capture if c not in CAPTURES]
-        if unknown or not self.capture:
-            raise ProbeError(f"unknown capture kind {unknown[0] if unknown else '(none)'!r}; accepted: {', '.join(CAPTURES)}")
+        if unknown or not self.capture or len(set(self.capture)) != len(self.capture):
+            shown = repr(unknown[0]) if unknown else repr(self.capture)
+            raise ProbeError(f"capture {shown} is not accepted; accepted: {', '.join(CAPTURES)}, or a sequence of them")
         if mode not in MODES:
             raise ProbeError(f"unknown probe mode {mode!r}; accepted: {', '.join(MODES)}")
         if hook not in HOOKS or hook.startswith("attn."):
-            accepted = ", ".join(h for h in HOOKS if not h.startswith("attn."))
-            raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted}")
-        if pca_tokens < 1:
-            raise ProbeError(f"pca_tokens must be >= 1, got {pca_tokens}")
+            accepted_hooks = ", ".join(h for h in HOOKS if not h.startswith("attn."))
+            raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted_hooks}")
+        if not _index(pca_tokens) or pca_tokens < 1:
+            raise ProbeError(f"pca_tokens = {pca_tokens!r}; accepted: an integer >= 1")
+        if backend is not None and backend not in BACKENDS:
+            raise ProbeError(f"unknown probe backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        if backend == "hookpoints" and not hasattr(model, "hook_dict"):
+            raise ProbeError(f"a {type(model).__name__} has no HookPoints; accepted backend: nnsight")
+        for name, chosen in (("frames", frames), ("steps", steps)):
+            if chosen is not None and (isinstance(chosen, str) or not isinstance(chosen, Iterable)
+                                       or not all(_index(v) for v in chosen)):
+                raise ProbeError(f"{name} {chosen!r} is not accepted; accepted: None (all) or a collection of integers >= 0")
         self.frames = None if frames is None else {int(f) for f in frames}
         self.steps = None if steps is None else {int(s) for s in steps}
         # HookPoints where the model has them (the built-in models); nnsight reads any module by path.
@@ -114,6 +133,18 @@ class Probe:
         self._grams: dict[int, dict[int, StepGram]] = {layer: {} for layer in self.layers}
         self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._query: dict[int, torch.Tensor] = {}
+
+    def on_start(self, context: int, frames: int, steps: int) -> None:
+        """Told by `generate` before any work: refuse frames or steps to probe that this call will not make."""
+        made = range(context, context + frames)
+        missing = sorted((self.frames or set()) - set(made))
+        if missing:
+            raise ProbeError(f"frame {missing[0]} is asked for, but generate makes frames {context}..{context + frames - 1}; "
+                             "accepted: frames in that range, or None")
+        missing = sorted((self.steps or set()) - set(range(steps)))
+        if missing:
+            raise ProbeError(f"step {missing[0]} is asked for, but generate runs steps 0..{steps - 1}; "
+                             "accepted: steps in that range, or None")
 
     def on_step(self, frame: int, step: int | None, timestep: float) -> None:
         """Told by `generate` before every forward pass (see `scd.sampling.observe_sampling`)."""

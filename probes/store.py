@@ -6,30 +6,34 @@
     <run>/metrics.parquet        tidy table, one row per (layer, frame, metric)
     <run>/video.npz              "generated" and "ground_truth", uint8 [T, H, W, 3]
 
-A run is written into a temporary sibling and renamed into place only when every file is there,
-so a directory that looks like a run is a complete run; an existing run is replaced only with `force`.
+A run is written into a temporary sibling and swapped into place only when every file is there
+(`scd.outputs`), so a directory that looks like a run is a complete run; an existing run is
+replaced only with `force`. The manifest records every file's size and sha256, and `load_run`
+checks the manifest against the files. A sweep (probes/sweep.py writes its shards) is read here too,
+as a `MergedRun`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
+import re
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-FORMAT = "scd-probes-run/1"
+from probes.adapters.builtin import ROLES
+from scd.outputs import OutputError, atomic_directory, check_output
+
+FORMAT = "scd-probes-run/2"  # 2: the manifest records each file's size and sha256
+DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
 PACKAGES = ("torch", "transformer-lens", "nnsight", "diffusers", "scd-probes")
 
 
@@ -53,18 +57,6 @@ def environment() -> dict:
     return {"versions": versions, "git_revision": revision}
 
 
-def unwritable_reason(path: str | Path) -> str | None:
-    """Why `path` could not be created (its nearest existing ancestor is a file or not writable), or None."""
-    parent = Path(path).parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is a file, not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"no write permission in {parent}"
-    return None
-
-
 def _layer_of(key: str) -> int | None:
     """15 for "layer15"; None for a layer's side entries such as "layer15.gram"."""
     name = key.removeprefix("layer")
@@ -79,35 +71,12 @@ def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A new hidden directory beside `path`, to be renamed to it once complete; with the permissions a
-    plain mkdir would give (mkdtemp's 0700 would otherwise stay on the renamed result)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary sibling of `path` to fill; on success it replaces `path` (an old one is moved aside
-    first, so a failure never leaves neither), on failure it is removed and `path` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _digest(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def write_run(
@@ -118,23 +87,27 @@ def write_run(
     """Write a complete run directory atomically; returns its path.
 
     `features` / `attention` map "layer{L}" to the layer's tensor (stored float16 / float32) and
-    "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens").
+    "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens"). The
+    manifest records each file's size and sha256, so a file swapped in from another run is refused.
+    An existing `path` is replaced only with `force`, and only if it is a run (`scd.outputs`).
     """
     path = Path(path)
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()  # an empty directory (made ahead by the user) holds no run to protect
-    if path.exists() and not force:
-        raise RunError(f"{path} already exists; pass --force to replace it")
+    try:
+        check_output(path, "run", force)
+    except OutputError as e:
+        raise RunError(str(e).replace("--out ", "", 1)) from None
     for name, video in (("generated", generated), ("ground_truth", ground_truth)):
-        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-            raise RunError(f"{name} must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
-    with atomic_directory(path) as tmp:
+        if not isinstance(video, np.ndarray) or video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise RunError(f"{name} must be uint8 [T, H, W, 3], got {getattr(video, 'dtype', type(video).__name__)} "
+                           f"{getattr(video, 'shape', '')}")
+    with atomic_directory(path, force=force) as tmp:
         save_file({k: _as_stored(k, v, torch.float16) for k, v in (features or {}).items()}, tmp / "features.safetensors")
         save_file({k: _as_stored(k, v, torch.float32) for k, v in (attention or {}).items()}, tmp / "attention.safetensors")
         table = metrics if metrics is not None else pd.DataFrame(columns=["layer", "frame", "metric", "value"])
         table.to_parquet(tmp / "metrics.parquet", index=False)
         np.savez_compressed(tmp / "video.npz", generated=generated, ground_truth=ground_truth)
-        full = {"format": FORMAT, **manifest, **environment(), "complete": True}
+        files = {name: _digest(tmp / name) for name in DATA_FILES}
+        full = {"format": FORMAT, **manifest, "files": files, **environment(), "complete": True}
         (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
     return path
 
@@ -216,33 +189,167 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Open a run directory, or a sweep's shards merged (`probes.sweep.MergedRun`); an incomplete or foreign
-    directory is refused with a one-line RunError."""
+    """Open a run directory, or a sweep's shards merged (`MergedRun`); an incomplete, inconsistent or foreign
+    directory is refused with a one-line RunError: the manifest is checked against the files (their sizes and
+    sha256, every listed layer stored with the shape the frames, steps and tokens give)."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path} is not a run directory (it does not exist or is a file)")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
-        from probes.sweep import is_sweep, load_sweep
-
         if is_sweep(path):  # shards of a sweep (probes/sweep.py): merged into one run
             return load_sweep(path)
         raise RunError(f"{path} is not a run directory: no manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise RunError(f"{manifest_path} is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("scd-probes-run/"):
         raise RunError(f"{path} is not a run directory of this toolkit (manifest format is not {FORMAT!r})")
+    if manifest["format"] != FORMAT:
+        raise RunError(f"{path} was written in format {manifest['format']!r}; this version reads {FORMAT!r}: run it again")
     if manifest.get("complete") is not True:
         raise RunError(f"{path} is an incomplete run (manifest has no \"complete\": true); run it again")
-    for name in ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz"):
-        if not (path / name).is_file():
-            raise RunError(f"{path} is missing {name}")
-    for name in ("features.safetensors", "attention.safetensors"):
-        try:
-            with safe_open(path / name, "pt"):
-                pass
-        except (SafetensorError, OSError):
-            raise RunError(f"{path / name} is corrupt or truncated") from None
+    check_manifest(path, manifest)
     return Run(path, manifest)
+
+
+def _field(path: Path, manifest: dict, name: str, kind, check=lambda v: True, accepted: str = ""):
+    value = manifest.get(name)
+    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not bool else isinstance(value, bool)
+    if not ok or not check(value):
+        raise RunError(f"{path}/manifest.json: {name} is {value!r}; accepted: {accepted or getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _int_list(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def check_manifest(path: Path, m: dict) -> None:
+    """Refuse a run whose manifest does not describe its files (one RunError naming the first disagreement)."""
+    files = _field(path, m, "files", dict, lambda v: set(v) == set(DATA_FILES), f"an entry for each of {DATA_FILES}")
+    for name in DATA_FILES:
+        file = path / name
+        if not file.is_file():
+            raise RunError(f"{path} is missing {name}")
+        expected = files[name]
+        if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes"):
+            raise RunError(f"{file} is not the file this run wrote (size differs: truncated or replaced); run it again")
+        if _digest(file)["sha256"] != expected.get("sha256"):
+            raise RunError(f"{file} is not the file this run wrote (sha256 differs: swapped or modified); run it again")
+    layers = _field(path, m, "layers", list, lambda v: bool(v) and _int_list(v), "a non-empty list of block indices")
+    roles = _field(path, m, "layer_roles", list, lambda v: len(v) == len(layers) and all(r in ROLES for r in v),
+                   f"one of {ROLES} per layer")
+    capture = _field(path, m, "capture", list, lambda v: bool(v) and set(v) <= {"features", "attention"},
+                     "features and/or attention")
+    mode = _field(path, m, "mode", str, lambda v: v in ("full", "stream"), "full or stream")
+    frames = _field(path, m, "frames", list, lambda v: bool(v) and _int_list(v), "a non-empty list of frame indices")
+    steps = _field(path, m, "steps", list, lambda v: bool(v) and _int_list(v), "a non-empty list of step indices")
+    _field(path, m, "timesteps", list, lambda v: len(v) == len(steps) and all(isinstance(t, int | float) for t in v),
+           "one number per step")
+    tokens = _field(path, m, "tokens_per_frame", int, lambda v: v > 0, "a positive integer")
+    num_frames = _field(path, m, "num_frames", int, lambda v: v > max(frames), "more than the last probed frame")
+    _field(path, m, "config", dict)
+    _field(path, m, "model", str)
+    with safe_open(path / "features.safetensors", "pt") as fe, safe_open(path / "attention.safetensors", "pt") as at:
+        shapes = {("features", k): tuple(fe.get_slice(k).get_shape()) for k in fe.keys()}
+        shapes |= {("attention", k): tuple(at.get_slice(k).get_shape()) for k in at.keys()}
+    for layer, role in zip(layers, roles, strict=True):
+        S = 1 if role == "encoder" else len(steps)
+        expected = {}
+        if "features" in capture:
+            kept = shapes.get(("features", f"layer{layer}.tokens"), (None,))[0]
+            n = tokens if mode == "full" else kept
+            expected |= {("features", f"layer{layer}"): (len(frames), S, n), ("features", f"layer{layer}.tokens"): (kept,),
+                         ("features", f"layer{layer}.gram"): (len(frames), S, S),
+                         ("features", f"layer{layer}.token_cosine"): (len(frames), S, S)}
+        if "attention" in capture:
+            expected[("attention", f"layer{layer}")] = (len(frames), S)
+        for (file, key), want in expected.items():
+            got = shapes.get((file, key))
+            if got is None:
+                raise RunError(f"{path}/{file}.safetensors lacks {key}, which the manifest lists; the run is damaged: "
+                               "run it again")
+            if got[:len(want)] != want or (file == "attention" and got[-1] != num_frames):
+                raise RunError(f"{path}/{file}.safetensors: {key} has shape {list(got)}, but the manifest's frames, steps "
+                               f"and tokens give {list(want)}...; the run is damaged: run it again")
+    try:
+        with np.load(path / "video.npz") as video:
+            generated, truth = video["generated"].shape, video["ground_truth"].shape
+    except (OSError, KeyError, ValueError):
+        raise RunError(f"{path}/video.npz is corrupt or lacks generated / ground_truth; run it again") from None
+    if generated[0] != num_frames or truth[0] not in (0, num_frames):
+        raise RunError(f"{path}/video.npz holds {generated[0]} frames, the manifest {num_frames}; run it again")
+
+
+# -- sweeps: the shards that probes/sweep.py writes, read as one run ---------------------------------------------
+
+SHARD_FORMAT = "scd-probes-shard/1"
+SHARD = re.compile(r"shard-(\d+)-of-(\d+)")
+
+
+def is_sweep(path: str | Path) -> bool:
+    """Does `path` hold shards (rather than a single run)?"""
+    path = Path(path)
+    return path.is_dir() and not (path / "manifest.json").exists() and any(
+        SHARD.fullmatch(p.name) for p in path.iterdir() if p.is_dir())
+
+
+def load_sweep(path: str | Path) -> MergedRun:
+    """All shards of a sweep directory, merged; a RunError naming what is missing otherwise."""
+    path = Path(path)
+    shards = {}
+    for directory in sorted(p for p in path.iterdir() if p.is_dir() and SHARD.fullmatch(p.name)):
+        rank, size = map(int, SHARD.fullmatch(directory.name).groups())
+        try:
+            shard = json.loads((directory / "shard.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise RunError(f"{directory} is an incomplete shard (no readable shard.json); run that rank again") from None
+        if not isinstance(shard, dict) or shard.get("format") != SHARD_FORMAT or shard.get("complete") is not True:
+            raise RunError(f"{directory} is not a complete shard of this toolkit")
+        items = shard.get("items")
+        if not isinstance(items, list) or not all(isinstance(i, dict) and _int_list([i.get("clip"), i.get("seed")])
+                                                  and isinstance(i.get("run"), str) for i in items):
+            raise RunError(f"{directory}/shard.json: items must be a list of {{clip, seed, run}}; run that rank again")
+        shards.setdefault(size, {})[rank] = (directory, shard)
+    if len(shards) != 1:
+        raise RunError(f"{path} mixes shards of sweeps over {sorted(shards)} ranks; keep the shards of one sweep")
+    (size, by_rank), = shards.items()
+    missing = sorted(set(range(size)) - set(by_rank))
+    if missing:
+        raise RunError(f"{path} lacks the shards of ranks {missing} (of {size}); run them or copy them in")
+    items = sorted((item["clip"], item["seed"], directory / Path(item["run"]).name)
+                   for directory, shard in by_rank.values() for item in shard["items"])
+    if not items:
+        raise RunError(f"{path} is a sweep with no items")
+    runs = [load_run(run) for *_, run in items]
+    manifest = {**runs[0].manifest, "sweep": {"world_size": size, "items": [{"clip": c, "seed": s} for c, s, _ in items]}}
+    return MergedRun(path, manifest, runs)
+
+
+@dataclass
+class MergedRun(Run):
+    """A sweep read as one run: similarities and attention averaged over its items (see probes/sweep.py)."""
+    items: list[Run] = field(default_factory=list)
+
+    def _layers(self, name: str) -> list[int]:
+        return self.items[0]._layers(name)
+
+    def _tensor(self, name: str, layer: int, what: str = "") -> torch.Tensor:
+        if name == "features.safetensors" and what in ("", "tokens"):  # token-level features: one item's, for PCA
+            return self.items[0]._tensor(name, layer, what)
+        tensors = [run._tensor(name, layer, what) for run in self.items]
+        if any(t.shape != tensors[0].shape for t in tensors):
+            raise RunError(f"the runs of sweep {self.path} recorded layer {layer} with different shapes; "
+                           "probe every item with the same frames and steps")
+        return torch.stack(tensors).mean(0).to(tensors[0].dtype)
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """Every item's metrics, with its clip and seed."""
+        return pd.concat([run.metrics.assign(clip=run.manifest.get("clip"), seed=run.manifest.get("seed"))
+                          for run in self.items], ignore_index=True)
+
+    def video(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.items[0].video()

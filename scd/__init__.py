@@ -1,12 +1,25 @@
-"""The models under study: the baseline causal video diffuser, SCD, their sampler, training and checkpoints."""
+"""The models under study: the baseline causal video diffuser, SCD, their sampler, training and checkpoints.
 
-from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
-from scd.data import VideoBenchmark
-from scd.sampling import generate
-from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
-from scd.zoo import CheckpointError, load_model, save_model
+The names below are imported on first use (PEP 562), so that `import scd.train_config` and the
+`probe` command's help need no torch.
+"""
 
-__all__ = [
-    "BASELINE_SIZES", "BaselineConfig", "CausalVideoDiffuser", "CheckpointError", "VideoBenchmark",
-    "SCDConfig", "SCD_SIZES", "SeparableCausalDiffuser", "generate", "load_model", "save_model",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "BASELINE_SIZES": "scd.baseline", "BaselineConfig": "scd.baseline", "CausalVideoDiffuser": "scd.baseline",
+    "VideoBenchmark": "scd.data", "generate": "scd.sampling",
+    "SCD_SIZES": "scd.scd_model", "SCDConfig": "scd.scd_model", "SeparableCausalDiffuser": "scd.scd_model",
+    "CheckpointError": "scd.zoo", "load_model": "scd.zoo", "save_model": "scd.zoo",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'scd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

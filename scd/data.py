@@ -17,6 +17,7 @@ from scipy.ndimage import map_coordinates
 from sklearn.datasets import load_digits
 
 SPLITS = ("train", "val")
+CLIP_MAX = 2**31 - 1  # the clip's numpy seed 2 * index + 1 stays below 2**32
 SPRITE_KINDS = ("ball", "square", "digit")
 
 
@@ -24,8 +25,8 @@ def clip_seed(split: str, index: int) -> int:
     """The seed that draws clip `index` of `split`: even for train, odd for val (disjoint by construction)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
-    if index < 0:
-        raise ValueError(f"clip index must be >= 0, got {index}")
+    if not isinstance(index, int | np.integer) or isinstance(index, bool) or not 0 <= index <= CLIP_MAX:
+        raise ValueError(f"clip index {index!r} is not accepted; accepted: an integer in 0..{CLIP_MAX}")
     return 2 * index + SPLITS.index(split)
 
 
@@ -97,8 +98,10 @@ class VideoBenchmark:
         speed: tuple[float, float] = (0.04, 0.09),  # pixels per frame as a fraction of `size`
     ) -> None:
         clip_seed(split, 0)  # validates the split name
-        if frames < 1 or size < 8 or not 1 <= max_objects:
-            raise ValueError(f"need frames >= 1, size >= 8, max_objects >= 1; got {frames}, {size}, {max_objects}")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (frames, size, max_objects))
+        if not ints or not 1 <= frames <= 4096 or not 8 <= size <= 1024 or not 1 <= max_objects <= 16:
+            raise ValueError(f"got frames={frames!r}, size={size!r}, max_objects={max_objects!r}; accepted: integers, "
+                             "frames in 1..4096, size in 8..1024, max_objects in 1..16")
         self.split, self.frames, self.size = split, frames, size
         self.max_objects, self.speed = max_objects, speed
 

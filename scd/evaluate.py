@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
+import re
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from tqdm import tqdm
 
 from scd.data import VideoBenchmark, clip_seed
+from scd.outputs import GENERATOR, atomic_file
+from scd.progress import progress as progress_bar
 from scd.sampling import generate
 from scd.zoo import CHECKPOINT_DIR, CheckpointError, load_model, save_model
 
@@ -56,7 +57,7 @@ def validate(
     """Tidy table (method, clip, frame, psnr, ssim) on val clips 0..clips-1 for the model and the references."""
     bench = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
     rows = []
-    for start in tqdm(range(0, clips, batch_size), desc="validate", disable=not progress):
+    for start in progress_bar(range(0, clips, batch_size), desc="validate", disable=not progress):
         index = list(range(start, min(clips, start + batch_size)))
         truth = bench.batch(index)
         predictions = {
@@ -105,9 +106,8 @@ def save_strip(video: torch.Tensor, truth: torch.Tensor, context: int, path: str
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a failed write leaves neither a half PNG nor a temporary file
+        fig.savefig(tmp, dpi=120, format="png", metadata={"Software": GENERATOR})
     return path
 
 
@@ -140,9 +140,24 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     run = Path(run)
     if weights not in (*WEIGHTS, "auto"):
         raise CheckpointError(f"unknown weights {weights!r}; accepted: auto, {', '.join(WEIGHTS)}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or ".." in name:
+        raise CheckpointError(f"checkpoint name {name!r} is not a plain name; accepted: 1-64 letters, digits, '_', '-' "
+                              "or '.', starting with a letter or digit, no '/' or '..'")
+    if not (run / "train.json").is_file() or not (run / "train_state.safetensors").is_file():
+        raise CheckpointError(f"{run} is not a training directory written by probe train (no train.json and "
+                              "train_state.safetensors)")
     targets = [CHECKPOINT_DIR / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
-    if any(p.exists() for p in targets) and not force:
-        raise CheckpointError(f"{CHECKPOINT_DIR / name}.safetensors already exists; pass --force to replace it")
+    if any(p.exists() for p in targets):
+        if not force:
+            raise CheckpointError(f"{CHECKPOINT_DIR / name}.safetensors already exists; pass --force to replace it")
+        config = targets[1]
+        try:
+            ours = isinstance(json.loads(config.read_text()).get("family"), str)
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours or any(p.is_symlink() or (p.exists() and not p.is_file()) for p in targets):
+            raise CheckpointError(f"{CHECKPOINT_DIR / name}.* is not a checkpoint written by this toolkit; "
+                                  "--force replaces only the toolkit's own checkpoints")
     candidates = {w: load_trained(run, w) for w in WEIGHTS}
     dev = {w: dev_loss(m, run) for w, m in candidates.items()}
     chosen = min(dev, key=dev.get) if weights == "auto" else weights
@@ -155,7 +170,7 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
         (Path(tmp) / f"{name}.md").write_text(card)
         table.to_csv(run / "validation.csv", index=False)
         for target in targets:
-            shutil.move(Path(tmp) / target.name, target)
+            os.replace(Path(tmp) / target.name, target)
     return targets[-1]
 
 

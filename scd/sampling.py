@@ -23,6 +23,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from scd.devices import float_dtype, usable_device
+
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
 # output video of the frame being computed; `step` is the denoising step (0..steps-1), or None for
 # the pass that writes the finished frame into the KV cache (timestep 0).
@@ -45,6 +47,41 @@ def observe_sampling(model: nn.Module, observer: SamplingObserver) -> RemovableH
     handle = RemovableHandle(observers)
     observers[handle.id] = observer
     return handle
+
+
+class SamplingError(ValueError):
+    """A `generate` call that cannot run as asked; the message names the accepted values."""
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int) -> None:
+    """Refuse, before anything moves or runs, what `generate` cannot do: a context that is not a finite float
+    tensor [T, C, H, W] (or [B, T, C, H, W]) of the model's frame shape, counts out of range, a seed beyond 64 bits."""
+    if not isinstance(model, nn.Module):
+        raise SamplingError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(context, torch.Tensor):
+        raise SamplingError(f"context must be a tensor [T, C, H, W] or [B, T, C, H, W], got {type(context).__name__}")
+    if context.dim() not in (4, 5) or context.shape[-4] < 1 or context.numel() == 0:
+        raise SamplingError(f"context has shape {list(context.shape)}; accepted: [T, C, H, W] or [B, T, C, H, W] with "
+                            "T >= 1 context frames")
+    if not context.is_floating_point():
+        raise SamplingError(f"context is {context.dtype}; accepted: a floating-point tensor (frames in [-1, 1])")
+    if not torch.isfinite(context).all():
+        raise SamplingError("context holds NaN or infinite values; accepted: finite frames in [-1, 1]")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "frame_size"):
+        frame = (config.channels, config.frame_size, config.frame_size)
+        if tuple(context.shape[-3:]) != frame:
+            raise SamplingError(f"context frames are {list(context.shape[-3:])}; this model takes {list(frame)} (C, H, W)")
+    if not _int(frames) or not 0 <= frames <= 100_000:
+        raise SamplingError(f"frames = {frames!r}; accepted: an integer in 0..100000")
+    if not _int(steps) or not 1 <= steps <= 10_000:
+        raise SamplingError(f"steps = {steps!r}; accepted: an integer in 1..10000")
+    if not _int(seed) or not 0 <= seed < 2**63:
+        raise SamplingError(f"seed = {seed!r}; accepted: an integer in 0..2**63-1")
 
 
 def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
@@ -74,17 +111,19 @@ def generate(
     defaults to whether the model has a KV cache (`new_cache`), `shift` (the scheduler's timestep
     shift) to the model's `flow_shift`, or 1.
     """
-    if frames < 0 or steps < 1:
-        raise ValueError(f"need frames >= 0 and steps >= 1, got frames={frames}, steps={steps}")
+    check_generate_args(model, context, frames, steps, seed)
+    device, dtype = usable_device(device), float_dtype(dtype)
     batched = context.dim() == 5
     video = (context if batched else context[None]).to(device=device, dtype=dtype)
-    if video.shape[1] < 1:
-        raise ValueError("need at least one context frame")
-    model = model.to(device=device, dtype=dtype).eval()
+    try:
+        model = model.to(device=device, dtype=dtype).eval()
+    except (RuntimeError, torch.cuda.OutOfMemoryError):
+        model.to(device=next(model.parameters()).device)  # a failed move leaves the model where it was
+        raise
     if use_cache is None:
         use_cache = hasattr(model, "new_cache")
     elif use_cache and not hasattr(model, "new_cache"):
-        raise ValueError(f"{type(model).__name__} has no KV cache; call generate with use_cache=False")
+        raise SamplingError(f"{type(model).__name__} has no KV cache; call generate with use_cache=False")
     B, T = video.shape[:2]
     frame_shape = video.shape[2:]
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
@@ -92,6 +131,9 @@ def generate(
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
 
     observers = list(_observers.get(model, {}).values())
+    for o in observers:  # before any work: an observer may refuse this call (a Probe asked for frames it will not make)
+        if hasattr(o, "on_start"):
+            o.on_start(T, frames, steps)
     callbacks = [o.on_step for o in observers] + ([callback] if callback is not None else [])
 
     def announce(frame: int, step: int | None, timestep: float) -> None:

@@ -19,56 +19,21 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from scd.data import VideoBenchmark
+from scd.progress import progress as progress_bar
+from scd.train_config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, default_config
 from scd.zoo import SIZES, build_model, save_model
 
-
-@dataclass
-class TrainConfig:
-    family: str = "baseline"         # model family (see scd.zoo.FAMILIES)
-    size: str = "baseline"           # named size of that family
-    steps: int = 4500                # optimisation steps in total
-    batch_size: int = 8              # clips per step
-    frames: int = 8                  # frames per training clip
-    lr: float = 1e-3                 # peak AdamW learning rate
-    warmup: int = 200                # linear warm-up steps, then cosine decay
-    min_lr_ratio: float = 0.1        # final lr = lr * min_lr_ratio
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0           # max global gradient norm
-    ema_decay: float = 0.999         # EMA of the weights (`probe export` ships EMA or raw, whichever is better)
-    clean_context_ratio: float = 0.5  # share of frames kept clean (sigma = 0), excluded from the loss
-    decoder_lr_scale: float = 1.0    # SCD: the decoder's lr / lr (the paper: 2)
-    logit_normal_std: float = 1.0    # sigma = sigmoid(N(0, std))
-    bf16: bool = True                # bfloat16 autocast (faster on this CPU; weights stay float32)
-    checkpoint_every: int = 250      # steps between resumable checkpoints
-    seed: int = 0                    # noise seed; batch b of step s uses train clips s*B .. s*B+B-1
-    threads: int = 0                 # torch threads (0: torch's default)
-
-
-# What `probe train FAMILY` uses unless told otherwise. SCD: the paper's decoder lr x2, no clean share
-# (see the module docstring), and the steps that give it the shipped baseline's training FLOPs
-# (4500 steps x 199 GFLOP = 3500 steps x 254 GFLOP, `scd.flops.training_flops`).
-FAMILY_DEFAULTS: dict[str, dict] = {
-    "baseline": {"size": "baseline", "steps": 4500},
-    "scd": {"size": "scd", "steps": 3500, "clean_context_ratio": 0.0, "decoder_lr_scale": 2.0},
-}
-
-
-def default_config(family: str, **overrides) -> TrainConfig:
-    """The training config of a family (`FAMILY_DEFAULTS`), with `overrides` (None values ignored)."""
-    if family not in FAMILY_DEFAULTS:
-        raise ValueError(f"unknown model family {family!r}; accepted: {', '.join(FAMILY_DEFAULTS)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return TrainConfig(**{"family": family, **FAMILY_DEFAULTS[family], **given})
+__all__ = ["FAMILY_DEFAULTS", "TrainConfig", "TrainConfigError", "default_config", "train", "load_trained",
+           "dev_loss", "machine_description"]
 
 
 def model_config(cfg: TrainConfig) -> dict:
@@ -158,19 +123,52 @@ def save_train_state(path: Path, step: int, model: nn.Module, ema: AveragedModel
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          until: int | None = None) -> dict:
+          until: int | None = None, force: bool = False) -> dict:
     """Train (or resume) into `out_dir`; returns a summary. Writes `model.safetensors` + `config.json`
     (EMA weights, loadable with `load_model(out_dir)`), `train_state.safetensors`, `loss.csv`, `train.json`.
 
     `until` ends this sitting after that step (checkpointed) without changing the schedule, so a long
     run can be trained in several sittings with `resume=True`; the result equals one uninterrupted run.
+    `force` starts over where a training directory is: the new run is trained in a hidden sibling and
+    swapped in at the end of the sitting, so a killed sitting leaves the old run as it was. Everything
+    is checked (the config, the size, the memory, the directory) before a directory is made; a refusal
+    is a TrainConfigError (a ValueError) naming the accepted values.
     """
+    from scd.memory import NotEnoughMemory, check_fits, training_bytes
+    from scd.outputs import OutputError, check_output, replace, stale_siblings, temporary_sibling
+
     out = Path(out_dir)
+    if not isinstance(cfg, TrainConfig):
+        raise TrainConfigError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until < 1):
+        raise TrainConfigError(f"until = {until!r} is not accepted; accepted: a step >= 1, or None")
+    if resume and force:
+        raise TrainConfigError("resume continues a training directory and force replaces it; accepted: one of them")
     state_path = out / "train_state.safetensors"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it")
-    if resume and not state_path.exists():
-        raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
+    if resume and not state_path.is_file():
+        raise TrainConfigError(f"nothing to resume: {state_path} does not exist")
+    if not resume:
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise TrainConfigError(f"{out} already holds a training run; pass --resume to continue it or --force to replace it")
+        try:
+            check_output(out, "training", force)
+        except OutputError as e:
+            raise TrainConfigError(str(e)) from None
+    try:
+        config = model_config(cfg)
+    except ValueError as e:
+        raise TrainConfigError(str(e)) from None
+    parameters = sum(p.numel() for p in build_model(config, device="meta").parameters())
+    depth = config.get("depth", config.get("encoder_depth", 0) + config.get("decoder_depth", 0))
+    tokens = (config["frame_size"] // config["patch_size"]) ** 2
+    try:
+        check_fits(training_bytes(config["width"], depth, config["heads"], tokens, cfg.frames, cfg.batch_size, parameters),
+                   "one training step")
+    except NotEnoughMemory as e:
+        raise TrainConfigError(str(e)) from None
+    final = out
+    if force and out.exists():
+        out = temporary_sibling(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -188,7 +186,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         saved = asdict(TrainConfig(**json.loads(meta["train_config"])))  # fields added since take their defaults
         if saved != asdict(cfg):
             changed = sorted(k for k in saved if saved[k] != asdict(cfg).get(k))
-            raise ValueError(f"--resume with a different training config (changed: {', '.join(changed)})")
+            raise TrainConfigError(f"--resume with a different training config (changed: {', '.join(changed)}); "
+                                   "accepted: the settings the run was started with")
         tensors = load_file(state_path)
         model.load_state_dict(_with_prefix(tensors, "model."))
         ema.load_state_dict(_with_prefix(tensors, "ema."))
@@ -212,7 +211,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     generator = torch.Generator()
     model.train()
     end = cfg.steps if until is None else min(until, cfg.steps)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="train")
+    bar = progress_bar(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="train")
     t0, loss = time.perf_counter() - elapsed, float("nan")
     for step in bar:
         lr = learning_rate(cfg, step)
@@ -238,6 +237,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     log_file.close()
     if start >= end:
         save_model(ema.module, out / "model.safetensors")
+    if out != final:
+        replace(out, final)
+    for stale in stale_siblings(final):
+        import shutil
+
+        shutil.rmtree(stale, ignore_errors=True)
     return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,
             "machine": machine_description()}
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.devices import float_dtype, usable_device
 from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -48,18 +49,63 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_model(config: dict) -> nn.Module:
-    """A freshly initialised model from a config dict (`family` plus the family's config fields)."""
+# Accepted values of each model config field: (type, low, high); sizes are also checked against each other below.
+FIELD_LIMITS: dict[str, tuple[type, float, float]] = {
+    "frame_size": (int, 1, 1024), "patch_size": (int, 1, 1024), "channels": (int, 1, 64), "width": (int, 2, 16384),
+    "depth": (int, 1, 512), "encoder_depth": (int, 1, 512), "decoder_depth": (int, 1, 512), "heads": (int, 1, 256),
+    "mlp_ratio": (float, 0.01, 64.0), "rope_theta": (float, 1.0, 1e12), "encoder_noise": (float, 0.0, 10.0),
+}
+
+
+def validate_config(family: str, config: dict) -> None:
+    """Refuse, field by field, a model config that cannot build a model: types, ranges, divisibility, memory."""
+    import math
+
+    from scd.memory import NotEnoughMemory, check_fits
+
+    config_cls = FAMILIES[family][0]
+    for f in fields(config_cls):
+        if f.name not in config:
+            continue
+        value, (kind, low, high) = config[f.name], FIELD_LIMITS[f.name]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
+        if not ok or not math.isfinite(value) or not low <= value <= high:
+            what = "an integer" if kind is int else "a finite number"
+            raise CheckpointError(f"{family} config: {f.name} = {value!r}; accepted: {what} in {low:g}..{high:g}")
+    cfg = config_cls(**config)
+    if cfg.frame_size % cfg.patch_size:
+        raise CheckpointError(f"{family} config: patch_size {cfg.patch_size} does not divide frame_size {cfg.frame_size}; "
+                              "accepted: a divisor of frame_size")
+    if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
+        raise CheckpointError(f"{family} config: width {cfg.width} / heads {cfg.heads} must be an even whole head "
+                              "dimension (RoPE rotates pairs); accepted: heads dividing width into even parts")
+    depth = getattr(cfg, "depth", 0)
+    parameters = depth * (4 + 2 * cfg.mlp_ratio + 6) * cfg.width ** 2  # attention, MLP and adaLN of every block
+    try:
+        check_fits(int(parameters * 4), f"a {family} model of width {cfg.width} and {depth} blocks")
+    except NotEnoughMemory as e:
+        raise CheckpointError(str(e)) from None
+
+
+def build_model(config: dict, device: str | torch.device | None = None) -> nn.Module:
+    """A freshly initialised model from a config dict (`family` plus the family's config fields), validated
+    first (`validate_config`); `device="meta"` builds it without allocating its weights."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"a model config must be a dict, got {type(config).__name__}")
     config = dict(config)
     family = config.pop("family", None)
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise CheckpointError(f"unknown model family {family!r}; accepted: {', '.join(FAMILIES)}")
     config_cls, model_cls = FAMILIES[family]
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(config) - known)
     if unknown:
         raise CheckpointError(f"unknown {family} config fields {unknown}; accepted: {sorted(known)}")
-    return model_cls(config_cls(**config))
+    validate_config(family, config)
+    if device is None:
+        return model_cls(config_cls(**config))
+    with torch.device(device):
+        return model_cls(config_cls(**config))
 
 
 def config_path_for(weights: Path) -> Path:
@@ -87,7 +133,12 @@ def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Load a model in eval mode: "baseline", a checkpoint directory, or a .safetensors file."""
+    """Load a model in eval mode: "baseline", a checkpoint directory, or a .safetensors file. The device and
+    dtype are checked first (`scd.devices`): a DeviceError (a ValueError) names the accepted ones."""
+    device, dtype = usable_device(device), float_dtype(dtype)
+    if not isinstance(name_or_path, str | Path):
+        raise CheckpointError(f"model must be a name or a path, got {type(name_or_path).__name__}; accepted: "
+                              f"{', '.join(shipped_models())}, a checkpoint directory or a .safetensors file")
     weights, config_path = resolve(name_or_path)
     try:
         config = json.loads(config_path.read_text())
@@ -102,8 +153,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
         raise CheckpointError(f"checkpoint {weights} does not match the sha256 in {config_path.name} (truncated or replaced?)")
     try:
         model = build_model(config)
-    except TypeError as e:
-        raise CheckpointError(f"config {config_path} is invalid: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"config {config_path}: {e}") from None
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as e:
@@ -116,6 +167,11 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
         if value.shape != expected[key].shape:
             raise CheckpointError(f"checkpoint {weights}: {key} has shape {tuple(value.shape)}, "
                                   f"the config needs {tuple(expected[key].shape)}")
+        if not value.is_floating_point():
+            raise CheckpointError(f"checkpoint {weights}: {key} is {str(value.dtype).removeprefix('torch.')}; "
+                                  "accepted: float32, float16 or bfloat16 weights")
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {weights}: {key} holds NaN or infinite values; accepted: finite weights")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     # Where the weights came from, for the manifests of runs made with this model.
     model.checkpoint = {"name": str(name_or_path), "path": str(weights), "sha256": digest}

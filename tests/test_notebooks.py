@@ -135,7 +135,7 @@ def test_runs_top_to_bottom_with_its_defaults(path, tmp_path):
 @pytest.fixture(scope="module")
 def existing_runs(tmp_path_factory):
     """Runs written by `probe run` (few layers, one frame), for the notebooks to analyse without probing."""
-    from probes.cli import main
+    from probe_cli import main
 
     root = tmp_path_factory.mktemp("runs")
     runs = {"baseline": root / "baseline", "scd": root / "scd"}

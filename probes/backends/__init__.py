@@ -11,12 +11,16 @@ pass reaches them, and on exit, normal or not, it leaves the model exactly as it
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+from probes.choices import BACKENDS
 
-Receive = Callable[[int, str, torch.Tensor], None]
+if TYPE_CHECKING:
+    import torch
+
+Receive = Callable[[int, str, "torch.Tensor"], None]
 Active = Callable[[int], bool]
-BACKENDS = ("hookpoints", "nnsight")
+__all__ = ["BACKENDS", "Active", "Receive", "get_backend"]
 
 
 def get_backend(name: str):

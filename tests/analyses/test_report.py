@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from probe_cli import main
 from probes import Probe
-from probes.cli import main
 from scd.data import VideoBenchmark
 from scd.sampling import generate
 

@@ -10,8 +10,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from analyses.bench import load_bench, time_generation
+from probe_cli import main
 from probes import load_run
-from probes.cli import main
 from scd.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.flops import generation_flops
 from scd.sampling import generate

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from probes.cli import main
+from probe_cli import main
 from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
 from tests.conftest import randomize

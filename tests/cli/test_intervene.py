@@ -4,7 +4,7 @@ import pandas as pd
 
 from analyses.claims import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, knockout_costs_little, reuse_costs_little
 from analyses.interventions import load_interventions
-from probes.cli import main
+from probe_cli import main
 
 SMALL = ["--clips", "2", "--context", "2", "--frames", "2", "--steps", "3", "--quiet"]
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from probe_cli import main
 from probes import load_run
-from probes.cli import main
 from probes.store import RunError
 from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
@@ -142,7 +142,7 @@ def test_show_refuses_a_broken_run(tiny_checkpoint, tmp_path, capsys):
 
 def test_killing_a_run_leaves_nothing_that_loads_and_a_rerun_succeeds(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "probes.cli", "run", "--model", str(tiny_checkpoint), "--steps", "100",
+    argv = [sys.executable, "-m", "probe_cli", "run", "--model", str(tiny_checkpoint), "--steps", "100",
             "--layers", "all", "--out", str(out)]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -11,9 +11,9 @@ import pytest
 import torch
 from diffusers import SkyReelsV2Transformer3DModel, WanTransformer3DModel
 
+from probe_cli import main
 from probes import Probe, load_run
 from probes.adapters import layout_of, load_model
-from probes.cli import main
 from scd import generate
 from scd.zoo import CheckpointError
 
@@ -173,7 +173,7 @@ def test_bad_directories_are_one_line_errors(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "no .safetensors weights" in err
     assert not (tmp_path / "run").exists()
     assert main(["run", "--model", f"diffusers:{tmp_path}", "--latent-size", "8by8"]) == 2
-    assert "--latent-size '8by8' is not HxW" in capsys.readouterr().err
+    assert "--latent-size: '8by8' is not HxW" in capsys.readouterr().err
 
 
 def test_a_pipeline_directory_brings_its_vae_flow_shift_and_a_supplied_prompt(tmp_path):

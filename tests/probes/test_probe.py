@@ -150,12 +150,12 @@ def test_hooks_are_gone_after_an_exception(tiny_model, clip, backend):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"layers": [4]}, "layer 4 is out of range; this model has blocks 0..3"),
-    ({"layers": [-1]}, "layer -1 is out of range"),
+    ({"layers": [4]}, r"layer 4 is out of range; accepted: block indices in 0..3"),
+    ({"layers": [-1]}, r"layers \[-1\] is not accepted; accepted: block indices in 0..3"),
     ({"layers": []}, "no layer to probe"),
     ({"layers": [1, 1]}, "duplicate layers"),
     ({"layers": "some"}, "or 'all'"),
-    ({"capture": ("features", "logits")}, "unknown capture kind 'logits'; accepted: features, attention"),
+    ({"capture": ("features", "logits")}, "capture 'logits' is not accepted; accepted: features, attention"),
     ({"mode": "lazy"}, "unknown probe mode 'lazy'; accepted: full, stream"),
     ({"hook": "attn.hook_q"}, "unknown feature hook"),
     ({"backend": "pyvene"}, "unknown probe backend 'pyvene'; accepted: hookpoints, nnsight"),

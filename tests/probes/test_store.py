@@ -9,15 +9,24 @@ import torch
 from probes.store import RunError, load_run, write_run
 
 
-def _write(path, force=False, seed=0):
+MANIFEST = {"model": "baseline", "config": {}, "layers": [15, 28], "layer_roles": ["causal", "causal"],
+            "capture": ["features", "attention"], "mode": "stream", "frames": [4, 5], "steps": [0, 1, 2],
+            "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "num_frames": 6, "context": 4}
+
+
+def _write(path, force=False, seed=0, manifest=None):
+    """A run of two layers (stream mode: 4 of 16 tokens kept), 2 probed frames of 6, 3 steps, 2 heads."""
     g = torch.Generator().manual_seed(seed)
-    features = {"layer15": torch.randn(2, 3, 4, 8, generator=g), "layer15.tokens": torch.arange(4),
-                "layer15.gram": torch.randn(2, 3, 3, generator=g, dtype=torch.float64)}
+    features = {}
+    for layer in (15, 28):
+        features |= {f"layer{layer}": torch.randn(2, 3, 4, 8, generator=g), f"layer{layer}.tokens": torch.arange(4),
+                     f"layer{layer}.gram": torch.randn(2, 3, 3, generator=g, dtype=torch.float64),
+                     f"layer{layer}.token_cosine": torch.randn(2, 3, 3, generator=g, dtype=torch.float64)}
     attention = {"layer15": torch.softmax(torch.randn(2, 3, 2, 6, generator=g), -1),
                  "layer28": torch.full((2, 3, 2, 6), 1 / 6)}
-    metrics = pd.DataFrame({"layer": [15], "frame": [4], "metric": ["cos"], "value": [0.9]})
+    metrics = pd.DataFrame({"layer": [15], "frame": [4], "metric": ["cos"], "value": [0.9 - seed / 10]})
     video = np.random.default_rng(seed).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    write_run(path, {"model": "baseline", "layers": [15, 28], "seed": seed}, features=features, attention=attention,
+    write_run(path, {**MANIFEST, "seed": seed, **(manifest or {})}, features=features, attention=attention,
               metrics=metrics, generated=video, ground_truth=video[::-1].copy(), force=force)
     return features, attention, metrics, video
 
@@ -29,7 +38,7 @@ def test_round_trip(tmp_path):
     assert run.manifest["versions"]["torch"] == metadata.version("torch")
     assert run.manifest["git_revision"] is None or len(run.manifest["git_revision"]) == 40
     assert run.features(15).dtype == torch.float16 and torch.equal(run.features(15), features["layer15"].half())
-    assert run.feature_layers == [15] and torch.equal(run.token_index(15), torch.arange(4))
+    assert run.feature_layers == [15, 28] and torch.equal(run.token_index(15), torch.arange(4))
     assert run.gram(15).dtype == torch.float64 and torch.equal(run.gram(15), features["layer15.gram"])  # side entries as given
     assert torch.equal(run.attention(28), attention["layer28"]) and run.attention_layers == [15, 28]
     pd.testing.assert_frame_equal(run.metrics, metrics)
@@ -71,7 +80,7 @@ def test_incomplete_foreign_and_corrupt_directories_are_refused(tmp_path):
     (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
     weights = tmp_path / "run" / "features.safetensors"
     weights.write_bytes(weights.read_bytes()[:20])
-    with pytest.raises(RunError, match="corrupt or truncated"):
+    with pytest.raises(RunError, match="truncated or replaced"):
         load_run(tmp_path / "run")
 
 
@@ -79,3 +88,36 @@ def test_an_unrecorded_layer_names_the_recorded_ones(tmp_path):
     _write(tmp_path / "run")
     with pytest.raises(RunError, match="layer 3 is not in .*recorded layers: 15, 28"):
         load_run(tmp_path / "run").attention(3)
+
+
+def test_a_file_swapped_in_from_another_run_is_refused(tmp_path):
+    """Two runs of the same settings: their files have the same names, shapes and sizes, but not the same bytes."""
+    _write(tmp_path / "a", seed=0)
+    _write(tmp_path / "b", seed=1)
+    for name in ("features.safetensors", "attention.safetensors", "video.npz", "metrics.parquet"):
+        original = (tmp_path / "a" / name).read_bytes()
+        (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
+        with pytest.raises(RunError, match=f"{name} is not the file this run wrote"):
+            load_run(tmp_path / "a")
+        (tmp_path / "a" / name).write_bytes(original)
+    load_run(tmp_path / "a")
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"layers": [15, 28, 29], "layer_roles": ["causal"] * 3}, "lacks layer29"),
+    ({"steps": [0, 1], "timesteps": [1.0, 0.5]}, "has shape"),
+    ({"frames": [3, 4, 5]}, "has shape"),
+    ({"tokens_per_frame": 16, "mode": "full"}, "has shape"),
+    ({"num_frames": 7}, "has shape"),
+    ({"layers": "15"}, "layers is '15'"),
+    ({"layers": [15.0, 28]}, "layers is"),
+    ({"capture": ["logits"]}, "capture is"),
+    ({"timesteps": [1.0]}, "timesteps is"),
+    ({"layer_roles": ["causal"]}, "layer_roles is"),
+])
+def test_a_manifest_that_disagrees_with_its_files_is_refused(tmp_path, change, problem):
+    _write(tmp_path / "run")
+    path = tmp_path / "run" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(RunError, match=problem):
+        load_run(tmp_path / "run")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from analyses.report import write_report
+from probe_cli import main
 from probes import RunError, load_run
-from probes.cli import main
 from probes.sweep import MergedRun
 from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
@@ -49,7 +49,7 @@ def assert_same_run(a, b):
 def test_torchrun_shards_a_sweep_and_the_merged_run_equals_one_process(checkpoint, one_process, tmp_path):
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "probes.cli", "run", "--model", str(checkpoint), *SWEEP, "--out", str(out)]
+               "-m", "probe_cli", "run", "--model", str(checkpoint), *SWEEP, "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["shard-00-of-02", "shard-01-of-02"]
@@ -100,7 +100,7 @@ def test_incomplete_sweeps_are_refused(one_process, tmp_path):
 
 def test_bad_sweep_flags_and_an_existing_output_are_one_line_errors(checkpoint, one_process, tmp_path, capsys):
     for spec, problem in (("3-1", "range '3-1' is empty"), ("a", "--clip 'a' is not valid"), ("0,0", "names a value twice"),
-                          ("-1", "--clip -1 is out of range")):
+                          ("-1", "--clip '-1' is out of range")):
         assert main(["run", "--model", str(checkpoint), "--clip", spec, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and problem in err, err

@@ -9,7 +9,7 @@ from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.blocks import rope_axes
 from scd.sampling import generate
 
-DESIGN = Path(__file__).resolve().parents[3] / "shared" / "DESIGN.md"
+README = Path(__file__).resolve().parents[2] / "README.md"  # inside the repository: the tests read nothing outside it
 
 
 def _video(model, frames=4, batch=2, seed=0):
@@ -67,9 +67,9 @@ def test_each_frame_has_its_own_timestep(tiny_model):
     assert torch.equal(a[:, :2], b[:, :2]) and not torch.allclose(a[:, 2], b[:, 2])
 
 
-def test_every_hookpoint_named_in_design_exists():
+def test_every_hookpoint_named_in_the_readme_exists():
     model = CausalVideoDiffuser(BASELINE_SIZES["tiny"])
-    names = set(re.findall(r"`(blocks\.\{i\}\.[a-z_.]+)`", DESIGN.read_text()))
+    names = set(re.findall(r"`(blocks\.\{i\}\.[a-z_.]+)`", README.read_text()))
     assert len(names) == 7, names
     for i in range(model.config.depth):
         for name in names:

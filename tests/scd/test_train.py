@@ -41,9 +41,9 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
 
 def test_a_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path):
     train(TrainConfig(steps=2, **TINY), tmp_path / "run", progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(ValueError, match="--resume"):
         train(TrainConfig(steps=2, **TINY), tmp_path / "run", progress=False)
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(ValueError, match="nothing to resume"):
         train(TrainConfig(steps=2, **TINY), tmp_path / "empty", resume=True, progress=False)
 
 

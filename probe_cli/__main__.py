@@ -1,0 +1,7 @@
+"""`python -m probe_cli` (as torchrun launches it): the `probe` command."""
+
+import sys
+
+from probe_cli.main import main
+
+sys.exit(main())

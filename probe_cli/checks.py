@@ -1,0 +1,184 @@
+"""Parsers and checks of the command's flags, each stating its accepted values; nothing heavy is imported here.
+
+Every parser either returns the value its specification gives or raises (argparse's ArgumentTypeError
+inside argparse, UsageError after it), so a bad flag is one line and exit code 2 before any work.
+Numbers: ASCII digits with an optional sign and surrounding spaces (no `1_000`, no `1e3`, no
+non-ASCII digits); lists: comma-separated; ranges: `A-B`, both ends included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+INT = re.compile(r"\s*([+-]?[0-9]+)\s*")
+FLOAT = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*")
+SEED_MAX = 2**63 - 1      # torch.Generator.manual_seed takes 64-bit seeds
+CLIP_MAX = 2**31 - 1      # a val clip index (its numpy seed is 2 * index + 1)
+MAX_ITEMS = 10_000        # clips x seeds of one sweep
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICE = re.compile(r"(cpu|cuda|cuda:[0-9]{1,3}|mps)")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class UsageError(ValueError):
+    """Bad user input: reported as one line, exit code 2."""
+
+
+def integer(text: str, low: int, high: int, what: str = "value") -> int:
+    """An integer in low..high written in ASCII digits; a UsageError naming the range otherwise."""
+    match = INT.fullmatch(text)
+    if not match:
+        raise UsageError(f"{what} {text!r} is not an integer; accepted: an integer in {low}..{high}")
+    value = int(match[1])
+    if not low <= value <= high:
+        raise UsageError(f"{what} {value} is out of range; accepted: an integer in {low}..{high}")
+    return value
+
+
+def number(text: str, low: float, high: float, what: str = "value") -> float:
+    """A finite decimal number in [low, high]; NaN, inf and beyond-float values are refused."""
+    match = FLOAT.fullmatch(text)
+    value = float(match[1]) if match else math.nan
+    if not match or not math.isfinite(value):
+        raise UsageError(f"{what} {text!r} is not a finite number; accepted: a number in [{low:g}, {high:g}]")
+    if not low <= value <= high:
+        raise UsageError(f"{what} {value:g} is out of range; accepted: a number in [{low:g}, {high:g}]")
+    return value
+
+
+def ranged(low: int, high: int):
+    """An argparse `type`: an integer in low..high."""
+    def parse(text: str) -> int:
+        try:
+            return integer(text, low, high)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = f"integer in {low}..{high}"
+    return parse
+
+
+def indices(text: str, flag: str, low: int, high: int) -> list[int]:
+    """'3' / '0-3' / '0,2,5' -> [3] / [0, 1, 2, 3] / [0, 2, 5]: clips or seeds, each in low..high, each once."""
+    accepted = f"an integer, a range A-B or a comma-separated list of them, each in {low}..{high}, at most {MAX_ITEMS}"
+    values: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([+-]?[0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        if not match:
+            raise UsageError(f"{flag} {text!r} is not valid; accepted: {accepted}")
+        first, last = int(match[1]), int(match[2]) if match[2] else int(match[1])
+        if not (low <= first <= high and low <= last <= high):
+            raise UsageError(f"{flag} {part.strip()!r} is out of range; accepted: {accepted}")
+        if last < first:
+            raise UsageError(f"{flag} range {part.strip()!r} is empty; accepted: {accepted}")
+        if len(values) + last - first + 1 > MAX_ITEMS:
+            raise UsageError(f"{flag} {text!r} names more than {MAX_ITEMS} values; accepted: {accepted}")
+        values += range(first, last + 1)
+    if len(set(values)) != len(values):
+        raise UsageError(f"{flag} {text!r} names a value twice; accepted: {accepted}")
+    return values
+
+
+def integer_list(low: int, high: int):
+    """An argparse `type`: distinct comma-separated integers, each in low..high."""
+    def parse(text: str) -> list[int]:
+        accepted = f"distinct comma-separated integers, each in {low}..{high}"
+        parts = text.split(",")
+        if len(parts) > 64 or not all(INT.fullmatch(p) for p in parts):
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}")
+        values = [int(p) for p in parts]
+        if any(not low <= v <= high for v in values) or len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}")
+        return values
+    parse.__name__ = "integer list"
+    return parse
+
+
+def layers(spec: str, depth: int, flag: str = "--layers", roles: str = "") -> list[int] | str:
+    """'15' / '0,5,15' / 'all' -> block indices (or 'all'), checked against the model's depth."""
+    accepted = f"comma-separated block indices in 0..{depth - 1}{roles}, or 'all'"
+    if spec.strip() == "all":
+        return "all"
+    parts = [part.strip() for part in spec.split(",")]
+    if not spec.strip() or any(not part for part in parts):
+        raise UsageError(f"{flag}: empty layer in {spec!r}; accepted: {accepted}")
+    found = []
+    for part in parts:
+        if not re.fullmatch(r"[+-]?[0-9]+", part):
+            raise UsageError(f"{flag}: layer {part!r} is not an integer; accepted: {accepted}")
+        found.append(int(part))
+    duplicates = sorted({layer for layer in found if found.count(layer) > 1})
+    if duplicates:
+        raise UsageError(f"{flag}: layer {duplicates[0]} is given twice in {spec!r}; accepted: {accepted}, each once")
+    for layer in found:
+        if not 0 <= layer < depth:
+            raise UsageError(f"{flag}: layer {layer} is out of range; accepted: {accepted}")
+    return found
+
+
+def layers_syntax(text: str) -> str:
+    """An argparse `type` for --layer / --layers: the syntax only (the depth is known once the model is loaded)."""
+    if text.strip() != "all" and not re.fullmatch(r"\s*[+-]?[0-9]{1,6}\s*(,\s*[+-]?[0-9]{1,6}\s*)*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: comma-separated block indices, or 'all'")
+    return text
+
+
+def latent_size(text: str) -> tuple[int, int]:
+    """'8x8' -> (8, 8): the latent frame size a diffusers model is probed at, each side in 1..1024."""
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*[xX]\s*([0-9]{1,5})\s*", text)
+    if not match or not all(1 <= int(v) <= 1024 for v in match.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW; accepted: two integers in 1..1024, e.g. 60x104")
+    return int(match[1]), int(match[2])
+
+
+def device_name(text: str) -> str:
+    """An argparse `type`: the syntax of a device this toolkit can run on; `device` checks this machine has it."""
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; accepted: cpu, cuda, cuda:N, mps")
+    return text
+
+
+def device(name: str):
+    """The torch.device for a name `device_name` accepted, refused unless this torch build can use it here."""
+    from scd.devices import DeviceError, usable_device
+
+    try:
+        return usable_device(name)
+    except DeviceError as e:
+        raise UsageError(f"--device {name}: {e}") from None
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def plain_name(text: str) -> str:
+    """An argparse `type` for names that become file names: letters, digits, '_', '-', '.', no path."""
+    if not NAME.fullmatch(text) or text.endswith((".safetensors", ".json", ".md")) or ".." in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name; accepted: 1-64 letters, digits, '_', '-' or '.', "
+                                         "starting with a letter or digit, no '/' or '..', no extension")
+    return text
+
+
+def estimate_fits(estimate: int, what: str) -> None:
+    """Refuse a job that would not fit in this machine's memory (scd.memory), as a UsageError."""
+    from scd.memory import NotEnoughMemory, check_fits
+
+    try:
+        check_fits(estimate, what)
+    except NotEnoughMemory as e:
+        raise UsageError(str(e)) from None
+
+
+def output(path, kind: str, force: bool, flag: str = "--out"):
+    """Refuse, before any work, an output that exists (without --force), is not the toolkit's (with --force),
+    or cannot be written (scd.outputs.check_output)."""
+    from scd.outputs import OutputError, check_output
+
+    try:
+        return check_output(path, kind, force, flag)
+    except OutputError as e:
+        raise UsageError(str(e)) from None

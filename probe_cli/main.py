@@ -1,0 +1,225 @@
+"""The parser of the `probe` command and its entry point. Imports nothing heavy: `probe --help` answers at once,
+and each command imports torch and the packages when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from probe_cli.checks import (
+    CLIP_MAX,
+    DTYPES,
+    SEED_MAX,
+    UsageError,
+    device_name,
+    integer_list,
+    latent_size,
+    layers_syntax,
+    plain_name,
+    ranged,
+)
+from probes.choices import BACKENDS, CAPTURES, MODES
+from scd.train_config import FAMILY_DEFAULTS, LIMITS, TrainConfig, describe
+
+STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
+CLIPS = ranged(1, 10_000)
+OUR_PACKAGES = ("scd", "probes", "analyses", "probe_cli")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): the problem, then where the help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _train_flag(name: str):
+    """An argparse `type` for a TrainConfig field, with the field's range (scd.train_config.LIMITS)."""
+    kind = next(f.type for f in fields(TrainConfig) if f.name == name)
+
+    def parse(text: str):
+        from probe_cli.checks import integer, number
+
+        low, high, closed = LIMITS[name]
+        if name == "threads":
+            low = 1  # 0 (torch's default) is what leaving the flag out gives
+        try:
+            value = integer(text, int(low), int(high)) if kind == "int" else number(text, low, high)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e).replace("value ", "", 1)) from None
+        if not closed and value >= high:
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range; accepted: {describe(name)}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
+def _run_parser(sub) -> None:
+    from probe_cli import probing
+
+    r = sub.add_parser("run", help="probe a model while it generates: features and attention at every step")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--layer", type=layers_syntax, default="15", help="one block index (default 15)")
+    which.add_argument("--layers", type=layers_syntax, default=None, help="comma-separated block indices, or 'all'")
+    r.add_argument("--model", default="baseline", help="shipped name, checkpoint directory, .safetensors file, "
+                   "or diffusers:DIR")
+    r.add_argument("--clip", default="0", help=f"val clip index in 0..{CLIP_MAX} (diffusers models: seed of the context "
+                   "latents); several (0-3 or 0,2,5) make a sweep, sharded over the ranks of torchrun")
+    r.add_argument("--latent-size", type=latent_size, default=None, help="diffusers models only: latent frame size HxW "
+                   "(default 8x8)")
+    r.add_argument("--text-embeddings", default=None, help="diffusers models only: a .safetensors file of the prompt's "
+                   "embeddings [tokens, text_dim] (default: zeros)")
+    r.add_argument("--context", type=FRAMES, default=4, help="context frames given to the model (1..1024)")
+    r.add_argument("--frames", type=FRAMES, default=4, help="frames to generate, each one probed (1..1024)")
+    r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
+                   help="frames of the val clip (default context + frames)")
+    r.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame (1..1000)")
+    r.add_argument("--seed", default="0", help=f"sampling seed in 0..{SEED_MAX}; several (0-3 or 0,1) make a sweep")
+    r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
+    r.add_argument("--mode", choices=MODES, default="full", help="keep every token (float16 on disk) or only running "
+                   "reductions and a token subsample")
+    r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")
+    r.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="how the model is read (default: hookpoints; nnsight for diffusers models)")
+    r.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or mps, if this machine has it")
+    r.add_argument("--dtype", choices=DTYPES, default="float32")
+    r.add_argument("--out", default=None, help="run directory (default reports/runs/MODEL-layer-15)")
+    r.add_argument("--force", action="store_true", help="replace an existing run or sweep directory (only one)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or table, only the run's path")
+    r.set_defaults(func=probing.cmd_run)
+
+    w = sub.add_parser("show", help="print the summary table of a run directory")
+    w.add_argument("run", help="run directory written by probe run")
+    w.set_defaults(func=probing.cmd_show)
+
+    p = sub.add_parser("report", help="one self-contained HTML report (claims, figures) from run directories")
+    p.add_argument("runs", nargs="+", help="run directories written by probe run (e.g. baseline and SCD)")
+    p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
+    p.add_argument("--bench", default=None, help="a directory written by probe bench, to include its tables")
+    p.add_argument("--interventions", default=None, help="a directory written by probe intervene, to include it")
+    p.add_argument("--force", action="store_true", help="replace an existing report written by this toolkit")
+    p.set_defaults(func=probing.cmd_report)
+
+
+def _measure_parsers(sub) -> None:
+    from probe_cli import measuring
+
+    i = sub.add_parser("intervene", help="causal tests: feature reuse across steps and cross-frame attention knockout")
+    i.add_argument("--model", default="baseline", help="a causal baseline: shipped name or checkpoint path")
+    i.add_argument("--reuse", default="default",
+                   help="layers K: blocks 0..K run only at refresh steps, K's output reused (default 0,5,10,15,20,25,29; 'none')")
+    i.add_argument("--knockout", default="default",
+                   help="layers K: blocks K.. attend only within the frame (default 0,5,10,15,20,25,29; 'none')")
+    i.add_argument("--refresh", type=STEPS, default=None,
+                   help="reuse only: recompute blocks 0..K every m steps, 1..1000 (default: step 0 only)")
+    i.add_argument("--clips", type=CLIPS, default=16, help="val clips (1..10000)")
+    i.add_argument("--context", type=FRAMES, default=4, help="context frames")
+    i.add_argument("--frames", type=FRAMES, default=4, help="generated frames per clip")
+    i.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame")
+    i.add_argument("--seed", type=ranged(0, SEED_MAX), default=0)
+    i.add_argument("--device", type=device_name, default="cpu")
+    i.add_argument("--out", default="reports/interventions", help="directory for interventions.parquet/.md/.json, frames.npz")
+    i.add_argument("--force", action="store_true", help="replace an existing interventions directory")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=measuring.cmd_intervene)
+
+    b = sub.add_parser("bench", help="SCD vs baseline in one process: latency, frames/s, memory, FLOPs, PSNR/SSIM")
+    b.add_argument("--baseline", default="baseline", help="the causal baseline (shipped name or checkpoint path)")
+    b.add_argument("--scd", default="scd", help="the model compared with it (shipped name or checkpoint path)")
+    b.add_argument("--steps", type=integer_list(1, 1000), default=[50, 4], help="denoising steps per frame (comma-separated)")
+    b.add_argument("--context", type=integer_list(1, 1024), default=[4, 16], help="context frames (comma-separated)")
+    b.add_argument("--frames", type=ranged(2, 1024), default=8, help="frames generated per timed run (2..1024)")
+    b.add_argument("--repeats", type=ranged(1, 100), default=3, help="timed runs per model and setting, interleaved")
+    b.add_argument("--clips", type=CLIPS, default=32, help="val clips for PSNR / SSIM")
+    b.add_argument("--samples", type=ranged(1, 64), default=4, help="samples per clip for best-of-k quality")
+    b.add_argument("--quality-steps", type=STEPS, default=50, help="denoising steps for the quality table")
+    b.add_argument("--device", type=device_name, default="cpu")
+    b.add_argument("--out", default="reports/bench", help="directory for bench.md, speed/quality.parquet, bench.json")
+    b.add_argument("--force", action="store_true", help="replace an existing bench directory")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=measuring.cmd_bench)
+
+
+def _make_parsers(sub) -> None:
+    from probe_cli import making
+
+    g = sub.add_parser("generate", help="generate frames after context frames and write a PNG strip")
+    g.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")
+    g.add_argument("--clip", type=ranged(0, CLIP_MAX), default=0, help="val clip index")
+    g.add_argument("--context", type=FRAMES, default=4, help="context frames given to the model")
+    g.add_argument("--frames", type=FRAMES, default=4, help="frames to generate")
+    g.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame")
+    g.add_argument("--seed", type=ranged(0, SEED_MAX), default=0)
+    g.add_argument("--device", type=device_name, default="cpu")
+    g.add_argument("--dtype", choices=DTYPES, default="float32")
+    g.add_argument("-o", "--output", default="generated.png", help="PNG file to write")
+    g.add_argument("--force", action="store_true", help="replace an existing strip written by this toolkit")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=making.cmd_generate)
+
+    t = sub.add_parser("train", help="train a model on the procedural benchmark (resumable)")
+    t.add_argument("family", choices=sorted(FAMILY_DEFAULTS), help="model family")
+    t.add_argument("--out", required=True, help="training directory for checkpoints and the loss log")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="start over in --out, replacing a training directory")
+    t.add_argument("--until", type=ranged(1, 10**8), default=None, help="end this sitting after this step (resume later)")
+    t.add_argument("--quiet", action="store_true")
+    for f in fields(TrainConfig):
+        if f.name == "family":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f"default {f.default} (or the family's, scd.train_config.FAMILY_DEFAULTS)"
+        if f.type == "bool":
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=default)
+        elif f.type == "str":
+            t.add_argument(flag, type=plain_name, default=None, help=f"{default}; a named size of the family")
+        else:
+            t.add_argument(flag, type=_train_flag(f.name), default=None, help=f"{default}; {describe(f.name)}")
+    t.set_defaults(func=making.cmd_train)
+
+    e = sub.add_parser("export", help="ship a trained run as scd/checkpoints/NAME (float16) with a model card")
+    e.add_argument("run", help="training run directory")
+    e.add_argument("--name", type=plain_name, required=True, help="checkpoint name, e.g. baseline (a plain name)")
+    e.add_argument("--clips", type=CLIPS, default=32, help="val clips for the model card's quality table")
+    e.add_argument("--steps", type=STEPS, default=50, help="denoising steps for the validation")
+    e.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                   help="EMA or raw weights; auto: the lower loss on unseen train clips (never val)")
+    e.add_argument("--force", action="store_true", help="replace an existing shipped checkpoint")
+    e.set_defaults(func=making.cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `probe` parser: every flag with its accepted values (nothing heavy is imported to build it)."""
+    parser = Parser(prog="probe", description="Probe causal video diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _run_parser(sub)
+    _measure_parsers(sub)
+    _make_parsers(sub)
+    return parser
+
+
+def _ours(error: BaseException) -> bool:
+    """A refusal of the toolkit's own (a ValueError subclass defined in its packages), not a bug elsewhere."""
+    return isinstance(error, ValueError) and type(error).__module__.split(".")[0] in OUR_PACKAGES
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `probe` console script: 0 on success, 2 (one line on stderr) on bad input."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a flag argparse refused (2, its one line already printed)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print(f"probe {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not _ours(e):
+            raise
+        message = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"probe {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,67 @@
+"""`probe generate`, `probe train`, `probe export`: make videos, train models, ship checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from probe_cli.checks import UsageError, device, estimate_fits, output, torch_dtype
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"-o {str(out)!r} is not a .png file; accepted: a path ending in .png")
+    output(out, "strip", args.force, flag="-o")
+    on = device(args.device)
+    from scd import VideoBenchmark, generate, load_model
+    from scd.evaluate import frame_quality, save_strip
+    from scd.memory import generation_bytes
+
+    dtype = torch_dtype(args.dtype)
+    model = load_model(args.model, device=on, dtype=dtype)
+    c = model.config
+    estimate_fits(generation_bytes(c.width, c.depth, c.heads, c.tokens_per_frame, args.context + args.frames)
+                  + (args.context + args.frames) * 3 * c.frame_size ** 2 * 8 * 3, "this generation")
+    bench = VideoBenchmark("val", frames=args.context + args.frames, size=c.frame_size)
+    clip = bench.clip(args.clip)
+    video = generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=on, dtype=dtype)
+    psnr, ssim = frame_quality(video[args.context:], clip[args.context:])
+    title = f"{args.model} · val clip {args.clip} · {args.steps} steps · seed {args.seed}"
+    save_strip(video, clip, args.context, out, title=title)
+    if not args.quiet:
+        for i, (p, s) in enumerate(zip(psnr.tolist(), ssim.tolist(), strict=True)):
+            print(f"frame {args.context + i}: PSNR {p:6.2f} dB  SSIM {s:.3f}")
+        print(f"wrote {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from scd.train_config import TrainConfig, default_config
+
+    if args.resume and args.force:
+        raise UsageError("--resume continues a training directory and --force replaces it; accepted: one of them")
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "family"}
+    cfg = default_config(args.family, **values)
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "train_state.safetensors").is_file():
+            raise UsageError(f"--resume: {out} holds no training run to continue (no train_state.safetensors)")
+    else:
+        if out.exists() and out.is_dir() and any(out.iterdir()) and not args.force:
+            raise UsageError(f"--out {out} already holds files; pass --resume to continue a training run, or --force "
+                             "to replace one")
+        output(out, "training", args.force)
+    from scd.train import train
+
+    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, until=args.until, force=args.force)
+    print(f"trained {cfg.family}/{cfg.size} to step {summary['steps']} (final loss {summary['final_loss']:.4f}); "
+          f"load it with load_model({str(out)!r})")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from scd.evaluate import export_checkpoint
+
+    card = export_checkpoint(args.run, args.name, clips=args.clips, steps=args.steps, force=args.force,
+                             weights=args.weights)
+    print(f"wrote {card}")

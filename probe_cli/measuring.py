@@ -1,0 +1,114 @@
+"""`probe bench` (SCD against the baseline, side by side) and `probe intervene` (the causal tests)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from probe_cli.checks import UsageError, device, estimate_fits, layers, output
+
+
+def _machine(on) -> str:
+    import torch
+
+    from scd.train import machine_description
+
+    return machine_description() if on.type == "cpu" else torch.cuda.get_device_name(on)
+
+
+def _command(name: str) -> str:
+    return f"probe {name} " + " ".join(sys.argv[2:]) if sys.argv[0].endswith("probe") else f"probe {name}"
+
+
+def _fits(model, frames: int, what: str, batch: int = 1) -> None:
+    from scd.memory import generation_bytes
+
+    c = model.config
+    estimate_fits(generation_bytes(c.width, c.depth, c.heads, c.tokens_per_frame, frames, batch), what)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    out = output(args.out, "bench", args.force)
+    if args.baseline == args.scd:
+        raise UsageError(f"--baseline and --scd name the same model {args.scd!r}; accepted: two different models")
+    on = device(args.device)
+    from analyses.bench import quality_table, speed_table, write_bench
+    from scd.zoo import load_model
+
+    labels = [Path(name).name.removesuffix(".safetensors") for name in (args.baseline, args.scd)]
+    if labels[0] == labels[1]:
+        labels = [args.baseline, args.scd]
+    names = {"baseline": labels[0], "other": labels[1]}
+    models = {label: load_model(name) for label, name in zip(labels, (args.baseline, args.scd), strict=True)}
+    sizes = {m.config.frame_size for m in models.values()}
+    if len(sizes) != 1:
+        raise UsageError(f"the two models generate frames of different sizes {sorted(sizes)}; accepted: models of one size")
+    for model in models.values():
+        _fits(model, max(args.context) + args.frames, "the longest timed generation")
+    settings = [(steps, context) for steps in args.steps for context in args.context]
+    progress = not args.quiet
+    speed = speed_table(models, settings, frames=args.frames, repeats=args.repeats, device=on, progress=progress)
+    quality = quality_table(models, clips=args.clips, samples=args.samples, steps=args.quality_steps,
+                            device=on, progress=progress)
+    info = {**names, "command": _command("bench"), "machine": _machine(on),
+            "device": str(on), "frames": args.frames, "repeats": args.repeats, "clips": args.clips,
+            "samples": args.samples, "quality_steps": args.quality_steps, "quality_context": 4, "quality_frames": 4,
+            "configs": {name: m.get_config() for name, m in models.items()},
+            "checkpoints": {name: getattr(m, "checkpoint", None) for name, m in models.items()}}
+    write_bench(out, speed, quality, info, force=args.force)
+    if progress:
+        print((out / "bench.md").read_text())
+    print(f"wrote {out}")
+
+
+def _intervention_layers(text: str, flag: str, depth: int) -> list[int]:
+    """'default' (the paper's depths 0, 5, ..., 25, 29, scaled to the model), 'none', or block indices."""
+    if text == "none":
+        return []
+    if text == "default":
+        return sorted({round(layer * (depth - 1) / 29) for layer in (0, 5, 10, 15, 20, 25, 29)})
+    try:
+        found = layers(text, depth, flag)
+    except UsageError as e:
+        raise UsageError(f"{e}; or 'default', 'none'") from None
+    return list(range(depth)) if found == "all" else sorted(found)
+
+
+def cmd_intervene(args: argparse.Namespace) -> None:
+    out = output(args.out, "interventions", args.force)
+    if args.refresh is not None and args.reuse == "none":
+        raise UsageError("--refresh applies only to feature reuse, and --reuse is 'none'; accepted: --reuse LAYERS "
+                         "or 'default' with --refresh")
+    on = device(args.device)
+    from analyses.interventions import InterventionError, intervention_table, write_interventions
+    from scd.zoo import load_model
+
+    model = load_model(args.model, device=on)
+    scd = hasattr(model, "decoder")
+    if scd and args.knockout != "none":
+        raise UsageError(f"--model {args.model} is an SCD model: knocking out its decoder's only past, the encoder "
+                         "output of the frame before, is moot; accepted: --knockout none (reuse: its decoder layers)")
+    depth = len(model.encoder.blocks) + len(model.decoder.blocks) if scd else len(model.blocks)
+    reuse = _intervention_layers(args.reuse, "--reuse", depth)
+    if scd and args.reuse == "default":  # the decoder's layers: the encoder runs once per frame already
+        reuse = list(range(len(model.encoder.blocks), depth))
+    settings = [("reuse", k) for k in reuse] + \
+               [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)]
+    if not settings:
+        raise UsageError("--reuse none and --knockout none leave nothing to measure; accepted: layer lists or 'default'")
+    _fits(model, args.context + args.frames, "one intervened generation")
+    videos: dict = {}
+    try:
+        table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
+                                   steps=args.steps, seed=args.seed, refresh=args.refresh, device=on,
+                                   progress=not args.quiet, keep=videos)
+    except InterventionError as e:
+        raise UsageError(str(e)) from None
+    info = {"model": args.model, "checkpoint": getattr(model, "checkpoint", None), "depth": depth,
+            "command": _command("intervene"), "machine": _machine(on), "device": str(on), "clips": args.clips,
+            "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": args.refresh}
+    write_interventions(out, table, videos, info, force=args.force)
+    if not args.quiet:
+        print((out / "interventions.md").read_text())
+    print(f"wrote {out}")

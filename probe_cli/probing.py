@@ -1,0 +1,262 @@
+"""`probe run`, `probe show`, `probe report`: probe a model while it generates, and read what was recorded."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from probe_cli.checks import CLIP_MAX, SEED_MAX, UsageError, device, estimate_fits, indices, layers, output, torch_dtype
+
+if TYPE_CHECKING:
+    from probes.store import Run
+
+
+def _roles_text(layout) -> str:
+    """' (encoder 0..24, decoder 25..34)' for SCD; '' for a model of one kind of block."""
+    spans: dict[str, list[int]] = {}
+    for layer in range(layout.depth):
+        spans.setdefault(layout.role(layer), []).append(layer)
+    if set(spans) == {"causal"}:
+        return ""
+    return " (" + ", ".join(f"{role} {v[0]}..{v[-1]}" for role, v in spans.items()) + ")"
+
+
+def _default_out(model: str, spec: list[int] | str) -> Path:
+    """reports/runs/MODEL-layer-15, MODEL-layers-0-5-15 or MODEL-layers-all."""
+    name = Path(model.removeprefix("diffusers:").rstrip("/")).name.removesuffix(".safetensors") or "model"
+    which = "layers-all" if spec == "all" else ("layer-" if len(spec) == 1 else "layers-") + "-".join(map(str, spec))
+    return Path("reports") / "runs" / f"{name}-{which}"
+
+
+def summary_table(run: Run) -> str:
+    """One row per layer of a run: mean off-diagonal cross-step cosine, its minimum, attention share on
+    earlier frames ("-" for the cosine of SCD encoder layers, which run once per frame)."""
+    import pandas as pd
+
+    metrics, capture = run.metrics, run.manifest.get("capture", [])
+    by = metrics.groupby(["layer", "metric"]).value
+    means, mins = by.mean().unstack(), by.min().unstack()
+    table = pd.DataFrame(index=sorted(metrics.layer.unique()))
+    table.index.name = "layer"
+    roles = [run.role(layer) for layer in table.index]
+    if set(roles) != {"causal"}:
+        table["block"] = roles
+    if "features" in capture:
+        table["cross-step cosine (mean)"] = means.get("token_cosine_mean")
+        table["cross-step cosine (min)"] = mins.get("token_cosine_min")
+    if "attention" in capture:
+        table["attention on earlier frames"] = means.get("attention_earlier")
+    if "clip" in metrics:  # a merged sweep: the spread of each item's mean over the items
+        spread = metrics.groupby(["layer", "metric", "clip", "seed"]).value.mean().groupby(["layer", "metric"]).std()
+        spread = spread.unstack()
+        for name, metric in (("cross-step cosine (mean)", "token_cosine_mean"), ("attention on earlier frames",
+                                                                                 "attention_earlier")):
+            if name in table and metric in spread:
+                table[f"{name}, std over {len(run.manifest['sweep']['items'])} runs"] = spread[metric]
+    shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else v)
+    return shown.to_markdown(colalign=("right",) * (len(shown.columns) + 1), disable_numparse=True)  # "-": SCD encoder
+
+
+def _capture(text: str) -> list[str]:
+    from probes.choices import CAPTURES
+
+    kinds = [c.strip() for c in text.split(",")]
+    for c in kinds:
+        if c not in CAPTURES:
+            raise UsageError(f"--capture: unknown kind {c!r}; accepted: {', '.join(CAPTURES)} (comma-separated)")
+    if len(set(kinds)) != len(kinds):
+        raise UsageError(f"--capture {text!r} names a kind twice; accepted: {', '.join(CAPTURES)}, each once")
+    return kinds
+
+
+def _text_embeddings(path: str | None):
+    """The tensor of a .safetensors file ("text_embeddings", or its only tensor): a diffusers model's prompt."""
+    if path is None:
+        return None
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"--text-embeddings {path} cannot be read ({reason}); accepted: a .safetensors file") from None
+    if "text_embeddings" in tensors:
+        tensor = tensors["text_embeddings"]
+    elif len(tensors) == 1:
+        tensor = next(iter(tensors.values()))
+    else:
+        raise UsageError(f"--text-embeddings {path} holds {sorted(tensors)}; accepted: one tensor, or one named text_embeddings")
+    if not tensor.is_floating_point() or not torch.isfinite(tensor).all() or tensor.dim() not in (2, 3):
+        raise UsageError(f"--text-embeddings {path}: the tensor is {tensor.dtype} {list(tensor.shape)}; accepted: finite "
+                         "floats [tokens, text_dim]")
+    return tensor
+
+
+def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
+    """Everything about `probe run`'s flags that needs no model: refused before anything is loaded."""
+    capture = _capture(args.capture)
+    if not diffusers_model:
+        for flag, value in (("--latent-size", args.latent_size), ("--text-embeddings", args.text_embeddings)):
+            if value is not None:
+                raise UsageError(f"{flag} applies only to diffusers models (--model diffusers:DIR), not {args.model!r}")
+    elif args.backend == "hookpoints":
+        raise UsageError(f"--backend hookpoints needs a model with HookPoints (the built-in models); accepted for "
+                         f"{args.model!r}: nnsight")
+    clip_frames = args.clip_frames or args.context + args.frames
+    if args.context >= clip_frames:
+        raise UsageError(f"--context {args.context} is not shorter than the clip ({clip_frames} frames); "
+                         f"accepted: 1..{clip_frames - 1}")
+    if args.context + args.frames > clip_frames:
+        raise UsageError(f"--context {args.context} + --frames {args.frames} needs {args.context + args.frames} frames "
+                         f"but --clip-frames is {clip_frames}; accepted: --clip-frames >= {args.context + args.frames}")
+    return capture, clip_frames
+
+
+def _estimate(model, layout, spec: list[int], capture: list[str], args: argparse.Namespace, clip_frames: int) -> int:
+    """Bytes a probed generation holds: the model's KV cache and scores (scd.memory), the clip, and the recorded
+    features (float32 while recording, stacked once more to save) and attention."""
+    from scd.memory import generation_bytes
+
+    config = model.get_config() if hasattr(model, "get_config") else {}
+    width = config.get("width", getattr(layout, "width", 0) or 1536)
+    heads = config.get("heads", config.get("num_attention_heads", 12))
+    tokens = layout.tokens_per_frame
+    itemsize = 2 if args.dtype != "float32" else 4
+    total = generation_bytes(width, layout.depth, heads, tokens, clip_frames, itemsize=itemsize)
+    total += clip_frames * 3 * config.get("frame_size", 64) ** 2 * 8 * 3
+    if "features" in capture:
+        kept = tokens if args.mode == "full" else min(256, tokens)
+        total += 2 * len(spec) * args.frames * args.steps * (kept * width * 4 + 16 * args.steps)
+    if "attention" in capture:
+        total += len(spec) * args.frames * args.steps * heads * clip_frames * 4
+    return total
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    diffusers_model = args.model.startswith("diffusers:")
+    capture, clip_frames = _check_run_flags(args, diffusers_model)
+    clips = indices(args.clip, "--clip", 0, CLIP_MAX)
+    seeds = indices(args.seed, "--seed", 0, SEED_MAX)
+    if len(clips) * len(seeds) > 10_000:
+        raise UsageError(f"--clip x --seed makes {len(clips) * len(seeds)} runs; accepted: at most 10000")
+    from probes.sweep import world
+
+    rank, world_size, local_rank = world()
+    sharded = len(clips) * len(seeds) > 1 or world_size > 1
+    if args.out is not None:  # checked before the model is even loaded; the default path is checked below
+        output(args.out, "sweep" if sharded else "run", args.force)
+    embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
+    on = device(args.device)
+
+    import torch
+    from tqdm import tqdm  # noqa: F401  (imported here so the bar's import does not count as probing time)
+
+    from probes import sweep
+    from probes.adapters import layout_of, load_model
+    from probes.probe import Probe, ProbeError
+    from probes.store import load_run
+    from scd import VideoBenchmark, generate
+    from scd.outputs import replace, temporary_sibling
+    from scd.progress import progress
+
+    if on.type == "cuda" and world_size > 1:
+        on = torch.device("cuda", local_rank)  # one GPU per rank of the machine
+    dtype = torch_dtype(args.dtype)
+    options = {"latent_size": args.latent_size or (8, 8), "text_embeddings": embeddings} if diffusers_model else {}
+    model = load_model(args.model, device=on, dtype=dtype, **options)
+    layout = layout_of(model)
+    spec = layers(args.layers if args.layers is not None else args.layer, layout.depth,
+                  "--layers" if args.layers is not None else "--layer", _roles_text(layout))
+    chosen = list(range(layout.depth)) if spec == "all" else spec
+    out = Path(args.out) if args.out else _default_out(args.model, spec)
+    output(out, "sweep" if sharded else "run", args.force)
+    estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
+    try:
+        probe = Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend)
+    except ProbeError as e:
+        raise UsageError(str(e)) from None
+    items = [(clip, seed) for clip in clips for seed in seeds]
+    command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
+
+    def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
+        if diffusers_model:  # seeded Gaussian latents stand in for a diffusers model's context: there is no ground truth
+            generator = torch.Generator().manual_seed(clip_index)
+            clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
+            truth = None
+        else:
+            clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(clip_index)
+            truth = clip[: args.context + args.frames]
+        bar = progress(total=args.frames * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
+
+        def advance(frame: int, step: int | None, timestep: float) -> None:
+            if step is not None:
+                bar.set_postfix(frame=frame, refresh=False)
+                bar.update()
+
+        try:
+            with probe:
+                generate(model, clip[: args.context], args.frames, steps=args.steps, seed=seed, device=on,
+                         dtype=dtype, callback=advance)
+            bar.close()
+            return probe.save(path, ground_truth=truth, force=args.force, split="latent noise" if diffusers_model else "val",
+                              clip=clip_index, seed=seed, dtype=args.dtype, device=str(on), command=command)
+        except ProbeError as e:
+            raise UsageError(str(e)) from None
+
+    if not sharded:
+        run = probe_item(clips[0], seeds[0], out, args.quiet)
+    else:  # the sweep is written into a hidden sibling, then swapped in whole: an older sweep stays until then
+        with sweep.process_group(world_size):
+            name = [temporary_sibling(out).name if rank == 0 else None]
+            sweep.broadcast(name, world_size)
+            tmp = out.parent / name[0]
+            target = tmp if tmp.is_dir() else out  # ranks on machines without the shared disk write in place
+            try:
+                with sweep.write_shard(target, rank, world_size) as (shard, written):
+                    for clip_index, seed in items[rank::world_size]:
+                        probe_item(clip_index, seed, shard / sweep.item_name(clip_index, seed), args.quiet or rank > 0)
+                        written.append({"clip": clip_index, "seed": seed, "run": sweep.item_name(clip_index, seed)})
+                sweep.barrier(world_size)
+                if rank == 0:
+                    replace(tmp, out)
+            finally:
+                if rank == 0 and tmp.exists():
+                    import shutil
+
+                    shutil.rmtree(tmp, ignore_errors=True)
+        run = out
+        if rank > 0:
+            return
+    if not args.quiet:  # the table of what was written, not a second computation of it
+        print(summary_table(load_run(run)))
+    print(f"wrote {run}")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from probes.store import load_run
+
+    run = load_run(args.run)
+    m = run.manifest
+    items = m.get("sweep", {}).get("items")
+    which = (f"{len(items)} runs (clips {sorted({i['clip'] for i in items})}, seeds {sorted({i['seed'] for i in items})})"
+             if items else f"clip {m.get('clip')}, seed {m.get('seed')}")
+    print(f"{m.get('model')} · layers {m.get('layers')} · frames {m.get('frames')} · {len(m.get('steps', []))} steps · "
+          f"{which} · {m.get('mode')} mode")
+    print(summary_table(run))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out = Path(args.output)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {str(out)!r} is not an .html file; accepted: a path ending in .html")
+    output(out, "report", args.force, flag="-o")
+    import matplotlib
+
+    matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display
+    from analyses.report import write_report
+
+    print(f"wrote {write_report(args.runs, out, bench=args.bench, interventions=args.interventions, force=args.force)}")

@@ -30,7 +30,12 @@ def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.T
                     f"layer{layer}.gram": torch.stack([p[0] for p in pairs]),
                     f"layer{layer}.token_cosine": torch.stack([p[1] for p in pairs])}
     video = np.zeros((T, 4, 4, 3), np.uint8)
-    manifest = {"model": "constructed", "config": {"depth": depth}, "frames": FRAMES, "steps": list(range(steps))}
+    layers = sorted(set(features) | set(attention))
+    tokens = next(iter(features.values())).shape[2] if features else 4
+    manifest = {"model": "constructed", "config": {"depth": depth}, "frames": FRAMES, "steps": list(range(steps)),
+                "layers": layers, "layer_roles": ["causal"] * len(layers), "mode": "full", "tokens_per_frame": tokens,
+                "capture": [kind for kind, given in (("features", features), ("attention", attention)) if given],
+                "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0]}
     write_run(path, manifest, features=entries, attention={f"layer{k}": v for k, v in attention.items()},
               generated=video, ground_truth=video)
     return load_run(path)
@@ -130,7 +135,7 @@ def _claims_run(tmp_path, name, *, similar15=True, similar_last=False, deep_shar
     g = torch.Generator().manual_seed(0)
     layers = layers or {15, 27, 28, 29, 5}
     features = {layer: _features(similar15 if layer == 15 else similar_last if layer >= 27 else True, steps, g)
-                for layer in layers if layer != 5}
+                for layer in layers}
     attention = {layer: _attention(1 - (deep_share if layer >= 28 else 0.6), steps=steps) for layer in layers}
     return _write(tmp_path / name, features, attention, steps)
 

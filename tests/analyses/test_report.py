@@ -97,5 +97,5 @@ def test_report_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
     assert main(["report", str(runs[1]), "-o", str(tmp_path / "file" / "r.html")]) == 2
     assert "cannot be written" in error()
     assert main(["report", str(runs[1]), "-o", str(tmp_path / "r.pdf")]) == 2
-    assert "must name an .html file" in error()
+    assert "is not an .html file; accepted: a path ending in .html" in error()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "incomplete"]  # nothing written

@@ -53,7 +53,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoints, tmp_p
     out = tmp_path / "iv"
     cases = [(["--model", str(scd)], "knocking out its decoder's only past"),
              (["--model", str(scd), "--knockout", "none", "--reuse", "1"], "layer 1 is not an SCD decoder layer"),
-             (["--model", str(base), "--refresh", "0"], "--refresh 0"),
+             (["--model", str(base), "--refresh", "0"], "--refresh: value 0 is out of range; accepted: an integer in 1..1000"),
              (["--model", str(base), "--reuse", "9"], "--reuse: layer 9 is out of range"),
              (["--model", str(base), "--reuse", "none", "--knockout", "none"], "nothing to measure")]
     for flags, problem in cases:

@@ -64,15 +64,15 @@ def test_layers_all_stream_mode_and_the_nnsight_backend(tiny_checkpoint, tmp_pat
 @pytest.mark.parametrize("extra, expected", [
     (["--layer", "4"], "layer 4 is out of range; accepted: comma-separated block indices in 0..3, or 'all'"),
     (["--layer", "-1"], "layer -1 is out of range"),
-    (["--layer", "x"], "layer 'x' is not an integer; accepted"),
-    (["--layers", "1.5"], "layer '1.5' is not an integer"),
-    (["--layers", ""], "empty layer in ''"),
-    (["--layers", "1,,2"], "empty layer in '1,,2'"),
+    (["--layer", "x"], "--layer: 'x' is not valid; accepted: comma-separated block indices, or 'all'"),
+    (["--layers", "1.5"], "--layers: '1.5' is not valid; accepted"),
+    (["--layers", ""], "--layers: '' is not valid"),
+    (["--layers", "1,,2"], "--layers: '1,,2' is not valid"),
     (["--layers", "1,2,1"], "layer 1 is given twice"),
-    (["--capture", "features,logits"], "unknown capture kind 'logits'; accepted: features, attention"),
+    (["--capture", "features,logits"], "--capture: unknown kind 'logits'; accepted: features, attention"),
     (["--capture", "attention,attention"], "names a kind twice"),
-    (["--mode", "lazy"], "unknown --mode 'lazy'; accepted: full, stream"),
-    (["--context", "5", "--clip-frames", "4"], "--context 5 is longer than the clip (4 frames); accepted: 1..3"),
+    (["--mode", "lazy"], "invalid choice: 'lazy' (choose from 'full', 'stream')"),
+    (["--context", "5", "--clip-frames", "4"], "--context 5 is not shorter than the clip (4 frames); accepted: 1..3"),
     (["--frames", "3", "--clip-frames", "4"], "needs 5 frames but --clip-frames is 4"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
@@ -89,10 +89,10 @@ def test_unknown_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--steps", "0"], "--steps: must be >= 1, got 0"),
-    (["--frames", "0"], "--frames: must be >= 1, got 0"),
-    (["--context", "0"], "--context: must be >= 1, got 0"),
-    (["--clip", "-2"], "--clip -2 is out of range; accepted: an integer, a range A-B or a comma-separated list, each >= 0"),
+    (["--steps", "0"], "--steps: value 0 is out of range; accepted: an integer in 1..1000"),
+    (["--frames", "0"], "--frames: value 0 is out of range; accepted: an integer in 1..1024"),
+    (["--context", "0"], "--context: value 0 is out of range; accepted: an integer in 1..1024"),
+    (["--clip", "-2"], "--clip '-2' is out of range; accepted: an integer, a range A-B or a comma-separated list"),
     (["--layer", "3", "--layers", "1,2"], "not allowed with argument"),
     (["--backend", "pyvene"], "invalid choice: 'pyvene'"),
 ])
@@ -110,7 +110,7 @@ def test_an_existing_run_is_kept_without_force(tiny_checkpoint, tmp_path, capsys
     assert _run(tiny_checkpoint, tmp_path / "run", "--seed", "1") == 0
     manifest = (tmp_path / "run" / "manifest.json").read_bytes()
     assert _run(tiny_checkpoint, tmp_path / "run", "--seed", "2") == 2
-    assert "already exists and is not empty; pass --force" in _error(capsys)
+    assert "already exists; pass --force to replace it" in _error(capsys)
     assert (tmp_path / "run" / "manifest.json").read_bytes() == manifest
     assert _run(tiny_checkpoint, tmp_path / "run", "--seed", "2", "--force") == 0
     assert load_run(tmp_path / "run").manifest["seed"] == 2
@@ -124,7 +124,9 @@ def test_an_unwritable_out_is_refused(tiny_checkpoint, tmp_path, capsys):
     assert _run(tiny_checkpoint, tmp_path / "file" / "run") == 2
     assert "cannot be written" in _error(capsys)
     assert _run(tiny_checkpoint, tmp_path / "file") == 2
-    assert "is a file" in _error(capsys)
+    assert "already exists; pass --force" in _error(capsys)
+    assert _run(tiny_checkpoint, tmp_path / "file", "--force") == 2
+    assert "is not a run directory written by this toolkit" in _error(capsys)
     assert (tmp_path / "file").read_text() == "not a directory"
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from probe_cli.main import main
+from probe_cli.cli import main
 
 sys.exit(main())

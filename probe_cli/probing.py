@@ -102,7 +102,8 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     if not diffusers_model:
         for flag, value in (("--latent-size", args.latent_size), ("--text-embeddings", args.text_embeddings)):
             if value is not None:
-                raise UsageError(f"{flag} applies only to diffusers models (--model diffusers:DIR), not {args.model!r}")
+                raise UsageError(f"{flag} applies only to diffusers models, not {args.model!r}; accepted: --model diffusers:DIR "
+                                 f"with {flag}, or no {flag}")
     elif args.backend == "hookpoints":
         raise UsageError(f"--backend hookpoints needs a model with HookPoints (the built-in models); accepted for "
                          f"{args.model!r}: nnsight")

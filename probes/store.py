@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probes.adapters.builtin import ROLES
-from scd.outputs import OutputError, atomic_directory, check_output
+from scd.outputs import OutputError, atomic_directory, check_output, recover
 
 FORMAT = "scd-probes-run/2"  # 2: the manifest records each file's size and sha256
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
@@ -193,17 +193,19 @@ def load_run(path: str | Path) -> Run:
     directory is refused with a one-line RunError: the manifest is checked against the files (their sizes and
     sha256, every listed layer stored with the shape the frames, steps and tokens give)."""
     path = Path(path)
+    recover(path)  # a kill between the two renames of a fallback replacement: the old run is put back
     if not path.is_dir():
-        raise RunError(f"{path} is not a run directory (it does not exist or is a file)")
+        raise RunError(f"{path} is not a run directory (it does not exist or is a file); accepted: a directory "
+                       "written by probe run")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         if is_sweep(path):  # shards of a sweep (probes/sweep.py): merged into one run
             return load_sweep(path)
-        raise RunError(f"{path} is not a run directory: no manifest.json")
+        raise RunError(f"{path} is not a run directory: no manifest.json; accepted: a directory written by probe run")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        raise RunError(f"{manifest_path} is not valid JSON") from None
+        raise RunError(f"{manifest_path} is not valid JSON; the run is damaged: run it again") from None
     if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("scd-probes-run/"):
         raise RunError(f"{path} is not a run directory of this toolkit (manifest format is not {FORMAT!r})")
     if manifest["format"] != FORMAT:
@@ -232,7 +234,7 @@ def check_manifest(path: Path, m: dict) -> None:
     for name in DATA_FILES:
         file = path / name
         if not file.is_file():
-            raise RunError(f"{path} is missing {name}")
+            raise RunError(f"{path} is missing {name}; the run is damaged: run it again")
         expected = files[name]
         if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes"):
             raise RunError(f"{file} is not the file this run wrote (size differs: truncated or replaced); run it again")

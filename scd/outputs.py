@@ -99,10 +99,9 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
     (with `force`), or that cannot be written: proven by creating its hidden temporary sibling in the real
     parent (parents that do not exist yet are made and removed again). Returns the path."""
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise OutputError(f"{flag} {str(path)!r} names no file or directory of its own; accepted: a path ending in a new name")
     recover(path)
-    name = path.name
-    if name in ("", ".", ".."):
-        raise OutputError(f"{flag} {str(path)!r} names no file or directory; accepted: a path ending in a new name")
     if path.is_symlink():
         raise OutputError(f"{flag} {path} is a symbolic link; accepted: a plain path (the toolkit does not write through links)")
     directory = kind not in FILE_KINDS.values()
@@ -120,7 +119,8 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
         missing = []
         while not parent.exists():
             if parent.is_symlink():
-                raise OutputError(f"{flag} {path} goes through a dangling symbolic link {parent}")
+                raise OutputError(f"{flag} {path} goes through a dangling symbolic link {parent}; accepted: a path "
+                                  "through existing directories (or none)")
             missing.append(parent)
             parent = parent.parent
         if not parent.is_dir():
@@ -189,11 +189,16 @@ def _remove(path: Path) -> None:
 def recover(path: str | Path) -> None:
     """Undo what a kill between the two renames of a fallback replacement left: `.NAME.old` without `NAME`."""
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        return
     old = path.with_name(f".{path.name}.old")
-    if old.exists() and not path.exists():
-        old.rename(path)
-    elif old.exists():
-        _remove(old)
+    try:
+        if old.exists() and not path.exists():
+            old.rename(path)
+        elif old.exists():
+            _remove(old)
+    except OSError:  # a name too long for its `.old` sibling has none
+        pass
 
 
 _RENAME_EXCHANGE = 2

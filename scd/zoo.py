@@ -128,7 +128,8 @@ def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
             "a checkpoint directory, or a .safetensors file with a .json config beside it")
     for p in (weights, config):
         if not p.is_file():
-            raise CheckpointError(f"checkpoint file missing: {p}")
+            raise CheckpointError(f"checkpoint file missing: {p}; accepted: a .safetensors file with its .json "
+                                  "config beside it (model.safetensors + config.json in a directory)")
     return weights, config
 
 
@@ -150,7 +151,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
     config.pop("dtype", None)
     digest = sha256(weights)
     if expected_sha is not None and digest != expected_sha:
-        raise CheckpointError(f"checkpoint {weights} does not match the sha256 in {config_path.name} (truncated or replaced?)")
+        raise CheckpointError(f"checkpoint {weights} does not match the sha256 in {config_path.name} (truncated or replaced?); "
+                              "accepted: the weights the config was written with (save or export them again)")
     try:
         model = build_model(config)
     except CheckpointError as e:

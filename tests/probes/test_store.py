@@ -8,7 +8,6 @@ import torch
 
 from probes.store import RunError, load_run, write_run
 
-
 MANIFEST = {"model": "baseline", "config": {}, "layers": [15, 28], "layer_roles": ["causal", "causal"],
             "capture": ["features", "attention"], "mode": "stream", "frames": [4, 5], "steps": [0, 1, 2],
             "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "num_frames": 6, "context": 4}

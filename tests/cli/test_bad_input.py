@@ -1,0 +1,359 @@
+"""Every class of bad input, for every command: exit code 2, one line on stderr naming the problem and the accepted
+values, no traceback, and the file tree (target, parent, siblings) byte-identical before and after.
+
+Each case runs in a sandbox (the working directory) that holds what a user's directory might: a run the toolkit
+wrote, a directory of the user's, a file, a dangling link, a report and a PNG of the user's. Placeholders in argv:
+{base} / {scd}: tiny checkpoints, {bad:NAME}: a damaged checkpoint (BAD_CHECKPOINTS), {run}: a good run,
+{broken:NAME}: a damaged run (BROKEN_RUNS), {train}: a training directory.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from probe_cli import main
+from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.zoo import save_model
+from tests.conftest import randomize
+
+TINY = ["--context", "2", "--frames", "2", "--steps", "2"]
+LONG = "n" * 250  # a name that fits alone, but not once the hidden temporary suffix is added
+# Words by which a refusal names the accepted values or the way out.
+NAMES_THE_WAY = ("accepted", "choose from", "pass --force", "run it again", "--resume", "expected one argument",
+                 "required", "not allowed with", "unrecognized arguments", "through existing directories")
+
+BAD_CONFIGS = {  # a config field changed -> a checkpoint of the tiny baseline whose config says so
+    "negative_width": {"width": -32}, "zero_heads": {"heads": 0}, "huge_depth": {"depth": 10**9},
+    "odd_heads": {"heads": 3}, "string_width": {"width": "32"}, "bool_depth": {"depth": True},
+    "nan_ratio": {"mlp_ratio": float("nan")}, "unknown_field": {"dropout": 0.1}, "unknown_family": {"family": "unet"},
+    "patch_misfit": {"patch_size": 5}, "huge_width": {"width": 16384, "depth": 512},
+}
+BAD_WEIGHTS = {"int8": torch.int8, "bool": torch.bool, "nan": "nan", "inf": "inf"}
+
+
+def _tree(root: Path) -> dict:
+    """Every entry under root: kind, bytes' sha256 (files), target (links), mode."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                found[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                found[rel] = ("dir", p.stat().st_mode)
+            else:
+                found[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+    return found
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory, tiny_checkpoints):
+    """Checkpoints, runs and directories the cases point at; built once, outside the sandbox."""
+    root = tmp_path_factory.mktemp("material")
+    base, scd = tiny_checkpoints
+    paths = {"base": base, "scd": scd}
+    for name, change in BAD_CONFIGS.items():
+        shutil.copytree(base, root / name)
+        config = json.loads((root / name / "config.json").read_text())
+        (root / name / "config.json").write_text(json.dumps({**config, **change}))
+        paths[f"bad:{name}"] = root / name
+    for name, kind in BAD_WEIGHTS.items():
+        model = randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"]))
+        save_model(model, root / name / "model.safetensors")
+        state = load_file(root / name / "model.safetensors")
+        key = sorted(state)[0]
+        state[key] = state[key].to(kind) if isinstance(kind, torch.dtype) else torch.full_like(state[key], float(kind))
+        save_file(state, root / name / "model.safetensors")
+        config = json.loads((root / name / "config.json").read_text())
+        config.pop("sha256")  # the weights were changed on purpose: let the dtype / value check speak
+        (root / name / "config.json").write_text(json.dumps(config))
+        paths[f"bad:{name}"] = root / name
+    truncated = root / "truncated"
+    shutil.copytree(base, truncated)
+    (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:500])
+    paths["bad:truncated"] = truncated
+    paths["bad:noconfig"] = root / "noconfig"
+    shutil.copytree(base, root / "noconfig")
+    (root / "noconfig" / "config.json").unlink()
+
+    for name, seed in (("run", 0), ("other", 1)):
+        assert main(["run", "--model", str(base), "--layer", "1", *TINY, "--seed", str(seed), "--quiet",
+                     "--out", str(root / name)]) == 0
+    paths["run"] = root / "run"
+    broken = {
+        "swapped": lambda d: shutil.copy(root / "other" / "features.safetensors", d / "features.safetensors"),
+        "missing_layer": lambda d: _edit(d, layers=[1, 2], layer_roles=["causal", "causal"]),
+        "truncated_attention": lambda d: (d / "attention.safetensors").write_bytes(
+            (d / "attention.safetensors").read_bytes()[:100]),
+        "garbage_manifest": lambda d: (d / "manifest.json").write_bytes(b"\x00\xffnot json"),
+        "manifest_list": lambda d: (d / "manifest.json").write_text("[1, 2]"),
+        "wrong_types": lambda d: _edit(d, steps="0,1"),
+        "no_video": lambda d: (d / "video.npz").unlink(),
+        "old_format": lambda d: _edit(d, format="scd-probes-run/1"),
+        "incomplete": lambda d: _edit(d, complete=False),
+        "shorter_steps": lambda d: _edit(d, steps=[0], timesteps=[1000.0]),
+    }
+    for name, damage in broken.items():
+        shutil.copytree(root / "run", root / f"broken-{name}")
+        damage(root / f"broken-{name}")
+        paths[f"broken:{name}"] = root / f"broken-{name}"
+    train = root / "train"
+    assert main(["train", "baseline", "--size", "tiny", "--steps", "1", "--batch-size", "1", "--frames", "2",
+                 "--quiet", "--out", str(train)]) == 0
+    paths["train"] = train
+    return root, paths
+
+
+def _edit(run: Path, **change) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, **change}))
+
+
+@pytest.fixture
+def sandbox(tmp_path, material, monkeypatch):
+    """The working directory of a case: a toolkit run, the user's own directory, file, link, report and PNG."""
+    shutil.copytree(material[1]["run"], tmp_path / "myrun")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own notes")
+    (tmp_path / "file.txt").write_text("a file of the user's")
+    (tmp_path / "page.html").write_text("<html>the user's page</html>")
+    from PIL import Image
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "dir")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# (argv, what the one line must say). Classes: O output paths, N names, U numbers (ranges, NaN, inf, 64 bits,
+# memory), C choices and flags that do not apply, K checkpoints, R run directories, T training.
+CASES = [
+    # -- probe run
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "myrun"], "already exists; pass --force"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "mine", "--force"], "not a run directory written by"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "file.txt", "--force"], "not a run directory written"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "/proc/run"], "cannot be written"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "dangling"], "symbolic link"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "dangling/run"], "dangling symbolic link"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "."], "names no file or directory"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", ".."], "names no file or directory"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", LONG], "File name too long"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "file.txt/run"], "is a file, not a directory"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--clip", "0,1", "--out", "mine", "--force"],
+     "not a sweep directory written"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--clip", "0,1", "--out", "myrun", "--force"],
+     "not a sweep directory written"),
+    ("U", ["run", "--steps", "0"], "value 0 is out of range; accepted: an integer in 1..1000"),
+    ("U", ["run", "--steps", "1001"], "accepted: an integer in 1..1000"),
+    ("U", ["run", "--steps=-3"], "accepted: an integer in 1..1000"),
+    ("U", ["run", "--steps", "nan"], "is not an integer"),
+    ("U", ["run", "--steps", "inf"], "is not an integer"),
+    ("U", ["run", "--steps", "1e3"], "is not an integer"),
+    ("U", ["run", "--steps", "2.5"], "is not an integer"),
+    ("U", ["run", "--steps", "1_000"], "is not an integer"),
+    ("U", ["run", "--steps", "\u0663"], "is not an integer"),  # an Arabic-Indic digit: int() would take it
+    ("U", ["run", "--frames", str(2**70)], "accepted: an integer in 1..1024"),
+    ("U", ["run", "--context", "0"], "accepted: an integer in 1..1024"),
+    ("U", ["run", "--clip-frames", "1"], "accepted: an integer in 2..2048"),
+    ("U", ["run", "--seed", str(2**70)], "out of range; accepted"),
+    ("U", ["run", "--seed", "-1"], "out of range; accepted"),
+    ("U", ["run", "--seed", "0-99999"], "more than 10000"),
+    ("U", ["run", "--clip", str(2**40)], "out of range; accepted"),
+    ("U", ["run", "--clip", "5-2"], "is empty; accepted"),
+    ("U", ["run", "--clip", "1,1"], "names a value twice"),
+    ("U", ["run", "--clip", "0-9999", "--seed", "0,1"], "at most 10000"),
+    ("U", ["run", "--model", "{base}", "--layer", "1", "--frames", "1024", "--steps", "1000", "--context", "1000",
+           "--clip-frames", "2048", "--out", "big"], "GiB, but"),
+    ("U", ["run", "--model", "{base}", "--layers", "all", "--steps", "1000", "--frames", "1000", "--out", "big"],
+     "GiB, but"),
+    ("U", ["run", "--latent-size", "0x8"], "accepted: two integers in 1..1024"),
+    ("U", ["run", "--latent-size", "99999x8"], "accepted: two integers in 1..1024"),
+    ("U", ["run", "--model", "{base}", *TINY, "--layers", "1,9"], "layer 9 is out of range; accepted"),
+    ("U", ["run", "--model", "{base}", *TINY, "--layers", "-1"], "out of range; accepted"),
+    ("U", ["run", "--layers", "1.5"], "accepted: comma-separated block indices"),
+    ("U", ["run", "--layers", "1,,2"], "accepted: comma-separated block indices"),
+    ("U", ["run", "--layer", ""], "accepted: comma-separated block indices"),
+    ("U", ["run", "--model", "{base}", *TINY, "--layers", "1,2,1"], "given twice"),
+    ("U", ["run", "--context", "4", "--clip-frames", "4"], "is not shorter than the clip"),
+    ("C", ["run", "--device", "meta"], "accepted: cpu, cuda, cuda:N, mps"),
+    ("C", ["run", "--device", "tpu"], "accepted: cpu, cuda, cuda:N, mps"),
+    ("C", ["run", "--device", "cuda:99"], "cannot be used here; accepted"),
+    ("C", ["run", "--device", "mps"], "cannot be used here; accepted"),
+    ("C", ["run", "--dtype", "float64"], "choose from"),
+    ("C", ["run", "--dtype", "int8"], "choose from"),
+    ("C", ["run", "--mode", "lazy"], "choose from"),
+    ("C", ["run", "--backend", "pyvene"], "choose from"),
+    ("C", ["run", "--capture", "logits"], "unknown kind 'logits'; accepted: features, attention"),
+    ("C", ["run", "--capture", "features,features"], "names a kind twice"),
+    ("C", ["run", "--model", "{base}", *TINY, "--layer", "1", "--hook", "hook_nope"], "unknown feature hook"),
+    ("C", ["run", "--latent-size", "8x8"], "applies only to diffusers models"),
+    ("C", ["run", "--text-embeddings", "file.txt"], "applies only to diffusers models"),
+    ("C", ["run", "--layer", "1", "--layers", "1,2"], "not allowed with"),
+    ("C", ["run", "--model", "nope"], "unknown model 'nope'; accepted"),
+    ("C", ["run", "--model", "diffusers:mine"], "no config.json"),
+    ("K", ["run", "--model", "{bad:negative_width}"], "width = -32; accepted"),
+    ("K", ["run", "--model", "{bad:zero_heads}"], "heads = 0; accepted"),
+    ("K", ["run", "--model", "{bad:huge_depth}"], "depth = 1000000000; accepted"),
+    ("K", ["run", "--model", "{bad:odd_heads}"], "even whole head dimension"),
+    ("K", ["run", "--model", "{bad:string_width}"], "width = '32'; accepted: an integer"),
+    ("K", ["run", "--model", "{bad:bool_depth}"], "depth = True; accepted: an integer"),
+    ("K", ["run", "--model", "{bad:nan_ratio}"], "mlp_ratio = nan; accepted"),
+    ("K", ["run", "--model", "{bad:unknown_field}"], "unknown baseline config fields ['dropout']"),
+    ("K", ["run", "--model", "{bad:unknown_family}"], "unknown model family 'unet'; accepted"),
+    ("K", ["run", "--model", "{bad:patch_misfit}"], "does not divide frame_size"),
+    ("K", ["run", "--model", "{bad:huge_width}"], "GiB, but"),
+    ("K", ["run", "--model", "{bad:int8}"], "is int8; accepted: float32"),
+    ("K", ["run", "--model", "{bad:bool}"], "is bool; accepted: float32"),
+    ("K", ["run", "--model", "{bad:nan}"], "NaN or infinite values; accepted: finite"),
+    ("K", ["run", "--model", "{bad:inf}"], "NaN or infinite values; accepted: finite"),
+    ("K", ["run", "--model", "{bad:truncated}"], "sha256"),
+    ("K", ["run", "--model", "{bad:noconfig}"], "checkpoint file missing"),
+    # -- probe show and probe report
+    ("R", ["show", "{broken:swapped}"], "sha256 differs"),
+    ("R", ["show", "{broken:missing_layer}"], "lacks layer2"),
+    ("R", ["show", "{broken:truncated_attention}"], "size differs"),
+    ("R", ["show", "{broken:garbage_manifest}"], "is not valid JSON"),
+    ("R", ["show", "{broken:manifest_list}"], "not a run directory of this toolkit"),
+    ("R", ["show", "{broken:wrong_types}"], "steps is '0,1'; accepted"),
+    ("R", ["show", "{broken:no_video}"], "is missing video.npz"),
+    ("R", ["show", "{broken:old_format}"], "run it again"),
+    ("R", ["show", "{broken:incomplete}"], "incomplete run"),
+    ("R", ["show", "{broken:shorter_steps}"], "has shape"),
+    ("R", ["show", "mine"], "no manifest.json; accepted"),
+    ("R", ["show", "file.txt"], "is not a run directory"),
+    ("R", ["report", "{broken:swapped}", "-o", "r.html"], "sha256 differs"),
+    ("R", ["report", "{broken:missing_layer}", "-o", "r.html"], "lacks layer2"),
+    ("R", ["report", "{run}", "--bench", "mine", "-o", "r.html"], "not a bench directory"),
+    ("R", ["report", "{run}", "--interventions", "{run}", "-o", "r.html"], "not a directory written by probe intervene"),
+    ("O", ["report", "{run}", "-o", "page.html"], "already exists; pass --force"),
+    ("O", ["report", "{run}", "-o", "page.html", "--force"], "not a report written by this toolkit"),
+    ("O", ["report", "{run}", "-o", "r.pdf"], "accepted: a path ending in .html"),
+    ("O", ["report", "{run}", "-o", "/proc/r.html"], "cannot be written"),
+    ("O", ["report", "{run}", "-o", "mine"], "accepted: a path ending in .html"),
+    ("O", ["report", "{run}", "-o", "file.txt/r.html"], "is a file"),
+    # -- probe bench and probe intervene
+    ("U", ["bench", "--frames", "1"], "accepted: an integer in 2..1024"),
+    ("U", ["bench", "--steps", "4,4"], "distinct comma-separated integers"),
+    ("U", ["bench", "--steps", "0,4"], "each in 1..1000"),
+    ("U", ["bench", "--context", "a"], "distinct comma-separated integers"),
+    ("U", ["bench", "--repeats", "0"], "accepted: an integer in 1..100"),
+    ("U", ["bench", "--samples", "1e9"], "is not an integer"),
+    ("C", ["bench", "--baseline", "{base}", "--scd", "{base}", "--out", "b"], "same model"),
+    ("C", ["bench", "--device", "meta"], "accepted: cpu, cuda"),
+    ("O", ["bench", "--baseline", "{base}", "--scd", "{scd}", "--out", "mine", "--force"], "not a bench directory written"),
+    ("O", ["bench", "--baseline", "{base}", "--scd", "{scd}", "--out", "myrun"], "already exists"),
+    ("U", ["intervene", "--refresh", "0"], "accepted: an integer in 1..1000"),
+    ("U", ["intervene", "--seed", str(2**64)], "accepted: an integer in 0.."),
+    ("U", ["intervene", "--clips", "0"], "accepted: an integer in 1..10000"),
+    ("U", ["intervene", "--model", "{base}", *TINY, "--reuse", "9", "--out", "iv"], "layer 9 is out of range"),
+    ("C", ["intervene", "--reuse", "none", "--refresh", "2", "--out", "iv"], "applies only to feature reuse"),
+    ("C", ["intervene", "--model", "{scd}", *TINY, "--out", "iv"], "accepted: --knockout none"),
+    ("C", ["intervene", "--model", "{base}", *TINY, "--reuse", "none", "--knockout", "none", "--out", "iv"],
+     "nothing to measure"),
+    ("O", ["intervene", "--model", "{base}", *TINY, "--out", "mine", "--force"], "not an interventions directory"),
+    ("K", ["intervene", "--model", "{bad:zero_heads}", *TINY, "--out", "iv"], "heads = 0"),
+    # -- probe generate
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", "photo.png"], "already exists; pass --force"),
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", "photo.png", "--force"], "not a PNG strip written by"),
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", "strip.jpg"], "accepted: a path ending in .png"),
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", "/proc/x.png"], "cannot be written"),
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", "file.txt/x.png"], "is a file"),
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", LONG + ".png"], "File name too long"),
+    ("O", ["generate", "--model", "{base}", *TINY, "-o", "dangling/x.png"], "dangling symbolic link"),
+    ("U", ["generate", "--clip", "-3"], "accepted: an integer in 0..2147483647"),
+    ("U", ["generate", "--seed", str(2**70)], "accepted: an integer in 0..9223372036854775807"),
+    ("U", ["generate", "--frames", "nan"], "is not an integer"),
+    ("C", ["generate", "--device", "cuda"], "cannot be used here; accepted"),
+    ("K", ["generate", "--model", "{bad:nan}", *TINY, "-o", "x.png"], "NaN or infinite"),
+    # -- probe train
+    ("T", ["train", "baseline", "--out", "t", "--steps", "0"], "accepted: an integer in 1..100000000"),
+    ("T", ["train", "baseline", "--out", "t", "--batch-size", "0"], "accepted: an integer in 1..4096"),
+    ("T", ["train", "baseline", "--out", "t", "--checkpoint-every", "0"], "accepted: an integer in 1..100000000"),
+    ("T", ["train", "baseline", "--out", "t", "--threads", "0"], "accepted: an integer in 1..1024"),
+    ("T", ["train", "baseline", "--out", "t", "--lr", "nan"], "is not a finite number"),
+    ("T", ["train", "baseline", "--out", "t", "--lr", "inf"], "is not a finite number"),
+    ("T", ["train", "baseline", "--out", "t", "--lr=-1e-3"], "out of range; accepted"),
+    ("T", ["train", "baseline", "--out", "t", "--lr", "0"], "out of range; accepted"),
+    ("T", ["train", "baseline", "--out", "t", "--ema-decay", "1"], "out of range; accepted"),
+    ("T", ["train", "baseline", "--out", "t", "--seed", str(2**40)], "accepted: an integer in 0..4294967295"),
+    ("T", ["train", "baseline", "--out", "t", "--size", "huge"], "unknown baseline size 'huge'; accepted"),
+    ("T", ["train", "baseline", "--out", "t", "--size", "../x"], "not a plain name"),
+    ("T", ["train", "wan", "--out", "t"], "choose from"),
+    ("T", ["train", "baseline", "--out", "t", "--size", "tiny", "--batch-size", "4096", "--frames", "1024"], "GiB, but"),
+    ("T", ["train", "baseline", "--out", "t", "--until", "0"], "accepted: an integer in 1..100000000"),
+    ("T", ["train", "baseline", "--out", "mine"], "pass --resume"),
+    ("T", ["train", "baseline", "--out", "mine", "--force"], "not a training directory written"),
+    ("T", ["train", "baseline", "--out", "mine", "--resume"], "no training run to continue"),
+    ("T", ["train", "baseline", "--out", "{train}", "--resume", "--force"], "accepted: one of them"),
+    ("T", ["train", "baseline", "--out", "/proc/t"], "cannot be written"),
+    ("T", ["train", "baseline", "--out", "file.txt"], "already exists; pass --force"),
+    # -- probe export
+    ("N", ["export", "{train}", "--name", "../evil"], "not a plain name"),
+    ("N", ["export", "{train}", "--name", "a/b"], "not a plain name"),
+    ("N", ["export", "{train}", "--name", ""], "not a plain name"),
+    ("N", ["export", "{train}", "--name", ".hidden"], "not a plain name"),
+    ("N", ["export", "{train}", "--name", "x.safetensors"], "not a plain name"),
+    ("N", ["export", "{train}", "--name", "/etc/passwd"], "not a plain name"),
+    ("N", ["export", "{train}", "--name", "x" * 65], "not a plain name"),
+    ("U", ["export", "{train}", "--name", "ok", "--clips", "0"], "accepted: an integer in 1..10000"),
+    ("R", ["export", "mine", "--name", "ok"], "not a training directory"),
+    ("C", ["export", "{train}", "--name", "ok", "--weights", "best"], "choose from"),
+    ("O", ["export", "{train}", "--name", "baseline"], "already exists; pass --force"),
+    # -- the command itself
+    ("C", ["frobnicate"], "choose from"),
+    ("C", ["run", "--nope"], "unrecognized arguments"),
+    ("C", [], "required"),
+]
+
+
+def _argv(argv: list[str], paths: dict) -> list[str]:
+    out = []
+    for arg in argv:
+        if arg.startswith("{") and arg.endswith("}"):
+            arg = str(paths[arg[1:-1]])
+        out.append(arg)
+    return out
+
+
+def test_the_table_covers_every_class_for_every_command():
+    assert len(CASES) >= 80
+    commands = {argv[0] if argv else "" for _, argv, _ in CASES}
+    assert {"run", "show", "report", "bench", "intervene", "generate", "train", "export"} <= commands
+    assert {kind for kind, _, _ in CASES} == set("ONUCKRT")
+
+
+@pytest.mark.parametrize("kind, argv, expected", CASES, ids=[f"{k}-{' '.join(a)[:60]}" for k, a, _ in CASES])
+def test_bad_cli_input_is_one_line_exit_2_and_changes_nothing(sandbox, material, capsys, kind, argv, expected):
+    root, paths = material
+    before, material_before = _tree(sandbox), _tree(root)
+    checkpoints = Path(__file__).resolve().parents[2] / "scd" / "checkpoints"
+    shipped_before = _tree(checkpoints)
+    code = main(_argv(argv, paths))
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, (code, err, captured.out[-500:])
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert any(way in err for way in NAMES_THE_WAY) or "not a" in err or "cannot be written" in err, err
+    assert _tree(sandbox) == before  # target, parent and siblings: byte-identical
+    assert _tree(root) == material_before and _tree(checkpoints) == shipped_before
+
+
+def test_force_replaces_only_what_the_toolkit_wrote(sandbox, material):
+    """The other side of the table: --force does replace the toolkit's own run, and nothing else moves."""
+    root, paths = material
+    before = _tree(sandbox)
+    assert main(["run", "--model", str(paths["base"]), *TINY, "--layer", "1", "--seed", "3", "--quiet", "--out", "myrun",
+                 "--force"]) == 0
+    after = _tree(sandbox)
+    assert {k: v for k, v in after.items() if not k.startswith("myrun")} == \
+        {k: v for k, v in before.items() if not k.startswith("myrun")}
+    assert json.loads((sandbox / "myrun" / "manifest.json").read_text())["seed"] == 3
+    assert np.load(sandbox / "myrun" / "video.npz")["generated"].shape[0] == 4

@@ -239,7 +239,7 @@ def replace(tmp: Path, path: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | Path, kind: str | None = None, force: bool = True) -> Iterator[Path]:
+def atomic_directory(path: str | Path, kind: str | None = None, force: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling of `path` to fill; on success it replaces `path` (see `replace`), on failure it
     is removed and `path` is untouched. With a `kind`, `path` is first checked as `check_output` does."""
     path = Path(path)

@@ -63,7 +63,8 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
     if not isinstance(model, nn.Module):
         raise SamplingError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(context, torch.Tensor):
-        raise SamplingError(f"context must be a tensor [T, C, H, W] or [B, T, C, H, W], got {type(context).__name__}")
+        raise SamplingError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] or "
+                            "[B, T, C, H, W]")
     if context.dim() not in (4, 5) or context.shape[-4] < 1 or context.numel() == 0:
         raise SamplingError(f"context has shape {list(context.shape)}; accepted: [T, C, H, W] or [B, T, C, H, W] with "
                             "T >= 1 context frames")

@@ -33,6 +33,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _get_values(self, action, arg_strings):
+        # argparse drops a lone "--" given as a flag's value (`--clip=--`) and then takes the default: refuse it.
+        if action.option_strings and arg_strings == ["--"]:
+            raise argparse.ArgumentError(action, "'--' is not a value; accepted: see the flag in --help")
+        return super()._get_values(action, arg_strings)
+
 
 def _train_flag(name: str):
     """An argparse `type` for a TrainConfig field, with the field's range (scd.train_config.LIMITS)."""

@@ -168,6 +168,7 @@ CASES = [
     ("U", ["run", "--clip", str(2**40)], "out of range; accepted"),
     ("U", ["run", "--clip", "5-2"], "is empty; accepted"),
     ("U", ["run", "--clip", "1,1"], "names a value twice"),
+    ("U", ["run", "--clip=--"], "'--' is not a value"),  # argparse alone would drop it and take the default
     ("U", ["run", "--clip", "0-9999", "--seed", "0,1"], "at most 10000"),
     ("U", ["run", "--model", "{base}", "--layer", "1", "--frames", "1024", "--steps", "1000", "--context", "1000",
            "--clip-frames", "2048", "--out", "big"], "GiB, but"),

@@ -1,0 +1,100 @@
+"""SIGKILL at each stage of a `--force` replacement of a run leaves a loadable run at the path (the old one or the
+new one, never neither), and the next write of the same output removes what the killed writer left behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probes.store import load_run
+from scd.outputs import stale_siblings
+from tests.probes.test_store import _write
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Each stage patches one step of the write to kill the process right there, then rewrites the run with seed 1.
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+import scd.outputs as outputs
+from tests.probes.test_store import _write
+
+stage, path = sys.argv[1], Path(sys.argv[2])
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+calls = {"n": 0}
+def nth(n, original):
+    def call(*a, **k):
+        calls["n"] += 1
+        return die() if calls["n"] == n else original(*a, **k)
+    return call
+if stage == "filling":                     # inside the temporary sibling, half the files written
+    np.savez_compressed = die
+elif stage == "before swap":               # every file written, nothing swapped yet
+    outputs.replace = die
+elif stage == "after swap":                # swapped (renameat2 exchange), the old run not yet removed
+    outputs._remove = die
+elif stage.startswith("fallback"):         # a system without renameat2: two renames
+    outputs._exchange = lambda a, b: False
+    if stage == "fallback between renames":
+        Path.rename = nth(2, Path.rename)  # the old run is aside as .run.old, the new one not in place yet
+    else:                                  # "fallback after renames": the new run in place, .run.old not removed
+        outputs._remove = nth(2, outputs._remove)
+_write(path, force=True, seed=1)
+print("not killed")
+"""
+
+STAGES = {"filling": 0, "before swap": 0, "after swap": 1, "fallback between renames": 0, "fallback after renames": 1}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_kill_at_any_stage_leaves_the_old_or_the_new_run(tmp_path, stage):
+    path = tmp_path / "run"
+    _write(path, seed=0)
+    result = subprocess.run([sys.executable, "-c", KILLER, stage, str(path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+    run = load_run(path)  # recovers `.run.old` if the kill came between the two renames
+    assert run.manifest["seed"] == STAGES[stage]
+    assert run.path == path
+
+    _write(path, seed=2, force=True)  # the next write of the same output
+    assert load_run(path).manifest["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "stale temporary siblings were not removed"
+
+
+def test_a_live_writer_s_temporary_sibling_is_not_taken_for_stale(tmp_path):
+    """Only siblings whose writer is gone are removed: another process still writing keeps its own."""
+    (tmp_path / "run").mkdir()
+    live = tmp_path / f".run.{os.getppid()}.abc.tmp"  # the parent process (pytest's runner) is alive
+    dead = tmp_path / ".run.999999999.abc.tmp"
+    live.mkdir()
+    dead.mkdir()
+    assert stale_siblings(tmp_path / "run") == [dead]
+
+
+def test_a_killed_probe_run_with_force_keeps_the_old_run(tmp_path, tiny_checkpoints):
+    """The command end to end: `probe run --force` killed while it computes leaves the old run loadable."""
+    base, _ = tiny_checkpoints
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "probe_cli", "run", "--model", str(base), "--layer", "1", "--context", "2",
+            "--quiet", "--out", str(out)]
+    assert subprocess.run([*argv, "--frames", "2", "--steps", "2", "--seed", "0"], cwd=ROOT, timeout=120).returncode == 0
+    process = subprocess.Popen([*argv, "--frames", "200", "--steps", "1000", "--seed", "1", "--force"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # still computing (200,000 steps) when it is killed
+            process.wait(timeout=8)
+    finally:
+        process.kill()
+        process.wait()
+    assert load_run(out).manifest["seed"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == [0, 1]
+    assert subprocess.run([*argv, "--steps", "2", "--seed", "2", "--force"], cwd=ROOT, timeout=120).returncode == 0
+    assert load_run(out).manifest["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -30,6 +30,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
     transformer (`probes.adapters.diffusers.load_diffusers`; options: latent_size, text_embeddings)."""
     if isinstance(name_or_path, str) and name_or_path.startswith("diffusers:"):
         from probes.adapters.diffusers import load_diffusers
+        from scd.devices import float_dtype, usable_device
+
+        device, dtype = usable_device(device), float_dtype(dtype)  # refused before anything is read or moved
 
         return load_diffusers(name_or_path.removeprefix("diffusers:"), device=device, dtype=dtype, **diffusers_options)
     from scd.zoo import load_model as load_builtin

@@ -154,7 +154,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     on = device(args.device)
 
     import torch
-    from tqdm import tqdm  # noqa: F401  (imported here so the bar's import does not count as probing time)
 
     from probes import sweep
     from probes.adapters import layout_of, load_model
@@ -212,6 +211,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         run = probe_item(clips[0], seeds[0], out, args.quiet)
     else:  # the sweep is written into a hidden sibling, then swapped in whole: an older sweep stays until then
         with sweep.process_group(world_size):
+            if rank == 0:
+                out.parent.mkdir(parents=True, exist_ok=True)
             name = [temporary_sibling(out).name if rank == 0 else None]
             sweep.broadcast(name, world_size)
             tmp = out.parent / name[0]

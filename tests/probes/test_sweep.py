@@ -109,3 +109,13 @@ def test_bad_sweep_flags_and_an_existing_output_are_one_line_errors(checkpoint, 
     assert main(["run", "--model", str(checkpoint), *SWEEP, "--out", str(one_process)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in one_process.rglob("*")) == before
+
+
+def test_a_sweep_goes_into_new_parents_and_force_replaces_it_whole(checkpoint, tmp_path):
+    out = tmp_path / "new" / "parents" / "sweep"
+    small = ["--layer", "1", "--context", "2", "--frames", "1", "--steps", "2", "--quiet", "--out", str(out)]
+    assert main(["run", "--model", str(checkpoint), "--clip", "0-2", *small]) == 0
+    assert [i["clip"] for i in load_run(out).manifest["sweep"]["items"]] == [0, 1, 2]
+    assert main(["run", "--model", str(checkpoint), "--clip", "5,6", *small, "--force"]) == 0
+    assert [i["clip"] for i in load_run(out).manifest["sweep"]["items"]] == [5, 6]  # no item of the old sweep stays
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sweep"]

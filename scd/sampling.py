@@ -116,10 +116,12 @@ def generate(
     device, dtype = usable_device(device), float_dtype(dtype)
     batched = context.dim() == 5
     video = (context if batched else context[None]).to(device=device, dtype=dtype)
+    first = next(model.parameters(), None)
+    where = (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
     try:
         model = model.to(device=device, dtype=dtype).eval()
-    except (RuntimeError, torch.cuda.OutOfMemoryError):
-        model.to(device=next(model.parameters()).device)  # a failed move leaves the model where it was
+    except RuntimeError:  # out of memory half way: a failed move leaves the model where it was
+        model.to(device=where[0], dtype=where[1])
         raise
     if use_cache is None:
         use_cache = hasattr(model, "new_cache")

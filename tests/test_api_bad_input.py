@@ -184,3 +184,21 @@ def test_a_toolkit_run_is_replaced_only_with_force(tmp_path, tiny_model):
     assert sorted(os.listdir(tmp_path)) == ["run"]
     shutil.rmtree(tmp_path / "run")
     assert json.dumps(sorted(os.listdir(tmp_path))) == "[]"
+
+
+def test_a_failed_move_leaves_the_model_where_it_was(tiny_model, monkeypatch):
+    """A move that fails half way (out of memory, simulated in one block) is undone: no half-converted model."""
+    block, calls = tiny_model.blocks[2], []
+    original = block._apply
+
+    def fail_once(fn, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(block, "_apply", fail_once)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _generate(tiny_model, dtype=torch.bfloat16)
+    assert {p.dtype for p in tiny_model.parameters()} == {torch.float32}
+    assert len(calls) == 2  # the move back went through the block too

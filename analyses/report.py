@@ -153,7 +153,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
     `out` is replaced only with `force`, and only if it is a report this toolkit wrote."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise RunError(f"-o must name an .html file, got {str(out)!r}")
+        raise RunError(f"-o {str(out)!r} is not an .html file; accepted: a path ending in .html")
     try:
         check_output(out, "report", force, flag="-o")
     except OutputError as e:

@@ -19,7 +19,6 @@ CLIP_MAX = 2**31 - 1      # a val clip index (its numpy seed is 2 * index + 1)
 MAX_ITEMS = 10_000        # clips x seeds of one sweep
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE = re.compile(r"(cpu|cuda|cuda:[0-9]{1,3}|mps)")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class UsageError(ValueError):
@@ -156,10 +155,11 @@ def torch_dtype(name: str):
 
 
 def plain_name(text: str) -> str:
-    """An argparse `type` for names that become file names: letters, digits, '_', '-', '.', no path."""
-    if not NAME.fullmatch(text) or text.endswith((".safetensors", ".json", ".md")) or ".." in text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name; accepted: 1-64 letters, digits, '_', '-' or '.', "
-                                         "starting with a letter or digit, no '/' or '..', no extension")
+    """An argparse `type` for names that become file names (scd.outputs.is_plain_name)."""
+    from scd.outputs import PLAIN_NAME, is_plain_name
+
+    if not is_plain_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name; accepted: {PLAIN_NAME}")
     return text
 
 

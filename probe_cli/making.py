@@ -39,20 +39,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from scd.train_config import TrainConfig, default_config
 
-    if args.resume and args.force:
-        raise UsageError("--resume continues a training directory and --force replaces it; accepted: one of them")
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "family"}
     cfg = default_config(args.family, **values)
     out = Path(args.out)
-    if args.resume:
-        if not (out / "train_state.safetensors").is_file():
-            raise UsageError(f"--resume: {out} holds no training run to continue (no train_state.safetensors)")
-    else:
-        if out.exists() and out.is_dir() and any(out.iterdir()) and not args.force:
-            raise UsageError(f"--out {out} already holds files; pass --resume to continue a training run, or --force "
-                             "to replace one")
-        output(out, "training", args.force)
-    from scd.train import train
+    from scd.train import train  # it refuses a bad directory, size or memory before making anything
 
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet, until=args.until, force=args.force)
     print(f"trained {cfg.family}/{cfg.size} to step {summary['steps']} (final loss {summary['final_loss']:.4f}); "

@@ -173,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                   "--layers" if args.layers is not None else "--layer", _roles_text(layout))
     chosen = list(range(layout.depth)) if spec == "all" else spec
     out = Path(args.out) if args.out else _default_out(args.model, spec)
-    output(out, "sweep" if sharded else "run", args.force)
+    if args.out is None:  # the default path depends on the layers: checked now, still before any work
+        output(out, "sweep" if sharded else "run", args.force)
     estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
     try:
         probe = Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend)
@@ -252,13 +253,9 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    out = Path(args.output)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"-o {str(out)!r} is not an .html file; accepted: a path ending in .html")
-    output(out, "report", args.force, flag="-o")
     import matplotlib
 
     matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display
     from analyses.report import write_report
 
-    print(f"wrote {write_report(args.runs, out, bench=args.bench, interventions=args.interventions, force=args.force)}")
+    print(f"wrote {write_report(args.runs, args.output, args.bench, args.interventions, force=args.force)}")

@@ -15,7 +15,6 @@ as a `MergedRun`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -31,6 +30,7 @@ from safetensors.torch import save_file
 
 from probes.adapters.builtin import ROLES
 from scd.outputs import OutputError, atomic_directory, check_output, recover
+from scd.zoo import sha256
 
 FORMAT = "scd-probes-run/2"  # 2: the manifest records each file's size and sha256
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
@@ -72,11 +72,7 @@ def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 
 def _digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def write_run(
@@ -218,8 +214,7 @@ def load_run(path: str | Path) -> Run:
 
 def _field(path: Path, manifest: dict, name: str, kind, check=lambda v: True, accepted: str = ""):
     value = manifest.get(name)
-    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not bool else isinstance(value, bool)
-    if not ok or not check(value):
+    if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
         raise RunError(f"{path}/manifest.json: {name} is {value!r}; accepted: {accepted or getattr(kind, '__name__', kind)}")
     return value
 
@@ -238,7 +233,7 @@ def check_manifest(path: Path, m: dict) -> None:
         expected = files[name]
         if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes"):
             raise RunError(f"{file} is not the file this run wrote (size differs: truncated or replaced); run it again")
-        if _digest(file)["sha256"] != expected.get("sha256"):
+        if sha256(file) != expected.get("sha256"):
             raise RunError(f"{file} is not the file this run wrote (sha256 differs: swapped or modified); run it again")
     layers = _field(path, m, "layers", list, lambda v: bool(v) and _int_list(v), "a non-empty list of block indices")
     roles = _field(path, m, "layer_roles", list, lambda v: len(v) == len(layers) and all(r in ROLES for r in v),

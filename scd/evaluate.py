@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from scd.data import VideoBenchmark, clip_seed
-from scd.outputs import GENERATOR, atomic_file
+from scd.outputs import GENERATOR, PLAIN_NAME, atomic_file, is_plain_name
 from scd.progress import progress as progress_bar
 from scd.sampling import generate
 from scd.zoo import CHECKPOINT_DIR, CheckpointError, load_model, save_model
@@ -140,9 +139,8 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     run = Path(run)
     if weights not in (*WEIGHTS, "auto"):
         raise CheckpointError(f"unknown weights {weights!r}; accepted: auto, {', '.join(WEIGHTS)}")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or ".." in name:
-        raise CheckpointError(f"checkpoint name {name!r} is not a plain name; accepted: 1-64 letters, digits, '_', '-' "
-                              "or '.', starting with a letter or digit, no '/' or '..'")
+    if not is_plain_name(name):
+        raise CheckpointError(f"checkpoint name {name!r} is not a plain name; accepted: {PLAIN_NAME}")
     if not (run / "train.json").is_file() or not (run / "train_state.safetensors").is_file():
         raise CheckpointError(f"{run} is not a training directory written by probe train (no train.json and "
                               "train_state.safetensors)")

@@ -21,6 +21,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,13 +42,20 @@ MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "inte
 FILE_KINDS = {".html": "report", ".htm": "report", ".png": "strip"}
 
 
+PLAIN_NAME = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, no '/' or '..', no extension"
+
+
+def is_plain_name(text: object) -> bool:
+    """Can `text` become a file name on its own (a checkpoint's, a size's) without reaching another directory?"""
+    return isinstance(text, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", text) is not None \
+        and ".." not in text and not text.endswith((".safetensors", ".json", ".md"))
+
+
 class OutputError(ValueError):
     """An output that cannot or may not be written; the message is one line naming the problem."""
 
 
 def _is_shard(path: Path) -> bool:
-    import re
-
     return path.is_dir() and re.fullmatch(r"shard-\d+-of-\d+", path.name) is not None and \
         all(p.name == "shard.json" or (p.is_dir() and is_toolkit_output(p, "run")) for p in path.iterdir())
 
@@ -128,7 +136,8 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
         for p in reversed(missing):
             p.mkdir()
             made.append(p)
-        temporary_sibling(path, directory=directory).rmdir() if directory else temporary_sibling(path, False).unlink()
+        probe = temporary_sibling(path, directory)
+        (probe.rmdir if directory else probe.unlink)()
     except OSError as e:
         raise OutputError(f"{flag} {path} cannot be written ({e.strerror or e}); accepted: a path in a writable directory") \
             from None

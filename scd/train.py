@@ -146,10 +146,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         raise TrainConfigError("resume continues a training directory and force replaces it; accepted: one of them")
     state_path = out / "train_state.safetensors"
     if resume and not state_path.is_file():
-        raise TrainConfigError(f"nothing to resume: {state_path} does not exist")
+        raise TrainConfigError(f"nothing to resume: {out} holds no training run to continue (no {state_path.name}); "
+                               "accepted: a directory probe train wrote, or no --resume to start one")
     if not resume:
         if out.is_dir() and any(out.iterdir()) and not force:
-            raise TrainConfigError(f"{out} already holds a training run; pass --resume to continue it or --force to replace it")
+            raise TrainConfigError(f"{out} already holds files; pass --resume to continue a training run, or --force to "
+                                   "replace one")
         try:
             check_output(out, "training", force)
         except OutputError as e:

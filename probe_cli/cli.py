@@ -178,6 +178,9 @@ def _make_parsers(sub) -> None:
         default = f"default {f.default} (or the family's, scd.train_config.FAMILY_DEFAULTS)"
         if f.type == "bool":
             t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=default)
+        elif f.name == "init":
+            t.add_argument(flag, default=None, help="fine-tune: start from these weights (a shipped name or a "
+                           "checkpoint of the same size); default: a fresh init")
         elif f.type == "str":
             t.add_argument(flag, type=plain_name, default=None, help=f"{default}; a named size of the family")
         else:

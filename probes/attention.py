@@ -1,8 +1,9 @@
-"""Per-frame attention mass from q and k, exactly, without ever holding the full N x N matrix.
+"""Attention from q and k pooled on a grid of key cells, exactly, without ever holding the full N x N matrix.
 
-For each query token, the share of its softmax attention that lands on each frame of the clip:
-per chunk of queries, scores against all keys, then the softmax numerators summed within each key
-frame and divided by their total. Memory is O(chunk x keys); the result equals an explicit softmax
+For each query token, the share of its softmax attention that lands on each key cell: a frame of
+the clip, or a band of a frame's tokens (the paper's attention figure draws each frame as a few
+bands). Per chunk of queries: scores against all keys, then the softmax numerators summed within
+each cell and divided by their total. Memory is O(chunk x keys); the result equals an explicit softmax
 to float tolerance. The default chunk keeps one chunk's scores (heads x queries x keys, float32)
 within `SCORES_BUDGET` elements, so memory is bounded for any context length.
 """
@@ -15,6 +16,49 @@ import torch
 
 SCORES_BUDGET = 2**25  # float32 elements of one chunk's scores: 128 MiB
 
+def token_bands(tokens_per_frame: int, bands: int) -> torch.Tensor:
+    """Band (0..bands-1) of each token of a frame: contiguous runs of the frame-major, row-major tokens, as even
+    as the count allows (bands = tokens_per_frame: one token per band, the unpooled map)."""
+    if not 1 <= bands <= tokens_per_frame:
+        raise ValueError(f"bands = {bands}; accepted: 1..{tokens_per_frame} (the tokens of a frame)")
+    starts = torch.tensor([b * tokens_per_frame // bands for b in range(1, bands)])  # band b: [b n // g, (b+1) n // g)
+    return torch.bucketize(torch.arange(tokens_per_frame), starts, right=True)
+
+
+def attention_mass_by_cell(
+    q: torch.Tensor, k: torch.Tensor, query_frames: torch.Tensor, key_frames: torch.Tensor, key_cells: torch.Tensor,
+    num_cells: int, *, causal: bool = True, chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Share of each query's attention on each key cell: [B, H, Lq, num_cells], summing to 1 over cells.
+
+    As `attention_mass_by_frame`, with `key_cells` [Lk] the cell (0..num_cells-1) of each key; the
+    block-causal mask still goes by `key_frames`.
+    """
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
+    if query_frames.shape != (q.shape[1],) or key_frames.shape != (k.shape[1],) or key_cells.shape != (k.shape[1],):
+        raise ValueError("query_frames / key_frames / key_cells must give one frame index / cell per query / key token")
+    if int(key_cells.max()) >= num_cells or int(key_cells.min()) < 0:
+        raise ValueError(f"key cell indices must lie in [0, {num_cells})")
+    B, Lq, H, D = q.shape
+    if chunk_size is None:
+        chunk_size = max(1, SCORES_BUDGET // (B * H * k.shape[1]))
+    keys = k.float().permute(0, 2, 3, 1)  # [B, H, D, Lk]
+    key_frames, key_cells = key_frames.to(q.device), key_cells.to(q.device)
+    out = []
+    for start in range(0, Lq, chunk_size):
+        qc = q[:, start:start + chunk_size].float().transpose(1, 2)  # [B, H, c, D]
+        scores = qc @ keys / math.sqrt(D)  # [B, H, c, Lk]
+        if causal:
+            later = key_frames[None, :] > query_frames[start:start + chunk_size, None].to(q.device)
+            scores.masked_fill_(later, float("-inf"))
+        weights = scores.sub_(scores.amax(-1, keepdim=True)).exp_()  # softmax numerators, each <= 1; in place
+        per_cell = weights.new_zeros(*weights.shape[:-1], num_cells).index_add_(-1, key_cells, weights)
+        del scores, weights
+        out.append(per_cell / per_cell.sum(-1, keepdim=True))
+    return torch.cat(out, dim=2)
+
+
 def attention_mass_by_frame(
     q: torch.Tensor, k: torch.Tensor, query_frames: torch.Tensor, key_frames: torch.Tensor, num_frames: int,
     *, causal: bool = True, chunk_size: int | None = None,
@@ -26,29 +70,18 @@ def attention_mass_by_frame(
     of each token. With `causal`, a query ignores keys of later frames (the block-causal mask).
     `chunk_size` queries are scored at a time; None picks it from `SCORES_BUDGET`.
     """
-    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
-    if query_frames.shape != (q.shape[1],) or key_frames.shape != (k.shape[1],):
-        raise ValueError("query_frames / key_frames must give one frame index per query / key token")
-    if int(key_frames.max()) >= num_frames or int(key_frames.min()) < 0:
+    if key_frames.numel() and (int(key_frames.max()) >= num_frames or int(key_frames.min()) < 0):
         raise ValueError(f"key frame indices must lie in [0, {num_frames})")
-    B, Lq, H, D = q.shape
-    if chunk_size is None:
-        chunk_size = max(1, SCORES_BUDGET // (B * H * k.shape[1]))
-    keys = k.float().permute(0, 2, 3, 1)  # [B, H, D, Lk]
-    key_frames = key_frames.to(q.device)
-    out = []
-    for start in range(0, Lq, chunk_size):
-        qc = q[:, start:start + chunk_size].float().transpose(1, 2)  # [B, H, c, D]
-        scores = qc @ keys / math.sqrt(D)  # [B, H, c, Lk]
-        if causal:
-            later = key_frames[None, :] > query_frames[start:start + chunk_size, None].to(q.device)
-            scores.masked_fill_(later, float("-inf"))
-        weights = scores.sub_(scores.amax(-1, keepdim=True)).exp_()  # softmax numerators, each <= 1; in place
-        per_frame = weights.new_zeros(*weights.shape[:-1], num_frames).index_add_(-1, key_frames, weights)
-        del scores, weights
-        out.append(per_frame / per_frame.sum(-1, keepdim=True))
-    return torch.cat(out, dim=2)
+    return attention_mass_by_cell(q, k, query_frames, key_frames, key_frames, num_frames, causal=causal,
+                                  chunk_size=chunk_size)
+
+
+def pooled_map(mass: torch.Tensor, query_bands: torch.Tensor, bands: int, key_cell_sizes: torch.Tensor) -> torch.Tensor:
+    """The paper's attention map of one frame's queries: [B, H, Lq, C] cell masses (`attention_mass_by_cell`) ->
+    [B, H, bands, C], the mean attention probability of one key of each cell, averaged over the queries of
+    each query band (`query_bands` [Lq]); `key_cell_sizes` [C] counts the keys of each cell."""
+    rows = [mass[:, :, (query_bands == b).to(mass.device)].mean(2) for b in range(bands)]
+    return torch.stack(rows, dim=2) / key_cell_sizes.to(mass.device, mass.dtype).clamp_min(1)
 
 
 def mean_over_query_frames(mass: torch.Tensor, query_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,9 @@ What is recorded per (layer, probed frame, step):
 - `features`: `full` mode keeps the tokens [N, D]; `stream` mode keeps a fixed, seeded subsample of
   tokens (for PCA). Both build the step x step inner products as the steps arrive (`StepGram`).
 - `attention`: the share of the frame's attention (averaged over its query tokens) on each frame of
-  the clip, per head, from q and k as the softmax sees them (`attention_mass_by_frame`).
+  the clip, per head, from q and k as the softmax sees them; and the paper's pooled map: the frame's
+  queries in `bands` bands against every key of the clip in `bands` bands per frame, each cell the
+  mean attention probability of one of its keys (`attention_mass_by_cell`, `pooled_map`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from probes.adapters import HOOKS, layout_of
-from probes.attention import attention_mass_by_frame
+from probes.attention import attention_mass_by_cell, pooled_map, token_bands
 from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, MODES
 from probes.reductions import StepGram, cosine_from_gram, off_diagonal
@@ -59,12 +61,13 @@ class Probe:
     def __init__(
         self, model: nn.Module, layers: Sequence[int] | str = (15,), *, capture: Iterable[str] = CAPTURES,
         frames: Iterable[int] | None = None, steps: Iterable[int] | None = None, hook: str = "hook_resid_post",
-        mode: str = "full", backend: str | None = None, pca_tokens: int = 256, sample_seed: int = 0,
+        mode: str = "full", backend: str | None = None, pca_tokens: int = 256, sample_seed: int = 0, bands: int = 3,
     ) -> None:
         """`layers`: block indices or "all"; `frames`: video frame indices to probe (default every generated
         frame); `steps`: denoising step indices to record (default all); `hook`: the block HookPoint whose
         output is the features; `backend`: "hookpoints" or "nnsight" (default: hookpoints where the model
-        has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode."""
+        has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode; `bands`: rows and columns
+        per frame of the pooled attention map (1..tokens per frame; the paper's figure shows about 3)."""
         try:
             self.model, self.layout = model, layout_of(model)
         except ValueError as e:
@@ -99,6 +102,9 @@ class Probe:
             raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted_hooks}")
         if not _index(pca_tokens) or pca_tokens < 1:
             raise ProbeError(f"pca_tokens = {pca_tokens!r}; accepted: an integer >= 1")
+        n = self.layout.tokens_per_frame
+        if not _index(bands) or not 1 <= bands <= n:
+            raise ProbeError(f"bands = {bands!r}; accepted: an integer in 1..{n} (the tokens of a frame)")
         if backend is not None and backend not in BACKENDS:
             raise ProbeError(f"unknown probe backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if backend == "hookpoints" and not hasattr(model, "hook_dict"):
@@ -111,8 +117,8 @@ class Probe:
         self.steps = None if steps is None else {int(s) for s in steps}
         # HookPoints where the model has them (the built-in models); nnsight reads any module by path.
         backend = backend or ("hookpoints" if hasattr(model, "hook_dict") else "nnsight")
-        self.hook, self.mode, self.backend, self.pca_tokens = hook, mode, backend, pca_tokens
-        n = self.layout.tokens_per_frame
+        self.hook, self.mode, self.backend, self.pca_tokens, self.bands = hook, mode, backend, pca_tokens, int(bands)
+        self.band_of_token = token_bands(n, self.bands)
         generator = torch.Generator().manual_seed(sample_seed)
         # The same tokens at every step and frame, so PCA images line up on the token grid.
         self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
@@ -132,6 +138,7 @@ class Probe:
         self._features: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._grams: dict[int, dict[int, StepGram]] = {layer: {} for layer in self.layers}
         self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
+        self._map: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._query: dict[int, torch.Tensor] = {}
 
     def on_start(self, context: int, frames: int, steps: int) -> None:
@@ -202,15 +209,24 @@ class Probe:
         if hook == "attn.hook_q":
             self._query[layer] = self._frame_tokens(tensor).detach()
         elif hook == "attn.hook_k":
-            n = self.layout.tokens_per_frame
+            n, g = self.layout.tokens_per_frame, self.bands
             keys = tensor.detach()[:1]
+            if self.layout.role(layer) == "frame-local":  # the frame's own keys: all a frame-diagonal block reads
+                keys = keys[:, -n:]
             try:
                 key_frames = self.layout.key_frames(layer, frame, keys.shape[1]).to(keys.device)
             except ValueError as e:
                 raise ProbeError(str(e)) from None
+            bands = self.band_of_token.to(keys.device)
+            key_cells = key_frames * g + bands[torch.arange(keys.shape[1], device=keys.device) % n]
+            cells = (frame + 1) * g
             query_frames = torch.full((n,), frame, device=keys.device)
-            mass = attention_mass_by_frame(self._query.pop(layer)[None], keys, query_frames, key_frames, frame + 1)
-            self._mass[layer].setdefault(frame, []).append(mass[0].mean(1).cpu())  # [H, frame + 1]
+            mass = attention_mass_by_cell(self._query.pop(layer)[None], keys, query_frames, key_frames, key_cells,
+                                          cells)  # [1, H, n, cells]
+            by_frame = mass[0].mean(1).view(-1, frame + 1, g).sum(-1)  # [H, frame + 1]
+            sizes = torch.bincount(key_cells, minlength=cells)
+            self._mass[layer].setdefault(frame, []).append(by_frame.cpu())
+            self._map[layer].setdefault(frame, []).append(pooled_map(mass, bands, g, sizes)[0].cpu())  # [H, g, cells]
 
     def __enter__(self) -> Probe:
         if self._stack is not None:
@@ -271,6 +287,15 @@ class Probe:
                   for steps in frames]
         return torch.stack(padded).float()
 
+    def attention_map(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, H, bands, T * bands]: the pooled map of each probed frame's queries (rows: bands of its
+        tokens) over every key of the clip (columns: frame-major, `bands` per frame); each cell the mean
+        attention probability of one of its keys, 0 where the frame cannot look (later frames)."""
+        frames = self._per_frame(self._map, layer, "attention")
+        width = self.num_frames * self.bands
+        padded = [torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[-1])) for m in steps]) for steps in frames]
+        return torch.stack(padded).float()
+
     def metrics(self) -> pd.DataFrame:
         """Tidy table, one row per (layer, frame, metric): cross-step cosine summaries, attention shares."""
         rows = []
@@ -310,6 +335,7 @@ class Probe:
                 features[f"layer{layer}.token_cosine"] = token_cosine
             if "attention" in self.capture:
                 attention[f"layer{layer}"] = self.attention(layer)
+                attention[f"layer{layer}.map"] = self.attention_map(layer)
         video = self.video if self.video.dim() == 4 else self.video[0]
         if hasattr(self.model, "preview"):  # latent frames (diffusers models): shown as RGB
             video = self.model.preview(video)
@@ -323,7 +349,7 @@ class Probe:
             "layers": self.layers, "layer_roles": [self.layout.role(layer) for layer in self.layers],
             "layer_paths": [self.layout.blocks[layer] for layer in self.layers],
             "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
-            "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame,
+            "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame, "bands": self.bands,
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
             "ground_truth": ground_truth is not None, **info,

@@ -2,7 +2,7 @@
 
     <run>/manifest.json          what was run (model, checkpoint sha256, config, layers, steps, ...), "complete": true
     <run>/features.safetensors   "layer{L}": float16 [F, S, N, D]
-    <run>/attention.safetensors  "layer{L}": float32 [F, S, H, T]
+    <run>/attention.safetensors  "layer{L}": float32 [F, S, H, T]; "layer{L}.map": float32 [F, S, H, g, T*g]
     <run>/metrics.parquet        tidy table, one row per (layer, frame, metric)
     <run>/video.npz              "generated" and "ground_truth", uint8 [T, H, W, 3]
 
@@ -32,7 +32,7 @@ from probes.adapters.builtin import ROLES
 from scd.outputs import OutputError, atomic_directory, check_output, recover
 from scd.zoo import sha256
 
-FORMAT = "scd-probes-run/2"  # 2: the manifest records each file's size and sha256
+FORMAT = "scd-probes-run/3"  # 2: each file's size and sha256; 3: the pooled attention maps (bands)
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
 PACKAGES = ("torch", "transformer-lens", "nnsight", "diffusers", "scd-probes")
 
@@ -148,6 +148,16 @@ class Run:
         """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip."""
         return self._tensor("attention.safetensors", layer)
 
+    def attention_map(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, H, g, T * g]: the pooled per-key attention of each probed frame's queries (g bands of
+        its tokens) over every key of the clip (g bands per frame, frame-major); g is manifest["bands"]."""
+        return self._tensor("attention.safetensors", layer, "map")
+
+    @property
+    def bands(self) -> int:
+        """Bands per frame of the pooled attention maps."""
+        return int(self.manifest.get("bands", 0))
+
     def role(self, layer: int) -> str:
         """What the layer is: "causal" (a baseline block), or SCD's "encoder" (once per frame) or "decoder"."""
         roles = dict(zip(self.manifest.get("layers", []), self.manifest.get("layer_roles", []), strict=False))
@@ -247,6 +257,7 @@ def check_manifest(path: Path, m: dict) -> None:
            "one number per step")
     tokens = _field(path, m, "tokens_per_frame", int, lambda v: v > 0, "a positive integer")
     num_frames = _field(path, m, "num_frames", int, lambda v: v > max(frames), "more than the last probed frame")
+    bands = _field(path, m, "bands", int, lambda v: 1 <= v <= tokens, f"an integer in 1..{tokens}")
     _field(path, m, "config", dict)
     _field(path, m, "model", str)
     with safe_open(path / "features.safetensors", "pt") as fe, safe_open(path / "attention.safetensors", "pt") as at:
@@ -263,12 +274,15 @@ def check_manifest(path: Path, m: dict) -> None:
                          ("features", f"layer{layer}.token_cosine"): (len(frames), S, S)}
         if "attention" in capture:
             expected[("attention", f"layer{layer}")] = (len(frames), S)
+            expected[("attention", f"layer{layer}.map")] = (len(frames), S)
         for (file, key), want in expected.items():
             got = shapes.get((file, key))
             if got is None:
                 raise RunError(f"{path}/{file}.safetensors lacks {key}, which the manifest lists; the run is damaged: "
                                "run it again")
-            if got[:len(want)] != want or (file == "attention" and got[-1] != num_frames):
+            last = num_frames * bands if key.endswith(".map") else num_frames
+            if got[:len(want)] != want or (file == "attention" and got[-1] != last) or \
+                    (key.endswith(".map") and got[-2] != bands):
                 raise RunError(f"{path}/{file}.safetensors: {key} has shape {list(got)}, but the manifest's frames, steps "
                                f"and tokens give {list(want)}...; the run is damaged: run it again")
     try:

@@ -30,6 +30,7 @@ class BaselineConfig:
     heads: int = 4              # attention heads (head dim = width / heads, split over 3 RoPE axes)
     mlp_ratio: float = 4.0      # MLP hidden width / width
     rope_theta: float = 10000.0  # RoPE base
+    frame_local_blocks: int = 0  # the last n blocks attend only within the frame (the paper's frame-diagonal mask)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -46,6 +47,14 @@ BASELINE_SIZES: dict[str, BaselineConfig] = {
 def block_causal_mask(query_frames: torch.Tensor, key_frames: torch.Tensor) -> torch.Tensor:
     """Boolean [Lq, Lk]: True where a query token may attend (key frame <= query frame)."""
     return key_frames[None, :] <= query_frames[:, None]
+
+
+def frame_diagonal_mask(frames: int, tokens_per_frame: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean [F*N, F*N]: True where query and key are of the same frame; None for one frame (no mask needed)."""
+    if frames == 1:
+        return None
+    index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
+    return index[:, None] == index[None, :]
 
 
 def frames_mask(start: int, frames: int, tokens_per_frame: int, device: torch.device) -> torch.Tensor | None:
@@ -65,6 +74,8 @@ class CausalVideoDiffuser(HookedRootModule):
         super().__init__()
         if config.frame_size % config.patch_size:
             raise ValueError(f"frame_size {config.frame_size} is not a multiple of patch_size {config.patch_size}")
+        if not 0 <= config.frame_local_blocks <= config.depth:
+            raise ValueError(f"frame_local_blocks {config.frame_local_blocks} is not accepted; accepted: 0..{config.depth}")
         self.config = config
         c, p, w = config.channels, config.patch_size, config.width
         self.patch_embed = nn.Linear(c * p * p, w)
@@ -115,9 +126,14 @@ class CausalVideoDiffuser(HookedRootModule):
         angles = rope_angles(frame_index, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size,
                              cfg.width // cfg.heads, cfg.rope_theta)
         mask = frames_mask(start, Fr, n, video.device)
+        local_mask = frame_diagonal_mask(Fr, n, video.device) if cfg.frame_local_blocks else None
+        first_local = cfg.depth - cfg.frame_local_blocks
         x = self.hook_embed(self.patch_embed(self.patchify(video)))
         cond = self.time_embed(self.time_proj(timesteps.flatten()).to(x.dtype)).view(B, Fr, -1)
         for i, block in enumerate(self.blocks):
+            if i >= first_local:  # frame-diagonal: no past keys, and frames of one call do not see each other
+                x, _ = block(x, cond, angles, local_mask, None)
+                continue
             x, (k, v) = block(x, cond, angles, mask, cache.layer(i) if cache is not None else None)
             if update_cache:
                 cache.append(i, k, v)

@@ -42,7 +42,13 @@ def model_config(cfg: TrainConfig) -> dict:
     sizes = SIZES[cfg.family]
     if cfg.size not in sizes:
         raise ValueError(f"unknown {cfg.family} size {cfg.size!r}; accepted: {', '.join(sizes)}")
-    return {"family": cfg.family, **asdict(sizes[cfg.size])}
+    config = {"family": cfg.family, **asdict(sizes[cfg.size])}
+    if cfg.frame_local_blocks:
+        if cfg.family != "baseline":
+            raise ValueError(f"frame_local_blocks is a baseline setting (SCD's decoder already sees no other frame); "
+                             f"accepted: 0 for {cfg.family}")
+        config["frame_local_blocks"] = cfg.frame_local_blocks
+    return config
 
 
 def machine_description() -> str:
@@ -53,6 +59,24 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _initial_weights(cfg: TrainConfig, config: dict) -> dict[str, torch.Tensor]:
+    """The weights `cfg.init` names, refused (TrainConfigError) unless its architecture is the one being trained;
+    the attention mask (`frame_local_blocks`) may differ: changing it is what a fine-tune is for."""
+    from scd.zoo import CheckpointError, load_model
+
+    try:
+        source = load_model(cfg.init)
+    except CheckpointError as e:
+        raise TrainConfigError(f"init {cfg.init!r}: {e}") from None
+    theirs = {k: v for k, v in source.get_config().items() if k != "frame_local_blocks"}
+    ours = {k: v for k, v in asdict(build_model(config, device="meta").config).items() if k != "frame_local_blocks"}
+    if theirs != {"family": config["family"], **ours}:
+        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != {"family": config["family"], **ours}.get(k))
+        raise TrainConfigError(f"init {cfg.init!r} is another architecture than {cfg.family}/{cfg.size} (differs in "
+                               f"{', '.join(changed)}); accepted: a checkpoint of the size being trained")
+    return {k: v.float() for k, v in source.state_dict().items()}
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -160,6 +184,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         config = model_config(cfg)
     except ValueError as e:
         raise TrainConfigError(str(e)) from None
+    initial = _initial_weights(cfg, config) if cfg.init else None
     parameters = sum(p.numel() for p in build_model(config, device="meta").parameters())
     depth = config.get("depth", config.get("encoder_depth", 0) + config.get("decoder_depth", 0))
     tokens = (config["frame_size"] // config["patch_size"]) ** 2
@@ -177,6 +202,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
 
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run
     model = build_model(model_config(cfg))
+    if initial is not None:  # a fine-tune: the same architecture, maybe with another attention mask
+        model.load_state_dict(initial)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))

@@ -32,6 +32,8 @@ class TrainConfig:
     checkpoint_every: int = 250      # steps between resumable checkpoints
     seed: int = 0                    # noise seed; batch b of step s uses train clips s*B .. s*B+B-1
     threads: int = 0                 # torch threads (0: torch's default)
+    init: str = ""                   # start from these weights (a shipped name or a checkpoint); "": a fresh init
+    frame_local_blocks: int = 0      # baseline: the last n blocks attend only within the frame (the paper's surgery)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,13 +55,14 @@ LIMITS: dict[str, tuple[float, float, bool]] = {
     "grad_clip": (1e-12, 1e12, True), "ema_decay": (0.0, 1.0, False), "clean_context_ratio": (0.0, 1.0, False),
     "decoder_lr_scale": (1e-6, 1e6, True), "logit_normal_std": (1e-6, 100.0, True),
     "checkpoint_every": (1, 10**8, True), "seed": (0, SEED_MAX, True), "threads": (0, 1024, True),
+    "frame_local_blocks": (0, 512, True),
 }
 
 
 def describe(name: str) -> str:
     """The accepted values of a field, in words."""
     if name not in LIMITS:
-        return {"bf16": "true or false"}.get(name, "a name")
+        return {"bf16": "true or false", "init": "a shipped model name or a checkpoint path"}.get(name, "a name")
     low, high, closed = LIMITS[name]
     kind = next(f.type for f in fields(TrainConfig) if f.name == name)
     if kind == "int":

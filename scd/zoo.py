@@ -54,6 +54,7 @@ FIELD_LIMITS: dict[str, tuple[type, float, float]] = {
     "frame_size": (int, 1, 1024), "patch_size": (int, 1, 1024), "channels": (int, 1, 64), "width": (int, 2, 16384),
     "depth": (int, 1, 512), "encoder_depth": (int, 1, 512), "decoder_depth": (int, 1, 512), "heads": (int, 1, 256),
     "mlp_ratio": (float, 0.01, 64.0), "rope_theta": (float, 1.0, 1e12), "encoder_noise": (float, 0.0, 10.0),
+    "frame_local_blocks": (int, 0, 512),
 }
 
 
@@ -80,6 +81,9 @@ def validate_config(family: str, config: dict) -> None:
         raise CheckpointError(f"{family} config: width {cfg.width} / heads {cfg.heads} must be an even whole head "
                               "dimension (RoPE rotates pairs); accepted: heads dividing width into even parts")
     depth = getattr(cfg, "depth", 0)
+    if getattr(cfg, "frame_local_blocks", 0) > depth:
+        raise CheckpointError(f"{family} config: frame_local_blocks {cfg.frame_local_blocks} exceeds depth {depth}; "
+                              f"accepted: 0..{depth}")
     parameters = depth * (4 + 2 * cfg.mlp_ratio + 6) * cfg.width ** 2  # attention, MLP and adaLN of every block
     try:
         check_fits(int(parameters * 4), f"a {family} model of width {cfg.width} and {depth} blocks")

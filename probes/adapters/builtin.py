@@ -21,7 +21,9 @@ HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_at
 #   encoder: SCD's encoder; runs once per frame, in the pass that writes the finished frame into the
 #            cache; keys as `causal`.
 #   decoder: SCD's decoder; runs at every step; keys are the encoder output of frame - 1, then the frame.
-ROLES = ("causal", "encoder", "decoder")
+#   frame-local: a baseline block under the paper's frame-diagonal mask; runs at every step; reads only the
+#            frame's own keys (`BaselineConfig.frame_local_blocks`).
+ROLES = ("causal", "encoder", "decoder", "frame-local")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Layout:
         return len(self.blocks)
 
     def role(self, layer: int) -> str:
-        """causal, encoder or decoder (see ROLES)."""
+        """causal, encoder, decoder or frame-local (see ROLES)."""
         return self.roles[layer] if self.roles else "causal"
 
     def path(self, layer: int, hook: str) -> str:
@@ -60,6 +62,10 @@ class Layout:
                 raise ValueError(f"decoder layer {layer} saw {keys} keys for frame {frame}; expected 2 x {n} "
                                  "(the encoder output of the frame before, then the frame)")
             return torch.tensor([frame - 1, frame]).repeat_interleave(n)
+        if self.role(layer) == "frame-local":
+            if keys != n:
+                raise ValueError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
+            return torch.full((n,), frame)
         if keys != (frame + 1) * n:
             raise ValueError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
                              f"expected frames 0..{frame} x {n} tokens (a frame-major causal layout)")
@@ -73,4 +79,6 @@ def builtin_layout(model: nn.Module) -> Layout:
         encoder, decoder = len(model.encoder.blocks), len(model.decoder.blocks)
         blocks = tuple(f"encoder.blocks.{i}" for i in range(encoder)) + tuple(f"decoder.blocks.{i}" for i in range(decoder))
         return Layout(blocks, n, ("encoder",) * encoder + ("decoder",) * decoder)
-    return Layout(tuple(f"blocks.{i}" for i in range(len(model.blocks))), n)
+    depth, local = len(model.blocks), getattr(model.config, "frame_local_blocks", 0)
+    roles = ("causal",) * (depth - local) + ("frame-local",) * local if local else ()
+    return Layout(tuple(f"blocks.{i}" for i in range(depth)), n, roles)

@@ -35,8 +35,9 @@ def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.T
     manifest = {"model": "constructed", "config": {"depth": depth}, "frames": FRAMES, "steps": list(range(steps)),
                 "layers": layers, "layer_roles": ["causal"] * len(layers), "mode": "full", "tokens_per_frame": tokens,
                 "capture": [kind for kind, given in (("features", features), ("attention", attention)) if given],
-                "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0]}
-    write_run(path, manifest, features=entries, attention={f"layer{k}": v for k, v in attention.items()},
+                "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0], "bands": 1}
+    maps = {f"layer{k}.map": v[..., None, :] / tokens for k, v in attention.items()}  # one band: per-key = mass / N
+    write_run(path, manifest, features=entries, attention={f"layer{k}": v for k, v in attention.items()} | maps,
               generated=video, ground_truth=video)
     return load_run(path)
 

@@ -84,6 +84,76 @@ def test_features_and_attention_match_raw_hooks_and_an_explicit_softmax(tiny_mod
                 assert (mass[i, step, :, frame + 1:] == 0).all()  # later frames are masked out
 
 
+def _explicit_map(q, k, frame, n, bands):
+    """The pooled map by hand: the full float64 softmax of the frame's queries over every key (block-causal), then
+    per cell (query band x key band) the mean probability of one key, averaged over the band's queries."""
+    probabilities = _explicit_probabilities(q, k, frame, n)  # [H, n, (frame + 1) * n]
+    band = _bands(n, bands)
+    cells = torch.zeros(probabilities.shape[0], bands, (frame + 1) * bands, dtype=torch.float64)
+    for row in range(bands):
+        for f in range(frame + 1):
+            for col in range(bands):
+                keys = [f * n + t for t in band[col]]
+                cells[:, row, f * bands + col] = probabilities[:, band[row]][:, :, keys].mean((1, 2))
+    return cells
+
+
+def _bands(n, bands):
+    return [list(range(n))[b * n // bands: (b + 1) * n // bands] for b in range(bands)]  # contiguous, even bands
+
+
+def _explicit_probabilities(q, k, frame, n):
+    query_frames = torch.arange(q.shape[0]) // n + (frame + 1 - q.shape[0] // n)
+    key_frames = torch.arange(k.shape[0]) // n
+    scores = torch.einsum("qhd,khd->hqk", q.double(), k.double()) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(key_frames[None, :] > query_frames[:, None], float("-inf"))
+    return scores.softmax(-1)[:, -n:]
+
+
+@pytest.mark.parametrize("bands", [3, 16], ids=["3-bands", "unpooled"])
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "recompute"])
+@pytest.mark.parametrize("backend", ["hookpoints", "nnsight"])
+def test_the_pooled_map_matches_an_explicit_softmax(tiny_model, clip, backend, use_cache, bands):
+    _, seen, n = _raw_capture(tiny_model, clip, use_cache)
+    assert n == 16
+    with Probe(tiny_model, LAYERS, backend=backend, bands=bands, capture="attention") as probe:
+        _generate(tiny_model, clip, use_cache=use_cache)
+    for layer in LAYERS:
+        maps = probe.attention_map(layer)
+        assert maps.shape == (FRAMES, STEPS, tiny_model.config.heads, bands, (CONTEXT + FRAMES) * bands)
+        for i, frame in enumerate(range(CONTEXT, CONTEXT + FRAMES)):
+            for step in range(STEPS):
+                expected = _explicit_map(seen[("q", layer)][(frame, step)], seen[("k", layer)][(frame, step)], frame, n,
+                                         bands)
+                assert (maps[i, step, ..., : (frame + 1) * bands].double() - expected).abs().max() <= 1e-5
+                assert (maps[i, step, ..., (frame + 1) * bands:] == 0).all()
+                # the map is per key: times the keys of each cell and summed, it gives the per-frame mass
+                sizes = torch.tensor([len(b) for b in _bands(n, bands)]).repeat(frame + 1)
+                rows = torch.tensor([len(b) for b in _bands(n, bands)], dtype=torch.float32)[:, None] / n
+                per_frame = (maps[i, step, ..., : (frame + 1) * bands] * sizes * rows).sum(1).view(-1, frame + 1, bands).sum(-1)
+                assert (per_frame - probe.attention(layer)[i, step, :, : frame + 1]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "recompute"])
+def test_frame_diagonal_blocks_put_nothing_on_earlier_frames(tiny_model, clip, use_cache):
+    from scd.zoo import build_model
+
+    local = build_model({**tiny_model.get_config(), "frame_local_blocks": 2})
+    local.load_state_dict(tiny_model.state_dict())
+    with Probe(local, "all", capture="attention") as probe:
+        video = _generate(local, clip, use_cache=use_cache)
+    assert probe.layout.roles == ("causal", "causal", "frame-local", "frame-local")
+    for layer in range(4):
+        mass = probe.attention(layer)
+        earlier = torch.stack([mass[i, ..., :frame].sum(-1) for i, frame in enumerate(range(CONTEXT, CONTEXT + FRAMES))])
+        if layer >= 2:
+            assert (earlier == 0).all() and (probe.attention_map(layer)[..., : CONTEXT * 3] == 0).all()
+        else:
+            assert (earlier > 0.01).all()
+    unmasked = _generate(tiny_model, clip, use_cache=use_cache)
+    assert not torch.equal(video[CONTEXT:], unmasked[CONTEXT:])  # the mask is really applied
+
+
 def test_the_two_backends_agree(tiny_model, clip):
     results = {}
     for backend in ("hookpoints", "nnsight"):

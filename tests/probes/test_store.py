@@ -10,7 +10,7 @@ from probes.store import RunError, load_run, write_run
 
 MANIFEST = {"model": "baseline", "config": {}, "layers": [15, 28], "layer_roles": ["causal", "causal"],
             "capture": ["features", "attention"], "mode": "stream", "frames": [4, 5], "steps": [0, 1, 2],
-            "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "num_frames": 6, "context": 4}
+            "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "num_frames": 6, "context": 4, "bands": 1}
 
 
 def _write(path, force=False, seed=0, manifest=None):
@@ -23,6 +23,7 @@ def _write(path, force=False, seed=0, manifest=None):
                      f"layer{layer}.token_cosine": torch.randn(2, 3, 3, generator=g, dtype=torch.float64)}
     attention = {"layer15": torch.softmax(torch.randn(2, 3, 2, 6, generator=g), -1),
                  "layer28": torch.full((2, 3, 2, 6), 1 / 6)}
+    attention |= {f"{key}.map": mass[..., None, :] / 16 for key, mass in list(attention.items())}
     metrics = pd.DataFrame({"layer": [15], "frame": [4], "metric": ["cos"], "value": [0.9 - seed / 10]})
     video = np.random.default_rng(seed).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     write_run(path, {**MANIFEST, "seed": seed, **(manifest or {})}, features=features, attention=attention,

@@ -1,13 +1,27 @@
 """Cross-frame attention: how much of a frame's attention lands on earlier frames, by depth, head, offset, step.
 
-The paper's second finding: the share of attention a frame's queries put on earlier frames falls
-with depth, and the last layers attend almost only within the frame. Input: a run's attention
-mass [F, S, H, T] per layer (each probed frame's queries, averaged, on each frame of the clip).
+The paper's second finding: deep layers barely attend to past frames. Input: a run's attention mass
+[F, S, H, T] per layer (each probed frame's queries, averaged, on each frame of the clip) and its
+pooled map [F, S, H, g, T*g] (per-key probability, g bands per frame). Measures:
+
+- `earlier_share`: the share on earlier frames. It grows with the number of earlier frames (uniform
+  attention gives f / (f + 1)), so it is kept as a row, not tested;
+- `per_key_ratio`: mean attention on one earlier-frame key / on one own-frame key (1 for uniform
+  attention, 0 for attention within the frame), whatever the context length;
+- `excess_share`: the share on earlier frames minus uniform's, f / (f + 1);
+- `context_sparsity`: the share of the pooled map's context cells (queries of frame f, keys of frames
+  before f) whose ln p lies above `SPARSITY_FRACTION` of the colour range, the range (min..max of
+  ln p over the context cells of the maps compared, as one colour bar serves the paper's 8 panels)
+  being at least `SPARSITY_MIN_RANGE` nats; a flatter map has no structure to read.
+
 On SCD, an encoder layer's S is 1 (it reads a frame once), and a decoder layer's "earlier frame" is
-the encoder output of the frame before, the only past it can see.
+the encoder output of the frame before, the only past it can see. A frame-local layer (the paper's
+frame-diagonal mask) sees no earlier key: its share and ratio are 0.
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import torch
@@ -18,6 +32,58 @@ from probes.store import Run
 def earlier_share(mass: torch.Tensor, frames: list[int]) -> torch.Tensor:
     """[F, S, H]: share of each probed frame's attention on frames before it."""
     return torch.stack([mass[i, ..., :frame].sum(-1) for i, frame in enumerate(frames)])
+
+
+SPARSITY_FRACTION = 0.3            # a context cell counts when ln p is above 30% of the colour range (PAPER.md)
+SPARSITY_MIN_RANGE = math.log(10)  # ... and the range spans at least a factor 10; else the map is flat: not measured
+
+
+def earlier_frames_seen(frames: list[int], role: str) -> list[int]:
+    """How many earlier frames each probed frame's queries can see at a layer of this role."""
+    return [0 if role == "frame-local" else 1 if role == "decoder" else frame for frame in frames]
+
+
+def per_key(mass: torch.Tensor, frames: list[int], role: str = "causal") -> tuple[torch.Tensor, torch.Tensor]:
+    """[F, S, H] each: (attention on one earlier-frame key, on one own-frame key), in units of a frame's token
+    count (the count cancels in their ratio)."""
+    seen = earlier_frames_seen(frames, role)
+    pairs = enumerate(zip(frames, seen, strict=True))
+    earlier = torch.stack([mass[i, ..., :frame].sum(-1) / max(k, 1) for i, (frame, k) in pairs])
+    own = torch.stack([mass[i, ..., frame] for i, frame in enumerate(frames)])
+    return earlier.double(), own.double()
+
+
+def per_key_ratio(mass: torch.Tensor, frames: list[int], role: str = "causal", dims=(0, 1, 2)) -> torch.Tensor:
+    """Mean attention on one earlier-frame key / on one own-frame key, the means taken over `dims` of [F, S, H]."""
+    earlier, own = per_key(mass, frames, role)
+    return earlier.mean(dims) / own.mean(dims).clamp_min(1e-30)
+
+
+def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal") -> torch.Tensor:
+    """[F, S, H]: share on earlier frames minus the share uniform attention over the visible keys would give."""
+    seen = earlier_frames_seen(frames, role)
+    return earlier_share(mass, frames).double() - torch.tensor([k / (k + 1) for k in seen], dtype=torch.float64)[:, None, None]
+
+
+def context_cells(maps: torch.Tensor, frames: list[int], bands: int) -> torch.Tensor:
+    """ln p of the context cells of pooled maps [F, ..., g, T*g] (queries of each probed frame, keys of the frames
+    before it), flattened over frames and cells: [..., cells]; -inf where a key gets nothing."""
+    parts = [maps[i, ..., : frame * bands].flatten(-2) for i, frame in enumerate(frames)]
+    return torch.cat(parts, dim=-1).double().log()
+
+
+def colour_range(values: list[torch.Tensor]) -> tuple[float, float]:
+    """(min, max) of the finite ln p values of several maps' context cells: one colour bar for all."""
+    finite = torch.cat([v[torch.isfinite(v)].flatten() for v in values])
+    return (float(finite.min()), float(finite.max())) if finite.numel() else (float("nan"), float("nan"))
+
+
+def context_sparsity(cells: torch.Tensor, low: float, high: float, fraction: float = SPARSITY_FRACTION) -> torch.Tensor:
+    """[...]: share of context cells above `fraction` of the colour range [low, high] (NaN if the range is flatter
+    than SPARSITY_MIN_RANGE)."""
+    if not high - low >= SPARSITY_MIN_RANGE:
+        return torch.full(cells.shape[:-1], float("nan"), dtype=torch.float64)
+    return (cells > low + fraction * (high - low)).double().mean(-1)
 
 
 def by_offset(mass: torch.Tensor, frames: list[int]) -> torch.Tensor:
@@ -76,3 +142,74 @@ def step_table(run: Run) -> pd.DataFrame:
         for step, value in zip(run.manifest["steps"], share.tolist(), strict=True):
             rows.append({"layer": layer, "step": step, "earlier_share": value})
     return pd.DataFrame(rows, columns=["layer", "step", "earlier_share"])
+
+
+def _frames(run: Run) -> list[int]:
+    return run.manifest["frames"]
+
+
+def _step_slice(run: Run, steps: str) -> slice:
+    """Which recorded steps: "all", "first10" or "last10" (the paper's high- and low-noise ends)."""
+    count = len(run.manifest["steps"])
+    return {"all": slice(None), "first10": slice(0, min(10, count)), "last10": slice(max(0, count - 10), None)}[steps]
+
+
+STEP_RANGES = ("all", "first10", "last10")
+
+
+def attention_measures(run: Run, steps: str = "all") -> pd.DataFrame:
+    """Per layer, over the chosen steps (averaged over frames, steps and heads): share on earlier frames, its
+    excess over uniform, the per-key ratio, and the sparsity of the pooled map (one colour range over the
+    layers of the run). On a sweep, run it on each item (`run.items`) for intervals."""
+    frames, chosen = _frames(run), _step_slice(run, steps)
+    layers = run.attention_layers
+    rows, cells = [], {}
+    for layer in layers:
+        mass, role = run.attention(layer)[:, chosen], run.role(layer)
+        if run.role(layer) == "encoder":  # one pass per frame: no steps to choose from
+            mass = run.attention(layer)
+        maps = run.attention_map(layer).mean(2)  # over heads, as the paper's figure
+        maps = maps if role == "encoder" else maps[:, chosen]
+        cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands)
+        rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames).mean()),
+                     "excess_share": float(excess_share(mass, frames, role).mean()),
+                     "per_key_ratio": float(per_key_ratio(mass, frames, role))})
+    low, high = colour_range(list(cells.values())) if cells else (float("nan"), float("nan"))
+    for row in rows:
+        row["sparsity"] = float(context_sparsity(cells[row["layer"]].flatten(), low, high))
+        row["range_nats"] = high - low
+    return pd.DataFrame(rows, columns=["layer", "role", "earlier_share", "excess_share", "per_key_ratio", "sparsity",
+                                       "range_nats"])
+
+
+def measures_by_step(run: Run) -> pd.DataFrame:
+    """One row per (layer, step): per-key ratio, excess share and share on earlier frames (averaged over frames
+    and heads), and the pooled map's sparsity at that step (one colour range over every layer and step).
+    Layers run once per frame (SCD's encoder) are left out."""
+    frames, rows, cells = _frames(run), [], {}
+    for layer in (layer for layer in run.attention_layers if run.role(layer) != "encoder"):
+        mass, role = run.attention(layer), run.role(layer)
+        ratio = per_key_ratio(mass, frames, role, dims=(0, 2))
+        excess, share = excess_share(mass, frames, role).mean((0, 2)), earlier_share(mass, frames).mean((0, 2))
+        cells[layer] = context_cells(run.attention_map(layer).mean(2), frames, run.bands)  # [S, cells]
+        for i, step in enumerate(run.manifest["steps"]):
+            rows.append({"layer": layer, "step": step, "per_key_ratio": float(ratio[i]), "excess_share": float(excess[i]),
+                         "earlier_share": float(share[i])})
+    table = pd.DataFrame(rows, columns=["layer", "step", "per_key_ratio", "excess_share", "earlier_share"])
+    if cells:
+        low, high = colour_range(list(cells.values()))
+        table["sparsity"] = torch.cat([context_sparsity(c, low, high) for c in cells.values()]).tolist()
+    return table
+
+
+def measures_by_head(run: Run, steps: str = "all") -> pd.DataFrame:
+    """One row per (layer, head): per-key ratio and excess share over the chosen steps."""
+    frames, chosen, rows = _frames(run), _step_slice(run, steps), []
+    for layer in run.attention_layers:
+        role = run.role(layer)
+        mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
+        ratio, excess = per_key_ratio(mass, frames, role, dims=(0, 1)), excess_share(mass, frames, role).mean((0, 1))
+        for head in range(mass.shape[2]):
+            rows.append({"layer": layer, "head": head, "per_key_ratio": float(ratio[head]),
+                         "excess_share": float(excess[head])})
+    return pd.DataFrame(rows, columns=["layer", "head", "per_key_ratio", "excess_share"])

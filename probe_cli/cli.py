@@ -85,6 +85,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
     r.add_argument("--mode", choices=MODES, default="full", help="keep every token (float16 on disk) or only running "
                    "reductions and a token subsample")
+    r.add_argument("--bands", type=ranged(1, 4096), default=3, help="rows and columns per frame of the pooled attention "
+                   "map (the paper's figure shows about 3; the tokens per frame give the unpooled map)")
     r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")
     r.add_argument("--backend", choices=BACKENDS, default=None,
                    help="how the model is read (default: hookpoints; nnsight for diffusers models)")

@@ -177,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         output(out, "sweep" if sharded else "run", args.force)
     estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
     try:
-        probe = Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend)
+        probe = Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
+                      bands=args.bands)
     except ProbeError as e:
         raise UsageError(str(e)) from None
     items = [(clip, seed) for clip in clips for seed in seeds]

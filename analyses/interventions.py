@@ -8,6 +8,15 @@ frames): in blocks K.., the queries of the frame being denoised attend only to t
 cached keys and values of the context and earlier frames are cut away). Both act on the denoising
 steps only; the pass that writes a finished frame into the KV cache is left as it is.
 
+The paper's own surgeries. Middle-span skip (finding 1): blocks a..b (default the paper's 8..22,
+mapped) run at the first k denoising steps of each frame and are really skipped after; their
+residual update from the last computed step (block b's output minus block a's input) is added to
+block a's current input, so the frame being denoised still flows through the later blocks (step-0
+reuse, above, instead replaces the residual stream and with it the current noisy frame).
+Frame-diagonal mask (finding 2): the last blocks attend only within the frame
+(`BaselineConfig.frame_local_blocks`), without adaptation ("diagonal") and after a fine-tune with
+the mask ("diagonal-tuned": another checkpoint, measured beside the unmodified one).
+
 `intervention_table` measures each setting against the unmodified generation of the same clip and
 seed (drift: PSNR, SSIM, max abs difference of the generated frames), against the ground truth, and
 in wall time per generated frame, all in one process, the settings interleaved per clip.
@@ -23,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +45,7 @@ from scd.evaluate import frame_quality, to_uint8
 from scd.progress import progress as progress_bar
 from scd.sampling import generate, observe_sampling
 
-INTERVENTIONS = ("reuse", "knockout")
+INTERVENTIONS = ("reuse", "knockout", "skip", "diagonal")
 DEFAULT_LAYERS = (0, 5, 10, 15, 20, 25, 29)
 
 
@@ -139,14 +148,83 @@ def attention_knockout(model: nn.Module, layer: int) -> Iterator[None]:
 
 
 @contextmanager
-def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None) -> Iterator[None]:
-    """`feature_reuse` or `attention_knockout` by name; layer -1 means none."""
+def span_skip(model: nn.Module, first: int, last: int, keep: int) -> Iterator[dict[str, int]]:
+    """Run blocks `first`..`last` at the first `keep` denoising steps of each frame (and in the pass that writes a
+    finished frame into the cache); at later steps skip them and add their residual update from the last step
+    they ran (block `last`'s output minus block `first`'s input) to block `first`'s input. Yields counts: block
+    calls run and skipped."""
+    blocks = _causal_blocks(model, first)
+    if not first <= last < len(blocks):
+        raise InterventionError(f"span {first}..{last} is not accepted; accepted: first <= last <= {len(blocks) - 1}")
+    if keep < 1:
+        raise InterventionError(f"keep = {keep}: the span must run at least at the first step; accepted: >= 1")
+    tracker, counts, state = _StepTracker(), {"run": 0, "skipped": 0}, {}
+
+    def replace(i: int, original):
+        def forward(x, cond, angles, mask=None, past=None):
+            step = tracker.step
+            if step is None or step < keep:
+                counts["run"] += 1
+                if i == first and step is not None:
+                    state["input"] = x
+                out = original(x, cond, angles, mask, past)
+                if i == last and step is not None:
+                    state["update"] = out[0] - state.pop("input")
+                return out
+            counts["skipped"] += 1
+            return (x + state["update"] if i == first else x), (None, None)  # no cache is written at denoising steps
+        return forward
+
+    handle = observe_sampling(model, tracker)
+    for i in range(first, last + 1):
+        blocks[i].forward = replace(i, blocks[i].forward)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+        for i in range(first, last + 1):
+            del blocks[i].forward
+
+
+@contextmanager
+def frame_diagonal(model: nn.Module, first: int) -> Iterator[None]:
+    """Blocks `first`.. attend only within the frame (the paper's frame-diagonal mask), with the weights as they are."""
+    blocks = _causal_blocks(model, first)
+    config = model.config
+    saved = config.frame_local_blocks
+    config.frame_local_blocks = len(blocks) - first
+    try:
+        yield
+    finally:
+        config.frame_local_blocks = saved
+
+
+def _setting(setting: tuple) -> tuple[str, int, int, int]:
+    """(kind, layer) or (kind, first, last, keep) -> (kind, layer, span_end, keep_steps), -1 where it does not apply."""
+    if len(setting) == 2:
+        return setting[0], setting[1], -1, -1
+    if len(setting) == 4 and setting[0] == "skip":
+        return tuple(setting)
+    raise InterventionError(f"setting {setting!r} is not accepted; accepted: (kind, layer), or ('skip', first, last, keep)")
+
+
+@contextmanager
+def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None, span_end: int = -1,
+                 keep_steps: int = -1) -> Iterator[None]:
+    """One intervention by name (`feature_reuse`, `attention_knockout`, `span_skip`, `frame_diagonal`); layer -1
+    means none."""
     if kind not in INTERVENTIONS:
         raise InterventionError(f"unknown intervention {kind!r}; accepted: {', '.join(INTERVENTIONS)}")
     if layer == -1:
         yield
     elif kind == "reuse":
         with feature_reuse(model, layer, refresh):
+            yield
+    elif kind == "skip":
+        with span_skip(model, layer, span_end, keep_steps):
+            yield
+    elif kind == "diagonal":
+        with frame_diagonal(model, layer):
             yield
     else:
         with attention_knockout(model, layer):
@@ -159,17 +237,23 @@ def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, see
     return video, (time.perf_counter() - start) / frames
 
 
-def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], clips: int = 16, context: int = 4,
+def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int = 16, context: int = 4,
                        frames: int = 4, steps: int = 50, seed: int = 0, refresh: int | None = None,
                        device: str | torch.device = "cpu", progress: bool = True,
-                       keep: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """Tidy table, one row per (intervention, layer, clip): drift from the unmodified generation (PSNR, SSIM,
-    max abs difference over the generated frames), PSNR / SSIM against the ground truth, seconds per
-    generated frame. The unmodified generation is the row ("none", -1). `keep`, if given, receives clip
-    0's videos (uint8 [T, H, W, 3]) under "ground_truth" and "{intervention}{layer}"."""
-    for kind, layer in settings:
-        with intervention(model, kind, layer, refresh):  # refuse a bad setting before any work
+                       keep: dict[str, np.ndarray] | None = None, others: dict[str, nn.Module] | None = None) -> pd.DataFrame:
+    """Tidy table, one row per (intervention, layer, span_end, keep_steps, clip): drift from the unmodified
+    generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the ground
+    truth, seconds per generated frame. Settings are (kind, layer) or ("skip", first, last, keep). The
+    unmodified generation is the row ("none", -1). `others` are other models (e.g. "diagonal-tuned": the
+    baseline fine-tuned with the frame-diagonal mask) measured the same way, with `layer` their first
+    frame-local block. `keep`, if given, receives clip 0's videos (uint8 [T, H, W, 3])."""
+    settings = [_setting(s) for s in settings]
+    for kind, layer, span_end, keep_steps in settings:
+        with intervention(model, kind, layer, refresh, span_end, keep_steps):  # refuse a bad setting before any work
             pass
+    for name, other in (others or {}).items():
+        if getattr(other, "config", None) is None or other.config.frame_size != model.config.frame_size:
+            raise InterventionError(f"model {name!r} does not take the frames of the baseline measured beside it")
     data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
     generate(model, data.clip(0)[:context], 1, steps=2, device=device)  # warm-up, untimed
     rows = []
@@ -180,17 +264,22 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], cl
         if keep is not None and clip == 0:
             keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
         psnr, ssim = frame_quality(reference[context:], truth)
-        rows.append({"intervention": "none", "layer": -1, "clip": clip, "drift_psnr": float("inf"), "drift_ssim": 1.0,
+        rows.append({"intervention": "none", "layer": -1, "span_end": -1, "keep_steps": -1, "clip": clip,
+                     "drift_psnr": float("inf"), "drift_ssim": 1.0,
                      "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
                      "seconds_per_frame": seconds})
-        for kind, layer in settings:
-            with intervention(model, kind, layer, refresh):
-                changed, seconds = _timed(model, video[:context], frames, steps, seed, device)
+        runs = [(kind, layer, span_end, keep_steps, model) for kind, layer, span_end, keep_steps in settings]
+        runs += [(name, other.config.depth - other.config.frame_local_blocks, -1, -1, other)
+                 for name, other in (others or {}).items()]
+        for kind, layer, span_end, keep_steps, which in runs:
+            with intervention(model, kind, layer, refresh, span_end, keep_steps) if which is model else nullcontext():
+                changed, seconds = _timed(which, video[:context], frames, steps, seed, device)
             if keep is not None and clip == 0:
-                keep[f"{kind}{layer}"] = to_uint8(changed)
+                keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")] = to_uint8(changed)
             drift_psnr, drift_ssim = frame_quality(changed[context:], reference[context:])
             psnr, ssim = frame_quality(changed[context:], truth)
-            rows.append({"intervention": kind, "layer": layer, "clip": clip, "drift_psnr": float(drift_psnr.mean()),
+            rows.append({"intervention": kind, "layer": layer, "span_end": span_end, "keep_steps": keep_steps,
+                         "clip": clip, "drift_psnr": float(drift_psnr.mean()),
                          "drift_ssim": float(drift_ssim.mean()),
                          "drift_max_abs": float((changed[context:] - reference[context:]).abs().max()),
                          "psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "seconds_per_frame": seconds})
@@ -200,7 +289,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple[str, int]], cl
 def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (intervention, layer): means over clips, and the wall time relative to the unmodified generation
     (its `speedup`, measured in the same process)."""
-    summary = table.groupby(["intervention", "layer"], sort=False).agg(
+    table = table.assign(**{c: table.get(c, -1) for c in ("span_end", "keep_steps")})  # tables made before the skip
+    summary = table.groupby(["intervention", "layer", "span_end", "keep_steps"], sort=False).agg(
         clips=("clip", "nunique"), drift_psnr=("drift_psnr", "mean"), drift_ssim=("drift_ssim", "mean"),
         drift_max_abs=("drift_max_abs", "max"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
         seconds_per_frame=("seconds_per_frame", "median")).reset_index()
@@ -209,7 +299,8 @@ def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-SUMMARY_COLUMNS = {"intervention": "intervention", "layer": "from layer", "clips": "clips",
+SUMMARY_COLUMNS = {"intervention": "intervention", "layer": "from layer", "span_end": "span to",
+                   "keep_steps": "run at steps < k", "clips": "clips",
                    "drift_psnr": "PSNR vs unmodified (dB)", "drift_ssim": "SSIM vs unmodified",
                    "drift_max_abs": "max abs difference", "psnr": "PSNR vs truth (dB)", "ssim": "SSIM vs truth",
                    "seconds_per_frame": "s / frame (median)", "speedup": "speed-up"}
@@ -221,8 +312,11 @@ def markdown(summary: pd.DataFrame, info: dict) -> str:
     return "\n".join([
         f"# Interventions on {info['model']}", "", f"`{info['command']}`", "",
         f"Machine: {info['machine']}. {info['clips']} val clips, {info['context']} context + {info['frames']} generated "
-        f"frames, {info['steps']} steps, seed {info['seed']}. Reuse: blocks 0..K run {refresh}, block K's output reused "
-        "in between. Knockout: blocks K.. attend only to the frame's own keys. Drift: generated frames against the "
+        f"frames, {info['steps']} steps, seed {info['seed']}. Reuse (step-0 reuse, not the paper's surgery): blocks 0..K "
+        f"run {refresh}, block K's output reused in between. Knockout (no adaptation): blocks K.. attend only to the "
+        "frame's own keys. Skip (the paper's middle-span skip): blocks K..'span to' run at steps < k, their residual "
+        "update from the last run step added after. Diagonal: blocks K.. attend only within the frame, the baseline's "
+        "weights as they are; diagonal-tuned: the baseline fine-tuned with that mask. Drift: generated frames against the "
         "unmodified generation of the same clip and seed (inf dB: identical).", "",
         summary[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""])
 

@@ -110,7 +110,7 @@ def _interventions_section(interventions: dict) -> dict:
     """The `probe intervene` claims, table (records, escaped by the template) and figures."""
     info, summary = interventions["info"], interventions["summary"]
     depth = int(info.get("depth", 30))
-    claims = [claim(summary, depth) for claim in INTERVENTION_CLAIMS]
+    claims = [claim(interventions["table"], depth) for claim in INTERVENTION_CLAIMS]
     table = {"columns": list(SUMMARY_COLUMNS.values()),
              "rows": [[row[c] for c in SUMMARY_COLUMNS] for row in summary.to_dict("records")]}
     shown = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +

@@ -68,3 +68,22 @@ def similarity_to_last(run: Run, kind: str = "token") -> pd.DataFrame:
             for step, value in zip(run.manifest["steps"], matrix[:, -1].tolist(), strict=True):
                 rows.append({"layer": layer, "frame": frame, "step": step, "cosine_to_last": value})
     return pd.DataFrame(rows, columns=["layer", "frame", "step", "cosine_to_last"])
+
+
+def cross_frame_cosine(run: Run, layer: int) -> torch.Tensor:
+    """float64 [F - 1, S, S]: the paper's control, per-token cosine between probed frame i at step s and frame i + 1 at
+    step t at the same layer (m1 vs m2), averaged over tokens (stream mode: over the kept tokens)."""
+    x = run.features(layer).double()
+    if x.shape[0] < 2:
+        raise ValueError(f"the control needs two probed frames; the run probed {x.shape[0]}")
+    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.einsum("fsnd,ftnd->fst", x[:-1], x[1:]) / x.shape[-2]
+
+
+def finding1_panels(run: Run, layer: int) -> dict[str, torch.Tensor]:
+    """The paper's three panels, float64 [S, S] each: m1 vs m1, m1 vs m2 (the control), m2 vs m2, for the first
+    two probed frames (a sweep: averaged over its items)."""
+    items = getattr(run, "items", None) or [run]
+    within = torch.stack([item.token_cosine(layer)[:2] for item in items]).mean(0)
+    across = torch.stack([cross_frame_cosine(item, layer)[0] for item in items]).mean(0)
+    return {"m1 vs m1": within[0], "m1 vs m2 (control)": across, "m2 vs m2": within[1]}

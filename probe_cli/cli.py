@@ -113,12 +113,21 @@ def _run_parser(sub) -> None:
 def _measure_parsers(sub) -> None:
     from probe_cli import measuring
 
-    i = sub.add_parser("intervene", help="causal tests: feature reuse across steps and cross-frame attention knockout")
+    i = sub.add_parser("intervene", help="causal tests: the paper's middle-span skip and frame-diagonal mask; step-0 "
+                       "feature reuse and attention knockout")
     i.add_argument("--model", default="baseline", help="a causal baseline: shipped name or checkpoint path")
     i.add_argument("--reuse", default="default",
                    help="layers K: blocks 0..K run only at refresh steps, K's output reused (default 0,5,10,15,20,25,29; 'none')")
     i.add_argument("--knockout", default="default",
                    help="layers K: blocks K.. attend only within the frame (default 0,5,10,15,20,25,29; 'none')")
+    i.add_argument("--skip", default="default", help="middle-span skip: blocks A-B run at the first k steps only "
+                   "(default: the paper's 8-22, mapped; 'none')")
+    i.add_argument("--keep-steps", type=integer_list(1, 1000), default=[1, 3, 5, 10],
+                   help="skip: the k swept, comma-separated (default 1,3,5,10)")
+    i.add_argument("--diagonal", default="default", help="frame-diagonal mask from layer K on, no fine-tune "
+                   "(default: the last 5 blocks; 'none')")
+    i.add_argument("--tuned", default=None, help="a checkpoint fine-tuned with the frame-diagonal mask, measured "
+                   "beside the unmodified model (e.g. baseline-diagonal)")
     i.add_argument("--refresh", type=STEPS, default=None,
                    help="reuse only: recompute blocks 0..K every m steps, 1..1000 (default: step 0 only)")
     i.add_argument("--clips", type=CLIPS, default=16, help="val clips (1..10000)")

@@ -75,6 +75,19 @@ def _intervention_layers(text: str, flag: str, depth: int) -> list[int]:
     return list(range(depth)) if found == "all" else sorted(found)
 
 
+def _span(text: str, depth: int) -> list[int]:
+    """--skip: 'default' (the paper's 8-22, mapped), 'none', or A-B."""
+    if text == "none":
+        return []
+    if text == "default":
+        return [round(8 * (depth - 1) / 29), round(22 * (depth - 1) / 29)]
+    parts = text.split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not int(parts[0]) <= int(parts[1]) < depth:
+        raise UsageError(f"--skip {text!r} is not accepted; accepted: A-B with 0 <= A <= B <= {depth - 1}, 'default' or "
+                         "'none'")
+    return [int(parts[0]), int(parts[1])]
+
+
 def cmd_intervene(args: argparse.Namespace) -> None:
     out = output(args.out, "interventions", args.force)
     if args.refresh is not None and args.reuse == "none":
@@ -93,21 +106,40 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     reuse = _intervention_layers(args.reuse, "--reuse", depth)
     if scd and args.reuse == "default":  # the decoder's layers: the encoder runs once per frame already
         reuse = list(range(len(model.encoder.blocks), depth))
+    for flag, value in (("--skip", args.skip), ("--diagonal", args.diagonal), ("--tuned", args.tuned)):
+        if scd and value not in ("none", None) and not (flag != "--tuned" and value == "default"):
+            raise UsageError(f"{flag} applies to the causal baseline; --model {args.model} is an SCD model (its encoder "
+                             f"runs once per frame, its decoder sees no other frame); accepted: {flag} none")
+    span = [] if scd else _span(args.skip, depth)
+    diagonal = [] if scd or args.diagonal == "none" else (
+        [depth - 5] if args.diagonal == "default" else _intervention_layers(args.diagonal, "--diagonal", depth))
     settings = [("reuse", k) for k in reuse] + \
-               [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)]
-    if not settings:
-        raise UsageError("--reuse none and --knockout none leave nothing to measure; accepted: layer lists or 'default'")
+               [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)] + \
+               [("skip", span[0], span[1], k) for k in (args.keep_steps if span else [])] + \
+               [("diagonal", k) for k in diagonal]
+    others = {}
+    if args.tuned is not None:
+        tuned = load_model(args.tuned, device=on)
+        if getattr(tuned.config, "frame_local_blocks", 0) == 0 or tuned.get_config() | {"frame_local_blocks": 0} != \
+                model.get_config() | {"frame_local_blocks": 0}:
+            raise UsageError(f"--tuned {args.tuned} is not {args.model} with a frame-diagonal mask; accepted: a checkpoint "
+                             "of the same size trained with --frame-local-blocks")
+        others["diagonal-tuned"] = tuned
+    if not settings and not others:
+        raise UsageError("--reuse, --knockout, --skip and --diagonal are all 'none': nothing to measure; accepted: layer "
+                         "lists or 'default'")
     _fits(model, args.context + args.frames, "one intervened generation")
     videos: dict = {}
     try:
         table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
                                    steps=args.steps, seed=args.seed, refresh=args.refresh, device=on,
-                                   progress=not args.quiet, keep=videos)
+                                   progress=not args.quiet, keep=videos, others=others)
     except InterventionError as e:
         raise UsageError(str(e)) from None
     info = {"model": args.model, "checkpoint": getattr(model, "checkpoint", None), "depth": depth,
             "command": _command("intervene"), "machine": _machine(on), "device": str(on), "clips": args.clips,
-            "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": args.refresh}
+            "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": args.refresh,
+            "tuned": getattr(others.get("diagonal-tuned"), "checkpoint", None)}
     write_interventions(out, table, videos, info, force=args.force)
     if not args.quiet:
         print((out / "interventions.md").read_text())

@@ -55,7 +55,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoints, tmp_p
              (["--model", str(scd), "--knockout", "none", "--reuse", "1"], "layer 1 is not an SCD decoder layer"),
              (["--model", str(base), "--refresh", "0"], "--refresh: value 0 is out of range; accepted: an integer in 1..1000"),
              (["--model", str(base), "--reuse", "9"], "--reuse: layer 9 is out of range"),
-             (["--model", str(base), "--reuse", "none", "--knockout", "none"], "nothing to measure")]
+             (["--model", str(base), "--reuse", "none", "--knockout", "none", "--skip", "none", "--diagonal", "none"],
+              "nothing to measure")]
     for flags, problem in cases:
         assert main(["intervene", *flags, *SMALL, "--out", str(out)]) == 2
         assert problem in _error(capsys)

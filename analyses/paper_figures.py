@@ -1,0 +1,126 @@
+"""The paper's two figures, drawn the paper's way from a run or a sweep (which averages its clips).
+
+- `attention_maps`: finding 2's log-scale maps, one panel per layer (default the paper's 0, 1, 5, 10,
+  20, 25, 28, 29, mapped by relative depth): rows the probed frames' queries, columns every key of the
+  clip, `bands` cells per frame, each cell the mean probability of one of its keys (averaged over
+  heads and steps). One colour range for all panels, from the context cells; the own frame is set
+  apart (hatched grey, outside the colour range), as the paper leaves it out; later frames are blank.
+- `step_heatmap`: the per-key ratio (earlier / own frame) by layer and denoising step, on a log scale
+  centred on uniform attention (1).
+- `finding1_panels_figure`: finding 1's three step x step panels at layer 15 (m1 vs m1, the control
+  m1 vs m2, m2 vs m2) and each step's similarity to the last step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from analyses.claims import paper_layers
+from analyses.figures import _finished
+from analyses.similarity import finding1_panels, similarity_to_last
+from analyses.sparsity import SPARSITY_FRACTION, colour_range, context_cells, measures_by_step
+from probes.store import Run
+
+
+def mean_map(run: Run, layer: int) -> torch.Tensor:
+    """float64 [F, g, T*g]: the pooled map averaged over steps and heads (a sweep: over its clips too)."""
+    return run.attention_map(layer).double().mean((1, 2))
+
+
+def attention_maps(run: Run, layers: list[int] | None = None) -> Figure:
+    """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range."""
+    frames, g, T = run.manifest["frames"], run.bands, run.manifest["num_frames"]
+    probed = run.attention_layers
+    layers = [layer for layer in (layers or paper_layers(run.depth)["figure"]) if layer in probed] or probed[:8]
+    maps = {layer: mean_map(run, layer) for layer in layers}
+    low, high = colour_range([context_cells(m[:, None], frames, g) for m in maps.values()])
+    cols = min(4, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.2, 2.6 * rows + 0.6), squeeze=False)
+    image = None
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        log_p = maps[layer].clamp_min(1e-300).log().numpy()  # [F, g, T*g]
+        grid = np.full((len(frames) * g, T * g), np.nan)
+        own = np.zeros_like(grid, dtype=bool)
+        for i, frame in enumerate(frames):
+            grid[i * g:(i + 1) * g, : frame * g] = log_p[i, :, : frame * g]
+            own[i * g:(i + 1) * g, frame * g:(frame + 1) * g] = True
+        image = ax.imshow(grid, cmap="magma", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        ax.imshow(np.where(own, 1.0, np.nan), cmap="Greys", vmin=0, vmax=2.5, aspect="auto", interpolation="nearest")
+        ax.set_title(f"layer {layer}" + ("" if run.depth == 30 else f" (paper {round(layer * 29 / (run.depth - 1))})"),
+                     fontsize=9)
+        ax.set_xticks([f * g + (g - 1) / 2 for f in range(T)], range(T), fontsize=6)
+        ax.set_yticks([i * g + (g - 1) / 2 for i in range(len(frames))], frames, fontsize=6)
+        ax.set_xlabel("key frame", fontsize=7)
+        ax.set_ylabel("query frame", fontsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    if image is not None and math.isfinite(low):
+        bar = fig.colorbar(image, ax=axes, shrink=0.8, label="ln p (one key)")
+        n = run.manifest["tokens_per_frame"]
+        for frame in frames:  # uniform attention over the keys a frame sees
+            bar.ax.axhline(-math.log((frame + 1) * n), color="cyan", lw=0.8)
+        bar.ax.axhline(low + SPARSITY_FRACTION * (high - low), color="white", lw=0.8, ls="--")
+    fig.subplots_adjust(hspace=0.5, wspace=0.35)
+    fig.suptitle(f"attention of each frame's queries on every key ({g} x {g} cells per frame pair; grey: own frame, "
+                 f"left out; cyan: uniform; dashed: the sparsity cut at {SPARSITY_FRACTION:.0%} of the range)", fontsize=8)
+    plt.close(fig)
+    return fig
+
+
+def step_heatmap(run: Run, measure: str = "per_key_ratio") -> Figure:
+    """Layer x denoising step heatmap of an attention measure (`measures_by_step`); the per-key ratio on a log10
+    scale centred on uniform attention."""
+    table = measures_by_step(run)
+    pivot = table.pivot(index="layer", columns="step", values=measure)
+    values = pivot.to_numpy()
+    fig, ax = plt.subplots(figsize=(7, 0.16 * len(pivot) + 1.6))
+    if measure == "per_key_ratio":
+        values = np.log10(np.clip(values, 1e-6, None))
+        span = max(1e-3, float(np.nanmax(np.abs(values))))
+        image = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -span, span),
+                          interpolation="nearest")
+        label = "log10 per-key ratio, earlier / own frame (0: uniform)"
+    else:
+        image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+        label = measure.replace("_", " ")
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_yticks(range(len(pivot)), pivot.index, fontsize=6)
+    ax.set_xticks(range(0, len(pivot.columns), 5), pivot.columns[::5], fontsize=7)
+    ax.set_xlabel("denoising step (0: pure noise)")
+    ax.set_ylabel("layer")
+    return _finished(fig)
+
+
+def finding1_panels_figure(run: Run, layer: int | None = None) -> Figure:
+    """m1 vs m1, m1 vs m2 (the control: two frames, same layer), m2 vs m2, and the cosine of each step to the last."""
+    layer = paper_layers(run.depth)["middle"][0] if layer is None else layer
+    panels = finding1_panels(run, layer)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
+    image = None
+    for ax, (title, matrix) in zip(axes[:3], panels.items(), strict=True):
+        image = ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{title}: median {float(matrix.median()):.2f}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("step")
+    fig.colorbar(image, ax=axes[:3], shrink=0.8, label="per-token cosine")
+    items = getattr(run, "items", None) or [run]
+    tables = [similarity_to_last(item) for item in items]
+    last = [table[table.layer == layer].groupby("step").cosine_to_last.mean() for table in tables]
+    for curve in last:
+        axes[3].plot(curve.index, curve.values, color="tab:blue", alpha=0.3, lw=0.8)
+    mean = sum(last) / len(last)
+    axes[3].plot(mean.index, mean.values, color="tab:blue", lw=2, label="mean over clips")
+    axes[3].set_ylim(0, 1.02)
+    axes[3].set_xlabel("denoising step")
+    axes[3].set_ylabel("cosine with the last step")
+    axes[3].set_title(f"layer {layer}: how early the features settle", fontsize=9)
+    axes[3].legend(fontsize=7)
+    plt.close(fig)
+    return fig

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from analyses.intervals import CONFIDENCE, interval
 from analyses.similarity import cross_frame_cosine
 from analyses.sparsity import SPARSITY_FRACTION, SPARSITY_MIN_RANGE, attention_measures
 from probes.reductions import off_diagonal
@@ -29,9 +30,9 @@ from probes.store import Run
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED = "reproduced", "not reproduced", "inconclusive", "not measured"
 PAPER_STEPS = 50              # the paper's denoising steps per frame
-CONFIDENCE = 0.95             # two-sided t-interval over clips
 SIMILARITY_MIN = 0.90         # claim 1: cross-step cosine at layer 15 at least this (paper: median 0.97, >= 0.90 to step 39)
 CONTROL_MARGIN = 0.20         # ... and above the control (two frames, same layer) by this much (paper: 0.97 vs 0.58)
+INPUT_CHANGE_RATIO = 0.5      # ... and changing at most half as much as its input (1 - cosine), the noise floor
 LAST_LAYERS_MARGIN = 0.02     # claim 1b: layer 15's cosine exceeds each of the last 3 layers' by this much
 DEEP_RATIO_MAX = 0.10         # claim 2: per-key attention, earlier / own frame, in layers 28-29 below this
 EARLY_SPARSITY_MIN = 0.50     # claim 2b: share of context cells lit in layers 0-1 at least this (paper: ~100%)
@@ -55,19 +56,6 @@ def paper_layers(depth: int) -> dict[str, list[int]]:
     return {"middle": [scale(15)], "last3": [max(0, depth - 3 + i) for i in range(3) if depth - 3 + i >= 0],
             "deep": sorted({scale(28), depth - 1}), "early": sorted({scale(0), scale(1)}),
             "figure": sorted({scale(layer) for layer in (0, 1, 5, 10, 20, 25, 28, 29)}), "span": [scale(8), scale(22)]}
-
-
-def interval(values: list[float]) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): the mean and its two-sided t-interval at CONFIDENCE; NaN bounds for one value."""
-    from scipy import stats
-
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, float("nan"), float("nan"), n
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half, n
 
 
 def side(values: tuple[float, float, float, int], threshold: float, above: bool) -> str:
@@ -130,9 +118,10 @@ def middle_layer_similarity(run: Run) -> Claim:
     name = f"cross-step similarity at {_layer_name('15', [layer], run.depth)}, against its control"
     statement = ("Early and middle layers are redundant across denoising steps: layer 15's step x step cosine similarity "
                  "of one frame is near 1 (median 0.97), far above the same layer's similarity between two frames (0.58).")
-    threshold = (f"mean off-diagonal per-token cosine at layer {layer} >= {SIMILARITY_MIN}, and minus the control (frame i "
-                 f"vs i+1, same layer, every step pair) >= {CONTROL_MARGIN}, each by its {CONFIDENCE:.0%} interval over "
-                 f"clips; {PAPER_STEPS} steps")
+    threshold = (f"mean off-diagonal per-token cosine at layer {layer} >= {SIMILARITY_MIN}; minus the control (frame i "
+                 f"vs i+1, same layer, every step pair) >= {CONTROL_MARGIN}; and (1 - cosine) at most {INPUT_CHANGE_RATIO} x "
+                 f"that of the frame's input to the blocks (a layer that merely copies a still input is not redundant "
+                 f"computation); each by its {CONFIDENCE:.0%} interval over clips; {PAPER_STEPS} steps")
     steps = len(run.manifest.get("steps", []))
     if run.role(layer) == "encoder":
         return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=layer), NOT_MEASURED)
@@ -145,11 +134,20 @@ def middle_layer_similarity(run: Run) -> Claim:
     within = _per_item(run, lambda item: _cross_step(item, layer))
     control = _per_item(run, lambda item: float(cross_frame_cosine(item, layer).mean()))
     margin = _per_item(run, lambda item: _cross_step(item, layer) - float(cross_frame_cosine(item, layer).mean()))
-    verdict = combine([side(within, SIMILARITY_MIN, True), side(margin, CONTROL_MARGIN, True)])
-    measured = (f"cross-step {shown(within)}; control (two frames) {shown(control)}; difference {shown(margin)}; "
-                f"{clips_note(within[3])}")
-    return Claim(name, statement, threshold, measured, verdict,
-                 {"cross-step": within, "cross-frame control": control, "difference": margin})
+    parts = [side(within, SIMILARITY_MIN, True), side(margin, CONTROL_MARGIN, True)]
+    measured = f"cross-step {shown(within)}; control (two frames) {shown(control)}; difference {shown(margin)}; "
+    values = {"cross-step": within, "cross-frame control": control, "difference": margin}
+    if all(item.input_cosine() is not None for item in items_of(run)):
+        inputs = _per_item(run, lambda item: float(off_diagonal(item.input_cosine()).mean()))
+        change = _per_item(run, lambda item: (1 - _cross_step(item, layer))
+                           / max(1e-12, 1 - float(off_diagonal(item.input_cosine()).mean())))
+        parts.append(side(change, INPUT_CHANGE_RATIO, False))
+        measured += f"input's cross-step {shown(inputs)}; change, layer / input {shown(change)}; "
+        values |= {"input cross-step": inputs, "change ratio": change}
+    else:
+        parts.append(INCONCLUSIVE)
+        measured += "the input's cross-step similarity (the noise floor) was not recorded (no hook_resid_pre); "
+    return Claim(name, statement, threshold, measured + clips_note(within[3]), combine(parts), values)
 
 
 def last_layers_less_similar(run: Run) -> Claim:

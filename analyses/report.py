@@ -18,12 +18,13 @@ import jinja2
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from analyses import figures
+from analyses import figures, paper_figures
 from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
-from analyses.claims import INTERVENTION_CLAIMS, evaluate, paper_layers
+from analyses.claims import INTERVENTION_CLAIMS, evaluate, items_of, paper_layers
+from analyses.intervals import table_over_clips
 from analyses.interventions import SUMMARY_COLUMNS, load_interventions
 from analyses.similarity import depth_curve
-from analyses.sparsity import sparsity_table
+from analyses.sparsity import attention_measures, sparsity_table
 from probes.store import Run, RunError, load_run
 from scd.outputs import OutputError, atomic_file, check_output
 
@@ -67,6 +68,15 @@ def _section(run: Run) -> dict:
     stepwise = run.stepwise_layers
     pca_layer = middle if middle in run.feature_layers else (stepwise or run.feature_layers or [None])[len(stepwise) // 2]
     figs = {}
+    if middle in stepwise and len(m.get("frames", [])) > 1:
+        figs[f"Finding 1 at layer {middle}, as the paper draws it: one frame across steps (m1 vs m1, m2 vs m2) against "
+             "the control, two frames at the same layer (m1 vs m2); right: each step against the last"] = png_data_uri(
+            paper_figures.finding1_panels_figure(run))
+    if run.attention_layers and run.bands:
+        figs["Finding 2, as the paper draws it: per-key attention of each generated frame on every key (log scale, "
+             "pooled cells, heads and steps averaged)"] = png_data_uri(paper_figures.attention_maps(run))
+        figs["Per-key attention, earlier / own frame, by layer and denoising step"] = png_data_uri(
+            paper_figures.step_heatmap(run))
     if stepwise:
         figs["Cross-step cosine similarity (frame being denoised, every step pair)"] = png_data_uri(
             figures.similarity_heatmaps(run))
@@ -89,8 +99,26 @@ def _section(run: Run) -> dict:
     sparsity = sparsity_table(run).round(4).to_dict("records") if run.attention_layers else []
     for row in sparsity:
         row["role"] = run.role(row["layer"])
+    measures = []
+    if run.attention_layers and run.bands:
+        columns = ["per_key_ratio", "excess_share", "sparsity", "earlier_share"]
+        by_range = {steps: table_over_clips(items_of(run), lambda item, steps=steps: attention_measures(item, steps),
+                                            "layer", columns).set_index("layer") for steps in ("all", "first10", "last10")}
+        for layer, row in by_range["all"].iterrows():
+            cell = lambda r, c: _with_interval(r, c)  # noqa: E731
+            measures.append({"layer": layer, "role": run.role(layer), "ratio": cell(row, "per_key_ratio"),
+                             "ratio_first": cell(by_range["first10"].loc[layer], "per_key_ratio"),
+                             "ratio_last": cell(by_range["last10"].loc[layer], "per_key_ratio"),
+                             "excess": cell(row, "excess_share"), "sparsity": cell(row, "sparsity"),
+                             "share": cell(row, "earlier_share")})
     return {"name": run_name(run), "summary": summary, "claims": evaluate(run), "figures": figs,
-            "similarity": similarity, "sparsity": sparsity}
+            "similarity": similarity, "sparsity": sparsity, "measures": measures}
+
+
+def _with_interval(row, column: str) -> str:
+    """"mean [low, high]" (the mean alone for one clip)."""
+    mean, low, high = row[column], row[f"{column}_low"], row[f"{column}_high"]
+    return f"{mean:.3f}" if low != low else f"{mean:.3f} [{low:.3f}, {high:.3f}]"  # NaN bounds: one clip
 
 
 def _bench_section(bench: dict) -> dict:

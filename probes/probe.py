@@ -123,6 +123,14 @@ class Probe:
         # The same tokens at every step and frame, so PCA images line up on the token grid.
         self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
         self._encoder_layers = [layer for layer in self.layers if self.layout.role(layer) == "encoder"]
+        # The noise floor of finding 1: how much the frame's input to the stepwise blocks (the first one's
+        # hook_resid_pre: the noisy frame, embedded) itself changes across steps. Models without that hook go without.
+        stepwise = [layer for layer in range(depth) if self.layout.role(layer) != "encoder"]
+        try:
+            self.layout.path(stepwise[0], "hook_resid_pre")
+            self.input_layer = stepwise[0] if "features" in self.capture else None
+        except (ValueError, IndexError):
+            self.input_layer = None
         self._stack: ExitStack | None = None
         self._reset()
 
@@ -140,6 +148,7 @@ class Probe:
         self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._map: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._query: dict[int, torch.Tensor] = {}
+        self._input_grams: dict[int, StepGram] = {}
 
     def on_start(self, context: int, frames: int, steps: int) -> None:
         """Told by `generate` before any work: refuse frames or steps to probe that this call will not make."""
@@ -182,7 +191,7 @@ class Probe:
     def _release(self, frame: int) -> None:
         """A frame is done: free its per-step buffers (stream mode's memory does not grow with frames)."""
         self._open = None
-        for grams in self._grams.values():
+        for grams in (*self._grams.values(), self._input_grams):
             if frame in grams:
                 grams[frame].release()
 
@@ -201,7 +210,9 @@ class Probe:
 
     def _receive(self, layer: int, hook: str, tensor: torch.Tensor) -> None:
         frame, step, _ = self.current
-        if hook == self.hook:
+        if (layer, hook) == (self.input_layer, "hook_resid_pre"):
+            self._input_grams.setdefault(frame, StepGram()).add(self._frame_tokens(tensor).detach())
+        if hook == self.hook and layer in self.layers:
             x = self._frame_tokens(tensor).detach()
             self._grams[layer].setdefault(frame, StepGram()).add(x)
             kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
@@ -238,6 +249,8 @@ class Probe:
                 targets.append((layer, self.hook))
             if "attention" in self.capture:
                 targets += [(layer, "attn.hook_q"), (layer, "attn.hook_k")]
+        if self.input_layer is not None and (self.input_layer, "hook_resid_pre") not in targets:
+            targets.append((self.input_layer, "hook_resid_pre"))
         stack = ExitStack()
         try:
             stack.callback(observe_sampling(self.model, self).remove)
@@ -336,6 +349,10 @@ class Probe:
             if "attention" in self.capture:
                 attention[f"layer{layer}"] = self.attention(layer)
                 attention[f"layer{layer}.map"] = self.attention_map(layer)
+        if self._input_grams and all(frame in self._input_grams for frame in self.recorded_frames):
+            pairs = [self._input_grams[frame].matrices() for frame in self.recorded_frames]
+            features["input.gram"] = torch.stack([p[0] for p in pairs])
+            features["input.token_cosine"] = torch.stack([p[1] for p in pairs])
         video = self.video if self.video.dim() == 4 else self.video[0]
         if hasattr(self.model, "preview"):  # latent frames (diffusers models): shown as RGB
             video = self.model.preview(video)
@@ -352,7 +369,7 @@ class Probe:
             "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame, "bands": self.bands,
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
-            "ground_truth": ground_truth is not None, **info,
+            "ground_truth": ground_truth is not None, "input_layer": self.input_layer, **info,
         }
         return write_run(path, manifest, features=features, attention=attention, metrics=self.metrics(),
                          generated=_frames_uint8(video), ground_truth=truth, force=force)

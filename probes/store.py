@@ -65,8 +65,8 @@ def _layer_of(key: str) -> int | None:
 
 def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A layer's main tensor in the contract's dtype; side entries (Gram matrices, token indices) as given."""
-    if _layer_of(key) is None and not (key.startswith("layer") and "." in key):
-        raise RunError(f"unexpected entry {key!r}; entries are named layer{{L}} or layer{{L}}.{{what}}")
+    if _layer_of(key) is None and not (key.startswith(("layer", "input.")) and "." in key):
+        raise RunError(f"unexpected entry {key!r}; entries are named layer{{L}}, layer{{L}}.{{what}} or input.{{what}}")
     tensor = tensor.detach().to("cpu")
     return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
 
@@ -143,6 +143,12 @@ class Run:
     def token_cosine(self, layer: int) -> torch.Tensor:
         """float64 [F, S, S]: per-token cosine between every pair of steps, averaged over all N tokens."""
         return self._tensor("features.safetensors", layer, "token_cosine")
+
+    def input_cosine(self) -> torch.Tensor | None:
+        """float64 [F, S, S]: per-token cross-step cosine of the frame's input to the stepwise blocks (the first one's
+        hook_resid_pre), the noise floor of finding 1; None where the model has no such hook."""
+        with safe_open(self.path / "features.safetensors", "pt") as f:
+            return f.get_tensor("input.token_cosine") if "input.token_cosine" in f.keys() else None
 
     def attention(self, layer: int) -> torch.Tensor:
         """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip."""
@@ -355,6 +361,10 @@ class MergedRun(Run):
             raise RunError(f"the runs of sweep {self.path} recorded layer {layer} with different shapes; "
                            "probe every item with the same frames and steps")
         return torch.stack(tensors).mean(0).to(tensors[0].dtype)
+
+    def input_cosine(self) -> torch.Tensor | None:
+        values = [run.input_cosine() for run in self.items]
+        return None if any(v is None for v in values) else torch.stack(values).mean(0)
 
     @property
     def metrics(self) -> pd.DataFrame:

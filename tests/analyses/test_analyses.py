@@ -6,20 +6,44 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.claims import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, evaluate, paper_layers
+from analyses.claims import INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, combine, evaluate, paper_layers, side
+from analyses.intervals import interval
 from analyses.pca import pca_images
 from analyses.similarity import cosine_matrix, depth_curve, run_cosine, similarity_table
-from analyses.sparsity import by_offset, earlier_share, entropy, offset_table, sparsity_table
+from analyses.sparsity import (
+    by_offset,
+    colour_range,
+    context_cells,
+    context_sparsity,
+    earlier_share,
+    entropy,
+    excess_share,
+    offset_table,
+    per_key_ratio,
+    sparsity_table,
+)
 from probes.reductions import StepGram
-from probes.store import load_run, write_run
+from probes.store import MergedRun, load_run, write_run
 
 FRAMES = [4, 5]  # probed frames of an 6-frame clip
 T = 6
 
 
-def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.Tensor], steps: int, depth: int = 30):
-    """A run directory from constructed features [F, S, N, D] and attention [F, S, H, T]."""
+def _grams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grams = [StepGram() for _ in range(x.shape[0])]
+    for f, g in enumerate(grams):
+        for s in range(x.shape[1]):
+            g.add(x[f, s])
+    pairs = [g.matrices() for g in grams]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.Tensor], steps: int, depth: int = 30,
+           inputs: torch.Tensor | None = None):
+    """A run directory from constructed features [F, S, N, D] and attention [F, S, H, T] (and the input's features)."""
     entries = {}
+    if inputs is not None:
+        entries["input.gram"], entries["input.token_cosine"] = _grams(inputs)
     for layer, x in features.items():
         grams = [StepGram() for _ in FRAMES]
         for f, g in enumerate(grams):
@@ -129,31 +153,89 @@ def test_all_mass_on_the_own_frame_gives_a_cross_frame_share_of_0(tmp_path):
 
 
 def test_paper_layers_of_the_30_block_model():
-    assert paper_layers(30) == {"middle": [15], "last3": [27, 28, 29], "deep": [28, 29]}
+    assert paper_layers(30) == {"middle": [15], "last3": [27, 28, 29], "deep": [28, 29], "early": [0, 1],
+                                "figure": [0, 1, 5, 10, 20, 25, 28, 29], "span": [8, 22]}
+    assert paper_layers(12)["middle"] == [6] and paper_layers(12)["span"] == [3, 8]  # 8 x 11 / 29 = 3.03, 22 x 11 / 29 = 8.34
 
 
-def _claims_run(tmp_path, name, *, similar15=True, similar_last=False, deep_share=0.0, steps=50, layers=None):
-    g = torch.Generator().manual_seed(0)
-    layers = layers or {15, 27, 28, 29, 5}
-    features = {layer: _features(similar15 if layer == 15 else similar_last if layer >= 27 else True, steps, g)
-                for layer in layers}
-    attention = {layer: _attention(1 - (deep_share if layer >= 28 else 0.6), steps=steps) for layer in layers}
-    return _write(tmp_path / name, features, attention, steps)
+def _claims_sweep(tmp_path, name, *, similar15=True, similar_last=False, deep_own=1.0, steps=50, layers=None,
+                  still_input=False, clips=3):
+    """A sweep of constructed runs: layer 15 the same at every step (or not), the last layers changing (or not),
+    layers 28-29 putting `deep_own` of their attention on the own frame (the rest spread evenly), the input
+    changing across steps (or `still_input`)."""
+    runs = []
+    for clip in range(clips):
+        g = torch.Generator().manual_seed(clip)
+        chosen = layers or {0, 1, 5, 15, 27, 28, 29}
+        features = {layer: _features(similar15 if layer == 15 else similar_last if layer >= 27 else True, steps, g)
+                    for layer in chosen}
+        attention = {layer: _attention(deep_own if layer >= 28 else 0.2 + 0.01 * clip, steps=steps) for layer in chosen}
+        inputs = _features(still_input, steps, g)
+        runs.append(_write(tmp_path / f"{name}{clip}", features, attention, steps, inputs=inputs))
+    return MergedRun(tmp_path / name, runs[0].manifest, runs)
 
 
-def test_claims_give_each_verdict_on_runs_built_for_it(tmp_path):
-    paper = evaluate(_claims_run(tmp_path, "paper"))
-    assert [c.verdict for c in paper] == [REPRODUCED, REPRODUCED, REPRODUCED]
-    assert "layer 28: 0.000" in paper[2].measured and "largest: layer 5, 0.600" in paper[2].measured
-    against = evaluate(_claims_run(tmp_path, "against", similar15=False, similar_last=True, deep_share=0.5))
-    assert [c.verdict for c in against] == [NOT_REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]
-    # both conditions at their edges: 0.09 is below 0.1 and below 0.6 / 3; 0.1 is not strictly below 0.1
-    assert evaluate(_claims_run(tmp_path, "small", deep_share=0.09))[2].verdict == REPRODUCED
-    assert evaluate(_claims_run(tmp_path, "edge", deep_share=0.1))[2].verdict == NOT_REPRODUCED  # strictly below
-    few_steps = evaluate(_claims_run(tmp_path, "steps", steps=4))
+def test_claims_give_each_verdict_on_sweeps_built_for_them(tmp_path):
+    paper = evaluate(_claims_sweep(tmp_path, "paper"))
+    assert [c.verdict for c in paper][:3] == [REPRODUCED, REPRODUCED, REPRODUCED]
+    assert "control (two frames)" in paper[0].measured and "3 clips" in paper[0].measured
+    assert "layer 28: ratio 0.000" in paper[2].measured
+    against = evaluate(_claims_sweep(tmp_path, "against", similar15=False, similar_last=True, deep_own=0.5))
+    assert [c.verdict for c in against][:3] == [NOT_REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]
+    # a layer as still as its input is no evidence of redundant computation: the noise floor
+    still = evaluate(_claims_sweep(tmp_path, "still", still_input=True))[0]
+    assert still.verdict == NOT_REPRODUCED and "layer minus input" in still.measured
+    one = evaluate(_claims_sweep(tmp_path, "one", clips=1))
+    assert {c.verdict for c in one} <= {INCONCLUSIVE, NOT_REPRODUCED} and "no interval" in one[0].measured
+    few_steps = evaluate(_claims_sweep(tmp_path, "steps", steps=4))
     assert few_steps[0].verdict == NOT_MEASURED and "4 steps" in few_steps[0].measured
-    missing = evaluate(_claims_run(tmp_path, "missing", layers={15}))
-    assert [c.verdict for c in missing] == [REPRODUCED, NOT_MEASURED, NOT_MEASURED]
+    missing = evaluate(_claims_sweep(tmp_path, "missing", layers={15}))
+    assert [c.verdict for c in missing][1:] == [NOT_MEASURED] * 3
     assert "[27, 28, 29] were not probed" in missing[1].measured
-    only_deep = evaluate(_claims_run(tmp_path, "only_deep", layers={28, 29}))
-    assert only_deep[2].verdict == NOT_MEASURED and "no layer other than" in only_deep[2].measured
+
+
+def test_per_key_measures_on_constructed_attention():
+    frames = [4, 5]
+    uniform = torch.zeros(2, 3, 2, 6)
+    for i, frame in enumerate(frames):
+        uniform[i, ..., : frame + 1] = 1 / (frame + 1)  # every visible key the same
+    assert per_key_ratio(uniform, frames).item() == pytest.approx(1.0)
+    assert excess_share(uniform, frames).abs().max().item() == pytest.approx(0.0, abs=1e-7)
+    own = _attention(1.0)
+    assert per_key_ratio(own, frames).item() == 0.0
+    assert excess_share(own, frames)[0, 0, 0].item() == pytest.approx(-4 / 5)
+    # twice the per-key attention on the past: share 2f / (2f + 1), whatever f
+    double = torch.zeros(2, 3, 2, 6)
+    for i, frame in enumerate(frames):
+        double[i, ..., :frame] = 2 / (2 * frame + 1)
+        double[i, ..., frame] = 1 / (2 * frame + 1)
+    assert per_key_ratio(double, frames).item() == pytest.approx(2.0)
+    assert per_key_ratio(double, frames, dims=(0, 1)).shape == (2,)
+    local = _attention(1.0)
+    assert per_key_ratio(local, frames, role="frame-local").item() == 0.0
+
+
+def test_sparsity_counts_the_lit_context_cells():
+    frames, g = [2], 1
+    maps = torch.full((1, 1, 1, 3), 1e-2)  # [F, S, g, T*g]: keys of frames 0, 1 and the own frame 2
+    maps[0, 0, 0, 0] = 1e-6  # one dark context cell of two
+    cells = context_cells(maps[:, 0], frames, g)
+    assert cells.shape == (2,) and torch.allclose(cells.exp(), torch.tensor([1e-6, 1e-2], dtype=torch.float64))
+    low, high = colour_range([cells])
+    assert context_sparsity(cells, low, high).item() == 0.5
+    assert context_sparsity(cells, low, high, fraction=1.0).item() == 0.0
+    flat = torch.log(torch.tensor([1e-2, 1.5e-2], dtype=torch.float64))  # less than a factor 10: no structure
+    assert context_sparsity(flat, *colour_range([flat])).isnan().all()
+
+
+def test_intervals_by_hand():
+    mean, low, high, n = interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2 degrees of freedom) x sd 1 / sqrt(3)
+    assert (mean, n) == (2.0, 3) and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    assert math.isnan(interval([5.0])[1])
+    assert side((0.5, 0.45, 0.55, 8), 0.4, above=True) == REPRODUCED
+    assert side((0.5, 0.35, 0.55, 8), 0.4, above=True) == INCONCLUSIVE
+    assert side((0.3, 0.25, 0.35, 8), 0.4, above=True) == NOT_REPRODUCED
+    assert side((0.05, 0.01, 0.09, 8), 0.1, above=False) == REPRODUCED
+    assert side((0.05, float("nan"), float("nan"), 1), 0.1, above=False) == INCONCLUSIVE
+    assert combine([REPRODUCED, INCONCLUSIVE]) == INCONCLUSIVE and combine([REPRODUCED, NOT_REPRODUCED]) == NOT_REPRODUCED

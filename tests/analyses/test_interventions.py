@@ -9,9 +9,11 @@ from analyses.interventions import (
     InterventionError,
     attention_knockout,
     feature_reuse,
+    frame_diagonal,
     intervention,
     intervention_summary,
     intervention_table,
+    span_skip,
 )
 from scd import generate
 from scd.data import VideoBenchmark
@@ -117,3 +119,79 @@ def test_intervention_table_measures_drift_quality_and_time(tiny_model):
     summary = intervention_summary(table)
     assert summary.set_index("intervention").loc["none", "speedup"] == 1.0
     assert (summary.seconds_per_frame > 0).all()
+
+
+def _block_calls(model, fn):
+    """How often each block's attention really ran during fn(), counted by raw forward hooks."""
+    calls = [0] * len(model.blocks)
+    handles = [block.attn.register_forward_hook(lambda m, i, o, k=k: calls.__setitem__(k, calls[k] + 1))
+               for k, block in enumerate(model.blocks)]
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def test_span_skip_at_every_step_is_the_unmodified_video_and_otherwise_skips_the_blocks(tiny_model, clip):
+    plain = generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3)
+    with span_skip(tiny_model, 1, 2, keep=STEPS) as counts:
+        assert torch.equal(generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3), plain)
+    assert counts["skipped"] == 0
+    result = {}
+    with span_skip(tiny_model, 1, 2, keep=2) as counts:
+        calls = _block_calls(tiny_model, lambda: result.setdefault(
+            "video", generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3)))
+    # blocks 1-2 run at the prefill, steps 0-1 and the cache-writing pass of each frame; 0 and 3 at every pass
+    assert calls == [1 + FRAMES * (STEPS + 1), 1 + FRAMES * 3, 1 + FRAMES * 3, 1 + FRAMES * (STEPS + 1)]
+    assert counts["skipped"] == 2 * FRAMES * (STEPS - 2)
+    assert (result["video"] - plain).abs().max() > 1e-4  # the skip changes the frames, a little
+    assert all("forward" not in block.__dict__ for block in tiny_model.blocks)
+
+
+def test_span_skip_adds_the_span_update_to_the_current_input(tiny_model, clip):
+    """At a skipped step, block 3 reads block 1's current input plus (block 2's output - block 1's input) from the last
+    step the span ran: checked with raw forward hooks on the residual stream."""
+    seen, state = {}, {}
+
+    def on_step(frame, step, timestep):
+        state["key"] = (frame, step)
+
+    def keep(name, output=False):
+        def hook(module, args, out):
+            seen.setdefault(name, {})[state["key"]] = (out[0] if output else args[0]).detach().clone()
+        return hook
+
+    handles = [tiny_model.blocks[1].register_forward_hook(keep("in1")),
+               tiny_model.blocks[2].register_forward_hook(keep("out2", output=True)),
+               tiny_model.blocks[3].register_forward_hook(keep("in3"))]
+    try:
+        with span_skip(tiny_model, 1, 2, keep=2):
+            generate(tiny_model, clip[:2], 1, steps=STEPS, seed=3, callback=on_step)
+    finally:
+        for handle in handles:
+            handle.remove()
+    update = seen["out2"][(2, 1)] - seen["in1"][(2, 1)]  # step 1: the last step the span ran
+    for step in range(2, STEPS):
+        torch.testing.assert_close(seen["in3"][(2, step)], seen["in1"][(2, step)] + update)
+    assert not torch.equal(seen["in1"][(2, 2)], seen["in1"][(2, 3)])  # the current frame still flows through
+
+
+def test_frame_diagonal_is_the_model_built_with_the_mask(tiny_model, clip):
+    from scd.zoo import build_model
+
+    masked = build_model({**tiny_model.get_config(), "frame_local_blocks": 2})
+    masked.load_state_dict(tiny_model.state_dict())
+    expected = generate(masked, clip[:2], FRAMES, steps=STEPS, seed=3)
+    with frame_diagonal(tiny_model, 2):
+        assert torch.equal(generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3), expected)
+    assert tiny_model.config.frame_local_blocks == 0
+    assert not torch.equal(generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3), expected)
+    table = intervention_table(tiny_model, [("diagonal", 2), ("skip", 1, 2, 2)], clips=1, context=2, frames=1, steps=3,
+                               progress=False, others={"diagonal-tuned": masked})
+    assert set(table.intervention) == {"none", "diagonal", "skip", "diagonal-tuned"}
+    same = table.set_index("intervention")
+    assert same.loc["diagonal", "psnr"] == same.loc["diagonal-tuned", "psnr"]  # same weights, same mask
+    with pytest.raises(InterventionError, match="first <= last"):
+        intervention_table(tiny_model, [("skip", 2, 1, 2)], clips=1, progress=False)

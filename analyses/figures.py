@@ -207,7 +207,7 @@ def bench_figure(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFram
 def intervention_figure(summary: pd.DataFrame) -> Figure:
     """Drift from the unmodified generation against the layer K an intervention starts at (reuse: blocks
     0..K skipped between refreshes; knockout: blocks K.. see only the frame), next to the speed-up."""
-    changed = summary[summary.intervention != "none"]
+    changed = summary[summary.intervention.isin(["reuse", "knockout"])]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     sns.lineplot(data=changed, x="layer", y="drift_psnr", hue="intervention", marker="o", ax=axes[0])
     axes[0].axhline(30, color="grey", lw=0.8, ls=":", label="30 dB (claim threshold)")
@@ -218,6 +218,29 @@ def intervention_figure(summary: pd.DataFrame) -> Figure:
     axes[1].set_ylabel("speed-up (measured wall time)")
     for ax in axes:
         ax.set_xlabel("from layer K")
+    return _finished(fig)
+
+
+def surgery_figure(summary: pd.DataFrame) -> Figure:
+    """The paper's surgeries: quality against the truth and the measured speed-up of the middle-span skip against k
+    (the steps its blocks still run), with the unmodified model and the frame-diagonal models as lines."""
+    skip = summary[summary.intervention == "skip"].sort_values("keep_steps")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for (first, last), rows in skip.groupby(["layer", "span_end"]):
+        axes[0].plot(rows.keep_steps, rows.psnr, marker="o", label=f"skip {first}-{last}")
+        axes[1].plot(rows.keep_steps, rows.speedup, marker="o", label=f"skip {first}-{last}")
+    styles = {"none": ("black", "unmodified"), "diagonal": ("tab:red", "frame-diagonal, no fine-tune"),
+              "diagonal-tuned": ("tab:green", "frame-diagonal, fine-tuned")}
+    for kind, (colour, label) in styles.items():
+        row = summary[summary.intervention == kind]
+        if not row.empty:
+            axes[0].axhline(float(row.psnr.iloc[0]), color=colour, lw=1, ls="--", label=label)
+    axes[0].set_ylabel("PSNR vs truth (dB)")
+    axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].set_ylabel("speed-up (measured wall time)")
+    for ax in axes:
+        ax.set_xlabel("k: steps the span still runs")
+        ax.legend(fontsize=7)
     return _finished(fig)
 
 

@@ -139,18 +139,28 @@ def _interventions_section(interventions: dict) -> dict:
     info, summary = interventions["info"], interventions["summary"]
     depth = int(info.get("depth", 30))
     claims = [claim(interventions["table"], depth) for claim in INTERVENTION_CLAIMS]
+    claims = [c for c in claims if c.verdict != "not measured"] or claims  # what this directory measured
     table = {"columns": list(SUMMARY_COLUMNS.values()),
              "rows": [[row[c] for c in SUMMARY_COLUMNS] for row in summary.to_dict("records")]}
-    shown = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +
-             [round(25 * (depth - 1) / 29)] if f"{kind}{layer}" in interventions["videos"]]
-    figs = {"Drift from the unmodified generation, and the measured speed-up, against the layer an intervention "
-            "starts at": png_data_uri(figures.intervention_figure(summary)),
+    first, last = paper_layers(depth)["span"]
+    wanted = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +
+              [round(25 * (depth - 1) / 29)]] + [f"skip{first}-{last}k{k}" for k in (1, 5)] + \
+        [f"diagonal{depth - 5}", f"diagonal-tuned{depth - 5}"]
+    shown = [name for name in wanted if name in interventions["videos"]]
+    figs = {}
+    if summary.intervention.isin(["skip", "diagonal", "diagonal-tuned"]).any():
+        figs["The paper's surgeries: quality against the truth and measured speed-up of the middle-span skip against "
+             "k, the frame-diagonal models as lines"] = png_data_uri(figures.surgery_figure(summary))
+    if summary.intervention.isin(["reuse", "knockout"]).any():
+        figs["Drift from the unmodified generation, and the measured speed-up, against the layer step-0 reuse or "
+             "knockout starts at"] = png_data_uri(figures.intervention_figure(summary))
+    figs |= {
             f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
                 figures.intervention_frames(interventions["videos"], info["context"], shown))}
     return {"info": info, "claims": claims, "table": table, "figures": figs}
 
 
-def render(runs: list[Run], bench: dict | None = None, interventions: dict | None = None) -> str:
+def render(runs: list[Run], bench: dict | None = None, interventions: dict | list[dict] | None = None) -> str:
     """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`, and a
     `probe intervene` directory's, from `load_interventions`)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
@@ -170,12 +180,13 @@ def render(runs: list[Run], bench: dict | None = None, interventions: dict | Non
     return env.get_template("report.html.j2").render(
         sections=[_section(run) for run in runs], overlays=overlays, version=version,
         bench=_bench_section(bench) if bench is not None else None,
-        interventions=_interventions_section(interventions) if interventions is not None else None,
+        interventions=[_interventions_section(i) for i in
+                       ([] if interventions is None else [interventions] if isinstance(interventions, dict) else interventions)],
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None,
-                 interventions: str | Path | None = None, force: bool = False) -> Path:
+                 interventions: str | Path | list[str | Path] | None = None, force: bool = False) -> Path:
     """Read the runs (and a `probe bench` and a `probe intervene` directory), render, and write `out`
     atomically; a RunError for a bad run, bench or interventions directory, or output path. An existing
     `out` is replaced only with `force`, and only if it is a report this toolkit wrote."""
@@ -195,7 +206,8 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
         except ValueError as e:
             raise RunError(str(e)) from None
 
-    html = render(runs, read(load_bench, bench), read(load_interventions, interventions))
+    directories = [] if interventions is None else [interventions] if isinstance(interventions, str | Path) else interventions
+    html = render(runs, read(load_bench, bench), [read(load_interventions, d) for d in directories])
     with atomic_file(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return out

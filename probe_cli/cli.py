@@ -105,7 +105,8 @@ def _run_parser(sub) -> None:
     p.add_argument("runs", nargs="+", help="run directories written by probe run (e.g. baseline and SCD)")
     p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
     p.add_argument("--bench", default=None, help="a directory written by probe bench, to include its tables")
-    p.add_argument("--interventions", default=None, help="a directory written by probe intervene, to include it")
+    p.add_argument("--interventions", action="append", default=None,
+                   help="a directory written by probe intervene, to include it (repeat for several)")
     p.add_argument("--force", action="store_true", help="replace an existing report written by this toolkit")
     p.set_defaults(func=probing.cmd_report)
 

@@ -48,6 +48,7 @@ def summary_table(run: Run) -> str:
         table["cross-step cosine (min)"] = mins.get("token_cosine_min")
     if "attention" in capture:
         table["attention on earlier frames"] = means.get("attention_earlier")
+        table["per-key ratio, earlier / own"] = _per_key_ratio(metrics, run)
     if "clip" in metrics:  # a merged sweep: the spread of each item's mean over the items
         spread = metrics.groupby(["layer", "metric", "clip", "seed"]).value.mean().groupby(["layer", "metric"]).std()
         spread = spread.unstack()
@@ -57,6 +58,19 @@ def summary_table(run: Run) -> str:
                 table[f"{name}, std over {len(run.manifest['sweep']['items'])} runs"] = spread[metric]
     shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else v)
     return shown.to_markdown(colalign=("right",) * (len(shown.columns) + 1), disable_numparse=True)  # "-": SCD encoder
+
+
+def _per_key_ratio(metrics, run: Run):
+    """Per layer: mean attention on one earlier-frame key / on one own-frame key (analyses.sparsity.per_key_ratio),
+    from the per-frame shares of the metrics table."""
+    wide = metrics[metrics.metric.isin(["attention_earlier", "attention_same_frame"])].pivot_table(
+        index=["layer", "frame"] + [c for c in ("clip", "seed") if c in metrics], columns="metric", values="value")
+    wide = wide.reset_index()
+    seen = [0 if run.role(layer) == "frame-local" else 1 if run.role(layer) == "decoder" else frame
+            for layer, frame in zip(wide.layer, wide.frame, strict=True)]
+    wide["earlier_key"] = wide.attention_earlier / [max(k, 1) for k in seen]
+    per_layer = wide.groupby("layer")[["earlier_key", "attention_same_frame"]].mean()
+    return per_layer.earlier_key / per_layer.attention_same_frame
 
 
 def _capture(text: str) -> list[str]:

@@ -196,6 +196,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     final = out
     if force and out.exists():
         out = temporary_sibling(out)
+        state_path = out / "train_state.safetensors"  # the new run's state goes with it, not into the run it replaces
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -266,3 +266,17 @@ def test_save_writes_the_run_directory(tiny_model, clip, tmp_path):
     assert len(metrics) == 4 * FRAMES * 6
     row = metrics[(metrics.layer == 2) & (metrics.frame == 4) & (metrics.metric == "attention_earlier")].value.item()
     assert abs(row - float(run.attention(2)[1, :, :, :4].sum(-1).mean())) <= 1e-6
+
+
+def test_the_printed_per_key_ratio_is_the_analyses_one(tiny_model, clip, tmp_path):
+    """Two paths to one number: the command's table (from metrics.parquet) and analyses.sparsity (from the tensor)."""
+    from analyses.sparsity import per_key_ratio
+    from probe_cli.probing import _per_key_ratio
+
+    with Probe(tiny_model, LAYERS, capture="attention") as probe:
+        _generate(tiny_model, clip)
+    run = load_run(probe.save(tmp_path / "run"))
+    printed = _per_key_ratio(run.metrics, run)
+    for layer in LAYERS:
+        expected = per_key_ratio(run.attention(layer), run.manifest["frames"]).item()
+        assert printed[layer] == pytest.approx(expected, rel=1e-5)

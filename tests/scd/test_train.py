@@ -1,10 +1,13 @@
 import csv
+import json
+from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from scd.train import TrainConfig, learning_rate, train
+from scd.baseline import BASELINE_SIZES
+from scd.train import TrainConfig, TrainConfigError, learning_rate, train
 from scd.zoo import load_model
 
 TINY = dict(size="tiny", batch_size=4, frames=4, warmup=5, lr=3e-3, checkpoint_every=10, threads=1)
@@ -67,3 +70,36 @@ def test_raw_and_ema_weights_of_a_run_and_the_dev_loss(tmp_path):
     assert dev_loss(raw, tmp_path / "run", clips=4) == dev_loss(raw, tmp_path / "run", clips=4)  # fixed noise
     with pytest.raises(ValueError, match="accepted: ema, raw"):
         load_trained(tmp_path / "run", "best")
+
+
+def test_a_forced_restart_keeps_its_own_state_so_it_can_be_resumed(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(steps=2, **TINY), out, progress=False)
+    cfg = TrainConfig(steps=4, **{**TINY, "checkpoint_every": 1})
+    train(cfg, out, force=True, until=2, progress=False)  # a sitting of the new run, as a killed one leaves it
+    with safe_open(out / "train_state.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["train_config"])["steps"] == 4 and f.metadata()["step"] == "2"
+    assert train(cfg, out, resume=True, progress=False)["steps"] == 4
+
+
+def test_a_fine_tune_starts_from_the_given_weights_and_refuses_another_architecture(tmp_path):
+    from scd.zoo import build_model, load_model, save_model
+
+    source = tmp_path / "source" / "model.safetensors"
+    torch.manual_seed(3)
+    start = build_model({"family": "baseline", **asdict(BASELINE_SIZES["tiny"])})
+    for p in start.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    save_model(start, source)
+    cfg = TrainConfig(steps=1, **{**TINY, "lr": 1e-12, "warmup": 0, "init": str(source.parent), "frame_local_blocks": 2})
+    train(cfg, tmp_path / "tuned", progress=False)
+    tuned = load_model(tmp_path / "tuned")
+    assert tuned.config.frame_local_blocks == 2
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)  # lr ~ 0: still the given weights
+    with pytest.raises(TrainConfigError, match="another architecture"):
+        train(TrainConfig(steps=1, **{**TINY, "size": "baseline", "init": str(source.parent)}), tmp_path / "x",
+              progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(TrainConfigError, match="init 'nowhere'"):
+        train(TrainConfig(steps=1, **{**TINY, "init": "nowhere"}), tmp_path / "y", progress=False)

@@ -286,7 +286,7 @@ def _quality_loss_claim(table, kind: str, name: str, statement: str, what: str, 
     rows, reference = _rows(table, kind, **match), _rows(table, "none").set_index("clip").psnr
     if rows.empty:
         return Claim(name, statement, threshold, f"{what} was not measured", NOT_MEASURED)
-    loss = interval([float(reference[clip] - psnr) for clip, psnr in zip(rows.clip, rows.psnr, strict=True)])
+    loss = interval([float(reference[clip] - psnr) for clip, psnr in zip(rows["clip"], rows.psnr, strict=True)])
     speed = float(_rows(table, "none").seconds_per_frame.median() / rows.seconds_per_frame.median())
     measured = (f"quality loss {shown(loss, 2)} dB, {clips_note(loss[3])} (unmodified {reference.mean():.2f} dB, "
                 f"{what} {rows.psnr.mean():.2f} dB); drift vs unmodified {rows.drift_psnr.mean():.1f} dB; "
@@ -307,7 +307,7 @@ def span_skip_keeps_quality(table, depth: int) -> Claim:
 def diagonal_tune_recovers(table, depth: int) -> Claim:
     """The paper's frame-diagonal surgery: the last 5 layers attend within the frame, fine-tuned to recover."""
     return _quality_loss_claim(
-        table, "diagonal-tuned", f"frame-diagonal layers {depth - 5}-{depth - 1}, fine-tuned, recover quality",
+        table, "diagonal-tuned", f"frame-diagonal layers {max(0, depth - 5)}-{depth - 1}, fine-tuned, recover quality",
         "A frame-diagonal mask in the last 5 layers recovers the baseline's quality after fine-tuning (5K steps).",
         "the fine-tuned frame-diagonal model")
 

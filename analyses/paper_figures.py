@@ -24,21 +24,27 @@ from matplotlib.figure import Figure
 from analyses.claims import paper_layers
 from analyses.figures import _finished
 from analyses.similarity import finding1_panels, similarity_to_last
-from analyses.sparsity import SPARSITY_FRACTION, colour_range, context_cells, measures_by_step
+from analyses.sparsity import SPARSITY_FRACTION, colour_range, context_cells, measures_by_step, step_slice
 from probes.store import Run
 
 
-def mean_map(run: Run, layer: int) -> torch.Tensor:
-    """float64 [F, g, T*g]: the pooled map averaged over steps and heads (a sweep: over its clips too)."""
-    return run.attention_map(layer).double().mean((1, 2))
+def mean_map(run: Run, layer: int, head: int | None = None, steps: str = "all") -> torch.Tensor:
+    """float64 [F, g, T*g]: the pooled map averaged over the chosen steps ("all", "first10", "last10") and over heads,
+    or of one head (a sweep: over its clips too)."""
+    maps = run.attention_map(layer).double()
+    if run.role(layer) != "encoder":
+        maps = maps[:, step_slice(run, steps)]
+    maps = maps.mean(1)
+    return maps.mean(1) if head is None else maps[:, head]
 
 
-def attention_maps(run: Run, layers: list[int] | None = None) -> Figure:
-    """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range."""
+def attention_maps(run: Run, layers: list[int] | None = None, head: int | None = None, steps: str = "all") -> Figure:
+    """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range; averaged over heads
+    (or one `head`) and over the chosen `steps` ("all", "first10", "last10")."""
     frames, g, T = run.manifest["frames"], run.bands, run.manifest["num_frames"]
     probed = run.attention_layers
     layers = [layer for layer in (layers or paper_layers(run.depth)["figure"]) if layer in probed] or probed[:8]
-    maps = {layer: mean_map(run, layer) for layer in layers}
+    maps = {layer: mean_map(run, layer, head, steps) for layer in layers}
     low, high = colour_range([context_cells(m[:, None], frames, g) for m in maps.values()])
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
@@ -68,7 +74,9 @@ def attention_maps(run: Run, layers: list[int] | None = None) -> Figure:
             bar.ax.axhline(-math.log((frame + 1) * n), color="cyan", lw=0.8)
         bar.ax.axhline(low + SPARSITY_FRACTION * (high - low), color="white", lw=0.8, ls="--")
     fig.subplots_adjust(hspace=0.5, wspace=0.35)
-    fig.suptitle(f"attention of each frame's queries on every key ({g} x {g} cells per frame pair; grey: own frame, "
+    which = f"head {head}" if head is not None else "heads averaged"
+    fig.suptitle(f"{which}, steps {steps}: attention of each frame's queries on every key ({g} x {g} cells per frame "
+                 f"pair; grey: own frame, "
                  f"left out; cyan: uniform; dashed: the sparsity cut at {SPARSITY_FRACTION:.0%} of the range)", fontsize=8)
     plt.close(fig)
     return fig

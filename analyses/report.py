@@ -145,7 +145,7 @@ def _interventions_section(interventions: dict) -> dict:
     first, last = paper_layers(depth)["span"]
     wanted = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +
               [round(25 * (depth - 1) / 29)]] + [f"skip{first}-{last}k{k}" for k in (1, 5)] + \
-        [f"diagonal{depth - 5}", f"diagonal-tuned{depth - 5}"]
+        [f"diagonal{max(0, depth - 5)}", f"diagonal-tuned{max(0, depth - 5)}"]
     shown = [name for name in wanted if name in interventions["videos"]]
     figs = {}
     if summary.intervention.isin(["skip", "diagonal", "diagonal-tuned"]).any():

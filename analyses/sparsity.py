@@ -148,7 +148,7 @@ def _frames(run: Run) -> list[int]:
     return run.manifest["frames"]
 
 
-def _step_slice(run: Run, steps: str) -> slice:
+def step_slice(run: Run, steps: str) -> slice:
     """Which recorded steps: "all", "first10" or "last10" (the paper's high- and low-noise ends)."""
     count = len(run.manifest["steps"])
     return {"all": slice(None), "first10": slice(0, min(10, count)), "last10": slice(max(0, count - 10), None)}[steps]
@@ -161,7 +161,7 @@ def attention_measures(run: Run, steps: str = "all") -> pd.DataFrame:
     """Per layer, over the chosen steps (averaged over frames, steps and heads): share on earlier frames, its
     excess over uniform, the per-key ratio, and the sparsity of the pooled map (one colour range over the
     layers of the run). On a sweep, run it on each item (`run.items`) for intervals."""
-    frames, chosen = _frames(run), _step_slice(run, steps)
+    frames, chosen = _frames(run), step_slice(run, steps)
     layers = run.attention_layers
     rows, cells = [], {}
     for layer in layers:
@@ -204,7 +204,7 @@ def measures_by_step(run: Run) -> pd.DataFrame:
 
 def measures_by_head(run: Run, steps: str = "all") -> pd.DataFrame:
     """One row per (layer, head): per-key ratio and excess share over the chosen steps."""
-    frames, chosen, rows = _frames(run), _step_slice(run, steps), []
+    frames, chosen, rows = _frames(run), step_slice(run, steps), []
     for layer in run.attention_layers:
         role = run.role(layer)
         mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]

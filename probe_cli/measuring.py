@@ -112,7 +112,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
                              f"runs once per frame, its decoder sees no other frame); accepted: {flag} none")
     span = [] if scd else _span(args.skip, depth)
     diagonal = [] if scd or args.diagonal == "none" else (
-        [depth - 5] if args.diagonal == "default" else _intervention_layers(args.diagonal, "--diagonal", depth))
+        [max(0, depth - 5)] if args.diagonal == "default" else _intervention_layers(args.diagonal, "--diagonal", depth))
     settings = [("reuse", k) for k in reuse] + \
                [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)] + \
                [("skip", span[0], span[1], k) for k in (args.keep_steps if span else [])] + \

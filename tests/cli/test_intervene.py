@@ -2,7 +2,15 @@
 
 import pandas as pd
 
-from analyses.claims import NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, knockout_costs_little, reuse_costs_little
+from analyses.claims import (
+    NOT_MEASURED,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    diagonal_tune_recovers,
+    knockout_costs_little,
+    reuse_costs_little,
+    span_skip_keeps_quality,
+)
 from analyses.interventions import load_interventions
 from probe_cli import main
 
@@ -18,7 +26,8 @@ def _error(capsys) -> str:
 def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(tiny_checkpoints, tmp_path):
     base, _ = tiny_checkpoints
     out = tmp_path / "iv"
-    assert main(["intervene", "--model", str(base), "--reuse", "1,2", "--knockout", "default", *SMALL, "--out", str(out)]) == 0
+    assert main(["intervene", "--model", str(base), "--reuse", "1,2", "--knockout", "default", "--skip", "none",
+                 "--diagonal", "none", *SMALL, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["frames.npz", "interventions.json", "interventions.md",
                                                    "interventions.parquet"]
     loaded = load_interventions(out)
@@ -36,16 +45,57 @@ def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(tiny_checkp
     assert main(["report", str(run), "--interventions", str(out), "-o", str(html)]) == 0
     text = html.read_text()
     # the tiny model has 4 blocks: the paper's layer 15 is its block 2, layer 25 its block 3
-    assert "reuse at layer 2 costs little" in text and "knockout from layer 3 costs little" in text
+    assert "step-0 reuse at layer 2 costs little" in text and "knockout from layer 3 (no adaptation) costs little" in text
     assert "Interventions on" in text
 
 
-def test_the_causal_claims_read_the_summary():
-    summary = pd.DataFrame({"intervention": ["none", "reuse", "knockout"], "layer": [-1, 15, 25], "clips": [16] * 3,
-                            "drift_psnr": [float("inf"), 34.0, 22.0], "drift_ssim": [1.0, 0.97, 0.8], "speedup": [1, 1.6, 1]})
-    assert reuse_costs_little(summary, 30).verdict == REPRODUCED
-    assert knockout_costs_little(summary, 30).verdict == NOT_REPRODUCED
-    assert reuse_costs_little(summary[summary.intervention != "reuse"], 30).verdict == NOT_MEASURED
+def test_the_paper_surgeries_from_the_command(tiny_checkpoints, tmp_path):
+    """--skip and --diagonal by default (mapped onto 4 blocks: skip 1-2, diagonal from 0), a fine-tuned model beside."""
+    from scd.zoo import build_model, load_model, save_model
+
+    base, _ = tiny_checkpoints
+    model = load_model(base)
+    tuned = build_model({**model.get_config(), "frame_local_blocks": 4})
+    tuned.load_state_dict(model.state_dict())
+    save_model(tuned, tmp_path / "tuned" / "model.safetensors")
+    out = tmp_path / "iv"
+    assert main(["intervene", "--model", str(base), "--reuse", "none", "--knockout", "none", "--keep-steps", "1,2",
+                 "--tuned", str(tmp_path / "tuned"), *SMALL, "--out", str(out)]) == 0
+    summary = load_interventions(out)["summary"]
+    rows = [tuple(r) for r in summary[["intervention", "layer", "span_end", "keep_steps"]].values]
+    assert rows == [("none", -1, -1, -1), ("skip", 1, 2, 1), ("skip", 1, 2, 2), ("diagonal", 0, -1, -1),
+                    ("diagonal-tuned", 0, -1, -1)]
+    same = summary.set_index("intervention")
+    assert same.loc["diagonal", "psnr"] == same.loc["diagonal-tuned", "psnr"]  # the same weights under the same mask
+    html = tmp_path / "report.html"
+    run = tmp_path / "run"
+    assert main(["run", "--model", str(base), "--layers", "all", "--context", "2", "--frames", "2", "--steps", "3",
+                 "--out", str(run), "--quiet"]) == 0
+    assert main(["report", str(run), "--interventions", str(out), "--interventions", str(out), "-o", str(html)]) == 0
+    text = html.read_text()
+    assert "fine-tuned, recover quality" in text and "The paper&#39;s surgeries" in text
+    assert text.count("Interventions on") == 2
+
+
+def test_the_causal_claims_read_the_table_with_intervals():
+    rows = []
+    for clip in range(4):
+        wobble = 0.1 * clip
+        base = {"clip": clip, "span_end": -1, "keep_steps": -1, "drift_ssim": 1.0, "seconds_per_frame": 1.0}
+        rows += [{**base, "intervention": "none", "layer": -1, "drift_psnr": float("inf"), "psnr": 18 + wobble},
+                 {**base, "intervention": "reuse", "layer": 15, "drift_psnr": 34 + wobble, "psnr": 17.9 + wobble},
+                 {**base, "intervention": "knockout", "layer": 25, "drift_psnr": 22 + wobble, "psnr": 17 + wobble},
+                 {**base, "intervention": "skip", "layer": 8, "span_end": 22, "keep_steps": 5, "drift_psnr": 31 + wobble,
+                  "psnr": 17.95 + wobble, "seconds_per_frame": 0.5},
+                 {**base, "intervention": "diagonal-tuned", "layer": 25, "drift_psnr": 20 + wobble, "psnr": 16 + wobble}]
+    table = pd.DataFrame(rows)
+    assert reuse_costs_little(table, 30).verdict == REPRODUCED
+    assert knockout_costs_little(table, 30).verdict == NOT_REPRODUCED
+    skip = span_skip_keeps_quality(table, 30)
+    assert skip.verdict == REPRODUCED and "speed-up 2.00x" in skip.measured and "quality loss 0.05" in skip.measured
+    assert diagonal_tune_recovers(table, 30).verdict == NOT_REPRODUCED  # 2 dB below the unmodified model
+    assert reuse_costs_little(table[table.intervention != "reuse"], 30).verdict == NOT_MEASURED
+    assert span_skip_keeps_quality(table[table["clip"] == 0], 30).verdict == "inconclusive"  # one clip: no interval
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoints, tmp_path, capsys):

@@ -67,13 +67,13 @@ def attention_maps(run: Run, layers: list[int] | None = None, head: int | None =
         ax.set_ylabel("query frame", fontsize=7)
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
+    fig.subplots_adjust(hspace=0.5, wspace=0.35, right=0.88)
     if image is not None and math.isfinite(low):
-        bar = fig.colorbar(image, ax=axes, shrink=0.8, label="ln p (one key)")
+        bar = fig.colorbar(image, cax=fig.add_axes((0.9, 0.15, 0.015, 0.7)), label="ln p (one key)")
         n = run.manifest["tokens_per_frame"]
         for frame in frames:  # uniform attention over the keys a frame sees
             bar.ax.axhline(-math.log((frame + 1) * n), color="cyan", lw=0.8)
         bar.ax.axhline(low + SPARSITY_FRACTION * (high - low), color="white", lw=0.8, ls="--")
-    fig.subplots_adjust(hspace=0.5, wspace=0.35)
     which = f"head {head}" if head is not None else "heads averaged"
     fig.suptitle(f"{which}, steps {steps}: attention of each frame's queries on every key ({g} x {g} cells per frame "
                  f"pair; grey: own frame, "

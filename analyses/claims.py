@@ -153,7 +153,7 @@ def last_layers_less_similar(run: Run) -> Claim:
     """Claim 1, its other side: the last layers change more across steps than layer 15."""
     layers = paper_layers(run.depth)
     middle, last = layers["middle"][0], layers["last3"]
-    name = f"{_layer_name('the last 3', last, run.depth)} less similar across steps than layer {middle}"
+    name = f"{_layer_name('last 3', last, run.depth)} less similar across steps than layer {middle}"
     statement = "The redundancy is in early and middle layers: the last layers' features change across steps."
     threshold = (f"cosine of layer {middle} minus that of each of layers {last} >= {LAST_LAYERS_MARGIN}, by its "
                  f"{CONFIDENCE:.0%} interval over clips")

@@ -81,7 +81,8 @@ def test_the_causal_claims_read_the_table_with_intervals():
     rows = []
     for clip in range(4):
         wobble = 0.1 * clip
-        base = {"clip": clip, "span_end": -1, "keep_steps": -1, "drift_ssim": 1.0, "seconds_per_frame": 1.0}
+        base = {"clip": clip, "span_end": -1, "keep_steps": -1, "drift_ssim": 1.0, "seconds_per_frame": 1.0,
+                "ssim": 0.7 + 0.01 * clip}
         rows += [{**base, "intervention": "none", "layer": -1, "drift_psnr": float("inf"), "psnr": 18 + wobble},
                  {**base, "intervention": "reuse", "layer": 15, "drift_psnr": 34 + wobble, "psnr": 17.9 + wobble},
                  {**base, "intervention": "knockout", "layer": 25, "drift_psnr": 22 + wobble, "psnr": 17 + wobble},
@@ -92,7 +93,9 @@ def test_the_causal_claims_read_the_table_with_intervals():
     assert reuse_costs_little(table, 30).verdict == REPRODUCED
     assert knockout_costs_little(table, 30).verdict == NOT_REPRODUCED
     skip = span_skip_keeps_quality(table, 30)
-    assert skip.verdict == REPRODUCED and "speed-up 2.00x" in skip.measured and "quality loss 0.05" in skip.measured
+    assert skip.verdict == REPRODUCED and "speed-up 2.00x" in skip.measured and "PSNR loss 0.05" in skip.measured
+    blurred = table.assign(ssim=table.ssim.where(table.intervention != "skip", 0.4))  # PSNR kept, structure lost
+    assert span_skip_keeps_quality(blurred, 30).verdict == NOT_REPRODUCED
     assert diagonal_tune_recovers(table, 30).verdict == NOT_REPRODUCED  # 2 dB below the unmodified model
     assert reuse_costs_little(table[table.intervention != "reuse"], 30).verdict == NOT_MEASURED
     assert span_skip_keeps_quality(table[table["clip"] == 0], 30).verdict == "inconclusive"  # one clip: no interval

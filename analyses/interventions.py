@@ -341,6 +341,7 @@ def load_interventions(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"{path} is not a directory written by probe intervene (missing {', '.join(missing)})")
     table = pd.read_parquet(path / "interventions.parquet")
+    table = table.assign(**{c: -1 for c in ("span_end", "keep_steps") if c not in table})  # written before the skip
     with np.load(path / "frames.npz") as frames:
         videos = {name: frames[name] for name in frames.files}
     return {"info": json.loads((path / "interventions.json").read_text()), "table": table,

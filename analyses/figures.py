@@ -145,22 +145,32 @@ def offset_heatmap(run: Run) -> Figure:
     return _finished(fig)
 
 
-def frames_figure(run: Run) -> Figure:
-    """Context, generated and ground-truth frames."""
+def frames_title(run: Run) -> str:
+    """What `frames_figure` shows, in words."""
+    shows = run.manifest.get("video_shows")
+    truth = " and ground-truth" if run.manifest.get("ground_truth") else ""
+    return f"Context, generated{truth} frames" + (f" ({shows})" if shows else "")
+
+
+def frames_figure(run: Run, most: int = 24) -> Figure:
+    """Context, generated and (where there is one) ground-truth frames; a VAE's decoded frames are counted in pixel
+    frames, latent channels per latent frame. At most `most` frames, evenly spaced."""
     generated, truth = run.video()
-    context = run.manifest.get("context", 0)
+    m = run.manifest
+    context = m.get("video_context_frames", m.get("context", 0))
+    unit = "frame" if m.get("video_shows") != "latent channels 0-2" else "latent"
+    shown = np.unique(np.linspace(0, len(generated) - 1, min(most, len(generated))).round().astype(int))
     rows = 2 if len(truth) else 1
-    fig, axes = plt.subplots(rows, len(generated), figsize=(1.2 * len(generated), 1.3 * rows), squeeze=False)
-    for t in range(len(generated)):
-        axes[0, t].imshow(generated[t])
-        axes[0, t].set_title(("context" if t < context else "generated") + f" {t}", fontsize=7)
+    fig, axes = plt.subplots(rows, len(shown), figsize=(1.2 * len(shown), 1.3 * rows), squeeze=False)
+    for i, t in enumerate(shown):
+        axes[0, i].imshow(generated[t])
+        axes[0, i].set_title(("context" if t < context else "generated") + f" {unit} {t}", fontsize=6)
         if rows == 2:
-            axes[1, t].imshow(truth[t])
-            axes[1, t].set_title(f"ground truth {t}", fontsize=7)
+            axes[1, i].imshow(truth[t])
+            axes[1, i].set_title(f"ground truth {t}", fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
     return _finished(fig)
-
 
 
 def compare_frames(runs: dict[str, Run]) -> Figure:

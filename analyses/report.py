@@ -39,6 +39,19 @@ def png_data_uri(fig: Figure, dpi: int = 90) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def gif_data_uri(frames, fps: float = 8.0, min_side: int = 128) -> str:
+    """uint8 frames [T, H, W, 3] as a looping animated GIF `data:` URI (plays offline, no script), small frames
+    enlarged by an integer factor with nearest-neighbour sampling."""
+    from PIL import Image
+
+    factor = max(1, -(-min_side // min(frames.shape[1:3])))
+    images = [Image.fromarray(frame).resize((frame.shape[1] * factor, frame.shape[0] * factor), Image.NEAREST)
+              for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def run_name(run: Run) -> str:
     """How a run is named in the report: its model, then its directory name."""
     return f"{run.manifest.get('model', '?')} ({run.path.name})"
@@ -84,7 +97,8 @@ def _section(run: Run) -> dict:
         figs[f"PCA of layer {pca_layer} over the denoising steps"] = png_data_uri(figures.pca_strip(run, pca_layer))
     if run.attention_layers:
         figs["Attention mass by key-frame offset"] = png_data_uri(figures.offset_heatmap(run))
-    figs["Context, generated and ground-truth frames"] = png_data_uri(figures.frames_figure(run))
+    figs[figures.frames_title(run)] = png_data_uri(figures.frames_figure(run))
+    figs["The generated video, playing (context, then generated frames)"] = gif_data_uri(run.video()[0])
     checkpoint = m.get("checkpoint") or {}
     summary = {
         "model": m.get("model"), "checkpoint sha256": checkpoint.get("sha256"), "run directory": str(run.path),

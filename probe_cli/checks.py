@@ -47,6 +47,17 @@ def number(text: str, low: float, high: float, what: str = "value") -> float:
     return value
 
 
+def finite(low: float, high: float):
+    """An argparse `type`: a finite number in [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            return number(text, low, high)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
+    return parse
+
+
 def ranged(low: int, high: int):
     """An argparse `type`: an integer in low..high."""
     def parse(text: str) -> int:

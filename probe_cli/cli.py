@@ -13,13 +13,14 @@ from probe_cli.checks import (
     SEED_MAX,
     UsageError,
     device_name,
+    finite,
     integer_list,
     latent_size,
     layers_syntax,
     plain_name,
     ranged,
 )
-from probes.choices import BACKENDS, CAPTURES, MODES
+from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from scd.train_config import FAMILY_DEFAULTS, LIMITS, TrainConfig, describe
 
 STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
@@ -76,6 +77,22 @@ def _run_parser(sub) -> None:
                    "(default 8x8)")
     r.add_argument("--text-embeddings", default=None, help="diffusers models only: a .safetensors file of the prompt's "
                    "embeddings [tokens, text_dim] (default: zeros)")
+    d = r.add_argument_group("diffusers models (Wan, SkyReels-V2 from a local directory)")
+    d.add_argument("--prompt", default=None, help="text prompt, encoded by the pipeline directory's umT5 text encoder")
+    d.add_argument("--negative-prompt", default=None, help="the unconditional pass's prompt under --guidance-scale "
+                   "(default: the empty prompt; zeros with --text-embeddings)")
+    d.add_argument("--guidance-scale", type=finite(0, 100), default=None, help="classifier-free guidance scale in "
+                   "[0, 100] (default 1: none); each pass keeps its own KV cache")
+    d.add_argument("--guidance-pass", choices=GUIDANCE_PASSES, default="cond", help="which pass of the guidance the "
+                   "probe records (default cond)")
+    d.add_argument("--frames-per-block", type=ranged(1, 64), default=None, help="latent frames denoised together as one "
+                   "causal chunk (default: the model's num_frame_per_block, else 1)")
+    d.add_argument("--fps", type=ranged(0, 1), default=None, help="SkyReels-V2 with inject_sample_info: index of its "
+                   "fps embedding, 0 (16 fps) or 1 (24 fps); default 0")
+    d.add_argument("--scheduler", choices=("auto", "euler", "pipeline"), default="auto", help="auto: the pipeline "
+                   "directory's scheduler (e.g. UniPC with its flow shift) where it has one, else flow-matching Euler")
+    d.add_argument("--context-video", default=None, help="a video file (mp4, ...) or folder of frames, resized and "
+                   "encoded with the directory's VAE as the context (default: seeded Gaussian latents)")
     r.add_argument("--context", type=FRAMES, default=4, help="context frames given to the model (1..1024)")
     r.add_argument("--frames", type=FRAMES, default=4, help="frames to generate, each one probed (1..1024)")
     r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
@@ -89,7 +106,7 @@ def _run_parser(sub) -> None:
                    "map (the paper's figure shows about 3; the tokens per frame give the unpooled map)")
     r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")
     r.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="how the model is read (default: hookpoints; nnsight for diffusers models)")
+                   help="how the model is read: TransformerLens HookPoints (default) or nnsight by module path")
     r.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or mps, if this machine has it")
     r.add_argument("--dtype", choices=DTYPES, default="float32")
     r.add_argument("--out", default=None, help="run directory (default reports/runs/MODEL-layer-15)")
@@ -198,6 +215,16 @@ def _make_parsers(sub) -> None:
         else:
             t.add_argument(flag, type=_train_flag(f.name), default=None, help=f"{default}; {describe(f.name)}")
     t.set_defaults(func=making.cmd_train)
+
+    c = sub.add_parser("convert", help="an original-layout Wan / CausVid / Self-Forcing / SkyReels-V2 checkpoint -> a "
+                       "diffusers transformer directory (safetensors)")
+    c.add_argument("source", help="a .safetensors file, or .pt / .pth (read with torch.load(weights_only=True) only)")
+    c.add_argument("out", help="the diffusers transformer directory to write (config.json + safetensors)")
+    c.add_argument("--heads", type=ranged(1, 512), default=None, help="attention heads (default: width / 128, Wan's)")
+    c.add_argument("--frames-per-block", type=ranged(1, 64), default=1, help="SkyReels-V2 checkpoints: the causal chunk "
+                   "size written into the config (num_frame_per_block)")
+    c.add_argument("--force", action="store_true", help="replace a directory this command wrote")
+    c.set_defaults(func=making.cmd_convert)
 
     e = sub.add_parser("export", help="ship a trained run as scd/checkpoints/NAME (float16) with a model card")
     e.add_argument("run", help="training run directory")

@@ -1,4 +1,5 @@
-"""`probe generate`, `probe train`, `probe export`: make videos, train models, ship checkpoints."""
+"""`probe generate`, `probe train`, `probe export`, `probe convert`: make videos, train models, ship and convert
+checkpoints."""
 
 from __future__ import annotations
 
@@ -55,3 +56,30 @@ def cmd_export(args: argparse.Namespace) -> None:
     card = export_checkpoint(args.run, args.name, clips=args.clips, steps=args.steps, force=args.force,
                              weights=args.weights)
     print(f"wrote {card}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    source = Path(args.source)
+    if source.suffix not in (".safetensors", ".pt", ".pth") or not source.is_file():
+        raise UsageError(f"{source} is not a checkpoint file; accepted: an existing .safetensors, .pt or .pth file")
+    output(args.out, "converted", args.force)
+    import sys
+    import warnings
+
+    from scd.wan_convert import ConversionError, convert
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = convert(source, args.out, heads=args.heads, frames_per_block=args.frames_per_block, force=args.force)
+        except ConversionError as e:
+            lines = str(e).splitlines()
+            if len(lines) == 1:
+                raise
+            for line in lines:  # one line per unknown or missing key
+                print(line, file=sys.stderr)
+            raise UsageError(f"{len(lines)} keys of {source} do not fit; nothing was written") from None
+        finally:
+            for warning in caught:
+                print(f"warning: {warning.message}", file=sys.stderr)
+    print(f"wrote {out}")

@@ -110,17 +110,54 @@ def _text_embeddings(path: str | None):
     return tensor
 
 
+def _condition(model, args: argparse.Namespace) -> None:
+    """A diffusers model's frame counts checked against its chunks and RoPE table; its prompt and guidance set."""
+    for flag, count in (("--context", args.context), ("--frames", args.frames)):
+        model.check_frames(count, flag)
+    model.check_frames(args.context + args.frames, "--context + --frames")
+    from scd.wan_pipeline import encode_prompt
+
+    text = encode_prompt(model, args.prompt) if args.prompt is not None else model.text_embeddings
+    negative = None
+    if args.guidance_scale not in (None, 1.0) and (args.prompt is not None or args.negative_prompt is not None):
+        negative = encode_prompt(model, args.negative_prompt or "")  # Wan's pipelines: the empty prompt by default
+    model.set_prompt(text, negative, 1.0 if args.guidance_scale is None else args.guidance_scale)
+
+
 def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
     """Everything about `probe run`'s flags that needs no model: refused before anything is loaded."""
     capture = _capture(args.capture)
+    only_diffusers = (("--latent-size", args.latent_size), ("--text-embeddings", args.text_embeddings),
+                      ("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt),
+                      ("--guidance-scale", args.guidance_scale), ("--frames-per-block", args.frames_per_block),
+                      ("--fps", args.fps), ("--context-video", args.context_video),
+                      ("--scheduler", None if args.scheduler == "auto" else args.scheduler),
+                      ("--guidance-pass", None if args.guidance_pass == "cond" else args.guidance_pass))
     if not diffusers_model:
-        for flag, value in (("--latent-size", args.latent_size), ("--text-embeddings", args.text_embeddings)):
+        for flag, value in only_diffusers:
             if value is not None:
                 raise UsageError(f"{flag} applies only to diffusers models, not {args.model!r}; accepted: --model diffusers:DIR "
                                  f"with {flag}, or no {flag}")
-    elif args.backend == "hookpoints":
-        raise UsageError(f"--backend hookpoints needs a model with HookPoints (the built-in models); accepted for "
-                         f"{args.model!r}: nnsight")
+    if args.prompt is not None and args.text_embeddings is not None:
+        raise UsageError("--prompt and --text-embeddings both give the prompt; accepted: one of them")
+    guided = args.guidance_scale not in (None, 1.0)
+    if args.negative_prompt is not None and not guided:
+        raise UsageError("--negative-prompt is read by classifier-free guidance only; accepted: with --guidance-scale "
+                         "other than 1")
+    if args.guidance_pass != "cond" and not guided:
+        raise UsageError(f"--guidance-pass {args.guidance_pass} needs classifier-free guidance; accepted: with "
+                         "--guidance-scale other than 1, or --guidance-pass cond")
+    if args.guidance_pass != "cond" and args.backend == "nnsight":
+        raise UsageError("the nnsight backend records the conditional pass of a guided model; accepted: --backend "
+                         "hookpoints with --guidance-pass uncond")
+    if args.context_video is not None and not Path(args.context_video).exists():
+        raise UsageError(f"--context-video {args.context_video} does not exist; accepted: a video file or a folder of "
+                         "frames")
+    if args.frames_per_block is not None:
+        for flag, count in (("--context", args.context), ("--frames", args.frames)):
+            if count % args.frames_per_block:
+                raise UsageError(f"{flag} {count} is not a multiple of --frames-per-block {args.frames_per_block}; "
+                                 f"accepted: multiples of {args.frames_per_block}")
     clip_frames = args.clip_frames or args.context + args.frames
     if args.context >= clip_frames:
         raise UsageError(f"--context {args.context} is not shorter than the clip ({clip_frames} frames); "
@@ -180,8 +217,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     if on.type == "cuda" and world_size > 1:
         on = torch.device("cuda", local_rank)  # one GPU per rank of the machine
     dtype = torch_dtype(args.dtype)
-    options = {"latent_size": args.latent_size or (8, 8), "text_embeddings": embeddings} if diffusers_model else {}
+    options = {"latent_size": args.latent_size or (8, 8), "text_embeddings": embeddings,
+               "frames_per_block": args.frames_per_block, "fps": args.fps, "scheduler": args.scheduler} \
+        if diffusers_model else {}
     model = load_model(args.model, device=on, dtype=dtype, **options)
+    if diffusers_model:
+        _condition(model, args)
     layout = layout_of(model)
     spec = layers(args.layers if args.layers is not None else args.layer, layout.depth,
                   "--layers" if args.layers is not None else "--layer", _roles_text(layout))
@@ -192,14 +233,21 @@ def cmd_run(args: argparse.Namespace) -> None:
     estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
     try:
         probe = Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
-                      bands=args.bands)
+                      bands=args.bands, guidance_pass=args.guidance_pass)
     except ProbeError as e:
         raise UsageError(str(e)) from None
+    context_latents = None
+    if diffusers_model and args.context_video is not None:
+        from scd.wan_pipeline import context_from_video
+
+        context_latents = context_from_video(model, args.context_video, args.context)
     items = [(clip, seed) for clip in clips for seed in seeds]
     command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
 
     def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
-        if diffusers_model:  # seeded Gaussian latents stand in for a diffusers model's context: there is no ground truth
+        if diffusers_model and context_latents is not None:  # a real video, encoded: its later frames are not the truth
+            clip, truth = context_latents, None
+        elif diffusers_model:  # seeded Gaussian latents stand in for a diffusers model's context: there is no ground truth
             generator = torch.Generator().manual_seed(clip_index)
             clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
             truth = None

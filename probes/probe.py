@@ -36,7 +36,7 @@ from torch import nn
 from probes.adapters import HOOKS, layout_of
 from probes.attention import attention_mass_by_cell, pooled_map, token_bands
 from probes.backends import get_backend
-from probes.choices import BACKENDS, CAPTURES, MODES
+from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from probes.reductions import StepGram, cosine_from_gram, off_diagonal
 from probes.store import write_run
 from scd.sampling import observe_sampling
@@ -62,12 +62,14 @@ class Probe:
         self, model: nn.Module, layers: Sequence[int] | str = (15,), *, capture: Iterable[str] = CAPTURES,
         frames: Iterable[int] | None = None, steps: Iterable[int] | None = None, hook: str = "hook_resid_post",
         mode: str = "full", backend: str | None = None, pca_tokens: int = 256, sample_seed: int = 0, bands: int = 3,
+        guidance_pass: str = "cond",
     ) -> None:
         """`layers`: block indices or "all"; `frames`: video frame indices to probe (default every generated
         frame); `steps`: denoising step indices to record (default all); `hook`: the block HookPoint whose
         output is the features; `backend`: "hookpoints" or "nnsight" (default: hookpoints where the model
         has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode; `bands`: rows and columns
-        per frame of the pooled attention map (1..tokens per frame; the paper's figure shows about 3)."""
+        per frame of the pooled attention map (1..tokens per frame; the paper's figure shows about 3); `guidance_pass`:
+        which pass of a model under classifier-free guidance is recorded, "cond" or "uncond"."""
         try:
             self.model, self.layout = model, layout_of(model)
         except ValueError as e:
@@ -105,6 +107,12 @@ class Probe:
         n = self.layout.tokens_per_frame
         if not _index(bands) or not 1 <= bands <= n:
             raise ProbeError(f"bands = {bands!r}; accepted: an integer in 1..{n} (the tokens of a frame)")
+        if guidance_pass not in GUIDANCE_PASSES:
+            raise ProbeError(f"guidance_pass {guidance_pass!r}; accepted: {', '.join(GUIDANCE_PASSES)}")
+        if backend == "nnsight" and guidance_pass != "cond":  # one nnsight trace spans both passes of a guided step
+            raise ProbeError("the nnsight backend records the conditional pass of a guided model (the first of the "
+                             "trace); accepted: backend hookpoints for guidance_pass 'uncond'")
+        self.guidance_pass = guidance_pass
         if backend is not None and backend not in BACKENDS:
             raise ProbeError(f"unknown probe backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if backend == "hookpoints" and not hasattr(model, "hook_dict"):
@@ -137,8 +145,8 @@ class Probe:
     # -- recording -------------------------------------------------------------------------------
 
     def _reset(self) -> None:
-        self.current: tuple[int, int, float] | None = None  # (frame, step, timestep) of the pass under way
-        self._open: int | None = None                       # the frame whose step buffers are held
+        self.current: tuple[tuple[int, ...], int, float] | None = None  # (frames, step, timestep) of the pass
+        self._open: tuple[int, ...] | None = None           # the frames whose step buffers are held
         self.timesteps: dict[int, dict[int, float]] = {}    # frame -> step -> timestep
         self.num_frames = 0                                 # frames the sampler announced: the clip length
         self.context: int | None = None                     # frames given before the first denoised one
@@ -163,63 +171,79 @@ class Probe:
                              "accepted: steps in that range, or None")
 
     def on_step(self, frame: int, step: int | None, timestep: float) -> None:
-        """Told by `generate` before every forward pass (see `scd.sampling.observe_sampling`)."""
+        """Told by `generate` before every forward pass (see `scd.sampling.observe_sampling`); `frame` is the last
+        frame of the pass's chunk (`Layout.frames_per_block` frames denoised together; 1 for most models)."""
         self.num_frames = max(self.num_frames, frame + 1)
+        chunk = self.layout.chunk(frame) if step is not None else range(frame, frame + 1)
         if step is not None and self.context is None:
-            self.context = frame
-        wanted = self.frames is None or frame in self.frames
+            self.context = chunk[0]
+        wanted = tuple(f for f in chunk if self.frames is None or f in self.frames)
         if step is None:  # a finished frame written into the cache: only encoder layers record it
             probed = wanted and self._encoder_layers and self.context is not None and frame >= self.context
         else:
             probed = wanted and (self.steps is None or step in self.steps)
-        if self._open is not None and (frame != self._open or step is None):  # the open frame is done
+        if self._open and (set(self._open) != set(wanted) or step is None):  # the open frames are done
             self._release(self._open)
-        self.current = (frame, step, timestep) if probed else None
+        self.current = (wanted, step, timestep) if probed else None
         if probed:
-            self._open = frame
-            steps = self.timesteps.setdefault(frame, {})
-            if step is not None:
-                steps[step] = timestep
+            self._open = wanted
+            for f in wanted:
+                steps = self.timesteps.setdefault(f, {})
+                if step is not None:
+                    steps[step] = timestep
 
     def on_video(self, video: torch.Tensor) -> None:
         """Told by `generate` of the finished video."""
-        if self._open is not None:
+        if self._open:
             self._release(self._open)
         self.current = None
         self.video = video
 
-    def _release(self, frame: int) -> None:
-        """A frame is done: free its per-step buffers (stream mode's memory does not grow with frames)."""
+    def _release(self, frames: tuple[int, ...]) -> None:
+        """Frames are done: free their per-step buffers (stream mode's memory does not grow with frames)."""
         self._open = None
         for grams in (*self._grams.values(), self._input_grams):
-            if frame in grams:
-                grams[frame].release()
+            for frame in frames:
+                if frame in grams:
+                    grams[frame].release()
 
     def _active(self, layer: int) -> bool:
         """Does `layer` run, and is it recorded, in the pass under way?"""
         if self.current is None:
             return False
+        guided = getattr(self.model, "guidance_pass", None)  # a guided model runs two passes per step
+        if guided is not None and guided != self.guidance_pass:
+            return False
         return (self.current[1] is None) == (self.layout.role(layer) == "encoder")
 
-    def _frame_tokens(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The tokens of the frame being denoised: the last N of the pass (frame-major layout)."""
+    def _frame_tokens(self, tensor: torch.Tensor, frame: int) -> torch.Tensor:
+        """The tokens of `frame` in a pass: the pass ends with the tokens of its chunk, frame-major."""
         if tensor.shape[0] != 1:
             raise ProbeError(f"a Probe records one video at a time, through the KV cache for SCD (use_cache=True); "
                              f"a pass had a batch of {tensor.shape[0]}")
-        return tensor[0, -self.layout.tokens_per_frame:]
+        n, chunk = self.layout.tokens_per_frame, self.layout.chunk(frame)
+        end = tensor.shape[1] - (chunk[-1] - frame) * n
+        return tensor[0, end - n:end]
 
     def _receive(self, layer: int, hook: str, tensor: torch.Tensor) -> None:
-        frame, step, _ = self.current
+        frames, step, _ = self.current
+        if hook == "attn.hook_q":
+            self._query[layer] = tensor.detach()
+            return
+        for frame in frames:
+            self._receive_frame(layer, hook, tensor, frame)
+        if hook == "attn.hook_k":
+            del self._query[layer]
+
+    def _receive_frame(self, layer: int, hook: str, tensor: torch.Tensor, frame: int) -> None:
         if (layer, hook) == (self.input_layer, "hook_resid_pre"):
-            self._input_grams.setdefault(frame, StepGram()).add(self._frame_tokens(tensor).detach())
+            self._input_grams.setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
         if hook == self.hook and layer in self.layers:
-            x = self._frame_tokens(tensor).detach()
+            x = self._frame_tokens(tensor, frame).detach()
             self._grams[layer].setdefault(frame, StepGram()).add(x)
             kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
             self._features[layer].setdefault(frame, []).append(kept.to("cpu", torch.float32, copy=True))
-        if hook == "attn.hook_q":
-            self._query[layer] = self._frame_tokens(tensor).detach()
-        elif hook == "attn.hook_k":
+        if hook == "attn.hook_k":
             n, g = self.layout.tokens_per_frame, self.bands
             keys = tensor.detach()[:1]
             if self.layout.role(layer) == "frame-local":  # the frame's own keys: all a frame-diagonal block reads
@@ -228,13 +252,15 @@ class Probe:
                 key_frames = self.layout.key_frames(layer, frame, keys.shape[1]).to(keys.device)
             except ValueError as e:
                 raise ProbeError(str(e)) from None
+            last = int(key_frames.max())  # the last frame the queries may see: the end of the frame's chunk
             bands = self.band_of_token.to(keys.device)
             key_cells = key_frames * g + bands[torch.arange(keys.shape[1], device=keys.device) % n]
-            cells = (frame + 1) * g
-            query_frames = torch.full((n,), frame, device=keys.device)
-            mass = attention_mass_by_cell(self._query.pop(layer)[None], keys, query_frames, key_frames, key_cells,
+            cells = (last + 1) * g
+            query_frames = torch.full((n,), frame if self.layout.frames_per_block == 1 else last, device=keys.device)
+            query = self._frame_tokens(self._query[layer], frame)
+            mass = attention_mass_by_cell(query[None], keys, query_frames, key_frames, key_cells,
                                           cells)  # [1, H, n, cells]
-            by_frame = mass[0].mean(1).view(-1, frame + 1, g).sum(-1)  # [H, frame + 1]
+            by_frame = mass[0].mean(1).view(-1, last + 1, g).sum(-1)  # [H, last + 1]
             sizes = torch.bincount(key_cells, minlength=cells)
             self._mass[layer].setdefault(frame, []).append(by_frame.cpu())
             self._map[layer].setdefault(frame, []).append(pooled_map(mass, bands, g, sizes)[0].cpu())  # [H, g, cells]
@@ -354,8 +380,11 @@ class Probe:
             features["input.gram"] = torch.stack([p[0] for p in pairs])
             features["input.token_cosine"] = torch.stack([p[1] for p in pairs])
         video = self.video if self.video.dim() == 4 else self.video[0]
-        if hasattr(self.model, "preview"):  # latent frames (diffusers models): shown as RGB
-            video = self.model.preview(video)
+        shown = {}
+        if hasattr(self.model, "preview"):  # latent frames (diffusers models): decoded, or shown as RGB channels
+            context_video, _ = self.model.preview(video[: self.context])
+            video, what = self.model.preview(video)
+            shown = {"video_frames": len(video), "video_context_frames": len(context_video), "video_shows": what}
         truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *_frames_uint8(video).shape[1:]),
                                                                                        np.uint8)
         config = self.model.get_config() if hasattr(self.model, "get_config") else {}
@@ -369,7 +398,9 @@ class Probe:
             "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame, "bands": self.bands,
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
-            "ground_truth": ground_truth is not None, "input_layer": self.input_layer, **info,
+            "ground_truth": ground_truth is not None, "input_layer": self.input_layer,
+            "guidance": {"scale": getattr(self.model, "guidance_scale", 1.0), "recorded_pass": self.guidance_pass
+                         if getattr(self.model, "guidance_scale", 1.0) != 1.0 else "cond (no guidance)"}, **shown, **info,
         }
         return write_run(path, manifest, features=features, attention=attention, metrics=self.metrics(),
                          generated=_frames_uint8(video), ground_truth=truth, force=force)

@@ -296,8 +296,9 @@ def check_manifest(path: Path, m: dict) -> None:
             generated, truth = video["generated"].shape, video["ground_truth"].shape
     except (OSError, KeyError, ValueError):
         raise RunError(f"{path}/video.npz is corrupt or lacks generated / ground_truth; run it again") from None
-    if generated[0] != num_frames or truth[0] not in (0, num_frames):
-        raise RunError(f"{path}/video.npz holds {generated[0]} frames, the manifest {num_frames}; run it again")
+    shown = m.get("video_frames", num_frames)  # a VAE decodes T latent frames into more pixel frames
+    if generated[0] != shown or truth[0] not in (0, num_frames):
+        raise RunError(f"{path}/video.npz holds {generated[0]} frames, the manifest {shown}; run it again")
 
 
 # -- sweeps: the shards that probes/sweep.py writes, read as one run ---------------------------------------------

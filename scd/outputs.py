@@ -37,8 +37,10 @@ KINDS: dict[str, tuple[str, ...]] = {
     "interventions": ("interventions.json", "interventions.md", "interventions.parquet", "frames.npz"),
     "training": ("train.json", "train_state.safetensors", "model.safetensors", "config.json", "loss.csv",
                  "machines.txt", "validation.csv"),
+    "converted": ("convert.json", "config.json", "diffusion_pytorch_model.safetensors"),
 }
-MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "interventions.json", "training": "train.json"}
+MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "interventions.json", "training": "train.json",
+           "converted": "convert.json"}
 FILE_KINDS = {".html": "report", ".htm": "report", ".png": "strip"}
 
 
@@ -99,7 +101,7 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
 def _describe(kind: str) -> str:
     return {"run": "a run directory", "sweep": "a sweep directory", "bench": "a bench directory",
             "interventions": "an interventions directory", "training": "a training directory",
-            "report": "a report", "strip": "a PNG strip"}[kind]
+            "converted": "a converted model directory", "report": "a report", "strip": "a PNG strip"}[kind]
 
 
 def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "--out") -> Path:

@@ -1,10 +1,12 @@
 """The streaming autoregressive sampler: frame after frame, an unrolled flow-matching loop per frame.
 
 Context frames are encoded once into a KV cache (timestep 0). Each new frame starts from seeded
-noise and is denoised by an explicit loop over a diffusers `FlowMatchEulerDiscreteScheduler`,
-reading the cache; the finished frame is then passed once more at timestep 0 to write its clean
-keys and values into the cache, as Self-Forcing does. `use_cache=False` instead recomputes the
-whole causal sequence at every step: slower, the same numbers, kept as the reference.
+noise and is denoised by an explicit loop over a diffusers `FlowMatchEulerDiscreteScheduler` (or the
+model's own pipeline scheduler, `model.scheduler_config`), reading the cache; the finished frame is
+then passed once more at timestep 0 to write its clean keys and values into the cache, as
+Self-Forcing does. `use_cache=False` instead recomputes the whole causal sequence at every step:
+slower, the same numbers, kept as the reference. Models with `frames_per_block` k > 1 (CausVid's and
+SkyReels-V2's chunks) denoise k frames together, as one chunk, and cache them together.
 
 Besides the `callback` argument, observers registered on a model with `observe_sampling` hear every
 step and the finished video of any `generate` call on it: that is how a `Probe` knows which frame
@@ -26,8 +28,8 @@ from torch.utils.hooks import RemovableHandle
 from scd.devices import float_dtype, usable_device
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
-# output video of the frame being computed; `step` is the denoising step (0..steps-1), or None for
-# the pass that writes the finished frame into the KV cache (timestep 0).
+# output video of the frame being computed (of a chunk, its last frame); `step` is the denoising step
+# (0..steps-1), or None for the pass that writes the finished frame into the KV cache (timestep 0).
 StepCallback = Callable[[int, "int | None", float], None]
 
 
@@ -83,11 +85,25 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
         raise SamplingError(f"steps = {steps!r}; accepted: an integer in 1..10000")
     if not _int(seed) or not 0 <= seed < 2**63:
         raise SamplingError(f"seed = {seed!r}; accepted: an integer in 0..2**63-1")
+    k, T = getattr(model, "frames_per_block", 1), context.shape[-4]
+    for what, count in (("context frames", T), ("frames", frames)):
+        if count % k:
+            raise SamplingError(f"{what} = {count} is not a multiple of the model's chunk size {k} (frames_per_block); "
+                                f"accepted: multiples of {k}")
+    limit = getattr(model, "max_frames", None)
+    if limit is not None and T + frames > limit:
+        raise SamplingError(f"{T} context + {frames} frames exceed the model's {limit} frame positions (its RoPE "
+                            f"table, rope_max_seq_len); accepted: at most {limit} frames in all")
 
 
-def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
-    """The flow-matching Euler scheduler every model here samples with (sigma = timestep / 1000)."""
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+def make_scheduler(shift: float = 1.0, config: dict | None = None):
+    """The flow-matching Euler scheduler the built-in models sample with (sigma = timestep / 1000), or, from a
+    pipeline's `scheduler_config.json` (e.g. Wan's `UniPCMultistepScheduler` with its flow shift), that one."""
+    if config is None:
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    import diffusers
+
+    return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
 @torch.no_grad()
@@ -130,7 +146,9 @@ def generate(
     B, T = video.shape[:2]
     frame_shape = video.shape[2:]
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
-    scheduler = make_scheduler(getattr(model, "flow_shift", 1.0) if shift is None else shift)
+    shift = getattr(model, "flow_shift", 1.0) if shift is None else shift
+    schedule = getattr(model, "scheduler_config", None)
+    k = getattr(model, "frames_per_block", 1)
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
 
     observers = list(_observers.get(model, {}).values())
@@ -149,21 +167,23 @@ def generate(
             announce(f, None, 0.0)
         model(video, clean.expand(B, T), cache=cache, update_cache=True)
 
-    for f in range(T, T + frames):
-        x = torch.randn((B, 1, *frame_shape), generator=generator).to(device=device, dtype=dtype)
+    for first in range(T, T + frames, k):  # one chunk of k frames (k = 1: one frame) at a time
+        last = first + k - 1
+        x = torch.randn((B, k, *frame_shape), generator=generator).to(device=device, dtype=dtype)
+        scheduler = make_scheduler(shift, schedule)  # a fresh one per chunk: multistep schedulers keep a history
         scheduler.set_timesteps(steps, device=device)
         for step, t in enumerate(scheduler.timesteps):
-            announce(f, step, float(t))
-            t_frame = t.to(dtype).expand(B, 1)
+            announce(last, step, float(t))
+            t_frame = t.to(dtype).expand(B, k)
             if use_cache:
                 velocity = model(x, t_frame, cache=cache)
-            else:  # the full causal sequence: clean past frames, then the noisy current frame
-                velocity = model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, f), t_frame], dim=1))[:, -1:]
+            else:  # the full causal sequence: clean past frames, then the noisy current chunk
+                velocity = model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, first), t_frame], dim=1))[:, -k:]
             x = scheduler.step(velocity, t, x).prev_sample.to(dtype)
         video = torch.cat([video, x], dim=1)
         if use_cache:
-            announce(f, None, 0.0)
-            model(x, clean, cache=cache, update_cache=True)
+            announce(last, None, 0.0)
+            model(x, clean.expand(B, k), cache=cache, update_cache=True)
     video = video.float().cpu()
     video = video if batched else video[0]
     for o in observers:

@@ -33,6 +33,7 @@ class Layout:
     tokens_per_frame: int    # tokens of one frame; a frame's tokens are contiguous, frames in time order
     roles: tuple[str, ...] = ()  # ROLES entry per block; empty: all "causal"
     hook_paths: dict[str, str] | None = None  # HOOKS name -> path inside the block ("" = the block's output); None: as named
+    frames_per_block: int = 1  # frames denoised together in one chunk, seeing each other (chunk-causal attention)
 
     @property
     def depth(self) -> int:
@@ -53,6 +54,11 @@ class Layout:
         """Sort key giving the order in which a forward pass reaches (layer, hook)."""
         return layer, HOOKS.index(hook)
 
+    def chunk(self, frame: int) -> range:
+        """The frames denoised together with `frame` (its chunk; chunks start at frame 0)."""
+        first = frame - frame % self.frames_per_block
+        return range(first, first + self.frames_per_block)
+
     def key_frames(self, layer: int, frame: int, keys: int) -> torch.Tensor:
         """Frame index of each of the `keys` keys a query of `frame` sees at `layer`; ValueError if the
         count does not fit the layout."""
@@ -66,10 +72,11 @@ class Layout:
             if keys != n:
                 raise ValueError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
             return torch.full((n,), frame)
-        if keys != (frame + 1) * n:
+        last = self.chunk(frame)[-1]
+        if keys != (last + 1) * n:
             raise ValueError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
-                             f"expected frames 0..{frame} x {n} tokens (a frame-major causal layout)")
-        return torch.arange(frame + 1).repeat_interleave(n)
+                             f"expected frames 0..{last} x {n} tokens (a frame-major causal layout)")
+        return torch.arange(last + 1).repeat_interleave(n)
 
 
 def builtin_layout(model: nn.Module) -> Layout:

@@ -1,165 +1,182 @@
-"""Diffusers Wan / SkyReels-V2 transformers, probed like the built-in models: tiny random configs saved with
-`save_pretrained`, loaded with `load_model("diffusers:DIR")`, and checked against raw forward hooks, an
-explicit softmax, diffusers' own attention processor, and the unprobed output."""
+"""Causal Wan / SkyReels-V2 models probed like the built-in ones: tiny random pipelines saved with `save_pretrained`,
+loaded with `load_model("diffusers:DIR")`, and checked against raw forward hooks, an explicit float64 softmax with
+the chunk mask written out, the unprobed output, and the command's refusals."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
-from diffusers import SkyReelsV2Transformer3DModel, WanTransformer3DModel
 
 from probe_cli import main
 from probes import Probe, load_run
 from probes.adapters import layout_of, load_model
 from scd import generate
+from scd.causal_wan import rotate
 from scd.zoo import CheckpointError
-
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
-            freq_dim=32, ffn_dim=32, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-FAMILIES = {"wan": WanTransformer3DModel, "skyreels": SkyReelsV2Transformer3DModel}
-LATENT = (8, 8)  # 4 x 4 = 16 tokens per latent frame
-
-
-def tiny(family: str, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    return FAMILIES[family](**{**TINY, **overrides}).eval()
+from tests.wan_tiny import FAMILIES, LATENT, TINY, latents, save_pipeline, tiny
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def saved(request, tmp_path_factory):
-    """(family, directory) of a tiny random transformer written with save_pretrained."""
-    directory = tmp_path_factory.mktemp(request.param)
-    tiny(request.param, seed=len(request.param)).save_pretrained(directory)
-    return request.param, directory
+    """(family, pipeline directory) of a tiny random pipeline (transformer, VAE, umT5, tokenizer)."""
+    root = tmp_path_factory.mktemp(request.param) / "pipe"
+    extra = {"inject_sample_info": True, "num_frame_per_block": 2} if request.param == "skyreels" else {}
+    return request.param, save_pipeline(root, request.param, **extra)
 
 
-def context_latents(frames: int = 2, seed: int = 0) -> torch.Tensor:
-    """What `probe run` gives a diffusers model: seeded Gaussian latents (its --clip is the seed)."""
-    return torch.randn((frames, TINY["in_channels"], *LATENT), generator=torch.Generator().manual_seed(seed))
+def record_passes(model, layer: int):
+    """Raw torch hooks on a block: its output per pass, and its attention's input (hidden states, rotary), each
+    labelled with the sampler's (frame, step) of the pass."""
+    block, label, passes = model.transformer.blocks[layer], [None], []
+    handles = [block.attn1.register_forward_pre_hook(lambda m, args: passes.append({"label": label[0],
+                                                                                     "hidden": args[0].clone(),
+                                                                                     "rotary": args[3]})),
+               block.register_forward_hook(lambda m, args, out: passes[-1].update(output=out.detach().clone()))]
+
+    def callback(frame, step, timestep):
+        label[0] = (frame, step)
+    return passes, handles, callback
 
 
-def rotate_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as a complex product: pairs (x0, x1) times e^(i theta), another way to write Wan's."""
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
-    return torch.view_as_real(pairs * torch.complex(cos[..., 0::2].double(), sin[..., 1::2].double())).flatten(-2)
+def keys_and_queries(attn, passes: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(q, k) [L, H, D] of each pass in float64, from the block's own input: projections, RMS norms, rotary."""
+    attn = copy_double(attn)
+    out = []
+    for p in passes:
+        h = p["hidden"].double()
+        q = attn.norm_q(attn.to_q(h)).unflatten(2, (TINY["num_attention_heads"], -1))
+        k = attn.norm_k(attn.to_k(h)).unflatten(2, (TINY["num_attention_heads"], -1))
+        cos, sin = (r.double() for r in p["rotary"])
+        out.append((rotate(q, cos, sin)[0], rotate(k, cos, sin)[0]))
+    return out
 
 
-def test_probe_run_features_equal_a_raw_forward_hook_and_attention_an_explicit_softmax(saved, tmp_path):
-    family, directory = saved
-    out = tmp_path / "run"
-    assert main(["run", "--model", f"diffusers:{directory}", "--layer", "1", "--context", "2", "--frames", "2",
-                 "--steps", "3", "--out", str(out), "--quiet"]) == 0
-    run = load_run(out)
-    assert run.manifest["config"]["family"] == FAMILIES[family].__name__ and run.manifest["frames"] == [2, 3]
-    assert run.depth == TINY["num_layers"] and run.manifest["backend"] == "nnsight"
-    assert main(["report", str(out), "-o", str(tmp_path / "report.html")]) == 0  # the report reads it like any run
+def copy_double(module):
+    import copy
 
-    # The same generation, read with plain torch hooks on the loaded module tree.
-    model = load_model(f"diffusers:{directory}", latent_size=LATENT)
-    block = model.transformer.blocks[1]
-    outputs, inputs = [], []
-    handles = [block.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone())),
-               block.attn1.register_forward_pre_hook(lambda m, args: inputs.append((args[0].clone(), args[3])))]
+    return copy.deepcopy(module).double()
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "recompute"])
+def test_features_equal_a_raw_forward_hook_and_attention_an_explicit_softmax(saved, use_cache):
+    family, root = saved
+    model = load_model(f"diffusers:{root}", latent_size=LATENT)
+    k, n, T, layer = model.frames_per_block, model.tokens_per_frame, 2, 1
+    passes, handles, callback = record_passes(model, layer)
     try:
-        video = generate(model, context_latents(), 2, steps=3, seed=0)
+        with Probe(model, [layer]) as probe:
+            generate(model, latents(T), 4, steps=3, seed=0, callback=callback, use_cache=use_cache)
     finally:
         for handle in handles:
             handle.remove()
-    n = model.tokens_per_frame
-    features = torch.stack([torch.stack([outputs[f * 3 + s][0, -n:] for s in range(3)]) for f in range(2)])
-    torch.testing.assert_close(run.features(1).float(), features.half().float(), atol=1e-6, rtol=0)
-
-    # Attention of the probed frame's queries, from the block's own input, in float64, with the mask written out.
-    attn = block.attn1.double()
-    for i, (hidden, (cos, sin)) in enumerate(inputs):
-        frame, step = 2 + i // 3, i % 3
-        h = hidden.double()
-        q = attn.norm_q(attn.to_q(h)).unflatten(2, (2, -1))
-        k = attn.norm_k(attn.to_k(h)).unflatten(2, (2, -1))
-        q, k = rotate_complex(q, cos, sin), rotate_complex(k, cos, sin)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q[:, -n:], k) / math.sqrt(q.shape[-1])
-        key_frame = torch.arange(k.shape[1]) // n
-        scores = scores.masked_fill(key_frame > frame, float("-inf"))
-        mass = torch.stack([scores.softmax(-1)[..., key_frame == t].sum(-1) for t in range(frame + 1)], -1)  # [1, H, n, T]
-        expected = mass[0].mean(1)
-        torch.testing.assert_close(run.attention(1)[frame - 2, step, :, : frame + 1].double(), expected, atol=1e-5, rtol=0)
-        assert run.attention(1)[frame - 2, step, :, frame + 1:].abs().sum() == 0  # no later frame seen
-    attn.float()
-    assert video.shape == (4, TINY["in_channels"], *LATENT)
-
-
-def test_an_earlier_frame_does_not_see_a_later_one(saved):
-    family, directory = saved
-    model = load_model(f"diffusers:{directory}", latent_size=LATENT)
-    x = torch.randn(1, 4, TINY["in_channels"], *LATENT)
-    t = torch.tensor([[0.0, 0.0, 500.0, 900.0]])
-    changed = x.clone()
-    changed[:, 2:] = torch.randn_like(changed[:, 2:])
-    with torch.no_grad():
-        a, b = model(x, t), model(changed, t)
-    torch.testing.assert_close(a[:, :2], b[:, :2], atol=1e-6, rtol=0)
-    assert (a[:, 2:] - b[:, 2:]).abs().max() > 1e-3
+    qk = keys_and_queries(model.transformer.blocks[layer].attn1, passes)
+    cached = []  # keys of the passes that wrote the cache (the context prefill, each finished chunk)
+    for p, (q, key) in zip(passes, qk, strict=True):
+        last, step = p["label"]
+        if step is None:
+            cached.append(key)
+            continue
+        keys = torch.cat([*cached, key]) if use_cache else key
+        key_frame = torch.arange(keys.shape[0]) // n
+        for frame in range(last - k + 1, last + 1):
+            rows = slice(q.shape[0] - (last - frame + 1) * n, q.shape[0] - (last - frame) * n)
+            torch.testing.assert_close(probe.features(layer)[frame - T, step], p["output"][0, rows].float(), atol=1e-6,
+                                       rtol=0)
+            scores = torch.einsum("qhd,khd->hqk", q[rows], keys) / math.sqrt(q.shape[-1])
+            visible = key_frame // k <= frame // k  # the chunk mask, written out: same or earlier chunk
+            scores = scores.masked_fill(~visible, float("-inf"))
+            probs = scores.softmax(-1)
+            mass = torch.stack([probs[..., key_frame == f].sum(-1) for f in range(last + 1)], -1).mean(1)  # [H, last+1]
+            got = probe.attention(layer)[frame - T, step]
+            torch.testing.assert_close(got[:, : last + 1].double(), mass, atol=1e-5, rtol=0)
+            assert got[:, last + 1:].abs().sum() == 0  # nothing on later chunks
+    assert probe.recorded_frames == [2, 3, 4, 5]
 
 
-def test_probing_does_not_change_the_output(saved):
-    family, directory = saved
-    model = load_model(f"diffusers:{directory}", latent_size=LATENT)
-    plain = generate(model, context_latents(), 2, steps=3, seed=1)
-    with Probe(model, "all", backend="nnsight") as probe:
-        probed = generate(model, context_latents(), 2, steps=3, seed=1)
+def test_the_probed_video_is_the_unprobed_one_bitwise_and_the_backends_agree(saved):
+    family, root = saved
+    model = load_model(f"diffusers:{root}", latent_size=LATENT)
+    plain = generate(model, latents(2), 2, steps=3, seed=1)
+    with Probe(model, "all", backend="hookpoints") as hooked:
+        probed = generate(model, latents(2), 2, steps=3, seed=1)
+    with Probe(model, "all", backend="nnsight") as traced:
+        generate(model, latents(2), 2, steps=3, seed=1)
     assert torch.equal(plain, probed)
-    assert probe.features(2).shape == (2, 3, model.tokens_per_frame, 24)
-    assert all(type(b.attn1.processor).__name__ == "FrameCausalAttnProcessor" for b in model.transformer.blocks)
-    assert not any(b._forward_hooks or b.attn1.hook_q._forward_hooks for b in model.transformer.blocks)  # all removed
+    for layer in range(TINY["num_layers"]):
+        torch.testing.assert_close(hooked.features(layer), traced.features(layer), atol=0, rtol=0)
+        torch.testing.assert_close(hooked.attention(layer), traced.attention(layer), atol=1e-6, rtol=0)
+    assert all(type(b.attn1.processor).__name__ == "CausalWanAttnProcessor" for b in model.transformer.blocks)
+    assert not any(b._forward_hooks or b.attn1.hook_q._forward_hooks or b.hook_resid_post._forward_hooks
+                   for b in model.transformer.blocks)  # all removed
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_the_processor_computes_what_diffusers_own_computes(family, tmp_path):
-    """On one latent frame no mask applies: our processor (q, k through HookPoints) equals diffusers' stock one."""
-    stock = tiny(family)
-    stock.save_pretrained(tmp_path)
-    model = load_model(f"diffusers:{tmp_path}", latent_size=LATENT)
-    x = torch.randn(1, TINY["in_channels"], 1, *LATENT)
-    text = torch.zeros(1, 512, TINY["text_dim"])
-    with torch.no_grad():
-        if family == "skyreels":
-            expected = stock(x, torch.tensor([[400.0]]), text, enable_diffusion_forcing=True, return_dict=False)[0]
-        else:
-            expected = stock(x, torch.full((1, model.tokens_per_frame), 400.0), text, return_dict=False)[0]
-        got = model(x.transpose(1, 2), torch.tensor([[400.0]])).transpose(1, 2)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+def test_the_probe_records_the_chosen_pass_of_guidance(saved):
+    family, root = saved
+    model = load_model(f"diffusers:{root}", latent_size=LATENT)
+    cond, negative = torch.randn(5, TINY["text_dim"]), torch.randn(5, TINY["text_dim"])
+    model.set_prompt(cond, negative, guidance_scale=3.0)
+    with Probe(model, [0]) as first, Probe(model, [0], guidance_pass="uncond") as second:
+        guided = generate(model, latents(2), 2, steps=2, seed=0)
+    model.set_prompt(cond)
+    with Probe(model, [0]) as conditional:
+        generate(model, latents(2), 2, steps=2, seed=0)
+    model.set_prompt(negative)
+    with Probe(model, [0]) as unconditional:
+        generate(model, latents(2), 2, steps=2, seed=0)
+    # Step 0 of the first generated chunk sees the same inputs in both generations: the recorded pass is the one asked.
+    torch.testing.assert_close(first.features(0)[0, 0], conditional.features(0)[0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(second.features(0)[0, 0], unconditional.features(0)[0, 0], atol=1e-6, rtol=0)
+    assert (first.features(0)[0, 0] - second.features(0)[0, 0]).abs().max() > 1e-4
+    assert guided.shape == (4, 4, *LATENT)
 
 
-def test_skyreels_own_block_causal_mask_is_used_when_its_block_size_is_above_one(tmp_path):
-    stock = tiny("skyreels", num_frame_per_block=2)
-    stock.save_pretrained(tmp_path)
-    model = load_model(f"diffusers:{tmp_path}", latent_size=LATENT)
-    x = torch.randn(1, TINY["in_channels"], 4, *LATENT)
-    t = torch.tensor([[0.0, 0.0, 300.0, 300.0]])
-    with torch.no_grad():
-        expected = stock(x, t, torch.zeros(1, 512, TINY["text_dim"]), enable_diffusion_forcing=True, return_dict=False)[0]
-        got = model(x.transpose(1, 2), t).transpose(1, 2)
-        changed = x.clone()
-        changed[:, :, 3] += 1  # frame 3 is in frame 2's block: frame 2 sees it; frames 0-1 do not
-        after = model(changed.transpose(1, 2), t).transpose(1, 2)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(after[:, :, :2], got[:, :, :2], atol=1e-6, rtol=0)
-    assert (after[:, :, 2] - got[:, :, 2]).abs().max() > 1e-4
+def test_skyreels_df_with_sample_info_and_3_frame_chunks_is_probed_end_to_end(tmp_path, capsys):
+    root = save_pipeline(tmp_path / "pipe", "skyreels", inject_sample_info=True, num_frame_per_block=3,
+                         scheduler={"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0, "use_flow_sigmas": True,
+                                    "prediction_type": "flow_prediction"})
+    from PIL import Image
+
+    (tmp_path / "frames").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "frames" / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["run", "--model", f"diffusers:{root}", "--layers", "all", "--context", "3", "--frames", "3", "--steps",
+                 "3", "--prompt", "a red car", "--guidance-scale", "5", "--fps", "1", "--context-video",
+                 str(tmp_path / "frames"), "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    m = run.manifest
+    assert m["config"]["frames_per_block"] == 3 and m["config"]["fps"] == 1 and m["config"]["inject_sample_info"]
+    assert m["frames"] == [3, 4, 5] and m["guidance"] == {"scale": 5.0, "recorded_pass": "cond"}
+    assert m["video_frames"] == 1 + 2 * 5 and m["video_context_frames"] == 5  # the VAE's causal decode
+    assert m["checkpoint"]["sha256"] == next(iter(m["checkpoint"]["weight_files"].values()))
+    assert m["config"]["flow_shift"] == 3.0
+    attention = run.attention(1)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]), atol=1e-5, rtol=0)
+    assert attention[0, :, :, 4:6].sum() > 0  # frame 3 sees its chunk-mates 4 and 5
+    report = tmp_path / "report.html"
+    assert main(["report", str(out), "-o", str(report)]) == 0
+    html = report.read_text()
+    assert "data:image/gif;base64," in html and "ground truth" not in html.replace("ground_truth", "")
+    assert "decoded by the VAE as one causal sequence" in html and "layer 1 (the paper&#39;s" in html
+    assert m["checkpoint"]["sha256"] in html
 
 
 def test_layout_frame_major_tokens_from_the_patch_size(saved):
-    family, directory = saved
-    model = load_model(f"diffusers:{directory}", latent_size=(8, 12))
+    family, root = saved
+    model = load_model(f"diffusers:{root}", latent_size=(8, 12))
     layout = layout_of(model)
     assert layout.depth == TINY["num_layers"] and layout.tokens_per_frame == 4 * 6
-    assert layout.path(1, "hook_resid_post") == "transformer.blocks.1"
+    assert layout.frames_per_block == model.frames_per_block
+    assert layout.path(1, "hook_resid_post") == "transformer.blocks.1.hook_resid_post"
     assert layout.path(1, "attn.hook_q") == "transformer.blocks.1.attn1.hook_q"
 
 
-def test_bad_directories_are_one_line_errors(tmp_path, capsys):
+def test_bad_directories_and_flags_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="no config.json"):
         load_model(f"diffusers:{tmp_path / 'missing'}")
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
@@ -168,52 +185,35 @@ def test_bad_directories_are_one_line_errors(tmp_path, capsys):
     tiny("wan").save_pretrained(tmp_path)
     for weights in tmp_path.glob("*.safetensors"):
         weights.unlink()
-    assert main(["run", "--model", f"diffusers:{tmp_path}", "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no .safetensors weights" in err
-    assert not (tmp_path / "run").exists()
-    assert main(["run", "--model", f"diffusers:{tmp_path}", "--latent-size", "8by8"]) == 2
-    assert "--latent-size: '8by8' is not HxW" in capsys.readouterr().err
+    cases = [
+        (["--model", f"diffusers:{tmp_path}"], "no .safetensors weights"),
+        (["--model", f"diffusers:{tmp_path}", "--latent-size", "8by8"], "--latent-size: '8by8' is not HxW"),
+        (["--prompt", "a car"], "--prompt applies only to diffusers models"),
+        (["--frames-per-block", "3"], "--frames-per-block applies only to diffusers models"),
+        (["--model", f"diffusers:{tmp_path}", "--negative-prompt", "x"], "--negative-prompt is read by classifier-free"),
+        (["--model", f"diffusers:{tmp_path}", "--guidance-pass", "uncond"], "--guidance-pass uncond needs classifier-free"),
+        (["--model", f"diffusers:{tmp_path}", "--frames-per-block", "3", "--context", "4"],
+         "--context 4 is not a multiple of --frames-per-block 3"),
+        (["--model", f"diffusers:{tmp_path}", "--guidance-scale", "nan"], "is not a finite number"),
+        (["--model", f"diffusers:{tmp_path}", "--context-video", str(tmp_path / "none.mp4")], "does not exist"),
+        (["--model", f"diffusers:{tmp_path}", "--prompt", "a", "--text-embeddings", "x.safetensors"],
+         "--prompt and --text-embeddings both give the prompt"),
+    ]
+    for flags, message in cases:
+        assert main(["run", *flags, "--out", str(tmp_path / "run")]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (flags, err)
+        assert not (tmp_path / "run").exists()
 
 
-def test_a_pipeline_directory_brings_its_vae_flow_shift_and_a_supplied_prompt(tmp_path):
-    from diffusers import AutoencoderKLWan
-    from safetensors.torch import save_file
-
-    from scd.sampling import make_scheduler
-
-    tiny("wan").save_pretrained(tmp_path / "pipe" / "transformer")
-    torch.manual_seed(1)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
-                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 1.0, 2.0]).eval()
-    vae.save_pretrained(tmp_path / "pipe" / "vae")
-    (tmp_path / "pipe" / "scheduler").mkdir()
-    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0}))
-    prompt = torch.randn(7, TINY["text_dim"], generator=torch.Generator().manual_seed(2))
-    save_file({"text_embeddings": prompt}, tmp_path / "prompt.safetensors")
-    out = tmp_path / "run"
-    assert main(["run", "--model", f"diffusers:{tmp_path / 'pipe'}", "--layer", "1", "--context", "1", "--frames", "1",
-                 "--steps", "4", "--text-embeddings", str(tmp_path / "prompt.safetensors"), "--out", str(out), "--quiet"]) == 0
-    run = load_run(out)
-    scheduler = make_scheduler(3.0)
-    scheduler.set_timesteps(4)
-    assert run.manifest["config"]["flow_shift"] == 3.0
-    assert run.manifest["timesteps"] == pytest.approx(scheduler.timesteps.tolist())
-
-    model = load_model(f"diffusers:{tmp_path / 'pipe'}", latent_size=LATENT, text_embeddings=prompt)
-    latents = generate(model, context_latents(1), 1, steps=4, seed=0)
-    with torch.no_grad():  # each latent frame decoded on its own, un-normalised as Wan's pipelines do
-        z = latents[:, :, None] * torch.tensor([1.5, 0.5, 1.0, 2.0]).view(1, 4, 1, 1, 1) + \
-            torch.tensor([0.1, -0.2, 0.3, 0.0]).view(1, 4, 1, 1, 1)
-        frames = vae.decode(z).sample[:, :, 0].clamp(-1, 1)
-    expected = ((frames + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    generated, truth = run.video()
-    assert generated.shape == (2, 16, 16, 3) and len(truth) == 0
-    assert abs(generated.astype(int) - expected.astype(int)).max() <= 1
-    unprompted = generate(load_model(f"diffusers:{tmp_path / 'pipe'}", latent_size=LATENT), context_latents(1), 1,
-                          steps=4, seed=0)
-    assert (unprompted - latents).abs().max() > 1e-3  # the prompt reaches the model
+def test_frame_counts_beyond_the_chunks_or_rope_table_are_refused_by_the_command(tmp_path, capsys):
+    root = save_pipeline(tmp_path / "pipe", "skyreels", vae=False, text=False, num_frame_per_block=3)
+    for flags, message in ((["--context", "2", "--frames", "3"], "--context = 2 is not a multiple of the chunk size 3"),
+                           (["--context", "3", "--frames", "30"], "exceed the model's RoPE table")):
+        assert main(["run", "--model", f"diffusers:{root}", *flags, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu
@@ -224,7 +224,8 @@ def test_probe_run_on_cuda_in_bfloat16(model, saved, tmp_path):
         pytest.skip("a built-in model is checked once, not once per diffusers family")
     spec = f"diffusers:{saved[1]}" if model == "diffusers" else model
     out = tmp_path / "run"
-    assert main(["run", "--model", spec, "--layers", "all", "--device", "cuda", "--dtype", "bfloat16", "--frames", "2",
+    flags = ["--context", "2", "--frames", "2"] if model == "diffusers" else ["--frames", "2"]
+    assert main(["run", "--model", spec, "--layers", "all", "--device", "cuda", "--dtype", "bfloat16", *flags,
                  "--steps", "4", "--out", str(out), "--quiet"]) == 0
     run = load_run(out)
     for layer in run.attention_layers:

@@ -1,0 +1,322 @@
+"""Causal Wan / SkyReels-V2 video transformers: diffusers' modules, run chunk-causally with a KV cache.
+
+    model = load_causal_wan("path/to/pipeline", latent_size=(60, 104), frames_per_block=3)
+    video = generate(model, context_latents, frames=21, steps=50)      # the KV cache of clean context
+
+`CausalWan` wraps a diffusers `WanTransformer3DModel` or `SkyReelsV2Transformer3DModel` behind the
+built-in models' interface: `forward(latents [B, F, C, h, w], timesteps [B, F], cache, update_cache)
+-> velocity`, one timestep per latent frame (diffusion forcing). Its forward is written out from the
+transformer's own modules (patch embedding, condition embedder, blocks, output head) rather than
+calling the transformer's forward, for three things that forward cannot do:
+
+- absolute frame positions: the frames after a KV cache of `cache.frames` frames get RoPE frame
+  indices `cache.frames..`, as the stock forward would give them inside the whole sequence;
+- chunk-causal attention: latent frames are denoised `frames_per_block` at a time (CausVid's and
+  SkyReels-V2 DF's causal blocks); a token sees every token of its own and earlier chunks;
+- a KV cache of clean context: keys and values (after qk-norm and RoPE) of finished chunks, written by
+  a pass at timestep 0 (`update_cache=True`), as Self-Forcing does, and read at every later step.
+
+SkyReels-V2 conversions with `inject_sample_info` (the DF-1.3B) add an fps embedding to every
+frame's modulation: `fps` is 0 or 1, the index of SkyReels-V2's embedding table (its pipelines pass
+16 fps as 0 and 24 fps as 1); it defaults to 0. The self-attention runs `CausalWanAttnProcessor`,
+which passes q and k (after qk-norm and RoPE, cached keys included) through TransformerLens
+HookPoints `attn1.hook_q` / `attn1.hook_k`, so probes compute the exact attention from them; each
+block's input and output pass through HookPoints `hook_resid_pre` / `hook_resid_post`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+
+from scd.baseline import block_causal_mask
+from scd.blocks import KVCache
+from scd.zoo import CheckpointError
+
+FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+TEXT_TOKENS = 512  # Wan's text context length (its processors hard-code it too)
+
+
+def chunk_causal_mask(start: int, frames: int, tokens_per_frame: int, frames_per_block: int,
+                      device: torch.device | str = "cpu", cached: bool = True) -> torch.Tensor | None:
+    """bool [1, 1, Lq, Lk] for `frames` frames starting at frame `start`: True where a query may attend, i.e. the
+    key's chunk (frame // frames_per_block) is not after the query's. Keys: the `start` cached frames (when `cached`)
+    then the query frames. None where every key is visible (one chunk after a cache): no mask needed."""
+    query = torch.arange(start, start + frames, device=device)
+    keys = torch.cat([torch.arange(start, device=device), query]) if cached else query
+    if int(query[0]) // frames_per_block == int(query[-1]) // frames_per_block:
+        return None  # one chunk: it sees all of itself and everything cached before it
+    n = tokens_per_frame
+    mask = block_causal_mask((query // frames_per_block).repeat_interleave(n), (keys // frames_per_block).repeat_interleave(n))
+    return mask[None, None]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on interleaved pairs, as its attention processor applies it."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+@dataclass
+class GuidedCache:
+    """The two KV caches of classifier-free guidance: the conditional and the unconditional pass keep their own."""
+    cond: KVCache
+    uncond: KVCache
+
+    @property
+    def frames(self) -> int:
+        return self.cond.frames
+
+
+@dataclass
+class _Pass:
+    """What the processors of one forward pass share: the cache, whether to write it, the mask."""
+    cache: KVCache | None
+    update: bool
+    mask: torch.Tensor | None
+
+
+class CausalWanAttnProcessor(WanAttnProcessor):
+    """Self-attention of a Wan / SkyReels-V2 block, chunk-causal, reading and writing a KV cache, q and k hooked.
+
+    A subclass of Wan's processor (SkyReels-V2's is a copy of it), so that diffusers' attention-backend selection
+    (`set_attention_backend`) still picks the kernel. `CausalWan.forward` sets `run` for the pass under way.
+    """
+
+    def __init__(self, layer: int) -> None:
+        super().__init__()
+        self.layer, self.run = layer, _Pass(None, False, None)
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, rotary_emb: tuple | None = None) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("CausalWanAttnProcessor is for self-attention (attn1) only")
+        if getattr(attn, "fused_projections", False):
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        if rotary_emb is not None:
+            query, key = rotate(query, *rotary_emb), rotate(key, *rotary_emb)
+        cache, length = self.run.cache, query.shape[1]
+        past = cache.layer(self.layer) if cache is not None else None
+        if past is not None:
+            key, value = torch.cat([past[0], key], dim=1), torch.cat([past[1], value], dim=1)
+        query, key = attn.hook_q(query), attn.hook_k(key)  # [B, tokens, heads, head_dim], as the softmax sees them
+        if self.run.update:
+            cache.append(self.layer, key[:, -length:], value[:, -length:])
+        out = dispatch_attention_fn(query, key, value, attn_mask=self.run.mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
+
+
+class CausalWan(nn.Module):
+    """A Wan / SkyReels-V2 transformer as a chunk-causal video diffuser over latent frames (see the module docstring)."""
+
+    def __init__(self, transformer: nn.Module, latent_size: tuple[int, int], text_embeddings: torch.Tensor | None = None,
+                 *, frames_per_block: int | None = None, fps: int | None = None, name: str = "diffusers",
+                 flow_shift: float = 1.0) -> None:
+        super().__init__()
+        family = type(transformer).__name__
+        if family not in FAMILIES:
+            raise CheckpointError(f"cannot use a {family}; accepted: {', '.join(FAMILIES)}")
+        config = transformer.config
+        p_t, p_h, p_w = config.patch_size
+        h, w = latent_size
+        if p_t != 1:
+            raise CheckpointError(f"temporal patch size {p_t}: a frame-causal layout needs 1 latent frame per token frame")
+        if h % p_h or w % p_w:
+            raise CheckpointError(f"latent size {h}x{w} is not a multiple of the patch size {p_h}x{p_w}; accepted: "
+                                  f"multiples of {p_h}x{p_w}")
+        native = int(getattr(config, "num_frame_per_block", 1) or 1)
+        frames_per_block = native if frames_per_block is None else frames_per_block
+        if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or not 1 <= frames_per_block <= 64:
+            raise CheckpointError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64")
+        self.inject_sample_info = bool(getattr(config, "inject_sample_info", False))
+        if fps is not None and (not self.inject_sample_info or fps not in (0, 1)):
+            raise CheckpointError(f"fps = {fps!r}; accepted: " + ("0 or 1 (the index of SkyReels-V2's fps embedding: 16 "
+                                  "and 24 fps)" if self.inject_sample_info else "none: this model has no fps embedding"))
+        self.transformer, self.family, self.latent_size = transformer, family, (h, w)
+        self.grid = (h // p_h, w // p_w)
+        self.tokens_per_frame = self.grid[0] * self.grid[1]
+        self.frames_per_block, self.fps = frames_per_block, (0 if fps is None and self.inject_sample_info else fps)
+        self.max_frames = config.rope_max_seq_len  # the RoPE table's frame positions
+        text_dim = config.text_dim
+        if text_embeddings is None:
+            text_embeddings = torch.zeros(TEXT_TOKENS, text_dim)
+        if not isinstance(text_embeddings, torch.Tensor) or text_embeddings.dim() != 2 or text_embeddings.shape[1] != text_dim:
+            shape = tuple(text_embeddings.shape) if isinstance(text_embeddings, torch.Tensor) else type(text_embeddings).__name__
+            raise CheckpointError(f"text embeddings must be [tokens, {text_dim}], got {shape}")
+        self.register_buffer("text_embeddings", text_embeddings.float(), persistent=False)
+        self.register_buffer("negative_embeddings", torch.zeros(TEXT_TOKENS, text_dim), persistent=False)
+        self.guidance_scale = 1.0  # > 1: classifier-free guidance, uncond + s (cond - uncond), each pass its own cache
+        self.guidance_pass: str | None = None  # "cond" or "uncond" while a guided pass runs (probes read it)
+        self.checkpoint = {"name": name}
+        self.flow_shift = flow_shift  # generate samples with the model's flow shift
+        for i, block in enumerate(transformer.blocks):  # TransformerLens names, as the built-in blocks have
+            block.hook_resid_pre, block.hook_resid_post = HookPoint(), HookPoint()
+            block.attn1.hook_q, block.attn1.hook_k = HookPoint(), HookPoint()
+            block.attn1.set_processor(CausalWanAttnProcessor(i))
+
+    @property
+    def hook_dict(self) -> dict[str, HookPoint]:
+        """Every HookPoint by module path, as TransformerLens' HookedRootModule lists them."""
+        return {name: module for name, module in self.named_modules() if isinstance(module, HookPoint)}
+
+    @property
+    def channels(self) -> int:
+        return self.transformer.config.in_channels
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
+
+    def set_prompt(self, text_embeddings: torch.Tensor, negative_embeddings: torch.Tensor | None = None,
+                   guidance_scale: float = 1.0) -> None:
+        """Condition on text embeddings [L, text_dim]; with `guidance_scale` != 1, classifier-free guidance against
+        `negative_embeddings` (default zeros: no prompt)."""
+        text_dim = self.transformer.config.text_dim
+        for name, tensor in (("text embeddings", text_embeddings), ("negative embeddings", negative_embeddings)):
+            if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.dim() != 2
+                                       or tensor.shape[1] != text_dim):
+                raise CheckpointError(f"{name} must be a tensor [tokens, {text_dim}]")
+        if not isinstance(guidance_scale, int | float) or isinstance(guidance_scale, bool) or \
+                not 0 <= guidance_scale <= 100 or guidance_scale != guidance_scale:
+            raise CheckpointError(f"guidance scale {guidance_scale!r}; accepted: a number in 0..100 (1: no guidance)")
+        where = self.text_embeddings
+        self.text_embeddings = text_embeddings.to(where.device, where.dtype)
+        if negative_embeddings is None:
+            negative_embeddings = torch.zeros_like(self.text_embeddings)
+        self.negative_embeddings = negative_embeddings.to(where.device, where.dtype)
+        self.guidance_scale = float(guidance_scale)
+
+    def new_cache(self) -> KVCache | GuidedCache:
+        """An empty KV cache for streaming generation (keys and values of clean, finished chunks); two with guidance."""
+        return GuidedCache(KVCache(), KVCache()) if self.guided else KVCache()
+
+    def get_config(self) -> dict:
+        """What a run's manifest records of the model."""
+        return {"family": self.family, "latent_size": list(self.latent_size), "tokens_per_frame": self.tokens_per_frame,
+                "frames_per_block": self.frames_per_block, "fps": self.fps, "flow_shift": self.flow_shift,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.transformer.config.items()
+                   if not k.startswith("_")}}
+
+    @torch.no_grad()
+    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Latent frames [T, C, h, w] as images [T', 3, H, W] in [-1, 1], and what they are: decoded by the pipeline's
+        VAE as one causal sequence (Wan's VAE: T' = 1 + 4 (T - 1)), or without a VAE the first three latent
+        channels of each frame (T' = T), each channel scaled by its spread."""
+        if getattr(self, "vae", None) is None:
+            rgb = video[:, :3].float()
+            return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1), "latent channels 0-2"
+        from scd.wan_pipeline import decode_latents
+
+        return decode_latents(self.vae, video), "decoded by the VAE as one causal sequence"
+
+    def check_frames(self, frames: int, what: str = "frames") -> None:
+        """Refuse a frame count that the chunking or the RoPE table cannot take."""
+        if frames % self.frames_per_block:
+            raise CheckpointError(f"{what} = {frames} is not a multiple of the chunk size {self.frames_per_block}; accepted: "
+                                  f"multiples of {self.frames_per_block} (or another --frames-per-block)")
+        if frames > self.max_frames:
+            raise CheckpointError(f"{frames} latent frames exceed the model's RoPE table (rope_max_seq_len = "
+                                  f"{self.max_frames}); accepted: at most {self.max_frames} frames in all")
+
+    def _rope(self, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [1, frames * tokens, 1, head_dim] of frames start..start+frames-1: Wan's table, frame-offset."""
+        rope = self.transformer.rope
+        sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
+        (gh, gw), stop = self.grid, start + frames
+        out = []
+        for table in (rope.freqs_cos, rope.freqs_sin):
+            f, r, c = table.split(sizes, dim=1)
+            parts = (f[start:stop].view(frames, 1, 1, -1).expand(frames, gh, gw, -1),
+                     r[:gh].view(1, gh, 1, -1).expand(frames, gh, gw, -1),
+                     c[:gw].view(1, 1, gw, -1).expand(frames, gh, gw, -1))
+            out.append(torch.cat(parts, dim=-1).reshape(1, frames * gh * gw, 1, -1))
+        return out[0], out[1]
+
+    def _modulation(self, timesteps: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(temb, the blocks' modulation, projected text) for per-frame timesteps [B, F], in each family's layout."""
+        tr, n = self.transformer, self.tokens_per_frame
+        B, F = timesteps.shape
+        if self.family == "WanTransformer3DModel":  # one timestep per token (Wan 2.2's layout): [B, F*n, 6, D]
+            per_token = timesteps.repeat_interleave(n, dim=1)
+            temb, proj, text, _ = tr.condition_embedder(per_token.flatten(), text, None, timestep_seq_len=F * n)
+            return temb, proj.unflatten(2, (6, -1)), text
+        temb, proj, text, _ = tr.condition_embedder(timesteps, text, None)  # SkyReels-V2 diffusion forcing
+        proj = proj.unflatten(-1, (6, -1))  # [B, F, 6, D]
+        if self.inject_sample_info:
+            fps = torch.full((B,), self.fps, dtype=torch.long, device=timesteps.device)
+            proj = proj + tr.fps_projection(tr.fps_embedding(fps)).unflatten(1, (6, -1))[:, None]
+        temb = temb[:, :, None].expand(B, F, n, temb.shape[-1]).flatten(1, 2)  # [B, F*n, D]
+        proj = proj[:, :, None].expand(B, F, n, 6, proj.shape[-1]).flatten(1, 2).transpose(1, 2).contiguous()
+        return temb, proj, text  # proj: [B, 6, F*n, D], as SkyReels-V2's blocks take it
+
+    def forward(self, video: torch.Tensor, timesteps: torch.Tensor, cache: KVCache | GuidedCache | None = None,
+                update_cache: bool = False) -> torch.Tensor:
+        """Velocity [B, F, C, h, w] of latent frames [B, F, C, h, w] at per-frame timesteps [B, F] (0..1000).
+
+        With a `cache`, the frames come right after the cached ones and attend to them; `update_cache=True`
+        appends this pass's keys and values (call it for finished, clean frames at timestep 0). With guidance,
+        a conditional then an unconditional pass, each with its own cache: uncond + s (cond - uncond)."""
+        if not self.guided:
+            return self._velocity(video, timesteps, self.text_embeddings, cache, update_cache)
+        if cache is not None and not isinstance(cache, GuidedCache):
+            raise ValueError("a guided model needs its two caches: model.new_cache()")
+        try:
+            self.guidance_pass = "cond"
+            cond = self._velocity(video, timesteps, self.text_embeddings, cache and cache.cond, update_cache)
+            self.guidance_pass = "uncond"
+            uncond = self._velocity(video, timesteps, self.negative_embeddings, cache and cache.uncond, update_cache)
+        finally:
+            self.guidance_pass = None
+        return uncond + self.guidance_scale * (cond - uncond)
+
+    def _velocity(self, video: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, cache: KVCache | None,
+                  update_cache: bool) -> torch.Tensor:
+        tr = self.transformer
+        B, F, _, h, w = video.shape
+        if (h, w) != self.latent_size:
+            raise CheckpointError(f"latent frames are {h}x{w}; this model was loaded for {self.latent_size[0]}x"
+                                  f"{self.latent_size[1]}")
+        if update_cache and cache is None:
+            raise ValueError("update_cache=True needs a cache (model.new_cache())")
+        start = cache.frames if cache is not None else 0
+        if start + F > self.max_frames:
+            raise CheckpointError(f"{start + F} latent frames exceed the model's RoPE table (rope_max_seq_len = "
+                                  f"{self.max_frames}); accepted: at most {self.max_frames}")
+        rotary = self._rope(start, F)
+        x = tr.patch_embedding(video.transpose(1, 2)).flatten(2).transpose(1, 2).contiguous()  # [B, F*n, D]
+        text = text.to(video.dtype).expand(B, -1, -1)
+        temb, proj, text = self._modulation(timesteps.to(video.dtype), text)
+        mask = chunk_causal_mask(start, F, self.tokens_per_frame, self.frames_per_block, video.device, cache is not None)
+        run = _Pass(cache, update_cache, mask)
+        try:
+            for block in tr.blocks:
+                block.attn1.processor.run = run
+                x = block.hook_resid_pre(x)
+                x = block(x, text, proj, rotary) if self.family == "WanTransformer3DModel" else \
+                    block(x, text, proj, rotary, None)
+                x = block.hook_resid_post(x)
+        finally:
+            for block in tr.blocks:
+                block.attn1.processor.run = _Pass(None, False, None)
+        if update_cache:
+            cache.frames += F
+        shift, scale = (tr.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)  # per token
+        x = (tr.norm_out(x.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
+        x = tr.proj_out(x)  # [B, F*n, p_h * p_w * C]
+        (gh, gw), (_, p_h, p_w) = self.grid, tr.config.patch_size
+        x = x.reshape(B, F, gh, gw, p_h, p_w, -1).permute(0, 1, 6, 2, 4, 3, 5)
+        return x.reshape(B, F, -1, h, w)

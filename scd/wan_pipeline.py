@@ -1,0 +1,202 @@
+"""A causal Wan / SkyReels-V2 model from a local diffusers directory, with what its pipeline directory holds:
+the transformer, the VAE, the umT5 text encoder and tokenizer, the scheduler. Local files only, never the network.
+
+    model = load_causal_wan("SkyReels-V2-DF-1.3B-540P-Diffusers", latent_size=(60, 104), frames_per_block=3)
+    model.text_embeddings = encode_prompt(model, "a red car drives along a coast road")
+
+A pipeline directory has `transformer/` and, optionally, `vae/`, `text_encoder/` + `tokenizer/` and
+`scheduler/`; a transformer directory alone (`config.json` + `.safetensors`) works too, with zero text
+embeddings and latents shown by their first three channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from scd.causal_wan import FAMILIES, TEXT_TOKENS, CausalWan
+from scd.zoo import CheckpointError, sha256
+
+SCHEDULERS = ("auto", "euler", "pipeline")  # auto: the pipeline's own where the directory has one, else euler
+PIPELINE_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def scheduler_config(root: Path, choice: str = "auto") -> dict | None:
+    """The pipeline's scheduler config (`scheduler/scheduler_config.json`) when `choice` takes it, else None (the
+    flow-matching Euler scheduler of `generate`)."""
+    if choice not in SCHEDULERS:
+        raise CheckpointError(f"scheduler {choice!r}; accepted: {', '.join(SCHEDULERS)}")
+    path = root / "scheduler" / "scheduler_config.json"
+    if choice == "euler" or (choice == "auto" and not path.is_file()):
+        return None
+    if not path.is_file():
+        raise CheckpointError(f"--scheduler pipeline, but {root} has no scheduler/scheduler_config.json; accepted: "
+                              "--scheduler euler or auto")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is not valid JSON") from None
+    if config.get("_class_name") not in PIPELINE_SCHEDULERS:
+        raise CheckpointError(f"{path} describes a {config.get('_class_name')}; accepted: {', '.join(PIPELINE_SCHEDULERS)} "
+                              "(or --scheduler euler)")
+    return config
+
+
+def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), text_embeddings: torch.Tensor | None = None,
+                    *, frames_per_block: int | None = None, fps: int | None = None, scheduler: str = "auto",
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> CausalWan:
+    """Load a local diffusers transformer directory, or a pipeline directory's `transformer/` (with its `vae/`
+    and scheduler when there), with `from_pretrained` and no network access, as a `CausalWan`."""
+    import diffusers
+
+    root = Path(path)
+    pipeline = (root / "transformer" / "config.json").is_file()
+    directory = root / "transformer" if pipeline else root
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} is not a diffusers model directory: no config.json; accepted: a pipeline "
+                              "directory (transformer/...) or a transformer directory")
+    try:
+        family = json.loads(config_path.read_text()).get("_class_name")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise CheckpointError(f"{config_path} is not a valid JSON config") from None
+    if family not in FAMILIES:
+        raise CheckpointError(f"{config_path} describes a {family}; accepted: {', '.join(FAMILIES)}")
+    if not any(directory.glob("*.safetensors")):
+        raise CheckpointError(f"{directory} has no .safetensors weights (convert .pt / .pth with probe convert)")
+    schedule = scheduler_config(root, scheduler) if pipeline else scheduler_config(root, "euler" if scheduler == "auto"
+                                                                                 else scheduler)
+    try:
+        transformer = getattr(diffusers, family).from_pretrained(directory, local_files_only=True, torch_dtype=dtype,
+                                                                 use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load {directory}: {_first_line(e)}") from None
+    vae = None
+    if pipeline and (root / "vae" / "config.json").is_file():
+        try:
+            vae = diffusers.AutoencoderKLWan.from_pretrained(root / "vae", local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot load the VAE in {root / 'vae'}: {_first_line(e)}") from None
+        vae.eval()
+    flow_shift = 1.0
+    if schedule is not None:
+        flow_shift = float(schedule.get("flow_shift") or schedule.get("shift") or 1.0)
+    model = CausalWan(transformer, latent_size, text_embeddings, frames_per_block=frames_per_block, fps=fps,
+                      name=f"diffusers:{path}", flow_shift=flow_shift)
+    model.vae, model.scheduler_config, model.pipeline_dir = vae, schedule, root if pipeline else None
+    files = {p.name: sha256(p) for p in sorted(directory.glob("*.safetensors"))}
+    combined = next(iter(files.values())) if len(files) == 1 else \
+        hashlib.sha256("".join(files.values()).encode()).hexdigest()  # shards: the hash of their hashes, in name order
+    model.checkpoint |= {"sha256": combined, "weight_files": files}
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def encode_prompt(model: CausalWan, prompt: str) -> torch.Tensor:
+    """umT5 embeddings [512, text_dim] of `prompt`, from the pipeline directory's own `text_encoder/` and
+    `tokenizer/` (transformers, local files only), padded as Wan's pipelines pad them: zeros after the prompt."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    root = getattr(model, "pipeline_dir", None)
+    if root is None or not (root / "text_encoder").is_dir() or not (root / "tokenizer").is_dir():
+        raise CheckpointError(f"a prompt needs the pipeline directory's text_encoder/ and tokenizer/; "
+                              f"{model.checkpoint['name']} has none; accepted: --text-embeddings FILE, or a pipeline "
+                              "directory with them")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load the text encoder in {root}: {_first_line(e)}") from None
+    tokens = tokenizer([prompt], padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
+                       return_attention_mask=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder.eval()(tokens.input_ids, tokens.attention_mask).last_hidden_state[0].float()
+    length = int(tokens.attention_mask.sum())
+    hidden[length:] = 0  # Wan's pipelines keep the prompt's tokens and zero the padding
+    return hidden
+
+
+def vae_factors(vae) -> tuple[int, int]:
+    """(temporal, spatial) compression of a Wan VAE: 2 per temporal downsample, 2 per level after the first."""
+    return 2 ** sum(bool(d) for d in vae.config.temperal_downsample), 2 ** (len(vae.config.dim_mult) - 1)
+
+
+def _moments(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(like.device, like.dtype)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(like.device, like.dtype)
+    return mean, std
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latent frames [T, C, h, w] (normalised, as the transformer sees them) -> video [T', 3, H, W] in [-1, 1],
+    decoded as one causal sequence (Wan's 3D VAE: T' = 1 + temporal x (T - 1))."""
+    param = next(vae.parameters())
+    z = latents.permute(1, 0, 2, 3)[None].to(param.device, param.dtype)
+    mean, std = _moments(vae, z)
+    return vae.decode(z * std + mean).sample[0].transpose(0, 1).float().cpu().clamp(-1, 1)
+
+
+@torch.no_grad()
+def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
+    """Video [T', 3, H, W] in [-1, 1] -> normalised latent frames [T, C, h, w] (the posterior's mode), as Wan's
+    pipelines encode a conditioning video."""
+    param = next(vae.parameters())
+    x = video.transpose(0, 1)[None].to(param.device, param.dtype)
+    z = vae.encode(x).latent_dist.mode()
+    mean, std = _moments(vae, z)
+    return ((z - mean) / std)[0].transpose(0, 1).float().cpu()
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_video(path: str | Path, frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first `frames` frames of a video file (through PyAV) or of a folder of images (sorted by name), resized
+    to `size` (H, W) with bicubic filtering: float [frames, 3, H, W] in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise CheckpointError(f"{path} holds no images; accepted: {', '.join(IMAGE_SUFFIXES)} files, or a video file")
+        images = [Image.open(p).convert("RGB") for p in files[:frames]]
+    elif path.is_file():
+        import av
+
+        images = []
+        try:
+            with av.open(str(path)) as container:
+                for frame in container.decode(video=0):
+                    images.append(frame.to_image().convert("RGB"))
+                    if len(images) == frames:
+                        break
+        except (av.error.FFmpegError, ValueError, IndexError) as e:
+            raise CheckpointError(f"cannot read {path} as a video: {_first_line(e)}") from None
+    else:
+        raise CheckpointError(f"{path} does not exist; accepted: a video file or a folder of images")
+    if len(images) < frames:
+        raise CheckpointError(f"{path} has {len(images)} frames; the context needs {frames}")
+    h, w = size
+    pixels = [np.asarray(im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC)) for im in images]
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def context_from_video(model: CausalWan, path: str | Path, latent_frames: int) -> torch.Tensor:
+    """Latent context frames [latent_frames, C, h, w] of a video, resized to the model's resolution and encoded
+    with the pipeline directory's VAE (1 + temporal x (latent_frames - 1) pixel frames are read)."""
+    vae = getattr(model, "vae", None)
+    if vae is None:
+        raise CheckpointError(f"a context video needs the pipeline directory's vae/; {model.checkpoint['name']} has none")
+    temporal, spatial = vae_factors(vae)
+    h, w = model.latent_size
+    video = read_video(path, 1 + temporal * (latent_frames - 1), (h * spatial, w * spatial))
+    return encode_video(vae, video)

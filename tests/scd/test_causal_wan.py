@@ -285,3 +285,39 @@ def test_convert_names_each_unknown_and_missing_key_and_never_unpickles_code(tmp
         read_weights(tmp_path / "code.pt")
     with pytest.raises(ConversionError, match="accepted: .safetensors, .pt, .pth"):
         read_weights(tmp_path / "weights.bin")
+
+
+def test_probe_convert_writes_a_loadable_directory_and_names_bad_keys_one_per_line(tmp_path, capsys):
+    from probe_cli import main
+
+    original = original_layout(tiny("wan").state_dict())
+    save_file(original, tmp_path / "good.safetensors")
+    assert main(["convert", str(tmp_path / "good.safetensors"), str(tmp_path / "out"), "--heads", "2"]) == 0
+    assert load_causal_wan(tmp_path / "out", LATENT).family == "WanTransformer3DModel"
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "good.safetensors"), str(tmp_path / "out"), "--heads", "2"]) == 2
+    assert "pass --force" in capsys.readouterr().err  # an existing output is kept without --force
+    original["model.blocks.0.mystery.weight"] = torch.zeros(1)
+    del original["model.head.head.bias"]
+    save_file(original, tmp_path / "bad.safetensors")
+    assert main(["convert", str(tmp_path / "bad.safetensors"), str(tmp_path / "bad-out"), "--heads", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "unknown key blocks.0.mystery.weight (not in WanTransformer3DModel)", "missing key proj_out.bias",
+        f"probe convert: error: 2 keys of {tmp_path / 'bad.safetensors'} do not fit; nothing was written"]
+    assert not (tmp_path / "bad-out").exists()
+    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
+    assert "accepted: an existing .safetensors, .pt or .pth file" in capsys.readouterr().err
+
+
+def test_a_transformer_directory_alone_shows_latent_channels_and_no_ground_truth(tmp_path):
+    from probe_cli import main
+    from probes import load_run
+
+    tiny("wan").save_pretrained(tmp_path / "transformer-only")
+    out = tmp_path / "run"
+    assert main(["run", "--model", f"diffusers:{tmp_path / 'transformer-only'}", "--layer", "1", "--context", "2",
+                 "--frames", "2", "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    generated, truth = run.video()
+    assert run.manifest["video_shows"] == "latent channels 0-2" and len(generated) == 4 and len(truth) == 0
+    assert run.manifest["split"] == "latent noise" and run.manifest["checkpoint"]["sha256"]

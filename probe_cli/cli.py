@@ -83,8 +83,8 @@ def _run_parser(sub) -> None:
                    "(default: the empty prompt; zeros with --text-embeddings)")
     d.add_argument("--guidance-scale", type=finite(0, 100), default=None, help="classifier-free guidance scale in "
                    "[0, 100] (default 1: none); each pass keeps its own KV cache")
-    d.add_argument("--guidance-pass", choices=GUIDANCE_PASSES, default="cond", help="which pass of the guidance the "
-                   "probe records (default cond)")
+    d.add_argument("--guidance-pass", choices=(*GUIDANCE_PASSES, "both"), default="cond", help="which pass of the "
+                   "guidance the probe records (default cond; both: the unconditional one into OUT.uncond)")
     d.add_argument("--frames-per-block", type=ranged(1, 64), default=None, help="latent frames denoised together as one "
                    "causal chunk (default: the model's num_frame_per_block, else 1)")
     d.add_argument("--fps", type=ranged(0, 1), default=None, help="SkyReels-V2 with inject_sample_info: index of its "

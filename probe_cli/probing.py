@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,6 +148,10 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     if args.guidance_pass != "cond" and not guided:
         raise UsageError(f"--guidance-pass {args.guidance_pass} needs classifier-free guidance; accepted: with "
                          "--guidance-scale other than 1, or --guidance-pass cond")
+    if args.guidance_pass == "both" and (len(indices(args.clip, "--clip", 0, CLIP_MAX)) > 1 or
+                                         len(indices(args.seed, "--seed", 0, SEED_MAX)) > 1):
+        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and seed; accepted: one --clip and "
+                         "one --seed, or --guidance-pass cond / uncond for a sweep")
     if args.guidance_pass != "cond" and args.backend == "nnsight":
         raise UsageError("the nnsight backend records the conditional pass of a guided model; accepted: --backend "
                          "hookpoints with --guidance-pass uncond")
@@ -201,6 +206,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     sharded = len(clips) * len(seeds) > 1 or world_size > 1
     if args.out is not None:  # checked before the model is even loaded; the default path is checked below
         output(args.out, "sweep" if sharded else "run", args.force)
+        if args.guidance_pass == "both":
+            output(args.out.rstrip("/") + ".uncond", "run", args.force)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)
 
@@ -230,10 +237,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else _default_out(args.model, spec)
     if args.out is None:  # the default path depends on the layers: checked now, still before any work
         output(out, "sweep" if sharded else "run", args.force)
+        if args.guidance_pass == "both":
+            output(out.with_name(out.name + ".uncond"), "run", args.force)
     estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
     try:
-        probe = Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
-                      bands=args.bands, guidance_pass=args.guidance_pass)
+        passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
+        probes = [Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
+                        bands=args.bands, guidance_pass=p) for p in passes]
     except ProbeError as e:
         raise UsageError(str(e)) from None
     context_latents = None
@@ -262,12 +272,17 @@ def cmd_run(args: argparse.Namespace) -> None:
                 bar.update()
 
         try:
-            with probe:
+            with ExitStack() as stack:
+                for probe in probes:  # with --guidance-pass both, two probes hear the one generation
+                    stack.enter_context(probe)
                 generate(model, clip[: args.context], args.frames, steps=args.steps, seed=seed, device=on,
                          dtype=dtype, callback=advance)
             bar.close()
-            return probe.save(path, ground_truth=truth, force=args.force, split="latent noise" if diffusers_model else "val",
-                              clip=clip_index, seed=seed, dtype=args.dtype, device=str(on), command=command)
+            for probe, where in zip(probes, (path, path.with_name(path.name + ".uncond")), strict=False):
+                saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
+                                   split="latent noise" if diffusers_model else "val", dtype=args.dtype, device=str(on),
+                                   command=command)
+            return path if len(probes) > 1 else saved
         except ProbeError as e:
             raise UsageError(str(e)) from None
 

@@ -147,7 +147,7 @@ def test_skyreels_df_with_sample_info_and_3_frame_chunks_is_probed_end_to_end(tm
     out = tmp_path / "run"
     assert main(["run", "--model", f"diffusers:{root}", "--layers", "all", "--context", "3", "--frames", "3", "--steps",
                  "3", "--prompt", "a red car", "--guidance-scale", "5", "--fps", "1", "--context-video",
-                 str(tmp_path / "frames"), "--out", str(out), "--quiet"]) == 0
+                 str(tmp_path / "frames"), "--guidance-pass", "both", "--out", str(out), "--quiet"]) == 0
     run = load_run(out)
     m = run.manifest
     assert m["config"]["frames_per_block"] == 3 and m["config"]["fps"] == 1 and m["config"]["inject_sample_info"]
@@ -155,6 +155,9 @@ def test_skyreels_df_with_sample_info_and_3_frame_chunks_is_probed_end_to_end(tm
     assert m["video_frames"] == 1 + 2 * 5 and m["video_context_frames"] == 5  # the VAE's causal decode
     assert m["checkpoint"]["sha256"] == next(iter(m["checkpoint"]["weight_files"].values()))
     assert m["config"]["flow_shift"] == 3.0
+    other = load_run(tmp_path / "run.uncond")  # the same generation's unconditional pass
+    assert other.manifest["guidance"] == {"scale": 5.0, "recorded_pass": "uncond"}
+    assert (other.features(1) - run.features(1)).abs().max() > 1e-3 and np.array_equal(other.video()[0], run.video()[0])
     attention = run.attention(1)
     torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]), atol=1e-5, rtol=0)
     assert attention[0, :, :, 4:6].sum() > 0  # frame 3 sees its chunk-mates 4 and 5

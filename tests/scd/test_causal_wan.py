@@ -146,8 +146,9 @@ def test_guidance_is_uncond_plus_s_times_the_difference(family):
     assert cache.cond is not cache.uncond
 
 
-def test_a_prompt_changes_the_output_and_the_same_prompt_gives_the_same_bytes(tmp_path):
-    root = save_pipeline(tmp_path / "pipe", "wan", vae=False)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_prompt_changes_the_output_and_the_same_prompt_gives_the_same_bytes(family, tmp_path):
+    root = save_pipeline(tmp_path / "pipe", family, vae=False)
     model = load_causal_wan(root, LATENT)
     runs = {}
     car = "a red car drives along the coast road"

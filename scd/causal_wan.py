@@ -219,7 +219,7 @@ class CausalWan(nn.Module):
         if getattr(self, "vae", None) is None:
             rgb = video[:, :3].float()
             return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1), "latent channels 0-2"
-        from scd.wan_pipeline import decode_latents
+        from scd.wan_vae import decode_latents
 
         return decode_latents(self.vae, video), "decoded by the VAE as one causal sequence"
 

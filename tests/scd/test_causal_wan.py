@@ -16,14 +16,8 @@ from scd import generate
 from scd.causal_wan import CausalWan, chunk_causal_mask
 from scd.sampling import SamplingError
 from scd.wan_convert import ConversionError, convert, read_weights
-from scd.wan_pipeline import (
-    context_from_video,
-    decode_latents,
-    encode_prompt,
-    encode_video,
-    load_causal_wan,
-    read_video,
-)
+from scd.wan_pipeline import context_from_video, encode_prompt, load_causal_wan, read_video
+from scd.wan_vae import decode_latents, encode_video
 from scd.zoo import CheckpointError
 from tests.wan_tiny import FAMILIES, LATENT, TINY, latents, save_pipeline, tiny
 

@@ -72,7 +72,8 @@ def test_the_report_opens_offline_in_headless_chromium(runs, tmp_path):
         browser.close()
     assert errors == [] and dialogs == [] and scripts == 0
     assert [url for url in requests if not url.startswith("data:") and url != out.as_uri()] == []
-    assert len(sources) >= 8 and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert len(sources) >= 8 and all(src.startswith(("data:image/png;base64,", "data:image/gif;base64,")) for src in sources)
+    assert sum(src.startswith("data:image/gif;base64,") for src in sources) == len(runs)  # one playing video per run
     assert all(width > 0 for width in natural)  # every image decoded
     assert EVIL in text and "Claims" in text and "not measured" in text  # 4 steps: the 50-step claim is not measured
     shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=float)

@@ -264,7 +264,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         else:
             clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(clip_index)
             truth = clip[: args.context + args.frames]
-        bar = progress(total=args.frames * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
+        chunks = args.frames // getattr(model, "frames_per_block", 1)  # one callback per step of a chunk
+        bar = progress(total=chunks * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
 
         def advance(frame: int, step: int | None, timestep: float) -> None:
             if step is not None:

@@ -47,26 +47,25 @@ def number(text: str, low: float, high: float, what: str = "value") -> float:
     return value
 
 
-def finite(low: float, high: float):
-    """An argparse `type`: a finite number in [low, high]."""
-    def parse(text: str) -> float:
+def _argtype(check, name: str):
+    """An argparse `type` from a check that raises UsageError (argparse prints its one line and exits 2)."""
+    def parse(text: str):
         try:
-            return number(text, low, high)
+            return check(text)
         except UsageError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = f"number in [{low:g}, {high:g}]"
+    parse.__name__ = name
     return parse
+
+
+def finite(low: float, high: float):
+    """An argparse `type`: a finite number in [low, high]."""
+    return _argtype(lambda text: number(text, low, high), f"number in [{low:g}, {high:g}]")
 
 
 def ranged(low: int, high: int):
     """An argparse `type`: an integer in low..high."""
-    def parse(text: str) -> int:
-        try:
-            return integer(text, low, high)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = f"integer in {low}..{high}"
-    return parse
+    return _argtype(lambda text: integer(text, low, high), f"integer in {low}..{high}")
 
 
 def indices(text: str, flag: str, low: int, high: int) -> list[int]:

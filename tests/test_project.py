@@ -26,14 +26,21 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     assert report.is_file() and report.stat().st_size < 5 * 2**20
     html = report.read_text()
     shipped = json.loads((ROOT / "scd" / "checkpoints" / "baseline.json").read_text())["sha256"]
-    assert shipped in html and "layers 28-29 barely attend to past frames" in html
+    assert shipped in html and "layers 28, 29 barely attend to past frames (per key)" in html
     readme = (ROOT / "README.md").read_text()
     command = "probe report reports/runs/baseline-layers-all --interventions reports/interventions -o reports/baseline.html"
     assert command in readme
     # ... with the committed interventions, made from the same checkpoint
     interventions = json.loads((ROOT / "reports" / "interventions" / "interventions.json").read_text())
     assert interventions["checkpoint"]["sha256"] == shipped and interventions["clips"] >= 16
-    assert "reuse at layer 15 costs little" in html and "knockout from layer 25 costs little" in html
+    assert "step-0 reuse at layer 15 costs little" in html and "knockout from layer 25 (no adaptation) costs little" in html
+    # ... and the paper's two surgeries, measured on 32 clips, the fine-tuned frame-diagonal model beside them
+    surgeries = json.loads((ROOT / "reports" / "interventions-surgeries" / "interventions.json").read_text())
+    tuned = json.loads((ROOT / "scd" / "checkpoints" / "baseline-diagonal.json").read_text())["sha256"]
+    assert surgeries["checkpoint"]["sha256"] == shipped and surgeries["tuned"]["sha256"] == tuned
+    assert surgeries["clips"] >= 32
+    assert "skipping layers 8-22 after step 5 keeps quality" in html
+    assert "frame-diagonal layers 25-29, fine-tuned, recover quality" in html
 
 
 def test_the_scd_report_and_bench_are_made_from_both_shipped_checkpoints():

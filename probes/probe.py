@@ -102,6 +102,9 @@ class Probe:
         if hook not in HOOKS or hook.startswith("attn."):
             accepted_hooks = ", ".join(h for h in HOOKS if not h.startswith("attn."))
             raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted_hooks}")
+        if self.layout.hook_paths is not None and hook not in self.layout.hook_paths:
+            offered = ", ".join(h for h in self.layout.hook_paths if not h.startswith("attn."))
+            raise ProbeError(f"a {type(model).__name__} has no feature hook {hook!r}; accepted: {offered}")
         if not _index(pca_tokens) or pca_tokens < 1:
             raise ProbeError(f"pca_tokens = {pca_tokens!r}; accepted: an integer >= 1")
         n = self.layout.tokens_per_frame

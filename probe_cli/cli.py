@@ -87,8 +87,8 @@ def _run_parser(sub) -> None:
                    "guidance the probe records (default cond; both: the unconditional one into OUT.uncond)")
     d.add_argument("--frames-per-block", type=ranged(1, 64), default=None, help="latent frames denoised together as one "
                    "causal chunk (default: the model's num_frame_per_block, else 1)")
-    d.add_argument("--fps", type=ranged(0, 1), default=None, help="SkyReels-V2 with inject_sample_info: index of its "
-                   "fps embedding, 0 (16 fps) or 1 (24 fps); default 0")
+    d.add_argument("--fps", type=ranged(1, 240), default=None, help="SkyReels-V2 with inject_sample_info: the frame rate "
+                   "it is conditioned on, 1..240 (default 24; its pipelines embed 16 fps and any other rate apart)")
     d.add_argument("--scheduler", choices=("auto", "euler", "pipeline"), default="auto", help="auto: the pipeline "
                    "directory's scheduler (e.g. UniPC with its flow shift) where it has one, else flow-matching Euler")
     d.add_argument("--context-video", default=None, help="a video file (mp4, ...) or folder of frames, resized and "

@@ -17,11 +17,12 @@ calling the transformer's forward, for three things that forward cannot do:
   a pass at timestep 0 (`update_cache=True`), as Self-Forcing does, and read at every later step.
 
 SkyReels-V2 conversions with `inject_sample_info` (the DF-1.3B) add an fps embedding to every
-frame's modulation: `fps` is 0 or 1, the index of SkyReels-V2's embedding table (its pipelines pass
-16 fps as 0 and 24 fps as 1); it defaults to 0. The self-attention runs `CausalWanAttnProcessor`,
-which passes q and k (after qk-norm and RoPE, cached keys included) through TransformerLens
-HookPoints `attn1.hook_q` / `attn1.hook_k`, so probes compute the exact attention from them; each
-block's input and output pass through HookPoints `hook_resid_pre` / `hook_resid_post`.
+frame's modulation for the video's frame rate `fps` (default 24, as SkyReels-V2's pipelines): its
+table has two rows, and its pipelines map 16 fps to the first and any other rate to the second.
+The self-attention runs `CausalWanAttnProcessor`, which passes q and k (after qk-norm and RoPE,
+cached keys included) through TransformerLens HookPoints `attn1.hook_q` / `attn1.hook_k`, so probes
+compute the exact attention from them; each block's input and output pass through HookPoints
+`hook_resid_pre` / `hook_resid_post`.
 """
 
 from __future__ import annotations
@@ -143,13 +144,14 @@ class CausalWan(nn.Module):
         if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or not 1 <= frames_per_block <= 64:
             raise CheckpointError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64")
         self.inject_sample_info = bool(getattr(config, "inject_sample_info", False))
-        if fps is not None and (not self.inject_sample_info or fps not in (0, 1)):
-            raise CheckpointError(f"fps = {fps!r}; accepted: " + ("0 or 1 (the index of SkyReels-V2's fps embedding: 16 "
-                                  "and 24 fps)" if self.inject_sample_info else "none: this model has no fps embedding"))
+        if fps is not None and not self.inject_sample_info:
+            raise CheckpointError(f"fps = {fps!r}; accepted: none: this model has no fps embedding (inject_sample_info)")
+        if fps is not None and (not isinstance(fps, int) or isinstance(fps, bool) or not 1 <= fps <= 240):
+            raise CheckpointError(f"fps = {fps!r}; accepted: frames per second, an integer in 1..240")
         self.transformer, self.family, self.latent_size = transformer, family, (h, w)
         self.grid = (h // p_h, w // p_w)
         self.tokens_per_frame = self.grid[0] * self.grid[1]
-        self.frames_per_block, self.fps = frames_per_block, (0 if fps is None and self.inject_sample_info else fps)
+        self.frames_per_block, self.fps = frames_per_block, (24 if fps is None and self.inject_sample_info else fps)
         self.max_frames = config.rope_max_seq_len  # the RoPE table's frame positions
         text_dim = config.text_dim
         if text_embeddings is None:
@@ -257,7 +259,8 @@ class CausalWan(nn.Module):
         temb, proj, text, _ = tr.condition_embedder(timesteps, text, None)  # SkyReels-V2 diffusion forcing
         proj = proj.unflatten(-1, (6, -1))  # [B, F, 6, D]
         if self.inject_sample_info:
-            fps = torch.full((B,), self.fps, dtype=torch.long, device=timesteps.device)
+            row = 0 if self.fps == 16 else 1  # SkyReels-V2's pipelines: 16 fps -> row 0, any other rate -> row 1
+            fps = torch.full((B,), row, dtype=torch.long, device=timesteps.device)
             proj = proj + tr.fps_projection(tr.fps_embedding(fps)).unflatten(1, (6, -1))[:, None]
         temb = temb[:, :, None].expand(B, F, n, temb.shape[-1]).flatten(1, 2)  # [B, F*n, D]
         proj = proj[:, :, None].expand(B, F, n, 6, proj.shape[-1]).flatten(1, 2).transpose(1, 2).contiguous()

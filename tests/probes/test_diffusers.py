@@ -146,11 +146,11 @@ def test_skyreels_df_with_sample_info_and_3_frame_chunks_is_probed_end_to_end(tm
         Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "frames" / f"{i}.png")
     out = tmp_path / "run"
     assert main(["run", "--model", f"diffusers:{root}", "--layers", "all", "--context", "3", "--frames", "3", "--steps",
-                 "3", "--prompt", "a red car", "--guidance-scale", "5", "--fps", "1", "--context-video",
+                 "3", "--prompt", "a red car", "--guidance-scale", "5", "--fps", "16", "--context-video",
                  str(tmp_path / "frames"), "--guidance-pass", "both", "--out", str(out), "--quiet"]) == 0
     run = load_run(out)
     m = run.manifest
-    assert m["config"]["frames_per_block"] == 3 and m["config"]["fps"] == 1 and m["config"]["inject_sample_info"]
+    assert m["config"]["frames_per_block"] == 3 and m["config"]["fps"] == 16 and m["config"]["inject_sample_info"]
     assert m["frames"] == [3, 4, 5] and m["guidance"] == {"scale": 5.0, "recorded_pass": "cond"}
     assert m["video_frames"] == 1 + 2 * 5 and m["video_context_frames"] == 5  # the VAE's causal decode
     assert m["checkpoint"]["sha256"] == next(iter(m["checkpoint"]["weight_files"].values()))

@@ -45,13 +45,13 @@ def test_one_chunk_is_diffusers_own_forward(family, extra):
     x, t = torch.randn(1, 3, 4, *LATENT), torch.tensor([[0.0, 420.0, 910.0]])
     with torch.no_grad():
         got = model(x, t)
-    fps = 0 if extra else None
+    fps = 1 if extra else None  # 24 fps by default: row 1 of SkyReels-V2's fps table, as its pipelines pass it
     torch.testing.assert_close(got, stock_forward(family, stock, x, t, fps), atol=1e-6, rtol=0)
-    if extra:  # the fps embedding reaches the model: fps 1 is another index of its table
-        model.fps = 1
+    if extra:  # the fps embedding reaches the model: 16 fps is the other row of its table
+        model.fps = 16
         with torch.no_grad():
             other = model(x, t)
-        torch.testing.assert_close(other, stock_forward(family, stock, x, t, 1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(other, stock_forward(family, stock, x, t, 0), atol=1e-6, rtol=0)
         assert (other - got).abs().max() > 1e-4
 
 
@@ -114,10 +114,10 @@ def test_frame_counts_that_do_not_fit_are_refused_before_any_work():
     assert calls == []
     with pytest.raises(CheckpointError, match="frames_per_block = 0; accepted: an integer in 1..64"):
         CausalWan(tiny("wan"), LATENT, frames_per_block=0)
-    with pytest.raises(CheckpointError, match="fps = 1; accepted: none"):
-        CausalWan(tiny("wan"), LATENT, fps=1)
-    with pytest.raises(CheckpointError, match="fps = 2; accepted: 0 or 1"):
-        CausalWan(tiny("skyreels", inject_sample_info=True), LATENT, fps=2)
+    with pytest.raises(CheckpointError, match="fps = 24; accepted: none"):
+        CausalWan(tiny("wan"), LATENT, fps=24)
+    with pytest.raises(CheckpointError, match="fps = 0; accepted: frames per second, an integer in 1..240"):
+        CausalWan(tiny("skyreels", inject_sample_info=True), LATENT, fps=0)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

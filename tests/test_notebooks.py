@@ -31,13 +31,18 @@ def code_of(path: Path) -> list[str]:
 def execute(path: Path, out: Path, **parameters) -> nbformat.NotebookNode:
     """Run a notebook top to bottom in a new kernel, from its own directory (as Jupyter does); raises
     papermill.PapermillExecutionError at the first failing cell."""
-    backend = os.environ.pop("MPLBACKEND", None)  # as in a fresh shell: the kernel picks the inline backend
-    try:
+    saved = {name: os.environ.get(name) for name in ("MPLBACKEND", "OMP_NUM_THREADS")}
+    os.environ.pop("MPLBACKEND", None)  # as in a fresh shell: the kernel picks the inline backend
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread per kernel, as the tests pin theirs: parallel workers' kernels
+    try:                                 # would otherwise oversubscribe the cores (10x slower on 2 cores)
         papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
                                    cwd=str(path.parent), progress_bar=False, log_output=False)
     finally:
-        if backend is not None:
-            os.environ["MPLBACKEND"] = backend
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return nbformat.read(out, as_version=4)
 
 

@@ -111,6 +111,11 @@ def _text_embeddings(path: str | None):
     return tensor
 
 
+def _uncond(path: Path) -> Path:
+    """Where `--guidance-pass both` writes the unconditional pass of the run at `path`."""
+    return path.with_name(path.name + ".uncond")
+
+
 def _condition(model, args: argparse.Namespace) -> None:
     """A diffusers model's frame counts checked against its chunks and RoPE table; its prompt and guidance set."""
     for flag, count in (("--context", args.context), ("--frames", args.frames)):
@@ -148,10 +153,6 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     if args.guidance_pass != "cond" and not guided:
         raise UsageError(f"--guidance-pass {args.guidance_pass} needs classifier-free guidance; accepted: with "
                          "--guidance-scale other than 1, or --guidance-pass cond")
-    if args.guidance_pass == "both" and (len(indices(args.clip, "--clip", 0, CLIP_MAX)) > 1 or
-                                         len(indices(args.seed, "--seed", 0, SEED_MAX)) > 1):
-        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and seed; accepted: one --clip and "
-                         "one --seed, or --guidance-pass cond / uncond for a sweep")
     if args.guidance_pass != "cond" and args.backend == "nnsight":
         raise UsageError("the nnsight backend records the conditional pass of a guided model; accepted: --backend "
                          "hookpoints with --guidance-pass uncond")
@@ -200,6 +201,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     seeds = indices(args.seed, "--seed", 0, SEED_MAX)
     if len(clips) * len(seeds) > 10_000:
         raise UsageError(f"--clip x --seed makes {len(clips) * len(seeds)} runs; accepted: at most 10000")
+    if args.guidance_pass == "both" and len(clips) * len(seeds) > 1:
+        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and seed; accepted: one --clip and "
+                         "one --seed, or --guidance-pass cond / uncond for a sweep")
     from probes.sweep import world
 
     rank, world_size, local_rank = world()
@@ -207,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.out is not None:  # checked before the model is even loaded; the default path is checked below
         output(args.out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
-            output(args.out.rstrip("/") + ".uncond", "run", args.force)
+            output(_uncond(Path(args.out)), "run", args.force)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)
 
@@ -238,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.out is None:  # the default path depends on the layers: checked now, still before any work
         output(out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
-            output(out.with_name(out.name + ".uncond"), "run", args.force)
+            output(_uncond(out), "run", args.force)
     estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
     try:
         passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
@@ -279,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 generate(model, clip[: args.context], args.frames, steps=args.steps, seed=seed, device=on,
                          dtype=dtype, callback=advance)
             bar.close()
-            for probe, where in zip(probes, (path, path.with_name(path.name + ".uncond")), strict=False):
+            for probe, where in zip(probes, (path, _uncond(path)), strict=False):
                 saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
                                    split="latent noise" if diffusers_model else "val", dtype=args.dtype, device=str(on),
                                    command=command)

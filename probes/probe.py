@@ -259,7 +259,7 @@ class Probe:
             bands = self.band_of_token.to(keys.device)
             key_cells = key_frames * g + bands[torch.arange(keys.shape[1], device=keys.device) % n]
             cells = (last + 1) * g
-            query_frames = torch.full((n,), frame if self.layout.frames_per_block == 1 else last, device=keys.device)
+            query_frames = torch.full((n,), last, device=keys.device)
             query = self._frame_tokens(self._query[layer], frame)
             mass = attention_mass_by_cell(query[None], keys, query_frames, key_frames, key_cells,
                                           cells)  # [1, H, n, cells]
@@ -385,12 +385,13 @@ class Probe:
         video = self.video if self.video.dim() == 4 else self.video[0]
         shown = {}
         if hasattr(self.model, "preview"):  # latent frames (diffusers models): decoded, or shown as RGB channels
-            context_video, _ = self.model.preview(video[: self.context])
             video, what = self.model.preview(video)
-            shown = {"video_frames": len(video), "video_context_frames": len(context_video), "video_shows": what}
+            shown = {"video_frames": len(video), "video_context_frames": self.model.shown_frames(self.context),
+                     "video_shows": what}
         truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *_frames_uint8(video).shape[1:]),
                                                                                        np.uint8)
         config = self.model.get_config() if hasattr(self.model, "get_config") else {}
+        scale = getattr(self.model, "guidance_scale", 1.0)
         manifest = {
             "model": getattr(self.model, "checkpoint", {}).get("name", type(self.model).__name__),
             "checkpoint": getattr(self.model, "checkpoint", None),
@@ -402,8 +403,8 @@ class Probe:
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
             "ground_truth": ground_truth is not None, "input_layer": self.input_layer,
-            "guidance": {"scale": getattr(self.model, "guidance_scale", 1.0), "recorded_pass": self.guidance_pass
-                         if getattr(self.model, "guidance_scale", 1.0) != 1.0 else "cond (no guidance)"}, **shown, **info,
+            "guidance": {"scale": scale, "recorded_pass": self.guidance_pass if scale != 1.0 else "cond (no guidance)"},
+            **shown, **info,
         }
         return write_run(path, manifest, features=features, attention=attention, metrics=self.metrics(),
                          generated=_frames_uint8(video), ground_truth=truth, force=force)

@@ -225,6 +225,14 @@ class CausalWan(nn.Module):
 
         return decode_latents(self.vae, video), "decoded by the VAE as one causal sequence"
 
+    def shown_frames(self, latent_frames: int) -> int:
+        """How many images `preview` makes of `latent_frames` latent frames (Wan's VAE: 1 + 4 (T - 1))."""
+        if getattr(self, "vae", None) is None:
+            return latent_frames
+        from scd.wan_vae import vae_factors
+
+        return 1 + vae_factors(self.vae)[0] * (latent_frames - 1)
+
     def check_frames(self, frames: int, what: str = "frames") -> None:
         """Refuse a frame count that the chunking or the RoPE table cannot take."""
         if frames % self.frames_per_block:

@@ -72,8 +72,7 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
         raise CheckpointError(f"{config_path} describes a {family}; accepted: {', '.join(FAMILIES)}")
     if not any(directory.glob("*.safetensors")):
         raise CheckpointError(f"{directory} has no .safetensors weights (convert .pt / .pth with probe convert)")
-    schedule = scheduler_config(root, scheduler) if pipeline else scheduler_config(root, "euler" if scheduler == "auto"
-                                                                                 else scheduler)
+    schedule = scheduler_config(root, scheduler)
     try:
         transformer = getattr(diffusers, family).from_pretrained(directory, local_files_only=True, torch_dtype=dtype,
                                                                  use_safetensors=True)

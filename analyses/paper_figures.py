@@ -38,6 +38,24 @@ def mean_map(run: Run, layer: int, head: int | None = None, steps: str = "all") 
     return maps.mean(1) if head is None else maps[:, head]
 
 
+def draw_map(ax, pooled: torch.Tensor, frames: list[int], g: int, T: int, low: float, high: float):
+    """One panel of the paper's attention figure: ln p of the pooled map [F, g, T*g], the context cells in the
+    colour range [low, high], the own frame hatched grey (left out, as the paper), later frames blank."""
+    log_p = torch.as_tensor(pooled).double().clamp_min(1e-300).log().numpy()
+    grid = np.full((len(frames) * g, T * g), np.nan)
+    own = np.zeros_like(grid, dtype=bool)
+    for i, frame in enumerate(frames):
+        grid[i * g:(i + 1) * g, : frame * g] = log_p[i, :, : frame * g]
+        own[i * g:(i + 1) * g, frame * g:(frame + 1) * g] = True
+    image = ax.imshow(grid, cmap="magma", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+    ax.imshow(np.where(own, 1.0, np.nan), cmap="Greys", vmin=0, vmax=2.5, aspect="auto", interpolation="nearest")
+    ax.set_xticks([f * g + (g - 1) / 2 for f in range(T)], range(T), fontsize=6)
+    ax.set_yticks([i * g + (g - 1) / 2 for i in range(len(frames))], frames, fontsize=6)
+    ax.set_xlabel("key frame", fontsize=7)
+    ax.set_ylabel("query frame", fontsize=7)
+    return image
+
+
 def attention_maps(run: Run, layers: list[int] | None = None, head: int | None = None, steps: str = "all") -> Figure:
     """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range; averaged over heads
     (or one `head`) and over the chosen `steps` ("all", "first10", "last10")."""
@@ -51,20 +69,9 @@ def attention_maps(run: Run, layers: list[int] | None = None, head: int | None =
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.2, 2.6 * rows + 0.6), squeeze=False)
     image = None
     for ax, layer in zip(axes.flat, layers, strict=False):
-        log_p = maps[layer].clamp_min(1e-300).log().numpy()  # [F, g, T*g]
-        grid = np.full((len(frames) * g, T * g), np.nan)
-        own = np.zeros_like(grid, dtype=bool)
-        for i, frame in enumerate(frames):
-            grid[i * g:(i + 1) * g, : frame * g] = log_p[i, :, : frame * g]
-            own[i * g:(i + 1) * g, frame * g:(frame + 1) * g] = True
-        image = ax.imshow(grid, cmap="magma", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
-        ax.imshow(np.where(own, 1.0, np.nan), cmap="Greys", vmin=0, vmax=2.5, aspect="auto", interpolation="nearest")
+        image = draw_map(ax, maps[layer], frames, g, T, low, high)
         ax.set_title(f"layer {layer}" + ("" if run.depth == 30 else f" (paper {round(layer * 29 / (run.depth - 1))})"),
                      fontsize=9)
-        ax.set_xticks([f * g + (g - 1) / 2 for f in range(T)], range(T), fontsize=6)
-        ax.set_yticks([i * g + (g - 1) / 2 for i in range(len(frames))], frames, fontsize=6)
-        ax.set_xlabel("key frame", fontsize=7)
-        ax.set_ylabel("query frame", fontsize=7)
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
     fig.subplots_adjust(hspace=0.5, wspace=0.35, right=0.88)

@@ -21,7 +21,7 @@ from probe_cli.checks import (
     ranged,
 )
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
-from scd.train_config import FAMILY_DEFAULTS, LIMITS, TrainConfig, describe
+from scd.train_config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
 
 STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
 CLIPS = ranged(1, 10_000)
@@ -93,6 +93,8 @@ def _run_parser(sub) -> None:
                    "directory's scheduler (e.g. UniPC with its flow shift) where it has one, else flow-matching Euler")
     d.add_argument("--context-video", default=None, help="a video file (mp4, ...) or folder of frames, resized and "
                    "encoded with the directory's VAE as the context (default: seeded Gaussian latents)")
+    r.add_argument("--scene", choices=SCENES, default="sprites", help="the benchmark scene of the val clips (the one "
+                   "the model was trained on)")
     r.add_argument("--context", type=FRAMES, default=4, help="context frames given to the model (1..1024)")
     r.add_argument("--frames", type=FRAMES, default=4, help="frames to generate, each one probed (1..1024)")
     r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
@@ -176,6 +178,25 @@ def _measure_parsers(sub) -> None:
     b.set_defaults(func=measuring.cmd_bench)
 
 
+def _emergence_parser(sub) -> None:
+    from probe_cli import emerging
+
+    e = sub.add_parser("emergence", help="when does temporal sparsity emerge: probe training runs into variant cards, "
+                       "and rebuild the table, maps and curve from the cards")
+    e.add_argument("runs", nargs="*", help="training directories (probe train) or shipped names to measure into cards; "
+                   "none: rebuild from the cards in --out")
+    e.add_argument("--reference", type=plain_name, default=None, help="the card the others are compared with (default: "
+                   "the one --out names, else 'reference')")
+    e.add_argument("--snapshots", action="store_true", help="also probe each run's snapshots/ (the ratio over training)")
+    e.add_argument("--clip", default="0-7", help=f"val clips probed (indices in 0..{CLIP_MAX}; default 0-7)")
+    e.add_argument("--probes", default="runs/emergence-probes", help="where the probed sweeps are written (large; "
+                   "not in git)")
+    e.add_argument("--out", default="reports/emergence", help="the study's directory: cards, table, maps, curve")
+    e.add_argument("--force", action="store_true", help="replace the study's files (an emergence directory only)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=emerging.cmd_emergence)
+
+
 def _make_parsers(sub) -> None:
     from probe_cli import making
 
@@ -210,6 +231,8 @@ def _make_parsers(sub) -> None:
         elif f.name == "init":
             t.add_argument(flag, default=None, help="fine-tune: start from these weights (a shipped name or a "
                            "checkpoint of the same size); default: a fresh init")
+        elif f.name == "scene":
+            t.add_argument(flag, choices=SCENES, default=None, help="default sprites; the benchmark scene to train on")
         elif f.type == "str":
             t.add_argument(flag, type=plain_name, default=None, help=f"{default}; a named size of the family")
         else:
@@ -244,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _measure_parsers(sub)
     _make_parsers(sub)
+    _emergence_parser(sub)
     return parser
 
 

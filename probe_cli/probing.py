@@ -144,6 +144,9 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
             if value is not None:
                 raise UsageError(f"{flag} applies only to diffusers models, not {args.model!r}; accepted: --model diffusers:DIR "
                                  f"with {flag}, or no {flag}")
+    if diffusers_model and args.scene != "sprites":
+        raise UsageError(f"--scene picks the benchmark clips of a built-in model; {args.model!r} is given its context "
+                         "as latents; accepted: no --scene for diffusers models")
     if args.prompt is not None and args.text_embeddings is not None:
         raise UsageError("--prompt and --text-embeddings both give the prompt; accepted: one of them")
     guided = args.guidance_scale not in (None, 1.0)
@@ -266,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
             truth = None
         else:
-            clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size).clip(clip_index)
+            clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size, scene=args.scene).clip(clip_index)
             truth = clip[: args.context + args.frames]
         chunks = args.frames // getattr(model, "frames_per_block", 1)  # one callback per step of a chunk
         bar = progress(total=chunks * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
@@ -285,7 +288,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             bar.close()
             for probe, where in zip(probes, (path, _uncond(path)), strict=False):
                 saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
-                                   split="latent noise" if diffusers_model else "val", dtype=args.dtype, device=str(on),
+                                   split="latent noise" if diffusers_model else "val" if args.scene == "sprites"
+                                   else f"val, {args.scene} scene", dtype=args.dtype, device=str(on),
                                    command=command)
             return path if len(probes) > 1 else saved
         except ProbeError as e:

@@ -111,21 +111,27 @@ class CausalVideoDiffuser(HookedRootModule):
 
     def forward(
         self, video: torch.Tensor, timesteps: torch.Tensor, cache: KVCache | None = None, update_cache: bool = False,
+        bidirectional: bool = False,
     ) -> torch.Tensor:
         """Velocity [B, F, C, H, W] for noisy frames `video` [B, F, C, H, W] at `timesteps` [B, F] in [0, 1000].
 
         With a `cache`, the frames are the ones right after the cached frames and also attend to
         them; `update_cache=True` appends this call's keys and values (for finished, clean frames).
+        `bidirectional=True` lets every frame attend to every frame of the call (bidirectional
+        pretraining, as Wan before it was made causal); it takes no cache.
         """
         B, Fr = video.shape[:2]
         if timesteps.shape != (B, Fr):
             raise ValueError(f"timesteps must be [batch, frames] = {(B, Fr)}, got {tuple(timesteps.shape)}")
         cfg, n = self.config, self.config.tokens_per_frame
+        if bidirectional and cache is not None:
+            raise ValueError("bidirectional attention takes no KV cache (a cache holds only earlier frames); accepted: "
+                             "cache=None, or bidirectional=False")
         start = cache.frames if cache is not None else 0
         frame_index = torch.arange(start, start + Fr, device=video.device)
         angles = rope_angles(frame_index, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size,
                              cfg.width // cfg.heads, cfg.rope_theta)
-        mask = frames_mask(start, Fr, n, video.device)
+        mask = None if bidirectional else frames_mask(start, Fr, n, video.device)
         local_mask = frame_diagonal_mask(Fr, n, video.device) if cfg.frame_local_blocks else None
         first_local = cfg.depth - cfg.frame_local_blocks
         x = self.hook_embed(self.patch_embed(self.patchify(video)))

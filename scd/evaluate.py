@@ -51,10 +51,10 @@ def extrapolate_linearly(context: torch.Tensor, frames: int) -> torch.Tensor:
 
 def validate(
     model: torch.nn.Module, clips: int = 32, context: int = 4, frames: int = 4, steps: int = 50, seed: int = 0,
-    device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True,
+    device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True, scene: str = "sprites",
 ) -> pd.DataFrame:
-    """Tidy table (method, clip, frame, psnr, ssim) on val clips 0..clips-1 for the model and the references."""
-    bench = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
+    """Tidy table (method, clip, frame, psnr, ssim) on val clips 0..clips-1 of `scene` for the model and the references."""
+    bench = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size, scene=scene)
     rows = []
     for start in progress_bar(range(0, clips, batch_size), desc="validate", disable=not progress):
         index = list(range(start, min(clips, start + batch_size)))
@@ -162,7 +162,8 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     with tempfile.TemporaryDirectory(dir=CHECKPOINT_DIR) as tmp:
         path = save_model(candidates[chosen], Path(tmp) / f"{name}.safetensors", dtype=torch.float16)
         shipped = load_model(path)
-        table = validate(shipped, clips=clips, steps=steps)
+        scene = json.loads((run / "train.json").read_text()).get("scene", "sprites")  # validated on the scene trained on
+        table = validate(shipped, clips=clips, steps=steps, scene=scene)
         summary = summarize(table)
         card = _model_card(run, name, shipped, summary, clips, steps, path, chosen, dev)
         (Path(tmp) / f"{name}.md").write_text(card)

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase as fnmatch
 from pathlib import Path
 
 GENERATOR = "scd-probes"  # the mark a toolkit-written file carries (HTML meta generator, PNG Software text)
@@ -38,9 +39,11 @@ KINDS: dict[str, tuple[str, ...]] = {
     "training": ("train.json", "train_state.safetensors", "model.safetensors", "config.json", "loss.csv",
                  "machines.txt", "validation.csv"),
     "converted": ("convert.json", "config.json", "diffusion_pytorch_model.safetensors"),
+    "emergence": ("emergence.json", "README.md", "table.md", "table.csv", "layers.md", "maps.png", "curve.png",
+                  "card-*.json", "card-*.md", "maps-*.npz"),
 }
 MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "interventions.json", "training": "train.json",
-           "converted": "convert.json"}
+           "converted": "convert.json", "emergence": "emergence.json"}
 FILE_KINDS = {".html": "report", ".htm": "report", ".png": "strip"}
 
 
@@ -89,7 +92,8 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
         return bool(entries) and all(_is_shard(p) for p in entries)
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; accepted: {', '.join([*KINDS, 'sweep', 'report', 'strip'])}")
-    if not (path / MARKERS[kind]).is_file() or any(p.name not in KINDS[kind] or not p.is_file() for p in entries):
+    if not (path / MARKERS[kind]).is_file() or any(not any(fnmatch(p.name, pattern) for pattern in KINDS[kind])
+                                                   or not p.is_file() for p in entries):
         return False
     try:
         json.loads((path / MARKERS[kind]).read_text())
@@ -101,7 +105,8 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
 def _describe(kind: str) -> str:
     return {"run": "a run directory", "sweep": "a sweep directory", "bench": "a bench directory",
             "interventions": "an interventions directory", "training": "a training directory",
-            "converted": "a converted model directory", "report": "a report", "strip": "a PNG strip"}[kind]
+            "converted": "a converted model directory", "emergence": "an emergence directory", "report": "a report",
+            "strip": "a PNG strip"}[kind]
 
 
 def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "--out") -> Path:

@@ -48,6 +48,12 @@ def model_config(cfg: TrainConfig) -> dict:
             raise ValueError(f"frame_local_blocks is a baseline setting (SCD's decoder already sees no other frame); "
                              f"accepted: 0 for {cfg.family}")
         config["frame_local_blocks"] = cfg.frame_local_blocks
+    if cfg.bidirectional_steps and cfg.family != "baseline":
+        raise ValueError("bidirectional_steps is a baseline setting (SCD's encoder is causal by design); accepted: 0 for "
+                         f"{cfg.family}")
+    if cfg.bidirectional_steps > cfg.steps:
+        raise ValueError(f"bidirectional_steps {cfg.bidirectional_steps} is more than steps {cfg.steps}; accepted: "
+                         f"0..{cfg.steps} (the rest is the causal fine-tune)")
     return config
 
 
@@ -87,8 +93,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Diffusion-forcing flow-matching loss on clips [B, F, C, H, W]."""
+def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
+                       bidirectional: bool = False) -> torch.Tensor:
+    """Diffusion-forcing flow-matching loss on clips [B, F, C, H, W]; `bidirectional`: every frame sees the whole clip."""
     B, Fr = clips.shape[:2]
     sigma = torch.sigmoid(torch.randn(B, Fr, generator=generator) * cfg.logit_normal_std)
     noisy = torch.rand(B, Fr, generator=generator) >= cfg.clean_context_ratio
@@ -100,7 +107,8 @@ def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), warnings.catch_warnings():
         # rms_norm under autocast: "cannot dispatch to fused implementation", i.e. slower, not wrong.
         warnings.filterwarnings("ignore", "Mismatch dtype between input and weight", UserWarning)
-        velocity = model(x_t, sigma * 1000, clean=clips) if separable else model(x_t, sigma * 1000)
+        velocity = (model(x_t, sigma * 1000, clean=clips) if separable
+                    else model(x_t, sigma * 1000, bidirectional=True) if bidirectional else model(x_t, sigma * 1000))
     err = (velocity.float() - (noise - clips)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
     return (err * noisy).sum() / noisy.sum().clamp(min=1)
 
@@ -232,7 +240,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     with open(out / "machines.txt", "a") as f:  # one line per sitting
         f.write(f"step {start}: {machine_description()}\n")
 
-    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size)
+    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size, scene=cfg.scene)
     log_file = open(out / "loss.csv", "a", newline="")
     writer = csv.writer(log_file)
     if start == 0:
@@ -250,7 +258,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         clips = data.batch(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
         generator.manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # what the model draws itself (SCD's encoder noise)
-        loss = flow_matching_loss(model, clips, cfg, generator)
+        loss = flow_matching_loss(model, clips, cfg, generator, bidirectional=step < cfg.bidirectional_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loss = loss.detach()
@@ -264,6 +272,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             log_file.flush()
             save_train_state(state_path, step + 1, model, ema, optimizer, cfg)
             save_model(ema.module, out / "model.safetensors")
+        if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0:  # raw: a short run's EMA lags its weights
+            save_model(model, out / "snapshots" / f"step-{step + 1:06d}.safetensors")
     log_file.close()
     if start >= end:
         save_model(ema.module, out / "model.safetensors")
@@ -298,7 +308,7 @@ def dev_loss(model: nn.Module, run: str | Path, clips: int = 64) -> float:
     disjoint from both the training clips and the val split, for choosing weights without touching val."""
     cfg = TrainConfig(**json.loads((Path(run) / "train.json").read_text()))
     first = cfg.steps * cfg.batch_size
-    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size)
+    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size, scene=cfg.scene)
     generator = torch.Generator().manual_seed(12345)
     eval_cfg = TrainConfig(**{**asdict(cfg), "bf16": False})
     losses = [flow_matching_loss(model, data.batch(range(first + i, first + min(clips, i + 16))), eval_cfg, generator)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+SCENES = ("sprites", "textured")  # the benchmark's scenes (scd.data.VideoBenchmark), named here to stay torch-free
 SEED_MAX = 2**32 - 1  # step s draws with seed * 1_000_003 + s: it must stay inside torch's 64-bit seed
 
 
@@ -34,6 +35,9 @@ class TrainConfig:
     threads: int = 0                 # torch threads (0: torch's default)
     init: str = ""                   # start from these weights (a shipped name or a checkpoint); "": a fresh init
     frame_local_blocks: int = 0      # baseline: the last n blocks attend only within the frame (the paper's surgery)
+    bidirectional_steps: int = 0     # baseline: the first n steps attend across the clip (as Wan was pretrained), then causal
+    snapshot_every: int = 0          # keep the raw weights every n steps in snapshots/ (emergence over training); 0: none
+    scene: str = "sprites"           # the benchmark scene trained on (scd.data.VideoBenchmark): sprites or textured
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -42,6 +46,8 @@ class TrainConfig:
             ok = isinstance(value, bool) if kind is bool else (
                 isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
                 if kind in (int, float) else isinstance(value, str))
+            if ok and f.name == "scene":
+                ok = value in SCENES
             if ok and kind in (int, float):
                 ok = math.isfinite(value) and low <= value <= high and (closed or value < high)
             if not ok:
@@ -55,14 +61,15 @@ LIMITS: dict[str, tuple[float, float, bool]] = {
     "grad_clip": (1e-12, 1e12, True), "ema_decay": (0.0, 1.0, False), "clean_context_ratio": (0.0, 1.0, False),
     "decoder_lr_scale": (1e-6, 1e6, True), "logit_normal_std": (1e-6, 100.0, True),
     "checkpoint_every": (1, 10**8, True), "seed": (0, SEED_MAX, True), "threads": (0, 1024, True),
-    "frame_local_blocks": (0, 512, True),
+    "frame_local_blocks": (0, 512, True), "bidirectional_steps": (0, 10**8, True), "snapshot_every": (0, 10**8, True),
 }
 
 
 def describe(name: str) -> str:
     """The accepted values of a field, in words."""
     if name not in LIMITS:
-        return {"bf16": "true or false", "init": "a shipped model name or a checkpoint path"}.get(name, "a name")
+        return {"bf16": "true or false", "init": "a shipped model name or a checkpoint path",
+                "scene": " or ".join(SCENES)}.get(name, "a name")
     low, high, closed = LIMITS[name]
     kind = next(f.type for f in fields(TrainConfig) if f.name == name)
     if kind == "int":

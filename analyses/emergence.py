@@ -166,7 +166,7 @@ def shipped_record(name: str) -> dict:
         command = re.search(r"Command: `([^`]+)`", text).group(1)
         steps, batch = map(int, re.search(r"Iterations: (\d+) steps of batch (\d+)", text).groups())
         hours, hardware = re.search(r"wall time ([\d.]+) h on\s+(.+?)\.\n", text).groups()
-        loss = float(re.search(r"Final loss \(mean of the last \d+ steps\): ([\d.]+)", text).group(1))
+        loss = float(re.search(r"Final loss \(mean of the last \d+ steps\): (\d+\.\d+)", text).group(1))
         chosen = re.search(r"Shipped: the \*\*(\w+)\*\* weights", text).group(1)
         ratio = float(re.search(r"clean-context ratio ([\d.]+)", text).group(1))
         bf16 = re.search(r"bfloat16 autocast: (\w+)", text).group(1) == "True"

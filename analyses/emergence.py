@@ -341,3 +341,23 @@ def read_cards(directory: str | Path) -> list[dict]:
             raise CardError(f"{path} is not an emergence card of format {CARD_FORMAT} ({e})") from None
         cards.append(card)
     return cards
+
+
+def load_study(directory: str | Path) -> dict:
+    """A `probe emergence` directory: {"cards", "maps" (name -> layer -> array), "reference"}; a CardError if it is
+    not one."""
+    directory = Path(directory)
+    try:
+        reference = json.loads((directory / "emergence.json").read_text())["reference"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CardError(f"{directory} is not a directory written by probe emergence (emergence.json: {e})") from None
+    cards = read_cards(directory)
+    if not any(c["name"] == reference for c in cards):
+        raise CardError(f"{directory} has no card of its reference {reference!r}; run probe emergence again")
+    maps = {}
+    for card in cards:
+        path = directory / f"maps-{card['name']}.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                maps[card["name"]] = {key: saved[key] for key in saved.files}
+    return {"cards": cards, "maps": maps, "reference": reference}

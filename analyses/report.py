@@ -174,9 +174,26 @@ def _interventions_section(interventions: dict) -> dict:
     return {"info": info, "claims": claims, "table": table, "figures": figs}
 
 
-def render(runs: list[Run], bench: dict | None = None, interventions: dict | list[dict] | None = None) -> str:
-    """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`, and a
-    `probe intervene` directory's, from `load_interventions`)."""
+def _emergence_section(study: dict) -> dict:
+    """The emergence study (`analyses.emergence.load_study`): its answer, table and figures, from its cards."""
+    from analyses.emergence import answer, emergence_table
+    from analyses.emergence_figures import curve_figure, maps_figure
+
+    cards, reference = study["cards"], study["reference"]
+    table = emergence_table(cards, reference)
+    return {"cards": cards, "reference": reference, "answer": answer(cards, reference).splitlines(),
+            "table": {"columns": list(table.columns), "rows": table.astype(str).values.tolist()},
+            "figures": {"The paper's 8-layer log maps, one row per variant": png_data_uri(
+                maps_figure(cards, study["maps"], reference)),
+                "Deep layers' per-key ratio over training (snapshots), with 95% intervals": png_data_uri(
+                curve_figure(cards))}}
+
+
+def render(runs: list[Run], bench: dict | None = None, interventions: dict | list[dict] | None = None,
+           emergence: dict | None = None) -> str:
+    """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`, a
+    `probe intervene` directory's, from `load_interventions`, and a `probe emergence` study's, from
+    `analyses.emergence.load_study`)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     named = {run_name(run): run for run in runs}
     overlays = {}
@@ -196,11 +213,13 @@ def render(runs: list[Run], bench: dict | None = None, interventions: dict | lis
         bench=_bench_section(bench) if bench is not None else None,
         interventions=[_interventions_section(i) for i in
                        ([] if interventions is None else [interventions] if isinstance(interventions, dict) else interventions)],
+        emergence=_emergence_section(emergence) if emergence is not None else None,
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None,
-                 interventions: str | Path | list[str | Path] | None = None, force: bool = False) -> Path:
+                 interventions: str | Path | list[str | Path] | None = None, force: bool = False,
+                 emergence: str | Path | None = None) -> Path:
     """Read the runs (and a `probe bench` and a `probe intervene` directory), render, and write `out`
     atomically; a RunError for a bad run, bench or interventions directory, or output path. An existing
     `out` is replaced only with `force`, and only if it is a report this toolkit wrote."""
@@ -221,7 +240,10 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
             raise RunError(str(e)) from None
 
     directories = [] if interventions is None else [interventions] if isinstance(interventions, str | Path) else interventions
-    html = render(runs, read(load_bench, bench), [read(load_interventions, d) for d in directories])
+    from analyses.emergence import load_study
+
+    html = render(runs, read(load_bench, bench), [read(load_interventions, d) for d in directories],
+                  read(load_study, emergence))
     with atomic_file(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return out

@@ -126,6 +126,7 @@ def _run_parser(sub) -> None:
     p.add_argument("--bench", default=None, help="a directory written by probe bench, to include its tables")
     p.add_argument("--interventions", action="append", default=None,
                    help="a directory written by probe intervene, to include it (repeat for several)")
+    p.add_argument("--emergence", default=None, help="a directory written by probe emergence, to include the study")
     p.add_argument("--force", action="store_true", help="replace an existing report written by this toolkit")
     p.set_defaults(func=probing.cmd_report)
 

@@ -345,4 +345,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display
     from analyses.report import write_report
 
-    print(f"wrote {write_report(args.runs, args.output, args.bench, args.interventions, force=args.force)}")
+    written = write_report(args.runs, args.output, args.bench, args.interventions, force=args.force,
+                           emergence=args.emergence)
+    print(f"wrote {written}")

@@ -316,6 +316,23 @@ CASES = [
     ("R", ["export", "mine", "--name", "ok"], "not a training directory"),
     ("C", ["export", "{train}", "--name", "ok", "--weights", "best"], "choose from"),
     ("O", ["export", "{train}", "--name", "baseline"], "already exists; pass --force"),
+    # -- probe emergence
+    ("R", ["emergence", "mine"], "neither a training directory"),
+    ("R", ["emergence", "nowhere"], "neither a training directory"),
+    ("R", ["emergence", "{train}", "--snapshots"], "none of the runs kept snapshots"),
+    ("N", ["emergence", "{train}", "--reference", "../x"], "not a plain name"),
+    ("N", ["emergence", "{train}", "--reference", "other"], "has no card and is not among the runs"),
+    ("N", ["emergence", "{train}", "{train}"], "the same card"),
+    ("O", ["emergence", "{train}", "--reference", "train", "--out", "mine", "--force"], "not an emergence directory"),
+    ("O", ["emergence", "{train}", "--reference", "train", "--out", "myrun"], "already exists; pass --force"),
+    ("O", ["emergence", "{train}", "--reference", "train", "--out", "file.txt"], "already exists; pass --force"),
+    ("U", ["emergence", "{train}", "--clip", "-1"], "--clip"),
+    ("C", ["emergence", "--out", "new"], "no cards yet"),
+    ("T", ["run", "--model", "{base}", *TINY, "--layer", "1", "--scene", "moon"], "choose from"),
+    ("T", ["train", "baseline", "--out", "t", "--scene", "moon"], "choose from"),
+    ("T", ["train", "baseline", "--out", "t", "--steps", "10", "--bidirectional-steps", "11"], "more than steps"),
+    ("T", ["train", "scd", "--out", "t", "--bidirectional-steps", "1"], "bidirectional_steps is a baseline setting"),
+    ("T", ["train", "baseline", "--out", "t", "--snapshot-every", "-1"], "accepted: an integer in 0.."),
     # -- the command itself
     ("C", ["frobnicate"], "choose from"),
     ("C", ["run", "--nope"], "unrecognized arguments"),
@@ -335,7 +352,7 @@ def _argv(argv: list[str], paths: dict) -> list[str]:
 def test_the_table_covers_every_class_for_every_command():
     assert len(CASES) >= 80
     commands = {argv[0] if argv else "" for _, argv, _ in CASES}
-    assert {"run", "show", "report", "bench", "intervene", "generate", "train", "export"} <= commands
+    assert {"run", "show", "report", "bench", "intervene", "generate", "train", "export", "emergence"} <= commands
     assert {kind for kind, _, _ in CASES} == set("ONUCKRT")
 
 

@@ -171,3 +171,23 @@ def test_a_damaged_card_is_refused_in_one_line(study, tmp_path, capsys):
     assert main(["emergence", "--out", str(copy), "--force"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not an emergence card" in err
+
+
+def test_the_report_shows_the_study_escaped_and_offline(study, tmp_path):
+    root, study_dir = study
+    import shutil
+
+    from analyses.report import write_report
+
+    out = tmp_path / "study"
+    shutil.copytree(study_dir, out)
+    card = json.loads((out / "card-variant.json").read_text())
+    card["training"]["hardware"] = "<script>alert(1)</script>"  # whatever a card holds is escaped in the page
+    (out / "card-variant.json").write_text(json.dumps(card))
+    html = write_report([root / "probes" / "reference"], tmp_path / "r.html", emergence=out).read_text()
+    assert "When does temporal sparsity emerge?" in html and "No variant shows finding 2" in html
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    assert main(["report", str(root / "probes" / "reference"), "--emergence", str(root), "-o",
+                 str(tmp_path / "s.html")]) == 2  # not a study directory: refused, nothing written
+    assert not (tmp_path / "s.html").exists()

@@ -204,6 +204,7 @@ def _make_parsers(sub) -> None:
     g = sub.add_parser("generate", help="generate frames after context frames and write a PNG strip")
     g.add_argument("--model", default="baseline", help="shipped name, checkpoint directory or .safetensors file")
     g.add_argument("--clip", type=ranged(0, CLIP_MAX), default=0, help="val clip index")
+    g.add_argument("--scene", choices=SCENES, default="sprites", help="the benchmark scene of the val clip")
     g.add_argument("--context", type=FRAMES, default=4, help="context frames given to the model")
     g.add_argument("--frames", type=FRAMES, default=4, help="frames to generate")
     g.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame")

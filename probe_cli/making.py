@@ -25,7 +25,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     c = model.config
     estimate_fits(generation_bytes(c.width, c.depth, c.heads, c.tokens_per_frame, args.context + args.frames)
                   + (args.context + args.frames) * 3 * c.frame_size ** 2 * 8 * 3, "this generation")
-    bench = VideoBenchmark("val", frames=args.context + args.frames, size=c.frame_size)
+    bench = VideoBenchmark("val", frames=args.context + args.frames, size=c.frame_size, scene=args.scene)
     clip = bench.clip(args.clip)
     video = generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=on, dtype=dtype)
     psnr, ssim = frame_quality(video[args.context:], clip[args.context:])

@@ -191,3 +191,18 @@ def test_the_report_shows_the_study_escaped_and_offline(study, tmp_path):
     assert main(["report", str(root / "probes" / "reference"), "--emergence", str(root), "-o",
                  str(tmp_path / "s.html")]) == 2  # not a study directory: refused, nothing written
     assert not (tmp_path / "s.html").exists()
+
+
+def test_training_reads_the_scene_it_is_given(tmp_path, monkeypatch):
+    import scd.train
+
+    seen = []
+
+    class Recording(VideoBenchmark):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.scene)
+
+    monkeypatch.setattr(scd.train, "VideoBenchmark", Recording)
+    train(TrainConfig(steps=1, scene="textured", **TINY), tmp_path / "run", progress=False)
+    assert seen == ["textured"] and json.loads((tmp_path / "run" / "train.json").read_text())["scene"] == "textured"

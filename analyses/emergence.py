@@ -322,10 +322,22 @@ def answer(cards: list[dict], reference: str) -> str:
         lines.append(f"The largest move toward the paper: `{name}` at layer {layer}, x{_num(rel, 2)} the reference's "
                      f"per-key ratio ({'below 1 by its 95% interval' if clear else 'its interval does not exclude no change'}"
                      f"; the paper's bound is a ratio below {DEEP_RATIO_MAX}).")
-    if not shown:
-        lines.append("What that suggests: at this scale the deep layers keep reading the past whatever single factor "
-                     "was changed; the paper's frame-local deep layers need what these variants lack (a larger model, "
-                     "more tokens per frame, longer training, or the factors together).")
+    if not moved:
+        lines.append("Only the reference has been measured: no factor has been tried yet.")
+    elif not shown:
+        lower = sorted({name for name, _, rel in moved if rel[2] is not None and rel[2] < 1})
+        higher = sorted({name for name, _, rel in moved if rel[1] is not None and rel[1] > 1})
+        if lower:
+            lines.append(f"What that suggests: {', '.join(f'`{n}`' for n in lower)} lowered the deep layers' reliance "
+                         "on the past (a paired interval below 1) but nowhere near the paper's frame-local layers; "
+                         "the factor points the way, and more of it (or of it combined with others) is what to try next.")
+        else:
+            lines.append("What that suggests: none of the single factors tried moved the deep layers toward the frame "
+                         "(no paired interval below 1); the paper's frame-local deep layers need what these variants "
+                         "lack: a larger model, more tokens per frame, far longer training, or factors together.")
+        if higher:
+            lines.append(f"{', '.join(f'`{n}`' for n in higher)} made the deep layers look back more than the reference "
+                         "(a paired interval above 1).")
     return "\n".join(lines)
 
 

@@ -52,12 +52,14 @@ def _snapshots(path: Path) -> list[tuple[int, Path]]:
 
 
 def _probe(model: str, clips: str, scene: str, layers: str, out: Path) -> str:
-    """Probe `model` over the clips into `out` with `probe run`; returns that command."""
-    from probe_cli.cli import main
+    """Probe `model` over the clips into `out` with `probe run`, in its own process (its manifest records that very
+    command); returns the command."""
+    import subprocess
+    import sys
 
     argv = ["run", "--model", model, "--layers", layers, "--clip", clips, "--scene", scene, "--out", str(out),
             "--force", "--quiet"]
-    if main(argv) != 0:
+    if subprocess.run([sys.executable, "-m", "probe_cli", *argv], stdout=subprocess.DEVNULL).returncode != 0:
         raise UsageError(f"probing {model} failed (probe {' '.join(argv)}); see the line above")
     return "probe " + " ".join(argv)
 

@@ -58,3 +58,26 @@ def test_the_scd_report_and_bench_are_made_from_both_shipped_checkpoints():
     assert bench["clips"] >= 32 and bench["samples"] == 4
     readme = (ROOT / "README.md").read_text()
     assert "probe bench" in readme and "reports/scd_vs_baseline.html" in readme
+
+
+def test_the_committed_emergence_study_comes_from_its_committed_cards():
+    """reports/emergence: the table, the per-layer table and the answer are what its cards give; every card was
+    probed over >= 8 val clips at 50 steps; the shipped baseline's card measured the shipped weights; the report and
+    the README show the study."""
+    from analyses.emergence import answer, emergence_table, layer_table, load_study
+
+    directory = ROOT / "reports" / "emergence"
+    study = load_study(directory)
+    cards, reference = study["cards"], study["reference"]
+    assert (directory / "table.md").read_text() == emergence_table(cards, reference).to_markdown(index=False) + "\n"
+    assert (directory / "layers.md").read_text() == layer_table(cards, reference).to_markdown() + "\n"
+    assert answer(cards, reference) in (directory / "README.md").read_text()
+    for card in cards:
+        assert len(card["probe"]["clips"]) >= 8 and card["probe"]["steps"] == 50, card["name"]
+        assert sorted(study["maps"][card["name"]]) == sorted(f"layer_{n}" for n in (0, 1, 5, 10, 20, 25, 28, 29))
+        assert (directory / f"card-{card['name']}.md").is_file()
+    for card in (c for c in cards if c["source"].startswith("shipped:")):  # probed by name: load_model checks its sha256
+        name = card["source"].split(":", 1)[1]
+        assert (ROOT / "scd" / "checkpoints" / f"{name}.json").is_file() and f"--model {name} " in card["probe"]["command"]
+    html = (ROOT / "reports" / "baseline.html").read_text()
+    assert "When does temporal sparsity emerge?" in html and "probe emergence" in (ROOT / "README.md").read_text()

@@ -144,7 +144,8 @@ def training_record(run_dir: str | Path) -> dict:
     sittings = (run_dir / "machines.txt").read_text().splitlines() if (run_dir / "machines.txt").exists() else []
     model = {k: v for k, v in model.items() if k not in ("dtype", "sha256")}
     per_step = training_flops(model, settings["frames"], settings["batch_size"])
-    return {"command": training_command(run_dir), "settings": settings, "model": model, "steps": int(log.step.max()),
+    return {"command": training_command(run_dir), "settings": _settings({"settings": settings}), "model": model,
+            "steps": int(log.step.max()),
             "pflop": len(log) * per_step / 1e15, "wall_hours": float(log.seconds.iloc[-1]) / 3600,
             "hardware": "; ".join(sorted({line.split(": ", 1)[1] for line in sittings})) or "(not recorded)",
             "final_loss": float(log.loss.tail(100).mean()), "weights": "raw (the optimised weights, not the EMA)"}
@@ -179,11 +180,20 @@ def shipped_record(name: str) -> dict:
             "weights": f"{chosen} (shipped as `{name}`)"}
 
 
+def _settings(record: dict) -> dict:
+    """A record's training settings, with the defaults of settings added since it was trained."""
+    from dataclasses import fields
+
+    from scd.train_config import TrainConfig
+
+    return {**{f.name: f.default for f in fields(TrainConfig)}, **record["settings"]}
+
+
 def differs(record: dict, reference: dict) -> dict[str, list]:
     """{setting: [reference's value, this run's]} for every training or model setting that differs."""
     out = {}
     for part in ("settings", "model"):
-        mine, theirs = record[part], reference[part]
+        mine, theirs = (_settings(r) if part == "settings" else r[part] for r in (record, reference))
         for key in sorted(set(mine) | set(theirs)):
             if key not in NOT_SETTINGS and mine.get(key) != theirs.get(key):
                 out[key] = [theirs.get(key), mine.get(key)]

@@ -117,9 +117,9 @@ def training_command(run: Path) -> str:
     saved = json.loads((run / "train.json").read_text())
     flags = []
     for f in fields(TrainConfig):
-        if f.name == "family" or saved[f.name] == f.default and f.name not in ("size", "steps"):
+        value = saved.get(f.name, f.default)  # a setting added since the run was trained: its default then
+        if f.name == "family" or value == f.default and f.name not in ("size", "steps"):
             continue
-        value = saved[f.name]
         flag = "--" + f.name.replace("_", "-")
         flags.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}")
     return f"probe train {saved['family']} {' '.join(flags)} --out {run}"

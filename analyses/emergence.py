@@ -189,11 +189,21 @@ def _settings(record: dict) -> dict:
     return {**{f.name: f.default for f in fields(TrainConfig)}, **record["settings"]}
 
 
+def _model(record: dict) -> dict:
+    """A record's model config, with the defaults of fields added since it was saved (baseline family)."""
+    from dataclasses import asdict
+
+    from scd.baseline import BaselineConfig
+
+    defaults = asdict(BaselineConfig()) if record["model"].get("family") == "baseline" else {}
+    return {**defaults, **record["model"]}
+
+
 def differs(record: dict, reference: dict) -> dict[str, list]:
     """{setting: [reference's value, this run's]} for every training or model setting that differs."""
     out = {}
     for part in ("settings", "model"):
-        mine, theirs = (_settings(r) if part == "settings" else r[part] for r in (record, reference))
+        mine, theirs = (_settings(r) if part == "settings" else _model(r) for r in (record, reference))
         for key in sorted(set(mine) | set(theirs)):
             if key not in NOT_SETTINGS and mine.get(key) != theirs.get(key):
                 out[key] = [theirs.get(key), mine.get(key)]

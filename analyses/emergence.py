@@ -31,6 +31,7 @@ from analyses.claims import (
     last_layers_less_similar,
     middle_layer_similarity,
     paper_layers,
+    shown,
     sparse_deep_attention,
 )
 from analyses.intervals import interval
@@ -218,14 +219,16 @@ def make_card(name: str, source: str, record: dict, measures: dict, over_trainin
 
 # -- from cards only ----------------------------------------------------------------------------------------------
 
-def _num(values: list | None, digits: int = 3) -> str:
+def value_text(values: list | None, digits: int = 3) -> str:
+    """A card's [mean, low, high, n] as claims.shown writes it ("-" where missing; no interval where JSON holds None)."""
     if not values:
         return "-"
     mean, low, high, n = values
-    return f"{mean:.{digits}f}" if low is None else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return shown((mean, math.nan if low is None else low, math.nan if high is None else high, n), digits)
 
 
-def _factor(card: dict, reference: dict) -> str:
+def factor_text(card: dict, reference: dict) -> str:
+    """What a card changes from the reference, in the issue's words."""
     if card["name"] == reference["name"]:
         return "(the reference)"
     changed = differs(card["training"], reference["training"])
@@ -253,16 +256,16 @@ def emergence_table(cards: list[dict], reference: str) -> pd.DataFrame:
         t, q, claims = card["training"], card["quality"], card["claims"]
         f1 = claims["middle_layer_similarity"]
         deep = deep_layers(card)
-        row = {"variant": card["name"], "differs from the reference": _factor(card, ref), "steps": t["steps"],
+        row = {"variant": card["name"], "differs from the reference": factor_text(card, ref), "steps": t["steps"],
                "PFLOP": f"{t['pflop']:.2f}", "wall h": f"{t['wall_hours']:.2f}", "hardware": t["hardware"],
-               "PSNR vs truth": _num(q["model_psnr"], 2), "copy-last PSNR": _num(q["copy_psnr"], 2),
-               "SSIM vs truth": _num(q["model_ssim"]), "copy-last SSIM": _num(q["copy_ssim"]),
-               "L15 cross-step": _num(f1["values"].get("cross-step")),
-               "L15 control (two frames)": _num(f1["values"].get("cross-frame control")),
+               "PSNR vs truth": value_text(q["model_psnr"], 2), "copy-last PSNR": value_text(q["copy_psnr"], 2),
+               "SSIM vs truth": value_text(q["model_ssim"]), "copy-last SSIM": value_text(q["copy_ssim"]),
+               "L15 cross-step": value_text(f1["values"].get("cross-step")),
+               "L15 control (two frames)": value_text(f1["values"].get("cross-frame control")),
                "finding 1": f1["verdict"]}
         for layer in deep:
             for steps in STEP_RANGES:
-                row[f"L{layer} ratio, {steps}"] = _num(card["finding2"].get(str(layer), {}).get(f"per_key_ratio_{steps}"))
+                row[f"L{layer} ratio, {steps}"] = value_text(card["finding2"].get(str(layer), {}).get(f"per_key_ratio_{steps}"))
         row["finding 2 (per key)"] = claims["deep_layers_local"]["verdict"]
         row["finding 2 (sparse maps)"] = claims["sparse_deep_attention"]["verdict"]
         rows.append(row)
@@ -318,7 +321,7 @@ def answer(cards: list[dict], reference: str) -> str:
         lines.append(f"No variant shows finding 2: in none do layers {', '.join(deep)} attend to an earlier-frame key "
                      "less than a tenth as much as to an own-frame key (95% intervals over the clips).")
     lines.append(f"The reference (`{ref['name']}`: {_scale(ref)}): per-key ratio "
-                 + ", ".join(f"layer {layer} {_num(ref['finding2'][layer]['per_key_ratio_all'])}" for layer in deep
+                 + ", ".join(f"layer {layer} {value_text(ref['finding2'][layer]['per_key_ratio_all'])}" for layer in deep
                              if layer in ref["finding2"]) + ".")
     moved = []
     for card in order(cards, reference):
@@ -330,16 +333,16 @@ def answer(cards: list[dict], reference: str) -> str:
             if rel is None:
                 continue
             value = card["finding2"][layer]["per_key_ratio_all"]
-            parts.append(f"layer {layer} {value[0]:.3f}, x{_num(rel, 2)} the reference's")
+            parts.append(f"layer {layer} {value[0]:.3f}, x{value_text(rel, 2)} the reference's")
             moved.append((card["name"], layer, rel))
         verdict = card["claims"]["deep_layers_local"]["verdict"]
-        lines.append(f"- `{card['name']}` ({_factor(card, ref)}): {'; '.join(parts) or 'deep layers not probed'}; "
+        lines.append(f"- `{card['name']}` ({factor_text(card, ref)}): {'; '.join(parts) or 'deep layers not probed'}; "
                      f"finding 2: {verdict}; PSNR {card['quality']['model_psnr'][0]:.2f} dB (copy-last "
                      f"{card['quality']['copy_psnr'][0]:.2f}).")
     if moved:
         name, layer, rel = min(moved, key=lambda m: m[2][0])
         clear = rel[2] is not None and rel[2] < 1
-        lines.append(f"The largest move toward the paper: `{name}` at layer {layer}, x{_num(rel, 2)} the reference's "
+        lines.append(f"The largest move toward the paper: `{name}` at layer {layer}, x{value_text(rel, 2)} the reference's "
                      f"per-key ratio ({'below 1 by its 95% interval' if clear else 'its interval does not exclude no change'}"
                      f"; the paper's bound is a ratio below {DEEP_RATIO_MAX}).")
     if not moved:

@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from analyses.claims import DEEP_RATIO_MAX
-from analyses.emergence import answer, deep_layers, emergence_table, layer_table, order
+from analyses.emergence import answer, deep_layers, emergence_table, factor_text, layer_table, order, value_text
 from analyses.paper_figures import draw_map
 from analyses.sparsity import colour_range, context_cells
 
@@ -105,13 +105,11 @@ Measure a trained run into a card (needs its checkpoints, `runs/` is not in git)
 
 def card_markdown(card: dict, reference: dict) -> str:
     """A variant's card in words: training, data, compute, hardware, quality, the claims' verdicts."""
-    from analyses.emergence import _factor, _num
-
-    t, q = card["training"], card["quality"]
+    t, q = card["training"], {k: value_text(v, 2 if "psnr" in k else 3) for k, v in card["quality"].items()}
     claims = "\n".join(f"- {c['name']}: **{c['verdict']}** ({c['measured']})" for c in card["claims"].values())
     return f"""# Variant card: `{card['name']}`
 
-Differs from the reference (`{reference['name']}`): {_factor(card, reference)}.
+Differs from the reference (`{reference['name']}`): {factor_text(card, reference)}.
 
 ## Training
 - Command: `{t['command']}`
@@ -122,8 +120,8 @@ Differs from the reference (`{reference['name']}`): {_factor(card, reference)}.
   {t['hardware']}; final loss {t['final_loss']:.4f}; weights probed: {t['weights']}.
 
 ## Validation (the probed generations: {len(card['probe']['clips'])} val clips, {card['probe']['steps']} steps)
-- PSNR vs truth {_num(q['model_psnr'], 2)} dB; copy-last {_num(q['copy_psnr'], 2)} dB; gain {_num(q['gain_psnr'], 2)} dB.
-- SSIM vs truth {_num(q['model_ssim'])}; copy-last {_num(q['copy_ssim'])}.
+- PSNR vs truth {q['model_psnr']} dB; copy-last {q['copy_psnr']} dB; gain {q['gain_psnr']} dB.
+- SSIM vs truth {q['model_ssim']}; copy-last {q['copy_ssim']}.
 
 ## Claims
 {claims}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 SCORES_BUDGET = 2**25  # float32 elements of one chunk's scores: 128 MiB
 
@@ -76,12 +77,39 @@ def attention_mass_by_frame(
                                   chunk_size=chunk_size)
 
 
-def pooled_map(mass: torch.Tensor, query_bands: torch.Tensor, bands: int, key_cell_sizes: torch.Tensor) -> torch.Tensor:
-    """The paper's attention map of one frame's queries: [B, H, Lq, C] cell masses (`attention_mass_by_cell`) ->
-    [B, H, bands, C], the mean attention probability of one key of each cell, averaged over the queries of
-    each query band (`query_bands` [Lq]); `key_cell_sizes` [C] counts the keys of each cell."""
-    rows = [mass[:, :, (query_bands == b).to(mass.device)].mean(2) for b in range(bands)]
-    return torch.stack(rows, dim=2) / key_cell_sizes.to(mass.device, mass.dtype).clamp_min(1)
+def pooled_attention(
+    q: torch.Tensor, k: torch.Tensor, key_cells: torch.Tensor, num_cells: int, query_bands: torch.Tensor, bands: int,
+    *, chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Per band of queries, the mean share of their attention on each key cell: [B, H, bands, num_cells].
+
+    q [B, Lq, H, D] and k [B, Lk, H, D] as the softmax sees them, every query seeing every key (a probed
+    frame's queries and the keys of their pass: none is later than the frame's chunk, so no mask);
+    `key_cells` [Lk] the cell of each key, `query_bands` [Lq] the band of each query. The batch may hold
+    several layers that see the same keys. The shares are attention itself with one-hot cells for values:
+    softmax(q k^T / sqrt(D)) @ onehot(cells), so PyTorch's fused attention computes them (float32, exact
+    softmax, the probabilities never held), D cells per call (the fused kernels want values as wide as
+    queries); `chunk_size` queries per call (None: from `SCORES_BUDGET`, bounding memory on any backend).
+    """
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
+    if key_cells.shape != (k.shape[1],) or query_bands.shape != (q.shape[1],):
+        raise ValueError("key_cells / query_bands must give one cell / band per key / query token")
+    B, Lq, H, D = q.shape
+    if chunk_size is None:
+        chunk_size = max(1, SCORES_BUDGET // (B * H * k.shape[1]))
+    band_mean = torch.nn.functional.one_hot(query_bands.to(q.device), bands).T.float()  # [bands, Lq]
+    band_mean /= band_mean.sum(1, keepdim=True).clamp_min(1)
+    cell_of_key = torch.nn.functional.one_hot(key_cells.to(q.device), num_cells).float()  # [Lk, cells]
+    queries, keys = q.transpose(1, 2).float(), k.transpose(1, 2).float()  # [B, H, L, D]
+    columns = []
+    for first in range(0, num_cells, D):
+        width = min(D, num_cells - first)
+        values = torch.nn.functional.pad(cell_of_key[:, first:first + width], (0, D - width)).expand(B, H, -1, D)
+        mass = torch.cat([F.scaled_dot_product_attention(queries[:, :, start:start + chunk_size], keys, values)
+                          for start in range(0, Lq, chunk_size)], dim=2)  # [B, H, Lq, D]
+        columns.append(band_mean @ mass[..., :width])
+    return torch.cat(columns, dim=-1)
 
 
 def mean_over_query_frames(mass: torch.Tensor, query_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

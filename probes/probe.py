@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from probes.adapters import HOOKS, layout_of
-from probes.attention import attention_mass_by_cell, pooled_map, token_bands
+from probes.attention import pooled_attention, token_bands
 from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from probes.reductions import StepGram, cosine_from_gram, off_diagonal
@@ -44,6 +44,27 @@ from scd.sampling import observe_sampling
 
 def _index(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
+
+
+# Keys held for the batched attention of one pass (float elements), past which it is computed at once: at Wan's
+# 480p scale (21 frames x 1,560 tokens x 1,536 wide) that is about one layer, on the shipped baseline all 30.
+PENDING_BUDGET = 2**26
+
+
+def _attention_of_group(queries: list[torch.Tensor], keys: list[torch.Tensor], key_cells: torch.Tensor, cells: int,
+                        band_of_token: torch.Tensor, band_share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame mass [B, H, frames] and pooled map [B, H, bands, cells] of B layers' queries [n, H, D] over keys
+    [L, H, D] that lie in the same cells."""
+    # Stacked heads-first ([B, H, L, D], one copy), read through [B, L, H, D] views: no second copy inside.
+    q = torch.stack([query.transpose(0, 1) for query in queries]).transpose(1, 2)
+    k = torch.stack([key.transpose(0, 1) for key in keys]).transpose(1, 2)
+    g = len(band_share)
+    per_band = pooled_attention(q, k, key_cells, cells, band_of_token, g)  # [B, H, g, cells]
+    # Over all of the frame's queries: the band means weighted by the bands' shares of the tokens.
+    by_frame = (per_band * band_share.to(per_band.device)[:, None]).sum(2)
+    by_frame = by_frame.view(*by_frame.shape[:2], -1, g).sum(-1)  # [B, H, frames]
+    sizes = torch.bincount(key_cells, minlength=cells).clamp_min(1).to(per_band.device, per_band.dtype)
+    return by_frame.cpu(), (per_band / sizes).cpu()  # the map: the mean probability of one key of each cell
 
 
 class ProbeError(ValueError):
@@ -130,10 +151,15 @@ class Probe:
         backend = backend or ("hookpoints" if hasattr(model, "hook_dict") else "nnsight")
         self.hook, self.mode, self.backend, self.pca_tokens, self.bands = hook, mode, backend, pca_tokens, int(bands)
         self.band_of_token = token_bands(n, self.bands)
+        self._band_share = torch.bincount(self.band_of_token, minlength=self.bands) / n  # each band's share of the tokens
         generator = torch.Generator().manual_seed(sample_seed)
         # The same tokens at every step and frame, so PCA images line up on the token grid.
         self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
         self._encoder_layers = [layer for layer in self.layers if self.layout.role(layer) == "encoder"]
+        # Asked at every hook of every pass: kept as plain lookups (nn.Module attribute misses are slow).
+        self._is_encoder = [self.layout.role(layer) == "encoder" for layer in range(depth)]
+        self._guided = hasattr(model, "guidance_pass")
+        self._feature_layers = set(self.layers) if "features" in self.capture else set()
         # The noise floor of finding 1: how much the frame's input to the stepwise blocks (the first one's
         # hook_resid_pre: the noisy frame, embedded) itself changes across steps. Models without that hook go without.
         stepwise = [layer for layer in range(depth) if self.layout.role(layer) != "encoder"]
@@ -160,6 +186,9 @@ class Probe:
         self._map: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._query: dict[int, torch.Tensor] = {}
         self._input_grams: dict[int, StepGram] = {}
+        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, frame, queries, keys)
+        self._pending_elements = 0
+        self._cells: dict[tuple[str, int, int], tuple[torch.Tensor, int]] = {}  # (role, frame, keys) -> key cells
 
     def on_start(self, context: int, frames: int, steps: int) -> None:
         """Told by `generate` before any work: refuse frames or steps to probe that this call will not make."""
@@ -176,6 +205,7 @@ class Probe:
     def on_step(self, frame: int, step: int | None, timestep: float) -> None:
         """Told by `generate` before every forward pass (see `scd.sampling.observe_sampling`); `frame` is the last
         frame of the pass's chunk (`Layout.frames_per_block` frames denoised together; 1 for most models)."""
+        self._flush()  # the previous pass is over: its attention, batched over layers
         self.num_frames = max(self.num_frames, frame + 1)
         chunk = self.layout.chunk(frame) if step is not None else range(frame, frame + 1)
         if step is not None and self.context is None:
@@ -197,6 +227,7 @@ class Probe:
 
     def on_video(self, video: torch.Tensor) -> None:
         """Told by `generate` of the finished video."""
+        self._flush()
         if self._open:
             self._release(self._open)
         self.current = None
@@ -214,10 +245,9 @@ class Probe:
         """Does `layer` run, and is it recorded, in the pass under way?"""
         if self.current is None:
             return False
-        guided = getattr(self.model, "guidance_pass", None)  # a guided model runs two passes per step
-        if guided is not None and guided != self.guidance_pass:
+        if self._guided and self.model.guidance_pass not in (None, self.guidance_pass):  # two passes per step
             return False
-        return (self.current[1] is None) == (self.layout.role(layer) == "encoder")
+        return (self.current[1] is None) == self._is_encoder[layer]
 
     def _frame_tokens(self, tensor: torch.Tensor, frame: int) -> torch.Tensor:
         """The tokens of `frame` in a pass: the pass ends with the tokens of its chunk, frame-major."""
@@ -241,32 +271,47 @@ class Probe:
     def _receive_frame(self, layer: int, hook: str, tensor: torch.Tensor, frame: int) -> None:
         if (layer, hook) == (self.input_layer, "hook_resid_pre"):
             self._input_grams.setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
-        if hook == self.hook and layer in self.layers:
-            x = self._frame_tokens(tensor, frame).detach()
-            self._grams[layer].setdefault(frame, StepGram()).add(x)
+        if hook == self.hook and layer in self._feature_layers:
+            x = self._grams[layer].setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
             kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
-            self._features[layer].setdefault(frame, []).append(kept.to("cpu", torch.float32, copy=True))
+            self._features[layer].setdefault(frame, []).append(kept.to("cpu"))
         if hook == "attn.hook_k":
-            n, g = self.layout.tokens_per_frame, self.bands
-            keys = tensor.detach()[:1]
+            keys = tensor.detach()[0]
             if self.layout.role(layer) == "frame-local":  # the frame's own keys: all a frame-diagonal block reads
-                keys = keys[:, -n:]
+                keys = keys[-self.layout.tokens_per_frame:]
+            self._key_cells(layer, frame, keys.shape[0])  # refuse a key count the layout does not give, here
+            self._pending.append((layer, frame, self._frame_tokens(self._query[layer], frame), keys))
+            self._pending_elements += keys.numel()
+            if self._pending_elements > PENDING_BUDGET:
+                self._flush()
+
+    def _key_cells(self, layer: int, frame: int, keys: int) -> tuple[torch.Tensor, int]:
+        """The cell (frame x band) of each of the `keys` keys a query of `frame` sees at `layer`, and the cell count."""
+        role = self.layout.role(layer)
+        if (role, frame, keys) not in self._cells:
             try:
-                key_frames = self.layout.key_frames(layer, frame, keys.shape[1]).to(keys.device)
+                key_frames = self.layout.key_frames(layer, frame, keys)
             except ValueError as e:
                 raise ProbeError(str(e)) from None
-            last = int(key_frames.max())  # the last frame the queries may see: the end of the frame's chunk
-            bands = self.band_of_token.to(keys.device)
-            key_cells = key_frames * g + bands[torch.arange(keys.shape[1], device=keys.device) % n]
-            cells = (last + 1) * g
-            query_frames = torch.full((n,), last, device=keys.device)
-            query = self._frame_tokens(self._query[layer], frame)
-            mass = attention_mass_by_cell(query[None], keys, query_frames, key_frames, key_cells,
-                                          cells)  # [1, H, n, cells]
-            by_frame = mass[0].mean(1).view(-1, last + 1, g).sum(-1)  # [H, last + 1]
-            sizes = torch.bincount(key_cells, minlength=cells)
-            self._mass[layer].setdefault(frame, []).append(by_frame.cpu())
-            self._map[layer].setdefault(frame, []).append(pooled_map(mass, bands, g, sizes)[0].cpu())  # [H, g, cells]
+            n, g = self.layout.tokens_per_frame, self.bands
+            cells = (int(key_frames.max()) + 1) * g  # up to the last frame the queries may see: their chunk's end
+            self._cells[(role, frame, keys)] = (key_frames * g + self.band_of_token[torch.arange(keys) % n], cells)
+        return self._cells[(role, frame, keys)]
+
+    def _flush(self) -> None:
+        """Compute the attention of the (layer, frame) pairs held since the last flush: one batch of kernels for
+        all layers whose queries see the same keys (per layer they are too small to pay their dispatch)."""
+        pending, self._pending, self._pending_elements = self._pending, [], 0
+        groups: dict[tuple[str, int, int], list] = {}
+        for layer, frame, query, keys in pending:
+            groups.setdefault((self.layout.role(layer), frame, keys.shape[0]), []).append((layer, query, keys))
+        for (_, frame, count), members in groups.items():
+            key_cells, cells = self._key_cells(members[0][0], frame, count)
+            by_frame, maps = _attention_of_group([q for _, q, _ in members], [k for _, _, k in members], key_cells,
+                                                 cells, self.band_of_token, self._band_share)
+            for i, (layer, _, _) in enumerate(members):
+                self._mass[layer].setdefault(frame, []).append(by_frame[i])
+                self._map[layer].setdefault(frame, []).append(maps[i])
 
     def __enter__(self) -> Probe:
         if self._stack is not None:
@@ -293,7 +338,12 @@ class Probe:
     def __exit__(self, *exc) -> None:
         stack, self._stack = self._stack, None
         self.current = None
-        stack.close()
+        try:
+            if exc[0] is None:
+                self._flush()
+        finally:
+            self._pending, self._query = [], {}
+            stack.close()
 
     # -- results ---------------------------------------------------------------------------------
 

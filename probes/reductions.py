@@ -2,8 +2,9 @@
 
 The paper's first finding is about the step x step cosine similarity of a layer's features while
 one frame is denoised. `StepGram` builds that matrix row by row: at step s it takes the inner
-products of the new features with those of every earlier step of the same frame, then the frame's
-buffer is dropped. Two similarities come out of the same inner products:
+products of the new features with those of every earlier step of the same frame (computed when the
+frame is done, off the hot path), then the frame's buffer is dropped. Two similarities come out of
+the same inner products:
 
 - per-token cosine, averaged over tokens: mean_n cos(x_s[n], x_t[n]) (the default in analyses);
 - flattened cosine: cos(vec x_s, vec x_t), from the Gram matrix of the flattened features.
@@ -16,33 +17,60 @@ from __future__ import annotations
 
 import torch
 
+SETTLE_BUDGET = 2**24  # float64 elements of one chunk of tokens' features in `StepGram` (128 MiB)
+
 
 class StepGram:
-    """Step x step inner products of one frame's features [N, D], one step at a time."""
+    """Step x step inner products of one frame's features [N, D], taken as the steps arrive.
+
+    `add` only keeps a float32 copy of the step; the rows are computed together when the frame is
+    done (`release`) or the matrices are read, so that probing adds no reduction to the hot path of
+    every denoising pass. Products are taken in float64, so an entry does not depend on which other steps
+    were recorded beyond float64 rounding.
+    """
 
     def __init__(self) -> None:
-        self.buffer: list[torch.Tensor] = []  # [N, D] float32 per step so far
-        self.norms: list[torch.Tensor] = []   # [N] per step so far
+        self.buffer: list[torch.Tensor] = []  # [N, D] float32 per step of the open frame
+        self.settled = 0                      # steps whose rows are computed
         self.gram_rows: list[torch.Tensor] = []
         self.token_rows: list[torch.Tensor] = []
 
-    def add(self, features: torch.Tensor) -> None:
-        """Take the features [N, D] of the next step."""
+    def add(self, features: torch.Tensor) -> torch.Tensor:
+        """Take the features [N, D] of the next step; returns the float32 copy kept (callers may keep it too)."""
         x = features.to(torch.float32, copy=True)  # a copy: a view would keep the pass's whole activation alive
-        norm = torch.linalg.vector_norm(x, dim=-1)
         self.buffer.append(x)
-        self.norms.append(norm)
-        dots = torch.stack([torch.linalg.vecdot(past, x) for past in self.buffer]).double()  # [s + 1, N]
-        norms = torch.stack(self.norms).double() * norm.double()
-        self.gram_rows.append(dots.sum(1).cpu())
-        self.token_rows.append((dots / norms.clamp_min(1e-12)).mean(1).cpu())
+        return x
+
+    def _settle(self) -> None:
+        """Rows of the steps added since the last call, from one float64 matrix product per chunk of tokens."""
+        first, steps = self.settled, len(self.buffer)
+        if first == steps:
+            return
+        x = torch.stack(self.buffer)  # [S, N, D]
+        tokens = x.shape[1]
+        chunk = max(1, SETTLE_BUDGET // (steps * x.shape[2]))
+        gram = torch.zeros(steps - first, steps, dtype=torch.float64, device=x.device)
+        cosine = torch.zeros_like(gram)
+        for start in range(0, tokens, chunk):
+            xt = x[:, start:start + chunk].transpose(0, 1).double()  # [n, S, D]
+            dots = xt[:, first:] @ xt.transpose(1, 2)  # [n, new, S]
+            norms = torch.linalg.vector_norm(xt, dim=-1)  # [n, S]
+            gram += dots.sum(0)
+            cosine += (dots / (norms[:, first:, None] * norms[:, None, :]).clamp_min(1e-12)).sum(0)
+        cosine /= tokens
+        for row, s in enumerate(range(first, steps)):
+            self.gram_rows.append(gram[row, : s + 1].cpu())
+            self.token_rows.append(cosine[row, : s + 1].cpu())
+        self.settled = steps
 
     def release(self) -> None:
-        """Drop the buffered features once the frame is done; the rows already hold what is needed."""
-        self.buffer, self.norms = [], []
+        """The frame is done: compute its rows, then drop the buffered features."""
+        self._settle()
+        self.buffer, self.settled = [], 0
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Gram of the flattened features, per-token cosine averaged over tokens), each [S, S] float64."""
+        self._settle()
         steps = len(self.gram_rows)
         gram, token = torch.zeros(steps, steps, dtype=torch.float64), torch.zeros(steps, steps, dtype=torch.float64)
         for s, (g, t) in enumerate(zip(self.gram_rows, self.token_rows, strict=True)):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from probes.attention import attention_mass_by_frame, mean_over_query_frames
+from probes.attention import attention_mass_by_frame, mean_over_query_frames, pooled_attention, token_bands
 from scd.data import VideoBenchmark
 from scd.sampling import generate
 
@@ -40,6 +40,23 @@ def test_without_the_causal_mask_later_frames_get_attention():
     mass = attention_mass_by_frame(q, k, qf, kf, 2, causal=False)
     assert (mass.double() - explicit_mass(q, k, qf, kf, 2, causal=False)).abs().max() <= 1e-5
     assert (mass[..., 1] > 0).all()
+
+
+@pytest.mark.parametrize(("bands", "chunk_size"), [(3, None), (3, 5), (12, None), (12, 7)])
+def test_pooled_attention_equals_an_explicit_softmax_per_band_and_cell(bands, chunk_size):
+    """Several layers in one batch; 12 bands x 5 frames = 60 cells, more than the head dim (8): several calls."""
+    g = torch.Generator().manual_seed(2)
+    n, frames, layers = 12, 5, 3
+    q, k = torch.randn(layers, n, 4, 8, generator=g) * 3, torch.randn(layers, frames * n, 4, 8, generator=g) * 3
+    band = token_bands(n, bands)
+    key_cells = torch.arange(frames).repeat_interleave(n) * bands + band.repeat(frames)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / math.sqrt(8)
+    per_cell = scores.softmax(-1) @ torch.nn.functional.one_hot(key_cells, frames * bands).double()  # [B, H, n, cells]
+    expected = torch.stack([per_cell[:, :, band == b].mean(2) for b in range(bands)], dim=2)
+    pooled = pooled_attention(q, k, key_cells, frames * bands, band, bands, chunk_size=chunk_size)
+    assert pooled.shape == (layers, 4, bands, frames * bands)
+    assert (pooled.double() - expected).abs().max() <= 1e-6
+    assert torch.allclose(pooled.sum(-1), torch.ones(()))
 
 
 def test_mean_over_query_frames():

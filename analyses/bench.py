@@ -87,8 +87,17 @@ def _peak_memory(device: torch.device, out: dict) -> Iterator[None]:
     out["peak_mib"] = (_rss("VmHWM") - before) / 2**20 if before is not None else float("nan")
 
 
+def context_frames(model: nn.Module, frames: int) -> torch.Tensor:
+    """What a timed run starts from: val clip 0 of the benchmark for the RGB models it trains, seeded Gaussian
+    latents for latent sizes (e.g. "wan1.3b": 16 channels, 60x104). [frames, C, H, W]."""
+    channels, height, width = model.config.frame_shape
+    if channels == 3 and height == width:
+        return VideoBenchmark("val", frames=frames, size=height).clip(0)
+    return torch.randn(frames, channels, height, width, generator=torch.Generator().manual_seed(0))
+
+
 def time_generation(model: nn.Module, context: torch.Tensor, frames: int, steps: int,
-                    device: str | torch.device = "cpu", seed: int = 0) -> dict:
+                    device: str | torch.device = "cpu", seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     """One timed `generate` run: time to first frame, the frame-to-frame latencies, peak memory."""
     device = torch.device(device)
     T, done = context.shape[0], {}
@@ -102,31 +111,32 @@ def time_generation(model: nn.Module, context: torch.Tensor, frames: int, steps:
     out: dict = {}
     with _peak_memory(device, out):
         start = time.perf_counter()
-        generate(model, context, frames, steps=steps, seed=seed, device=device, callback=on_step)
+        generate(model, context, frames, steps=steps, seed=seed, device=device, dtype=dtype, callback=on_step)
     finished = [done[f] for f in range(T, T + frames)]
     return {"first_frame_s": finished[0] - start, "latencies_s": np.diff(finished).tolist(), **out}
 
 
 def speed_table(models: dict[str, nn.Module], settings: Iterable[tuple[int, int]] = SETTINGS, frames: int = 8,
-                repeats: int = 3, device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
+                repeats: int = 3, device: str | torch.device = "cpu", progress: bool = True,
+                dtype: torch.dtype = torch.float32) -> pd.DataFrame:
     """Tidy table, one row per (model, steps, context, repeat, frame): time to first frame, latency, memory."""
     if frames < 2:
         raise ValueError(f"frames must be >= 2 to measure a frame-to-frame latency, got {frames}")
     _prefer_mmap()
     settings = list(settings)
-    sizes = {m.config.frame_size for m in models.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"the models compared must generate frames of one size, got {sorted(sizes)}")
-    size = sizes.pop()
-    clips = {context: VideoBenchmark("val", frames=context, size=size).clip(0) for _, context in settings}
+    shapes = {m.config.frame_shape for m in models.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"the models compared must generate frames of one shape, got {sorted(shapes)}")
+    first = next(iter(models.values()))
+    clips = {context: context_frames(first, context) for _, context in settings}
     for (steps, context), model in itertools.product(settings, models.values()):  # warm-up, untimed
-        generate(model, clips[context], 1, steps=min(steps, 2), device=device)
+        generate(model, clips[context], 1, steps=min(steps, 2), device=device, dtype=dtype)
     rows = []
     runs = [(r, s) for r in range(repeats) for s in settings]
     names = list(models)
     for repeat, (steps, context) in progress_bar(runs, desc="bench speed", disable=not progress):
         for name in names if repeat % 2 == 0 else names[::-1]:
-            timing = time_generation(models[name], clips[context], frames, steps, device)
+            timing = time_generation(models[name], clips[context], frames, steps, device, dtype=dtype)
             for k, latency in enumerate(timing["latencies_s"]):
                 rows.append({"model": name, "steps": steps, "context": context, "repeat": repeat, "frame": k + 1,
                              "first_frame_s": timing["first_frame_s"], "latency_s": latency,
@@ -185,8 +195,11 @@ def quality_table(models: dict[str, nn.Module], clips: int = 32, samples: int = 
 
 
 def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
-    """Per model: mean PSNR / SSIM of sample 0, and best of the samples per clip (each metric on its own)."""
+    """Per model: mean PSNR / SSIM of sample 0, and best of the samples per clip (each metric on its own); no rows
+    where quality was not measured (random weights)."""
     rows = []
+    if quality.empty:
+        return pd.DataFrame(columns=list(QUALITY_COLUMNS))
     for name, group in quality.groupby("model", sort=False):
         per_clip = group.groupby(["sample", "clip"])[["psnr", "ssim"]].mean()
         best = per_clip.groupby("clip").max()
@@ -196,8 +209,32 @@ def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The paper's speed figures at scale, each on one H100 (../PAPER.md: the text-to-video section and the baselines).
+PAPER_SPEED = pd.DataFrame([
+    ("SCD 1.6B (25 + 10 blocks, 480p, distilled)", 4, 11.1, 0.29),
+    ("Self-Forcing, frame-wise (Wan-2.1-1.3B)", 4, 8.9, 0.45),
+    ("Self-Forcing, chunk-wise", 4, 17.0, float("nan")),
+    ("CausVid (3 frames per block)", 4, 9.4, 1.3),
+], columns=["model (the paper)", "steps", "frames/s", "first frame (s)"])
+
+
 def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, info: dict) -> str:
     """The benchmark as a markdown page."""
+    if quality.empty:
+        quality_lines = ["## Quality", "", "Not measured: " + info.get("quality", "no quality runs") + ".", ""]
+    else:
+        quality_lines = [
+            "## Quality", "",
+            f"{info['clips']} val clips, {info['quality_context']} context + {info['quality_frames']} generated "
+            f"frames, {info['quality_steps']} steps; best-of-k takes each clip's best sample per metric.", "",
+            quality[list(QUALITY_COLUMNS)].rename(columns=QUALITY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""]
+    paper = []
+    if info.get("size"):
+        paper = ["## The paper's figures (one H100)", "",
+                 PAPER_SPEED.to_markdown(index=False, floatfmt=("", "g", ".1f", ".2f")), "",
+                 "The paper's goal for SCD at this size: 11.1 frames/s or more at 4 steps. Ours are random weights of "
+                 "the same shapes (the speed of a trained model is the same); the paper's SCD starts its decoder "
+                 "from Wan's first and last 5 blocks, ours has the same 10 blocks.", ""]
     lines = [f"# {info['other']} vs {info['baseline']}", "",
              f"`{info['command']}`", "",
              f"Machine: {info['machine']}; device {info['device']}. {info['frames']} generated frames per run, "
@@ -205,10 +242,7 @@ def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, i
              "## Speed", "", speed.rename(columns=SPEED_COLUMNS).to_markdown(index=False, floatfmt=".3f"), "",
              f"## {info['other']} / {info['baseline']}", "",
              ratios.rename(columns=RATIO_COLUMNS).to_markdown(index=False, floatfmt=("g", "g") + (".2f",) * 6), "",
-             "## Quality", "",
-             f"{info['clips']} val clips, {info['quality_context']} context + {info['quality_frames']} generated "
-             f"frames, {info['quality_steps']} steps; best-of-k takes each clip's best sample per metric.", "",
-             quality[list(QUALITY_COLUMNS)].rename(columns=QUALITY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""]
+             *paper, *quality_lines]
     return "\n".join(lines)
 
 

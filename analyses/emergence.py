@@ -38,6 +38,7 @@ from analyses.intervals import interval
 from analyses.paper_figures import mean_map
 from analyses.sparsity import STEP_RANGES, attention_measures
 from probes.store import Run
+from scd.flops import tokens_per_frame
 
 CARD_FORMAT = 1
 # Training settings a variant may change, in the words; any other difference is listed as it is.
@@ -302,7 +303,7 @@ def relative_ratio(card: dict, ref: dict, layer: str, steps: str = "all") -> lis
 
 def _scale(card: dict) -> str:
     model = card["training"]["model"]
-    tokens = (model["frame_size"] // model["patch_size"]) ** 2
+    tokens = tokens_per_frame(model)
     return (f"width {model['width']}, {model['depth']} blocks, {tokens} tokens per frame, "
             f"{card['training']['settings'].get('scene', 'sprites')} scene, {card['training']['steps']} steps")
 

@@ -28,6 +28,9 @@ CLIPS = ranged(1, 10_000)
 OUR_PACKAGES = ("scd", "probes", "analyses", "probe_cli")
 
 
+BENCH_SIZES = ("wan1.3b",)  # named sizes of both families that probe bench builds with random weights (scd.zoo)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (no usage block): the problem, then where the help is."""
 
@@ -163,10 +166,22 @@ def _measure_parsers(sub) -> None:
     i.set_defaults(func=measuring.cmd_intervene)
 
     b = sub.add_parser("bench", help="SCD vs baseline in one process: latency, frames/s, memory, FLOPs, PSNR/SSIM")
-    b.add_argument("--baseline", default="baseline", help="the causal baseline (shipped name or checkpoint path)")
-    b.add_argument("--scd", default="scd", help="the model compared with it (shipped name or checkpoint path)")
-    b.add_argument("--steps", type=integer_list(1, 1000), default=[50, 4], help="denoising steps per frame (comma-separated)")
-    b.add_argument("--context", type=integer_list(1, 1024), default=[4, 16], help="context frames (comma-separated)")
+    b.add_argument("--baseline", default=None, help="the causal baseline (shipped name or checkpoint path; default "
+                   "baseline)")
+    b.add_argument("--scd", default=None, help="the model compared with it (shipped name or checkpoint path; default scd)")
+    b.add_argument("--size", choices=BENCH_SIZES, default=None, help="instead of checkpoints: both families at this "
+                   "named size with seeded random weights (wan1.3b: width 1536, 30 blocks / SCD 25 + 10, 16-channel "
+                   "60x104 latents in 2x2 patches); speed and memory only")
+    b.add_argument("--latent-size", type=latent_size, default=None, help="with --size: a smaller latent frame HxW "
+                   "(each side a multiple of 2), e.g. 8x8 on a CPU")
+    b.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: bfloat16 on CUDA, float32 "
+                   "on the CPU")
+    b.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"), default=None,
+                   help="torch.compile every block in this mode (reduce-overhead: CUDA graphs); default: eager")
+    b.add_argument("--steps", type=integer_list(1, 1000), default=None, help="denoising steps per frame (comma-separated; "
+                   "default 50,4, with --size 4,50)")
+    b.add_argument("--context", type=integer_list(1, 1024), default=None, help="context frames (comma-separated; "
+                   "default 4,16, with --size 1,21)")
     b.add_argument("--frames", type=ranged(2, 1024), default=8, help="frames generated per timed run (2..1024)")
     b.add_argument("--repeats", type=ranged(1, 100), default=3, help="timed runs per model and setting, interleaved")
     b.add_argument("--clips", type=CLIPS, default=32, help="val clips for PSNR / SSIM")

@@ -28,32 +28,89 @@ def _fits(model, frames: int, what: str, batch: int = 1) -> None:
     estimate_fits(generation_bytes(c.width, c.depth, c.heads, c.tokens_per_frame, frames, batch), what)
 
 
+def _random_models(args: argparse.Namespace, on, dtype, contexts: list[int]) -> dict:
+    """Both families at `--size`, random weights, built where they run (refusals come before any is built)."""
+    from scd.baseline import BASELINE_SIZES
+    from scd.zoo import random_model
+
+    size = BASELINE_SIZES[args.size]
+    height, width = args.latent_size or (size.frame_size, size.frame_width or size.frame_size)
+    if height % size.patch_size or width % size.patch_size:
+        raise UsageError(f"--latent-size {height}x{width} is not in whole {size.patch_size}x{size.patch_size} patches; "
+                         f"accepted: each side a multiple of {size.patch_size}, e.g. 60x104")
+    shape = {"frame_size": height, "frame_width": width}
+    from dataclasses import asdict
+
+    from scd.zoo import SIZES, build_model
+
+    shells = [build_model({"family": family, **asdict(SIZES[family][args.size]), **shape}, device="meta")
+              for family in ("baseline", "scd")]  # no weights: sizes and memory are checked before anything is built
+    for shell in shells:
+        _fits(shell, max(contexts) + args.frames, "the longest timed generation")
+    if on.type == "cpu":
+        weights = sum(p.numel() for shell in shells for p in shell.parameters())
+        estimate_fits(weights * dtype.itemsize, f"the two {args.size} models in {str(dtype).removeprefix('torch.')}")
+    return {f"{family}-{args.size}": random_model(family, args.size, on, dtype, **shape) for family in ("baseline", "scd")}
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     out = output(args.out, "bench", args.force)
-    if args.baseline == args.scd:
+    if args.size and (args.baseline or args.scd):
+        raise UsageError("--size builds both models with random weights; accepted: --size, or --baseline / --scd "
+                         "checkpoints, not both")
+    if not args.size and args.latent_size:
+        raise UsageError("--latent-size sets the frame of the --size models; accepted: --latent-size with --size")
+    args.baseline, args.scd = args.baseline or "baseline", args.scd or "scd"
+    if not args.size and args.baseline == args.scd:
         raise UsageError(f"--baseline and --scd name the same model {args.scd!r}; accepted: two different models")
     on = device(args.device)
+    if args.compile and on.type != "cuda":
+        raise UsageError(f"--compile needs a CUDA device (it pays off there); accepted: --compile with --device cuda, "
+                         f"not {on}")
+    import torch
+
     from analyses.bench import quality_table, speed_table, write_bench
     from scd.zoo import load_model
 
-    labels = [Path(name).name.removesuffix(".safetensors") for name in (args.baseline, args.scd)]
-    if labels[0] == labels[1]:
-        labels = [args.baseline, args.scd]
-    names = {"baseline": labels[0], "other": labels[1]}
-    models = {label: load_model(name) for label, name in zip(labels, (args.baseline, args.scd), strict=True)}
-    sizes = {m.config.frame_size for m in models.values()}
-    if len(sizes) != 1:
-        raise UsageError(f"the two models generate frames of different sizes {sorted(sizes)}; accepted: models of one size")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if on.type == "cuda" else "float32"))
+    steps = args.steps or ([4, 50] if args.size else [50, 4])
+    contexts = args.context or ([1, 21] if args.size else [4, 16])
+    if args.size:
+        models = _random_models(args, on, dtype, contexts)
+        names = dict(zip(("baseline", "other"), models, strict=True))
+    else:
+        labels = [Path(name).name.removesuffix(".safetensors") for name in (args.baseline, args.scd)]
+        if labels[0] == labels[1]:
+            labels = [args.baseline, args.scd]
+        names = {"baseline": labels[0], "other": labels[1]}
+        models = {label: load_model(name) for label, name in zip(labels, (args.baseline, args.scd), strict=True)}
+    shapes = {m.config.frame_shape for m in models.values()}
+    if len(shapes) != 1:
+        raise UsageError(f"the two models generate frames of different shapes {sorted(shapes)}; accepted: models of one "
+                         "frame shape")
     for model in models.values():
-        _fits(model, max(args.context) + args.frames, "the longest timed generation")
-    settings = [(steps, context) for steps in args.steps for context in args.context]
+        _fits(model, max(contexts) + args.frames, "the longest timed generation")
+        if args.compile:  # block by block: the sampler's loop and the KV cache stay in Python
+            from scd.blocks import Block
+
+            for block in (module for module in model.modules() if isinstance(module, Block)):
+                block.compile(mode=args.compile, dynamic=True)
+    settings = [(s, context) for s in steps for context in contexts]
     progress = not args.quiet
-    speed = speed_table(models, settings, frames=args.frames, repeats=args.repeats, device=on, progress=progress)
-    quality = quality_table(models, clips=args.clips, samples=args.samples, steps=args.quality_steps,
-                            device=on, progress=progress)
+    speed = speed_table(models, settings, frames=args.frames, repeats=args.repeats, device=on, progress=progress,
+                        dtype=dtype)
+    if args.size:
+        import pandas as pd
+
+        quality = pd.DataFrame(columns=["model", "sample", "clip", "frame", "psnr", "ssim"])
+    else:
+        quality = quality_table(models, clips=args.clips, samples=args.samples, steps=args.quality_steps,
+                                device=on, progress=progress)
     info = {**names, "command": _command("bench"), "machine": _machine(on),
-            "device": str(on), "frames": args.frames, "repeats": args.repeats, "clips": args.clips,
+            "device": str(on), "dtype": str(dtype).removeprefix("torch."), "compile": args.compile, "size": args.size,
+            "frames": args.frames, "repeats": args.repeats, "clips": args.clips,
             "samples": args.samples, "quality_steps": args.quality_steps, "quality_context": 4, "quality_frames": 4,
+            "quality": "random weights (--size): speed and memory only" if args.size else None,
             "configs": {name: m.get_config() for name, m in models.items()},
             "checkpoints": {name: getattr(m, "checkpoint", None) for name, m in models.items()}}
     write_bench(out, speed, quality, info, force=args.force)

@@ -22,25 +22,53 @@ from scd.blocks import Block, KVCache, modulate, rope_angles
 
 @dataclass
 class BaselineConfig:
-    frame_size: int = 32        # pixels per side of a (square) frame
+    frame_size: int = 32        # frame height in pixels (latent rows for latent models), and its width unless frame_width
     patch_size: int = 4         # pixels per side of a patch: (32 / 4)^2 = 64 tokens per frame
-    channels: int = 3           # RGB
+    channels: int = 3           # RGB (16 for Wan's latents)
     width: int = 128            # residual stream width
     depth: int = 30             # blocks; Wan-2.1-1.3B has 30
     heads: int = 4              # attention heads (head dim = width / heads, split over 3 RoPE axes)
     mlp_ratio: float = 4.0      # MLP hidden width / width
     rope_theta: float = 10000.0  # RoPE base
     frame_local_blocks: int = 0  # the last n blocks attend only within the frame (the paper's frame-diagonal mask)
+    frame_width: int = 0        # frame width in pixels; 0: square (frame_size)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one frame."""
+        return frame_shape(self)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches down and across a frame."""
+        return patch_grid(self)
 
     @property
     def tokens_per_frame(self) -> int:
-        return (self.frame_size // self.patch_size) ** 2
+        rows, cols = patch_grid(self)
+        return rows * cols
 
+
+def frame_shape(config) -> tuple[int, int, int]:
+    """(channels, height, width) of a frame of a baseline or SCD config."""
+    return config.channels, config.frame_size, config.frame_width or config.frame_size
+
+
+def patch_grid(config) -> tuple[int, int]:
+    """Patches down and across a frame of a baseline or SCD config."""
+    _, height, width = frame_shape(config)
+    return height // config.patch_size, width // config.patch_size
+
+
+# Wan-2.1-1.3B's transformer at 480p: 16-channel 60x104 latents in 2x2 patches (1,560 tokens per frame), width 1536,
+# 12 heads, MLP 8960, 30 blocks. Random weights only (`scd.zoo.random_model`): for speed and memory at the paper's scale.
+WAN_1_3B = dict(frame_size=60, frame_width=104, patch_size=2, channels=16, width=1536, heads=12, mlp_ratio=8960 / 1536)
 
 # Named sizes, as DiT's DiT_models: "tiny" for tests, "baseline" for the shipped checkpoint.
 BASELINE_SIZES: dict[str, BaselineConfig] = {
     "tiny": BaselineConfig(frame_size=16, width=32, depth=4, heads=2),
     "baseline": BaselineConfig(width=128, depth=30, heads=4),
+    "wan1.3b": BaselineConfig(depth=30, **WAN_1_3B),
 }
 
 
@@ -72,8 +100,8 @@ class CausalVideoDiffuser(HookedRootModule):
 
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
-        if config.frame_size % config.patch_size:
-            raise ValueError(f"frame_size {config.frame_size} is not a multiple of patch_size {config.patch_size}")
+        if any(side % config.patch_size for side in frame_shape(config)[1:]):
+            raise ValueError(f"frame {frame_shape(config)[1:]} is not a multiple of patch_size {config.patch_size}")
         if not 0 <= config.frame_local_blocks <= config.depth:
             raise ValueError(f"frame_local_blocks {config.frame_local_blocks} is not accepted; accepted: 0..{config.depth}")
         self.config = config
@@ -105,9 +133,9 @@ class CausalVideoDiffuser(HookedRootModule):
     def unpatchify(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
         """Inverse of `patchify`."""
         B = tokens.shape[0]
-        p, C, S = self.config.patch_size, self.config.channels, self.config.frame_size
-        x = tokens.reshape(B, frames, S // p, S // p, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-        return x.reshape(B, frames, C, S, S)
+        p, (C, H, W) = self.config.patch_size, frame_shape(self.config)
+        x = tokens.reshape(B, frames, H // p, W // p, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(B, frames, C, H, W)
 
     def forward(
         self, video: torch.Tensor, timesteps: torch.Tensor, cache: KVCache | None = None, update_cache: bool = False,
@@ -129,8 +157,7 @@ class CausalVideoDiffuser(HookedRootModule):
                              "cache=None, or bidirectional=False")
         start = cache.frames if cache is not None else 0
         frame_index = torch.arange(start, start + Fr, device=video.device)
-        angles = rope_angles(frame_index, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size,
-                             cfg.width // cfg.heads, cfg.rope_theta)
+        angles = rope_angles(frame_index, *patch_grid(cfg), cfg.width // cfg.heads, cfg.rope_theta)
         mask = None if bidirectional else frames_mask(start, Fr, n, video.device)
         local_mask = frame_diagonal_mask(Fr, n, video.device) if cfg.frame_local_blocks else None
         first_local = cfg.depth - cfg.frame_local_blocks

@@ -17,16 +17,18 @@ def block_flops(queries: int, keys: int, width: int, mlp_ratio: float) -> float:
 
 def _causal_pass(config: dict, blocks: int, first: int, frames: int) -> float:
     """Blocks run over `frames` frames after `first` cached ones, block-causal over frames."""
-    n, w, r = _tokens(config), config["width"], config["mlp_ratio"]
+    n, w, r = tokens_per_frame(config), config["width"], config["mlp_ratio"]
     return sum(blocks * block_flops(n, (first + f + 1) * n, w, r) for f in range(frames))
 
 
-def _tokens(config: dict) -> int:
-    return (config["frame_size"] // config["patch_size"]) ** 2
+def tokens_per_frame(config: dict) -> int:
+    """Tokens of one frame of a model config dict (`model.get_config()`; no frame_width: square)."""
+    height, p = config["frame_size"], config["patch_size"]
+    return (height // p) * ((config.get("frame_width") or height) // p)
 
 
 def _decoder_pass(config: dict, frames: int = 1) -> float:
-    n = _tokens(config)
+    n = tokens_per_frame(config)
     return frames * config["decoder_depth"] * block_flops(2 * n, 2 * n, config["width"], config["mlp_ratio"])
 
 

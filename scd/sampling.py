@@ -76,7 +76,7 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
         raise SamplingError("context holds NaN or infinite values; accepted: finite frames in [-1, 1]")
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "frame_size"):
-        frame = (config.channels, config.frame_size, config.frame_size)
+        frame = (config.channels, config.frame_size, getattr(config, "frame_width", 0) or config.frame_size)
         if tuple(context.shape[-3:]) != frame:
             raise SamplingError(f"context frames are {list(context.shape[-3:])}; this model takes {list(frame)} (C, H, W)")
     if not _int(frames) or not 0 <= frames <= 100_000:

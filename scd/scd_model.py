@@ -21,15 +21,15 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.baseline import CausalVideoDiffuser, frames_mask
+from scd.baseline import WAN_1_3B, CausalVideoDiffuser, frame_shape, frames_mask, patch_grid
 from scd.blocks import Block, KVCache, modulate, rope_angles
 
 
 @dataclass
 class SCDConfig:
-    frame_size: int = 32         # pixels per side of a (square) frame
+    frame_size: int = 32         # frame height in pixels (latent rows for latent models), and its width unless frame_width
     patch_size: int = 4          # pixels per side of a patch: (32 / 4)^2 = 64 tokens per frame
-    channels: int = 3            # RGB
+    channels: int = 3            # RGB (16 for Wan's latents)
     width: int = 128             # residual stream width, the baseline's
     encoder_depth: int = 25      # causal encoder blocks; the paper's 1.3B split is 25 + 10
     decoder_depth: int = 10      # decoder blocks, run at every denoising step
@@ -37,10 +37,22 @@ class SCDConfig:
     mlp_ratio: float = 4.0       # MLP hidden width / width
     rope_theta: float = 10000.0  # RoPE base
     encoder_noise: float = 0.05  # std of the Gaussian noise added to the encoder output in training
+    frame_width: int = 0         # frame width in pixels; 0: square (frame_size)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one frame."""
+        return frame_shape(self)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches down and across a frame."""
+        return patch_grid(self)
 
     @property
     def tokens_per_frame(self) -> int:
-        return (self.frame_size // self.patch_size) ** 2
+        rows, cols = patch_grid(self)
+        return rows * cols
 
     @property
     def depth(self) -> int:
@@ -50,6 +62,9 @@ class SCDConfig:
 SCD_SIZES: dict[str, SCDConfig] = {
     "tiny": SCDConfig(frame_size=16, width=32, encoder_depth=3, decoder_depth=2, heads=2),
     "scd": SCDConfig(width=128, encoder_depth=25, decoder_depth=10, heads=4),
+    # The paper's SCD 1.6B: a 25-block encoder, a 10-block decoder (its T2V model starts the decoder from Wan's first
+    # and last 5 blocks: the same architecture, other weights), Wan-1.3B's width at 480p.
+    "wan1.3b": SCDConfig(encoder_depth=25, decoder_depth=10, **WAN_1_3B),
 }
 
 
@@ -72,8 +87,8 @@ class SeparableCausalDiffuser(HookedRootModule):
 
     def __init__(self, config: SCDConfig) -> None:
         super().__init__()
-        if config.frame_size % config.patch_size:
-            raise ValueError(f"frame_size {config.frame_size} is not a multiple of patch_size {config.patch_size}")
+        if any(side % config.patch_size for side in frame_shape(config)[1:]):
+            raise ValueError(f"frame {frame_shape(config)[1:]} is not a multiple of patch_size {config.patch_size}")
         self.config = config
         c, p, w, n = config.channels, config.patch_size, config.width, config.tokens_per_frame
         self.patch_embed = nn.Linear(c * p * p, w)  # shared: clean frames into the encoder, noisy ones into the decoder
@@ -109,8 +124,7 @@ class SeparableCausalDiffuser(HookedRootModule):
 
     def _angles(self, frame_index: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        side = cfg.frame_size // cfg.patch_size
-        return rope_angles(frame_index, side, side, cfg.width // cfg.heads, cfg.rope_theta)
+        return rope_angles(frame_index, *patch_grid(cfg), cfg.width // cfg.heads, cfg.rope_theta)
 
     def encode(self, frames: torch.Tensor, cache: SCDCache | None = None) -> torch.Tensor:
         """Encoder output [B, F*N, W] of clean `frames` [B, F, C, H, W]; with a `cache`, after the cached

@@ -28,6 +28,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scd.data import VideoBenchmark
+from scd.flops import tokens_per_frame
 from scd.progress import progress as progress_bar
 from scd.train_config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, default_config
 from scd.zoo import SIZES, build_model, save_model
@@ -43,6 +44,10 @@ def model_config(cfg: TrainConfig) -> dict:
     if cfg.size not in sizes:
         raise ValueError(f"unknown {cfg.family} size {cfg.size!r}; accepted: {', '.join(sizes)}")
     config = {"family": cfg.family, **asdict(sizes[cfg.size])}
+    if config["channels"] != 3 or config.get("frame_width", 0) not in (0, config["frame_size"]):
+        trainable = ", ".join(name for name, size in sizes.items() if size.channels == 3 and not size.frame_width)
+        raise ValueError(f"{cfg.family} size {cfg.size!r} takes {config['channels']}-channel latents, not the benchmark's "
+                         f"square RGB frames (it is for speed at scale, with random weights); accepted: {trainable}")
     if cfg.frame_local_blocks:
         if cfg.family != "baseline":
             raise ValueError(f"frame_local_blocks is a baseline setting (SCD's decoder already sees no other frame); "
@@ -195,7 +200,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     initial = _initial_weights(cfg, config) if cfg.init else None
     parameters = sum(p.numel() for p in build_model(config, device="meta").parameters())
     depth = config.get("depth", config.get("encoder_depth", 0) + config.get("decoder_depth", 0))
-    tokens = (config["frame_size"] // config["patch_size"]) ** 2
+    tokens = tokens_per_frame(config)
     try:
         check_fits(training_bytes(config["width"], depth, config["heads"], tokens, cfg.frames, cfg.batch_size, parameters),
                    "one training step")

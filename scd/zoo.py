@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -29,6 +29,9 @@ FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "scd": (SCDConfig, SeparableCausalDiffuser),
 }
 SIZES: dict[str, dict] = {"baseline": BASELINE_SIZES, "scd": SCD_SIZES}  # named sizes of each family
+
+
+RANDOM_POOL = 2**20 + 7  # seeded draws that `random_model` tiles into its matrices
 
 
 class CheckpointError(ValueError):
@@ -54,12 +57,13 @@ FIELD_LIMITS: dict[str, tuple[type, float, float]] = {
     "frame_size": (int, 1, 1024), "patch_size": (int, 1, 1024), "channels": (int, 1, 64), "width": (int, 2, 16384),
     "depth": (int, 1, 512), "encoder_depth": (int, 1, 512), "decoder_depth": (int, 1, 512), "heads": (int, 1, 256),
     "mlp_ratio": (float, 0.01, 64.0), "rope_theta": (float, 1.0, 1e12), "encoder_noise": (float, 0.0, 10.0),
-    "frame_local_blocks": (int, 0, 512),
+    "frame_local_blocks": (int, 0, 512), "frame_width": (int, 0, 1024),
 }
 
 
-def validate_config(family: str, config: dict) -> None:
-    """Refuse, field by field, a model config that cannot build a model: types, ranges, divisibility, memory."""
+def validate_config(family: str, config: dict, memory: bool = True) -> None:
+    """Refuse, field by field, a model config that cannot build a model: types, ranges, divisibility, and (with
+    `memory`) whether its float32 weights fit this machine."""
     import math
 
     from scd.memory import NotEnoughMemory, check_fits
@@ -74,9 +78,9 @@ def validate_config(family: str, config: dict) -> None:
             what = "an integer" if kind is int else "a finite number"
             raise CheckpointError(f"{family} config: {f.name} = {value!r}; accepted: {what} in {low:g}..{high:g}")
     cfg = config_cls(**config)
-    if cfg.frame_size % cfg.patch_size:
-        raise CheckpointError(f"{family} config: patch_size {cfg.patch_size} does not divide frame_size {cfg.frame_size}; "
-                              "accepted: a divisor of frame_size")
+    if cfg.frame_size % cfg.patch_size or (cfg.frame_width or cfg.frame_size) % cfg.patch_size:
+        raise CheckpointError(f"{family} config: patch_size {cfg.patch_size} does not divide frame_size {cfg.frame_size} "
+                              f"and frame_width {cfg.frame_width or cfg.frame_size}; accepted: a divisor of both")
     if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
         raise CheckpointError(f"{family} config: width {cfg.width} / heads {cfg.heads} must be an even whole head "
                               "dimension (RoPE rotates pairs); accepted: heads dividing width into even parts")
@@ -84,6 +88,8 @@ def validate_config(family: str, config: dict) -> None:
     if getattr(cfg, "frame_local_blocks", 0) > depth:
         raise CheckpointError(f"{family} config: frame_local_blocks {cfg.frame_local_blocks} exceeds depth {depth}; "
                               f"accepted: 0..{depth}")
+    if not memory:
+        return
     parameters = depth * (4 + 2 * cfg.mlp_ratio + 6) * cfg.width ** 2  # attention, MLP and adaLN of every block
     try:
         check_fits(int(parameters * 4), f"a {family} model of width {cfg.width} and {depth} blocks")
@@ -105,7 +111,7 @@ def build_model(config: dict, device: str | torch.device | None = None) -> nn.Mo
     unknown = sorted(set(config) - known)
     if unknown:
         raise CheckpointError(f"unknown {family} config fields {unknown}; accepted: {sorted(known)}")
-    validate_config(family, config)
+    validate_config(family, config, memory=str(device) != "meta")  # a meta model holds no weights
     if device is None:
         return model_cls(config_cls(**config))
     with torch.device(device):
@@ -182,6 +188,46 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
     # Where the weights came from, for the manifests of runs made with this model.
     model.checkpoint = {"name": str(name_or_path), "path": str(weights), "sha256": digest}
     return model.to(device=device, dtype=dtype).eval()
+
+
+def random_model(family: str, size: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 seed: int = 0, **overrides) -> nn.Module:
+    """A model of a named size (`SIZES`) with seeded random weights, allocated once on `device` in `dtype` (no float32
+    copy first): for speed and memory at sizes no checkpoint ships, e.g. "wan1.3b". Nothing is downloaded. Matrices are
+    tiled from one seeded pool of N(0, 0.02^2) draws, each from its own offset (the adaLN gates too, so no block is the
+    identity); norms' scales are 1, biases 0. Tiling, because drawing 1.5 B values one by one takes half a minute on a
+    CPU, and no timing depends on the values. `overrides` change config fields, e.g. frame_size and frame_width."""
+    if family not in SIZES:
+        raise CheckpointError(f"unknown model family {family!r}; accepted: {', '.join(SIZES)}")
+    if size not in SIZES[family]:
+        raise CheckpointError(f"unknown {family} size {size!r}; accepted: {', '.join(SIZES[family])}")
+    device, dtype = usable_device(device), float_dtype(dtype)
+    model = build_model({"family": family, **asdict(SIZES[family][size]), **overrides}, device="meta")
+    if device.type == "cpu":
+        from scd.memory import NotEnoughMemory, check_fits
+
+        try:
+            check_fits(sum(p.numel() for p in model.parameters()) * dtype.itemsize, f"a {family} {size} model")
+        except NotEnoughMemory as e:
+            raise CheckpointError(str(e)) from None
+    model = model.to(dtype).to_empty(device=device)
+    generator = torch.Generator().manual_seed(seed)
+    pool = (torch.randn(RANDOM_POOL, generator=generator) * 0.02).to(device, dtype)
+    with torch.no_grad():
+        for i, (name, parameter) in enumerate(model.named_parameters()):
+            if "norm" in name:
+                parameter.fill_(1.0)
+            elif parameter.dim() > 1:
+                flat, offset = parameter.view(-1), (i * 7919) % RANDOM_POOL  # a prime stride: matrices differ
+                for start in range(0, flat.numel(), RANDOM_POOL - offset):
+                    part = flat[start:start + RANDOM_POOL - offset]
+                    part.copy_(pool[offset:offset + part.numel()])
+            else:
+                parameter.zero_()
+    if any(True for _ in model.buffers()):  # none today; a buffer would be left uninitialised by to_empty
+        raise CheckpointError(f"a {family} model has buffers; random_model cannot initialise them")
+    model.checkpoint = {"name": f"{family}-{size} (random weights, seed {seed})", "path": None, "sha256": None}
+    return model.eval()
 
 
 def save_model(model: nn.Module, weights_path: str | Path, dtype: torch.dtype = torch.float32,

@@ -130,3 +130,32 @@ def test_report_refuses_a_directory_that_is_not_a_bench(tiny_checkpoints, tmp_pa
     assert main(["report", str(run), "--bench", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
     assert "not a bench directory" in _error(capsys)
     assert not (tmp_path / "r.html").exists()
+
+
+def test_bench_at_the_wan_1_3b_size_runs_on_the_cpu_at_a_reduced_latent(tmp_path):
+    """Both families at Wan-1.3B's width and depth (random weights, bfloat16 to halve the memory), a 4x8 latent,
+    one step: the tables, the paper's figures beside them, and no quality (random weights have none)."""
+    out = tmp_path / "wan"
+    assert main(["bench", "--size", "wan1.3b", "--latent-size", "4x8", "--dtype", "bfloat16", "--steps", "1",
+                 "--context", "1,2", "--frames", "2", "--repeats", "1", "--out", str(out), "--quiet"]) == 0
+    bench = load_bench(out)
+    info, speed = bench["info"], bench["speed"]
+    base, scd = info["configs"]["baseline-wan1.3b"], info["configs"]["scd-wan1.3b"]
+    assert (base["width"], base["depth"], base["heads"], round(base["width"] * base["mlp_ratio"])) == (1536, 30, 12, 8960)
+    assert (scd["encoder_depth"], scd["decoder_depth"], scd["channels"]) == (25, 10, 16)
+    assert (base["frame_size"], base["frame_width"], info["dtype"], info["size"]) == (4, 8, "bfloat16", "wan1.3b")
+    assert len(speed) == 4 and set(speed.context) == {1, 2} and (speed.frames_per_s > 0).all()
+    assert (speed.first_frame_s > 0).all() and bench["quality"].empty and len(bench["ratios"]) == 2
+    page = (out / "bench.md").read_text()
+    assert "11.1" in page and "0.29" in page and "Not measured: random weights" in page
+
+
+@pytest.mark.gpu
+def test_bench_at_the_wan_1_3b_size_on_cuda_in_bfloat16(tmp_path):
+    """The paper's setting, shortened: 480p latents (1,560 tokens per frame), 4 steps, contexts of 1 and 21 frames."""
+    out = tmp_path / "wan"
+    assert main(["bench", "--size", "wan1.3b", "--device", "cuda", "--steps", "4", "--context", "1,21", "--frames", "3",
+                 "--repeats", "1", "--out", str(out), "--quiet"]) == 0
+    bench = load_bench(out)
+    assert bench["info"]["dtype"] == "bfloat16" and (bench["speed"].frames_per_s > 0).all()
+    assert (bench["speed"].peak_mib > 0).all()

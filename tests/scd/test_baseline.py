@@ -152,3 +152,58 @@ def test_cuda_generation_matches_cpu(tiny_model):
     cpu = generate(tiny_model, clip[:2], 2, steps=4, seed=0)
     cuda = generate(tiny_model, clip[:2], 2, steps=4, seed=0, device="cuda")
     assert (cpu - cuda).abs().max() < 1e-3
+
+
+def test_rectangular_latent_frames_patchify_row_major_and_rope_by_row_and_column():
+    """A Wan-like 16-channel 4x6 latent in 2x2 patches: 2 x 3 tokens per frame, row-major; RoPE angles follow the
+    grid's rows and columns (Wan's three axes), checked against a hand-made table."""
+    from scd.blocks import rope_angles
+
+    config = BaselineConfig(frame_size=4, frame_width=6, patch_size=2, channels=16, width=24, depth=2, heads=2)
+    model = CausalVideoDiffuser(config)
+    assert config.frame_shape == (16, 4, 6) and config.grid == (2, 3) and config.tokens_per_frame == 6
+    x = torch.randn(1, 2, 16, 4, 6)
+    tokens = model.patchify(x)
+    assert tokens.shape == (1, 12, 64) and torch.equal(model.unpatchify(tokens, 2), x)
+    # token 4 of frame 1 is the patch at row 1, column 1 (rows of 3 patches)
+    assert torch.equal(tokens[0, 6 + 4].view(16, 2, 2), x[0, 1, :, 2:4, 2:4])
+    angles = rope_angles(torch.tensor([0, 1]), 2, 3, 12)
+    frame_dims, row_dims, _ = (d // 2 for d in rope_axes(12))
+    rows = angles[:, frame_dims:frame_dims + row_dims]
+    cols = angles[:, frame_dims + row_dims:]
+    assert torch.equal(rows[6 + 4], rows[1 * 3 + 0]) and torch.equal(cols[6 + 4], cols[1])  # (row 1, col 1)
+    video = generate(randomized(model), x[0], 1, steps=2)
+    assert video.shape == (3, 16, 4, 6) and torch.isfinite(video).all()
+
+
+def randomized(model):
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_the_wan_1_3b_sizes_have_wan_s_shapes_and_random_models_are_seeded():
+    """The named sizes against Wan-2.1-1.3B's transformer shapes (width 1536, 12 heads, MLP 8960, 30 blocks, 1,560
+    tokens per 480p frame), built without weights; random_model at a small latent is seeded and has no zero gate."""
+    from scd.scd_model import SCD_SIZES
+    from scd.zoo import build_model, random_model
+
+    wan = BASELINE_SIZES["wan1.3b"]
+    assert (wan.width, wan.heads, wan.depth, wan.channels, wan.patch_size) == (1536, 12, 30, 16, 2)
+    assert wan.frame_shape == (16, 60, 104) and wan.tokens_per_frame == 1560
+    model = build_model({"family": "baseline", **BASELINE_SIZES["wan1.3b"].__dict__}, device="meta")
+    assert model.blocks[0].mlp[0].out_features == 8960
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(1.54e9, rel=0.01)
+    scd = SCD_SIZES["wan1.3b"]
+    assert (scd.encoder_depth, scd.decoder_depth, scd.width, scd.tokens_per_frame) == (25, 10, 1536, 1560)
+    small = dict(frame_size=4, frame_width=6, width=48, heads=2)  # a narrow stand-in: the same code path, little memory
+    a = random_model("baseline", "wan1.3b", seed=3, **small)
+    b = random_model("baseline", "wan1.3b", seed=3, **small)
+    c = random_model("baseline", "wan1.3b", seed=4, **small)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, a.blocks[1].attn.qkv.weight)
+    assert a.blocks[5].modulation.weight.abs().sum() > 0 and torch.equal(a.blocks[0].attn.q_norm.weight, torch.ones(24))
+    assert a.config.tokens_per_frame == 6 and a.checkpoint["sha256"] is None
+    with pytest.raises(ValueError, match="unknown baseline size 'wan7b'; accepted: tiny, baseline, wan1.3b"):
+        random_model("baseline", "wan7b")

@@ -72,12 +72,15 @@ def _run_parser(sub) -> None:
     which = r.add_mutually_exclusive_group()
     which.add_argument("--layer", type=layers_syntax, default="15", help="one block index (default 15)")
     which.add_argument("--layers", type=layers_syntax, default=None, help="comma-separated block indices, or 'all'")
-    r.add_argument("--model", default="baseline", help="shipped name, checkpoint directory, .safetensors file, "
-                   "or diffusers:DIR")
+    r.add_argument("--model", default=None, help="shipped name, checkpoint directory, .safetensors file, "
+                   "or diffusers:DIR (default baseline)")
+    r.add_argument("--size", choices=BENCH_SIZES, default=None, help="instead of --model: the baseline family at this "
+                   "named size with seeded random weights (wan1.3b: 480p latents, 1,560 tokens per frame; --latent-size "
+                   "for a smaller frame), for the speed and memory of probing at scale")
     r.add_argument("--clip", default="0", help=f"val clip index in 0..{CLIP_MAX} (diffusers models: seed of the context "
                    "latents); several (0-3 or 0,2,5) make a sweep, sharded over the ranks of torchrun")
-    r.add_argument("--latent-size", type=latent_size, default=None, help="diffusers models only: latent frame size HxW "
-                   "(default 8x8)")
+    r.add_argument("--latent-size", type=latent_size, default=None, help="diffusers models and --size only: latent "
+                   "frame size HxW (default 8x8; with --size, the size's own)")
     r.add_argument("--text-embeddings", default=None, help="diffusers models only: a .safetensors file of the prompt's "
                    "embeddings [tokens, text_dim] (default: zeros)")
     d = r.add_argument_group("diffusers models (Wan, SkyReels-V2 from a local directory)")

@@ -139,12 +139,14 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
                       ("--fps", args.fps), ("--context-video", args.context_video),
                       ("--scheduler", None if args.scheduler == "auto" else args.scheduler),
                       ("--guidance-pass", None if args.guidance_pass == "cond" else args.guidance_pass))
+    if args.size is not None:
+        only_diffusers = only_diffusers[1:]  # --latent-size sets the random model's frame too
     if not diffusers_model:
         for flag, value in only_diffusers:
             if value is not None:
                 raise UsageError(f"{flag} applies only to diffusers models, not {args.model!r}; accepted: --model diffusers:DIR "
                                  f"with {flag}, or no {flag}")
-    if diffusers_model and args.scene != "sprites":
+    if (diffusers_model or args.size) and args.scene != "sprites":
         raise UsageError(f"--scene picks the benchmark clips of a built-in model; {args.model!r} is given its context "
                          "as latents; accepted: no --scene for diffusers models")
     if args.prompt is not None and args.text_embeddings is not None:
@@ -197,7 +199,24 @@ def _estimate(model, layout, spec: list[int], capture: list[str], args: argparse
     return total
 
 
+def _random_baseline(args: argparse.Namespace, on, dtype):
+    """The baseline at `--size` with seeded random weights (`scd.zoo.random_model`), at `--latent-size` if given."""
+    from scd.baseline import BASELINE_SIZES
+    from scd.zoo import random_model
+
+    size = BASELINE_SIZES[args.size]
+    height, width = args.latent_size or size.frame_shape[1:]
+    if height % size.patch_size or width % size.patch_size:
+        raise UsageError(f"--latent-size {height}x{width} is not in whole {size.patch_size}x{size.patch_size} patches; "
+                         f"accepted: each side a multiple of {size.patch_size}, e.g. 60x104")
+    return random_model("baseline", args.size, on, dtype, frame_size=height, frame_width=width)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.size is not None and args.model is not None:
+        raise UsageError(f"--size builds a model with random weights, --model {args.model!r} loads one; accepted: one "
+                         "of them")
+    args.model = args.model or (f"random:{args.size}" if args.size else "baseline")
     diffusers_model = args.model.startswith("diffusers:")
     capture, clip_frames = _check_run_flags(args, diffusers_model)
     clips = indices(args.clip, "--clip", 0, CLIP_MAX)
@@ -234,7 +253,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     options = {"latent_size": args.latent_size or (8, 8), "text_embeddings": embeddings,
                "frames_per_block": args.frames_per_block, "fps": args.fps, "scheduler": args.scheduler} \
         if diffusers_model else {}
-    model = load_model(args.model, device=on, dtype=dtype, **options)
+    if args.size is not None:
+        model = _random_baseline(args, on, dtype)
+    else:
+        model = load_model(args.model, device=on, dtype=dtype, **options)
     if diffusers_model:
         _condition(model, args)
     layout = layout_of(model)
@@ -264,9 +286,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
         if diffusers_model and context_latents is not None:  # a real video, encoded: its later frames are not the truth
             clip, truth = context_latents, None
-        elif diffusers_model:  # seeded Gaussian latents stand in for a diffusers model's context: there is no ground truth
+        elif diffusers_model or args.size:  # seeded Gaussian latents stand in for the context: there is no ground truth
             generator = torch.Generator().manual_seed(clip_index)
-            clip = torch.randn((clip_frames, model.channels, *model.latent_size), generator=generator)
+            shape = model.config.frame_shape if args.size else (model.channels, *model.latent_size)
+            clip = torch.randn((clip_frames, *shape), generator=generator)
             truth = None
         else:
             clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size, scene=args.scene).clip(clip_index)
@@ -288,7 +311,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             bar.close()
             for probe, where in zip(probes, (path, _uncond(path)), strict=False):
                 saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
-                                   split="latent noise" if diffusers_model else "val" if args.scene == "sprites"
+                                   split="latent noise" if diffusers_model or args.size else "val"
+                                   if args.scene == "sprites"
                                    else f"val, {args.scene} scene", dtype=args.dtype, device=str(on),
                                    command=command)
             return path if len(probes) > 1 else saved

@@ -39,7 +39,7 @@ from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from probes.reductions import StepGram, cosine_from_gram, off_diagonal
 from probes.store import write_run
-from scd.sampling import observe_sampling
+from scd.sampling import latent_channels, observe_sampling
 
 
 def _index(value) -> bool:
@@ -438,6 +438,9 @@ class Probe:
             video, what = self.model.preview(video)
             shown = {"video_frames": len(video), "video_context_frames": self.model.shown_frames(self.context),
                      "video_shows": what}
+        elif video.shape[1] != 3:  # a built-in model of latent frames (a random "wan1.3b"): three channels shown
+            video, what = latent_channels(video)
+            shown = {"video_frames": len(video), "video_context_frames": self.context, "video_shows": what}
         truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *_frames_uint8(video).shape[1:]),
                                                                                        np.uint8)
         config = self.model.get_config() if hasattr(self.model, "get_config") else {}

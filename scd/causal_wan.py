@@ -37,6 +37,7 @@ from transformer_lens.hook_points import HookPoint
 
 from scd.baseline import block_causal_mask
 from scd.blocks import KVCache
+from scd.sampling import latent_channels
 from scd.zoo import CheckpointError
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
@@ -219,8 +220,7 @@ class CausalWan(nn.Module):
         VAE as one causal sequence (Wan's VAE: T' = 1 + 4 (T - 1)), or without a VAE the first three latent
         channels of each frame (T' = T), each channel scaled by its spread."""
         if getattr(self, "vae", None) is None:
-            rgb = video[:, :3].float()
-            return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1), "latent channels 0-2"
+            return latent_channels(video)
         from scd.wan_vae import decode_latents
 
         return decode_latents(self.vae, video), "decoded by the VAE as one causal sequence"

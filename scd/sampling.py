@@ -189,3 +189,11 @@ def generate(
     for o in observers:
         o.on_video(video)
     return video
+
+
+def latent_channels(video: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Latent frames [T, C, h, w] shown as images [T, 3, h, w] in [-1, 1]: the first three channels, each scaled by
+    its spread over the video; and what they are."""
+    rgb = video[:, :3].float()
+    return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1), "latent channels 0-2"
+

@@ -159,3 +159,16 @@ def test_bench_at_the_wan_1_3b_size_on_cuda_in_bfloat16(tmp_path):
     bench = load_bench(out)
     assert bench["info"]["dtype"] == "bfloat16" and (bench["speed"].frames_per_s > 0).all()
     assert (bench["speed"].peak_mib > 0).all()
+
+
+def test_probe_run_at_the_wan_1_3b_size_records_every_layer_on_latent_frames(tmp_path):
+    """`probe run --size wan1.3b` on the CPU at a small latent: all 30 layers, features and attention, with the
+    latent frames shown as three channels and no ground truth."""
+    out = tmp_path / "run"
+    assert main(["run", "--size", "wan1.3b", "--latent-size", "4x8", "--layers", "all", "--context", "1", "--frames", "1",
+                 "--steps", "2", "--dtype", "bfloat16", "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    assert run.manifest["config"]["width"] == 1536 and run.manifest["tokens_per_frame"] == 8
+    assert run.attention_layers == list(range(30)) and run.features(29).shape == (1, 2, 8, 1536)
+    assert run.manifest["video_shows"] == "latent channels 0-2" and not run.manifest["ground_truth"]
+    assert torch.allclose(run.attention(0).sum(-1), torch.ones(()), atol=1e-4)

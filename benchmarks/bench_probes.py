@@ -1,7 +1,8 @@
 """What probing costs: time overhead of a Probe, and peak memory of the attention mass and of the two modes.
 
     python benchmarks/bench_probes.py                 # the shipped baseline; writes benchmarks/RESULTS.md
-    python benchmarks/bench_probes.py --repeats 1 --quick
+    python benchmarks/bench_probes.py --repeats 1
+    python benchmarks/bench_probes.py --scale wan1.3b --device cuda --context 21 --frames 2 --steps 4 --repeats 2
 
 1. Overhead: probed / unprobed generation time, measured interleaved in one process (each round runs
    every setting once, in turn; the median over rounds is reported), for one layer and for all 30
@@ -11,6 +12,8 @@
    of the full attention matrix it avoids.
 3. Peak memory of a probed generation (all 30 layers, features and attention) in full vs stream mode
    at 50 and 200 steps, each in a fresh subprocess.
+4. `--scale wan1.3b`: all 30 layers probed on a random Wan-1.3B-sized baseline (480p latents, 21-frame context)
+   against the same generation unprobed, with peak memory: the paper's scale, for a GPU.
 
 Peak memory is the process's resident-set high-water mark (Linux VmHWM, reset through
 /proc/self/clear_refs) above what it held before the measured work; the mode children run with
@@ -84,6 +87,52 @@ def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
     base = statistics.median(times["unprobed"])
     return [{"setting": name, "seconds": statistics.median(t), "ratio": statistics.median(t) / base,
              "rounds": [a / b for a, b in zip(t, times["unprobed"], strict=True)]} for name, t in times.items()]
+
+
+def overhead_at_scale(size: str, device: str, latent: tuple[int, int], context: int, frames: int, steps: int,
+                      repeats: int) -> dict:
+    """`probe run --size SIZE --layers all` against the same generation unprobed, interleaved, on a random model at
+    the paper's scale; peak accelerator memory of each (CUDA), or the resident-set peak (CPU)."""
+    from probes import Probe
+    from scd import generate
+    from scd.zoo import random_model
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = random_model("baseline", size, device, dtype, frame_size=latent[0], frame_width=latent[1])
+    clip = torch.randn(context, *model.config.frame_shape, generator=torch.Generator().manual_seed(0))
+    cuda = device.startswith("cuda")
+
+    def one(probed: bool) -> tuple[float, int]:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            before = _reset_peak()
+        start = time.perf_counter()
+        if probed:
+            with Probe(model, "all") as probe:
+                generate(model, clip, frames, steps=steps, device=device, dtype=dtype)
+            probe.metrics()
+        else:
+            generate(model, clip, frames, steps=steps, device=device, dtype=dtype)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        peak = (torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")) - before
+        return seconds, peak
+
+    generate(model, clip, 1, steps=1, device=device, dtype=dtype)  # warm-up
+    runs = {False: [], True: []}
+    for _ in range(repeats):
+        for probed in (False, True):
+            runs[probed].append(one(probed))
+    plain, probed = (statistics.median(t for t, _ in runs[k]) for k in (False, True))
+    return {"size": size, "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+            "latent": latent, "tokens": model.config.tokens_per_frame, "context": context, "frames": frames,
+            "steps": steps, "dtype": str(dtype).removeprefix("torch."), "unprobed_s": plain, "probed_s": probed,
+            "ratio": probed / plain, "unprobed_peak": max(m for _, m in runs[False]),
+            "probed_peak": max(m for _, m in runs[True])}
 
 
 def attention_memory(keys: int = 32760, queries: int = 1560, heads: int = 12, head_dim: int = 128) -> dict:
@@ -173,10 +222,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--pca-tokens", type=int, default=16, help="stream mode's token subsample in the memory test")
     parser.add_argument("--mode-memory", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--scale", default=None, metavar="SIZE", help="only: every layer probed on a random model of "
+                        "this size (wan1.3b), against the same generation unprobed; printed, not written")
+    parser.add_argument("--device", default="cpu", help="with --scale: cpu or cuda")
+    parser.add_argument("--latent-size", default="60x104", help="with --scale: the latent frame HxW")
+    parser.add_argument("--context", type=int, default=21, help="with --scale: context frames")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     if args.mode_memory:  # the child process of one memory measurement
         print(json.dumps(mode_memory(args.mode_memory[0], int(args.mode_memory[1]), args.frames, args.pca_tokens)))
+        return
+    if args.scale:
+        latent = tuple(int(v) for v in args.latent_size.lower().split("x"))
+        print(json.dumps(overhead_at_scale(args.scale, args.device, latent, args.context, args.frames, args.steps,
+                                           args.repeats)))
         return
     torch.set_num_threads(2)
     over = overhead(args.repeats, args.frames, args.steps)

@@ -172,3 +172,14 @@ def test_probe_run_at_the_wan_1_3b_size_records_every_layer_on_latent_frames(tmp
     assert run.attention_layers == list(range(30)) and run.features(29).shape == (1, 2, 8, 1536)
     assert run.manifest["video_shows"] == "latent channels 0-2" and not run.manifest["ground_truth"]
     assert torch.allclose(run.attention(0).sum(-1), torch.ones(()), atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_probe_run_at_the_wan_1_3b_size_on_cuda_with_a_21_frame_context(tmp_path):
+    """The paper's scale: 480p latents (1,560 tokens per frame), 21 context frames, every layer, bfloat16 on CUDA."""
+    out = tmp_path / "run"
+    assert main(["run", "--size", "wan1.3b", "--device", "cuda", "--dtype", "bfloat16", "--layers", "all", "--context",
+                 "21", "--frames", "1", "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    assert run.manifest["tokens_per_frame"] == 1560 and run.attention(29).shape[-1] == 22
+    assert torch.allclose(run.attention(29).sum(-1), torch.ones(()), atol=1e-3)

@@ -349,19 +349,35 @@ def answer(cards: list[dict], reference: str) -> str:
     if not moved:
         lines.append("Only the reference has been measured: no factor has been tried yet.")
     elif not shown:
-        lower = sorted({name for name, _, rel in moved if rel[2] is not None and rel[2] < 1})
-        higher = sorted({name for name, _, rel in moved if rel[1] is not None and rel[1] > 1})
+        lower: dict[str, list[int]] = {}
+        higher: dict[str, list[int]] = {}
+        for name, layer, rel in moved:
+            if rel[2] is not None and rel[2] < 1:
+                lower.setdefault(name, []).append(layer)
+            if rel[1] is not None and rel[1] > 1:
+                higher.setdefault(name, []).append(layer)
+
+        def named(which: dict[str, list[int]]) -> str:
+            return ", ".join(f"`{n}` (layer {', '.join(map(str, layers))})" for n, layers in sorted(which.items()))
+
         if lower:
-            lines.append(f"What that suggests: {', '.join(f'`{n}`' for n in lower)} lowered the deep layers' reliance "
-                         "on the past (a paired interval below 1) but nowhere near the paper's frame-local layers; "
-                         "the factor points the way, and more of it (or of it combined with others) is what to try next.")
+            mixed = sorted(set(lower) & set(higher))
+            text = (f"What that suggests: {named(lower)} lowered the deep layers' reliance on the past (a paired interval "
+                    "below 1) but nowhere near the paper's frame-local layers")
+            if mixed:
+                text += (f"; {', '.join(f'`{n}`' for n in mixed)} raised it at another deep layer, so the factor moves "
+                         "the reliance between the deep layers more than it removes it; more of it, or factors together, "
+                         "is what to try next.")
+            else:
+                text += "; the factor points the way, and more of it (or of it combined with others) is what to try next."
+            lines.append(text)
         else:
             lines.append("What that suggests: none of the single factors tried moved the deep layers toward the frame "
                          "(no paired interval below 1); the paper's frame-local deep layers need what these variants "
                          "lack: a larger model, more tokens per frame, far longer training, or factors together.")
         if higher:
-            lines.append(f"{', '.join(f'`{n}`' for n in higher)} made the deep layers look back more than the reference "
-                         "(a paired interval above 1).")
+            lines.append(f"{named(higher)} made the deep layers look back more than the reference (a paired interval "
+                         "above 1).")
     return "\n".join(lines)
 
 

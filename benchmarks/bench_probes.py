@@ -186,7 +186,9 @@ def write_results(path: Path, command: str, over: list[dict], attn: dict, modes:
              "| setting | seconds | probed / unprobed | per round |", "|---|---:|---:|---|"]
     lines += [f"| {r['setting']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "
               f"{', '.join(f'{x:.2f}' for x in r['rounds'])} |" for r in over]
-    lines += ["", "How a probe stays cheap: the attention of every probed layer of a pass is computed once the pass is "
+    lines += ["", "Single rounds vary with the machine's load (a shared virtual machine): read the per-round ratios "
+              "with the median.", "",
+              "How a probe stays cheap: the attention of every probed layer of a pass is computed once the pass is "
               "over, in one batch, by PyTorch's fused attention with the one-hot key cells as values (exact softmax, "
               "no probability matrix held; `probes.attention.pooled_attention`); the step x step Gram of a frame's "
               "features is one float64 matrix product when the frame is done (`probes.reductions.StepGram`); the "

@@ -20,18 +20,8 @@ from transformer_lens.hook_points import HookPoint
 from scd.blocks import Block, KVCache, modulate, rope_angles
 
 
-@dataclass
-class BaselineConfig:
-    frame_size: int = 32        # frame height in pixels (latent rows for latent models), and its width unless frame_width
-    patch_size: int = 4         # pixels per side of a patch: (32 / 4)^2 = 64 tokens per frame
-    channels: int = 3           # RGB (16 for Wan's latents)
-    width: int = 128            # residual stream width
-    depth: int = 30             # blocks; Wan-2.1-1.3B has 30
-    heads: int = 4              # attention heads (head dim = width / heads, split over 3 RoPE axes)
-    mlp_ratio: float = 4.0      # MLP hidden width / width
-    rope_theta: float = 10000.0  # RoPE base
-    frame_local_blocks: int = 0  # the last n blocks attend only within the frame (the paper's frame-diagonal mask)
-    frame_width: int = 0        # frame width in pixels; 0: square (frame_size)
+class FrameShape:
+    """The frame of a baseline or SCD config (`frame_size`, `frame_width`, `patch_size`, `channels`)."""
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -47,6 +37,20 @@ class BaselineConfig:
     def tokens_per_frame(self) -> int:
         rows, cols = patch_grid(self)
         return rows * cols
+
+
+@dataclass
+class BaselineConfig(FrameShape):
+    frame_size: int = 32        # frame height in pixels (latent rows for latent models), and its width unless frame_width
+    patch_size: int = 4         # pixels per side of a patch: (32 / 4)^2 = 64 tokens per frame
+    channels: int = 3           # RGB (16 for Wan's latents)
+    width: int = 128            # residual stream width
+    depth: int = 30             # blocks; Wan-2.1-1.3B has 30
+    heads: int = 4              # attention heads (head dim = width / heads, split over 3 RoPE axes)
+    mlp_ratio: float = 4.0      # MLP hidden width / width
+    rope_theta: float = 10000.0  # RoPE base
+    frame_local_blocks: int = 0  # the last n blocks attend only within the frame (the paper's frame-diagonal mask)
+    frame_width: int = 0        # frame width in pixels; 0: square (frame_size)
 
 
 def frame_shape(config) -> tuple[int, int, int]:

@@ -21,12 +21,12 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.baseline import WAN_1_3B, CausalVideoDiffuser, frame_shape, frames_mask, patch_grid
+from scd.baseline import WAN_1_3B, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
 from scd.blocks import Block, KVCache, modulate, rope_angles
 
 
 @dataclass
-class SCDConfig:
+class SCDConfig(FrameShape):
     frame_size: int = 32         # frame height in pixels (latent rows for latent models), and its width unless frame_width
     patch_size: int = 4          # pixels per side of a patch: (32 / 4)^2 = 64 tokens per frame
     channels: int = 3            # RGB (16 for Wan's latents)
@@ -38,21 +38,6 @@ class SCDConfig:
     rope_theta: float = 10000.0  # RoPE base
     encoder_noise: float = 0.05  # std of the Gaussian noise added to the encoder output in training
     frame_width: int = 0         # frame width in pixels; 0: square (frame_size)
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one frame."""
-        return frame_shape(self)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Patches down and across a frame."""
-        return patch_grid(self)
-
-    @property
-    def tokens_per_frame(self) -> int:
-        rows, cols = patch_grid(self)
-        return rows * cols
 
     @property
     def depth(self) -> int:

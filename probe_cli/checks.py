@@ -192,3 +192,17 @@ def output(path, kind: str, force: bool, flag: str = "--out"):
         return check_output(path, kind, force, flag)
     except OutputError as e:
         raise UsageError(str(e)) from None
+
+
+def size_latent(size: str, latent: tuple[int, int] | None) -> tuple[int, int]:
+    """The latent frame (height, width) a `--size` model runs at: `--latent-size`, else the size's own; refused
+    unless it is whole patches."""
+    from scd.baseline import BASELINE_SIZES
+
+    config = BASELINE_SIZES[size]
+    height, width = latent or config.frame_shape[1:]
+    if height % config.patch_size or width % config.patch_size:
+        raise UsageError(f"--latent-size {height}x{width} is not in whole {config.patch_size}x{config.patch_size} "
+                         f"patches; accepted: each side a multiple of {config.patch_size}, e.g. 60x104")
+    return height, width
+

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from probe_cli.checks import UsageError, device, estimate_fits, layers, output
+from probe_cli.checks import UsageError, device, estimate_fits, layers, output, size_latent
 
 
 def _machine(on) -> str:
@@ -30,19 +30,12 @@ def _fits(model, frames: int, what: str, batch: int = 1) -> None:
 
 def _random_models(args: argparse.Namespace, on, dtype, contexts: list[int]) -> dict:
     """Both families at `--size`, random weights, built where they run (refusals come before any is built)."""
-    from scd.baseline import BASELINE_SIZES
-    from scd.zoo import random_model
-
-    size = BASELINE_SIZES[args.size]
-    height, width = args.latent_size or (size.frame_size, size.frame_width or size.frame_size)
-    if height % size.patch_size or width % size.patch_size:
-        raise UsageError(f"--latent-size {height}x{width} is not in whole {size.patch_size}x{size.patch_size} patches; "
-                         f"accepted: each side a multiple of {size.patch_size}, e.g. 60x104")
-    shape = {"frame_size": height, "frame_width": width}
     from dataclasses import asdict
 
-    from scd.zoo import SIZES, build_model
+    from scd.zoo import SIZES, build_model, random_model
 
+    height, width = size_latent(args.size, args.latent_size)
+    shape = {"frame_size": height, "frame_width": width}
     shells = [build_model({"family": family, **asdict(SIZES[family][args.size]), **shape}, device="meta")
               for family in ("baseline", "scd")]  # no weights: sizes and memory are checked before anything is built
     for shell in shells:

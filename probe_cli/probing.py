@@ -8,7 +8,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from probe_cli.checks import CLIP_MAX, SEED_MAX, UsageError, device, estimate_fits, indices, layers, output, torch_dtype
+from probe_cli.checks import (
+    CLIP_MAX,
+    SEED_MAX,
+    UsageError,
+    device,
+    estimate_fits,
+    indices,
+    layers,
+    output,
+    size_latent,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:
     from probes.store import Run
@@ -201,14 +212,9 @@ def _estimate(model, layout, spec: list[int], capture: list[str], args: argparse
 
 def _random_baseline(args: argparse.Namespace, on, dtype):
     """The baseline at `--size` with seeded random weights (`scd.zoo.random_model`), at `--latent-size` if given."""
-    from scd.baseline import BASELINE_SIZES
     from scd.zoo import random_model
 
-    size = BASELINE_SIZES[args.size]
-    height, width = args.latent_size or size.frame_shape[1:]
-    if height % size.patch_size or width % size.patch_size:
-        raise UsageError(f"--latent-size {height}x{width} is not in whole {size.patch_size}x{size.patch_size} patches; "
-                         f"accepted: each side a multiple of {size.patch_size}, e.g. 60x104")
+    height, width = size_latent(args.size, args.latent_size)
     return random_model("baseline", args.size, on, dtype, frame_size=height, frame_width=width)
 
 

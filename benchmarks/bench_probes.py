@@ -4,9 +4,10 @@
     python benchmarks/bench_probes.py --repeats 1
     python benchmarks/bench_probes.py --scale wan1.3b --device cuda --context 21 --frames 2 --steps 4 --repeats 2
 
-1. Overhead: probed / unprobed generation time, measured interleaved in one process (each round runs
-   every setting once, in turn; the median over rounds is reported), for one layer and for all 30
-   layers with attention, in full and stream mode, with both backends for one layer.
+1. Overhead: probed / unprobed generation time, measured interleaved in one process (each probed run
+   between two unprobed ones, the settings' order rotating between rounds; the median over rounds is
+   reported), for one layer and for all 30 layers with attention, in full and stream mode, with both
+   backends; and the time inside the probe's own callbacks in the same run (free of the machine's drift).
 2. Peak memory of `attention_mass_by_frame` for 32,760 keys (21 frames x 1,560 tokens: 480p Wan
    latents) and the 1,560 queries of one frame, 12 heads of dim 128, default chunk; next to the size
    of the full attention matrix it avoids.
@@ -30,6 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,7 +58,46 @@ def _reset_peak() -> int:
     return _status("VmRSS")
 
 
+# The Probe methods that `generate` and the hooks call: their time, summed over a run, is the probe's own work.
+PROBE_CALLBACKS = ("on_start", "on_step", "on_video", "_active", "_receive", "_flush", "metrics")
+
+
+@contextmanager
+def clock_probe_callbacks() -> Iterator[list[float]]:
+    """Time spent inside the Probe's callbacks (outermost calls only: `_flush` runs inside `on_step`), in
+    seconds, accumulated in the yielded one-element list while the block runs; the methods are restored on exit."""
+    from probes import Probe
+
+    total, depth = [0.0], [0]
+
+    def timed(method):
+        def wrapper(*args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    total[0] += time.perf_counter() - start
+        return wrapper
+
+    originals = {name: getattr(Probe, name) for name in PROBE_CALLBACKS}
+    try:
+        for name, method in originals.items():
+            setattr(Probe, name, timed(method))
+        yield total
+    finally:
+        for name, method in originals.items():
+            setattr(Probe, name, method)
+
+
 def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
+    """Each probed run is timed between two unprobed runs and divided by their mean, so a machine whose speed
+    drifts during the benchmark (a shared VM) cancels to first order; the settings' order rotates between
+    rounds, so none always follows the same one. Besides the wall-clock ratio, the time spent inside the probe's
+    own callbacks, over the same run's model time: the share of the overhead that is the probe's Python and
+    reductions (hook dispatch by PyTorch is not in it), measured within one run and so free of the drift."""
     from probes import Probe
     from scd import VideoBenchmark, generate, load_model
 
@@ -63,7 +105,6 @@ def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
     clip = VideoBenchmark("val", frames=4 + frames).clip(0)
     depth = len(model.blocks)
     settings = {
-        "unprobed": None,
         "layer 15, full, hookpoints": dict(layers=[15]),
         "layer 15, stream, hookpoints": dict(layers=[15], mode="stream"),
         "layer 15, full, nnsight": dict(layers=[15], backend="nnsight"),
@@ -71,22 +112,45 @@ def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
         f"all {depth} layers, stream, hookpoints": dict(layers="all", mode="stream"),
         f"all {depth} layers, stream, nnsight": dict(layers="all", mode="stream", backend="nnsight"),
     }
-    times: dict[str, list[float]] = {name: [] for name in settings}
     reference = generate(model, clip[:4], frames, steps=steps)  # warm-up
-    for _ in range(repeats):
-        for name, kwargs in settings.items():
+
+    def unprobed() -> float:
+        start = time.perf_counter()
+        video = generate(model, clip[:4], frames, steps=steps)
+        seconds = time.perf_counter() - start
+        assert torch.equal(video, reference), "two unprobed generations differ"
+        return seconds
+
+    def probed(name: str) -> tuple[float, float]:
+        with clock_probe_callbacks() as inside:
             start = time.perf_counter()
-            if kwargs is None:
+            with Probe(model, **settings[name]) as probe:
                 video = generate(model, clip[:4], frames, steps=steps)
-            else:
-                with Probe(model, **kwargs) as probe:
-                    video = generate(model, clip[:4], frames, steps=steps)
-                probe.metrics()  # the reductions a run writes, so their cost is counted
-            times[name].append(time.perf_counter() - start)
-            assert torch.equal(video, reference), f"{name} changed the generated video"
-    base = statistics.median(times["unprobed"])
-    return [{"setting": name, "seconds": statistics.median(t), "ratio": statistics.median(t) / base,
-             "rounds": [a / b for a, b in zip(t, times["unprobed"], strict=True)]} for name, t in times.items()]
+            probe.metrics()  # the reductions a run writes, so their cost is counted
+            seconds = time.perf_counter() - start
+        assert torch.equal(video, reference), f"{name} changed the generated video"
+        return seconds, inside[0]
+
+    names = list(settings)
+    plain: list[float] = []
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}  # (probed, unprobed, inside)
+    for r in range(repeats):
+        before = unprobed()
+        plain.append(before)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            seconds, inside = probed(name)
+            after = unprobed()
+            plain.append(after)
+            runs[name].append((seconds, (before + after) / 2, inside))
+            before = after
+    rows = [{"setting": "unprobed", "seconds": statistics.median(plain), "ratio": 1.0, "rounds": [],
+             "probe_share": 0.0}]
+    for name, triples in runs.items():
+        ratios = [p / u for p, u, _ in triples]
+        rows.append({"setting": name, "seconds": statistics.median(p for p, _, _ in triples),
+                     "ratio": statistics.median(ratios), "rounds": ratios,
+                     "probe_share": statistics.median(i / (p - i) for p, _, i in triples)})
+    return rows
 
 
 def overhead_at_scale(size: str, device: str, latent: tuple[int, int], context: int, frames: int, steps: int,
@@ -171,6 +235,15 @@ def mode_memory(mode: str, steps: int, frames: int, pca_tokens: int) -> dict:
     return {"mode": mode, "steps": steps, "frames": frames, "peak_bytes": _status("VmHWM") - before}
 
 
+def _cpu() -> str:
+    """The processor's model name (Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -178,14 +251,21 @@ def _mib(n: float) -> str:
 def write_results(path: Path, command: str, over: list[dict], attn: dict, modes: list[dict], frames: int,
                   steps: int, pca_tokens: int) -> None:
     lines = [START, "## Probe overhead and memory (`benchmarks/bench_probes.py`)", "",
-             f"Command: `{command}` on {platform.processor() or platform.machine()}, "
+             f"Command: `{command}` on {_cpu()}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}.", "",
              f"### Time: probed / unprobed generation (shipped baseline, 4 context + {frames} frames, {steps} steps)", "",
-             "Settings run interleaved in one process, median over rounds (each round's own ratio in the last "
-             "column); every probed video equals the unprobed one bitwise (checked).", "",
-             "| setting | seconds | probed / unprobed | per round |", "|---|---:|---:|---|"]
-    lines += [f"| {r['setting']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "
-              f"{', '.join(f'{x:.2f}' for x in r['rounds'])} |" for r in over]
+             "Each probed run is timed between two unprobed runs and divided by their mean (the machine's speed drifts; "
+             "this cancels it to first order); the settings' order rotates between rounds; median over rounds, each "
+             "round's ratio listed. The last column is measured inside the same probed run: the time spent in the "
+             "probe's own callbacks over the rest of that run (its Python and reductions; PyTorch's hook dispatch is "
+             "not in it), free of the drift between runs. Every probed video equals the unprobed one bitwise "
+             "(checked).", "",
+             "| setting | seconds | probed / unprobed | per round | in the probe's callbacks |",
+             "|---|---:|---:|---|---:|"]
+    for r in over:
+        share = f"{100 * r['probe_share']:.1f}%" if r["rounds"] else "-"
+        lines.append(f"| {r['setting']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "
+                     f"{', '.join(f'{x:.2f}' for x in r['rounds'])} | {share} |")
     lines += ["", "Single rounds vary with the machine's load (a shared virtual machine): read the per-round ratios "
               "with the median.", "",
               "How a probe stays cheap: the attention of every probed layer of a pass is computed once the pass is "
@@ -242,7 +322,8 @@ def main() -> None:
     torch.set_num_threads(2)
     over = overhead(args.repeats, args.frames, args.steps)
     for r in over:
-        print(f"{r['setting']:40s} {r['seconds']:7.2f} s  {r['ratio']:.2f}x", flush=True)
+        print(f"{r['setting']:40s} {r['seconds']:7.2f} s  {r['ratio']:.2f}x  callbacks {100 * r['probe_share']:.1f}%",
+              flush=True)
     attn = attention_memory()
     print(f"attention mass: peak {_mib(attn['peak_bytes'])} vs full matrix {_mib(attn['full_matrix_bytes'])}", flush=True)
     modes = []

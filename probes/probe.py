@@ -157,7 +157,8 @@ class Probe:
         self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
         self._encoder_layers = [layer for layer in self.layers if self.layout.role(layer) == "encoder"]
         # Asked at every hook of every pass: kept as plain lookups (nn.Module attribute misses are slow).
-        self._is_encoder = [self.layout.role(layer) == "encoder" for layer in range(depth)]
+        self._roles = [self.layout.role(layer) for layer in range(depth)]
+        self._is_encoder = [role == "encoder" for role in self._roles]
         self._guided = hasattr(model, "guidance_pass")
         self._feature_layers = set(self.layers) if "features" in self.capture else set()
         # The noise floor of finding 1: how much the frame's input to the stepwise blocks (the first one's
@@ -176,6 +177,7 @@ class Probe:
     def _reset(self) -> None:
         self.current: tuple[tuple[int, ...], int, float] | None = None  # (frames, step, timestep) of the pass
         self._open: tuple[int, ...] | None = None           # the frames whose step buffers are held
+        self._tail: dict[int, int] = {}                     # wanted frame -> its tokens' distance from the pass's end
         self.timesteps: dict[int, dict[int, float]] = {}    # frame -> step -> timestep
         self.num_frames = 0                                 # frames the sampler announced: the clip length
         self.context: int | None = None                     # frames given before the first denoised one
@@ -220,6 +222,9 @@ class Probe:
         self.current = (wanted, step, timestep) if probed else None
         if probed:
             self._open = wanted
+            # Tokens of each wanted frame from the end of the pass (its chunk is frame-major), asked at every hook.
+            n = self.layout.tokens_per_frame
+            self._tail = {f: (self.layout.chunk(f)[-1] - f) * n for f in wanted}
             for f in wanted:
                 steps = self.timesteps.setdefault(f, {})
                 if step is not None:
@@ -254,8 +259,8 @@ class Probe:
         if tensor.shape[0] != 1:
             raise ProbeError(f"a Probe records one video at a time, through the KV cache for SCD (use_cache=True); "
                              f"a pass had a batch of {tensor.shape[0]}")
-        n, chunk = self.layout.tokens_per_frame, self.layout.chunk(frame)
-        end = tensor.shape[1] - (chunk[-1] - frame) * n
+        n = self.layout.tokens_per_frame
+        end = tensor.shape[1] - self._tail[frame]
         return tensor[0, end - n:end]
 
     def _receive(self, layer: int, hook: str, tensor: torch.Tensor) -> None:
@@ -277,7 +282,7 @@ class Probe:
             self._features[layer].setdefault(frame, []).append(kept.to("cpu"))
         if hook == "attn.hook_k":
             keys = tensor.detach()[0]
-            if self.layout.role(layer) == "frame-local":  # the frame's own keys: all a frame-diagonal block reads
+            if self._roles[layer] == "frame-local":  # the frame's own keys: all a frame-diagonal block reads
                 keys = keys[-self.layout.tokens_per_frame:]
             self._key_cells(layer, frame, keys.shape[0])  # refuse a key count the layout does not give, here
             self._pending.append((layer, frame, self._frame_tokens(self._query[layer], frame), keys))
@@ -287,7 +292,7 @@ class Probe:
 
     def _key_cells(self, layer: int, frame: int, keys: int) -> tuple[torch.Tensor, int]:
         """The cell (frame x band) of each of the `keys` keys a query of `frame` sees at `layer`, and the cell count."""
-        role = self.layout.role(layer)
+        role = self._roles[layer]
         if (role, frame, keys) not in self._cells:
             try:
                 key_frames = self.layout.key_frames(layer, frame, keys)
@@ -304,7 +309,7 @@ class Probe:
         pending, self._pending, self._pending_elements = self._pending, [], 0
         groups: dict[tuple[str, int, int], list] = {}
         for layer, frame, query, keys in pending:
-            groups.setdefault((self.layout.role(layer), frame, keys.shape[0]), []).append((layer, query, keys))
+            groups.setdefault((self._roles[layer], frame, keys.shape[0]), []).append((layer, query, keys))
         for (_, frame, count), members in groups.items():
             key_cells, cells = self._key_cells(members[0][0], frame, count)
             by_frame, maps = _attention_of_group([q for _, q, _ in members], [k for _, _, k in members], key_cells,
@@ -397,10 +402,11 @@ class Probe:
                 for name, matrices in (("token_cosine", token_cosine), ("flat_cosine", cosine_from_gram(gram))):
                     if matrices.shape[-1] < 2:  # one pass per frame (SCD's encoder): no steps to compare
                         continue
-                    for frame, matrix in zip(self.recorded_frames, matrices, strict=True):
-                        values = off_diagonal(matrix)
-                        rows.append((layer, frame, f"{name}_mean", float(values.mean())))
-                        rows.append((layer, frame, f"{name}_min", float(values.min())))
+                    values = off_diagonal(matrices)  # [F, S (S - 1)]
+                    means, minima = values.mean(-1).tolist(), values.amin(-1).tolist()
+                    for frame, mean, minimum in zip(self.recorded_frames, means, minima, strict=True):
+                        rows.append((layer, frame, f"{name}_mean", mean))
+                        rows.append((layer, frame, f"{name}_min", minimum))
             if "attention" in self.capture:
                 for frame, mass in zip(self.recorded_frames, self.attention(layer), strict=True):
                     rows.append((layer, frame, "attention_earlier", float(mass[..., :frame].sum(-1).mean())))

@@ -31,13 +31,15 @@ class StepGram:
 
     def __init__(self) -> None:
         self.buffer: list[torch.Tensor] = []  # [N, D] float32 per step of the open frame
-        self.settled = 0                      # steps whose rows are computed
-        self.gram_rows: list[torch.Tensor] = []
-        self.token_rows: list[torch.Tensor] = []
+        self.settled = 0                      # steps of the open frame whose rows are computed
+        self.steps = 0                        # steps whose rows are computed, over all calls
+        # Rows settled together: (first step, Gram rows [new, first + new], token-cosine rows [new, first + new]).
+        self.blocks: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def add(self, features: torch.Tensor) -> torch.Tensor:
         """Take the features [N, D] of the next step; returns the float32 copy kept (callers may keep it too)."""
-        x = features.to(torch.float32, copy=True)  # a copy: a view would keep the pass's whole activation alive
+        # A copy: a view would keep the pass's whole activation alive (clone: the cheaper call for float32).
+        x = features.clone() if features.dtype == torch.float32 else features.float()
         self.buffer.append(x)
         return x
 
@@ -58,10 +60,8 @@ class StepGram:
             gram += dots.sum(0)
             cosine += (dots / (norms[:, first:, None] * norms[:, None, :]).clamp_min(1e-12)).sum(0)
         cosine /= tokens
-        for row, s in enumerate(range(first, steps)):
-            self.gram_rows.append(gram[row, : s + 1].cpu())
-            self.token_rows.append(cosine[row, : s + 1].cpu())
-        self.settled = steps
+        self.blocks.append((first, gram.cpu(), cosine.cpu()))
+        self.settled = self.steps = steps
 
     def release(self) -> None:
         """The frame is done: compute its rows, then drop the buffered features."""
@@ -71,10 +71,10 @@ class StepGram:
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Gram of the flattened features, per-token cosine averaged over tokens), each [S, S] float64."""
         self._settle()
-        steps = len(self.gram_rows)
+        steps = self.steps
         gram, token = torch.zeros(steps, steps, dtype=torch.float64), torch.zeros(steps, steps, dtype=torch.float64)
-        for s, (g, t) in enumerate(zip(self.gram_rows, self.token_rows, strict=True)):
-            gram[s, : s + 1], token[s, : s + 1] = g, t
+        for first, g, t in self.blocks:
+            gram[first:first + len(g), : g.shape[1]], token[first:first + len(t), : t.shape[1]] = g, t
         lower = torch.tril(torch.ones(steps, steps, dtype=torch.bool), -1)
         return torch.where(lower, gram, gram.T), torch.where(lower, token, token.T)
 

@@ -143,14 +143,26 @@ def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
             plain.append(after)
             runs[name].append((seconds, (before + after) / 2, inside))
             before = after
-    rows = [{"setting": "unprobed", "seconds": statistics.median(plain), "ratio": 1.0, "rounds": [],
-             "probe_share": 0.0}]
+    rows = [{"setting": "unprobed", "seconds": statistics.median(plain), "ratio": 1.0, "interval": (1.0, 1.0),
+             "rounds": [], "probe_share": 0.0}]
     for name, triples in runs.items():
         ratios = [p / u for p, u, _ in triples]
         rows.append({"setting": name, "seconds": statistics.median(p for p, _, _ in triples),
-                     "ratio": statistics.median(ratios), "rounds": ratios,
+                     "ratio": statistics.fmean(ratios), "interval": _t_interval(ratios),
+                     "median": statistics.median(ratios), "rounds": ratios,
                      "probe_share": statistics.median(i / (p - i) for p, _, i in triples)})
     return rows
+
+
+def _t_interval(values: list[float]) -> tuple[float, float]:
+    """95% t-interval of the mean (neighbouring rounds share an unprobed run, so it is slightly narrow)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    mean, sem = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    return mean - half, mean + half
 
 
 def overhead_at_scale(size: str, device: str, latent: tuple[int, int], context: int, frames: int, steps: int,
@@ -249,25 +261,32 @@ def _mib(n: float) -> str:
 
 
 def write_results(path: Path, command: str, over: list[dict], attn: dict, modes: list[dict], frames: int,
-                  steps: int, pca_tokens: int) -> None:
+                  steps: int, pca_tokens: int, memory_frames: int) -> None:
     lines = [START, "## Probe overhead and memory (`benchmarks/bench_probes.py`)", "",
              f"Command: `{command}` on {_cpu()}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}.", "",
-             f"### Time: probed / unprobed generation (shipped baseline, 4 context + {frames} frames, {steps} steps)", "",
+             f"### Time: probed / unprobed generation (shipped baseline, 4 context + {frames} frames, {steps} steps, "
+             f"{len(over[1]['rounds'])} rounds)", "",
              "Each probed run is timed between two unprobed runs and divided by their mean (the machine's speed drifts; "
-             "this cancels it to first order); the settings' order rotates between rounds; median over rounds, each "
-             "round's ratio listed. The last column is measured inside the same probed run: the time spent in the "
+             "this cancels it to first order); the settings' order rotates between rounds; the mean over rounds with "
+             "its 95% t-interval, and the median. Two identical unprobed runs in a row differ by 11% (standard "
+             "deviation of their ratio) on this shared machine, hence many short rounds. The last column is measured "
+             "inside the same probed run: the time spent in the "
              "probe's own callbacks over the rest of that run (its Python and reductions; PyTorch's hook dispatch is "
              "not in it), free of the drift between runs. Every probed video equals the unprobed one bitwise "
              "(checked).", "",
-             "| setting | seconds | probed / unprobed | per round | in the probe's callbacks |",
-             "|---|---:|---:|---|---:|"]
+             "| setting | seconds (median) | probed / unprobed: mean [95% interval] | median | in the probe's "
+             "callbacks |", "|---|---:|---:|---:|---:|"]
     for r in over:
         share = f"{100 * r['probe_share']:.1f}%" if r["rounds"] else "-"
-        lines.append(f"| {r['setting']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "
-                     f"{', '.join(f'{x:.2f}' for x in r['rounds'])} | {share} |")
-    lines += ["", "Single rounds vary with the machine's load (a shared virtual machine): read the per-round ratios "
-              "with the median.", "",
+        if not r["rounds"]:
+            lines.append(f"| {r['setting']} | {r['seconds']:.2f} | 1 | 1 | - |")
+            continue
+        low, high = r["interval"]
+        lines.append(f"| {r['setting']} | {r['seconds']:.2f} | {r['ratio']:.3f}x [{low:.3f}, {high:.3f}] | "
+                     f"{r['median']:.3f}x | {share} |")
+    lines += ["", "Per round: " + "; ".join(f"{r['setting']}: {', '.join(f'{x:.2f}' for x in r['rounds'])}"
+                                            for r in over if r["rounds"]) + ".", "",
               "How a probe stays cheap: the attention of every probed layer of a pass is computed once the pass is "
               "over, in one batch, by PyTorch's fused attention with the one-hot key cells as values (exact softmax, "
               "no probability matrix held; `probes.attention.pooled_attention`); the step x step Gram of a frame's "
@@ -278,7 +297,7 @@ def write_results(path: Path, command: str, over: list[dict], attn: dict, modes:
               f"frames x {attn['queries']:,} tokens, 480p Wan latents), {attn['heads']} heads of dim {attn['head_dim']}, "
               f"default chunk ({attn['chunk']} queries): peak {_mib(attn['peak_bytes'])} above the inputs, "
               f"{attn['seconds']:.1f} s. The full attention matrix in float32 would be {_mib(attn['full_matrix_bytes'])}.",
-              "", f"### Memory: full vs stream mode, all 30 layers with attention, 4 generated frames "
+              "", f"### Memory: full vs stream mode, all 30 layers with attention, {memory_frames} generated frames "
               f"(stream keeps {pca_tokens} of 64 tokens for PCA)", "",
               "Peak resident memory above the loaded model, each setting in a fresh process "
               "(MALLOC_MMAP_THRESHOLD_=16384, so freed tensors leave the resident set).", "",
@@ -299,8 +318,10 @@ def write_results(path: Path, command: str, over: list[dict], attn: dict, modes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds for the overhead")
-    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=24, help="interleaved rounds for the overhead (each probed run "
+                        "between two unprobed ones)")
+    parser.add_argument("--frames", type=int, default=1, help="frames generated per timed run (overhead; with --scale)")
+    parser.add_argument("--memory-frames", type=int, default=4, help="frames generated in the memory measurement")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--pca-tokens", type=int, default=16, help="stream mode's token subsample in the memory test")
     parser.add_argument("--mode-memory", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
@@ -312,7 +333,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     if args.mode_memory:  # the child process of one memory measurement
-        print(json.dumps(mode_memory(args.mode_memory[0], int(args.mode_memory[1]), args.frames, args.pca_tokens)))
+        print(json.dumps(mode_memory(args.mode_memory[0], int(args.mode_memory[1]), args.memory_frames,
+                                     args.pca_tokens)))
         return
     if args.scale:
         latent = tuple(int(v) for v in args.latent_size.lower().split("x"))
@@ -322,20 +344,21 @@ def main() -> None:
     torch.set_num_threads(2)
     over = overhead(args.repeats, args.frames, args.steps)
     for r in over:
-        print(f"{r['setting']:40s} {r['seconds']:7.2f} s  {r['ratio']:.2f}x  callbacks {100 * r['probe_share']:.1f}%",
-              flush=True)
+        print(f"{r['setting']:40s} {r['seconds']:7.2f} s  {r['ratio']:.3f}x [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]  "
+              f"callbacks {100 * r['probe_share']:.1f}%", flush=True)
     attn = attention_memory()
     print(f"attention mass: peak {_mib(attn['peak_bytes'])} vs full matrix {_mib(attn['full_matrix_bytes'])}", flush=True)
     modes = []
     for steps in (50, 200):
         for mode in ("full", "stream"):
-            child = subprocess.run([sys.executable, __file__, "--mode-memory", mode, str(steps), "--frames",
-                                    str(args.frames), "--pca-tokens", str(args.pca_tokens)],
+            child = subprocess.run([sys.executable, __file__, "--mode-memory", mode, str(steps), "--memory-frames",
+                                    str(args.memory_frames), "--pca-tokens", str(args.pca_tokens)],
                                    capture_output=True, text=True, check=True, env=MALLOC_ENV)
             modes.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(f"{mode:6s} {steps:3d} steps: peak {_mib(modes[-1]['peak_bytes'])}", flush=True)
     command = "python benchmarks/bench_probes.py " + " ".join(sys.argv[1:])
-    write_results(args.out, command.strip(), over, attn, modes, args.frames, args.steps, args.pca_tokens)
+    write_results(args.out, command.strip(), over, attn, modes, args.frames, args.steps, args.pca_tokens,
+                  args.memory_frames)
     print(f"wrote {args.out}")
 
 

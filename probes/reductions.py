@@ -32,7 +32,6 @@ class StepGram:
     def __init__(self) -> None:
         self.buffer: list[torch.Tensor] = []  # [N, D] float32 per step of the open frame
         self.settled = 0                      # steps of the open frame whose rows are computed
-        self.steps = 0                        # steps whose rows are computed, over all calls
         # Rows settled together: (first step, Gram rows [new, first + new], token-cosine rows [new, first + new]).
         self.blocks: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
@@ -61,7 +60,7 @@ class StepGram:
             cosine += (dots / (norms[:, first:, None] * norms[:, None, :]).clamp_min(1e-12)).sum(0)
         cosine /= tokens
         self.blocks.append((first, gram.cpu(), cosine.cpu()))
-        self.settled = self.steps = steps
+        self.settled = steps
 
     def release(self) -> None:
         """The frame is done: compute its rows, then drop the buffered features."""
@@ -71,7 +70,7 @@ class StepGram:
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Gram of the flattened features, per-token cosine averaged over tokens), each [S, S] float64."""
         self._settle()
-        steps = self.steps
+        steps = sum(len(g) for _, g, _ in self.blocks)
         gram, token = torch.zeros(steps, steps, dtype=torch.float64), torch.zeros(steps, steps, dtype=torch.float64)
         for first, g, t in self.blocks:
             gram[first:first + len(g), : g.shape[1]], token[first:first + len(t), : t.shape[1]] = g, t

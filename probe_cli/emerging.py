@@ -103,7 +103,7 @@ def cmd_emergence(args: argparse.Namespace) -> None:
     )
     from analyses.emergence_figures import REGENERATE, write_emergence
     from probes.store import load_run
-    from scd.outputs import atomic_directory
+    from scd.outputs import atomic_directory, signature
     from scd.train import load_trained
     from scd.zoo import save_model
 
@@ -138,7 +138,7 @@ def cmd_emergence(args: argparse.Namespace) -> None:
             (tmp / f"card-{name}.json").write_text(json.dumps(card, indent=1) + "\n")
             if name in maps:
                 np.savez_compressed(tmp / f"maps-{name}.npz", **maps[name])
-        (tmp / "emergence.json").write_text(json.dumps({"reference": args.reference, "cards": sorted(cards),
-                                                        "regenerate": REGENERATE}, indent=1) + "\n")
+        index = {**signature("emergence"), "reference": args.reference, "cards": sorted(cards), "regenerate": REGENERATE}
+        (tmp / "emergence.json").write_text(json.dumps(index, indent=1) + "\n")
         write_emergence(tmp, list(cards.values()), maps, args.reference)
     print(f"wrote {out}")

@@ -250,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from probes.probe import Probe, ProbeError
     from probes.store import load_run
     from scd import VideoBenchmark, generate
-    from scd.outputs import replace, temporary_sibling
+    from scd.outputs import discard, replace, temporary_sibling
     from scd.progress import progress
 
     if on.type == "cuda" and world_size > 1:
@@ -331,7 +331,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         with sweep.process_group(world_size):
             if rank == 0:
                 out.parent.mkdir(parents=True, exist_ok=True)
-            name = [temporary_sibling(out).name if rank == 0 else None]
+            made = temporary_sibling(out) if rank == 0 else None
+            name = [str(made.relative_to(out.parent)) if made is not None else None]
             sweep.broadcast(name, world_size)
             tmp = out.parent / name[0]
             target = tmp if tmp.is_dir() else out  # ranks on machines without the shared disk write in place
@@ -344,10 +345,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                 if rank == 0:
                     replace(tmp, out)
             finally:
-                if rank == 0 and tmp.exists():
-                    import shutil
-
-                    shutil.rmtree(tmp, ignore_errors=True)
+                if made is not None and tmp.exists():
+                    discard(made)
         run = out
         if rank > 0:
             return

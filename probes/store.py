@@ -16,6 +16,7 @@ as a `MergedRun`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probes.adapters.builtin import ROLES
-from scd.outputs import OutputError, atomic_directory, check_output, recover
+from scd.outputs import OutputError, atomic_directory, check_output, readable
 from scd.zoo import sha256
 
 FORMAT = "scd-probes-run/3"  # 2: each file's size and sha256; 3: the pooled attention maps (bands)
@@ -204,8 +205,9 @@ def load_run(path: str | Path) -> Run:
     """Open a run directory, or a sweep's shards merged (`MergedRun`); an incomplete, inconsistent or foreign
     directory is refused with a one-line RunError: the manifest is checked against the files (their sizes and
     sha256, every listed layer stored with the shape the frames, steps and tokens give)."""
-    path = Path(path)
-    recover(path)  # a kill between the two renames of a fallback replacement: the old run is put back
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise RunError(f"{path!r} is not a path; accepted: a run directory written by probe run")
+    path = readable(path)  # a replacement killed between its two renames: the old run, read where it lies aside
     if not path.is_dir():
         raise RunError(f"{path} is not a run directory (it does not exist or is a file); accepted: a directory "
                        "written by probe run")

@@ -1,18 +1,21 @@
-"""Outputs written so that nothing is lost: checked before any work, filled in a hidden sibling, swapped into place.
+"""Outputs written so that nothing is lost: checked before any work, filled in a marked hidden sibling, swapped in.
 
     check_output(out, "run", force=False)     # before computing: refuses at once what could not be written
     with atomic_directory(out, "run", force) as tmp:
         ...                                   # fill tmp; on success it replaces `out` in one step
 
-A directory output is one of the toolkit's kinds (`KINDS`: run, sweep, bench, interventions,
-training), recognised by the files it holds, so `force` replaces only what the toolkit wrote, never
-a directory with other content. A file output (report .html, strip .png) is recognised by the
-generator mark the toolkit puts in it. The replacement swaps old and new with one
-`renameat2(RENAME_EXCHANGE)` where the kernel has it, so a kill at any moment leaves the old or the
-new result at the path; elsewhere the old one is renamed aside to `.NAME.old` first, and the next
-write of that output puts it back if a kill came between the two renames. Hidden temporary siblings
-`.NAME.PID.*.tmp` left by killed writers are removed by the next successful write of the output.
-No torch here: the command checks its outputs before importing anything heavy.
+Ownership is proven by content, never by names alone. A directory output is one of the toolkit's kinds
+(`KINDS`: run, sweep, bench, interventions, training, ...): its marker file carries the toolkit's format or
+generator field and every entry is one the kind holds, so `force` replaces only what the toolkit wrote. A
+file output (report .html, strip .png) carries the generator mark. A temporary is a hidden wrapper
+`.NAME.PID.XXXX.tmp` whose first file is a signature (generator, PID, host, target); only signed wrappers of
+writers that are gone are ever removed or restored, so a user's look-alike file is never touched. The
+replacement swaps old and new with one `renameat2(RENAME_EXCHANGE)` where the kernel has it, so a kill at any
+moment leaves the old or the new result at the path; elsewhere the old one goes aside into the signed wrapper
+first, and the next write of that output puts it back if a kill came between the two renames (readers find
+it there meanwhile, `readable`, without moving anything). A failure while filling (an exception, a full disk)
+removes the temporary and leaves the path as it was. No torch here: the command checks its outputs before
+importing anything heavy.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,19 +65,56 @@ class OutputError(ValueError):
 
 
 def _is_shard(path: Path) -> bool:
-    return path.is_dir() and re.fullmatch(r"shard-\d+-of-\d+", path.name) is not None and \
+    if not (path.is_dir() and not path.is_symlink() and re.fullmatch(r"shard-\d+-of-\d+", path.name)):
+        return False
+    shard = _json(path / "shard.json")
+    return isinstance(shard, dict) and str(shard.get("format", "")).startswith("scd-probes-shard/") and \
         all(p.name == "shard.json" or (p.is_dir() and is_toolkit_output(p, "run")) for p in path.iterdir())
 
 
-def _is_temporary(path: Path) -> bool:
-    return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.endswith(".old"))
+def _json(path: Path) -> object:
+    """The parsed JSON file at `path`, or None where there is none or it is not JSON (never raises)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 16 << 20:
+            return None
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+# What a kind's marker file holds when the toolkit wrote it: its `generator` field (written since the ownership
+# rule), or, for outputs written before it, the fields only the toolkit's writer puts there together.
+_LEGACY_FIELDS = {
+    "bench": {"baseline", "other", "command", "machine", "clips"},
+    "interventions": {"model", "checkpoint", "depth", "command", "machine"},
+    "training": {"family", "steps", "batch_size", "lr", "warmup", "ema_decay", "seed", "frames"},
+    "converted": {"source", "source_sha256", "family", "config"},
+    "emergence": {"reference", "cards", "regenerate"},
+}
+
+
+def _signed(kind: str, marker: object) -> bool:
+    """Does the parsed marker file say the toolkit wrote it as a `kind`?"""
+    if not isinstance(marker, dict):
+        return False
+    if kind == "run":
+        return str(marker.get("format", "")).startswith("scd-probes-run/")
+    return marker.get("generator") == f"{GENERATOR}/{kind}" or _LEGACY_FIELDS[kind] <= set(marker)
+
+
+def signature(kind: str) -> dict:
+    """The field a toolkit-written marker file of `kind` carries, so that `force` can tell it from a user's."""
+    return {"generator": f"{GENERATOR}/{kind}"}
 
 
 def is_toolkit_output(path: str | Path, kind: str) -> bool:
-    """Was `path` written by this toolkit as a `kind` ("run", "sweep", "bench", ..., "report", "strip")?"""
+    """Was `path` written by this toolkit as a `kind` ("run", "sweep", "bench", ..., "report", "strip")?
+
+    Recognised by content, never by names alone: a directory's marker file must carry the toolkit's format or
+    generator field and every entry must be one the kind holds; a file must carry the generator mark."""
     path = Path(path)
     if kind in FILE_KINDS.values():
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             return False
         if kind == "report":
             with open(path, "rb") as f:
@@ -83,23 +124,30 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
 
             with Image.open(path) as image:
                 return image.format == "PNG" and image.info.get("Software", "").startswith(GENERATOR)
-        except OSError:
+        except (OSError, ValueError):
             return False
     if not path.is_dir() or path.is_symlink():
         return False
-    entries = [p for p in path.iterdir() if not _is_temporary(p)]
+    entries = [p for p in path.iterdir() if not _owned_temporary(p)]
     if kind == "sweep":
         return bool(entries) and all(_is_shard(p) for p in entries)
     if kind not in KINDS:
-        raise ValueError(f"unknown output kind {kind!r}; accepted: {', '.join([*KINDS, 'sweep', 'report', 'strip'])}")
-    if not (path / MARKERS[kind]).is_file() or any(not any(fnmatch(p.name, pattern) for pattern in KINDS[kind])
-                                                   or not p.is_file() for p in entries):
+        raise OutputError(f"unknown output kind {kind!r}; accepted: {', '.join([*KINDS, 'sweep', 'report', 'strip'])}")
+    if any(not any(fnmatch(p.name, pattern) for pattern in KINDS[kind]) or not p.is_file() or p.is_symlink()
+           for p in entries if not (kind == "training" and p.name == "snapshots")):
         return False
-    try:
-        json.loads((path / MARKERS[kind]).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return True
+    return _signed(kind, _json(path / MARKERS[kind]))
+
+
+def toolkit_kind(path: str | Path) -> str | None:
+    """The kind of toolkit output directory `path` is, or None."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return None
+    for kind, marker in MARKERS.items():
+        if (path / marker).is_file() and is_toolkit_output(path, kind):
+            return kind
+    return "sweep" if is_toolkit_output(path, "sweep") else None
 
 
 def _describe(kind: str) -> str:
@@ -109,25 +157,42 @@ def _describe(kind: str) -> str:
             "strip": "a PNG strip"}[kind]
 
 
+def _inside_output(path: Path) -> Path | None:
+    """The toolkit output directory that `path` would be written into, if any (a report inside a run would make
+    that run unrecognisable, and the next `--force` of it would refuse to replace it)."""
+    for parent in path.absolute().parents:
+        if toolkit_kind(parent) is not None:
+            return parent
+    return None
+
+
 def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "--out") -> Path:
     """Refuse, before any work, an output that exists (without `force`), that is not the toolkit's own `kind`
-    (with `force`), or that cannot be written: proven by creating its hidden temporary sibling in the real
-    parent (parents that do not exist yet are made and removed again). Returns the path."""
+    (with `force`), that lies inside another of the toolkit's outputs, or that cannot be written: proven by
+    creating its marked temporary sibling in the real parent and removing it again (parents that do not exist
+    yet are made and removed again). Reads only otherwise: nothing of anyone's is moved or removed. Returns the
+    path."""
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"{flag} {path!r} is not a path; accepted: a path ending in a new name")
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise OutputError(f"{flag} {str(path)!r} names no file or directory of its own; accepted: a path ending in a new name")
-    recover(path)
     if path.is_symlink():
         raise OutputError(f"{flag} {path} is a symbolic link; accepted: a plain path (the toolkit does not write through links)")
     directory = kind not in FILE_KINDS.values()
-    if path.exists():
+    exists = path.exists() or _aside(path) is not None  # a killed replacement's old result counts as there
+    if exists:
         empty_dir = directory and path.is_dir() and not any(path.iterdir())
         if not empty_dir:
             if not force:
                 raise OutputError(f"{flag} {path} already exists; pass --force to replace it, or choose another path")
-            if not is_toolkit_output(path, kind):
+            if path.exists() and not is_toolkit_output(path, kind):
                 raise OutputError(f"{flag} {path} is not {_describe(kind)} written by this toolkit; "
                                   "--force replaces only the toolkit's own outputs, so it is left as it is")
+    inside = _inside_output(path)
+    if inside is not None:
+        raise OutputError(f"{flag} {path} lies inside {inside}, an output of this toolkit; accepted: a path outside "
+                          "the toolkit's run, sweep, bench and training directories")
     made: list[Path] = []
     try:
         parent = path.parent
@@ -143,8 +208,7 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
         for p in reversed(missing):
             p.mkdir()
             made.append(p)
-        probe = temporary_sibling(path, directory)
-        (probe.rmdir if directory else probe.unlink)()
+        discard(temporary_sibling(path, directory))
     except OSError as e:
         raise OutputError(f"{flag} {path} cannot be written ({e.strerror or e}); accepted: a path in a writable directory") \
             from None
@@ -154,19 +218,50 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
     return path
 
 
-def temporary_sibling(path: Path, directory: bool = True) -> Path:
-    """A new hidden `.NAME.PID.XXXX.tmp` beside `path`, with the permissions a plain mkdir or open would give
-    (mkdtemp's 0700 would otherwise stay on the renamed result); the PID tells a stale one from a live one."""
-    make = tempfile.mkdtemp if directory else tempfile.mkstemp
-    made = make(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    if not directory:
-        os.close(made[0])
-        made = made[1]
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp = Path(made)
-    tmp.chmod((0o777 if directory else 0o666) & ~umask)
-    return tmp
+# Temporaries. Each is a hidden wrapper directory `.NAME.PID.XXXX.tmp` beside the output, holding first a
+# signature file (generator, PID, host, target name) and then the payload `NAME` (the directory or file being
+# written) and, during a fallback replacement, the old result as `OLD`. The toolkit removes or restores only
+# wrappers that carry a valid signature naming this host, their own PID and target, and a writer that is gone:
+# a user's file or directory that merely looks like one is never touched.
+SIGNATURE = ".scd-probes-writer.json"
+OLD = ".scd-probes-old"
+_LIVE: set[Path] = set()  # this process's wrappers still being written
+
+
+def temporary_sibling(path: str | Path, directory: bool = True) -> Path:
+    """A new payload path to fill, inside a marked hidden wrapper beside `path`: an empty directory (or empty
+    file), with the permissions a plain mkdir or open would give. `replace(payload, path)` puts it in place;
+    `discard(payload)` removes it with its wrapper."""
+    path = Path(path)
+    wrapper = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    _LIVE.add(wrapper)
+    try:
+        (wrapper / SIGNATURE).write_text(json.dumps({"generator": GENERATOR, "pid": os.getpid(),
+                                                     "host": socket.gethostname(), "target": path.name}) + "\n")
+        payload = wrapper / path.name
+        payload.mkdir() if directory else payload.touch()
+    except BaseException:
+        _remove(wrapper)
+        _LIVE.discard(wrapper)
+        raise
+    return payload
+
+
+def _wrapper_of(payload: Path) -> Path:
+    wrapper = payload.parent
+    if wrapper not in _LIVE or payload.name != wrapper.name[1:].rsplit(".", 3)[0]:
+        raise OutputError(f"{payload} is not a temporary made by temporary_sibling in this process")
+    return wrapper
+
+
+def discard(payload: str | Path) -> None:
+    """Remove a temporary made by `temporary_sibling` in this process (with its wrapper), if it is still there;
+    nothing else."""
+    if Path(payload).parent not in _LIVE:
+        return  # already put in place or discarded
+    wrapper = _wrapper_of(Path(payload))
+    _remove(wrapper)
+    _LIVE.discard(wrapper)
 
 
 def _alive(pid: int) -> bool:
@@ -174,47 +269,71 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
 
 
+def _owned_temporary(entry: Path, target: str | None = None) -> bool:
+    """Is `entry` a wrapper the toolkit made (for `target`, if given)? Proven by its signature, not its name."""
+    match = re.fullmatch(r"\.(.+)\.(\d{1,10})\.[^./]+\.tmp", entry.name)
+    if match is None or not entry.is_dir() or entry.is_symlink() or (target is not None and match[1] != target):
+        return False
+    signed = _json(entry / SIGNATURE)
+    return isinstance(signed, dict) and signed.get("generator") == GENERATOR and signed.get("pid") == int(match[2]) \
+        and signed.get("target") == match[1] and isinstance(signed.get("host"), str) and \
+        all(p.name in (SIGNATURE, OLD, match[1]) for p in entry.iterdir())
+
+
 def stale_siblings(path: str | Path) -> list[Path]:
-    """Temporary siblings of `path` whose writer is gone (killed mid-write)."""
+    """The toolkit's temporary wrappers beside `path` whose writer is gone (killed mid-write), on this host."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
     stale = []
-    prefix = f".{path.name}."
-    for p in path.parent.iterdir():
-        rest = p.name.removeprefix(prefix)
-        if p.name.startswith(prefix) and p.name.endswith(".tmp") and rest.split(".")[0].isdigit():
-            pid = int(rest.split(".")[0])
-            if pid == os.getpid() or not _alive(pid):
+    for p in sorted(path.parent.iterdir()):
+        if p.name.startswith(f".{path.name}.") and _owned_temporary(p, path.name) and p not in _LIVE:
+            signed = _json(p / SIGNATURE)
+            if signed["host"] == socket.gethostname() and (signed["pid"] == os.getpid() or not _alive(signed["pid"])):
                 stale.append(p)
     return stale
 
 
+def _aside(path: Path) -> Path | None:
+    """The old result a replacement killed between its two renames left in its wrapper, if `path` is missing."""
+    if path.exists() or path.is_symlink():
+        return None
+    for wrapper in stale_siblings(path):
+        if (wrapper / OLD).exists():
+            return wrapper / OLD
+    return None
+
+
+def readable(path: str | Path) -> Path:
+    """Where to read the output `path` from, without changing anything: `path`, or, where a replacement was killed
+    between its two renames, the old result still aside in the killed writer's wrapper."""
+    path = Path(path)
+    return _aside(path) or path
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
 
 
 def recover(path: str | Path) -> None:
-    """Undo what a kill between the two renames of a fallback replacement left: `.NAME.old` without `NAME`."""
+    """Before writing `path`: put back an old result a kill between the two renames of a fallback replacement left
+    aside, and remove the toolkit's stale wrappers of `path`. Touches only signed wrappers of dead writers."""
     path = Path(path)
     if path.name in ("", ".", ".."):
         return
-    old = path.with_name(f".{path.name}.old")
-    try:
-        if old.exists() and not path.exists():
-            old.rename(path)
-        elif old.exists():
-            _remove(old)
-    except OSError:  # a name too long for its `.old` sibling has none
-        pass
+    old = _aside(path)
+    if old is not None:
+        old.rename(path)
+    for stale in stale_siblings(path):
+        _remove(stale)
 
 
 _RENAME_EXCHANGE = 2
@@ -236,51 +355,51 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def replace(tmp: Path, path: Path) -> None:
-    """Put the finished `tmp` at `path`, which holds the old result or nothing: never neither, whenever killed."""
+def replace(payload: Path, path: Path) -> None:
+    """Put the finished `payload` (from `temporary_sibling(path)`) at `path`, which holds the old result or nothing:
+    never neither, whenever killed. Its wrapper is removed, and so are the stale wrappers of killed writers."""
+    payload, path = Path(payload), Path(path)
+    wrapper = _wrapper_of(payload)
+    recover(path)
     if not path.exists() and not path.is_symlink():
-        os.replace(tmp, path)  # nothing to keep: one rename (a file also replaces atomically here)
-    elif tmp.is_file() and path.is_file():
-        os.replace(tmp, path)
-    elif _exchange(tmp, path):
-        _remove(tmp)  # tmp now holds the old result
-    else:
-        old = path.with_name(f".{path.name}.old")
-        _remove(old)
-        path.rename(old)
-        tmp.rename(path)  # a kill here leaves `.NAME.old`, which `recover` puts back
-        _remove(old)
+        os.replace(payload, path)  # nothing to keep: one rename
+    elif payload.is_file() and path.is_file() and not path.is_symlink():
+        os.replace(payload, path)  # a file replaces atomically
+    elif not _exchange(payload, path):  # no renameat2: the old result goes aside into the signed wrapper first
+        path.rename(wrapper / OLD)
+        payload.rename(path)  # a kill here leaves the old result in the wrapper, which `recover` puts back
+    discard(payload)  # the wrapper, holding the old result after an exchange or a fallback
     for stale in stale_siblings(path):
         _remove(stale)
 
 
 @contextmanager
 def atomic_directory(path: str | Path, kind: str | None = None, force: bool = False) -> Iterator[Path]:
-    """Yields a temporary sibling of `path` to fill; on success it replaces `path` (see `replace`), on failure it
-    is removed and `path` is untouched. With a `kind`, `path` is first checked as `check_output` does."""
+    """Yields a temporary directory to fill; on success it replaces `path` (see `replace`), on failure (an
+    exception, a full disk) it is removed and `path` is untouched. With a `kind`, `path` is first checked as
+    `check_output` does."""
     path = Path(path)
     if kind is not None:
         check_output(path, kind, force)
-    recover(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
         path.rmdir()  # an empty directory (made ahead by the user) holds nothing to protect
-    tmp = temporary_sibling(path)
+    payload = temporary_sibling(path)
     try:
-        yield tmp
-        replace(tmp, path)
+        yield payload
+        replace(payload, path)
     finally:
-        _remove(tmp)
+        discard(payload)
 
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary sibling file of `path` to write; on success it replaces `path` in one rename."""
+    """Yields a temporary file to write; on success it replaces `path` in one rename, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path, directory=False)
+    payload = temporary_sibling(path, directory=False)
     try:
-        yield tmp
-        replace(tmp, path)
+        yield payload
+        replace(payload, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(payload)

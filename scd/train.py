@@ -29,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scd.data import VideoBenchmark
 from scd.flops import tokens_per_frame
+from scd.outputs import atomic_file
 from scd.progress import progress as progress_bar
 from scd.train_config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, default_config
 from scd.zoo import SIZES, build_model, save_model
@@ -153,10 +154,9 @@ def save_train_state(path: Path, step: int, model: nn.Module, ema: AveragedModel
     tensors, groups = _optimizer_tensors(optimizer)
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-              metadata={"step": str(step), "param_groups": groups, "train_config": json.dumps(asdict(cfg))})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a kill or a full disk leaves the previous checkpoint
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={"step": str(step), "param_groups": groups, "train_config": json.dumps(asdict(cfg))})
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     is a TrainConfigError (a ValueError) naming the accepted values.
     """
     from scd.memory import NotEnoughMemory, check_fits, training_bytes
-    from scd.outputs import OutputError, check_output, replace, stale_siblings, temporary_sibling
+    from scd.outputs import OutputError, check_output, discard, replace, temporary_sibling
 
     out = Path(out_dir)
     if not isinstance(cfg, TrainConfig):
@@ -207,87 +207,87 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     except NotEnoughMemory as e:
         raise TrainConfigError(str(e)) from None
     final = out
-    if force and out.exists():
-        out = temporary_sibling(out)
+    if not resume:  # a new run is trained in a marked hidden sibling and put in place at the end of the sitting,
+        out = temporary_sibling(out)  # so a kill or a full disk leaves the old run, or nothing
         state_path = out / "train_state.safetensors"  # the new run's state goes with it, not into the run it replaces
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
 
-    torch.manual_seed(cfg.seed)  # the initial weights are part of the run
-    model = build_model(model_config(cfg))
-    if initial is not None:  # a fine-tune: the same architecture, maybe with another attention mask
-        model.load_state_dict(initial)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.99))
-    start, elapsed = 0, 0.0
-    if resume:
-        from safetensors import safe_open
-        with safe_open(state_path, "pt") as f:
-            meta = f.metadata()
-        saved = asdict(TrainConfig(**json.loads(meta["train_config"])))  # fields added since take their defaults
-        if saved != asdict(cfg):
-            changed = sorted(k for k in saved if saved[k] != asdict(cfg).get(k))
-            raise TrainConfigError(f"--resume with a different training config (changed: {', '.join(changed)}); "
-                                   "accepted: the settings the run was started with")
-        tensors = load_file(state_path)
-        model.load_state_dict(_with_prefix(tensors, "model."))
-        ema.load_state_dict(_with_prefix(tensors, "ema."))
-        _load_optimizer(optimizer, _with_prefix(tensors, "optim."), meta["param_groups"])
-        start = int(meta["step"])
-        log = []
-        if (out / "loss.csv").exists():
-            with open(out / "loss.csv", newline="") as f:
-                log = list(csv.DictReader(f))
-        elapsed = float(log[-1]["seconds"]) if log else 0.0
-    (out / "train.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    with open(out / "machines.txt", "a") as f:  # one line per sitting
-        f.write(f"step {start}: {machine_description()}\n")
+        torch.manual_seed(cfg.seed)  # the initial weights are part of the run
+        model = build_model(model_config(cfg))
+        if initial is not None:  # a fine-tune: the same architecture, maybe with another attention mask
+            model.load_state_dict(initial)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      betas=(0.9, 0.99))
+        start, elapsed = 0, 0.0
+        if resume:
+            from safetensors import safe_open
+            with safe_open(state_path, "pt") as f:
+                meta = f.metadata()
+            saved = asdict(TrainConfig(**json.loads(meta["train_config"])))  # fields added since take their defaults
+            if saved != asdict(cfg):
+                changed = sorted(k for k in saved if saved[k] != asdict(cfg).get(k))
+                raise TrainConfigError(f"--resume with a different training config (changed: {', '.join(changed)}); "
+                                       "accepted: the settings the run was started with")
+            tensors = load_file(state_path)
+            model.load_state_dict(_with_prefix(tensors, "model."))
+            ema.load_state_dict(_with_prefix(tensors, "ema."))
+            _load_optimizer(optimizer, _with_prefix(tensors, "optim."), meta["param_groups"])
+            start = int(meta["step"])
+            log = []
+            if (out / "loss.csv").exists():
+                with open(out / "loss.csv", newline="") as f:
+                    log = list(csv.DictReader(f))
+            elapsed = float(log[-1]["seconds"]) if log else 0.0
+        (out / "train.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        with open(out / "machines.txt", "a") as f:  # one line per sitting
+            f.write(f"step {start}: {machine_description()}\n")
 
-    data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size, scene=cfg.scene)
-    log_file = open(out / "loss.csv", "a", newline="")
-    writer = csv.writer(log_file)
-    if start == 0:
-        log_file.truncate(0)
-        writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
-    generator = torch.Generator()
-    model.train()
-    end = cfg.steps if until is None else min(until, cfg.steps)
-    bar = progress_bar(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="train")
-    t0, loss = time.perf_counter() - elapsed, float("nan")
-    for step in bar:
-        lr = learning_rate(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        clips = data.batch(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
-        generator.manual_seed(cfg.seed * 1_000_003 + step)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # what the model draws itself (SCD's encoder noise)
-        loss = flow_matching_loss(model, clips, cfg, generator, bidirectional=step < cfg.bidirectional_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loss = loss.detach()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema.update_parameters(model)
-        writer.writerow([step + 1, f"{loss.item():.5f}", f"{lr:.3g}", f"{grad_norm.item():.4f}",
-                         f"{time.perf_counter() - t0:.1f}"])
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2g}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            log_file.flush()
-            save_train_state(state_path, step + 1, model, ema, optimizer, cfg)
+        data = VideoBenchmark("train", frames=cfg.frames, size=model.config.frame_size, scene=cfg.scene)
+        log_file = open(out / "loss.csv", "a", newline="")
+        writer = csv.writer(log_file)
+        if start == 0:
+            log_file.truncate(0)
+            writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
+        generator = torch.Generator()
+        model.train()
+        end = cfg.steps if until is None else min(until, cfg.steps)
+        bar = progress_bar(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="train")
+        t0, loss = time.perf_counter() - elapsed, float("nan")
+        for step in bar:
+            lr = learning_rate(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            clips = data.batch(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
+            generator.manual_seed(cfg.seed * 1_000_003 + step)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # what the model draws itself (SCD's encoder noise)
+            loss = flow_matching_loss(model, clips, cfg, generator, bidirectional=step < cfg.bidirectional_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss = loss.detach()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            ema.update_parameters(model)
+            writer.writerow([step + 1, f"{loss.item():.5f}", f"{lr:.3g}", f"{grad_norm.item():.4f}",
+                             f"{time.perf_counter() - t0:.1f}"])
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2g}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                log_file.flush()
+                save_train_state(state_path, step + 1, model, ema, optimizer, cfg)
+                save_model(ema.module, out / "model.safetensors")
+            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0:  # raw: a short run's EMA lags its weights
+                save_model(model, out / "snapshots" / f"step-{step + 1:06d}.safetensors")
+        log_file.close()
+        if start >= end:
             save_model(ema.module, out / "model.safetensors")
-        if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0:  # raw: a short run's EMA lags its weights
-            save_model(model, out / "snapshots" / f"step-{step + 1:06d}.safetensors")
-    log_file.close()
-    if start >= end:
-        save_model(ema.module, out / "model.safetensors")
-    if out != final:
-        replace(out, final)
-    for stale in stale_siblings(final):
-        import shutil
-
-        shutil.rmtree(stale, ignore_errors=True)
+        if out != final:
+            replace(out, final)
+    finally:
+        if out != final:  # failed or interrupted: nothing of this sitting stays
+            discard(out)
     return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,
             "machine": machine_description()}
 

@@ -128,7 +128,7 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     """Write a diffusers transformer directory (config.json + safetensors + convert.json) at `out` from `source`."""
     import diffusers
 
-    from scd.outputs import atomic_directory, check_output
+    from scd.outputs import atomic_directory, check_output, signature
     from scd.zoo import sha256
 
     check_output(out, "converted", force)
@@ -147,6 +147,7 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     model.load_state_dict(state, assign=True, strict=True)
     with atomic_directory(out, "converted", force) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "convert.json").write_text(json.dumps({"source": str(source), "source_sha256": sha256(Path(source)),
+        (tmp / "convert.json").write_text(json.dumps({**signature("converted"), "source": str(source),
+                                                      "source_sha256": sha256(Path(source)),
                                                       "family": family, "config": config}, indent=2))
     return Path(out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.devices import float_dtype, usable_device
+from scd.outputs import atomic_file
 from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -237,11 +237,9 @@ def save_model(model: nn.Module, weights_path: str | Path, dtype: torch.dtype = 
     config_path = config_path_for(weights_path) if config_path is None else Path(config_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    tmp = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(state, tmp)
-    os.replace(tmp, weights_path)
+    with atomic_file(weights_path) as tmp:  # a full disk leaves the old weights, never half of new ones
+        save_file(state, tmp)
     config = {**model.get_config(), "dtype": str(dtype).removeprefix("torch."), "sha256": sha256(weights_path)}
-    tmp = Path(str(config_path) + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, config_path)
+    with atomic_file(config_path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
     return weights_path

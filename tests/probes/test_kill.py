@@ -4,6 +4,7 @@ new one, never neither), and the next write of the same output removes what the 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from probes.store import load_run
-from scd.outputs import stale_siblings
+from scd.outputs import GENERATOR, SIGNATURE, stale_siblings
 from tests.probes.test_store import _write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,23 +28,28 @@ from tests.probes.test_store import _write
 stage, path = sys.argv[1], Path(sys.argv[2])
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 calls = {"n": 0}
-def nth(n, original):
+def nth(n, original, after=False):  # die at the n-th call, before it or right after it
     def call(*a, **k):
         calls["n"] += 1
-        return die() if calls["n"] == n else original(*a, **k)
+        if calls["n"] == n and not after:
+            die()
+        result = original(*a, **k)
+        if calls["n"] == n:
+            die()
+        return result
     return call
 if stage == "filling":                     # inside the temporary sibling, half the files written
     np.savez_compressed = die
 elif stage == "before swap":               # every file written, nothing swapped yet
     outputs.replace = die
 elif stage == "after swap":                # swapped (renameat2 exchange), the old run not yet removed
-    outputs._remove = die
+    outputs._exchange = nth(1, outputs._exchange, after=True)
 elif stage.startswith("fallback"):         # a system without renameat2: two renames
     outputs._exchange = lambda a, b: False
     if stage == "fallback between renames":
-        Path.rename = nth(2, Path.rename)  # the old run is aside as .run.old, the new one not in place yet
-    else:                                  # "fallback after renames": the new run in place, .run.old not removed
-        outputs._remove = nth(2, outputs._remove)
+        Path.rename = nth(2, Path.rename)  # the old run is aside in the signed wrapper, the new one not in place yet
+    else:                                  # "fallback after renames": the new run in place, the wrapper not removed
+        Path.rename = nth(2, Path.rename, after=True)
 _write(path, force=True, seed=1)
 print("not killed")
 """
@@ -58,22 +64,37 @@ def test_a_kill_at_any_stage_leaves_the_old_or_the_new_run(tmp_path, stage):
     result = subprocess.run([sys.executable, "-c", KILLER, stage, str(path)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
-    run = load_run(path)  # recovers `.run.old` if the kill came between the two renames
+    before = _tree(tmp_path)
+    run = load_run(path)  # between the two renames: read where the old run lies aside, moving nothing
     assert run.manifest["seed"] == STAGES[stage]
-    assert run.path == path
+    assert _tree(tmp_path) == before, "reading a run changed the tree"
 
     _write(path, seed=2, force=True)  # the next write of the same output
     assert load_run(path).manifest["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "stale temporary siblings were not removed"
 
 
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def _signed(path: Path, pid: int, target: str = "run", host: str | None = None) -> Path:
+    path.mkdir()
+    (path / SIGNATURE).write_text(json.dumps({"generator": GENERATOR, "pid": pid, "host": host or socket.gethostname(),
+                                              "target": target}))
+    return path
+
+
 def test_a_live_writer_s_temporary_sibling_is_not_taken_for_stale(tmp_path):
-    """Only siblings whose writer is gone are removed: another process still writing keeps its own."""
+    """Only signed siblings whose writer is gone are removed: another process still writing keeps its own, and a
+    look-alike without the signature (or signed on another host, or for another target) is a user's."""
     (tmp_path / "run").mkdir()
-    live = tmp_path / f".run.{os.getppid()}.abc.tmp"  # the parent process (pytest's runner) is alive
-    dead = tmp_path / ".run.999999999.abc.tmp"
-    live.mkdir()
-    dead.mkdir()
+    _signed(tmp_path / f".run.{os.getppid()}.abc.tmp", os.getppid())  # the parent process (pytest's runner) is alive
+    dead = _signed(tmp_path / ".run.999999999.abc.tmp", 999999999)
+    _signed(tmp_path / ".run.999999998.abc.tmp", 999999998, host="elsewhere")
+    _signed(tmp_path / ".run.999999997.abc.tmp", 999999997, target="other")
+    (tmp_path / ".run.999999996.abc.tmp").mkdir()  # unsigned: a user's
+    (tmp_path / ".run.999999995.abc.tmp").write_text("mine")
     assert stale_siblings(tmp_path / "run") == [dead]
 
 

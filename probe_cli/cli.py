@@ -297,7 +297,8 @@ def _ours(error: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `probe` console script: 0 on success, 2 (one line on stderr) on bad input."""
+    """Entry point of the `probe` console script: 0 on success, 2 (one line on stderr) on bad input, 3 (one line)
+    on a fault of the machine (ENOSPC, EIO, memory), with the outputs left as they were."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -308,10 +309,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"probe {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as e:  # a fault of the machine, not of the input: the outputs are as they were
+        print(f"probe {args.command}: fault: {_fault(e)}; nothing was written or changed at the outputs",
+              file=sys.stderr)
+        return FAULT
     except Exception as e:
+        fault = _os_error_inside(e)
+        if fault is not None:  # a writer that wraps the system's error (safetensors' Rust serializer)
+            print(f"probe {args.command}: fault: {_fault(fault)}; nothing was written or changed at the outputs",
+                  file=sys.stderr)
+            return FAULT
         if not _ours(e):
             raise
         message = " ".join(str(e).split())  # one line, whatever the message held
         print(f"probe {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+FAULT = 3  # exit code of a fault of the machine (a full disk, an I/O error, memory exhausted); 2 is bad input
+
+
+def _os_error_inside(error: BaseException) -> OSError | None:
+    """The OSError a library reported inside its own exception type (safetensors: "I/O error: ... (os error 28)")."""
+    import errno
+    import os
+    import re
+
+    found = re.search(r"os error (\d+)\)", str(error)) if type(error).__name__ == "SafetensorError" else None
+    if found is None or int(found[1]) not in errno.errorcode:
+        return None
+    return OSError(int(found[1]), os.strerror(int(found[1])))
+
+
+def _fault(error: BaseException) -> str:
+    """One line for an OSError or MemoryError: what failed and where."""
+    if isinstance(error, MemoryError):
+        return "out of memory (MemoryError); try fewer frames, layers or a smaller --latent-size"
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    what = error.strerror or str(error) or type(error).__name__
+    return " ".join(f"{what}{where}".split())

@@ -51,6 +51,9 @@ MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "inte
 FILE_KINDS = {".html": "report", ".htm": "report", ".png": "strip"}
 
 
+FAULTS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM)  # errors of the machine, not of a path
+
+
 PLAIN_NAME = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, no '/' or '..', no extension"
 
 
@@ -210,6 +213,8 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
             made.append(p)
         discard(temporary_sibling(path, directory))
     except OSError as e:
+        if e.errno in FAULTS:
+            raise  # the machine's fault (a full disk, an I/O error), not the path's: the command's fault code
         raise OutputError(f"{flag} {path} cannot be written ({e.strerror or e}); accepted: a path in a writable directory") \
             from None
     finally:

@@ -208,7 +208,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         raise TrainConfigError(str(e)) from None
     final = out
     if not resume:  # a new run is trained in a marked hidden sibling and put in place at the end of the sitting,
-        out = temporary_sibling(out)  # so a kill or a full disk leaves the old run, or nothing
+        out.parent.mkdir(parents=True, exist_ok=True)  # so a kill or a full disk leaves the old run, or nothing
+        out = temporary_sibling(out)
         state_path = out / "train_state.safetensors"  # the new run's state goes with it, not into the run it replaces
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from analyses.errors import AnalysisError
 from scd.data import VideoBenchmark
 from scd.evaluate import validate
 from scd.flops import generation_flops
@@ -121,12 +122,12 @@ def speed_table(models: dict[str, nn.Module], settings: Iterable[tuple[int, int]
                 dtype: torch.dtype = torch.float32) -> pd.DataFrame:
     """Tidy table, one row per (model, steps, context, repeat, frame): time to first frame, latency, memory."""
     if frames < 2:
-        raise ValueError(f"frames must be >= 2 to measure a frame-to-frame latency, got {frames}")
+        raise AnalysisError(f"frames must be >= 2 to measure a frame-to-frame latency, got {frames}")
     _prefer_mmap()
     settings = list(settings)
     shapes = {m.config.frame_shape for m in models.values()}
     if len(shapes) != 1:
-        raise ValueError(f"the models compared must generate frames of one shape, got {sorted(shapes)}")
+        raise AnalysisError(f"the models compared must generate frames of one shape, got {sorted(shapes)}")
     first = next(iter(models.values()))
     clips = {context: context_frames(first, context) for _, context in settings}
     for (steps, context), model in itertools.product(settings, models.values()):  # warm-up, untimed
@@ -266,7 +267,7 @@ def load_bench(path: str | Path) -> dict:
     path = Path(path)
     missing = [n for n in ("speed.parquet", "quality.parquet", "bench.json") if not (path / n).is_file()]
     if missing:
-        raise ValueError(f"{path} is not a bench directory written by probe bench (missing {', '.join(missing)})")
+        raise AnalysisError(f"{path} is not a bench directory written by probe bench (missing {', '.join(missing)})")
     info = json.loads((path / "bench.json").read_text())
     summary = speed_summary(pd.read_parquet(path / "speed.parquet"), info["configs"], info["frames"])
     return {"info": info, "speed": summary, "ratios": ratio_table(summary, info["baseline"], info["other"]),

@@ -388,7 +388,7 @@ def read_cards(directory: str | Path) -> list[dict]:
         try:
             card = json.loads(path.read_text())
             if card.get("format") != CARD_FORMAT or not {"name", "training", "quality", "claims", "finding2"} <= set(card):
-                raise ValueError(f"format {card.get('format')!r} or fields missing")
+                raise CardError(f"format {card.get('format')!r} or fields missing")
         except ValueError as e:
             raise CardError(f"{path} is not an emergence card of format {CARD_FORMAT} ({e})") from None
         cards.append(card)

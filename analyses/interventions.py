@@ -340,7 +340,7 @@ def load_interventions(path: str | Path) -> dict:
     path = Path(path)
     missing = [n for n in ("interventions.parquet", "frames.npz", "interventions.json") if not (path / n).is_file()]
     if missing:
-        raise ValueError(f"{path} is not a directory written by probe intervene (missing {', '.join(missing)})")
+        raise InterventionError(f"{path} is not a directory written by probe intervene (missing {', '.join(missing)})")
     table = pd.read_parquet(path / "interventions.parquet")
     table = table.assign(**{c: -1 for c in ("span_end", "keep_steps") if c not in table})  # written before the skip
     with np.load(path / "frames.npz") as frames:

@@ -24,7 +24,14 @@ from matplotlib.figure import Figure
 from analyses.claims import paper_layers
 from analyses.figures import _finished
 from analyses.similarity import finding1_panels, similarity_to_last
-from analyses.sparsity import SPARSITY_FRACTION, colour_range, context_cells, measures_by_step, step_slice
+from analyses.sparsity import (
+    SPARSITY_FRACTION,
+    colour_range,
+    context_cells,
+    frames_visible,
+    measures_by_step,
+    step_slice,
+)
 from probes.store import Run
 
 
@@ -78,8 +85,8 @@ def attention_maps(run: Run, layers: list[int] | None = None, head: int | None =
     if image is not None and math.isfinite(low):
         bar = fig.colorbar(image, cax=fig.add_axes((0.9, 0.15, 0.015, 0.7)), label="ln p (one key)")
         n = run.manifest["tokens_per_frame"]
-        for frame in frames:  # uniform attention over the keys a frame sees
-            bar.ax.axhline(-math.log((frame + 1) * n), color="cyan", lw=0.8)
+        for visible in frames_visible(frames, "causal", run.frames_per_block):  # uniform over the keys a frame sees
+            bar.ax.axhline(-math.log(visible * n), color="cyan", lw=0.8)
         bar.ax.axhline(low + SPARSITY_FRACTION * (high - low), color="white", lw=0.8, ls="--")
     which = f"head {head}" if head is not None else "heads averaged"
     fig.suptitle(f"{which}, steps {steps}: attention of each frame's queries on every key ({g} x {g} cells per frame "

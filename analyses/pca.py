@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
+from analyses.errors import AnalysisError
+
 
 def pca_images(features: torch.Tensor, grid: tuple[int, int], token_index: torch.Tensor | None = None,
                components: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +27,7 @@ def pca_images(features: torch.Tensor, grid: tuple[int, int], token_index: torch
     if token_index is None:
         token_index = torch.arange(tokens)
     if len(token_index) != tokens or int(token_index.max()) >= rows * cols:
-        raise ValueError(f"token_index must place {tokens} tokens on a {rows}x{cols} grid")
+        raise AnalysisError(f"token_index must place {tokens} tokens on a {rows}x{cols} grid")
     x = features.double().reshape(steps * tokens, width).numpy()
     pca = PCA(n_components=components, svd_solver="full").fit(x)
     projected = pca.transform(x)  # [S * N', components]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from analyses.errors import AnalysisError
 from probes.reductions import cosine_from_gram, off_diagonal
 from probes.store import Run
 
@@ -27,7 +28,7 @@ def cosine_matrix(features: torch.Tensor, kind: str = "token") -> torch.Tensor:
     if kind == "flat":
         flat = x.flatten(-2)
         return cosine_from_gram(flat @ flat.transpose(-1, -2))
-    raise ValueError(f"unknown similarity kind {kind!r}; accepted: {', '.join(KINDS)}")
+    raise AnalysisError(f"unknown similarity kind {kind!r}; accepted: {', '.join(KINDS)}")
 
 
 def run_cosine(run: Run, layer: int, kind: str = "token") -> torch.Tensor:
@@ -36,7 +37,7 @@ def run_cosine(run: Run, layer: int, kind: str = "token") -> torch.Tensor:
         return run.token_cosine(layer)
     if kind == "flat":
         return cosine_from_gram(run.gram(layer))
-    raise ValueError(f"unknown similarity kind {kind!r}; accepted: {', '.join(KINDS)}")
+    raise AnalysisError(f"unknown similarity kind {kind!r}; accepted: {', '.join(KINDS)}")
 
 
 def summarize(matrices: torch.Tensor) -> dict[str, float]:
@@ -75,7 +76,7 @@ def cross_frame_cosine(run: Run, layer: int) -> torch.Tensor:
     step t at the same layer (m1 vs m2), averaged over tokens (stream mode: over the kept tokens)."""
     x = run.features(layer).double()
     if x.shape[0] < 2:
-        raise ValueError(f"the control needs two probed frames; the run probed {x.shape[0]}")
+        raise AnalysisError(f"the control needs two probed frames; the run probed {x.shape[0]}")
     x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
     return torch.einsum("fsnd,ftnd->fst", x[:-1], x[1:]) / x.shape[-2]
 

@@ -8,7 +8,8 @@ pooled map [F, S, H, g, T*g] (per-key probability, g bands per frame). Measures:
   attention gives f / (f + 1)), so it is kept as a row, not tested;
 - `per_key_ratio`: mean attention on one earlier-frame key / on one own-frame key (1 for uniform
   attention, 0 for attention within the frame), whatever the context length;
-- `excess_share`: the share on earlier frames minus uniform's, f / (f + 1);
+- `excess_share`: the share on earlier frames minus uniform's, f / (f + 1) (f / (chunk end + 1) when chunks of
+  frames are denoised together and see each other);
 - `context_sparsity`: the share of the pooled map's context cells (queries of frame f, keys of frames
   before f) whose ln p lies above `SPARSITY_FRACTION` of the colour range, the range (min..max of
   ln p over the context cells of the maps compared, as one colour bar serves the paper's 8 panels)
@@ -26,6 +27,7 @@ import math
 import pandas as pd
 import torch
 
+from analyses.errors import AnalysisError
 from probes.store import Run
 
 
@@ -41,6 +43,17 @@ SPARSITY_MIN_RANGE = math.log(10)  # ... and the range spans at least a factor 1
 def earlier_frames_seen(frames: list[int], role: str) -> list[int]:
     """How many earlier frames each probed frame's queries can see at a layer of this role."""
     return [0 if role == "frame-local" else 1 if role == "decoder" else frame for frame in frames]
+
+
+def frames_visible(frames: list[int], role: str, frames_per_block: int = 1) -> list[int]:
+    """How many frames each probed frame's queries see under the mask applied: the earlier frames, its own, and,
+    when chunks of `frames_per_block` frames are denoised together (chunk-causal attention, frames counted in chunks
+    from 0), the later frames of its chunk. The uniform level of every share is taken over these."""
+    if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or frames_per_block < 1:
+        raise AnalysisError(f"frames_per_block = {frames_per_block!r}; accepted: an integer >= 1")
+    if role in ("frame-local", "decoder"):
+        return [k + 1 for k in earlier_frames_seen(frames, role)]
+    return [(frame // frames_per_block + 1) * frames_per_block for frame in frames]
 
 
 def per_key(mass: torch.Tensor, frames: list[int], role: str = "causal") -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +72,12 @@ def per_key_ratio(mass: torch.Tensor, frames: list[int], role: str = "causal", d
     return earlier.mean(dims) / own.mean(dims).clamp_min(1e-30)
 
 
-def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal") -> torch.Tensor:
-    """[F, S, H]: share on earlier frames minus the share uniform attention over the visible keys would give."""
-    seen = earlier_frames_seen(frames, role)
-    return earlier_share(mass, frames).double() - torch.tensor([k / (k + 1) for k in seen], dtype=torch.float64)[:, None, None]
+def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1) -> torch.Tensor:
+    """[F, S, H]: share on earlier frames minus the share uniform attention over the visible keys would give (the
+    keys the mask lets the frame see: with chunks, the later frames of its chunk too)."""
+    seen, visible = earlier_frames_seen(frames, role), frames_visible(frames, role, frames_per_block)
+    uniform = torch.tensor([k / v for k, v in zip(seen, visible, strict=True)], dtype=torch.float64)
+    return earlier_share(mass, frames).double() - uniform[:, None, None]
 
 
 def context_cells(maps: torch.Tensor, frames: list[int], bands: int) -> torch.Tensor:
@@ -172,7 +187,7 @@ def attention_measures(run: Run, steps: str = "all") -> pd.DataFrame:
         maps = maps if role == "encoder" else maps[:, chosen]
         cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands)
         rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames).mean()),
-                     "excess_share": float(excess_share(mass, frames, role).mean()),
+                     "excess_share": float(excess_share(mass, frames, role, run.frames_per_block).mean()),
                      "per_key_ratio": float(per_key_ratio(mass, frames, role))})
     low, high = colour_range(list(cells.values())) if cells else (float("nan"), float("nan"))
     for row in rows:
@@ -190,7 +205,8 @@ def measures_by_step(run: Run) -> pd.DataFrame:
     for layer in (layer for layer in run.attention_layers if run.role(layer) != "encoder"):
         mass, role = run.attention(layer), run.role(layer)
         ratio = per_key_ratio(mass, frames, role, dims=(0, 2))
-        excess, share = excess_share(mass, frames, role).mean((0, 2)), earlier_share(mass, frames).mean((0, 2))
+        excess = excess_share(mass, frames, role, run.frames_per_block).mean((0, 2))
+        share = earlier_share(mass, frames).mean((0, 2))
         cells[layer] = context_cells(run.attention_map(layer).mean(2), frames, run.bands)  # [S, cells]
         for i, step in enumerate(run.manifest["steps"]):
             rows.append({"layer": layer, "step": step, "per_key_ratio": float(ratio[i]), "excess_share": float(excess[i]),
@@ -208,7 +224,8 @@ def measures_by_head(run: Run, steps: str = "all") -> pd.DataFrame:
     for layer in run.attention_layers:
         role = run.role(layer)
         mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
-        ratio, excess = per_key_ratio(mass, frames, role, dims=(0, 1)), excess_share(mass, frames, role).mean((0, 1))
+        ratio = per_key_ratio(mass, frames, role, dims=(0, 1))
+        excess = excess_share(mass, frames, role, run.frames_per_block).mean((0, 1))
         for head in range(mass.shape[2]):
             rows.append({"layer": layer, "head": head, "per_key_ratio": float(ratio[head]),
                          "excess_share": float(excess[head])})

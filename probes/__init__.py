@@ -14,7 +14,7 @@ imported on first use (PEP 562), so that `probes.choices` needs no torch.
 
 from importlib import import_module
 
-_EXPORTS = {"Probe": "probes.probe", "ProbeError": "probes.probe", "Run": "probes.store", "RunError": "probes.store",
+_EXPORTS = {"Probe": "probes.probe", "ProbeError": "probes.errors", "Run": "probes.store", "RunError": "probes.store",
             "load_run": "probes.store", "write_run": "probes.store"}
 __all__ = sorted(_EXPORTS)
 

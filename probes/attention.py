@@ -15,13 +15,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from probes.errors import ProbeError
+
 SCORES_BUDGET = 2**25  # float32 elements of one chunk's scores: 128 MiB
 
 def token_bands(tokens_per_frame: int, bands: int) -> torch.Tensor:
     """Band (0..bands-1) of each token of a frame: contiguous runs of the frame-major, row-major tokens, as even
     as the count allows (bands = tokens_per_frame: one token per band, the unpooled map)."""
     if not 1 <= bands <= tokens_per_frame:
-        raise ValueError(f"bands = {bands}; accepted: 1..{tokens_per_frame} (the tokens of a frame)")
+        raise ProbeError(f"bands = {bands}; accepted: 1..{tokens_per_frame} (the tokens of a frame)")
     starts = torch.tensor([b * tokens_per_frame // bands for b in range(1, bands)])  # band b: [b n // g, (b+1) n // g)
     return torch.bucketize(torch.arange(tokens_per_frame), starts, right=True)
 
@@ -36,11 +38,11 @@ def attention_mass_by_cell(
     block-causal mask still goes by `key_frames`.
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ProbeError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
     if query_frames.shape != (q.shape[1],) or key_frames.shape != (k.shape[1],) or key_cells.shape != (k.shape[1],):
-        raise ValueError("query_frames / key_frames / key_cells must give one frame index / cell per query / key token")
+        raise ProbeError("query_frames / key_frames / key_cells must give one frame index / cell per query / key token")
     if int(key_cells.max()) >= num_cells or int(key_cells.min()) < 0:
-        raise ValueError(f"key cell indices must lie in [0, {num_cells})")
+        raise ProbeError(f"key cell indices must lie in [0, {num_cells})")
     B, Lq, H, D = q.shape
     if chunk_size is None:
         chunk_size = max(1, SCORES_BUDGET // (B * H * k.shape[1]))
@@ -72,7 +74,7 @@ def attention_mass_by_frame(
     `chunk_size` queries are scored at a time; None picks it from `SCORES_BUDGET`.
     """
     if key_frames.numel() and (int(key_frames.max()) >= num_frames or int(key_frames.min()) < 0):
-        raise ValueError(f"key frame indices must lie in [0, {num_frames})")
+        raise ProbeError(f"key frame indices must lie in [0, {num_frames})")
     return attention_mass_by_cell(q, k, query_frames, key_frames, key_frames, num_frames, causal=causal,
                                   chunk_size=chunk_size)
 
@@ -92,9 +94,9 @@ def pooled_attention(
     queries); `chunk_size` queries per call (None: from `SCORES_BUDGET`, bounding memory on any backend).
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ProbeError(f"q and k must be [B, L, H, D] with matching B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
     if key_cells.shape != (k.shape[1],) or query_bands.shape != (q.shape[1],):
-        raise ValueError("key_cells / query_bands must give one cell / band per key / query token")
+        raise ProbeError("key_cells / query_bands must give one cell / band per key / query token")
     B, Lq, H, D = q.shape
     if chunk_size is None:
         chunk_size = max(1, SCORES_BUDGET // (B * H * k.shape[1]))

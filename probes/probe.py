@@ -37,6 +37,7 @@ from probes.adapters import HOOKS, layout_of
 from probes.attention import pooled_attention, token_bands
 from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
+from probes.errors import ProbeError
 from probes.reductions import StepGram, cosine_from_gram, off_diagonal
 from probes.store import write_run
 from scd.sampling import latent_channels, observe_sampling
@@ -65,10 +66,6 @@ def _attention_of_group(queries: list[torch.Tensor], keys: list[torch.Tensor], k
     by_frame = by_frame.view(*by_frame.shape[:2], -1, g).sum(-1)  # [B, H, frames]
     sizes = torch.bincount(key_cells, minlength=cells).clamp_min(1).to(per_band.device, per_band.dtype)
     return by_frame.cpu(), (per_band / sizes).cpu()  # the map: the mean probability of one key of each cell
-
-
-class ProbeError(ValueError):
-    """A probe that cannot be set up or saved as asked; the message names the accepted values."""
 
 
 def _frames_uint8(video: torch.Tensor) -> np.ndarray:
@@ -459,6 +456,7 @@ class Probe:
             "layer_paths": [self.layout.blocks[layer] for layer in self.layers],
             "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
             "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame, "bands": self.bands,
+            "frames_per_block": self.layout.frames_per_block,
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
             "ground_truth": ground_truth is not None, "input_layer": self.input_layer,

@@ -171,6 +171,12 @@ class Run:
         return roles.get(layer, "causal")
 
     @property
+    def frames_per_block(self) -> int:
+        """Frames denoised together in one chunk, seeing each other (1 for frame-causal models)."""
+        config = self.manifest.get("config", {})
+        return int(self.manifest.get("frames_per_block", config.get("frames_per_block", 1)))
+
+    @property
     def depth(self) -> int:
         """Blocks of the probed model (SCD: encoder and decoder together)."""
         config = self.manifest.get("config", {})

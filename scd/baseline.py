@@ -18,6 +18,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from scd.blocks import Block, KVCache, modulate, rope_angles
+from scd.errors import ModelError
 
 
 class FrameShape:
@@ -105,9 +106,9 @@ class CausalVideoDiffuser(HookedRootModule):
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
         if any(side % config.patch_size for side in frame_shape(config)[1:]):
-            raise ValueError(f"frame {frame_shape(config)[1:]} is not a multiple of patch_size {config.patch_size}")
+            raise ModelError(f"frame {frame_shape(config)[1:]} is not a multiple of patch_size {config.patch_size}")
         if not 0 <= config.frame_local_blocks <= config.depth:
-            raise ValueError(f"frame_local_blocks {config.frame_local_blocks} is not accepted; accepted: 0..{config.depth}")
+            raise ModelError(f"frame_local_blocks {config.frame_local_blocks} is not accepted; accepted: 0..{config.depth}")
         self.config = config
         c, p, w = config.channels, config.patch_size, config.width
         self.patch_embed = nn.Linear(c * p * p, w)
@@ -154,10 +155,10 @@ class CausalVideoDiffuser(HookedRootModule):
         """
         B, Fr = video.shape[:2]
         if timesteps.shape != (B, Fr):
-            raise ValueError(f"timesteps must be [batch, frames] = {(B, Fr)}, got {tuple(timesteps.shape)}")
+            raise ModelError(f"timesteps must be [batch, frames] = {(B, Fr)}, got {tuple(timesteps.shape)}")
         cfg, n = self.config, self.config.tokens_per_frame
         if bidirectional and cache is not None:
-            raise ValueError("bidirectional attention takes no KV cache (a cache holds only earlier frames); accepted: "
+            raise ModelError("bidirectional attention takes no KV cache (a cache holds only earlier frames); accepted: "
                              "cache=None, or bidirectional=False")
         start = cache.frames if cache is not None else 0
         frame_index = torch.arange(start, start + Fr, device=video.device)

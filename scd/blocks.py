@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from scd.errors import ModelError
+
 
 def rope_axes(head_dim: int) -> tuple[int, int, int]:
     """How a head's dims are split between (frame, row, col) rotations; Wan-2.1's split."""
     if head_dim % 2:
-        raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+        raise ModelError(f"head_dim must be even for RoPE, got {head_dim}")
     spatial = 2 * (head_dim // 6)
     return head_dim - 2 * spatial, spatial, spatial
 
@@ -72,7 +74,7 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
+            raise ModelError(f"width {width} is not divisible by heads {heads}")
         self.heads, self.head_dim = heads, width // heads
         self.qkv = nn.Linear(width, 3 * width)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)

@@ -37,6 +37,7 @@ from transformer_lens.hook_points import HookPoint
 
 from scd.baseline import block_causal_mask
 from scd.blocks import KVCache
+from scd.errors import ModelError
 from scd.sampling import latent_channels
 from scd.zoo import CheckpointError
 
@@ -101,7 +102,7 @@ class CausalWanAttnProcessor(WanAttnProcessor):
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb: tuple | None = None) -> torch.Tensor:
         if encoder_hidden_states is not None:
-            raise ValueError("CausalWanAttnProcessor is for self-attention (attn1) only")
+            raise ModelError("CausalWanAttnProcessor is for self-attention (attn1) only")
         if getattr(attn, "fused_projections", False):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
@@ -284,7 +285,7 @@ class CausalWan(nn.Module):
         if not self.guided:
             return self._velocity(video, timesteps, self.text_embeddings, cache, update_cache)
         if cache is not None and not isinstance(cache, GuidedCache):
-            raise ValueError("a guided model needs its two caches: model.new_cache()")
+            raise ModelError("a guided model needs its two caches: model.new_cache()")
         try:
             self.guidance_pass = "cond"
             cond = self._velocity(video, timesteps, self.text_embeddings, cache and cache.cond, update_cache)
@@ -302,7 +303,7 @@ class CausalWan(nn.Module):
             raise CheckpointError(f"latent frames are {h}x{w}; this model was loaded for {self.latent_size[0]}x"
                                   f"{self.latent_size[1]}")
         if update_cache and cache is None:
-            raise ValueError("update_cache=True needs a cache (model.new_cache())")
+            raise ModelError("update_cache=True needs a cache (model.new_cache())")
         start = cache.frames if cache is not None else 0
         if start + F > self.max_frames:
             raise CheckpointError(f"{start + F} latent frames exceed the model's RoPE table (rope_max_seq_len = "

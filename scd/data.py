@@ -16,6 +16,7 @@ import torch
 from scipy.ndimage import map_coordinates
 from sklearn.datasets import load_digits
 
+from scd.errors import BenchmarkError
 from scd.train_config import SCENES  # sprites: flat sprites on a flat colour; textured: patterned, over a panning texture
 
 SPLITS = ("train", "val")
@@ -26,9 +27,9 @@ SPRITE_KINDS = ("ball", "square", "digit")
 def clip_seed(split: str, index: int) -> int:
     """The seed that draws clip `index` of `split`: even for train, odd for val (disjoint by construction)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+        raise BenchmarkError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
     if not isinstance(index, int | np.integer) or isinstance(index, bool) or not 0 <= index <= CLIP_MAX:
-        raise ValueError(f"clip index {index!r} is not accepted; accepted: an integer in 0..{CLIP_MAX}")
+        raise BenchmarkError(f"clip index {index!r} is not accepted; accepted: an integer in 0..{CLIP_MAX}")
     return 2 * index + SPLITS.index(split)
 
 
@@ -138,10 +139,10 @@ class VideoBenchmark:
     ) -> None:
         clip_seed(split, 0)  # validates the split name
         if scene not in SCENES:
-            raise ValueError(f"unknown scene {scene!r}; accepted: {', '.join(SCENES)}")
+            raise BenchmarkError(f"unknown scene {scene!r}; accepted: {', '.join(SCENES)}")
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (frames, size, max_objects))
         if not ints or not 1 <= frames <= 4096 or not 8 <= size <= 1024 or not 1 <= max_objects <= 16:
-            raise ValueError(f"got frames={frames!r}, size={size!r}, max_objects={max_objects!r}; accepted: integers, "
+            raise BenchmarkError(f"got frames={frames!r}, size={size!r}, max_objects={max_objects!r}; accepted: integers, "
                              "frames in 1..4096, size in 8..1024, max_objects in 1..16")
         self.split, self.frames, self.size = split, frames, size
         self.max_objects, self.speed, self.scene = max_objects, speed, scene

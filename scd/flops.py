@@ -8,6 +8,8 @@ block-causal score matrix. Training counts a backward pass as twice the forward.
 
 from __future__ import annotations
 
+from scd.errors import ModelError
+
 
 def block_flops(queries: int, keys: int, width: int, mlp_ratio: float) -> float:
     """FLOPs of one block for `queries` tokens, each attending to `keys` tokens on average."""
@@ -46,7 +48,7 @@ def generation_flops(config: dict, context: int, frames: int, steps: int) -> lis
         step = lambda f: _decoder_pass(config)  # noqa: E731
         cache = lambda f: _causal_pass(config, depth, context + f, 1)  # noqa: E731
     else:
-        raise ValueError(f"unknown model family {family!r}; accepted: baseline, scd")
+        raise ModelError(f"unknown model family {family!r}; accepted: baseline, scd")
     costs = [_causal_pass(config, depth, 0, context) + steps * step(0)]
     costs += [cache(f - 1) + steps * step(f) for f in range(1, frames)]
     return costs
@@ -60,5 +62,5 @@ def training_flops(config: dict, frames: int, batch_size: int) -> float:
     elif family == "scd":  # the encoder skips the last frame (no decoder reads its output)
         forward = _causal_pass(config, config["encoder_depth"], 0, frames - 1) + _decoder_pass(config, frames)
     else:
-        raise ValueError(f"unknown model family {family!r}; accepted: baseline, scd")
+        raise ModelError(f"unknown model family {family!r}; accepted: baseline, scd")
     return 3 * batch_size * forward

@@ -23,6 +23,7 @@ from transformer_lens.hook_points import HookPoint
 
 from scd.baseline import WAN_1_3B, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
 from scd.blocks import Block, KVCache, modulate, rope_angles
+from scd.errors import ModelError
 
 
 @dataclass
@@ -73,7 +74,7 @@ class SeparableCausalDiffuser(HookedRootModule):
     def __init__(self, config: SCDConfig) -> None:
         super().__init__()
         if any(side % config.patch_size for side in frame_shape(config)[1:]):
-            raise ValueError(f"frame {frame_shape(config)[1:]} is not a multiple of patch_size {config.patch_size}")
+            raise ModelError(f"frame {frame_shape(config)[1:]} is not a multiple of patch_size {config.patch_size}")
         self.config = config
         c, p, w, n = config.channels, config.patch_size, config.width, config.tokens_per_frame
         self.patch_embed = nn.Linear(c * p * p, w)  # shared: clean frames into the encoder, noisy ones into the decoder
@@ -168,7 +169,7 @@ class SeparableCausalDiffuser(HookedRootModule):
         """
         B, Fr = video.shape[:2]
         if timesteps.shape != (B, Fr):
-            raise ValueError(f"timesteps must be [batch, frames] = {(B, Fr)}, got {tuple(timesteps.shape)}")
+            raise ModelError(f"timesteps must be [batch, frames] = {(B, Fr)}, got {tuple(timesteps.shape)}")
         n, w = self.config.tokens_per_frame, self.config.width
         start = self.start_context.to(video.dtype).expand(B, 1, n, w)
         if cache is not None:
@@ -176,12 +177,12 @@ class SeparableCausalDiffuser(HookedRootModule):
                 self.encode(video, cache)
                 return None
             if Fr != 1:
-                raise ValueError(f"with a cache, SCD denoises one frame at a time, got {Fr} frames")
+                raise ModelError(f"with a cache, SCD denoises one frame at a time, got {Fr} frames")
             context = start if cache.context is None else cache.context[:, None]
             return self.decode(context, video, timesteps)
         clean = video if clean is None else clean
         if clean.shape != video.shape:
-            raise ValueError(f"clean must have the shape of video {tuple(video.shape)}, got {tuple(clean.shape)}")
+            raise ModelError(f"clean must have the shape of video {tuple(video.shape)}, got {tuple(clean.shape)}")
         context = start
         if Fr > 1:
             context = torch.cat([start, self.encode(clean[:, :-1]).view(B, Fr - 1, n, w)], dim=1)

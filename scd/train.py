@@ -40,25 +40,25 @@ __all__ = ["FAMILY_DEFAULTS", "TrainConfig", "TrainConfigError", "default_config
 
 def model_config(cfg: TrainConfig) -> dict:
     if cfg.family not in SIZES:
-        raise ValueError(f"unknown model family {cfg.family!r}; accepted: {', '.join(SIZES)}")
+        raise TrainConfigError(f"unknown model family {cfg.family!r}; accepted: {', '.join(SIZES)}")
     sizes = SIZES[cfg.family]
     if cfg.size not in sizes:
-        raise ValueError(f"unknown {cfg.family} size {cfg.size!r}; accepted: {', '.join(sizes)}")
+        raise TrainConfigError(f"unknown {cfg.family} size {cfg.size!r}; accepted: {', '.join(sizes)}")
     config = {"family": cfg.family, **asdict(sizes[cfg.size])}
     if config["channels"] != 3 or config.get("frame_width", 0) not in (0, config["frame_size"]):
         trainable = ", ".join(name for name, size in sizes.items() if size.channels == 3 and not size.frame_width)
-        raise ValueError(f"{cfg.family} size {cfg.size!r} takes {config['channels']}-channel latents, not the benchmark's "
+        raise TrainConfigError(f"{cfg.family} size {cfg.size!r} takes {config['channels']}-channel latents, not the benchmark's "
                          f"square RGB frames (it is for speed at scale, with random weights); accepted: {trainable}")
     if cfg.frame_local_blocks:
         if cfg.family != "baseline":
-            raise ValueError(f"frame_local_blocks is a baseline setting (SCD's decoder already sees no other frame); "
+            raise TrainConfigError(f"frame_local_blocks is a baseline setting (SCD's decoder already sees no other frame); "
                              f"accepted: 0 for {cfg.family}")
         config["frame_local_blocks"] = cfg.frame_local_blocks
     if cfg.bidirectional_steps and cfg.family != "baseline":
-        raise ValueError("bidirectional_steps is a baseline setting (SCD's encoder is causal by design); accepted: 0 for "
+        raise TrainConfigError("bidirectional_steps is a baseline setting (SCD's encoder is causal by design); accepted: 0 for "
                          f"{cfg.family}")
     if cfg.bidirectional_steps > cfg.steps:
-        raise ValueError(f"bidirectional_steps {cfg.bidirectional_steps} is more than steps {cfg.steps}; accepted: "
+        raise TrainConfigError(f"bidirectional_steps {cfg.bidirectional_steps} is more than steps {cfg.steps}; accepted: "
                          f"0..{cfg.steps} (the rest is the causal fine-tune)")
     return config
 
@@ -301,7 +301,7 @@ def load_trained(run: str | Path, weights: str = "ema") -> nn.Module:
     from scd.zoo import load_model
 
     if weights not in WEIGHTS:
-        raise ValueError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
+        raise TrainConfigError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
     model = load_model(run)
     if weights == "raw":
         model.load_state_dict(_with_prefix(load_file(Path(run) / "train_state.safetensors"), "model."))

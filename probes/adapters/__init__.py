@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from probes.adapters.builtin import HOOKS, ROLES, Layout, builtin_layout
+from probes.errors import ProbeError
 
 __all__ = ["HOOKS", "ROLES", "Layout", "layout_of", "load_model"]
 
@@ -22,7 +23,7 @@ def layout_of(model: nn.Module) -> Layout:
         return diffusers_layout(model)
     if hasattr(model, "hook_dict") and hasattr(model, "get_config"):
         return builtin_layout(model)
-    raise ValueError(f"cannot probe a {type(model).__name__}; accepted: the built-in models of scd (load_model) and "
+    raise ProbeError(f"cannot probe a {type(model).__name__}; accepted: the built-in models of scd (load_model) and "
                      "diffusers Wan / SkyReels-V2 transformers (load_model('diffusers:PATH'))")
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from probes.errors import ProbeError
+
 # The HookPoints of a block in the order a forward pass reaches them (nnsight must ask in that order).
 HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_attn_out", "hook_mlp_out",
          "hook_resid_post")
@@ -47,7 +49,7 @@ class Layout:
         """Module path of a block's HookPoint, e.g. `blocks.15.attn.hook_q` (or of the module read for it)."""
         inside = hook if self.hook_paths is None else self.hook_paths.get(hook)
         if inside is None:
-            raise ValueError(f"this model has no {hook!r}; accepted: {', '.join(self.hook_paths)}")
+            raise ProbeError(f"this model has no {hook!r}; accepted: {', '.join(self.hook_paths)}")
         return f"{self.blocks[layer]}.{inside}".rstrip(".")
 
     def order(self, layer: int, hook: str) -> tuple[int, int]:
@@ -65,16 +67,16 @@ class Layout:
         n = self.tokens_per_frame
         if self.role(layer) == "decoder":
             if keys != 2 * n or frame < 1:
-                raise ValueError(f"decoder layer {layer} saw {keys} keys for frame {frame}; expected 2 x {n} "
+                raise ProbeError(f"decoder layer {layer} saw {keys} keys for frame {frame}; expected 2 x {n} "
                                  "(the encoder output of the frame before, then the frame)")
             return torch.tensor([frame - 1, frame]).repeat_interleave(n)
         if self.role(layer) == "frame-local":
             if keys != n:
-                raise ValueError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
+                raise ProbeError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
             return torch.full((n,), frame)
         last = self.chunk(frame)[-1]
         if keys != (last + 1) * n:
-            raise ValueError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
+            raise ProbeError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
                              f"expected frames 0..{last} x {n} tokens (a frame-major causal layout)")
         return torch.arange(last + 1).repeat_interleave(n)
 

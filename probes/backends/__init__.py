@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from probes.choices import BACKENDS
+from probes.errors import ProbeError
 
 if TYPE_CHECKING:
     import torch
@@ -30,5 +31,5 @@ def get_backend(name: str):
     elif name == "nnsight":
         from probes.backends.nnsight import attach
     else:
-        raise ValueError(f"unknown probe backend {name!r}; accepted: {', '.join(BACKENDS)}")
+        raise ProbeError(f"unknown probe backend {name!r}; accepted: {', '.join(BACKENDS)}")
     return attach

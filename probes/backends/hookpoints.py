@@ -10,6 +10,7 @@ from transformer_lens.hook_points import HookPoint
 
 from probes.adapters import Layout
 from probes.backends import Active, Receive
+from probes.errors import ProbeError
 
 
 @contextmanager
@@ -30,7 +31,7 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
             path = layout.path(layer, hook)
             hook_point = modules.get(path)
             if not isinstance(hook_point, HookPoint):
-                raise ValueError(f"{type(model).__name__} has no HookPoint {path!r} (the nnsight backend reads any module)")
+                raise ProbeError(f"{type(model).__name__} has no HookPoint {path!r} (the nnsight backend reads any module)")
             added.append((hook_point, hook_point.add_hook(make_hook(layer, hook))))
         yield
     finally:

@@ -17,6 +17,7 @@ from torch import nn
 
 from probes.adapters import Layout
 from probes.backends import Active, Receive
+from probes.errors import ProbeError
 
 PATCHED = ("forward", "__nnsight__")  # instance attributes NNsight sets on every module it wraps
 
@@ -37,7 +38,7 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
     modules = dict(model.named_modules())
     for path in paths:
         if path not in modules:
-            raise ValueError(f"{type(model).__name__} has no module {path!r}")
+            raise ProbeError(f"{type(model).__name__} has no module {path!r}")
     # NNsight wraps every submodule with instance attributes; note what was there to put it back.
     missing = object()
     before = [(module, {name: module.__dict__.get(name, missing) for name in PATCHED}) for module in model.modules()]

@@ -232,6 +232,12 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
         raise RunError(str(e)) from None
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
+    seen: dict[Path, str] = {}
+    for given in run_paths:
+        where = Path(given).resolve()
+        if where in seen:
+            raise RunError(f"run {given} is given twice (as {seen[where]} before); accepted: each run once")
+        seen[where] = str(given)
     runs = [load_run(path) for path in run_paths]
     def read(loader, path):  # a bench or interventions directory, its problem as a RunError
         try:

@@ -109,6 +109,11 @@ def material(tmp_path_factory, tiny_checkpoints):
     assert main(["train", "baseline", "--size", "tiny", "--steps", "1", "--batch-size", "1", "--frames", "2",
                  "--quiet", "--out", str(train)]) == 0
     paths["train"] = train
+    from tests.scd.test_causal_wan import original_layout
+    from tests.wan_tiny import tiny
+
+    save_file(original_layout(tiny("wan").state_dict()), root / "wan.safetensors")
+    paths["wan"] = root / "wan.safetensors"
     return root, paths
 
 
@@ -128,8 +133,28 @@ def sandbox(tmp_path, material, monkeypatch):
     from PIL import Image
     Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "dir")
+    _look_alikes(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def _look_alikes(root: Path) -> None:
+    """A user's files that only look like the toolkit's: a backup `.NAME.old` beside an output and beside a missing
+    one, temporaries `.NAME.PID.X.tmp` of a dead PID (directory and file, unsigned), directories that hold a file
+    named like a kind's marker (manifest.json; config.json and train.json; a converted model's three files)."""
+    for name in (".myrun.old", ".new.old", ".myrun.999999999.abc.tmp", ".page.html.old", ".r.html.999999999.x.tmp"):
+        (root / name).mkdir()
+        (root / name / "precious.txt").write_text("the user's")
+    (root / ".new.999999999.abc.tmp").write_text("the user's")
+    (root / "fake-run").mkdir()
+    (root / "fake-run" / "manifest.json").write_text('{"mine": true}')
+    (root / "fake-train").mkdir()
+    (root / "fake-train" / "config.json").write_text('{"lr": 1}')
+    (root / "fake-train" / "train.json").write_text('{"steps": 3}')
+    (root / "fake-converted").mkdir()
+    for name in ("config.json", "convert.json"):
+        (root / "fake-converted" / name).write_text('{"source": "my notes"}')
+    (root / "fake-converted" / "diffusion_pytorch_model.safetensors").write_bytes(b"my bytes")
 
 
 # (argv, what the one line must say). Classes: O output paths, N names, U numbers (ranges, NaN, inf, 64 bits,
@@ -220,7 +245,14 @@ CASES = [
     ("K", ["run", "--model", "{bad:inf}"], "NaN or infinite values; accepted: finite"),
     ("K", ["run", "--model", "{bad:truncated}"], "sha256"),
     ("K", ["run", "--model", "{bad:noconfig}"], "checkpoint file missing"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "fake-run", "--force"], "not a run directory"),
+    ("O", ["run", "--model", "{base}", *TINY, "--layer", "1", "--out", "myrun/inner"], "lies inside"),
     # -- probe show and probe report
+    ("R", ["show", "new"], "is not a run directory"),  # `.new.old` beside it is the user's, not a backup to restore
+    ("R", ["show", ".myrun.old"], "no manifest.json"),
+    ("R", ["report", "{run}", "{run}", "-o", "r.html"], "given twice"),
+    ("R", ["report", "myrun", "./myrun", "-o", "r.html"], "given twice"),
+    ("O", ["report", "{run}", "-o", "myrun/report.html"], "lies inside"),
     ("R", ["show", "{broken:swapped}"], "sha256 differs"),
     ("R", ["show", "{broken:missing_layer}"], "lacks layer2"),
     ("R", ["show", "{broken:truncated_attention}"], "size differs"),
@@ -315,6 +347,11 @@ CASES = [
     ("T", ["train", "baseline", "--out", "mine"], "pass --resume"),
     ("T", ["train", "baseline", "--out", "mine", "--force"], "not a training directory written"),
     ("T", ["train", "baseline", "--out", "mine", "--resume"], "no training run to continue"),
+    ("T", ["train", "baseline", "--out", "fake-train", "--force"], "not a training directory written"),
+    ("T", ["train", "baseline", "--out", "myrun/t"], "lies inside"),
+    ("O", ["convert", "{wan}", "fake-converted", "--heads", "2", "--force"], "not a converted model directory"),
+    ("O", ["convert", "{wan}", "myrun", "--heads", "2", "--force"], "not a converted model directory"),
+    ("O", ["convert", "{wan}", "myrun/x", "--heads", "2"], "lies inside"),
     ("T", ["train", "baseline", "--out", "{train}", "--resume", "--force"], "accepted: one of them"),
     ("T", ["train", "baseline", "--out", "/proc/t"], "cannot be written"),
     ("T", ["train", "baseline", "--out", "file.txt"], "already exists; pass --force"),
@@ -366,7 +403,7 @@ def _argv(argv: list[str], paths: dict) -> list[str]:
 def test_the_table_covers_every_class_for_every_command():
     assert len(CASES) >= 80
     commands = {argv[0] if argv else "" for _, argv, _ in CASES}
-    assert {"run", "show", "report", "bench", "intervene", "generate", "train", "export", "emergence"} <= commands
+    assert {"run", "show", "report", "bench", "intervene", "generate", "train", "export", "emergence", "convert"} <= commands
     assert {kind for kind, _, _ in CASES} == set("ONUCKRT")
 
 
@@ -398,3 +435,27 @@ def test_force_replaces_only_what_the_toolkit_wrote(sandbox, material):
         {k: v for k, v in before.items() if not k.startswith("myrun")}
     assert json.loads((sandbox / "myrun" / "manifest.json").read_text())["seed"] == 3
     assert np.load(sandbox / "myrun" / "video.npz")["generated"].shape[0] == 4
+
+
+def test_commands_that_succeed_leave_the_user_s_look_alikes_as_they_were(sandbox, material, capsys):
+    """`run` (new and --force), `show`, `report` and `train` beside a user's `.NAME.old` and `.NAME.PID.X.tmp`:
+    the look-alikes are never renamed, restored or removed; `show` changes nothing at all."""
+    root, paths = material
+    look_alikes = lambda tree: {k: v for k, v in tree.items() if k.split("/")[0].startswith((".", "fake-"))}  # noqa: E731
+    before = _tree(sandbox)
+    assert main(["show", "myrun"]) == 0
+    assert _tree(sandbox) == before
+    assert main(["run", "--model", str(paths["base"]), *TINY, "--layer", "1", "--quiet", "--out", "new"]) == 0
+    assert main(["run", "--model", str(paths["base"]), *TINY, "--layer", "1", "--quiet", "--out", "myrun", "--force"]) == 0
+    assert main(["report", "myrun", "-o", "r.html"]) == 0
+    assert main(["report", "myrun", "new", "-o", "page2.html"]) == 0
+    assert main(["train", "baseline", "--size", "tiny", "--steps", "1", "--batch-size", "1", "--frames", "2", "--quiet",
+                 "--out", "t"]) == 0
+    capsys.readouterr()
+    assert look_alikes(_tree(sandbox)) == look_alikes(before)
+    assert sorted(p.name for p in sandbox.iterdir() if p.name.startswith(".")) == sorted(
+        p.name for p in before_names(before))
+
+
+def before_names(tree: dict) -> list[Path]:
+    return [Path(k) for k in tree if "/" not in k and k.startswith(".")]

@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from analyses.errors import AnalysisError
 from analyses.pca import pca_images
 from analyses.similarity import depth_curve, run_cosine, similarity_to_last
 from analyses.sparsity import head_table, offset_table, sparsity_table, step_table
@@ -77,9 +78,11 @@ def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
 def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
     """PCA images of one layer's features at a few steps, next to the generated frame."""
     features = run.features(layer)[frame].float()
-    n = run.manifest.get("tokens_per_frame", features.shape[1])
-    side = int(round(n**0.5))
-    images, variance = pca_images(features, (side, side), run.token_index(layer))
+    grid = run.token_grid
+    if grid is None:
+        raise AnalysisError(f"{run.path} does not say how a frame's {run.manifest.get('tokens_per_frame')} tokens lie on "
+                            "a grid (recorded before token_grid); accepted: a run recorded again")
+    images, variance = pca_images(features, grid, run.token_index(layer))
     chosen = np.linspace(0, len(images) - 1, min(steps, len(images))).round().astype(int)
     generated, _ = run.video()
     fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(1.5 * (len(chosen) + 1), 1.9))

@@ -457,6 +457,7 @@ class Probe:
             "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
             "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame, "bands": self.bands,
             "frames_per_block": self.layout.frames_per_block,
+            "token_grid": list(self.layout.token_grid) if self.layout.token_grid else None,
             "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
             "ground_truth": ground_truth is not None, "input_layer": self.input_layer,

@@ -72,6 +72,19 @@ def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
 
 
+def _checked_values(file: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A stored tensor as read, refused if its values cannot be what the toolkit wrote: NaN or infinite attention,
+    attention mass that does not sum to 1 over the clip's frames. (Features are stored as float16, where a model's
+    activations beyond 65504 are honestly infinite: they are not refused.)"""
+    if file.name == "attention.safetensors" and not bool(torch.isfinite(tensor).all()):
+        raise RunError(f"{file}: {key} holds NaN or infinite values; the run is damaged: run it again")
+    if file.name == "attention.safetensors" and _layer_of(key) is not None and tensor.numel():
+        if float((tensor.double().sum(-1) - 1).abs().max()) > 1e-3 or float(tensor.min()) < 0:
+            raise RunError(f"{file}: {key} is not attention mass (each frame's must be >= 0 and sum to 1); the run is "
+                           "damaged: run it again")
+    return tensor
+
+
 def _digest(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
@@ -126,7 +139,8 @@ class Run:
                 recorded = ", ".join(str(layer) for layer in self._layers(name)) or "none"
                 what = f" ({what})" if what else ""
                 raise RunError(f"layer {layer}{what} is not in {self.path / name}; recorded layers: {recorded}")
-            return f.get_tensor(key)
+            tensor = f.get_tensor(key)
+        return _checked_values(self.path / name, key, tensor)
 
     def features(self, layer: int) -> torch.Tensor:
         """float16 [F, S, N, D]: per probed frame and denoising step, the frame's tokens at this layer
@@ -171,6 +185,17 @@ class Run:
         return roles.get(layer, "causal")
 
     @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, columns) of a frame's tokens, row-major, as the model lays them out; None where the run does not
+        say and the token count is not a square (runs recorded before the field)."""
+        grid = self.manifest.get("token_grid")
+        if grid is not None:
+            return int(grid[0]), int(grid[1])
+        n = int(self.manifest.get("tokens_per_frame", 0))
+        side = round(n ** 0.5)
+        return (side, side) if side * side == n and n > 0 else None
+
+    @property
     def frames_per_block(self) -> int:
         """Frames denoised together in one chunk, seeing each other (1 for frame-causal models)."""
         config = self.manifest.get("config", {})
@@ -203,8 +228,17 @@ class Run:
 
     def video(self) -> tuple[np.ndarray, np.ndarray]:
         """(generated, ground truth), uint8 [T, H, W, 3] each."""
-        with np.load(self.path / "video.npz") as data:
-            return data["generated"], data["ground_truth"]
+        import zipfile
+
+        try:
+            with np.load(self.path / "video.npz", allow_pickle=False) as data:
+                videos = data["generated"], data["ground_truth"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            raise RunError(f"{self.path}/video.npz cannot be read as the run's two videos; the run is damaged: "
+                           "run it again") from None
+        if any(v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3 for v in videos):
+            raise RunError(f"{self.path}/video.npz does not hold uint8 [T, H, W, 3] videos; the run is damaged: run it again")
+        return videos
 
 
 def load_run(path: str | Path) -> Run:
@@ -274,6 +308,30 @@ def check_manifest(path: Path, m: dict) -> None:
     bands = _field(path, m, "bands", int, lambda v: 1 <= v <= tokens, f"an integer in 1..{tokens}")
     _field(path, m, "config", dict)
     _field(path, m, "model", str)
+    if m.get("token_grid") is not None:
+        _field(path, m, "token_grid", list, lambda v: len(v) == 2 and _int_list(v) and v[0] * v[1] == tokens,
+               f"[rows, columns] with rows x columns = {tokens} tokens, or null")
+    if "frames_per_block" in m:
+        _field(path, m, "frames_per_block", int, lambda v: 1 <= v <= 1024, "an integer in 1..1024")
+    try:
+        table = pd.read_parquet(path / "metrics.parquet")
+    except Exception:  # pyarrow raises its own types for a damaged file  # noqa: BLE001
+        raise RunError(f"{path}/metrics.parquet cannot be read as a table; the run is damaged: run it again") from None
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path / "video.npz") as videos:
+            names = set(videos.namelist())
+    except (OSError, zipfile.BadZipFile):
+        names = set()
+    if not {"generated.npy", "ground_truth.npy"} <= names:
+        raise RunError(f"{path}/video.npz cannot be read as the run's two videos; the run is damaged: run it again")
+    with safe_open(path / "attention.safetensors", "pt") as f:  # small: [F, S, H, T] and the pooled maps
+        for key in f.keys():
+            _checked_values(path / "attention.safetensors", key, f.get_tensor(key))
+    if list(table.columns)[:4] != ["layer", "frame", "metric", "value"]:
+        raise RunError(f"{path}/metrics.parquet has columns {list(table.columns)}; accepted: layer, frame, metric, value "
+                       "(the run is damaged: run it again)")
     with safe_open(path / "features.safetensors", "pt") as fe, safe_open(path / "attention.safetensors", "pt") as at:
         shapes = {("features", k): tuple(fe.get_slice(k).get_shape()) for k in fe.keys()}
         shapes |= {("attention", k): tuple(at.get_slice(k).get_shape()) for k in at.keys()}

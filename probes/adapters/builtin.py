@@ -36,6 +36,7 @@ class Layout:
     roles: tuple[str, ...] = ()  # ROLES entry per block; empty: all "causal"
     hook_paths: dict[str, str] | None = None  # HOOKS name -> path inside the block ("" = the block's output); None: as named
     frames_per_block: int = 1  # frames denoised together in one chunk, seeing each other (chunk-causal attention)
+    token_grid: tuple[int, int] | None = None  # (rows, columns) of a frame's tokens, row-major; None: not laid on a grid
 
     @property
     def depth(self) -> int:
@@ -84,10 +85,13 @@ class Layout:
 def builtin_layout(model: nn.Module) -> Layout:
     """The layout of a `CausalVideoDiffuser` or a `SeparableCausalDiffuser`."""
     n = model.config.tokens_per_frame
+    from scd.baseline import patch_grid
+
+    grid = patch_grid(model.config)
     if hasattr(model, "encoder") and hasattr(model, "decoder"):
         encoder, decoder = len(model.encoder.blocks), len(model.decoder.blocks)
         blocks = tuple(f"encoder.blocks.{i}" for i in range(encoder)) + tuple(f"decoder.blocks.{i}" for i in range(decoder))
-        return Layout(blocks, n, ("encoder",) * encoder + ("decoder",) * decoder)
+        return Layout(blocks, n, ("encoder",) * encoder + ("decoder",) * decoder, token_grid=grid)
     depth, local = len(model.blocks), getattr(model.config, "frame_local_blocks", 0)
     roles = ("causal",) * (depth - local) + ("frame-local",) * local if local else ()
-    return Layout(tuple(f"blocks.{i}" for i in range(depth)), n, roles)
+    return Layout(tuple(f"blocks.{i}" for i in range(depth)), n, roles, token_grid=grid)

@@ -14,4 +14,4 @@ def diffusers_layout(model) -> Layout:
     paths = {"hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post", "attn.hook_q": "attn1.hook_q",
              "attn.hook_k": "attn1.hook_k"}
     return Layout(blocks, model.tokens_per_frame, hook_paths=paths,
-                  frames_per_block=model.frames_per_block)
+                  frames_per_block=model.frames_per_block, token_grid=tuple(model.grid))

@@ -100,6 +100,12 @@ def material(tmp_path_factory, tiny_checkpoints):
         "old_format": lambda d: _edit(d, format="scd-probes-run/1"),
         "incomplete": lambda d: _edit(d, complete=False),
         "shorter_steps": lambda d: _edit(d, steps=[0], timesteps=[1000.0]),
+        # damaged, then re-hashed into the manifest: the content itself must be refused
+        "garbage_parquet": lambda d: _rehash(d, "metrics.parquet", b"PAR1 not a table PAR1"),
+        "nan_attention": lambda d: _rehash_tensors(d, "attention.safetensors", "layer1", float("nan")),
+        "unnormalised_attention": lambda d: _rehash_tensors(d, "attention.safetensors", "layer1", 0.5),
+        "garbage_video": lambda d: _rehash(d, "video.npz", b"PK\x03\x04 not a zip"),
+        "bad_grid": lambda d: _edit(d, token_grid=[3, 5]),
     }
     for name, damage in broken.items():
         shutil.copytree(root / "run", root / f"broken-{name}")
@@ -115,6 +121,21 @@ def material(tmp_path_factory, tiny_checkpoints):
     save_file(original_layout(tiny("wan").state_dict()), root / "wan.safetensors")
     paths["wan"] = root / "wan.safetensors"
     return root, paths
+
+
+def _rehash(run: Path, name: str, content: bytes) -> None:
+    """Replace a data file and write its new size and sha256 into the manifest, as an adversary would."""
+    (run / name).write_bytes(content)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rehash_tensors(run: Path, name: str, key: str, value: float) -> None:
+    tensors = load_file(run / name)
+    tensors[key] = torch.full_like(tensors[key], value)
+    save_file(tensors, run / name)
+    _rehash(run, name, (run / name).read_bytes())
 
 
 def _edit(run: Path, **change) -> None:
@@ -264,6 +285,14 @@ CASES = [
     ("R", ["show", "{broken:incomplete}"], "incomplete run"),
     ("R", ["show", "{broken:shorter_steps}"], "has shape"),
     ("R", ["show", "mine"], "no manifest.json; accepted"),
+    ("R", ["show", "{broken:garbage_parquet}"], "cannot be read as a table"),
+    ("R", ["show", "{broken:nan_attention}"], "NaN or infinite"),
+    ("R", ["show", "{broken:unnormalised_attention}"], "is not attention mass"),
+    ("R", ["show", "{broken:bad_grid}"], "token_grid"),
+    ("R", ["report", "{broken:nan_attention}", "-o", "r.html"], "NaN or infinite"),
+    ("R", ["report", "{broken:unnormalised_attention}", "-o", "r.html"], "is not attention mass"),
+    ("R", ["report", "{broken:garbage_video}", "-o", "r.html"], "video.npz cannot be read"),
+    ("R", ["report", "{broken:garbage_parquet}", "-o", "r.html"], "cannot be read as a table"),
     ("R", ["show", "file.txt"], "is not a run directory"),
     ("R", ["report", "{broken:swapped}", "-o", "r.html"], "sha256 differs"),
     ("R", ["report", "{broken:missing_layer}", "-o", "r.html"], "lacks layer2"),

@@ -152,6 +152,10 @@ class CausalWan(nn.Module):
             raise CheckpointError(f"fps = {fps!r}; accepted: frames per second, an integer in 1..240")
         self.transformer, self.family, self.latent_size = transformer, family, (h, w)
         self.grid = (h // p_h, w // p_w)
+        if max(self.grid) > config.rope_max_seq_len:
+            raise CheckpointError(f"latent size {h}x{w} makes a {self.grid[0]}x{self.grid[1]} token grid, beyond the model's "
+                                  f"RoPE table (rope_max_seq_len = {config.rope_max_seq_len} rows and columns); accepted: at "
+                                  f"most {config.rope_max_seq_len * p_h}x{config.rope_max_seq_len * p_w}")
         self.tokens_per_frame = self.grid[0] * self.grid[1]
         self.frames_per_block, self.fps = frames_per_block, (24 if fps is None and self.inject_sample_info else fps)
         self.max_frames = config.rope_max_seq_len  # the RoPE table's frame positions

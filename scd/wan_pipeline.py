@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from scd.causal_wan import FAMILIES, TEXT_TOKENS, CausalWan
+from scd.causal_wan import TEXT_TOKENS, CausalWan
+from scd.wan_checks import (
+    check_finite,
+    check_pipeline,
+    check_scheduler_config,
+    check_weights,
+    read_transformer_config,
+)
 from scd.wan_vae import encode_video, vae_factors
 from scd.zoo import CheckpointError, sha256
 
@@ -44,10 +51,9 @@ def scheduler_config(root: Path, choice: str = "auto") -> dict | None:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path} is not valid JSON") from None
-    if config.get("_class_name") not in PIPELINE_SCHEDULERS:
-        raise CheckpointError(f"{path} describes a {config.get('_class_name')}; accepted: {', '.join(PIPELINE_SCHEDULERS)} "
-                              "(or --scheduler euler)")
-    return config
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is a JSON {type(config).__name__}; accepted: a scheduler config (a JSON object)")
+    return check_scheduler_config(config, path, PIPELINE_SCHEDULERS)
 
 
 def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), text_embeddings: torch.Tensor | None = None,
@@ -64,26 +70,25 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
     if not config_path.is_file():
         raise CheckpointError(f"{directory} is not a diffusers model directory: no config.json; accepted: a pipeline "
                               "directory (transformer/...) or a transformer directory")
-    try:
-        family = json.loads(config_path.read_text()).get("_class_name")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise CheckpointError(f"{config_path} is not a valid JSON config") from None
-    if family not in FAMILIES:
-        raise CheckpointError(f"{config_path} describes a {family}; accepted: {', '.join(FAMILIES)}")
-    if not any(directory.glob("*.safetensors")):
-        raise CheckpointError(f"{directory} has no .safetensors weights (convert .pt / .pth with probe convert)")
+    if pipeline:
+        check_pipeline(root)
+    config = read_transformer_config(directory)  # every field the toolkit reads, typed and in range
+    family = config["_class_name"]
+    check_weights(directory, config)  # every weight present, none extra, float: never a randomly initialised one
     schedule = scheduler_config(root, scheduler)
     try:
         transformer = getattr(diffusers, family).from_pretrained(directory, local_files_only=True, torch_dtype=dtype,
                                                                  use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - diffusers raises many types for a damaged directory: one line each
         raise CheckpointError(f"cannot load {directory}: {_first_line(e)}") from None
+    check_finite(transformer, directory)
     vae = None
     if pipeline and (root / "vae" / "config.json").is_file():
         try:
             vae = diffusers.AutoencoderKLWan.from_pretrained(root / "vae", local_files_only=True, use_safetensors=True)
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"cannot load the VAE in {root / 'vae'}: {_first_line(e)}") from None
+        check_finite(vae, root / "vae")
         vae.eval()
     flow_shift = 1.0
     if schedule is not None:
@@ -111,8 +116,12 @@ def encode_prompt(model: CausalWan, prompt: str) -> torch.Tensor:
     try:
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a damaged directory: one line each
         raise CheckpointError(f"cannot load the text encoder in {root}: {_first_line(e)}") from None
+    check_finite(encoder, root / "text_encoder")
+    if encoder.config.d_model != model.transformer.config.text_dim:
+        raise CheckpointError(f"the text encoder in {root} gives {encoder.config.d_model}-wide embeddings; the transformer "
+                              f"reads text_dim = {model.transformer.config.text_dim}")
     tokens = tokenizer([prompt], padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
                        return_attention_mask=True, return_tensors="pt")
     with torch.no_grad():

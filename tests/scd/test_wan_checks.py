@@ -1,0 +1,156 @@
+"""Diffusers directories are checked like the toolkit's own checkpoints: every class of damage a user's directory may
+have is refused before anything runs, by `probe run` (exit 2, one line, the tree byte-identical) and by the Python
+API (`load_causal_wan`: a CheckpointError), never loaded with random weights or run on NaN."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from probe_cli import main
+from scd.wan_pipeline import load_causal_wan
+from scd.zoo import CheckpointError
+from tests.cli.test_bad_input import _tree
+from tests.wan_tiny import save_pipeline
+
+WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
+
+
+def _config(root: Path, **change) -> None:
+    path = root / "transformer" / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in change.items():
+        if value is ...:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+
+
+def _weights(root: Path, change) -> None:
+    state = load_file(root / WEIGHTS)
+    change(state)
+    save_file(state, root / WEIGHTS)
+
+
+def _first(state: dict) -> str:
+    return sorted(k for k in state if k.endswith(".weight"))[0]
+
+
+def _scheduler(root: Path, text: str) -> None:
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(text)
+
+
+# name -> (damage, what the one line says); each damage is applied to a fresh copy of a tiny pipeline.
+DAMAGES = {
+    # the transformer's config: types and ranges of every field read
+    "string_layers": (lambda r: _config(r, num_layers="2"), "num_layers = '2'; accepted: an integer"),
+    "bool_heads": (lambda r: _config(r, num_attention_heads=True), "num_attention_heads = True; accepted"),
+    "zero_heads": (lambda r: _config(r, num_attention_heads=0), "num_attention_heads = 0; accepted"),
+    "float_dim": (lambda r: _config(r, attention_head_dim=12.0), "attention_head_dim = 12.0; accepted"),
+    "odd_head_dim": (lambda r: _config(r, attention_head_dim=11), "attention_head_dim = 11; accepted: an even"),
+    "huge_layers": (lambda r: _config(r, num_layers=10**9), "num_layers = 1000000000; accepted"),
+    "patch_size_two": (lambda r: _config(r, patch_size=[2, 2]), "patch_size = [2, 2]; accepted"),
+    "patch_size_text": (lambda r: _config(r, patch_size="1,2,2"), "patch_size = '1,2,2'; accepted"),
+    "eps_text": (lambda r: _config(r, eps="1e-6"), "eps = '1e-6'; accepted"),
+    "qk_norm": (lambda r: _config(r, qk_norm="group_norm"), "qk_norm = 'group_norm'; accepted"),
+    "class": (lambda r: _config(r, _class_name="UNet2DModel"), "describes a UNet2DModel; accepted"),
+    "config_list": (lambda r: (r / "transformer" / "config.json").write_text("[1]"), "accepted: a transformer config"),
+    "config_garbage": (lambda r: (r / "transformer" / "config.json").write_bytes(b"\xff\x00"), "not a readable JSON"),
+    "more_layers": (lambda r: _config(r, num_layers=3), "the weights lack blocks.2."),
+    "fewer_layers": (lambda r: _config(r, num_layers=1), "is not a parameter of the config's"),
+    "i2v": (lambda r: _config(r, image_dim=16), "image-to-video transformer"),
+    "i2v_channels": (lambda r: _config(r, in_channels=8), "image-to-video transformer"),
+    # the weights: every one present, none extra, float dtypes, finite values, readable files
+    "missing_key": (lambda r: _weights(r, lambda s: s.pop(_first(s))), "the weights lack"),
+    "extra_key": (lambda r: _weights(r, lambda s: s.update({"blocks.9.mystery.weight": torch.zeros(2)})),
+                  "blocks.9.mystery.weight"),
+    "wrong_shape": (lambda r: _weights(r, lambda s: s.update({_first(s): torch.zeros(3)})), "has shape [3]"),
+    "int8": (lambda r: _weights(r, lambda s: s.update({_first(s): s[_first(s)].to(torch.int8)})), "is I8; accepted"),
+    "nan": (lambda r: _weights(r, lambda s: s[_first(s)].fill_(float("nan"))), "NaN or infinite"),
+    "inf": (lambda r: _weights(r, lambda s: s[_first(s)].fill_(float("inf"))), "NaN or infinite"),
+    "garbage_weights": (lambda r: (r / WEIGHTS).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"),
+                        "not a readable safetensors file"),
+    "no_weights": (lambda r: (r / WEIGHTS).unlink(), "no .safetensors weights"),
+    # the scheduler
+    "scheduler_list": (lambda r: _scheduler(r, "[1, 2]"), "accepted: a scheduler config"),
+    "scheduler_garbage": (lambda r: _scheduler(r, "{not json"), "is not valid JSON"),
+    "scheduler_class": (lambda r: _scheduler(r, '{"_class_name": "DDIMScheduler"}'), "describes a DDIMScheduler"),
+    "scheduler_shift_text": (lambda r: _scheduler(r, '{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": "5"}'),
+                             "shift = '5'; accepted"),
+    "scheduler_shift_nan": (lambda r: _scheduler(r, '{"_class_name": "UniPCMultistepScheduler", "flow_shift": NaN}'),
+                            "flow_shift = nan; accepted"),
+    "scheduler_steps": (lambda r: _scheduler(r, '{"_class_name": "UniPCMultistepScheduler", "num_train_timesteps": 0}'),
+                        "num_train_timesteps = 0; accepted"),
+    # the pipeline's other parts
+    "wan22_expert": (lambda r: shutil.copytree(r / "transformer", r / "transformer_2"), "two-expert pipeline"),
+    "wan22_index": (lambda r: (r / "model_index.json").write_text('{"boundary_ratio": 0.875}'), "two-expert pipeline"),
+    "image_encoder": (lambda r: (r / "image_encoder").mkdir(), "image-to-video pipeline"),
+    "index_garbage": (lambda r: (r / "model_index.json").write_text("{"), "not a readable JSON"),
+    "vae_garbage": (lambda r: (r / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"junk"),
+                    "cannot load the VAE"),
+    "vae_nan": (lambda r: _vae_nan(r), "NaN or infinite"),
+}
+PROMPT_DAMAGES = {  # only read when a prompt is given
+    "text_encoder_garbage": (lambda r: (r / "text_encoder" / "model.safetensors").write_bytes(b"junk"),
+                             "cannot load the text encoder"),
+    "text_encoder_config": (lambda r: (r / "text_encoder" / "config.json").write_text("[]"),
+                            "cannot load the text encoder"),
+    "tokenizer_gone": (lambda r: shutil.rmtree(r / "tokenizer"), "needs the pipeline directory's text_encoder/"),
+}
+
+
+def _vae_nan(root: Path) -> None:
+    path = root / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    state[_first(state)].fill_(float("nan"))
+    save_file(state, path)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    return save_pipeline(tmp_path_factory.mktemp("wan") / "pipe", "wan")
+
+
+def _damaged(pipeline: Path, tmp_path: Path, damage) -> Path:
+    root = tmp_path / "user" / "pipe"
+    shutil.copytree(pipeline, root)
+    damage(root)
+    return root
+
+
+def test_the_table_covers_config_weights_scheduler_and_pipeline():
+    assert len(DAMAGES) + len(PROMPT_DAMAGES) >= 35
+
+
+@pytest.mark.parametrize("name", list(DAMAGES) + list(PROMPT_DAMAGES))
+def test_a_damaged_diffusers_directory_is_refused_in_one_line_and_nothing_changes(name, pipeline, tmp_path, capsys,
+                                                                                  monkeypatch):
+    damage, expected = {**DAMAGES, **PROMPT_DAMAGES}[name]
+    root = _damaged(pipeline, tmp_path, damage)
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    prompt = ["--prompt", "a red car"] if name in PROMPT_DAMAGES else []
+    code = main(["run", "--model", f"diffusers:{root}", "--layer", "0", "--context", "2", "--frames", "2", "--steps", "2",
+                 "--quiet", "--out", "run", *prompt])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "newly initialized" not in err, err
+    assert expected in err, err
+    assert _tree(tmp_path) == before
+    if name not in PROMPT_DAMAGES:
+        with pytest.raises(CheckpointError, match=expected.split(";")[0][:30].replace("[", r"\[").replace("(", r"\(")):
+            load_causal_wan(root)
+
+
+def test_a_latent_grid_beyond_the_rope_table_is_refused(pipeline, tmp_path, capsys):
+    # rope_max_seq_len 32 rows and columns; 2x2 patches: 66 latent columns make 33 token columns
+    assert main(["run", "--model", f"diffusers:{pipeline}", "--latent-size", "8x66", "--out", str(tmp_path / "r")]) == 2
+    assert "beyond the model's RoPE table" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

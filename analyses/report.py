@@ -103,6 +103,7 @@ def _section(run: Run) -> dict:
     summary = {
         "model": m.get("model"), "checkpoint sha256": checkpoint.get("sha256"), "run directory": str(run.path),
         "clip": f"{m.get('split', '?')} {m.get('clip', '?')}", "seed": m.get("seed"),
+        **_generation_text(m.get("generation")),
         **({"sweep": _sweep_text(m["sweep"])} if "sweep" in m else {}),
         "frames": f"{m.get('context')} context, probed {m.get('frames')}", "steps": len(m.get("steps", [])),
         "layers": _layers_text(run), "hook": m.get("hook"), "mode": m.get("mode"), "backend": m.get("backend"),
@@ -127,6 +128,33 @@ def _section(run: Run) -> dict:
                              "share": cell(row, "earlier_share")})
     return {"name": run_name(run), "summary": summary, "claims": evaluate(run), "figures": figs,
             "similarity": similarity, "sparsity": sparsity, "measures": measures}
+
+
+def _generation_text(generation: dict | None) -> dict[str, str]:
+    """The manifest's `generation` (how the video was made) as the report's rows; nothing for runs recorded before."""
+    if not isinstance(generation, dict):
+        return {}
+    context = generation.get("context") or {}
+    source = context.get("source")
+    if source == "video":
+        where = f"video {context.get('path')} (sha256 {str(context.get('sha256'))[:12]}), {context.get('latent_frames')} " \
+                "latent frames"
+    elif source == "gaussian latents":
+        where = f"seeded Gaussian latents (seed {context.get('seed')}), {context.get('latent_frames')} latent frames"
+    else:
+        where = f"{context.get('split')} clip {context.get('clip')} ({context.get('scene')} scene), {context.get('frames')} " \
+                "frames"
+    scheduler = generation.get("scheduler") or {}
+    rows = {"context": where,
+            "prompt": generation.get("prompt") if generation.get("prompt") is not None else
+            (f"text embeddings {generation['text_embeddings']}" if generation.get("text_embeddings") else "none"),
+            "guidance scale": f"{generation.get('guidance_scale')}" + (
+                f" (negative prompt {generation['negative_prompt']!r})" if generation.get("negative_prompt") is not None
+                else ""),
+            "scheduler": f"{scheduler.get('class')}, shift {scheduler.get('shift')} ({scheduler.get('source')})",
+            "chunk size": f"{generation.get('frames_per_block')} frame(s) denoised together",
+            "fps": generation.get("fps"), "dtype, device": f"{generation.get('dtype')}, {generation.get('device')}"}
+    return {k: "" if v is None else str(v) for k, v in rows.items()}
 
 
 def _with_interval(row, column: str) -> str:

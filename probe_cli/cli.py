@@ -24,6 +24,7 @@ from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from scd.train_config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
 
 STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
+FULL_MODE_LIMIT_GIB = 8  # --mode auto keeps every token up to this much recorded features, then streams
 CLIPS = ranged(1, 10_000)
 OUR_PACKAGES = ("scd", "probes", "analyses", "probe_cli")
 
@@ -108,8 +109,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame (1..1000)")
     r.add_argument("--seed", default="0", help=f"sampling seed in 0..{SEED_MAX}; several (0-3 or 0,1) make a sweep")
     r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
-    r.add_argument("--mode", choices=MODES, default="full", help="keep every token (float16 on disk) or only running "
-                   "reductions and a token subsample")
+    r.add_argument("--mode", choices=("auto", *MODES), default="auto", help="keep every token (full, float16 on disk) "
+                   "or only running reductions and a token subsample (stream); auto (default): full unless the recorded "
+                   f"features would exceed {FULL_MODE_LIMIT_GIB} GiB of host memory, then stream")
     r.add_argument("--bands", type=ranged(1, 4096), default=3, help="rows and columns per frame of the pooled attention "
                    "map (the paper's figure shows about 3; the tokens per frame give the unpooled map)")
     r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")

@@ -190,24 +190,103 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     return capture, clip_frames
 
 
-def _estimate(model, layout, spec: list[int], capture: list[str], args: argparse.Namespace, clip_frames: int) -> int:
-    """Bytes a probed generation holds: the model's KV cache and scores (scd.memory), the clip, and the recorded
-    features (float32 while recording, stacked once more to save) and attention."""
+def model_shape(model, layout) -> dict:
+    """What the memory estimate needs of a loaded model: width, depth, heads, tokens per frame, frame pixels."""
+    config = model.get_config() if hasattr(model, "get_config") else {}
+    return {"width": config["width"], "depth": layout.depth, "heads": config["heads"],
+            "tokens": layout.tokens_per_frame, "frame_pixels": 3 * config.get("frame_size", 64) *
+            config.get("frame_width", config.get("frame_size", 64)), "weights": 0}
+
+
+def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
+    """The same, for `diffusers:DIR`, from its config.json and the safetensors headers, before anything is loaded:
+    the real width (heads x head dim), layers, tokens of the latent grid, and the bytes of the weights (with the
+    text encoder's when a prompt is encoded)."""
+    from safetensors import SafetensorError, safe_open
+
+    from scd.causal_wan import check_frame_counts, geometry
+    from scd.wan_checks import check_pipeline, check_weights, read_transformer_config
+    from scd.zoo import CheckpointError
+
+    root = Path(model.removeprefix("diffusers:"))
+    directory = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory} is not a diffusers model directory: no config.json; accepted: a pipeline "
+                              "directory (transformer/...) or a transformer directory")
+    if directory != root:
+        check_pipeline(root)
+    config = read_transformer_config(directory)
+    check_weights(directory, config)
+    h, w = args.latent_size or (8, 8)
+    grid, chunk, _ = geometry(config, (h, w), args.frames_per_block, args.fps)
+    check_frame_counts({"--context": args.context, "--frames": args.frames,
+                        "--context + --frames": args.context + args.frames}, chunk, config.get("rope_max_seq_len", 1024))
+    heads, head_dim = config.get("num_attention_heads", 40), config.get("attention_head_dim", 128)
+
+    def weight_bytes(folder: Path) -> int:
+        total = 0
+        for file in folder.glob("*.safetensors"):
+            try:
+                with safe_open(file, "pt") as f:
+                    for key in f.keys():
+                        numel = 1
+                        for size in f.get_slice(key).get_shape():
+                            numel *= size
+                        total += numel * 4  # loaded as float32 at most (the text encoder always is)
+            except (SafetensorError, OSError):
+                pass  # a damaged file is refused by the checks of loading, with its name
+        return total
+
+    weights = weight_bytes(directory) + (weight_bytes(root / "text_encoder") if args.prompt is not None else 0)
+    return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads,
+            "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": weights}
+
+
+def feature_bytes(shape: dict, layers: int, frames: int, steps: int, mode: str) -> int:
+    """Host memory of the recorded features: float32 while recording, stacked once more to save."""
+    kept = shape["tokens"] if mode == "full" else min(256, shape["tokens"])
+    return 2 * layers * frames * steps * (kept * shape["width"] * 4 + 16 * steps)
+
+
+def resolve_mode(mode: str, shape: dict, layers: int, frames: int, steps: int, capture: list[str]) -> str:
+    """`--mode auto`: full unless the recorded features would exceed FULL_MODE_LIMIT_GIB, then stream."""
+    from probe_cli.cli import FULL_MODE_LIMIT_GIB
+
+    if mode != "auto":
+        return mode
+    full = feature_bytes(shape, layers, frames, steps, "full") if "features" in capture else 0
+    return "full" if full <= FULL_MODE_LIMIT_GIB * 2**30 else "stream"
+
+
+def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Namespace, clip_frames: int) -> int:
+    """Bytes a probed generation holds: the weights, the model's KV cache and scores (scd.memory; two caches with
+    guidance), the clip, and the recorded features and attention."""
     from scd.memory import generation_bytes
 
-    config = model.get_config() if hasattr(model, "get_config") else {}
-    width = config.get("width", getattr(layout, "width", 0) or 1536)
-    heads = config.get("heads", config.get("num_attention_heads", 12))
-    tokens = layout.tokens_per_frame
     itemsize = 2 if args.dtype != "float32" else 4
-    total = generation_bytes(width, layout.depth, heads, tokens, clip_frames, itemsize=itemsize)
-    total += clip_frames * 3 * config.get("frame_size", 64) ** 2 * 8 * 3
+    caches = 2 if getattr(args, "guidance_scale", None) not in (None, 1.0) else 1
+    total = shape["weights"] * itemsize // 4
+    total += caches * generation_bytes(shape["width"], shape["depth"], shape["heads"], shape["tokens"], clip_frames,
+                                       itemsize=itemsize)
+    total += clip_frames * shape["frame_pixels"] * 8
     if "features" in capture:
-        kept = tokens if args.mode == "full" else min(256, tokens)
-        total += 2 * len(spec) * args.frames * args.steps * (kept * width * 4 + 16 * args.steps)
+        total += feature_bytes(shape, layers, args.frames, args.steps, args.mode)
     if "attention" in capture:
-        total += len(spec) * args.frames * args.steps * heads * clip_frames * 4
+        total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + 9)  # mass, 3x3-band maps
     return total
+
+
+def _layers_and_output(args: argparse.Namespace, depth: int, roles: str, sharded: bool) -> tuple[list[int] | str, Path]:
+    """The layers asked for, against the model's depth, and the output (the default path names the layers: checked
+    here, still before any work)."""
+    spec = layers(args.layers if args.layers is not None else args.layer, depth,
+                  "--layers" if args.layers is not None else "--layer", roles)
+    out = Path(args.out) if args.out else _default_out(args.model, spec)
+    if args.out is None:
+        output(out, "sweep" if sharded else "run", args.force)
+        if args.guidance_pass == "both":
+            output(_uncond(out), "run", args.force)
+    return spec, out
 
 
 def _random_baseline(args: argparse.Namespace, on, dtype):
@@ -242,6 +321,14 @@ def cmd_run(args: argparse.Namespace) -> None:
             output(_uncond(Path(args.out)), "run", args.force)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)
+    spec = out = None
+    if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
+        shape = diffusers_shape(args.model, args)
+        spec, out = _layers_and_output(args, shape["depth"], "", sharded)
+        args.mode = resolve_mode(args.mode, shape, shape["depth"] if spec == "all" else len(spec), args.frames,
+                                 args.steps, capture)
+        estimate_fits(_estimate(shape, shape["depth"] if spec == "all" else len(spec), capture, args, clip_frames),
+                      "this probed generation (weights, KV cache, recorded features)")
 
     import torch
 
@@ -266,15 +353,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     if diffusers_model:
         _condition(model, args)
     layout = layout_of(model)
-    spec = layers(args.layers if args.layers is not None else args.layer, layout.depth,
-                  "--layers" if args.layers is not None else "--layer", _roles_text(layout))
-    chosen = list(range(layout.depth)) if spec == "all" else spec
-    out = Path(args.out) if args.out else _default_out(args.model, spec)
-    if args.out is None:  # the default path depends on the layers: checked now, still before any work
-        output(out, "sweep" if sharded else "run", args.force)
-        if args.guidance_pass == "both":
-            output(_uncond(out), "run", args.force)
-    estimate_fits(_estimate(model, layout, chosen, capture, args, clip_frames), "this probed generation")
+    if not diffusers_model:
+        spec, out = _layers_and_output(args, layout.depth, _roles_text(layout), sharded)
+        shape = model_shape(model, layout)
+        args.mode = resolve_mode(args.mode, shape, layout.depth if spec == "all" else len(spec), args.frames,
+                                 args.steps, capture)
+        estimate_fits(_estimate(shape, layout.depth if spec == "all" else len(spec), capture, args, clip_frames),
+                      "this probed generation")
     try:
         passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
         probes = [Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
@@ -288,6 +373,29 @@ def cmd_run(args: argparse.Namespace) -> None:
         context_latents = context_from_video(model, args.context_video, args.context)
     items = [(clip, seed) for clip in clips for seed in seeds]
     command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
+
+    def generation(clip_index: int, seed: int) -> dict:
+        """How the video was made, as a researcher must report it: the manifest's `generation` (shown in the report)."""
+        if diffusers_model and context_latents is not None:
+            from scd.zoo import sha256
+
+            video = Path(args.context_video)
+            context = {"source": "video", "path": str(video), "latent_frames": args.context,
+                       "sha256": sha256(video) if video.is_file() else None}
+        elif diffusers_model or args.size:
+            context = {"source": "gaussian latents", "seed": clip_index, "latent_frames": args.context}
+        else:
+            context = {"source": "benchmark", "split": "val", "scene": args.scene, "clip": clip_index,
+                       "frames": args.context}
+        info = getattr(model, "scheduler_info", None) or {"class": "FlowMatchEulerDiscreteScheduler",
+                                                          "shift": float(getattr(model, "flow_shift", 1.0)),
+                                                          "source": "scd.sampling's flow-matching Euler scheduler"}
+        return {"context": context, "prompt": args.prompt if diffusers_model else None,
+                "text_embeddings": args.text_embeddings if diffusers_model else None,
+                "negative_prompt": args.negative_prompt, "guidance_scale": float(getattr(model, "guidance_scale", 1.0)),
+                "scheduler": info, "steps": args.steps, "noise_seed": seed,
+                "frames_per_block": int(getattr(model, "frames_per_block", 1)), "fps": getattr(model, "fps", None),
+                "dtype": args.dtype, "device": str(on)}
 
     def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
         if diffusers_model and context_latents is not None:  # a real video, encoded: its later frames are not the truth
@@ -316,11 +424,11 @@ def cmd_run(args: argparse.Namespace) -> None:
                          dtype=dtype, callback=advance)
             bar.close()
             for probe, where in zip(probes, (path, _uncond(path)), strict=False):
+                split = ("context video" if context_latents is not None else "latent noise") \
+                    if diffusers_model or args.size else "val" if args.scene == "sprites" else f"val, {args.scene} scene"
                 saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
-                                   split="latent noise" if diffusers_model or args.size else "val"
-                                   if args.scene == "sprites"
-                                   else f"val, {args.scene} scene", dtype=args.dtype, device=str(on),
-                                   command=command)
+                                   split=split, dtype=args.dtype, device=str(on), command=command,
+                                   generation=generation(clip_index, seed))
             return path if len(probes) > 1 else saved
         except ProbeError as e:
             raise UsageError(str(e)) from None

@@ -311,6 +311,8 @@ def check_manifest(path: Path, m: dict) -> None:
     if m.get("token_grid") is not None:
         _field(path, m, "token_grid", list, lambda v: len(v) == 2 and _int_list(v) and v[0] * v[1] == tokens,
                f"[rows, columns] with rows x columns = {tokens} tokens, or null")
+    if "generation" in m:
+        _field(path, m, "generation", dict, accepted="an object (how the video was made)")
     if "frames_per_block" in m:
         _field(path, m, "frames_per_block", int, lambda v: 1 <= v <= 1024, "an integer in 1..1024")
     try:

@@ -123,6 +123,48 @@ class CausalWanAttnProcessor(WanAttnProcessor):
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
 
 
+def geometry(config, latent_size: tuple[int, int], frames_per_block: int | None = None, fps: int | None = None,
+             ) -> tuple[tuple[int, int], int, int | None]:
+    """(token grid, chunk size, fps) of a transformer config (a dict or diffusers' config) at a latent size, each
+    refused in one line where the model cannot take it: checked from config.json before loading, and again by the
+    model it makes."""
+    p_t, p_h, p_w = config.get("patch_size", (1, 2, 2))
+    if not isinstance(latent_size, tuple | list) or len(latent_size) != 2 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in latent_size):
+        raise CheckpointError(f"latent size {latent_size!r}; accepted: two integers (rows, columns) in 1..4096")
+    h, w = latent_size
+    if p_t != 1:
+        raise CheckpointError(f"temporal patch size {p_t}: a frame-causal layout needs 1 latent frame per token frame")
+    if h % p_h or w % p_w:
+        raise CheckpointError(f"latent size {h}x{w} is not a multiple of the patch size {p_h}x{p_w}; accepted: "
+                              f"multiples of {p_h}x{p_w}")
+    grid, rope = (h // p_h, w // p_w), config.get("rope_max_seq_len", 1024)
+    if max(grid) > rope:
+        raise CheckpointError(f"latent size {h}x{w} makes a {grid[0]}x{grid[1]} token grid, beyond the model's RoPE table "
+                              f"(rope_max_seq_len = {rope} rows and columns); accepted: at most {rope * p_h}x{rope * p_w}")
+    native = int(config.get("num_frame_per_block", 1) or 1)
+    frames_per_block = native if frames_per_block is None else frames_per_block
+    if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or not 1 <= frames_per_block <= 64:
+        raise CheckpointError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64")
+    sample_info = bool(config.get("inject_sample_info", False))
+    if fps is not None and not sample_info:
+        raise CheckpointError(f"fps = {fps!r}; accepted: none: this model has no fps embedding (inject_sample_info)")
+    if fps is not None and (not isinstance(fps, int) or isinstance(fps, bool) or not 1 <= fps <= 240):
+        raise CheckpointError(f"fps = {fps!r}; accepted: frames per second, an integer in 1..240")
+    return grid, frames_per_block, (24 if fps is None and sample_info else fps)
+
+
+def check_frame_counts(counts: dict[str, int], frames_per_block: int, rope_max_seq_len: int) -> None:
+    """Refuse frame counts (by flag) that the chunking or the RoPE table cannot take."""
+    for what, frames in counts.items():
+        if frames % frames_per_block:
+            raise CheckpointError(f"{what} = {frames} is not a multiple of the chunk size {frames_per_block}; accepted: "
+                                  f"multiples of {frames_per_block} (or another --frames-per-block)")
+        if frames > rope_max_seq_len:
+            raise CheckpointError(f"{frames} latent frames exceed the model's RoPE table (rope_max_seq_len = "
+                                  f"{rope_max_seq_len}); accepted: at most {rope_max_seq_len} frames in all")
+
+
 class CausalWan(nn.Module):
     """A Wan / SkyReels-V2 transformer as a chunk-causal video diffuser over latent frames (see the module docstring)."""
 
@@ -134,30 +176,11 @@ class CausalWan(nn.Module):
         if family not in FAMILIES:
             raise CheckpointError(f"cannot use a {family}; accepted: {', '.join(FAMILIES)}")
         config = transformer.config
-        p_t, p_h, p_w = config.patch_size
-        h, w = latent_size
-        if p_t != 1:
-            raise CheckpointError(f"temporal patch size {p_t}: a frame-causal layout needs 1 latent frame per token frame")
-        if h % p_h or w % p_w:
-            raise CheckpointError(f"latent size {h}x{w} is not a multiple of the patch size {p_h}x{p_w}; accepted: "
-                                  f"multiples of {p_h}x{p_w}")
-        native = int(getattr(config, "num_frame_per_block", 1) or 1)
-        frames_per_block = native if frames_per_block is None else frames_per_block
-        if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or not 1 <= frames_per_block <= 64:
-            raise CheckpointError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64")
-        self.inject_sample_info = bool(getattr(config, "inject_sample_info", False))
-        if fps is not None and not self.inject_sample_info:
-            raise CheckpointError(f"fps = {fps!r}; accepted: none: this model has no fps embedding (inject_sample_info)")
-        if fps is not None and (not isinstance(fps, int) or isinstance(fps, bool) or not 1 <= fps <= 240):
-            raise CheckpointError(f"fps = {fps!r}; accepted: frames per second, an integer in 1..240")
-        self.transformer, self.family, self.latent_size = transformer, family, (h, w)
-        self.grid = (h // p_h, w // p_w)
-        if max(self.grid) > config.rope_max_seq_len:
-            raise CheckpointError(f"latent size {h}x{w} makes a {self.grid[0]}x{self.grid[1]} token grid, beyond the model's "
-                                  f"RoPE table (rope_max_seq_len = {config.rope_max_seq_len} rows and columns); accepted: at "
-                                  f"most {config.rope_max_seq_len * p_h}x{config.rope_max_seq_len * p_w}")
+        self.grid, frames_per_block, fps = geometry(config, latent_size, frames_per_block, fps)
+        self.inject_sample_info = bool(config.get("inject_sample_info", False))
+        self.transformer, self.family, self.latent_size = transformer, family, tuple(latent_size)
         self.tokens_per_frame = self.grid[0] * self.grid[1]
-        self.frames_per_block, self.fps = frames_per_block, (24 if fps is None and self.inject_sample_info else fps)
+        self.frames_per_block, self.fps = frames_per_block, fps
         self.max_frames = config.rope_max_seq_len  # the RoPE table's frame positions
         text_dim = config.text_dim
         if text_embeddings is None:
@@ -240,12 +263,7 @@ class CausalWan(nn.Module):
 
     def check_frames(self, frames: int, what: str = "frames") -> None:
         """Refuse a frame count that the chunking or the RoPE table cannot take."""
-        if frames % self.frames_per_block:
-            raise CheckpointError(f"{what} = {frames} is not a multiple of the chunk size {self.frames_per_block}; accepted: "
-                                  f"multiples of {self.frames_per_block} (or another --frames-per-block)")
-        if frames > self.max_frames:
-            raise CheckpointError(f"{frames} latent frames exceed the model's RoPE table (rope_max_seq_len = "
-                                  f"{self.max_frames}); accepted: at most {self.max_frames} frames in all")
+        check_frame_counts({what: frames}, self.frames_per_block, self.max_frames)
 
     def _rope(self, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [1, frames * tokens, 1, head_dim] of frames start..start+frames-1: Wan's table, frame-offset."""

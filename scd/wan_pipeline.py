@@ -90,12 +90,20 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
             raise CheckpointError(f"cannot load the VAE in {root / 'vae'}: {_first_line(e)}") from None
         check_finite(vae, root / "vae")
         vae.eval()
-    flow_shift = 1.0
+    shipped = schedule if schedule is not None else scheduler_config(root, "pipeline") \
+        if (root / "scheduler" / "scheduler_config.json").is_file() else None  # checked even when not sampled with
+    flow_shift = float(shipped.get("flow_shift") or shipped.get("shift") or 1.0) if shipped is not None else 1.0
     if schedule is not None:
-        flow_shift = float(schedule.get("flow_shift") or schedule.get("shift") or 1.0)
+        source = f"the pipeline's scheduler/ ({schedule['_class_name']})"
+    elif shipped is not None:
+        source = f"--scheduler euler, at the flow shift of the pipeline's {shipped['_class_name']}"
+    else:
+        source = f"no scheduler/ in {root}: the flow-matching Euler scheduler at shift 1"
     model = CausalWan(transformer, latent_size, text_embeddings, frames_per_block=frames_per_block, fps=fps,
                       name=f"diffusers:{path}", flow_shift=flow_shift)
     model.vae, model.scheduler_config, model.pipeline_dir = vae, schedule, root if pipeline else None
+    model.scheduler_info = {"class": schedule["_class_name"] if schedule else "FlowMatchEulerDiscreteScheduler",
+                            "shift": flow_shift, "source": source}
     files = {p.name: sha256(p) for p in sorted(directory.glob("*.safetensors"))}
     combined = next(iter(files.values())) if len(files) == 1 else \
         hashlib.sha256("".join(files.values()).encode()).hexdigest()  # shards: the hash of their hashes, in name order

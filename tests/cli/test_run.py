@@ -71,7 +71,7 @@ def test_layers_all_stream_mode_and_the_nnsight_backend(tiny_checkpoint, tmp_pat
     (["--layers", "1,2,1"], "layer 1 is given twice"),
     (["--capture", "features,logits"], "--capture: unknown kind 'logits'; accepted: features, attention"),
     (["--capture", "attention,attention"], "names a kind twice"),
-    (["--mode", "lazy"], "invalid choice: 'lazy' (choose from 'full', 'stream')"),
+    (["--mode", "lazy"], "invalid choice: 'lazy' (choose from 'auto', 'full', 'stream')"),
     (["--context", "5", "--clip-frames", "4"], "--context 5 is not shorter than the clip (4 frames); accepted: 1..3"),
     (["--frames", "3", "--clip-frames", "4"], "needs 5 frames but --clip-frames is 4"),
     (["--device", "tpu"], "unknown device 'tpu'"),

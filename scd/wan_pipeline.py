@@ -140,36 +140,94 @@ def encode_prompt(model: CausalWan, prompt: str) -> torch.Tensor:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_FRAME_PIXELS = 8192 * 8192  # a context frame larger than this is refused (a decompression bomb), before decoding
+
+
+class ContextVideoError(ValueError):
+    """A context video or folder of frames that cannot give the frames asked for; one line, the accepted input."""
+
+
+def _image(path: Path):
+    """One decoded RGB frame, refused in one line if it is not an image, is damaged, or is larger than
+    MAX_FRAME_PIXELS (checked from the header, before decoding)."""
+    import warnings
+
+    from PIL import Image
+
+    if not path.is_file():
+        raise ContextVideoError(f"{path} is not a file; accepted: a folder of image files ({', '.join(IMAGE_SUFFIXES)})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_FRAME_PIXELS:
+                    raise ContextVideoError(f"{path} is {width}x{height} pixels; accepted: frames of at most "
+                                            f"{MAX_FRAME_PIXELS} pixels (8192 x 8192)")
+                return image.convert("RGB")
+    except ContextVideoError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ContextVideoError(f"{path} is larger than PIL decodes safely (a decompression bomb?); accepted: frames of at "
+                                f"most {MAX_FRAME_PIXELS} pixels (8192 x 8192)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ContextVideoError(f"{path} cannot be decoded as an image ({_first_line(e)}); accepted: readable "
+                                f"{', '.join(IMAGE_SUFFIXES)} files") from None
 
 
 def read_video(path: str | Path, frames: int, size: tuple[int, int]) -> torch.Tensor:
     """The first `frames` frames of a video file (through PyAV) or of a folder of images (sorted by name), resized
-    to `size` (H, W) with bicubic filtering: float [frames, 3, H, W] in [-1, 1]."""
+    to `size` (H, W) with bicubic filtering: float [frames, 3, H, W] in [-1, 1].
+
+    Every frame must decode, be at most MAX_FRAME_PIXELS, and have the size of the first (the policy: frames of one
+    size, each resized to the model's; frames of mixed sizes are refused, not stretched each its own way)."""
     import numpy as np
     from PIL import Image
 
+    if path is None or not isinstance(path, str | Path):
+        raise ContextVideoError(f"context video {path!r}; accepted: a path to a video file or a folder of images")
+    if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 100_000:
+        raise ContextVideoError(f"frames = {frames!r}; accepted: an integer in 1..100000")
+    if not isinstance(size, tuple | list) or len(size) != 2 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16384 for v in size):
+        raise ContextVideoError(f"size = {size!r}; accepted: two integers (height, width) in 1..16384")
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise CheckpointError(f"{path} holds no images; accepted: {', '.join(IMAGE_SUFFIXES)} files, or a video file")
-        images = [Image.open(p).convert("RGB") for p in files[:frames]]
+        entries = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not entries:
+            raise ContextVideoError(f"{path} holds no images; accepted: {', '.join(IMAGE_SUFFIXES)} files, or a video file")
+        if len(entries) < frames:
+            raise ContextVideoError(f"{path} has {len(entries)} frames; the context needs {frames}")
+        images = [_image(p) for p in entries[:frames]]
+        names = [p.name for p in entries[:frames]]
     elif path.is_file():
         import av
 
         images = []
         try:
             with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                if stream.width * stream.height > MAX_FRAME_PIXELS:
+                    raise ContextVideoError(f"{path} is {stream.width}x{stream.height} pixels; accepted: frames of at "
+                                            f"most {MAX_FRAME_PIXELS} pixels (8192 x 8192)")
                 for frame in container.decode(video=0):
                     images.append(frame.to_image().convert("RGB"))
                     if len(images) == frames:
                         break
-        except (av.error.FFmpegError, ValueError, IndexError) as e:
-            raise CheckpointError(f"cannot read {path} as a video: {_first_line(e)}") from None
+        except ContextVideoError:
+            raise
+        except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+            raise ContextVideoError(f"cannot read {path} as a video: {_first_line(e)}") from None
+        names = [f"frame {i}" for i in range(len(images))]
     else:
-        raise CheckpointError(f"{path} does not exist; accepted: a video file or a folder of images")
+        raise ContextVideoError(f"{path} does not exist; accepted: a video file or a folder of images")
     if len(images) < frames:
-        raise CheckpointError(f"{path} has {len(images)} frames; the context needs {frames}")
+        raise ContextVideoError(f"{path} has {len(images)} frames; the context needs {frames}")
+    odd = next((i for i, im in enumerate(images) if im.size != images[0].size), None)
+    if odd is not None:
+        (w0, h0), (w1, h1) = images[0].size, images[odd].size
+        raise ContextVideoError(f"{path}: {names[odd]} is {w1}x{h1} but {names[0]} is {w0}x{h0}; accepted: frames of one "
+                                "size (each is then resized to the model's)")
     h, w = size
     pixels = [np.asarray(im if im.size == (w, h) else im.resize((w, h), Image.BICUBIC)) for im in images]
     return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -16,7 +16,7 @@ from scd import generate
 from scd.causal_wan import CausalWan, chunk_causal_mask
 from scd.sampling import SamplingError
 from scd.wan_convert import ConversionError, convert, read_weights
-from scd.wan_pipeline import context_from_video, encode_prompt, load_causal_wan, read_video
+from scd.wan_pipeline import ContextVideoError, context_from_video, encode_prompt, load_causal_wan, read_video
 from scd.wan_vae import decode_latents, encode_video
 from scd.zoo import CheckpointError
 from tests.wan_tiny import FAMILIES, LATENT, TINY, latents, save_pipeline, tiny
@@ -204,7 +204,7 @@ def test_the_vae_decodes_one_causal_sequence_and_a_context_video_survives_a_roun
         for packet in stream.encode():
             container.mux(packet)
     assert read_video(tmp_path / "clip.mp4", 4, (16, 16)).shape == (4, 3, 16, 16)
-    with pytest.raises(CheckpointError, match="has 5 frames; the context needs 9"):
+    with pytest.raises(ContextVideoError, match="has 5 frames; the context needs 9"):
         read_video(tmp_path / "frames", 9, (16, 16))
 
 

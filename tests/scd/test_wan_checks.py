@@ -154,3 +154,71 @@ def test_a_latent_grid_beyond_the_rope_table_is_refused(pipeline, tmp_path, caps
     assert main(["run", "--model", f"diffusers:{pipeline}", "--latent-size", "8x66", "--out", str(tmp_path / "r")]) == 2
     assert "beyond the model's RoPE table" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def _pngs(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, (h, w) in enumerate(sizes):
+        Image.new("RGB", (w, h), (i * 40, 0, 0)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def _bomb(folder: Path) -> Path:
+    """A PNG whose header says 100,000 x 100,000 pixels: refused from the header, never decoded."""
+    import struct
+    import zlib
+
+    folder.mkdir(parents=True)
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    for i in range(5):
+        (folder / f"{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return folder
+
+
+CONTEXTS = {  # a context video the user gives -> what the one line says (5 frames of 16 x 16 pixels are needed)
+    "corrupt_png": (lambda d: (_pngs(d, [(16, 16)] * 5) / "02.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage"),
+                    "02.png cannot be decoded as an image"),
+    "text_as_png": (lambda d: (_pngs(d, [(16, 16)] * 5) / "00.png").write_text("hello"), "cannot be decoded as an image"),
+    "directory_named_png": (lambda d: (_pngs(d, [(16, 16)] * 5), (d / "01.png").unlink(), (d / "01.png").mkdir()),
+                            "01.png is not a file"),
+    "bomb": (lambda d: _bomb(d), "accepted: frames of at most"),
+    "mixed_sizes": (lambda d: _pngs(d, [(16, 16), (16, 16), (20, 16), (16, 16), (16, 16)]),
+                    "02.png is 16x20 but 00.png is 16x16; accepted: frames of one size"),
+    "too_few": (lambda d: _pngs(d, [(16, 16)] * 3), "has 3 frames; the context needs 5"),
+    "no_images": (lambda d: (d.mkdir(parents=True), (d / "notes.txt").write_text("x")), "holds no images"),
+    "garbage_video": (lambda d: (d.parent.mkdir(parents=True, exist_ok=True), d.with_suffix(".mp4").write_bytes(b"junk")),
+                      "cannot read"),
+}
+
+
+@pytest.mark.parametrize("name", CONTEXTS)
+def test_a_bad_context_video_is_refused_in_one_line_and_nothing_changes(name, pipeline, tmp_path, capsys, monkeypatch):
+    make, expected = CONTEXTS[name]
+    where = tmp_path / "user" / "clip"
+    make(where)
+    if name == "garbage_video":
+        where = where.with_suffix(".mp4")
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    code = main(["run", "--model", f"diffusers:{pipeline}", "--layer", "0", "--context", "3", "--frames", "1",
+                 "--steps", "1", "--quiet", "--context-video", str(where), "--out", "run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert _tree(tmp_path) == before
+    from scd.wan_pipeline import ContextVideoError, read_video
+
+    with pytest.raises(ContextVideoError):
+        read_video(where, 5, (16, 16))
+
+
+@pytest.mark.parametrize("args", [(None, 5, (16, 16)), ("x", 0, (16, 16)), ("x", -1, (16, 16)), ("x", 2.5, (16, 16)),
+                                  ("x", True, (16, 16)), ("x", 5, (0, 16)), ("x", 5, (16,)), ("x", 5, "16x16")])
+def test_read_video_refuses_bad_arguments(args):
+    from scd.wan_pipeline import ContextVideoError, read_video
+
+    with pytest.raises(ContextVideoError, match="accepted"):
+        read_video(*args)

@@ -263,11 +263,17 @@ def _make_parsers(sub) -> None:
 
     c = sub.add_parser("convert", help="an original-layout Wan / CausVid / Self-Forcing / SkyReels-V2 checkpoint -> a "
                        "diffusers transformer directory (safetensors)")
-    c.add_argument("source", help="a .safetensors file, or .pt / .pth (read with torch.load(weights_only=True) only)")
+    c.add_argument("source", help="a .safetensors file, a sharded checkpoint (its .index.json, or a directory of "
+                   ".safetensors shards), or .pt / .pth (read with torch.load(weights_only=True) only)")
     c.add_argument("out", help="the diffusers transformer directory to write (config.json + safetensors)")
     c.add_argument("--heads", type=ranged(1, 512), default=None, help="attention heads (default: width / 128, Wan's)")
-    c.add_argument("--frames-per-block", type=ranged(1, 64), default=1, help="SkyReels-V2 checkpoints: the causal chunk "
-                   "size written into the config (num_frame_per_block)")
+    c.add_argument("--frames-per-block", type=ranged(1, 64), default=None, help="SkyReels-V2 checkpoints: the causal "
+                   "chunk size written into the config (num_frame_per_block); a Wan checkpoint's is chosen by probe run")
+    ema = c.add_mutually_exclusive_group()
+    ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="a checkpoint with both "
+                     "generator_ema and generator: convert the EMA weights (Self-Forcing's --use_ema)")
+    ema.add_argument("--no-ema", dest="ema", action="store_false", help="... or the raw generator weights")
+    c.add_argument("--quiet", action="store_true", help="do not print what was read and chosen")
     c.add_argument("--force", action="store_true", help="replace a directory this command wrote")
     c.set_defaults(func=making.cmd_convert)
 

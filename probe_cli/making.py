@@ -60,26 +60,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     source = Path(args.source)
-    if source.suffix not in (".safetensors", ".pt", ".pth") or not source.is_file():
-        raise UsageError(f"{source} is not a checkpoint file; accepted: an existing .safetensors, .pt or .pth file")
+    if not (source.is_dir() or source.name.endswith(".index.json") or
+            (source.suffix in (".safetensors", ".pt", ".pth") and source.is_file())):
+        raise UsageError(f"{source} is not a checkpoint; accepted: an existing .safetensors, .pt or .pth file, a sharded "
+                         "checkpoint's .index.json, or a directory of .safetensors shards")
     output(args.out, "converted", args.force)
-    import sys
-    import warnings
+    from scd.wan_convert import convert
 
-    from scd.wan_convert import ConversionError, convert
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            out = convert(source, args.out, heads=args.heads, frames_per_block=args.frames_per_block, force=args.force)
-        except ConversionError as e:
-            lines = str(e).splitlines()
-            if len(lines) == 1:
-                raise
-            for line in lines:  # one line per unknown or missing key
-                print(line, file=sys.stderr)
-            raise UsageError(f"{len(lines)} keys of {source} do not fit; nothing was written") from None
-        finally:
-            for warning in caught:
-                print(f"warning: {warning.message}", file=sys.stderr)
+    notes: list[str] = []  # what was read and chosen: said after the work, so that a refusal stays one line
+    out = convert(source, args.out, heads=args.heads, frames_per_block=args.frames_per_block, ema=args.ema,
+                  force=args.force, notes=notes)
+    if not args.quiet:
+        for note in notes:
+            print(f"note: {note}")
     print(f"wrote {out}")

@@ -44,51 +44,125 @@ RENAMES = (
     ("cross_attn.o.", "attn2.to_out.0."), ("cross_attn.norm_q", "attn2.norm_q"), ("cross_attn.norm_k", "attn2.norm_k"),
 )
 WRAPPERS = ("generator_ema", "generator", "state_dict", "model")
-PREFIXES = ("_fsdp_wrapped_module.", "module.", "model.")
+PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "module.", "model.")  # _orig_mod.: a torch.compile'd module's
 SUFFIXES = (".safetensors", ".pt", ".pth")
+ACCEPTED = ("a .safetensors, .pt or .pth file, a sharded checkpoint's .index.json, or a directory of .safetensors "
+            "shards")
 
 
 class ConversionError(CheckpointError):
-    """A checkpoint that cannot be converted; the message names each offending key on a line of its own."""
+    """A checkpoint that cannot be converted; the message is one line naming the offending keys in the file's names."""
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a `.safetensors` file, or of a `.pt` / `.pth` file through `torch.load(weights_only=True)`
-    (with a warning saying so), unwrapped and unprefixed as training checkpoints store them."""
-    path = Path(path)
+def _shards(path: Path) -> list[Path]:
+    """The files of a checkpoint: the file itself, the shards an `.index.json` names, or a directory's shards."""
+    if path.is_dir():
+        shards = sorted(path.glob("*.safetensors"))
+        if not shards:
+            raise ConversionError(f"{path} holds no .safetensors shards; accepted: {ACCEPTED}")
+        return shards
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+            shards = sorted({path.parent / name for name in weight_map.values()})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ConversionError(f"{path} is not a sharded checkpoint's index (a JSON weight_map); accepted: "
+                                  f"{ACCEPTED}") from None
+        missing = [s.name for s in shards if not s.is_file() or s.parent != path.parent]
+        if missing:
+            raise ConversionError(f"{path} names shard {missing[0]}, which is not beside it; accepted: an index with "
+                                  "its shards in one directory")
+        return shards
     if path.suffix not in SUFFIXES:
-        raise ConversionError(f"{path} is not a checkpoint file; accepted: {', '.join(SUFFIXES)}")
+        raise ConversionError(f"{path} is not a checkpoint file; accepted: {ACCEPTED}")
     if not path.is_file():
-        raise ConversionError(f"{path} does not exist; accepted: a {', '.join(SUFFIXES)} file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise ConversionError(f"{path} does not exist; accepted: {ACCEPTED}")
+    return [path]
 
-        try:
-            state = load_file(path)
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ConversionError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
-    else:
-        warnings.warn(f"{path.name}: reading a pickle-format checkpoint with torch.load(weights_only=True): tensors and "
-                      "plain containers only, no code is run; prefer .safetensors", stacklevel=2)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # an UnpicklingError for anything weights_only refuses
-            raise ConversionError(f"{path} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
+
+def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | None = None,
+                 file_names: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint (`.safetensors`, sharded safetensors, or `.pt` / `.pth` through
+    `torch.load(weights_only=True)`), unwrapped and unprefixed as training checkpoints store them, by the names of
+    the file. A checkpoint holding both `generator_ema` and `generator` needs `ema` (True: the EMA weights). What
+    was read and chosen is appended to `notes` (said after the work, never in a refusal); `file_names` gets each
+    returned key's name in the file (prefixes included), for messages in the file's own names."""
+    if path is None or not isinstance(path, str | Path):
+        raise ConversionError(f"source {path!r} is not a path; accepted: {ACCEPTED}")
+    if ema is not None and not isinstance(ema, bool):
+        raise ConversionError(f"ema = {ema!r}; accepted: True, False or None")
+    notes = [] if notes is None else notes
+    path = Path(path)
+    state: object = {}
+    for shard in _shards(path):
+        if shard.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            try:
+                part = load_file(shard)
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
+                raise ConversionError(f"{shard} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+        else:
+            notes.append(f"{shard.name}: read a pickle-format checkpoint with torch.load(weights_only=True) (tensors and "
+                         "plain containers only, no code is run); prefer .safetensors")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    part = torch.load(shard, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - an UnpicklingError for anything weights_only refuses
+                raise ConversionError(f"{shard} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
+        if len(_shards(path)) == 1:
+            state = part
+        else:
+            clash = sorted(set(state) & set(part)) if isinstance(state, dict) else []
+            if clash:
+                raise ConversionError(f"{shard}: key {clash[0]} is also in another shard; accepted: each key in one shard")
+            state = {**state, **part}
+    if isinstance(state, dict) and isinstance(state.get("generator_ema"), dict) and isinstance(state.get("generator"), dict):
+        if ema is None:
+            raise ConversionError(f"{path} holds both generator_ema and generator weights; accepted: --ema (the EMA "
+                                  "weights, as Self-Forcing's inference --use_ema) or --no-ema (the raw generator)")
+        notes.append(f"converted {'generator_ema (the EMA weights)' if ema else 'generator (the raw weights, not the EMA)'}")
+        state = state["generator_ema" if ema else "generator"]
+    elif ema is not None:
+        raise ConversionError(f"--{'ema' if ema else 'no-ema'} chooses between generator_ema and generator; {path} does "
+                              "not hold both; accepted: no --ema / --no-ema")
     while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        inner = next((state[k] for k in WRAPPERS if isinstance(state.get(k), dict)), None)
-        if inner is None:
+        wrapper = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
+        if wrapper is None:
             raise ConversionError(f"{path} holds no tensors at its top level nor under {', '.join(WRAPPERS)}")
-        state = inner
+        notes.append(f"read the weights under {wrapper!r}")
+        state = state[wrapper]
     if not isinstance(state, dict):
         raise ConversionError(f"{path} holds a {type(state).__name__}; accepted: a state dict of tensors")
     out = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        for prefix in PREFIXES:
-            key = key.removeprefix(prefix)
-        out[key] = value
+        name = key
+        while name.startswith(PREFIXES):
+            name = next(name.removeprefix(p) for p in PREFIXES if name.startswith(p))
+        if name in out:
+            raise ConversionError(f"{path}: keys {key} and another both become {name} once unprefixed; accepted: one "
+                                  "copy of each weight")
+        if not value.is_floating_point():
+            raise ConversionError(f"{path}: {key} is {str(value.dtype).removeprefix('torch.')}; accepted: float32, "
+                                  "float16 or bfloat16 weights")
+        if not bool(torch.isfinite(value).all()):
+            raise ConversionError(f"{path}: {key} holds NaN or infinite values; accepted: finite weights")
+        out[name] = value
+        if file_names is not None:
+            file_names[name] = key
     return out
+
+
+def original_name(key: str) -> str:
+    """A diffusers key -> the original layout's name for it (the renames undone, last first)."""
+    if key == "scale_shift_table":
+        return "head.modulation"  # the head's; the blocks' keep their prefix
+    for old, new in reversed(RENAMES):
+        key = key.replace(new, old)
+    return key
 
 
 def rename(key: str) -> str:
@@ -123,31 +197,51 @@ def infer_config(state: dict[str, torch.Tensor], heads: int | None = None, frame
     return "WanTransformer3DModel", config
 
 
-def convert(source: str | Path, out: str | Path, *, heads: int | None = None, frames_per_block: int = 1,
-            force: bool = False) -> Path:
-    """Write a diffusers transformer directory (config.json + safetensors + convert.json) at `out` from `source`."""
+def convert(source: str | Path, out: str | Path, *, heads: int | None = None, frames_per_block: int | None = None,
+            ema: bool | None = None, force: bool = False, notes: list[str] | None = None) -> Path:
+    """Write a diffusers transformer directory (config.json + safetensors + convert.json) at `out` from `source`.
+    `frames_per_block` is SkyReels-V2's `num_frame_per_block` (refused for Wan checkpoints, whose chunk is chosen
+    at probe time); `ema` chooses between `generator_ema` and `generator` where a checkpoint holds both."""
     import diffusers
 
     from scd.outputs import atomic_directory, check_output, signature
     from scd.zoo import sha256
 
+    if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or not 1 <= heads <= 512):
+        raise ConversionError(f"heads = {heads!r}; accepted: an integer in 1..512, or None (width / 128)")
+    if frames_per_block is not None and (not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool)
+                                         or not 1 <= frames_per_block <= 64):
+        raise ConversionError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64, or None")
     check_output(out, "converted", force)
-    state = {rename(k): v for k, v in read_weights(source).items()}
-    family, config = infer_config(state, heads, frames_per_block)
+    notes = [] if notes is None else notes
+    in_file: dict[str, str] = {}
+    original = read_weights(source, ema, notes, in_file)
+    state, names = {}, {}
+    for key, value in original.items():
+        state[rename(key)], names[rename(key)] = value, in_file[key]
+    family, config = infer_config(state, heads, frames_per_block or 1)
+    if frames_per_block is not None and family != "SkyReelsV2Transformer3DModel":
+        raise ConversionError(f"--frames-per-block {frames_per_block} is written into SkyReels-V2 configs only; {source} "
+                              "is a Wan checkpoint (no fps embedding), whose chunk size is chosen when it is probed: "
+                              "accepted: probe run --frames-per-block N, and no --frames-per-block here")
     with torch.device("meta"):
         model = getattr(diffusers, family)(**config)
     expected = set(model.state_dict())
     unknown, missing = sorted(set(state) - expected), sorted(expected - set(state))
     if unknown or missing:
-        lines = [f"unknown key {k} (not in {family})" for k in unknown] + [f"missing key {k}" for k in missing]
-        raise ConversionError("\n".join(lines))
+        named = [f"unknown {names[k]}" for k in unknown] + [f"missing {original_name(k)}" for k in missing]
+        shown = ", ".join(named[:6]) + (f" and {len(named) - 6} more" if len(named) > 6 else "")
+        raise ConversionError(f"{len(named)} keys of {Path(source).name} do not fit a {family}: {shown} (the file's names); "
+                              "nothing was written")
     for key, tensor in model.state_dict().items():
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise ConversionError(f"key {key} has shape {list(state[key].shape)}; {family} expects {list(tensor.shape)}")
+            raise ConversionError(f"key {names[key]} has shape {list(state[key].shape)}; {family} expects "
+                                  f"{list(tensor.shape)}")
     model.load_state_dict(state, assign=True, strict=True)
+    source_hash = sha256(Path(source)) if Path(source).is_file() else None
     with atomic_directory(out, "converted", force) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "convert.json").write_text(json.dumps({**signature("converted"), "source": str(source),
-                                                      "source_sha256": sha256(Path(source)),
-                                                      "family": family, "config": config}, indent=2))
+                                                      "source_sha256": source_hash, "family": family, "config": config,
+                                                      "notes": notes}, indent=2))
     return Path(out)

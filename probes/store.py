@@ -16,7 +16,6 @@ as a `MergedRun`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probes.adapters.builtin import ROLES
-from scd.outputs import OutputError, atomic_directory, check_output, readable
+from scd.outputs import OutputError, atomic_directory, check_output, input_path, readable
 from scd.zoo import sha256
 
 FORMAT = "scd-probes-run/3"  # 2: each file's size and sha256; 3: the pooled attention maps (bands)
@@ -66,8 +65,9 @@ def _layer_of(key: str) -> int | None:
 
 def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A layer's main tensor in the contract's dtype; side entries (Gram matrices, token indices) as given."""
-    if _layer_of(key) is None and not (key.startswith(("layer", "input.")) and "." in key):
-        raise RunError(f"unexpected entry {key!r}; entries are named layer{{L}}, layer{{L}}.{{what}} or input.{{what}}")
+    if not isinstance(key, str) or re.fullmatch(r"layer\d{1,4}(\.[a-z_]{1,32})?|input\.[a-z_]{1,32}", key) is None:
+        raise RunError(f"unexpected entry {key!r}; accepted: entries named layer{{L}}, layer{{L}}.{{what}} or input.{{what}} "
+                       "(what: lower-case letters and '_')")
     tensor = tensor.detach().to("cpu")
     return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
 
@@ -245,8 +245,7 @@ def load_run(path: str | Path) -> Run:
     """Open a run directory, or a sweep's shards merged (`MergedRun`); an incomplete, inconsistent or foreign
     directory is refused with a one-line RunError: the manifest is checked against the files (their sizes and
     sha256, every listed layer stored with the shape the frames, steps and tokens give)."""
-    if path is None or not isinstance(path, (str, os.PathLike)):
-        raise RunError(f"{path!r} is not a path; accepted: a run directory written by probe run")
+    path = input_path(path, "run", "a run directory written by probe run", RunError)
     path = readable(path)  # a replacement killed between its two renames: the old run, read where it lies aside
     if not path.is_dir():
         raise RunError(f"{path} is not a run directory (it does not exist or is a file); accepted: a directory "

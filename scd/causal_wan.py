@@ -154,6 +154,19 @@ def geometry(config, latent_size: tuple[int, int], frames_per_block: int | None 
     return grid, frames_per_block, (24 if fps is None and sample_info else fps)
 
 
+def check_embeddings(tensor: object, text_dim: int, what: str = "text embeddings") -> None:
+    """Refuse text embeddings that are not a finite float tensor [tokens, text_dim] (None passes: zeros are used)."""
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2 or tensor.shape[1] != text_dim or \
+            not 1 <= tensor.shape[0] <= 4096 or not tensor.is_floating_point() or tensor.device.type == "meta":
+        shape = f"{tensor.dtype} {list(tensor.shape)} on {tensor.device}" if isinstance(tensor, torch.Tensor) else \
+            type(tensor).__name__
+        raise CheckpointError(f"{what} is {shape}; accepted: a float tensor [tokens (1..4096), {text_dim}]")
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{what} hold NaN or infinite values; accepted: finite embeddings")
+
+
 def check_frame_counts(counts: dict[str, int], frames_per_block: int, rope_max_seq_len: int) -> None:
     """Refuse frame counts (by flag) that the chunking or the RoPE table cannot take."""
     for what, frames in counts.items():
@@ -183,17 +196,17 @@ class CausalWan(nn.Module):
         self.frames_per_block, self.fps = frames_per_block, fps
         self.max_frames = config.rope_max_seq_len  # the RoPE table's frame positions
         text_dim = config.text_dim
+        check_embeddings(text_embeddings, text_dim)
         if text_embeddings is None:
             text_embeddings = torch.zeros(TEXT_TOKENS, text_dim)
-        if not isinstance(text_embeddings, torch.Tensor) or text_embeddings.dim() != 2 or text_embeddings.shape[1] != text_dim:
-            shape = tuple(text_embeddings.shape) if isinstance(text_embeddings, torch.Tensor) else type(text_embeddings).__name__
-            raise CheckpointError(f"text embeddings must be [tokens, {text_dim}], got {shape}")
         self.register_buffer("text_embeddings", text_embeddings.float(), persistent=False)
         self.register_buffer("negative_embeddings", torch.zeros(TEXT_TOKENS, text_dim), persistent=False)
         self.guidance_scale = 1.0  # > 1: classifier-free guidance, uncond + s (cond - uncond), each pass its own cache
         self.guidance_pass: str | None = None  # "cond" or "uncond" while a guided pass runs (probes read it)
         self.checkpoint = {"name": name}
-        self.flow_shift = flow_shift  # generate samples with the model's flow shift
+        if not isinstance(flow_shift, int | float) or isinstance(flow_shift, bool) or not 1e-3 <= flow_shift <= 1e3:
+            raise CheckpointError(f"flow_shift = {flow_shift!r}; accepted: a number in 0.001..1000")
+        self.flow_shift = float(flow_shift)  # generate samples with the model's flow shift
         for i, block in enumerate(transformer.blocks):  # TransformerLens names, as the built-in blocks have
             block.hook_resid_pre, block.hook_resid_post = HookPoint(), HookPoint()
             block.attn1.hook_q, block.attn1.hook_k = HookPoint(), HookPoint()
@@ -217,10 +230,10 @@ class CausalWan(nn.Module):
         """Condition on text embeddings [L, text_dim]; with `guidance_scale` != 1, classifier-free guidance against
         `negative_embeddings` (default zeros: no prompt)."""
         text_dim = self.transformer.config.text_dim
-        for name, tensor in (("text embeddings", text_embeddings), ("negative embeddings", negative_embeddings)):
-            if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.dim() != 2
-                                       or tensor.shape[1] != text_dim):
-                raise CheckpointError(f"{name} must be a tensor [tokens, {text_dim}]")
+        if text_embeddings is None:
+            raise CheckpointError(f"text embeddings None; accepted: a float tensor [tokens, {text_dim}]")
+        check_embeddings(text_embeddings, text_dim)
+        check_embeddings(negative_embeddings, text_dim, "negative embeddings")
         if not isinstance(guidance_scale, int | float) or isinstance(guidance_scale, bool) or \
                 not 0 <= guidance_scale <= 100 or guidance_scale != guidance_scale:
             raise CheckpointError(f"guidance scale {guidance_scale!r}; accepted: a number in 0..100 (1: no guidance)")
@@ -263,6 +276,8 @@ class CausalWan(nn.Module):
 
     def check_frames(self, frames: int, what: str = "frames") -> None:
         """Refuse a frame count that the chunking or the RoPE table cannot take."""
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+            raise CheckpointError(f"{what} = {frames!r}; accepted: a positive integer")
         check_frame_counts({what: frames}, self.frames_per_block, self.max_frames)
 
     def _rope(self, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,6 +57,26 @@ FAULTS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM)  # errors of the 
 PLAIN_NAME = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, no '/' or '..', no extension"
 
 
+def input_path(path: object, what: str, accepted: str, error: type[ValueError] = ValueError) -> Path:
+    """`path` as a Path if it can name a file at all (a str or PathLike, not empty, no control character, each name
+    short enough to look up); `error` (a toolkit ValueError subclass) naming `what` and `accepted` otherwise. Whether it
+    exists is the caller's to say."""
+    if not isinstance(path, str | os.PathLike) or isinstance(path, bytes):
+        raise error(f"{what} {path!r} is not a path; accepted: {accepted}")
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text or not text.isprintable():  # control characters, line separators
+        raise error(f"{what} {text!r} is not a usable path (empty, or with a control character such as a NUL byte or a "
+                    f"line break); accepted: {accepted}")
+    try:
+        os.stat(text)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES):
+            raise error(f"{what} {text[:60]!r} cannot be looked up ({e.strerror}); accepted: {accepted}") from None
+    return Path(text)
+
+
 def is_plain_name(text: object) -> bool:
     """Can `text` become a file name on its own (a checkpoint's, a size's) without reaching another directory?"""
     return isinstance(text, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", text) is not None \

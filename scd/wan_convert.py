@@ -87,8 +87,9 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
     the file. A checkpoint holding both `generator_ema` and `generator` needs `ema` (True: the EMA weights). What
     was read and chosen is appended to `notes` (said after the work, never in a refusal); `file_names` gets each
     returned key's name in the file (prefixes included), for messages in the file's own names."""
-    if path is None or not isinstance(path, str | Path):
-        raise ConversionError(f"source {path!r} is not a path; accepted: {ACCEPTED}")
+    from scd.outputs import input_path
+
+    path = input_path(path, "source", ACCEPTED, ConversionError)
     if ema is not None and not isinstance(ema, bool):
         raise ConversionError(f"ema = {ema!r}; accepted: True, False or None")
     notes = [] if notes is None else notes

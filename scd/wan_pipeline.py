@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from scd.causal_wan import TEXT_TOKENS, CausalWan
+from scd.causal_wan import TEXT_TOKENS, CausalWan, check_embeddings
+from scd.outputs import input_path
 from scd.wan_checks import (
     check_finite,
     check_pipeline,
@@ -39,6 +40,7 @@ def _first_line(error: BaseException) -> str:
 def scheduler_config(root: Path, choice: str = "auto") -> dict | None:
     """The pipeline's scheduler config (`scheduler/scheduler_config.json`) when `choice` takes it, else None (the
     flow-matching Euler scheduler of `generate`)."""
+    root = input_path(root, "root", "a pipeline directory", CheckpointError)
     if choice not in SCHEDULERS:
         raise CheckpointError(f"scheduler {choice!r}; accepted: {', '.join(SCHEDULERS)}")
     path = root / "scheduler" / "scheduler_config.json"
@@ -63,6 +65,13 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
     and scheduler when there), with `from_pretrained` and no network access, as a `CausalWan`."""
     import diffusers
 
+    from scd.causal_wan import geometry
+    from scd.devices import float_dtype, usable_device
+
+    path = input_path(path, "path", "a pipeline directory (transformer/...) or a transformer directory", CheckpointError)
+    device, dtype = usable_device(device), float_dtype(dtype)  # before anything is read: meta and int dtypes refused
+    if scheduler not in SCHEDULERS:
+        raise CheckpointError(f"scheduler {scheduler!r}; accepted: {', '.join(SCHEDULERS)}")
     root = Path(path)
     pipeline = (root / "transformer" / "config.json").is_file()
     directory = root / "transformer" if pipeline else root
@@ -74,6 +83,8 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
         check_pipeline(root)
     config = read_transformer_config(directory)  # every field the toolkit reads, typed and in range
     family = config["_class_name"]
+    geometry(config, latent_size, frames_per_block, fps)  # the latent grid, chunk and fps, before loading
+    check_embeddings(text_embeddings, config.get("text_dim", 4096), "text_embeddings")
     check_weights(directory, config)  # every weight present, none extra, float: never a randomly initialised one
     schedule = scheduler_config(root, scheduler)
     try:
@@ -114,6 +125,11 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
 def encode_prompt(model: CausalWan, prompt: str) -> torch.Tensor:
     """umT5 embeddings [512, text_dim] of `prompt`, from the pipeline directory's own `text_encoder/` and
     `tokenizer/` (transformers, local files only), padded as Wan's pipelines pad them: zeros after the prompt."""
+    if not isinstance(model, CausalWan):
+        raise CheckpointError(f"model is a {type(model).__name__}; accepted: a CausalWan (load_causal_wan)")
+    if not isinstance(prompt, str) or len(prompt) > 100_000:
+        raise CheckpointError(f"prompt {str(prompt)[:40]!r}... is not accepted; accepted: a string of at most 100000 "
+                              "characters (the empty prompt included)")
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     root = getattr(model, "pipeline_dir", None)
@@ -184,8 +200,7 @@ def read_video(path: str | Path, frames: int, size: tuple[int, int]) -> torch.Te
     import numpy as np
     from PIL import Image
 
-    if path is None or not isinstance(path, str | Path):
-        raise ContextVideoError(f"context video {path!r}; accepted: a path to a video file or a folder of images")
+    path = input_path(path, "context video", "a video file or a folder of images", ContextVideoError)
     if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 100_000:
         raise ContextVideoError(f"frames = {frames!r}; accepted: an integer in 1..100000")
     if not isinstance(size, tuple | list) or len(size) != 2 or \
@@ -236,6 +251,10 @@ def read_video(path: str | Path, frames: int, size: tuple[int, int]) -> torch.Te
 def context_from_video(model: CausalWan, path: str | Path, latent_frames: int) -> torch.Tensor:
     """Latent context frames [latent_frames, C, h, w] of a video, resized to the model's resolution and encoded
     with the pipeline directory's VAE (1 + temporal x (latent_frames - 1) pixel frames are read)."""
+    if not isinstance(model, CausalWan):
+        raise CheckpointError(f"model is a {type(model).__name__}; accepted: a CausalWan (load_causal_wan)")
+    if not isinstance(latent_frames, int) or isinstance(latent_frames, bool) or not 1 <= latent_frames <= 1024:
+        raise ContextVideoError(f"latent_frames = {latent_frames!r}; accepted: an integer in 1..1024")
     vae = getattr(model, "vae", None)
     if vae is None:
         raise CheckpointError(f"a context video needs the pipeline directory's vae/; {model.checkpoint['name']} has none")

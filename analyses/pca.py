@@ -29,6 +29,7 @@ def pca_images(features: torch.Tensor, grid: tuple[int, int], token_index: torch
     if len(token_index) != tokens or int(token_index.max()) >= rows * cols:
         raise AnalysisError(f"token_index must place {tokens} tokens on a {rows}x{cols} grid")
     x = features.double().reshape(steps * tokens, width).numpy()
+    components = min(components, x.shape[0], x.shape[1])  # a stream run at scale may keep one token per step
     pca = PCA(n_components=components, svd_solver="full").fit(x)
     projected = pca.transform(x)  # [S * N', components]
     skew = (projected**3).mean(0)

@@ -21,6 +21,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICE = re.compile(r"(cpu|cuda|cuda:[0-9]{1,3}|mps)")
 
 
+FULL_MODE_LIMIT_GIB = 8  # `probe run --mode auto` keeps every token up to this much recorded features, then streams
+
+
 class UsageError(ValueError):
     """Bad user input: reported as one line, exit code 2."""
 

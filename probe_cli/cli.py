@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from probe_cli.checks import (
     CLIP_MAX,
+    FULL_MODE_LIMIT_GIB,
     DTYPES,
     SEED_MAX,
     UsageError,
@@ -24,7 +25,6 @@ from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from scd.train_config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
 
 STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
-FULL_MODE_LIMIT_GIB = 8  # --mode auto keeps every token up to this much recorded features, then streams
 CLIPS = ranged(1, 10_000)
 OUR_PACKAGES = ("scd", "probes", "analyses", "probe_cli")
 

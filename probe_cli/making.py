@@ -43,6 +43,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "family"}
     cfg = default_config(args.family, **values)
     out = Path(args.out)
+    if not args.resume and not (out.is_dir() and any(out.iterdir()) and not args.force):
+        output(out, "training", args.force)  # before torch is imported: a refusal comes at once (train checks again)
     from scd.train import train  # it refuses a bad directory, size or memory before making anything
 
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet, until=args.until, force=args.force)

@@ -237,25 +237,35 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
                 pass  # a damaged file is refused by the checks of loading, with its name
         return total
 
-    weights = weight_bytes(directory) + (weight_bytes(root / "text_encoder") if args.prompt is not None else 0)
+    text = weight_bytes(root / "text_encoder") if args.prompt is not None or args.negative_prompt is not None else 0
     return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads,
-            "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": weights}
+            "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": weight_bytes(directory),
+            "text_encoder": text}
 
 
-def feature_bytes(shape: dict, layers: int, frames: int, steps: int, mode: str) -> int:
-    """Host memory of the recorded features: float32 while recording, stacked once more to save."""
-    kept = shape["tokens"] if mode == "full" else min(256, shape["tokens"])
+def feature_bytes(shape: dict, layers: int, frames: int, steps: int, mode: str, kept: int = 256) -> int:
+    """Host memory of the recorded features: float32 while recording, stacked once more to save (stream mode: `kept`
+    tokens of each frame)."""
+    kept = shape["tokens"] if mode == "full" else min(kept, shape["tokens"])
     return 2 * layers * frames * steps * (kept * shape["width"] * 4 + 16 * steps)
 
 
-def resolve_mode(mode: str, shape: dict, layers: int, frames: int, steps: int, capture: list[str]) -> str:
-    """`--mode auto`: full unless the recorded features would exceed FULL_MODE_LIMIT_GIB, then stream."""
-    from probe_cli.cli import FULL_MODE_LIMIT_GIB
+def resolve_mode(mode: str, shape: dict, layers: int, frames: int, steps: int, capture: list[str]) -> tuple[str, int]:
+    """(mode, tokens kept per frame and step in stream mode). `--mode auto`: full unless the recorded features would
+    exceed FULL_MODE_LIMIT_GIB; then stream, keeping the most tokens (a power of 2, at most 256, at least 1) that
+    stay under it, so host memory is bounded at any scale (the step x step similarities use every token either
+    way: they are reduced as the steps arrive)."""
+    from probe_cli.checks import FULL_MODE_LIMIT_GIB
 
-    if mode != "auto":
-        return mode
-    full = feature_bytes(shape, layers, frames, steps, "full") if "features" in capture else 0
-    return "full" if full <= FULL_MODE_LIMIT_GIB * 2**30 else "stream"
+    limit = FULL_MODE_LIMIT_GIB * 2**30
+    if mode != "auto" or "features" not in capture:
+        return ("full" if mode == "auto" else mode), 256
+    if feature_bytes(shape, layers, frames, steps, "full") <= limit:
+        return "full", 256
+    kept = 256
+    while kept > 1 and feature_bytes(shape, layers, frames, steps, "stream", kept) > limit:
+        kept //= 2
+    return "stream", kept
 
 
 def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Namespace, clip_frames: int) -> int:
@@ -265,12 +275,12 @@ def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Names
 
     itemsize = 2 if args.dtype != "float32" else 4
     caches = 2 if getattr(args, "guidance_scale", None) not in (None, 1.0) else 1
-    total = shape["weights"] * itemsize // 4
+    total = shape["weights"] * itemsize // 4 + shape.get("text_encoder", 0)  # umT5 runs in float32 on the CPU
     total += caches * generation_bytes(shape["width"], shape["depth"], shape["heads"], shape["tokens"], clip_frames,
                                        itemsize=itemsize)
     total += clip_frames * shape["frame_pixels"] * 8
     if "features" in capture:
-        total += feature_bytes(shape, layers, args.frames, args.steps, args.mode)
+        total += feature_bytes(shape, layers, args.frames, args.steps, args.mode, getattr(args, "pca_tokens", 256))
     if "attention" in capture:
         total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + 9)  # mass, 3x3-band maps
     return total
@@ -325,8 +335,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
         shape = diffusers_shape(args.model, args)
         spec, out = _layers_and_output(args, shape["depth"], "", sharded)
-        args.mode = resolve_mode(args.mode, shape, shape["depth"] if spec == "all" else len(spec), args.frames,
-                                 args.steps, capture)
+        args.mode, args.pca_tokens = resolve_mode(args.mode, shape, shape["depth"] if spec == "all" else len(spec),
+                                                  args.frames, args.steps, capture)
         estimate_fits(_estimate(shape, shape["depth"] if spec == "all" else len(spec), capture, args, clip_frames),
                       "this probed generation (weights, KV cache, recorded features)")
 
@@ -356,14 +366,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     if not diffusers_model:
         spec, out = _layers_and_output(args, layout.depth, _roles_text(layout), sharded)
         shape = model_shape(model, layout)
-        args.mode = resolve_mode(args.mode, shape, layout.depth if spec == "all" else len(spec), args.frames,
-                                 args.steps, capture)
+        args.mode, args.pca_tokens = resolve_mode(args.mode, shape, layout.depth if spec == "all" else len(spec),
+                                                  args.frames, args.steps, capture)
         estimate_fits(_estimate(shape, layout.depth if spec == "all" else len(spec), capture, args, clip_frames),
                       "this probed generation")
     try:
         passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
         probes = [Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
-                        bands=args.bands, guidance_pass=p) for p in passes]
+                        bands=args.bands, guidance_pass=p, pca_tokens=args.pca_tokens) for p in passes]
     except ProbeError as e:
         raise UsageError(str(e)) from None
     context_latents = None
@@ -477,6 +487,9 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    if Path(args.output).suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {args.output!r} is not an .html file; accepted: a path ending in .html")
+    output(args.output, "report", args.force, flag="-o")  # before the heavy imports: a refusal comes at once
     import matplotlib
 
     matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display

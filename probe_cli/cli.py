@@ -9,8 +9,8 @@ from dataclasses import fields
 
 from probe_cli.checks import (
     CLIP_MAX,
-    FULL_MODE_LIMIT_GIB,
     DTYPES,
+    FULL_MODE_LIMIT_GIB,
     SEED_MAX,
     UsageError,
     device_name,

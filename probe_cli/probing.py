@@ -205,10 +205,12 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     from safetensors import SafetensorError, safe_open
 
     from scd.causal_wan import check_frame_counts, geometry
+    from scd.outputs import input_path
     from scd.wan_checks import check_pipeline, check_weights, read_transformer_config
     from scd.zoo import CheckpointError
 
-    root = Path(model.removeprefix("diffusers:"))
+    root = input_path(model.removeprefix("diffusers:"), "--model diffusers:", "a pipeline directory (transformer/...) "
+                      "or a transformer directory", CheckpointError)
     directory = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory} is not a diffusers model directory: no config.json; accepted: a pipeline "

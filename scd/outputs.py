@@ -151,9 +151,16 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
             return False
     if not path.is_dir() or path.is_symlink():
         return False
+    if kind == "sweep":  # every entry a shard: stops at the first that is not (an ancestor like /tmp costs one look)
+        found = False
+        for p in path.iterdir():
+            if _owned_temporary(p):
+                continue
+            if not _is_shard(p):
+                return False
+            found = True
+        return found
     entries = [p for p in path.iterdir() if not _owned_temporary(p)]
-    if kind == "sweep":
-        return bool(entries) and all(_is_shard(p) for p in entries)
     if kind not in KINDS:
         raise OutputError(f"unknown output kind {kind!r}; accepted: {', '.join([*KINDS, 'sweep', 'report', 'strip'])}")
     if any(not any(fnmatch(p.name, pattern) for pattern in KINDS[kind]) or not p.is_file() or p.is_symlink()
@@ -182,8 +189,11 @@ def _describe(kind: str) -> str:
 
 def _inside_output(path: Path) -> Path | None:
     """The toolkit output directory that `path` would be written into, if any (a report inside a run would make
-    that run unrecognisable, and the next `--force` of it would refuse to replace it)."""
+    that run unrecognisable, and the next `--force` of it would refuse to replace it). Inside one of the toolkit's
+    own temporaries (a sweep's shard being filled), writing is the toolkit's: nothing above it is asked."""
     for parent in path.absolute().parents:
+        if _owned_temporary(parent):
+            return None
         if toolkit_kind(parent) is not None:
             return parent
     return None

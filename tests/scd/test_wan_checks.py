@@ -222,3 +222,34 @@ def test_read_video_refuses_bad_arguments(args):
 
     with pytest.raises(ContextVideoError, match="accepted"):
         read_video(*args)
+
+
+def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkeypatch, capsys):
+    """A Wan-2.1-14B-sized config (40 blocks, 40 heads x 128 = width 5120) is estimated at its real width, layers and
+    tokens, and refused before any weight is read when it cannot fit; the tiny one at width 24."""
+    import argparse
+
+    import probe_cli.probing as probing
+    import scd.wan_checks
+
+    root = tmp_path / "krea"
+    (root / "transformer").mkdir(parents=True)
+    config = {"_class_name": "WanTransformer3DModel", "num_layers": 40, "num_attention_heads": 40,
+              "attention_head_dim": 128, "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096,
+              "patch_size": [1, 2, 2]}
+    (root / "transformer" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(scd.wan_checks, "check_weights", lambda directory, config: {})  # no 14B weights on this disk
+    args = argparse.Namespace(latent_size=(60, 104), frames_per_block=3, fps=None, context=3, frames=18, prompt=None,
+                              negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full")
+    shape = probing.diffusers_shape(f"diffusers:{root}", args)
+    assert shape == {"width": 5120, "depth": 40, "heads": 40, "tokens": 30 * 52, "frame_pixels": 3 * 64 * 60 * 104,
+                     "weights": 0, "text_encoder": 0}
+    by_hand = 2 * 40 * 18 * 50 * (1560 * 5120 * 4 + 16 * 50)  # every token of 40 layers, float32, stacked once more
+    assert probing.feature_bytes(shape, 40, 18, 50, "full") == by_hand
+    assert probing._estimate(shape, 40, ["features"], args, 21) > by_hand
+    before = _tree(tmp_path)
+    assert main(["run", "--model", f"diffusers:{root}", "--layers", "all", "--latent-size", "60x104", "--context", "3",
+                 "--frames", "18", "--frames-per-block", "3", "--mode", "full", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "GiB, but" in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before

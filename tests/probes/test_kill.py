@@ -119,3 +119,41 @@ def test_a_killed_probe_run_with_force_keeps_the_old_run(tmp_path, tiny_checkpoi
     assert subprocess.run([*argv, "--steps", "2", "--seed", "2", "--force"], cwd=ROOT, timeout=120).returncode == 0
     assert load_run(out).manifest["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+TRAIN_KILLER = """
+import os, signal, sys
+import scd.zoo
+from probe_cli import main
+
+calls = {"n": 0}
+original = scd.zoo.save_file
+def save_file(*a, **k):  # the second checkpoint write of the sitting: the run half trained
+    calls["n"] += 1
+    if calls["n"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*a, **k)
+scd.zoo.save_file = save_file
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_killed_training_leaves_the_old_run_or_nothing_and_the_next_one_cleans_up(tmp_path, force):
+    """A training killed half way (a new one, or one replacing an older run with --force) leaves the old run as it
+    was, or no directory at all; its signed wrapper is removed by the next training of that output."""
+    out = tmp_path / "t"
+    argv = ["train", "baseline", "--size", "tiny", "--steps", "4", "--batch-size", "1", "--frames", "2",
+            "--checkpoint-every", "1", "--quiet", "--out", str(out)]
+    if force:
+        shorter = [("2" if a == "4" else a) for a in argv]  # an older run of 2 steps
+        assert subprocess.run([sys.executable, "-m", "probe_cli", *shorter], cwd=ROOT, timeout=300).returncode == 0
+    before = _tree(tmp_path)
+    killed = subprocess.run([sys.executable, "-c", TRAIN_KILLER, *argv, *(["--force"] if force else [])], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(".t.")} == before
+    assert len(left) == (2 if force else 1) and left[0].startswith(".t."), left  # the killed writer's signed wrapper
+    assert subprocess.run([sys.executable, "-m", "probe_cli", *argv, "--force"], cwd=ROOT, timeout=300).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]

@@ -66,6 +66,7 @@ PRIMITIVES = {
     "save_file (train state)": (scd.train, "save_file"),
     "safetensors": (safetensors.torch, "save_file"),
     "mkdir": (Path, "mkdir"),
+    "savefig": (__import__("matplotlib.figure", fromlist=["Figure"]).Figure, "savefig"),
 }
 
 
@@ -163,6 +164,20 @@ def test_a_fault_at_any_stage_of_probe_convert_leaves_the_tree_as_it_was(tmp_pat
     assert main(argv[:-1]) == 0
     _user_files(root)
     assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "safetensors", "os.replace", "exchange"]) >= 6
+
+
+def test_a_fault_at_any_stage_of_probe_generate_leaves_the_tree_as_it_was(tmp_path, tiny_checkpoints, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    base, _ = tiny_checkpoints
+    root = tmp_path / "sandbox"
+    root.mkdir()
+    argv = ["generate", "--model", str(base), "--context", "2", "--frames", "1", "--steps", "2", "--quiet", "-o",
+            str(root / "out.png"), "--force"]
+    assert main(argv[:-1]) == 0
+    _user_files(root)
+    assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "savefig", "os.replace", "mkdir"]) >= 4
 
 
 FILL = """

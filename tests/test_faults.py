@@ -228,3 +228,24 @@ def test_a_real_full_disk_during_probe_run_leaves_the_old_run(tmp_path, tiny_che
         assert FAULT in codes
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+
+
+def test_a_real_full_disk_during_probe_convert_is_a_fault_not_a_success(tmp_path):
+    """diffusers' save_pretrained on a full tmpfs: exit 3 and nothing at the output (never "wrote")."""
+    from safetensors.torch import save_file
+
+    from tests.scd.test_causal_wan import original_layout
+    from tests.wan_tiny import tiny
+
+    save_file(original_layout(tiny("wan", num_layers=2, ffn_dim=512).state_dict()), tmp_path / "c.safetensors")
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64k"):
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    try:
+        result = subprocess.run([sys.executable, "-c", FILL, "convert", str(tmp_path / "c.safetensors"),
+                                 str(disk / "out"), "--heads", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == FAULT, (result.returncode, result.stdout, result.stderr)
+        assert "wrote" not in result.stdout and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from analyses.errors import takes_run
 from analyses.intervals import CONFIDENCE, interval
 from analyses.similarity import cross_frame_cosine
 from analyses.sparsity import SPARSITY_FRACTION, SPARSITY_MIN_RANGE, attention_measures
@@ -90,6 +91,7 @@ def clips_note(n: int) -> str:
     return f"{n} clips" if n > 1 else "1 clip: no interval, so inconclusive (sweep clips: probe run --clip 0-7)"
 
 
+@takes_run
 def items_of(run: Run) -> list[Run]:
     """The runs of a sweep (one per clip and seed), or the run itself."""
     return list(getattr(run, "items", None) or [run])
@@ -112,6 +114,7 @@ def _cross_step(item: Run, layer: int) -> float:
     return float(off_diagonal(item.token_cosine(layer)).mean())
 
 
+@takes_run
 def middle_layer_similarity(run: Run) -> Claim:
     """Claim 1: the middle layer's features are nearly the same at every step, far more than two frames' features."""
     layer = paper_layers(run.depth)["middle"][0]
@@ -149,6 +152,7 @@ def middle_layer_similarity(run: Run) -> Claim:
     return Claim(name, statement, threshold, measured + clips_note(within[3]), combine(parts), values)
 
 
+@takes_run
 def last_layers_less_similar(run: Run) -> Claim:
     """Claim 1, its other side: the last layers change more across steps than layer 15."""
     layers = paper_layers(run.depth)
@@ -179,6 +183,7 @@ def _attention_claim_checks(run: Run, layers: list[int]) -> str | None:
     return None
 
 
+@takes_run
 def deep_layers_local(run: Run) -> Claim:
     """Claim 2: the deepest layers barely attend to earlier frames, per key, whatever the context length."""
     deep = paper_layers(run.depth)["deep"]
@@ -201,6 +206,7 @@ def deep_layers_local(run: Run) -> Claim:
     return Claim(name, statement, threshold, measured, verdict, {f"ratio {layer}": v for layer, v in values.items()})
 
 
+@takes_run
 def sparse_deep_attention(run: Run) -> Claim:
     """Claim 2, as the figure shows it: early layers' maps are lit everywhere, deep layers' maps are dark."""
     layers = paper_layers(run.depth)
@@ -229,6 +235,7 @@ def sparse_deep_attention(run: Run) -> Claim:
 CLAIMS = (middle_layer_similarity, last_layers_less_similar, deep_layers_local, sparse_deep_attention)
 
 
+@takes_run
 def evaluate(run: Run) -> list[Claim]:
     """Every claim's verdict on one run or sweep."""
     return [claim(run) for claim in CLAIMS]

@@ -34,6 +34,7 @@ from analyses.claims import (
     shown,
     sparse_deep_attention,
 )
+from analyses.errors import takes_run
 from analyses.intervals import interval
 from analyses.paper_figures import mean_map
 from analyses.sparsity import STEP_RANGES, attention_measures
@@ -89,6 +90,7 @@ def _claim(claim) -> dict:
             "values": {str(k): _as_list(v) for k, v in claim.values.items()}}
 
 
+@takes_run
 def measure(run: Run) -> dict:
     """Every measure of a variant's card from a probed sweep (all layers, features and attention, 50 steps)."""
     items = items_of(run)
@@ -125,6 +127,7 @@ def snapshot_point(step: int, run: Run) -> dict:
             "finding1": _claim(middle_layer_similarity(run))}
 
 
+@takes_run
 def maps_of(run: Run) -> dict[str, np.ndarray]:
     """The figure's 8 layers' pooled maps (heads and steps averaged, clips too), float32, keyed "layer_N"."""
     layers = [layer for layer in paper_layers(run.depth)["figure"] if layer in run.attention_layers]

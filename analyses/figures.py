@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from analyses.errors import AnalysisError
+from analyses.errors import AnalysisError, takes_run
 from analyses.pca import pca_images
 from analyses.similarity import depth_curve, run_cosine, similarity_to_last
 from analyses.sparsity import head_table, offset_table, sparsity_table, step_table
@@ -33,6 +33,7 @@ def _pick(layers: list[int], most: int) -> list[int]:
     return [layers[i] for i in np.linspace(0, len(layers) - 1, most).round().astype(int)]
 
 
+@takes_run
 def similarity_heatmaps(run: Run, layers: list[int] | None = None, frame: int = 0, kind: str = "token") -> Figure:
     """Step x step cosine similarity matrices of one probed frame, one heatmap per layer."""
     layers = layers or _pick(run.stepwise_layers, 6)
@@ -63,6 +64,7 @@ def similarity_vs_depth(runs: dict[str, Run], kind: str = "token") -> Figure:
 
 
 
+@takes_run
 def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
     """Cosine of each step's features with the last step's, against the step (mean over probed frames),
     one line per layer: how early in denoising a layer's features settle."""
@@ -75,6 +77,7 @@ def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
     ax.set_xlabel("denoising step")
     return _finished(fig)
 
+@takes_run
 def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
     """PCA images of one layer's features at a few steps, next to the generated frame."""
     features = run.features(layer)[frame].float()
@@ -117,6 +120,7 @@ def attention_vs_depth(runs: dict[str, Run]) -> Figure:
 
 
 
+@takes_run
 def head_heatmap(run: Run) -> Figure:
     """Layer x head: each head's share of attention on earlier frames."""
     table = head_table(run).pivot(index="layer", columns="head", values="earlier_share")
@@ -126,6 +130,7 @@ def head_heatmap(run: Run) -> Figure:
     return _finished(fig)
 
 
+@takes_run
 def attention_across_steps(run: Run, layers: list[int] | None = None) -> Figure:
     """Share of attention on earlier frames at each denoising step, one line per layer (layers run at
     every step only)."""
@@ -139,6 +144,7 @@ def attention_across_steps(run: Run, layers: list[int] | None = None) -> Figure:
     ax.set_ylabel("attention on earlier frames")
     return _finished(fig)
 
+@takes_run
 def offset_heatmap(run: Run) -> Figure:
     """Layer x key-frame offset (0 = the frame itself, 1 = the previous one, ...): mean attention mass."""
     table = offset_table(run).pivot(index="layer", columns="offset", values="mass")
@@ -148,6 +154,7 @@ def offset_heatmap(run: Run) -> Figure:
     return _finished(fig)
 
 
+@takes_run
 def frames_title(run: Run) -> str:
     """What `frames_figure` shows, in words."""
     shows = run.manifest.get("video_shows")
@@ -155,6 +162,7 @@ def frames_title(run: Run) -> str:
     return f"Context, generated{truth} frames" + (f" ({shows})" if shows else "")
 
 
+@takes_run
 def frames_figure(run: Run, most: int = 24) -> Figure:
     """Context, generated and (where there is one) ground-truth frames; a VAE's decoded frames are counted in pixel
     frames, latent channels per latent frame. At most `most` frames, evenly spaced."""

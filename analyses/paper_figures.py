@@ -22,6 +22,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from analyses.claims import paper_layers
+from analyses.errors import takes_run
 from analyses.figures import _finished
 from analyses.similarity import finding1_panels, similarity_to_last
 from analyses.sparsity import (
@@ -35,6 +36,7 @@ from analyses.sparsity import (
 from probes.store import Run
 
 
+@takes_run
 def mean_map(run: Run, layer: int, head: int | None = None, steps: str = "all") -> torch.Tensor:
     """float64 [F, g, T*g]: the pooled map averaged over the chosen steps ("all", "first10", "last10") and over heads,
     or of one head (a sweep: over its clips too)."""
@@ -63,6 +65,7 @@ def draw_map(ax, pooled: torch.Tensor, frames: list[int], g: int, T: int, low: f
     return image
 
 
+@takes_run
 def attention_maps(run: Run, layers: list[int] | None = None, head: int | None = None, steps: str = "all") -> Figure:
     """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range; averaged over heads
     (or one `head`) and over the chosen `steps` ("all", "first10", "last10")."""
@@ -96,6 +99,7 @@ def attention_maps(run: Run, layers: list[int] | None = None, head: int | None =
     return fig
 
 
+@takes_run
 def step_heatmap(run: Run, measure: str = "per_key_ratio") -> Figure:
     """Layer x denoising step heatmap of an attention measure (`measures_by_step`); the per-key ratio on a log10
     scale centred on uniform attention."""
@@ -120,6 +124,7 @@ def step_heatmap(run: Run, measure: str = "per_key_ratio") -> Figure:
     return _finished(fig)
 
 
+@takes_run
 def finding1_panels_figure(run: Run, layer: int | None = None) -> Figure:
     """m1 vs m1, m1 vs m2 (the control: two frames, same layer), m2 vs m2, and the cosine of each step to the last."""
     layer = paper_layers(run.depth)["middle"][0] if layer is None else layer

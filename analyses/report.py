@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from analyses import figures, paper_figures
 from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
 from analyses.claims import INTERVENTION_CLAIMS, evaluate, items_of, paper_layers
+from analyses.errors import takes_run
 from analyses.intervals import table_over_clips
 from analyses.interventions import SUMMARY_COLUMNS, load_interventions
 from analyses.similarity import depth_curve
@@ -52,6 +53,7 @@ def gif_data_uri(frames, fps: float = 8.0, min_side: int = 128) -> str:
     return "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@takes_run
 def run_name(run: Run) -> str:
     """How a run is named in the report: its model, then its directory name."""
     return f"{run.manifest.get('model', '?')} ({run.path.name})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from analyses.errors import AnalysisError
+from analyses.errors import AnalysisError, takes_run
 from probes.reductions import cosine_from_gram, off_diagonal
 from probes.store import Run
 
@@ -31,6 +31,7 @@ def cosine_matrix(features: torch.Tensor, kind: str = "token") -> torch.Tensor:
     raise AnalysisError(f"unknown similarity kind {kind!r}; accepted: {', '.join(KINDS)}")
 
 
+@takes_run
 def run_cosine(run: Run, layer: int, kind: str = "token") -> torch.Tensor:
     """float64 [F, S, S]: the step x step cosine of each probed frame's features at `layer`."""
     if kind == "token":
@@ -46,6 +47,7 @@ def summarize(matrices: torch.Tensor) -> dict[str, float]:
     return {"mean_off_diagonal": float(values.mean()), "min": float(values.min())}
 
 
+@takes_run
 def similarity_table(run: Run, kind: str = "token") -> pd.DataFrame:
     """One row per (layer, frame): mean off-diagonal cross-step cosine and its minimum."""
     rows = []
@@ -55,12 +57,14 @@ def similarity_table(run: Run, kind: str = "token") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "frame", "mean_off_diagonal", "min"])
 
 
+@takes_run
 def depth_curve(run: Run, kind: str = "token") -> pd.DataFrame:
     """Similarity vs depth: per layer, the mean off-diagonal cosine (mean over frames) and the minimum."""
     table = similarity_table(run, kind)
     return table.groupby("layer").agg(mean_off_diagonal=("mean_off_diagonal", "mean"), min=("min", "min")).reset_index()
 
 
+@takes_run
 def similarity_to_last(run: Run, kind: str = "token") -> pd.DataFrame:
     """One row per (layer, frame, step): cosine of that step's features with the last step's."""
     rows = []
@@ -71,6 +75,7 @@ def similarity_to_last(run: Run, kind: str = "token") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "frame", "step", "cosine_to_last"])
 
 
+@takes_run
 def cross_frame_cosine(run: Run, layer: int) -> torch.Tensor:
     """float64 [F - 1, S, S]: the paper's control, per-token cosine between probed frame i at step s and frame i + 1 at
     step t at the same layer (m1 vs m2), averaged over tokens (stream mode: over the kept tokens)."""
@@ -81,6 +86,7 @@ def cross_frame_cosine(run: Run, layer: int) -> torch.Tensor:
     return torch.einsum("fsnd,ftnd->fst", x[:-1], x[1:]) / x.shape[-2]
 
 
+@takes_run
 def finding1_panels(run: Run, layer: int) -> dict[str, torch.Tensor]:
     """The paper's three panels, float64 [S, S] each: m1 vs m1, m1 vs m2 (the control), m2 vs m2, for the first
     two probed frames (a sweep: averaged over its items)."""

@@ -27,7 +27,7 @@ import math
 import pandas as pd
 import torch
 
-from analyses.errors import AnalysisError
+from analyses.errors import AnalysisError, takes_run
 from probes.store import Run
 
 
@@ -117,6 +117,7 @@ def entropy(mass: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-30).log()).sum(-1)
 
 
+@takes_run
 def sparsity_table(run: Run) -> pd.DataFrame:
     """Per layer: share of attention on earlier frames (mean, and spread over heads), and entropy."""
     frames, rows = run.manifest["frames"], []
@@ -130,6 +131,7 @@ def sparsity_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "earlier_share", "head_min", "head_max", "head_std", "entropy"])
 
 
+@takes_run
 def head_table(run: Run) -> pd.DataFrame:
     """One row per (layer, head): that head's share of attention on earlier frames."""
     frames, rows = run.manifest["frames"], []
@@ -139,6 +141,7 @@ def head_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "head", "earlier_share"])
 
 
+@takes_run
 def offset_table(run: Run) -> pd.DataFrame:
     """One row per (layer, offset): mean mass on the frame `offset` back (0 = same frame, 1 = previous, ...)."""
     frames, rows = run.manifest["frames"], []
@@ -148,6 +151,7 @@ def offset_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "offset", "mass"])
 
 
+@takes_run
 def step_table(run: Run) -> pd.DataFrame:
     """One row per (layer, step): share of attention on earlier frames at that denoising step (layers
     run once per frame, SCD's encoder, have no steps and are left out)."""
@@ -163,6 +167,7 @@ def _frames(run: Run) -> list[int]:
     return run.manifest["frames"]
 
 
+@takes_run
 def step_slice(run: Run, steps: str) -> slice:
     """Which recorded steps: "all", "first10" or "last10" (the paper's high- and low-noise ends)."""
     count = len(run.manifest["steps"])
@@ -172,6 +177,7 @@ def step_slice(run: Run, steps: str) -> slice:
 STEP_RANGES = ("all", "first10", "last10")
 
 
+@takes_run
 def attention_measures(run: Run, steps: str = "all") -> pd.DataFrame:
     """Per layer, over the chosen steps (averaged over frames, steps and heads): share on earlier frames, its
     excess over uniform, the per-key ratio, and the sparsity of the pooled map (one colour range over the
@@ -197,6 +203,7 @@ def attention_measures(run: Run, steps: str = "all") -> pd.DataFrame:
                                        "range_nats"])
 
 
+@takes_run
 def measures_by_step(run: Run) -> pd.DataFrame:
     """One row per (layer, step): per-key ratio, excess share and share on earlier frames (averaged over frames
     and heads), and the pooled map's sparsity at that step (one colour range over every layer and step).
@@ -218,6 +225,7 @@ def measures_by_step(run: Run) -> pd.DataFrame:
     return table
 
 
+@takes_run
 def measures_by_head(run: Run, steps: str = "all") -> pd.DataFrame:
     """One row per (layer, head): per-key ratio and excess share over the chosen steps."""
     frames, chosen, rows = _frames(run), step_slice(run, steps), []

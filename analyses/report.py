@@ -27,7 +27,7 @@ from analyses.interventions import SUMMARY_COLUMNS, load_interventions
 from analyses.similarity import depth_curve
 from analyses.sparsity import attention_measures, sparsity_table
 from probes.store import Run, RunError, load_run
-from scd.outputs import OutputError, atomic_file, check_output
+from scd.outputs import OutputError, atomic_file, check_output, input_path
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -253,7 +253,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
     """Read the runs (and a `probe bench` and a `probe intervene` directory), render, and write `out`
     atomically; a RunError for a bad run, bench or interventions directory, or output path. An existing
     `out` is replaced only with `force`, and only if it is a report this toolkit wrote."""
-    out = Path(out)
+    out = input_path(out, "-o", "a path ending in .html", RunError)
     if out.suffix.lower() not in (".html", ".htm"):
         raise RunError(f"-o {str(out)!r} is not an .html file; accepted: a path ending in .html")
     try:
@@ -262,13 +262,15 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
         raise RunError(str(e)) from None
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
-    seen: dict[Path, str] = {}
+    if isinstance(run_paths, str | Path) or not hasattr(run_paths, "__iter__"):
+        raise RunError(f"run_paths {run_paths!r}; accepted: a list of run directories")
+    runs, seen = [], {}
     for given in run_paths:
-        where = Path(given).resolve()
+        runs.append(load_run(given))  # checked as a path and as a run
+        where = runs[-1].path.resolve()
         if where in seen:
             raise RunError(f"run {given} is given twice (as {seen[where]} before); accepted: each run once")
         seen[where] = str(given)
-    runs = [load_run(path) for path in run_paths]
     def read(loader, path):  # a bench or interventions directory, its problem as a RunError
         try:
             return None if path is None else loader(path)

@@ -101,7 +101,7 @@ def write_run(
     manifest records each file's size and sha256, so a file swapped in from another run is refused.
     An existing `path` is replaced only with `force`, and only if it is a run (`scd.outputs`).
     """
-    path = Path(path)
+    path = input_path(path, "path", "a path ending in a new name", RunError)
     try:
         check_output(path, "run", force)
     except OutputError as e:

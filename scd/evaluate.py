@@ -134,9 +134,10 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     hardware, final loss, that choice, and the validation table of the float16 weights as shipped.
     Files are replaced only with `force`.
     """
+    from scd.outputs import input_path
     from scd.train import WEIGHTS, dev_loss, load_trained
 
-    run = Path(run)
+    run = input_path(run, "run", "a training directory written by probe train", CheckpointError)
     if weights not in (*WEIGHTS, "auto"):
         raise CheckpointError(f"unknown weights {weights!r}; accepted: auto, {', '.join(WEIGHTS)}")
     if not is_plain_name(name):

@@ -205,9 +205,7 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
     creating its marked temporary sibling in the real parent and removing it again (parents that do not exist
     yet are made and removed again). Reads only otherwise: nothing of anyone's is moved or removed. Returns the
     path."""
-    if path is None or not isinstance(path, (str, os.PathLike)):
-        raise OutputError(f"{flag} {path!r} is not a path; accepted: a path ending in a new name")
-    path = Path(path)
+    path = input_path(path, flag, "a path ending in a new name", OutputError)
     if path.name in ("", ".", ".."):
         raise OutputError(f"{flag} {str(path)!r} names no file or directory of its own; accepted: a path ending in a new name")
     if path.is_symlink():

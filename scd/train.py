@@ -172,9 +172,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     is a TrainConfigError (a ValueError) naming the accepted values.
     """
     from scd.memory import NotEnoughMemory, check_fits, training_bytes
-    from scd.outputs import OutputError, check_output, discard, replace, temporary_sibling
+    from scd.outputs import OutputError, check_output, discard, input_path, replace, temporary_sibling
 
-    out = Path(out_dir)
+    out = input_path(out_dir, "out_dir", "a path ending in a new name, or a training directory", TrainConfigError)
     if not isinstance(cfg, TrainConfig):
         raise TrainConfigError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until < 1):

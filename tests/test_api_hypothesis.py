@@ -149,3 +149,33 @@ def test_run_entry_names_never_reach_another_path(tmp_path_factory, key):
     if written:
         assert {p.name for p in (root / "run").iterdir()} == {"manifest.json", "features.safetensors",
                                                               "attention.safetensors", "metrics.parquet", "video.npz"}
+
+
+@SETTINGS
+@given(path=PATHS)
+def test_output_paths_answer_or_refuse(path, tmp_path):
+    """Every writer of the public API either writes (a path that can name a new file) or refuses the toolkit's way and
+    writes nothing."""
+    import shutil
+
+    import numpy as np
+
+    from analyses.report import write_report
+    from probes.store import write_run
+    from scd.evaluate import export_checkpoint
+    from scd.train import train
+    from scd.train_config import TrainConfig
+
+    sandbox = tmp_path / "sandbox"
+    shutil.rmtree(sandbox, ignore_errors=True)
+    sandbox.mkdir()
+    os.chdir(sandbox)
+    video = np.zeros((2, 4, 4, 3), np.uint8)
+    for call in (lambda: write_report([path], "r.html"), lambda: write_report(["r"], path),
+                 lambda: write_report(path, "r.html"), lambda: train(TrainConfig(size="tiny", steps=1), path),
+                 lambda: export_checkpoint(path, "x"), lambda: write_run(path, {}, generated=video, ground_truth=video)):
+        before = sorted(sandbox.rglob("*"))
+        if answer(call) is None:
+            assert sorted(sandbox.rglob("*")) == before
+        for p in sandbox.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -285,6 +285,7 @@ def _make_parsers(sub) -> None:
     e.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
                    help="EMA or raw weights; auto: the lower loss on unseen train clips (never val)")
     e.add_argument("--force", action="store_true", help="replace an existing shipped checkpoint")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=making.cmd_export)
 
 

@@ -56,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from scd.evaluate import export_checkpoint
 
     card = export_checkpoint(args.run, args.name, clips=args.clips, steps=args.steps, force=args.force,
-                             weights=args.weights)
+                             weights=args.weights, progress=not args.quiet)
     print(f"wrote {card}")
 
 

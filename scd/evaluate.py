@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def training_command(run: Path) -> str:
 
 
 def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 50, force: bool = False,
-                      weights: str = "auto") -> Path:
+                      weights: str = "auto", progress: bool = True) -> Path:
     """Ship a training run as scd/checkpoints/{name}.safetensors (float16), .json and .md card.
 
     `weights`: "ema", "raw", or "auto" (the one with the lower loss on unseen train-split clips,
@@ -160,18 +159,47 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     candidates = {w: load_trained(run, w) for w in WEIGHTS}
     dev = {w: dev_loss(m, run) for w, m in candidates.items()}
     chosen = min(dev, key=dev.get) if weights == "auto" else weights
-    with tempfile.TemporaryDirectory(dir=CHECKPOINT_DIR) as tmp:
-        path = save_model(candidates[chosen], Path(tmp) / f"{name}.safetensors", dtype=torch.float16)
+    from scd.outputs import discard, recover, temporary_sibling
+
+    recover(CHECKPOINT_DIR / name)  # signed temporaries of an export killed earlier
+    tmp = temporary_sibling(CHECKPOINT_DIR / name)  # a signed wrapper: a kill leaves nothing the next export keeps
+    try:
+        path = save_model(candidates[chosen], tmp / f"{name}.safetensors", dtype=torch.float16)
         shipped = load_model(path)
         scene = json.loads((run / "train.json").read_text()).get("scene", "sprites")  # validated on the scene trained on
-        table = validate(shipped, clips=clips, steps=steps, scene=scene)
+        table = validate(shipped, clips=clips, steps=steps, scene=scene, progress=progress)
         summary = summarize(table)
         card = _model_card(run, name, shipped, summary, clips, steps, path, chosen, dev)
-        (Path(tmp) / f"{name}.md").write_text(card)
-        table.to_csv(run / "validation.csv", index=False)
-        for target in targets:
-            os.replace(Path(tmp) / target.name, target)
+        (tmp / f"{name}.md").write_text(card)
+        with atomic_file(run / "validation.csv") as csv:
+            table.to_csv(csv, index=False)
+        _replace_together(tmp, targets)
+    finally:
+        discard(tmp)
     return targets[-1]
+
+
+def _replace_together(tmp: Path, targets: list[Path]) -> None:
+    """Put the new files in `tmp` at `targets` as one set: the old ones go aside into `tmp` first, and any failure
+    (a full disk, an I/O error) puts them back, so the set is the old one or the new one. Weights first: a kill
+    between the renames leaves a config whose sha256 names other weights, which load_model refuses in one line,
+    never a silent mix."""
+    aside: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for target in targets:
+            if target.exists():
+                os.replace(target, tmp / f"old-{target.name}")
+                aside.append(target)
+        for target in targets:
+            os.replace(tmp / target.name, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        for target in aside:
+            os.replace(tmp / f"old-{target.name}", target)
+        raise
 
 
 def _decoder_lr(train_cfg: dict) -> str:

@@ -180,6 +180,24 @@ def test_a_fault_at_any_stage_of_probe_generate_leaves_the_tree_as_it_was(tmp_pa
     assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "savefig", "os.replace", "mkdir"]) >= 4
 
 
+def test_a_fault_at_any_stage_of_probe_export_leaves_the_shipped_checkpoints_as_they_were(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The three files of a shipped checkpoint (weights, config, card) are replaced as one set or not at all."""
+    import scd.evaluate
+
+    run = tmp_path / "run"
+    assert main(["train", "baseline", "--size", "tiny", "--steps", "2", "--batch-size", "1", "--frames", "2", "--quiet",
+                 "--out", str(run)]) == 0
+    root = tmp_path / "sandbox"
+    root.mkdir()
+    monkeypatch.setattr(scd.evaluate, "CHECKPOINT_DIR", root)
+    argv = ["export", str(run), "--name", "mini", "--clips", "1", "--steps", "2", "--quiet", "--force"]
+    assert main(argv[:-1]) == 0
+    (run / "validation.csv").unlink()  # the export writes it into the run: kept out of the compared tree
+    _user_files(root)
+    assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "os.replace", "save_file (checkpoint)"]) >= 6
+
+
 FILL = """
 import sys
 from probe_cli.cli import main

@@ -43,11 +43,15 @@ def _user_files(root: Path) -> None:
         (root / name / "precious.txt").write_text("mine")
 
 
-def _failing(original, n: int, code: int, calls: list[int]):
+def _failing(original, n: int, code: int, calls: list[int], root: Path):
+    """`original`, failing with `code` at the n-th of its calls that write under `root` (the outputs' sandbox); writes
+    elsewhere (a benchmark resetting /proc/self/clear_refs) are not outputs and pass."""
     def call(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == n:
-            raise OSError(code, os.strerror(code), str(args[0]) if args else None)
+        paths = [Path(a) for a in (*args, *kwargs.values()) if isinstance(a, str | os.PathLike)]
+        if any(p == root or root in p.absolute().parents for p in paths):
+            calls[0] += 1
+            if calls[0] == n:
+                raise OSError(code, os.strerror(code), str(paths[0]))
         return original(*args, **kwargs)
     return call
 
@@ -81,7 +85,7 @@ def _sweep(monkeypatch, capsys, root: Path, argv: list[str], primitives: list[st
             for n in range(1, 12):
                 calls = [0]
                 with monkeypatch.context() as m:
-                    m.setattr(owner, attribute, _failing(getattr(owner, attribute), n, code, calls))
+                    m.setattr(owner, attribute, _failing(getattr(owner, attribute), n, code, calls, root))
                     result = main(argv)
                 err = capsys.readouterr().err
                 if calls[0] < n:  # the command no longer reaches an n-th call: every stage of it was hit
@@ -196,6 +200,22 @@ def test_a_fault_at_any_stage_of_probe_export_leaves_the_shipped_checkpoints_as_
     (run / "validation.csv").unlink()  # the export writes it into the run: kept out of the compared tree
     _user_files(root)
     assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "os.replace", "save_file (checkpoint)"]) >= 6
+
+
+@pytest.mark.parametrize("command", ["intervene", "bench"])
+def test_a_fault_at_any_stage_of_intervene_and_bench_leaves_the_tree_as_it_was(command, tmp_path, tiny_checkpoints,
+                                                                             monkeypatch, capsys):
+    base, scd = tiny_checkpoints
+    root = tmp_path / "sandbox"
+    root.mkdir()
+    flags = {"intervene": ["--model", str(base), "--reuse", "1", "--knockout", "none", "--skip", "none", "--clips", "2",
+                           "--context", "2", "--frames", "2", "--steps", "3"],
+             "bench": ["--baseline", str(base), "--scd", str(scd), "--steps", "2", "--context", "2", "--frames", "2",
+                       "--repeats", "1", "--clips", "1", "--samples", "1", "--quality-steps", "2"]}[command]
+    argv = [command, *flags, "--quiet", "--out", str(root / "out"), "--force"]
+    assert main(argv[:-1]) == 0
+    _user_files(root)
+    assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "to_parquet", "os.replace", "exchange"]) >= 6
 
 
 FILL = """

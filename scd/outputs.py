@@ -192,10 +192,13 @@ def _inside_output(path: Path) -> Path | None:
     that run unrecognisable, and the next `--force` of it would refuse to replace it). Inside one of the toolkit's
     own temporaries (a sweep's shard being filled), writing is the toolkit's: nothing above it is asked."""
     for parent in path.absolute().parents:
-        if _owned_temporary(parent):
-            return None
-        if toolkit_kind(parent) is not None:
-            return parent
+        try:
+            if _owned_temporary(parent):
+                return None
+            if toolkit_kind(parent) is not None:
+                return parent
+        except OSError:  # an ancestor this user may not list holds no output of this user's
+            continue
     return None
 
 

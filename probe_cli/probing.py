@@ -202,11 +202,9 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     """The same, for `diffusers:DIR`, from its config.json and the safetensors headers, before anything is loaded:
     the real width (heads x head dim), layers, tokens of the latent grid, and the bytes of the weights (with the
     text encoder's when a prompt is encoded)."""
-    from safetensors import SafetensorError, safe_open
-
     from scd.causal_wan import check_frame_counts, geometry
     from scd.outputs import input_path
-    from scd.wan_checks import check_pipeline, check_weights, read_transformer_config
+    from scd.wan_checks import check_pipeline, check_weights, read_transformer_config, stored_numel
     from scd.zoo import CheckpointError
 
     root = input_path(model.removeprefix("diffusers:"), "--model diffusers:", "a pipeline directory (transformer/...) "
@@ -218,31 +216,16 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     if directory != root:
         check_pipeline(root)
     config = read_transformer_config(directory)
-    check_weights(directory, config)
+    numel = check_weights(directory, config)
     h, w = args.latent_size or (8, 8)
     grid, chunk, _ = geometry(config, (h, w), args.frames_per_block, args.fps)
     check_frame_counts({"--context": args.context, "--frames": args.frames,
                         "--context + --frames": args.context + args.frames}, chunk, config.get("rope_max_seq_len", 1024))
     heads, head_dim = config.get("num_attention_heads", 40), config.get("attention_head_dim", 128)
-
-    def weight_bytes(folder: Path) -> int:
-        total = 0
-        for file in folder.glob("*.safetensors"):
-            try:
-                with safe_open(file, "pt") as f:
-                    for key in f.keys():
-                        numel = 1
-                        for size in f.get_slice(key).get_shape():
-                            numel *= size
-                        total += numel * 4  # loaded as float32 at most (the text encoder always is)
-            except (SafetensorError, OSError):
-                pass  # a damaged file is refused by the checks of loading, with its name
-        return total
-
-    text = weight_bytes(root / "text_encoder") if args.prompt is not None or args.negative_prompt is not None else 0
+    prompt = args.prompt is not None or args.negative_prompt is not None  # umT5 is loaded, in float32, to encode it
     return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads,
-            "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": weight_bytes(directory),
-            "text_encoder": text}
+            "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": 4 * numel,
+            "text_encoder": 4 * stored_numel(root / "text_encoder") if prompt else 0}
 
 
 def feature_bytes(shape: dict, layers: int, frames: int, steps: int, mode: str, kept: int = 256) -> int:
@@ -276,21 +259,23 @@ def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Names
     from scd.memory import generation_bytes
 
     itemsize = 2 if args.dtype != "float32" else 4
-    caches = 2 if getattr(args, "guidance_scale", None) not in (None, 1.0) else 1
+    caches = 2 if args.guidance_scale not in (None, 1.0) else 1
     total = shape["weights"] * itemsize // 4 + shape.get("text_encoder", 0)  # umT5 runs in float32 on the CPU
     total += caches * generation_bytes(shape["width"], shape["depth"], shape["heads"], shape["tokens"], clip_frames,
                                        itemsize=itemsize)
     total += clip_frames * shape["frame_pixels"] * 8
     if "features" in capture:
-        total += feature_bytes(shape, layers, args.frames, args.steps, args.mode, getattr(args, "pca_tokens", 256))
+        total += feature_bytes(shape, layers, args.frames, args.steps, args.mode, args.pca_tokens)
     if "attention" in capture:
         total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + 9)  # mass, 3x3-band maps
     return total
 
 
-def _layers_and_output(args: argparse.Namespace, depth: int, roles: str, sharded: bool) -> tuple[list[int] | str, Path]:
-    """The layers asked for, against the model's depth, and the output (the default path names the layers: checked
-    here, still before any work)."""
+def _plan(args: argparse.Namespace, shape: dict, roles: str, sharded: bool, capture: list[str],
+          clip_frames: int) -> tuple[list[int] | str, Path]:
+    """(layers, output) of a run, checked before any work against the model's `shape`: the layers against its depth,
+    the output (the default path names the layers), and the memory; sets `args.mode` and `args.pca_tokens`."""
+    depth = shape["depth"]
     spec = layers(args.layers if args.layers is not None else args.layer, depth,
                   "--layers" if args.layers is not None else "--layer", roles)
     out = Path(args.out) if args.out else _default_out(args.model, spec)
@@ -298,6 +283,10 @@ def _layers_and_output(args: argparse.Namespace, depth: int, roles: str, sharded
         output(out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
             output(_uncond(out), "run", args.force)
+    count = depth if spec == "all" else len(spec)
+    args.mode, args.pca_tokens = resolve_mode(args.mode, shape, count, args.frames, args.steps, capture)
+    estimate_fits(_estimate(shape, count, capture, args, clip_frames),
+                  "this probed generation (weights, KV cache, recorded features)")
     return spec, out
 
 
@@ -335,12 +324,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     on = device(args.device)
     spec = out = None
     if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
-        shape = diffusers_shape(args.model, args)
-        spec, out = _layers_and_output(args, shape["depth"], "", sharded)
-        args.mode, args.pca_tokens = resolve_mode(args.mode, shape, shape["depth"] if spec == "all" else len(spec),
-                                                  args.frames, args.steps, capture)
-        estimate_fits(_estimate(shape, shape["depth"] if spec == "all" else len(spec), capture, args, clip_frames),
-                      "this probed generation (weights, KV cache, recorded features)")
+        spec, out = _plan(args, diffusers_shape(args.model, args), "", sharded, capture, clip_frames)
 
     import torch
 
@@ -366,12 +350,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         _condition(model, args)
     layout = layout_of(model)
     if not diffusers_model:
-        spec, out = _layers_and_output(args, layout.depth, _roles_text(layout), sharded)
-        shape = model_shape(model, layout)
-        args.mode, args.pca_tokens = resolve_mode(args.mode, shape, layout.depth if spec == "all" else len(spec),
-                                                  args.frames, args.steps, capture)
-        estimate_fits(_estimate(shape, layout.depth if spec == "all" else len(spec), capture, args, clip_frames),
-                      "this probed generation")
+        spec, out = _plan(args, model_shape(model, layout), _roles_text(layout), sharded, capture, clip_frames)
     try:
         passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
         probes = [Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,

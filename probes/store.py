@@ -72,8 +72,8 @@ def _as_stored(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return tensor.to(dtype).contiguous() if _layer_of(key) is not None else tensor.clone()  # clone: entries may share memory
 
 
-def _checked_values(file: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
-    """A stored tensor as read, refused if its values cannot be what the toolkit wrote: NaN or infinite attention,
+def _checked_values(file: Path, key: str, tensor: torch.Tensor) -> None:
+    """Refuse a stored tensor whose values cannot be what the toolkit wrote: NaN or infinite attention,
     attention mass that does not sum to 1 over the clip's frames. (Features are stored as float16, where a model's
     activations beyond 65504 are honestly infinite: they are not refused.)"""
     if file.name == "attention.safetensors" and not bool(torch.isfinite(tensor).all()):
@@ -82,7 +82,6 @@ def _checked_values(file: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
         if float((tensor.double().sum(-1) - 1).abs().max()) > 1e-3 or float(tensor.min()) < 0:
             raise RunError(f"{file}: {key} is not attention mass (each frame's must be >= 0 and sum to 1); the run is "
                            "damaged: run it again")
-    return tensor
 
 
 def _digest(path: Path) -> dict:
@@ -139,8 +138,7 @@ class Run:
                 recorded = ", ".join(str(layer) for layer in self._layers(name)) or "none"
                 what = f" ({what})" if what else ""
                 raise RunError(f"layer {layer}{what} is not in {self.path / name}; recorded layers: {recorded}")
-            tensor = f.get_tensor(key)
-        return _checked_values(self.path / name, key, tensor)
+            return f.get_tensor(key)  # its values were checked by load_run (check_manifest), its bytes by sha256
 
     def features(self, layer: int) -> torch.Tensor:
         """float16 [F, S, N, D]: per probed frame and denoising step, the frame's tokens at this layer

@@ -143,7 +143,7 @@ class VideoBenchmark:
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (frames, size, max_objects))
         if not ints or not 1 <= frames <= 4096 or not 8 <= size <= 1024 or not 1 <= max_objects <= 16:
             raise BenchmarkError(f"got frames={frames!r}, size={size!r}, max_objects={max_objects!r}; accepted: integers, "
-                             "frames in 1..4096, size in 8..1024, max_objects in 1..16")
+                                 "frames in 1..4096, size in 8..1024, max_objects in 1..16")
         self.split, self.frames, self.size = split, frames, size
         self.max_objects, self.speed, self.scene = max_objects, speed, scene
 

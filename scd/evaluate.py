@@ -20,7 +20,16 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from scd.data import VideoBenchmark, clip_seed
-from scd.outputs import GENERATOR, PLAIN_NAME, atomic_file, is_plain_name
+from scd.outputs import (
+    GENERATOR,
+    PLAIN_NAME,
+    atomic_file,
+    discard,
+    input_path,
+    is_plain_name,
+    recover,
+    temporary_sibling,
+)
 from scd.progress import progress as progress_bar
 from scd.sampling import generate
 from scd.zoo import CHECKPOINT_DIR, CheckpointError, load_model, save_model
@@ -133,7 +142,6 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     hardware, final loss, that choice, and the validation table of the float16 weights as shipped.
     Files are replaced only with `force`.
     """
-    from scd.outputs import input_path
     from scd.train import WEIGHTS, dev_loss, load_trained
 
     run = input_path(run, "run", "a training directory written by probe train", CheckpointError)
@@ -159,8 +167,6 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     candidates = {w: load_trained(run, w) for w in WEIGHTS}
     dev = {w: dev_loss(m, run) for w, m in candidates.items()}
     chosen = min(dev, key=dev.get) if weights == "auto" else weights
-    from scd.outputs import discard, recover, temporary_sibling
-
     recover(CHECKPOINT_DIR / name)  # signed temporaries of an export killed earlier
     tmp = temporary_sibling(CHECKPOINT_DIR / name)  # a signed wrapper: a kill leaves nothing the next export keeps
     try:

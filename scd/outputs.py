@@ -160,9 +160,9 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
                 return False
             found = True
         return found
-    entries = [p for p in path.iterdir() if not _owned_temporary(p)]
     if kind not in KINDS:
         raise OutputError(f"unknown output kind {kind!r}; accepted: {', '.join([*KINDS, 'sweep', 'report', 'strip'])}")
+    entries = [p for p in path.iterdir() if not _owned_temporary(p)]
     if any(not any(fnmatch(p.name, pattern) for pattern in KINDS[kind]) or not p.is_file() or p.is_symlink()
            for p in entries if not (kind == "training" and p.name == "snapshots")):
         return False
@@ -310,15 +310,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _owned_temporary(entry: Path, target: str | None = None) -> bool:
-    """Is `entry` a wrapper the toolkit made (for `target`, if given)? Proven by its signature, not its name."""
+def _signature(entry: Path, target: str | None = None) -> dict | None:
+    """The signature of `entry` if it is a wrapper the toolkit made (for `target`, if given), else None: proven by
+    the signature file, not by the name."""
     match = re.fullmatch(r"\.(.+)\.(\d{1,10})\.[^./]+\.tmp", entry.name)
     if match is None or not entry.is_dir() or entry.is_symlink() or (target is not None and match[1] != target):
-        return False
+        return None
     signed = _json(entry / SIGNATURE)
-    return isinstance(signed, dict) and signed.get("generator") == GENERATOR and signed.get("pid") == int(match[2]) \
+    ok = isinstance(signed, dict) and signed.get("generator") == GENERATOR and signed.get("pid") == int(match[2]) \
         and signed.get("target") == match[1] and isinstance(signed.get("host"), str) and \
         all(p.name in (SIGNATURE, OLD, match[1]) for p in entry.iterdir())
+    return signed if ok else None
+
+
+def _owned_temporary(entry: Path) -> bool:
+    """Is `entry` a wrapper the toolkit made?"""
+    return _signature(entry) is not None
 
 
 def stale_siblings(path: str | Path) -> list[Path]:
@@ -328,10 +335,9 @@ def stale_siblings(path: str | Path) -> list[Path]:
         return []
     stale = []
     for p in sorted(path.parent.iterdir()):
-        if p.name.startswith(f".{path.name}.") and _owned_temporary(p, path.name) and p not in _LIVE:
-            signed = _json(p / SIGNATURE)
-            if signed["host"] == socket.gethostname() and (signed["pid"] == os.getpid() or not _alive(signed["pid"])):
-                stale.append(p)
+        signed = _signature(p, path.name) if p.name.startswith(f".{path.name}.") and p not in _LIVE else None
+        if signed and signed["host"] == socket.gethostname() and (signed["pid"] == os.getpid() or not _alive(signed["pid"])):
+            stale.append(p)
     return stale
 
 
@@ -393,7 +399,8 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def replace(payload: Path, path: Path) -> None:
     """Put the finished `payload` (from `temporary_sibling(path)`) at `path`, which holds the old result or nothing:
-    never neither, whenever killed. Its wrapper is removed, and so are the stale wrappers of killed writers."""
+    never neither, whenever killed. Its wrapper is removed, and so are the stale wrappers of killed writers (by
+    `recover`, first)."""
     payload, path = Path(payload), Path(path)
     wrapper = _wrapper_of(payload)
     recover(path)
@@ -405,8 +412,6 @@ def replace(payload: Path, path: Path) -> None:
         path.rename(wrapper / OLD)
         payload.rename(path)  # a kill here leaves the old result in the wrapper, which `recover` puts back
     discard(payload)  # the wrapper, holding the old result after an exchange or a fallback
-    for stale in stale_siblings(path):
-        _remove(stale)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scd.data import VideoBenchmark
 from scd.flops import tokens_per_frame
-from scd.outputs import atomic_file
+from scd.outputs import OutputError, atomic_file, check_output, discard, input_path, replace, temporary_sibling
 from scd.progress import progress as progress_bar
 from scd.train_config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, default_config
 from scd.zoo import SIZES, build_model, save_model
@@ -48,18 +48,18 @@ def model_config(cfg: TrainConfig) -> dict:
     if config["channels"] != 3 or config.get("frame_width", 0) not in (0, config["frame_size"]):
         trainable = ", ".join(name for name, size in sizes.items() if size.channels == 3 and not size.frame_width)
         raise TrainConfigError(f"{cfg.family} size {cfg.size!r} takes {config['channels']}-channel latents, not the benchmark's "
-                         f"square RGB frames (it is for speed at scale, with random weights); accepted: {trainable}")
+                               f"square RGB frames (it is for speed at scale, with random weights); accepted: {trainable}")
     if cfg.frame_local_blocks:
         if cfg.family != "baseline":
             raise TrainConfigError(f"frame_local_blocks is a baseline setting (SCD's decoder already sees no other frame); "
-                             f"accepted: 0 for {cfg.family}")
+                                   f"accepted: 0 for {cfg.family}")
         config["frame_local_blocks"] = cfg.frame_local_blocks
     if cfg.bidirectional_steps and cfg.family != "baseline":
         raise TrainConfigError("bidirectional_steps is a baseline setting (SCD's encoder is causal by design); accepted: 0 for "
-                         f"{cfg.family}")
+                               f"{cfg.family}")
     if cfg.bidirectional_steps > cfg.steps:
         raise TrainConfigError(f"bidirectional_steps {cfg.bidirectional_steps} is more than steps {cfg.steps}; accepted: "
-                         f"0..{cfg.steps} (the rest is the causal fine-tune)")
+                               f"0..{cfg.steps} (the rest is the causal fine-tune)")
     return config
 
 
@@ -172,7 +172,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     is a TrainConfigError (a ValueError) naming the accepted values.
     """
     from scd.memory import NotEnoughMemory, check_fits, training_bytes
-    from scd.outputs import OutputError, check_output, discard, input_path, replace, temporary_sibling
 
     out = input_path(out_dir, "out_dir", "a path ending in a new name, or a training directory", TrainConfigError)
     if not isinstance(cfg, TrainConfig):

@@ -5,7 +5,7 @@ weight the files lack is initialised at random (with a warning that scrolls by),
 each refusal is one CheckpointError line naming the file, the field and the accepted values:
 
     config = read_transformer_config(directory)        # types and ranges of every field the toolkit reads
-    check_weights(directory, config)                   # every weight the model needs, no other, float dtypes
+    numel = check_weights(directory, config)           # every weight the model needs, no other, float dtypes
     check_finite(transformer, directory)               # after loading: finite values only
     check_scheduler_config(config, path)               # a scheduler the sampler can run, with sane numbers
 
@@ -96,18 +96,13 @@ def _constructor_kwargs(config: dict) -> dict:
     return {k: v for k, v in config.items() if k in accepted}
 
 
-def check_weights(directory: Path, config: dict) -> dict[str, str]:
-    """Every weight the config's model needs, present once, with its shape and a float dtype, and no other; read from
-    the safetensors headers (nothing is loaded). Returns each file's name -> the weights it holds count."""
-    import diffusers
-    import torch
+def _headers(directory: Path) -> dict[str, tuple[tuple[int, ...], str, str]]:
+    """Every weight of a directory's safetensors files, from their headers (nothing is loaded): key -> (shape,
+    dtype, file name); a weight in two shards or an unreadable file is a CheckpointError."""
     from safetensors import SafetensorError, safe_open
 
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory} has no .safetensors weights (convert .pt / .pth with probe convert)")
     found: dict[str, tuple[tuple[int, ...], str, str]] = {}
-    for file in files:
+    for file in sorted(directory.glob("*.safetensors")):
         try:
             with safe_open(file, "pt") as f:
                 for key in f.keys():
@@ -119,6 +114,27 @@ def check_weights(directory: Path, config: dict) -> dict[str, str]:
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e})"
                                   ) from None
+    return found
+
+
+def stored_numel(directory: Path) -> int:
+    """How many numbers a directory's safetensors files hold (0 where there are none or they cannot be read: their
+    loading refuses them, with their name)."""
+    try:
+        return sum(math.prod(shape) for shape, _, _ in _headers(directory).values())
+    except CheckpointError:
+        return 0
+
+
+def check_weights(directory: Path, config: dict) -> int:
+    """Every weight the config's model needs, present once, with its shape and a float dtype, and no other; read from
+    the safetensors headers (nothing is loaded). Returns how many numbers the weights hold."""
+    import diffusers
+    import torch
+
+    if not any(directory.glob("*.safetensors")):
+        raise CheckpointError(f"{directory} has no .safetensors weights (convert .pt / .pth with probe convert)")
+    found = _headers(directory)
     with torch.device("meta"):
         try:
             model = getattr(diffusers, config["_class_name"])(**_constructor_kwargs(config))
@@ -143,7 +159,7 @@ def check_weights(directory: Path, config: dict) -> dict[str, str]:
                                   f"{list(shape)}")
         if dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"{directory}/{file}: {key} is {dtype}; accepted: float32, float16 or bfloat16 weights")
-    return {file.name: file.name for file in files}
+    return sum(math.prod(shape) for shape in expected.values())
 
 
 def check_finite(module, where: Path) -> None:

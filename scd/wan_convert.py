@@ -95,7 +95,8 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
     notes = [] if notes is None else notes
     path = Path(path)
     state: object = {}
-    for shard in _shards(path):
+    shards = _shards(path)
+    for shard in shards:
         if shard.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -112,7 +113,7 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
                     part = torch.load(shard, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - an UnpicklingError for anything weights_only refuses
                 raise ConversionError(f"{shard} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
-        if len(_shards(path)) == 1:
+        if len(shards) == 1:
             state = part
         else:
             clash = sorted(set(state) & set(part)) if isinstance(state, dict) else []

@@ -86,7 +86,11 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
     geometry(config, latent_size, frames_per_block, fps)  # the latent grid, chunk and fps, before loading
     check_embeddings(text_embeddings, config.get("text_dim", 4096), "text_embeddings")
     check_weights(directory, config)  # every weight present, none extra, float: never a randomly initialised one
-    schedule = scheduler_config(root, scheduler)
+    # The pipeline's scheduler config, read and checked once: sampled with unless --scheduler euler, whose Euler
+    # steps still take its flow shift.
+    shipped = scheduler_config(root, "pipeline") if scheduler == "pipeline" or \
+        (root / "scheduler" / "scheduler_config.json").is_file() else None
+    schedule = None if scheduler == "euler" else shipped
     try:
         transformer = getattr(diffusers, family).from_pretrained(directory, local_files_only=True, torch_dtype=dtype,
                                                                  use_safetensors=True)
@@ -101,8 +105,6 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
             raise CheckpointError(f"cannot load the VAE in {root / 'vae'}: {_first_line(e)}") from None
         check_finite(vae, root / "vae")
         vae.eval()
-    shipped = schedule if schedule is not None else scheduler_config(root, "pipeline") \
-        if (root / "scheduler" / "scheduler_config.json").is_file() else None  # checked even when not sampled with
     flow_shift = float(shipped.get("flow_shift") or shipped.get("shift") or 1.0) if shipped is not None else 1.0
     if schedule is not None:
         source = f"the pipeline's scheduler/ ({schedule['_class_name']})"

@@ -238,9 +238,10 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
               "attention_head_dim": 128, "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096,
               "patch_size": [1, 2, 2]}
     (root / "transformer" / "config.json").write_text(json.dumps(config))
-    monkeypatch.setattr(scd.wan_checks, "check_weights", lambda directory, config: {})  # no 14B weights on this disk
+    monkeypatch.setattr(scd.wan_checks, "check_weights", lambda directory, config: 0)  # no 14B weights on this disk
     args = argparse.Namespace(latent_size=(60, 104), frames_per_block=3, fps=None, context=3, frames=18, prompt=None,
-                              negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full")
+                              negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full",
+                              pca_tokens=256)
     shape = probing.diffusers_shape(f"diffusers:{root}", args)
     assert shape == {"width": 5120, "depth": 40, "heads": 40, "tokens": 30 * 52, "frame_pixels": 3 * 64 * 60 * 104,
                      "weights": 0, "text_encoder": 0}

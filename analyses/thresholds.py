@@ -45,7 +45,7 @@ class Threshold:
         return text
 
 
-_ISSUE26 = ("1a8b7e1", "2026-12-01")  # the commit that added issue 26's thresholds, before its runs
+_ISSUE26 = ("2a96325", "2026-12-01")  # the commit that added issue 26's thresholds, before its runs
 
 THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
     Threshold("SIMILARITY_MIN", 0.90, "finding 1: cross-step cosine at layer 15 at least this",
@@ -98,6 +98,10 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "from layer 25)"),
     Threshold("RELIANCE_LOSS_MAX_SSIM", 0.02, "... and at most this SSIM vs truth", *_ISSUE26, AFTER,
               "the same table"),
+    Threshold("QUALITY_FLOOR", 1.0, "quality claims: resolvable only when their threshold exceeds this many times "
+              "the noise floor (the half-width of the 95% interval, over the same clips, of the unmodified model's "
+              "quality difference between two noise draws); else inconclusive", *_ISSUE26, AFTER,
+              "issue 26 reported 17.21-17.80 dB across noise draws on the same 32 clips"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,
               AFTER, "issue 26 reported SSIM 0.38 / 0.51 / 0.76 / 0.78 for k = 5 / 25 / 40 / 48"),

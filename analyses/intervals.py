@@ -23,15 +23,31 @@ def interval(values: list[float]) -> tuple[float, float, float, int]:
     return mean, mean - half, mean + half, n
 
 
+def clip_groups(items: list) -> dict:
+    """The items of a sweep grouped by clip (several noise draws of one clip are one unit of the intervals), in the
+    order of their clips; an item without a recorded clip is its own group."""
+    groups: dict = {}
+    for i, item in enumerate(items):
+        clip = getattr(item, "manifest", {}).get("clip")
+        groups.setdefault(clip if clip is not None else f"item {i}", []).append(item)
+    return groups
+
+
+def over_clips(items: list, measure: Callable[[object], float]) -> tuple[float, float, float, int]:
+    """`measure(item)` averaged over each clip's draws, then the mean and interval over clips."""
+    return interval([math.fsum(measure(item) for item in draws) / len(draws) for draws in clip_groups(items).values()])
+
+
 def table_over_clips(items: list, table: Callable[[object], pd.DataFrame], key: str, columns: list[str]) -> pd.DataFrame:
-    """`table(item)` for every item of a sweep, then per `key` value each column's mean and interval over the items:
-    columns "{column}", "{column}_low", "{column}_high", and "clips"."""
-    frames = [table(item).set_index(key) for item in items]
+    """`table(item)` for every item of a sweep, averaged over each clip's noise draws, then per `key` value each
+    column's mean and interval over the clips: columns "{column}", "{column}_low", "{column}_high", and "clips"."""
+    groups = [[table(item).set_index(key) for item in draws] for draws in clip_groups(items).values()]
     rows = []
-    for value in frames[0].index:
-        row = {key: value, "clips": len(frames)}
+    for value in groups[0][0].index:
+        row = {key: value, "clips": len(groups)}
         for column in columns:
-            mean, low, high, _ = interval([float(f.loc[value, column]) for f in frames])
+            per_clip = [math.fsum(float(f.loc[value, column]) for f in draws) / len(draws) for draws in groups]
+            mean, low, high, _ = interval(per_clip)
             row |= {column: mean, f"{column}_low": low, f"{column}_high": high}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -19,7 +19,11 @@ the mask ("diagonal-tuned": another checkpoint, measured beside the unmodified o
 
 `intervention_table` measures each setting against the unmodified generation of the same clip and
 seed (drift: PSNR, SSIM, max abs difference of the generated frames), against the ground truth, and
-in wall time per generated frame, all in one process, the settings interleaved per clip.
+in wall time per generated frame, all in one process, the settings interleaved per clip. Clip c's
+noise is drawn with seed + c (clips never share their noise); the unmodified model is also run from
+a second draw (seed + c + 2^31, the row "redraw"), whose difference from the first is the noise floor
+of every quality claim. Knockout of one layer only ("knockout-layer") and the skip recomputing the
+span at the last m steps ("skip" with `tail_steps` m) answer which layers, and which steps, matter.
 
 SCD: its encoder already runs once per frame (reuse is built in), so reuse applies to its decoder
 layers (numbered after the encoder's, as the probes number them: 25..34 for the shipped SCD); and
@@ -45,7 +49,7 @@ from scd.evaluate import frame_quality, to_uint8
 from scd.progress import progress as progress_bar
 from scd.sampling import generate, observe_sampling
 
-INTERVENTIONS = ("reuse", "knockout", "skip", "diagonal")
+INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal")
 DEFAULT_LAYERS = (0, 5, 10, 15, 20, 25, 29)
 
 
@@ -127,8 +131,9 @@ def feature_reuse(model: nn.Module, layer: int, refresh: int | None = None) -> I
 
 
 @contextmanager
-def attention_knockout(model: nn.Module, layer: int) -> Iterator[None]:
-    """In blocks `layer`.., the denoised frame's queries see only its own keys and values at every step."""
+def attention_knockout(model: nn.Module, layer: int, only: bool = False) -> Iterator[None]:
+    """In blocks `layer`.. (only block `layer` with `only`), the denoised frame's queries see only its own keys and
+    values at every step."""
     blocks = _causal_blocks(model, layer)
     n = model.config.tokens_per_frame
     tracker = _StepTracker()
@@ -137,7 +142,7 @@ def attention_knockout(model: nn.Module, layer: int) -> Iterator[None]:
         return output[:, -n:] if tracker.step is not None else None  # [B, L, H, D]: the last n are the frame's own
 
     handles = [observe_sampling(model, tracker)]
-    for block in blocks[layer:]:
+    for block in blocks[layer:layer + 1] if only else blocks[layer:]:
         handles += [block.attn.hook_k.register_forward_hook(own_frame_only),
                     block.attn.hook_v.register_forward_hook(own_frame_only)]
     try:
@@ -148,22 +153,26 @@ def attention_knockout(model: nn.Module, layer: int) -> Iterator[None]:
 
 
 @contextmanager
-def span_skip(model: nn.Module, first: int, last: int, keep: int) -> Iterator[dict[str, int]]:
-    """Run blocks `first`..`last` at the first `keep` denoising steps of each frame (and in the pass that writes a
-    finished frame into the cache); at later steps skip them and add their residual update from the last step
-    they ran (block `last`'s output minus block `first`'s input) to block `first`'s input. Yields counts: block
-    calls run and skipped."""
+def span_skip(model: nn.Module, first: int, last: int, keep: int, tail: int = 0,
+              steps: int | None = None) -> Iterator[dict[str, int]]:
+    """Run blocks `first`..`last` at the first `keep` denoising steps of each frame, and at the last `tail` of its
+    `steps` (and in the pass that writes a finished frame into the cache); at the steps between skip them and add
+    their residual update from the last step they ran (block `last`'s output minus block `first`'s input) to
+    block `first`'s input. Yields counts: block calls run and skipped."""
     blocks = _causal_blocks(model, first)
     if not first <= last < len(blocks):
         raise InterventionError(f"span {first}..{last} is not accepted; accepted: first <= last <= {len(blocks) - 1}")
     if keep < 1:
         raise InterventionError(f"keep = {keep}: the span must run at least at the first step; accepted: >= 1")
+    if tail < 0 or (tail > 0 and (steps is None or tail > steps)):
+        raise InterventionError(f"tail = {tail} with {steps} steps; accepted: 0..steps (the steps given)")
+    recompute_from = steps - tail if tail else None
     tracker, counts, state = _StepTracker(), {"run": 0, "skipped": 0}, {}
 
     def replace(i: int, original):
         def forward(x, cond, angles, mask=None, past=None):
             step = tracker.step
-            if step is None or step < keep:
+            if step is None or step < keep or (recompute_from is not None and step >= recompute_from):
                 counts["run"] += 1
                 if i == first and step is not None:
                     state["input"] = x
@@ -199,20 +208,22 @@ def frame_diagonal(model: nn.Module, first: int) -> Iterator[None]:
         config.frame_local_blocks = saved
 
 
-def _setting(setting: tuple) -> tuple[str, int, int, int]:
-    """(kind, layer) or (kind, first, last, keep) -> (kind, layer, span_end, keep_steps), -1 where it does not apply."""
+def _setting(setting: tuple) -> tuple[str, int, int, int, int]:
+    """(kind, layer), (kind, first, last, keep) or (kind, first, last, keep, tail) -> (kind, layer, span_end,
+    keep_steps, tail_steps), -1 where it does not apply (tail 0 for a skip without recompute)."""
     if len(setting) == 2:
-        return setting[0], setting[1], -1, -1
-    if len(setting) == 4 and setting[0] == "skip":
-        return tuple(setting)
-    raise InterventionError(f"setting {setting!r} is not accepted; accepted: (kind, layer), or ('skip', first, last, keep)")
+        return setting[0], setting[1], -1, -1, -1
+    if len(setting) in (4, 5) and setting[0] == "skip":
+        return (*setting, 0) if len(setting) == 4 else tuple(setting)
+    raise InterventionError(f"setting {setting!r} is not accepted; accepted: (kind, layer), or ('skip', first, last, "
+                            "keep[, tail])")
 
 
 @contextmanager
 def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None, span_end: int = -1,
-                 keep_steps: int = -1) -> Iterator[None]:
-    """One intervention by name (`feature_reuse`, `attention_knockout`, `span_skip`, `frame_diagonal`); layer -1
-    means none."""
+                 keep_steps: int = -1, tail_steps: int = 0, steps: int | None = None) -> Iterator[None]:
+    """One intervention by name (`feature_reuse`, `attention_knockout` from a layer or of one layer, `span_skip`,
+    `frame_diagonal`); layer -1 means none."""
     if kind not in INTERVENTIONS:
         raise InterventionError(f"unknown intervention {kind!r}; accepted: {', '.join(INTERVENTIONS)}")
     if layer == -1:
@@ -221,7 +232,10 @@ def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = 
         with feature_reuse(model, layer, refresh):
             yield
     elif kind == "skip":
-        with span_skip(model, layer, span_end, keep_steps):
+        with span_skip(model, layer, span_end, keep_steps, max(tail_steps, 0), steps):
+            yield
+    elif kind == "knockout-layer":
+        with attention_knockout(model, layer, only=True):
             yield
     elif kind == "diagonal":
         with frame_diagonal(model, layer):
@@ -240,16 +254,22 @@ def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, see
 def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int = 16, context: int = 4,
                        frames: int = 4, steps: int = 50, seed: int = 0, refresh: int | None = None,
                        device: str | torch.device = "cpu", progress: bool = True,
-                       keep: dict[str, np.ndarray] | None = None, others: dict[str, nn.Module] | None = None) -> pd.DataFrame:
-    """Tidy table, one row per (intervention, layer, span_end, keep_steps, clip): drift from the unmodified
-    generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the ground
-    truth, seconds per generated frame. Settings are (kind, layer) or ("skip", first, last, keep). The
-    unmodified generation is the row ("none", -1). `others` are other models (e.g. "diagonal-tuned": the
-    baseline fine-tuned with the frame-diagonal mask) measured the same way, with `layer` their first
-    frame-local block. `keep`, if given, receives clip 0's videos (uint8 [T, H, W, 3])."""
+                       keep: dict[str, np.ndarray] | None = None, others: dict[str, nn.Module] | None = None,
+                       redraw: bool = True) -> pd.DataFrame:
+    """Tidy table, one row per (intervention, layer, span_end, keep_steps, tail_steps, clip): drift from the
+    unmodified generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the
+    ground truth, seconds per generated frame, the clip's noise seed. Settings are (kind, layer) or ("skip",
+    first, last, keep[, tail]). Clip c draws its noise with seed + c. The unmodified generation is the row
+    ("none", -1); with `redraw`, the row ("redraw", -1) is the unmodified model from a second noise draw (seed + c
+    + 2^31): the noise floor of quality claims. `others` are other models (e.g. "diagonal-tuned": the baseline
+    fine-tuned with the frame-diagonal mask; "finetuned": its compute-matched control without the mask) measured
+    the same way, with `layer` their first frame-local block (their depth when none). `keep`, if given, receives
+    clip 0's videos (uint8 [T, H, W, 3])."""
+    from probes.sweep import noise_seed
+
     settings = [_setting(s) for s in settings]
-    for kind, layer, span_end, keep_steps in settings:
-        with intervention(model, kind, layer, refresh, span_end, keep_steps):  # refuse a bad setting before any work
+    for kind, layer, span_end, keep_steps, tail_steps in settings:
+        with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps):  # refuse first
             pass
     for name, other in (others or {}).items():
         if getattr(other, "config", None) is None or other.config.frame_size != model.config.frame_size:
@@ -260,26 +280,33 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     for clip in progress_bar(range(clips), desc="interventions", disable=not progress):
         video = data.clip(clip)
         truth = video[context:]
-        reference, seconds = _timed(model, video[:context], frames, steps, seed, device)
+        clip_seed = noise_seed(seed, clip)
+        reference, seconds = _timed(model, video[:context], frames, steps, clip_seed, device)
         if keep is not None and clip == 0:
             keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
         psnr, ssim = frame_quality(reference[context:], truth)
-        rows.append({"intervention": "none", "layer": -1, "span_end": -1, "keep_steps": -1, "clip": clip,
-                     "drift_psnr": float("inf"), "drift_ssim": 1.0,
+        rows.append({"intervention": "none", "layer": -1, "span_end": -1, "keep_steps": -1, "tail_steps": -1,
+                     "clip": clip, "noise_seed": clip_seed, "drift_psnr": float("inf"), "drift_ssim": 1.0,
                      "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
                      "seconds_per_frame": seconds})
-        runs = [(kind, layer, span_end, keep_steps, model) for kind, layer, span_end, keep_steps in settings]
-        runs += [(name, other.config.depth - other.config.frame_local_blocks, -1, -1, other)
+        runs = [(kind, layer, span_end, keep_steps, tail_steps, model, clip_seed)
+                for kind, layer, span_end, keep_steps, tail_steps in settings]
+        runs += [(name, other.config.depth - other.config.frame_local_blocks, -1, -1, -1, other, clip_seed)
                  for name, other in (others or {}).items()]
-        for kind, layer, span_end, keep_steps, which in runs:
-            with intervention(model, kind, layer, refresh, span_end, keep_steps) if which is model else nullcontext():
-                changed, seconds = _timed(which, video[:context], frames, steps, seed, device)
+        if redraw:
+            runs.append(("redraw", -1, -1, -1, -1, model, noise_seed(seed, clip, 1)))
+        for kind, layer, span_end, keep_steps, tail_steps, which, noise in runs:
+            with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps) \
+                    if which is model and kind != "redraw" else nullcontext():
+                changed, seconds = _timed(which, video[:context], frames, steps, noise, device)
             if keep is not None and clip == 0:
-                keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")] = to_uint8(changed)
+                keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")
+                     + (f"t{tail_steps}" if kind == "skip" and tail_steps > 0 else "")] = to_uint8(changed)
             drift_psnr, drift_ssim = frame_quality(changed[context:], reference[context:])
             psnr, ssim = frame_quality(changed[context:], truth)
             rows.append({"intervention": kind, "layer": layer, "span_end": span_end, "keep_steps": keep_steps,
-                         "clip": clip, "drift_psnr": float(drift_psnr.mean()),
+                         "tail_steps": tail_steps, "clip": clip, "noise_seed": noise,
+                         "drift_psnr": float(drift_psnr.mean()),
                          "drift_ssim": float(drift_ssim.mean()),
                          "drift_max_abs": float((changed[context:] - reference[context:]).abs().max()),
                          "psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "seconds_per_frame": seconds})
@@ -289,8 +316,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
 def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (intervention, layer): means over clips, and the wall time relative to the unmodified generation
     (its `speedup`, measured in the same process)."""
-    table = table.assign(**{c: table.get(c, -1) for c in ("span_end", "keep_steps")})  # tables made before the skip
-    summary = table.groupby(["intervention", "layer", "span_end", "keep_steps"], sort=False).agg(
+    table = table.assign(**{c: table.get(c, -1) for c in ("span_end", "keep_steps", "tail_steps")})  # older tables
+    summary = table.groupby(["intervention", "layer", "span_end", "keep_steps", "tail_steps"], sort=False).agg(
         clips=("clip", "nunique"), drift_psnr=("drift_psnr", "mean"), drift_ssim=("drift_ssim", "mean"),
         drift_max_abs=("drift_max_abs", "max"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
         seconds_per_frame=("seconds_per_frame", "median")).reset_index()
@@ -300,7 +327,7 @@ def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 SUMMARY_COLUMNS = {"intervention": "intervention", "layer": "from layer", "span_end": "span to",
-                   "keep_steps": "run at steps < k", "clips": "clips",
+                   "keep_steps": "run at steps < k", "tail_steps": "and the last m", "clips": "clips",
                    "drift_psnr": "PSNR vs unmodified (dB)", "drift_ssim": "SSIM vs unmodified",
                    "drift_max_abs": "max abs difference", "psnr": "PSNR vs truth (dB)", "ssim": "SSIM vs truth",
                    "seconds_per_frame": "s / frame (median)", "speedup": "speed-up"}
@@ -312,11 +339,14 @@ def markdown(summary: pd.DataFrame, info: dict) -> str:
     return "\n".join([
         f"# Interventions on {info['model']}", "", f"`{info['command']}`", "",
         f"Machine: {info['machine']}. {info['clips']} val clips, {info['context']} context + {info['frames']} generated "
-        f"frames, {info['steps']} steps, seed {info['seed']}. Reuse (step-0 reuse, not the paper's surgery): blocks 0..K "
+        f"frames, {info['steps']} steps, clip c's noise drawn with seed {info['seed']} + c (redraw: the unmodified "
+        "model from a second draw, the noise floor). Reuse (step-0 reuse, not the paper's surgery): blocks 0..K "
         f"run {refresh}, block K's output reused in between. Knockout (no adaptation): blocks K.. attend only to the "
-        "frame's own keys. Skip (the paper's middle-span skip): blocks K..'span to' run at steps < k, their residual "
-        "update from the last run step added after. Diagonal: blocks K.. attend only within the frame, the baseline's "
-        "weights as they are; diagonal-tuned: the baseline fine-tuned with that mask. Drift: generated frames against the "
+        "frame's own keys; knockout-layer: block K only. Skip (the paper's middle-span skip): blocks K..'span to' run "
+        "at steps < k (and at the last m), their residual update from the last run step added between. Diagonal: "
+        "blocks K.. attend only within the frame, the baseline's "
+        "weights as they are; diagonal-tuned: the baseline fine-tuned with that mask; finetuned: its compute-matched "
+        "control, the baseline fine-tuned the same steps without the mask. Drift: generated frames against the "
         "unmodified generation of the same clip and seed (inf dB: identical).", "",
         summary[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""])
 
@@ -342,7 +372,7 @@ def load_interventions(path: str | Path) -> dict:
     if missing:
         raise InterventionError(f"{path} is not a directory written by probe intervene (missing {', '.join(missing)})")
     table = pd.read_parquet(path / "interventions.parquet")
-    table = table.assign(**{c: -1 for c in ("span_end", "keep_steps") if c not in table})  # written before the skip
+    table = table.assign(**{c: -1 for c in ("span_end", "keep_steps", "tail_steps") if c not in table})  # older tables
     with np.load(path / "frames.npz") as frames:
         videos = {name: frames[name] for name in frames.files}
     return {"info": json.loads((path / "interventions.json").read_text()), "table": table,

@@ -10,10 +10,16 @@ pooled map [F, S, H, g, T*g] (per-key probability, g bands per frame). Measures:
   attention, 0 for attention within the frame), whatever the context length;
 - `excess_share`: the share on earlier frames minus uniform's, f / (f + 1) (f / (chunk end + 1) when chunks of
   frames are denoised together and see each other);
-- `context_sparsity`: the share of the pooled map's context cells (queries of frame f, keys of frames
-  before f) whose ln p lies above `SPARSITY_FRACTION` of the colour range, the range (min..max of
-  ln p over the context cells of the maps compared, as one colour bar serves the paper's 8 panels)
-  being at least `SPARSITY_MIN_RANGE` nats; a flatter map has no structure to read.
+- `earlier_key_nats`: ln of the mean attention on one earlier-frame key over uniform's per key (1 / the
+  keys the query sees): 0 for uniform attention, the paper's deep layers sit about 7 nats below;
+- `lit_share`: the share of the pooled map's context cells (queries of frame f, keys of frames before
+  f) whose per-key ln p is at most `cut` nats below uniform's (the paper's cut, 30% of its colour
+  range -21..-9, sits 7.0 nats below its uniform -10.4). Defined on each layer's own map and the
+  run's token count alone, so a layer's value never depends on which other layers were probed;
+  per head too (`measures_by_head`).
+- `context_sparsity` (kept for the emergence cards made before issue 26, and the figure's colour
+  bar): the share of context cells above `SPARSITY_FRACTION` of one colour range over the layers
+  compared. It depends on which layers were probed: the claims do not use it.
 
 On SCD, an encoder layer's S is 1 (it reads a frame once), and a decoder layer's "earlier frame" is
 the encoder output of the frame before, the only past it can see. A frame-local layer (the paper's
@@ -28,7 +34,10 @@ import pandas as pd
 import torch
 
 from analyses.errors import AnalysisError, takes_run
+from analyses.thresholds import threshold
 from probes.store import Run
+
+LIT_CUT = threshold("LIT_CUT_NATS")  # a context cell is lit when at most this many nats below uniform (the paper's cut)
 
 
 def earlier_share(mass: torch.Tensor, frames: list[int]) -> torch.Tensor:
@@ -78,6 +87,39 @@ def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal", fr
     seen, visible = earlier_frames_seen(frames, role), frames_visible(frames, role, frames_per_block)
     uniform = torch.tensor([k / v for k, v in zip(seen, visible, strict=True)], dtype=torch.float64)
     return earlier_share(mass, frames).double() - uniform[:, None, None]
+
+
+def uniform_key_nats(frames: list[int], role: str, frames_per_block: int, tokens: int) -> torch.Tensor:
+    """[F]: ln of the per-key probability uniform attention gives each probed frame's queries (1 / visible keys)."""
+    visible = frames_visible(frames, role, frames_per_block)
+    return -torch.log(torch.tensor(visible, dtype=torch.float64) * tokens)
+
+
+def context_key_nats(maps: torch.Tensor, frames: list[int], bands: int, uniform: torch.Tensor) -> torch.Tensor:
+    """Per-key ln p of the context cells of pooled maps [F, ..., g, T*g] minus uniform's for the query's frame
+    (`uniform_key_nats`): [..., cells], flattened over frames; -inf where a key gets nothing."""
+    parts = [maps[i, ..., : frame * bands].flatten(-2).double().log() - uniform[i] for i, frame in enumerate(frames)]
+    return torch.cat(parts, dim=-1)
+
+
+def lit_share(nats: torch.Tensor, cut: float) -> torch.Tensor:
+    """[...]: share of context cells [..., cells] (ln p relative to uniform) at most `cut` nats below uniform; NaN
+    where there is no context cell."""
+    if nats.shape[-1] == 0:
+        return torch.full(nats.shape[:-1], float("nan"), dtype=torch.float64)
+    return (nats >= -cut).double().mean(-1)
+
+
+def earlier_key_nats(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
+                     dims=(0, 1, 2)) -> torch.Tensor:
+    """ln(mean attention on one earlier-frame key / uniform's per key), the means over `dims` of [F, S, H]: 0 for
+    uniform attention, -inf within the frame. Per frame the keys a query sees are `frames_visible` frames of tokens;
+    in units of a frame's tokens the count cancels."""
+    seen, visible = earlier_frames_seen(frames, role), frames_visible(frames, role, frames_per_block)
+    earlier = torch.stack([mass[i, ..., :frame].sum(-1) / max(k, 1) for i, (frame, k) in enumerate(zip(frames, seen,
+                                                                                                       strict=True))])
+    uniform = torch.tensor([1 / v for v in visible], dtype=torch.float64)[:, None, None].expand_as(earlier)
+    return (earlier.double().mean(dims) / uniform.mean(dims)).log()
 
 
 def context_cells(maps: torch.Tensor, frames: list[int], bands: int) -> torch.Tensor:
@@ -178,29 +220,35 @@ STEP_RANGES = ("all", "first10", "last10")
 
 
 @takes_run
-def attention_measures(run: Run, steps: str = "all") -> pd.DataFrame:
+def attention_measures(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd.DataFrame:
     """Per layer, over the chosen steps (averaged over frames, steps and heads): share on earlier frames, its
-    excess over uniform, the per-key ratio, and the sparsity of the pooled map (one colour range over the
-    layers of the run). On a sweep, run it on each item (`run.items`) for intervals."""
+    excess over uniform, the per-key ratio, ln of the per-key attention on earlier frames over uniform's
+    (`earlier_key_nats`), and the lit share of the pooled map's context cells (heads averaged, as the paper's
+    figure; `cut` nats below uniform), each computed from that layer's tensors alone. `sparsity` is the old
+    convention (one colour range over the run's layers; kept for the emergence cards, not used by the claims).
+    On a sweep, run it on each item (`run.items`) for intervals."""
     frames, chosen = _frames(run), step_slice(run, steps)
     layers = run.attention_layers
     rows, cells = [], {}
     for layer in layers:
-        mass, role = run.attention(layer)[:, chosen], run.role(layer)
-        if run.role(layer) == "encoder":  # one pass per frame: no steps to choose from
-            mass = run.attention(layer)
+        role = run.role(layer)
+        mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
         maps = run.attention_map(layer).mean(2)  # over heads, as the paper's figure
         maps = maps if role == "encoder" else maps[:, chosen]
         cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands)
+        uniform = uniform_key_nats(frames, role, run.frames_per_block, run.manifest["tokens_per_frame"])
+        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform), cut)
         rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames).mean()),
                      "excess_share": float(excess_share(mass, frames, role, run.frames_per_block).mean()),
-                     "per_key_ratio": float(per_key_ratio(mass, frames, role))})
+                     "per_key_ratio": float(per_key_ratio(mass, frames, role)),
+                     "earlier_key_nats": float(earlier_key_nats(mass, frames, role, run.frames_per_block)),
+                     "lit_share": float(lit)})
     low, high = colour_range(list(cells.values())) if cells else (float("nan"), float("nan"))
     for row in rows:
         row["sparsity"] = float(context_sparsity(cells[row["layer"]].flatten(), low, high))
         row["range_nats"] = high - low
-    return pd.DataFrame(rows, columns=["layer", "role", "earlier_share", "excess_share", "per_key_ratio", "sparsity",
-                                       "range_nats"])
+    return pd.DataFrame(rows, columns=["layer", "role", "earlier_share", "excess_share", "per_key_ratio",
+                                       "earlier_key_nats", "lit_share", "sparsity", "range_nats"])
 
 
 @takes_run
@@ -226,15 +274,22 @@ def measures_by_step(run: Run) -> pd.DataFrame:
 
 
 @takes_run
-def measures_by_head(run: Run, steps: str = "all") -> pd.DataFrame:
-    """One row per (layer, head): per-key ratio and excess share over the chosen steps."""
+def measures_by_head(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd.DataFrame:
+    """One row per (layer, head): per-key ratio, excess share, ln per-key attention on earlier frames over uniform's,
+    and the lit share of that head's pooled map (steps averaged), over the chosen steps."""
     frames, chosen, rows = _frames(run), step_slice(run, steps), []
     for layer in run.attention_layers:
         role = run.role(layer)
         mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
+        maps = run.attention_map(layer) if role == "encoder" else run.attention_map(layer)[:, chosen]
+        uniform = uniform_key_nats(frames, role, run.frames_per_block, run.manifest["tokens_per_frame"])
+        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform), cut)  # [H]
         ratio = per_key_ratio(mass, frames, role, dims=(0, 1))
         excess = excess_share(mass, frames, role, run.frames_per_block).mean((0, 1))
+        nats = earlier_key_nats(mass, frames, role, run.frames_per_block, dims=(0, 1))
         for head in range(mass.shape[2]):
             rows.append({"layer": layer, "head": head, "per_key_ratio": float(ratio[head]),
-                         "excess_share": float(excess[head])})
-    return pd.DataFrame(rows, columns=["layer", "head", "per_key_ratio", "excess_share"])
+                         "excess_share": float(excess[head]), "earlier_key_nats": float(nats[head]),
+                         "lit_share": float(lit[head])})
+    return pd.DataFrame(rows, columns=["layer", "head", "per_key_ratio", "excess_share", "earlier_key_nats",
+                                       "lit_share"])

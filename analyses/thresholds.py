@@ -100,7 +100,7 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "the same table"),
     Threshold("QUALITY_FLOOR", 1.0, "quality claims: resolvable only when their threshold exceeds this many times "
               "the noise floor (the half-width of the 95% interval, over the same clips, of the unmodified model's "
-              "quality difference between two noise draws); else inconclusive", *_ISSUE26, AFTER,
+              "quality difference between two noise draws); else inconclusive", "abbf605", "2026-12-01", AFTER,
               "issue 26 reported 17.21-17.80 dB across noise draws on the same 32 clips"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,

@@ -107,7 +107,14 @@ def _run_parser(sub) -> None:
     r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
                    help="frames of the val clip (default context + frames)")
     r.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame (1..1000)")
-    r.add_argument("--seed", default="0", help=f"sampling seed in 0..{SEED_MAX}; several (0-3 or 0,1) make a sweep")
+    r.add_argument("--seed", type=ranged(0, SEED_MAX), default=0, help=f"base noise seed in 0..{SEED_MAX}: clip c's "
+                   "noise is drawn with seed + c (each clip of a sweep its own noise; recorded in the manifest)")
+    r.add_argument("--seeds", type=ranged(1, 64), default=1, help="noise draws per clip, 1..64 (default 1): draw j "
+                   "of clip c uses seed + c + j * 2^31; two or more give finding 1's different-noise control")
+    r.add_argument("--control", choices=("none", "permuted"), default="none", help="permuted: the model's own "
+                   "architecture with every weight tensor's entries permuted (seeded by --control-seed): a random-weight "
+                   "control, probed with the same clips and settings, that must never come out reproduced")
+    r.add_argument("--control-seed", type=ranged(0, SEED_MAX), default=0, help="seed of the permutation (--control)")
     r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
     r.add_argument("--mode", choices=("auto", *MODES), default="auto", help="keep every token (full, float16 on disk) "
                    "or only running reductions and a token subsample (stream); auto (default): full unless the recorded "
@@ -153,17 +160,25 @@ def _measure_parsers(sub) -> None:
                    "(default: the paper's 8-22, mapped; 'none')")
     i.add_argument("--keep-steps", type=integer_list(1, 1000), default=[1, 3, 5, 10],
                    help="skip: the k swept, comma-separated (default 1,3,5,10)")
+    i.add_argument("--recompute-last", type=integer_list(1, 1000), default=None,
+                   help="skip: also run the span at the last m steps, for each m given (comma-separated), with k = 5 "
+                   "(the skip's claim); default: none")
+    i.add_argument("--knockout-layer", default="none", help="layers L: block L alone attends only within the frame, "
+                   "one layer at a time (comma-separated, 'all' or 'none', the default)")
     i.add_argument("--diagonal", default="default", help="frame-diagonal mask from layer K on, no fine-tune "
                    "(default: the last 5 blocks; 'none')")
     i.add_argument("--tuned", default=None, help="a checkpoint fine-tuned with the frame-diagonal mask, measured "
                    "beside the unmodified model (e.g. baseline-diagonal)")
+    i.add_argument("--tuned-control", default=None, help="the compute-matched control of --tuned: the same model "
+                   "fine-tuned the same steps, learning rate and data without the mask (a checkpoint directory)")
     i.add_argument("--refresh", type=STEPS, default=None,
                    help="reuse only: recompute blocks 0..K every m steps, 1..1000 (default: step 0 only)")
     i.add_argument("--clips", type=CLIPS, default=16, help="val clips (1..10000)")
     i.add_argument("--context", type=FRAMES, default=4, help="context frames")
     i.add_argument("--frames", type=FRAMES, default=4, help="generated frames per clip")
     i.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame")
-    i.add_argument("--seed", type=ranged(0, SEED_MAX), default=0)
+    i.add_argument("--seed", type=ranged(0, SEED_MAX - 2**32), default=0, help="base noise seed: clip c draws with "
+                   "seed + c, its second draw (the noise floor) with seed + c + 2^31")
     i.add_argument("--device", type=device_name, default="cpu")
     i.add_argument("--out", default="reports/interventions", help="directory for interventions.parquet/.md/.json, frames.npz")
     i.add_argument("--force", action="store_true", help="replace an existing interventions directory")

@@ -144,6 +144,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
         raise UsageError("--refresh applies only to feature reuse, and --reuse is 'none'; accepted: --reuse LAYERS "
                          "or 'default' with --refresh")
     on = device(args.device)
+    from analyses.claims import SKIP_CLAIM_STEPS
     from analyses.interventions import InterventionError, intervention_table, write_interventions
     from scd.zoo import load_model
 
@@ -156,16 +157,27 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     reuse = _intervention_layers(args.reuse, "--reuse", depth)
     if scd and args.reuse == "default":  # the decoder's layers: the encoder runs once per frame already
         reuse = list(range(len(model.encoder.blocks), depth))
-    for flag, value in (("--skip", args.skip), ("--diagonal", args.diagonal), ("--tuned", args.tuned)):
+    for flag, value in (("--skip", args.skip), ("--diagonal", args.diagonal), ("--tuned", args.tuned),
+                        ("--tuned-control", args.tuned_control), ("--knockout-layer", args.knockout_layer)):
         if scd and value not in ("none", None) and not (flag != "--tuned" and value == "default"):
             raise UsageError(f"{flag} applies to the causal baseline; --model {args.model} is an SCD model (its encoder "
                              f"runs once per frame, its decoder sees no other frame); accepted: {flag} none")
     span = [] if scd else _span(args.skip, depth)
     diagonal = [] if scd or args.diagonal == "none" else (
         [max(0, depth - 5)] if args.diagonal == "default" else _intervention_layers(args.diagonal, "--diagonal", depth))
+    if args.recompute_last and not span:
+        raise UsageError("--recompute-last applies to the span skip, and --skip is 'none'; accepted: --skip A-B or "
+                         "'default' with --recompute-last")
+    if args.recompute_last and max(args.recompute_last) >= args.steps - SKIP_CLAIM_STEPS + 1:
+        raise UsageError(f"--recompute-last {max(args.recompute_last)} leaves no skipped step with k = "
+                         f"{SKIP_CLAIM_STEPS} of {args.steps}; accepted: m <= {args.steps - SKIP_CLAIM_STEPS - 1}")
+    single = [] if scd or args.knockout_layer == "none" else _intervention_layers(args.knockout_layer,
+                                                                                   "--knockout-layer", depth)
     settings = [("reuse", k) for k in reuse] + \
                [("knockout", k) for k in _intervention_layers(args.knockout, "--knockout", depth)] + \
+               [("knockout-layer", k) for k in single] + \
                [("skip", span[0], span[1], k) for k in (args.keep_steps if span else [])] + \
+               [("skip", span[0], span[1], SKIP_CLAIM_STEPS, m) for m in (args.recompute_last or [])] + \
                [("diagonal", k) for k in diagonal]
     others = {}
     if args.tuned is not None:
@@ -175,6 +187,14 @@ def cmd_intervene(args: argparse.Namespace) -> None:
             raise UsageError(f"--tuned {args.tuned} is not {args.model} with a frame-diagonal mask; accepted: a checkpoint "
                              "of the same size trained with --frame-local-blocks")
         others["diagonal-tuned"] = tuned
+    if args.tuned_control is not None:
+        if args.tuned is None:
+            raise UsageError("--tuned-control is the control of --tuned, which is not given; accepted: both, or neither")
+        control = load_model(args.tuned_control, device=on)
+        if getattr(control.config, "frame_local_blocks", 0) != 0 or control.get_config() != model.get_config():
+            raise UsageError(f"--tuned-control {args.tuned_control} is not {args.model} fine-tuned without a mask; "
+                             "accepted: a checkpoint of the same size trained without --frame-local-blocks")
+        others["finetuned"] = control
     if not settings and not others:
         raise UsageError("--reuse, --knockout, --skip and --diagonal are all 'none': nothing to measure; accepted: layer "
                          "lists or 'default'")
@@ -189,7 +209,9 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     info = {"model": args.model, "checkpoint": getattr(model, "checkpoint", None), "depth": depth,
             "command": _command("intervene"), "machine": _machine(on), "device": str(on), "clips": args.clips,
             "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": args.refresh,
-            "tuned": getattr(others.get("diagonal-tuned"), "checkpoint", None)}
+            "tuned": getattr(others.get("diagonal-tuned"), "checkpoint", None),
+            "tuned_control": getattr(others.get("finetuned"), "checkpoint", None),
+            "noise": "clip c: seed + c; redraw: seed + c + 2^31"}
     write_interventions(out, table, videos, info, force=args.force)
     if not args.quiet:
         print((out / "interventions.md").read_text())

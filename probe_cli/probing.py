@@ -35,9 +35,10 @@ def _roles_text(layout) -> str:
     return " (" + ", ".join(f"{role} {v[0]}..{v[-1]}" for role, v in spans.items()) + ")"
 
 
-def _default_out(model: str, spec: list[int] | str) -> Path:
-    """reports/runs/MODEL-layer-15, MODEL-layers-0-5-15 or MODEL-layers-all."""
+def _default_out(model: str, spec: list[int] | str, control: str = "none") -> Path:
+    """reports/runs/MODEL-layer-15, MODEL-layers-0-5-15 or MODEL-layers-all (MODEL-permuted-... for a control)."""
     name = Path(model.removeprefix("diffusers:").rstrip("/")).name.removesuffix(".safetensors") or "model"
+    name += "" if control == "none" else f"-{control}"
     which = "layers-all" if spec == "all" else ("layer-" if len(spec) == 1 else "layers-") + "-".join(map(str, spec))
     return Path("reports") / "runs" / f"{name}-{which}"
 
@@ -278,7 +279,7 @@ def _plan(args: argparse.Namespace, shape: dict, roles: str, sharded: bool, capt
     depth = shape["depth"]
     spec = layers(args.layers if args.layers is not None else args.layer, depth,
                   "--layers" if args.layers is not None else "--layer", roles)
-    out = Path(args.out) if args.out else _default_out(args.model, spec)
+    out = Path(args.out) if args.out else _default_out(args.model, spec, args.control)
     if args.out is None:
         output(out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
@@ -306,16 +307,23 @@ def cmd_run(args: argparse.Namespace) -> None:
     diffusers_model = args.model.startswith("diffusers:")
     capture, clip_frames = _check_run_flags(args, diffusers_model)
     clips = indices(args.clip, "--clip", 0, CLIP_MAX)
-    seeds = indices(args.seed, "--seed", 0, SEED_MAX)
-    if len(clips) * len(seeds) > 10_000:
-        raise UsageError(f"--clip x --seed makes {len(clips) * len(seeds)} runs; accepted: at most 10000")
-    if args.guidance_pass == "both" and len(clips) * len(seeds) > 1:
-        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and seed; accepted: one --clip and "
-                         "one --seed, or --guidance-pass cond / uncond for a sweep")
+    from probes.sweep import noise_seed
+
+    if len(clips) * args.seeds > 10_000:
+        raise UsageError(f"--clip x --seeds makes {len(clips) * args.seeds} runs; accepted: at most 10000")
+    if noise_seed(args.seed, max(clips), args.seeds - 1) > SEED_MAX:
+        raise UsageError(f"--seed {args.seed} + clip {max(clips)} + draws leave the 64-bit seed range; accepted: a smaller "
+                         f"--seed (at most {SEED_MAX - noise_seed(0, max(clips), args.seeds - 1)})")
+    if args.control != "none" and args.model.startswith("random:"):
+        raise UsageError("--control permuted permutes a trained model's weights; --size already gives random weights; "
+                         "accepted: --control with --model")
+    if args.guidance_pass == "both" and len(clips) * args.seeds > 1:
+        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and draw; accepted: one --clip and "
+                         "--seeds 1, or --guidance-pass cond / uncond for a sweep")
     from probes.sweep import world
 
     rank, world_size, local_rank = world()
-    sharded = len(clips) * len(seeds) > 1 or world_size > 1
+    sharded = len(clips) * args.seeds > 1 or world_size > 1
     if args.out is not None:  # checked before the model is even loaded; the default path is checked below
         output(args.out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
@@ -348,6 +356,11 @@ def cmd_run(args: argparse.Namespace) -> None:
         model = load_model(args.model, device=on, dtype=dtype, **options)
     if diffusers_model:
         _condition(model, args)
+    control = None
+    if args.control == "permuted":
+        from scd.zoo import permute_weights
+
+        control = permute_weights(model, args.control_seed)
     layout = layout_of(model)
     if not diffusers_model:
         spec, out = _plan(args, model_shape(model, layout), _roles_text(layout), sharded, capture, clip_frames)
@@ -362,7 +375,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         from scd.wan_pipeline import context_from_video
 
         context_latents = context_from_video(model, args.context_video, args.context)
-    items = [(clip, seed) for clip in clips for seed in seeds]
+    items = [(clip, noise_seed(args.seed, clip, draw)) for clip in clips for draw in range(args.seeds)]
     command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
 
     def generation(clip_index: int, seed: int) -> dict:
@@ -418,14 +431,14 @@ def cmd_run(args: argparse.Namespace) -> None:
                 split = ("context video" if context_latents is not None else "latent noise") \
                     if diffusers_model or args.size else "val" if args.scene == "sprites" else f"val, {args.scene} scene"
                 saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
-                                   split=split, dtype=args.dtype, device=str(on), command=command,
+                                   split=split, dtype=args.dtype, device=str(on), command=command, control=control,
                                    generation=generation(clip_index, seed))
             return path if len(probes) > 1 else saved
         except ProbeError as e:
             raise UsageError(str(e)) from None
 
     if not sharded:
-        run = probe_item(clips[0], seeds[0], out, args.quiet)
+        run = probe_item(*items[0], out, args.quiet)
     else:  # the sweep is written into a hidden sibling, then swapped in whole: an older sweep stays until then
         with sweep.process_group(world_size):
             if rank == 0:

@@ -185,6 +185,7 @@ class Probe:
         self._map: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
         self._query: dict[int, torch.Tensor] = {}
         self._input_grams: dict[int, StepGram] = {}
+        self._input_features: dict[int, list[torch.Tensor]] = {}
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, frame, queries, keys)
         self._pending_elements = 0
         self._cells: dict[tuple[str, int, int], tuple[torch.Tensor, int]] = {}  # (role, frame, keys) -> key cells
@@ -272,7 +273,9 @@ class Probe:
 
     def _receive_frame(self, layer: int, hook: str, tensor: torch.Tensor, frame: int) -> None:
         if (layer, hook) == (self.input_layer, "hook_resid_pre"):
-            self._input_grams.setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
+            x = self._input_grams.setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
+            if self.mode == "full":  # the input's features too: the floor of the functional test (analyses.redundancy)
+                self._input_features.setdefault(frame, []).append(x.to("cpu"))
         if hook == self.hook and layer in self._feature_layers:
             x = self._grams[layer].setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
             kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
@@ -373,6 +376,12 @@ class Probe:
         pairs = [g.matrices() for g in self._per_frame(self._grams, layer, "features")]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
+    def centred(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-token cosine of the token-centred features, linear CKA), each float64 [F, S, S]
+        (`probes.reductions`: the token mean of each frame and step removed)."""
+        pairs = [g.centred() for g in self._per_frame(self._grams, layer, "features")]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
     def attention(self, layer: int) -> torch.Tensor:
         """float32 [F, S, H, T]: each probed frame's attention mass on each of the clip's T frames
         (S = 1 for SCD's encoder layers, run once per frame)."""
@@ -428,6 +437,7 @@ class Probe:
                     torch.arange(self.layout.tokens_per_frame)
                 features[f"layer{layer}.gram"] = gram
                 features[f"layer{layer}.token_cosine"] = token_cosine
+                features[f"layer{layer}.centred_cosine"], features[f"layer{layer}.cka"] = self.centred(layer)
             if "attention" in self.capture:
                 attention[f"layer{layer}"] = self.attention(layer)
                 attention[f"layer{layer}.map"] = self.attention_map(layer)
@@ -435,6 +445,12 @@ class Probe:
             pairs = [self._input_grams[frame].matrices() for frame in self.recorded_frames]
             features["input.gram"] = torch.stack([p[0] for p in pairs])
             features["input.token_cosine"] = torch.stack([p[1] for p in pairs])
+            pairs = [self._input_grams[frame].centred() for frame in self.recorded_frames]
+            features["input.centred_cosine"] = torch.stack([p[0] for p in pairs])
+            features["input.cka"] = torch.stack([p[1] for p in pairs])
+            if self.mode == "full":
+                features["input.features"] = torch.stack(
+                    [torch.stack(self._input_features[frame]) for frame in self.recorded_frames]).half()
         video = self.video if self.video.dim() == 4 else self.video[0]
         shown = {}
         if hasattr(self.model, "preview"):  # latent frames (diffusers models): decoded, or shown as RGB channels
@@ -451,7 +467,7 @@ class Probe:
         manifest = {
             "model": getattr(self.model, "checkpoint", {}).get("name", type(self.model).__name__),
             "checkpoint": getattr(self.model, "checkpoint", None),
-            "config": config,
+            "config": config, "parameters": sum(p.numel() for p in self.model.parameters()),
             "layers": self.layers, "layer_roles": [self.layout.role(layer) for layer in self.layers],
             "layer_paths": [self.layout.blocks[layer] for layer in self.layers],
             "hook": self.hook, "capture": list(self.capture), "mode": self.mode,

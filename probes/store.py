@@ -32,7 +32,7 @@ from probes.adapters.builtin import ROLES
 from scd.outputs import OutputError, atomic_directory, check_output, input_path, readable
 from scd.zoo import sha256
 
-FORMAT = "scd-probes-run/3"  # 2: each file's size and sha256; 3: the pooled attention maps (bands)
+FORMAT = "scd-probes-run/4"  # 2: each file's size and sha256; 3: the pooled attention maps (bands); 4: centred cosine, CKA
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
 PACKAGES = ("torch", "transformer-lens", "nnsight", "diffusers", "scd-probes")
 
@@ -157,11 +157,27 @@ class Run:
         """float64 [F, S, S]: per-token cosine between every pair of steps, averaged over all N tokens."""
         return self._tensor("features.safetensors", layer, "token_cosine")
 
-    def input_cosine(self) -> torch.Tensor | None:
-        """float64 [F, S, S]: per-token cross-step cosine of the frame's input to the stepwise blocks (the first one's
-        hook_resid_pre), the noise floor of finding 1; None where the model has no such hook."""
+    def centred_cosine(self, layer: int) -> torch.Tensor:
+        """float64 [F, S, S]: per-token cosine between every pair of steps after each step's token mean is removed."""
+        return self._tensor("features.safetensors", layer, "centred_cosine")
+
+    def cka(self, layer: int) -> torch.Tensor:
+        """float64 [F, S, S]: linear CKA between the token-centred features of every pair of steps."""
+        return self._tensor("features.safetensors", layer, "cka")
+
+    def input_cosine(self, kind: str = "token_cosine") -> torch.Tensor | None:
+        """float64 [F, S, S]: cross-step similarity of the frame's input to the stepwise blocks (the first one's
+        hook_resid_pre), the noise floor of finding 1: `kind` "token_cosine", "centred_cosine" or "cka"; None where
+        the model has no such hook."""
+        return self._input(kind)
+
+    def input_features(self) -> torch.Tensor | None:
+        """float16 [F, S, N, D]: the frame's input to the stepwise blocks at every step (full mode); else None."""
+        return self._input("features")
+
+    def _input(self, what: str) -> torch.Tensor | None:
         with safe_open(self.path / "features.safetensors", "pt") as f:
-            return f.get_tensor("input.token_cosine") if "input.token_cosine" in f.keys() else None
+            return f.get_tensor(f"input.{what}") if f"input.{what}" in f.keys() else None
 
     def attention(self, layer: int) -> torch.Tensor:
         """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip."""
@@ -342,7 +358,9 @@ def check_manifest(path: Path, m: dict) -> None:
             n = tokens if mode == "full" else kept
             expected |= {("features", f"layer{layer}"): (len(frames), S, n), ("features", f"layer{layer}.tokens"): (kept,),
                          ("features", f"layer{layer}.gram"): (len(frames), S, S),
-                         ("features", f"layer{layer}.token_cosine"): (len(frames), S, S)}
+                         ("features", f"layer{layer}.token_cosine"): (len(frames), S, S),
+                         ("features", f"layer{layer}.centred_cosine"): (len(frames), S, S),
+                         ("features", f"layer{layer}.cka"): (len(frames), S, S)}
         if "attention" in capture:
             expected[("attention", f"layer{layer}")] = (len(frames), S)
             expected[("attention", f"layer{layer}.map")] = (len(frames), S)
@@ -428,8 +446,10 @@ class MergedRun(Run):
                            "probe every item with the same frames and steps")
         return torch.stack(tensors).mean(0).to(tensors[0].dtype)
 
-    def input_cosine(self) -> torch.Tensor | None:
-        values = [run.input_cosine() for run in self.items]
+    def _input(self, what: str) -> torch.Tensor | None:
+        if what == "features":  # token-level: one item's, as for the layers
+            return self.items[0]._input(what)
+        values = [run._input(what) for run in self.items]
         return None if any(v is None for v in values) else torch.stack(values).mean(0)
 
     @property

@@ -1,6 +1,6 @@
 """Probe sweeps over many clips or seeds, sharded over processes, GPUs or machines with `torchrun`.
 
-    torchrun --standalone --nproc_per_node 2 -m probe_cli run --clip 0-3 --seed 0,1 --out reports/runs/sweep
+    torchrun --standalone --nproc_per_node 2 -m probe_cli run --clip 0-3 --seeds 2 --out reports/runs/sweep
     probe report reports/runs/sweep                       # load_run merges the shards
 
 Each rank probes every `world_size`-th (clip, seed) item and writes one shard, atomically:
@@ -28,8 +28,17 @@ from pathlib import Path
 from probes.store import SHARD_FORMAT, MergedRun, is_sweep, load_sweep
 from scd.outputs import atomic_directory
 
-__all__ = ["MergedRun", "is_sweep", "load_sweep", "item_name", "shard_name", "world", "process_group", "broadcast", "barrier",
-           "write_shard"]
+__all__ = ["MergedRun", "is_sweep", "load_sweep", "noise_seed", "DRAW_STRIDE", "item_name", "shard_name", "world",
+           "process_group", "broadcast", "barrier", "write_shard"]
+
+
+DRAW_STRIDE = 2**31  # above every clip index: the seeds of two draws never meet
+
+
+def noise_seed(seed: int, clip: int, draw: int = 0) -> int:
+    """The noise seed of draw `draw` of clip `clip` from a sweep's base `seed`: seed + clip + draw * 2^31, so every
+    clip of a sweep has its own noise (clips never share frame k's noise) and each draw of a clip its own too."""
+    return seed + clip + draw * DRAW_STRIDE
 
 
 def item_name(clip: int, seed: int) -> str:

@@ -243,3 +243,26 @@ def save_model(model: nn.Module, weights_path: str | Path, dtype: torch.dtype = 
     with atomic_file(config_path) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     return weights_path
+
+
+def permute_weights(model: nn.Module, seed: int = 0) -> dict:
+    """Make `model` a random-weight control of its own architecture, in place: the entries of every parameter tensor
+    are permuted (one seeded generator over the tensors in `named_parameters` order). Each tensor keeps its values,
+    hence its scale and distribution, while every structure learned across its entries is destroyed; norms' scales
+    are permuted too (all ones stay all ones). Returns the control's record for the manifest; the model's checkpoint
+    name says it."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise CheckpointError(f"permutation seed {seed!r}; accepted: an integer in 0..2^63-1")
+    generator = torch.Generator().manual_seed(seed)
+    tensors = 0
+    with torch.no_grad():
+        for _, parameter in model.named_parameters():
+            order = torch.randperm(parameter.numel(), generator=generator).to(parameter.device)
+            flat = parameter.detach().reshape(-1)
+            parameter.copy_(flat[order].view_as(parameter))
+            tensors += 1
+    checkpoint = dict(getattr(model, "checkpoint", None) or {"name": type(model).__name__})
+    checkpoint["name"] = f"{checkpoint.get('name')} (permuted weights, seed {seed})"
+    model.checkpoint = checkpoint
+    return {"kind": "permuted", "seed": seed, "tensors": tensors,
+            "what": "every parameter tensor's entries permuted with torch.randperm (scd.zoo.permute_weights)"}

@@ -1,0 +1,83 @@
+"""Functional redundancy across denoising steps: how well a layer's features at step s predict its last step's.
+
+A high cross-step cosine says two steps' features point the same way; it does not say that what the
+later steps add could be recovered from an early step. Here a linear map (ridge regression, features
+standardised) is fitted from step-s features to the same frame's last-step features, pooled over the
+tokens and frames of every clip but one, and scored on the held-out clip (leave one clip out, every draw
+of that clip held out together): the held-out R^2 (1 - residual / total sum of squares, over every
+feature dimension). The same is done for the frame's input to the blocks (`hook_resid_pre` of the first
+stepwise block: the noisy frame, embedded): a layer whose last step is no better predicted from an early
+step than its own input's last step is from the input's early step computes nothing step-invariant
+beyond what the input carries. Needs full-mode runs (every token's features, and the input's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analyses.errors import AnalysisError
+from probes.store import Run
+
+RIDGE_ALPHA = 1.0  # on standardised features: a mild ridge, as 64 tokens x 4 frames x 7 clips fit 128 dimensions
+
+
+def step_grid(steps: int, points: int = 5) -> list[int]:
+    """The source steps tested: `points` evenly spaced steps from 0, all before the last step."""
+    return sorted({round(k * (steps - 1) / points) for k in range(points)})
+
+
+def _by_clip(items: list[Run], features) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per item its features [F, S, N, D] (float64 numpy), and each item's clip (the group held out together)."""
+    arrays, groups = [], []
+    for item in items:
+        x = features(item)
+        if x is None:
+            raise AnalysisError(f"{item.path} holds no input features (a stream-mode run, or a model without the "
+                                "input hook): the functional test needs a full-mode run")
+        arrays.append(x.double().numpy())
+        groups.append(item.manifest.get("clip"))
+    return arrays, np.asarray(groups)
+
+
+def held_out_r2(arrays: list[np.ndarray], groups: np.ndarray, source: int, target: int) -> dict:
+    """Held-out R^2 of the ridge map from step `source` to step `target`, one value per clip left out."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = [a[:, source].reshape(-1, a.shape[-1]) for a in arrays]
+    y = [a[:, target].reshape(-1, a.shape[-1]) for a in arrays]
+    scores = {}
+    for clip in sorted(set(groups.tolist())):
+        train = [i for i, g in enumerate(groups) if g != clip]
+        test = [i for i, g in enumerate(groups) if g == clip]
+        if not train:
+            raise AnalysisError("the functional test needs at least two clips (leave one out)")
+        model = make_pipeline(StandardScaler(), Ridge(alpha=RIDGE_ALPHA))
+        model.fit(np.concatenate([x[i] for i in train]), np.concatenate([y[i] for i in train]))
+        truth = np.concatenate([y[i] for i in test])
+        residual = ((truth - model.predict(np.concatenate([x[i] for i in test]))) ** 2).sum()
+        total = ((truth - truth.mean(0)) ** 2).sum()
+        scores[clip] = float(1 - residual / max(total, 1e-300))
+    return scores
+
+
+def functional_table(items: list[Run], layer: int, points: int = 5) -> pd.DataFrame:
+    """One row per (source step, clip): held-out R^2 of the layer's last-step features from its step-s features,
+    and the same for the blocks' input, and their difference."""
+    if not items:
+        raise AnalysisError("no runs given")
+    steps = len(items[0].manifest["steps"])
+    if steps < 2:
+        raise AnalysisError("the functional test needs two or more steps")
+    layer_arrays, groups = _by_clip(items, lambda item: item.features(layer))
+    input_arrays, _ = _by_clip(items, lambda item: item.input_features())
+    rows = []
+    for source in step_grid(steps, points):
+        ours = held_out_r2(layer_arrays, groups, source, steps - 1)
+        floor = held_out_r2(input_arrays, groups, source, steps - 1)
+        for clip in ours:
+            rows.append({"step": source, "clip": clip, "layer_r2": ours[clip], "input_r2": floor[clip],
+                         "difference": ours[clip] - floor[clip]})
+    return pd.DataFrame(rows, columns=["step", "clip", "layer_r2", "input_r2", "difference"])

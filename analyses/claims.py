@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from analyses.errors import takes_run
+from analyses.errors import AnalysisError, takes_run
 from analyses.intervals import CONFIDENCE, clip_groups, interval, over_clips
 from analyses.similarity import cross_frame_similarities, cross_noise_similarities, input_similarity, run_cosine
 from analyses.sparsity import attention_measures, measures_by_head
@@ -370,7 +370,10 @@ def functional_redundancy(run: Run) -> Claim:
         missing = "fewer than 3 clips: the fit leaves one clip out"
     if missing:
         return Claim(name, statement, test, missing, NOT_MEASURED, **extra)
-    table = functional_table(items, layer)
+    try:
+        table = functional_table(items, layer)
+    except AnalysisError as e:
+        return Claim(name, statement, test, f"{e}: inconclusive", INCONCLUSIVE, **extra)
     per_clip = table.groupby("clip")[["layer_r2", "input_r2", "difference"]].mean()
     ours, floor, diff = (interval(per_clip[c].tolist()) for c in ("layer_r2", "input_r2", "difference"))
     by_step = table.groupby("step")[["layer_r2", "input_r2"]].mean()

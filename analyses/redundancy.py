@@ -35,7 +35,11 @@ def _by_clip(items: list[Run], features) -> tuple[list[np.ndarray], np.ndarray]:
         if x is None:
             raise AnalysisError(f"{item.path} holds no input features (a stream-mode run, or a model without the "
                                 "input hook): the functional test needs a full-mode run")
-        arrays.append(x.double().numpy())
+        array = x.double().numpy()
+        if not np.isfinite(array).all():
+            raise AnalysisError(f"{item.path} holds non-finite features (beyond float16's range, as stored): the "
+                                "linear fit cannot be made")
+        arrays.append(array)
         groups.append(item.manifest.get("clip"))
     return arrays, np.asarray(groups)
 

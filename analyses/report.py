@@ -20,12 +20,14 @@ from matplotlib.figure import Figure
 
 from analyses import figures, paper_figures
 from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
-from analyses.claims import INTERVENTION_CLAIMS, evaluate, items_of, paper_layers
+from analyses.claims import INTERVENTION_CLAIMS, evaluate, items_of, paper_layers, scale_text
 from analyses.errors import takes_run
 from analyses.intervals import table_over_clips
 from analyses.interventions import SUMMARY_COLUMNS, load_interventions
-from analyses.similarity import depth_curve
-from analyses.sparsity import attention_measures, sparsity_table
+from analyses.similarity import depth_curve, input_similarity, run_cosine
+from analyses.sparsity import attention_measures, measures_by_head, sparsity_table
+from analyses.thresholds import THRESHOLDS
+from probes.reductions import off_diagonal
 from probes.store import Run, RunError, load_run
 from scd.outputs import OutputError, atomic_file, check_output, input_path
 
@@ -55,8 +57,48 @@ def gif_data_uri(frames, fps: float = 8.0, min_side: int = 128) -> str:
 
 @takes_run
 def run_name(run: Run) -> str:
-    """How a run is named in the report: its model, then its directory name."""
+    """How a run is named in the report: its model (a control says so), then its directory name."""
     return f"{run.manifest.get('model', '?')} ({run.path.name})"
+
+
+def _similarity_by_layer(run: Run) -> list[dict]:
+    """Per stepwise layer, over the clips (draws averaged): raw, centred and CKA cross-step similarity, each minus the
+    blocks' input's (the noise floor), from the reductions every run stores."""
+    items = items_of(run)
+    kinds = ("token", "centred", "cka")
+    has_input = all(input_similarity(item, "cka") is not None for item in items)
+    inputs = {kind: [float(off_diagonal(input_similarity(item, kind)).mean()) for item in items] for kind in kinds} \
+        if has_input else {}
+    rows = []
+    for layer in run.stepwise_layers:
+        row = {"layer": layer}
+        for kind in kinds:
+            values = [float(off_diagonal(run_cosine(item, layer, kind)).mean()) for item in items]
+            row[kind] = _shown_over_clips(items, values)
+            if inputs:
+                row[f"{kind} - input"] = _shown_over_clips(items, [v - i for v, i in zip(values, inputs[kind], strict=True)])
+        rows.append(row)
+    return rows
+
+
+def _shown_over_clips(items: list, values: list[float]) -> str:
+    """Per-item values averaged over each clip's draws, then "mean [low, high]" over clips."""
+    from analyses.claims import shown
+    from analyses.intervals import clip_groups, interval
+
+    index = {id(item): value for item, value in zip(items, values, strict=True)}
+    per_clip = [sum(index[id(i)] for i in draws) / len(draws) for draws in clip_groups(items).values()]
+    return shown(interval(per_clip))
+
+
+def _heads_by_layer(run: Run) -> dict[int, dict]:
+    """Per layer, the spread over heads (min - max of the head means over clips and draws) of the per-key ratio and the
+    lit share."""
+    columns = ["per_key_ratio", "lit_share"]
+    tables = [measures_by_head(item) for item in items_of(run)]
+    table = tables[0][["layer", "head"]].assign(**(sum(t[columns] for t in tables) / len(tables)))
+    return {layer: {"ratio": f"{g.per_key_ratio.min():.3f}-{g.per_key_ratio.max():.3f}",
+                    "lit": f"{g.lit_share.min():.3f}-{g.lit_share.max():.3f}"} for layer, g in table.groupby("layer")}
 
 
 def _layers_text(run: Run) -> str:
@@ -113,12 +155,14 @@ def _section(run: Run) -> dict:
         "git revision": m.get("git_revision"),
     }
     similarity = depth_curve(run).round(4).to_dict("records") if stepwise else []
+    by_layer = _similarity_by_layer(run) if stepwise and "cka" in _stored(run) else []
     sparsity = sparsity_table(run).round(4).to_dict("records") if run.attention_layers else []
     for row in sparsity:
         row["role"] = run.role(row["layer"])
     measures = []
     if run.attention_layers and run.bands:
-        columns = ["per_key_ratio", "excess_share", "sparsity", "earlier_share"]
+        heads = _heads_by_layer(run)
+        columns = ["per_key_ratio", "excess_share", "earlier_key_nats", "lit_share", "earlier_share"]
         by_range = {steps: table_over_clips(items_of(run), lambda item, steps=steps: attention_measures(item, steps),
                                             "layer", columns).set_index("layer") for steps in ("all", "first10", "last10")}
         for layer, row in by_range["all"].iterrows():
@@ -126,10 +170,32 @@ def _section(run: Run) -> dict:
             measures.append({"layer": layer, "role": run.role(layer), "ratio": cell(row, "per_key_ratio"),
                              "ratio_first": cell(by_range["first10"].loc[layer], "per_key_ratio"),
                              "ratio_last": cell(by_range["last10"].loc[layer], "per_key_ratio"),
-                             "excess": cell(row, "excess_share"), "sparsity": cell(row, "sparsity"),
-                             "share": cell(row, "earlier_share")})
+                             "excess": cell(row, "excess_share"), "nats": cell(row, "earlier_key_nats"),
+                             "lit": cell(row, "lit_share"), "share": cell(row, "earlier_share"),
+                             "heads_ratio": heads[layer]["ratio"], "heads_lit": heads[layer]["lit"]})
+    control = m.get("control") or {}
+    if control:
+        summary["control"] = (f"{control.get('kind')} weights (seed {control.get('seed')}): {control.get('what')}; a "
+                              "random-weight model of the same architecture, which must never come out reproduced")
+    summary["scale"] = scale_text(run)
     return {"name": run_name(run), "summary": summary, "claims": evaluate(run), "figures": figs,
-            "similarity": similarity, "sparsity": sparsity, "measures": measures}
+            "similarity": similarity, "by_layer": by_layer, "sparsity": sparsity, "measures": measures,
+            "scale": scale_text(run), "control": bool(control)}
+
+
+def _stored(run: Run) -> set[str]:
+    """What the run's features file holds per layer beyond the features: gram, token_cosine, centred_cosine, cka."""
+    layer = (run.stepwise_layers or [None])[0]
+    if layer is None:
+        return set()
+    found = set()
+    for what in ("centred_cosine", "cka"):
+        try:
+            run._tensor("features.safetensors", layer, what)
+            found.add(what)
+        except RunError:
+            pass
+    return found
 
 
 def _generation_text(generation: dict | None) -> dict[str, str]:
@@ -201,7 +267,32 @@ def _interventions_section(interventions: dict) -> dict:
     figs |= {
             f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
                 figures.intervention_frames(interventions["videos"], info["context"], shown))}
-    return {"info": info, "claims": claims, "table": table, "figures": figs}
+    return {"info": info, "claims": claims, "table": table, "figures": figs, "reliance": _reliance(interventions)}
+
+
+def _reliance(interventions: dict) -> list[dict]:
+    """Per layer, the quality cost of cutting it (or it and every later layer) off the past, against the truth
+    (loss = unmodified minus knocked out, mean [95% interval] over clips)."""
+    from analyses.claims import shown
+    from analyses.intervals import interval
+
+    table = interventions["table"]
+    reference = table[table.intervention == "none"].set_index("clip")
+    rows = {}
+    for kind, label in (("knockout-layer", "alone"), ("knockout", "from")):
+        for layer, group in table[table.intervention == kind].groupby("layer"):
+            psnr = interval([float(reference.psnr[c] - v) for c, v in zip(group.clip, group.psnr, strict=True)])
+            ssim = interval([float(reference.ssim[c] - v) for c, v in zip(group.clip, group.ssim, strict=True)])
+            rows.setdefault(int(layer), {"layer": int(layer)})[label] = f"{shown(psnr, 2)} dB, SSIM {shown(ssim, 3)}"
+    return [{"layer": k, "alone": v.get("alone", "-"), "from": v.get("from", "-")} for k, v in sorted(rows.items())]
+
+
+def _side_by_side(sections: list[dict]) -> dict:
+    """Every claim's verdict on every run, one row per claim (the trained model beside its controls)."""
+    names = [s["name"] for s in sections]
+    by_claim = zip(*[s["claims"] for s in sections], strict=True)  # every run's claims come in CLAIMS order
+    return {"runs": names, "rows": [{"claim": claims[0].name, "verdicts": [c.verdict for c in claims]}
+                                    for claims in by_claim]}
 
 
 def _emergence_section(study: dict) -> dict:
@@ -238,8 +329,12 @@ def render(runs: list[Run], bench: dict | None = None, interventions: dict | lis
         version = metadata.version("scd-probes")
     except metadata.PackageNotFoundError:
         version = "?"
+    sections = [_section(run) for run in runs]
+    thresholds = [{"name": t.name, "value": f"{t.value:g}", "test": t.test, "provenance": t.provenance(),
+                   "post_hoc": t.post_hoc} for t in THRESHOLDS.values()]
     return env.get_template("report.html.j2").render(
-        sections=[_section(run) for run in runs], overlays=overlays, version=version,
+        sections=sections, overlays=overlays, version=version, side_by_side=_side_by_side(sections),
+        thresholds=thresholds, lit_cut=THRESHOLDS["LIT_CUT_NATS"].value,
         bench=_bench_section(bench) if bench is not None else None,
         interventions=[_interventions_section(i) for i in
                        ([] if interventions is None else [interventions] if isinstance(interventions, dict) else interventions)],

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.claims import INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED, REPRODUCED, combine, evaluate, paper_layers, side
+from analyses.claims import (
+    INCONCLUSIVE,
+    NOT_MEASURED,
+    NOT_OBSERVED,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    combine,
+    evaluate,
+    paper_layers,
+    side,
+)
 from analyses.intervals import interval
 from analyses.pca import pca_images
 from analyses.similarity import cosine_matrix, depth_curve, run_cosine, similarity_table
@@ -29,37 +39,34 @@ FRAMES = [4, 5]  # probed frames of an 6-frame clip
 T = 6
 
 
-def _grams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _grams(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reductions a probe stores for features [F, S, N, D]: Gram, token cosine, centred cosine, CKA."""
     grams = [StepGram() for _ in range(x.shape[0])]
     for f, g in enumerate(grams):
         for s in range(x.shape[1]):
             g.add(x[f, s])
-    pairs = [g.matrices() for g in grams]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    pairs = [g.matrices() + g.centred() for g in grams]
+    return {name: torch.stack([p[i] for p in pairs]) for i, name in enumerate(("gram", "token_cosine",
+                                                                                "centred_cosine", "cka"))}
 
 
 def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.Tensor], steps: int, depth: int = 30,
-           inputs: torch.Tensor | None = None):
+           inputs: torch.Tensor | None = None, clip: int = 0, seed: int = 0):
     """A run directory from constructed features [F, S, N, D] and attention [F, S, H, T] (and the input's features)."""
     entries = {}
     if inputs is not None:
-        entries["input.gram"], entries["input.token_cosine"] = _grams(inputs)
+        entries |= {f"input.{name}": value for name, value in _grams(inputs).items()} | {"input.features": inputs}
     for layer, x in features.items():
-        grams = [StepGram() for _ in FRAMES]
-        for f, g in enumerate(grams):
-            for s in range(steps):
-                g.add(x[f, s])
-        pairs = [g.matrices() for g in grams]
-        entries |= {f"layer{layer}": x, f"layer{layer}.tokens": torch.arange(x.shape[2]),
-                    f"layer{layer}.gram": torch.stack([p[0] for p in pairs]),
-                    f"layer{layer}.token_cosine": torch.stack([p[1] for p in pairs])}
+        entries |= {f"layer{layer}": x, f"layer{layer}.tokens": torch.arange(x.shape[2])}
+        entries |= {f"layer{layer}.{name}": value for name, value in _grams(x).items()}
     video = np.zeros((T, 4, 4, 3), np.uint8)
     layers = sorted(set(features) | set(attention))
     tokens = next(iter(features.values())).shape[2] if features else 4
     manifest = {"model": "constructed", "config": {"depth": depth}, "frames": FRAMES, "steps": list(range(steps)),
                 "layers": layers, "layer_roles": ["causal"] * len(layers), "mode": "full", "tokens_per_frame": tokens,
                 "capture": [kind for kind, given in (("features", features), ("attention", attention)) if given],
-                "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0], "bands": 1}
+                "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0], "bands": 1,
+                "clip": clip, "seed": seed}
     maps = {f"layer{k}.map": v[..., None, :] / tokens for k, v in attention.items()}  # one band: per-key = mass / N
     write_run(path, manifest, features=entries, attention={f"layer{k}": v for k, v in attention.items()} | maps,
               generated=video, ground_truth=video)
@@ -67,10 +74,11 @@ def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.T
 
 
 def _features(similar: bool, steps: int, g: torch.Generator) -> torch.Tensor:
-    """[F, S, 4, 8]: the same features at every step (similar) or a new random draw at every step."""
+    """[F, S, 16, 32]: the same features at every step (similar) or a new random draw at every step (16 tokens: linear
+    CKA of independent draws is biased up with very few tokens)."""
     if similar:
-        return torch.randn(len(FRAMES), 1, 4, 8, generator=g).expand(-1, steps, -1, -1).clone()
-    return torch.randn(len(FRAMES), steps, 4, 8, generator=g)
+        return torch.randn(len(FRAMES), 1, 16, 32, generator=g).expand(-1, steps, -1, -1).clone()
+    return torch.randn(len(FRAMES), steps, 16, 32, generator=g)
 
 
 def _attention(own_frame_share: float, heads: int = 2, steps: int = 3) -> torch.Tensor:
@@ -90,7 +98,7 @@ def test_identical_features_give_similarity_1_and_orthogonal_ones_0():
     eye = torch.eye(16)[:, None, :].expand(-1, 3, -1)  # step s: every token is basis vector e_s
     assert torch.allclose(cosine_matrix(eye, "token"), torch.eye(16, dtype=torch.float64))
     assert torch.allclose(cosine_matrix(eye, "flat"), torch.eye(16, dtype=torch.float64))
-    with pytest.raises(ValueError, match="accepted: token, flat"):
+    with pytest.raises(ValueError, match="accepted: token, flat, centred, cka"):
         cosine_matrix(x[None], "l2")
 
 
@@ -154,44 +162,58 @@ def test_all_mass_on_the_own_frame_gives_a_cross_frame_share_of_0(tmp_path):
 
 def test_paper_layers_of_the_30_block_model():
     assert paper_layers(30) == {"middle": [15], "last3": [27, 28, 29], "deep": [28, 29], "early": [0, 1],
-                                "figure": [0, 1, 5, 10, 20, 25, 28, 29], "span": [8, 22]}
+                                "early_span": list(range(11)), "figure": [0, 1, 5, 10, 20, 25, 28, 29], "span": [8, 22]}
     assert paper_layers(12)["middle"] == [6] and paper_layers(12)["span"] == [3, 8]  # 8 x 11 / 29 = 3.03, 22 x 11 / 29 = 8.34
 
 
+EARLY_AND_PROBED = set(range(11)) | {15, 27, 28, 29}
+
+
 def _claims_sweep(tmp_path, name, *, similar15=True, similar_last=False, deep_own=1.0, steps=50, layers=None,
-                  still_input=False, clips=3):
-    """A sweep of constructed runs: layer 15 the same at every step (or not), the last layers changing (or not),
-    layers 28-29 putting `deep_own` of their attention on the own frame (the rest spread evenly), the input
-    changing across steps (or `still_input`)."""
+                  still_input=False, clips=3, draws=2, shared_noise=False):
+    """A sweep of constructed runs, `draws` noise draws of each clip: layers 0-10 and 15 the same at every step (or
+    not), the last layers changing (or not), layers 28-29 putting `deep_own` of their attention on the own frame
+    (the rest spread evenly), the input changing across steps (or `still_input`). With `shared_noise` every draw
+    of a clip has the same features (a layer that ignores its noise draw: the different-noise control is as
+    similar as the steps)."""
     runs = []
     for clip in range(clips):
-        g = torch.Generator().manual_seed(clip)
-        chosen = layers or {0, 1, 5, 15, 27, 28, 29}
-        features = {layer: _features(similar15 if layer == 15 else similar_last if layer >= 27 else True, steps, g)
-                    for layer in chosen}
-        attention = {layer: _attention(deep_own if layer >= 28 else 0.2 + 0.01 * clip, steps=steps) for layer in chosen}
-        inputs = _features(still_input, steps, g)
-        runs.append(_write(tmp_path / f"{name}{clip}", features, attention, steps, inputs=inputs))
+        for draw in range(draws):
+            g = torch.Generator().manual_seed(clip if shared_noise else 100 * clip + draw)
+            chosen = layers or EARLY_AND_PROBED
+            features = {layer: _features(similar15 if layer == 15 else similar_last if layer >= 27 else True, steps, g)
+                        for layer in sorted(chosen)}
+            attention = {layer: _attention(deep_own if layer >= 28 else 0.2 + 0.01 * clip, steps=steps)
+                         for layer in sorted(chosen)}
+            inputs = _features(still_input, steps, torch.Generator().manual_seed(1000 + 100 * clip + draw))
+            runs.append(_write(tmp_path / f"{name}{clip}-{draw}", features, attention, steps, inputs=inputs, clip=clip,
+                               seed=draw))
     return MergedRun(tmp_path / name, runs[0].manifest, runs)
 
 
 def test_claims_give_each_verdict_on_sweeps_built_for_them(tmp_path):
     paper = evaluate(_claims_sweep(tmp_path, "paper"))
-    assert [c.verdict for c in paper][:3] == [REPRODUCED, REPRODUCED, REPRODUCED]
-    assert "control (two frames)" in paper[0].measured and "3 clips" in paper[0].measured
-    assert "layer 28: ratio 0.000" in paper[2].measured
+    assert [c.verdict for c in paper] == [REPRODUCED] * 6, [(c.name, c.measured) for c in paper if c.verdict != REPRODUCED]
+    assert "cross-frame control" in paper[0].measured and "different-noise control" in paper[0].measured
+    assert "3 clips" in paper[0].measured and "layer 28: ratio 0.000" in paper[4].measured
     against = evaluate(_claims_sweep(tmp_path, "against", similar15=False, similar_last=True, deep_own=0.5))
-    assert [c.verdict for c in against][:3] == [NOT_REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]
+    assert [against[i].verdict for i in (0, 3, 4, 5)] == [NOT_OBSERVED] * 4  # a model unlike the paper's: not observed
     # a layer as still as its input is no evidence of redundant computation: the noise floor
-    still = evaluate(_claims_sweep(tmp_path, "still", still_input=True))[0]
-    assert still.verdict == NOT_REPRODUCED and "layer minus input" in still.measured
+    still = evaluate(_claims_sweep(tmp_path, "still", still_input=True))
+    assert still[0].verdict == NOT_OBSERVED and "layer minus input" in still[0].measured
+    assert still[2].verdict == NOT_OBSERVED  # the still input predicts its last step as well as the layer does
+    # a layer whose features do not depend on the noise draw fails the different-noise control
+    shared = evaluate(_claims_sweep(tmp_path, "shared", shared_noise=True))[0]
+    assert shared.verdict == NOT_OBSERVED and "minus different-noise control" in shared.measured
+    one_draw = evaluate(_claims_sweep(tmp_path, "onedraw", draws=1))[0]
+    assert one_draw.verdict == INCONCLUSIVE and "probe run --seeds 2" in one_draw.measured
     one = evaluate(_claims_sweep(tmp_path, "one", clips=1))
-    assert {c.verdict for c in one} <= {INCONCLUSIVE, NOT_REPRODUCED} and "no interval" in one[0].measured
-    few_steps = evaluate(_claims_sweep(tmp_path, "steps", steps=4))
+    assert {c.verdict for c in one} <= {INCONCLUSIVE, NOT_OBSERVED, NOT_MEASURED} and "no interval" in one[0].measured
+    few_steps = evaluate(_claims_sweep(tmp_path, "steps", steps=4, draws=1))
     assert few_steps[0].verdict == NOT_MEASURED and "4 steps" in few_steps[0].measured
-    missing = evaluate(_claims_sweep(tmp_path, "missing", layers={15}))
-    assert [c.verdict for c in missing][1:] == [NOT_MEASURED] * 3
-    assert "[27, 28, 29] were not probed" in missing[1].measured
+    missing = evaluate(_claims_sweep(tmp_path, "missing", layers={15}, draws=1))
+    assert [c.verdict for c in missing][3:] == [NOT_MEASURED] * 3
+    assert "[27, 28, 29] were not probed" in missing[3].measured
 
 
 def test_per_key_measures_on_constructed_attention():

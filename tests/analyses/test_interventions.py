@@ -102,7 +102,8 @@ def test_bad_interventions_are_refused(tiny_model, tiny_scd):
         pass
     with pytest.raises(InterventionError, match="refresh must be >= 1"), feature_reuse(tiny_model, 1, refresh=0):
         pass
-    with pytest.raises(InterventionError, match="accepted: reuse, knockout"), intervention(tiny_model, "dropout", 1):
+    with pytest.raises(InterventionError, match="accepted: reuse, knockout, knockout-layer"), \
+            intervention(tiny_model, "dropout", 1):
         pass
     with pytest.raises(InterventionError, match="SCD"), attention_knockout(tiny_scd, 1):
         pass
@@ -111,9 +112,14 @@ def test_bad_interventions_are_refused(tiny_model, tiny_scd):
 def test_intervention_table_measures_drift_quality_and_time(tiny_model):
     table = intervention_table(tiny_model, [("reuse", 1), ("knockout", 0)], clips=2, context=2, frames=2, steps=3,
                                progress=False)
-    assert sorted(table.intervention.unique()) == ["knockout", "none", "reuse"] and len(table) == 6
+    assert sorted(table.intervention.unique()) == ["knockout", "none", "redraw", "reuse"] and len(table) == 8
     none = table[table.intervention == "none"]
     assert (none.drift_psnr == float("inf")).all() and (none.drift_max_abs == 0).all()
+    # each clip its own noise (seed + clip); the redraw is the unmodified model from a second draw: it differs
+    assert none.noise_seed.tolist() == [0, 1]
+    assert table[table.intervention == "redraw"].noise_seed.tolist() == [2**31, 2**31 + 1]
+    assert (table[table.intervention == "redraw"].drift_max_abs > 0).all()
+    assert (table[table.intervention == "reuse"].noise_seed.tolist() == [0, 1])
     changed = table[table.intervention != "none"]
     assert (changed.drift_max_abs > 0).all() and (changed.drift_psnr < 100).all()
     summary = intervention_summary(table)
@@ -190,8 +196,73 @@ def test_frame_diagonal_is_the_model_built_with_the_mask(tiny_model, clip):
     assert not torch.equal(generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3), expected)
     table = intervention_table(tiny_model, [("diagonal", 2), ("skip", 1, 2, 2)], clips=1, context=2, frames=1, steps=3,
                                progress=False, others={"diagonal-tuned": masked})
-    assert set(table.intervention) == {"none", "diagonal", "skip", "diagonal-tuned"}
+    assert set(table.intervention) == {"none", "diagonal", "skip", "diagonal-tuned", "redraw"}
     same = table.set_index("intervention")
     assert same.loc["diagonal", "psnr"] == same.loc["diagonal-tuned", "psnr"]  # same weights, same mask
     with pytest.raises(InterventionError, match="first <= last"):
         intervention_table(tiny_model, [("skip", 2, 1, 2)], clips=1, progress=False)
+
+
+def test_single_layer_knockout_cuts_only_that_layer(tiny_model, clip):
+    """knockout-layer 2: block 2's attention reads only the frame's own keys at each denoising step; block 3 still
+    reads every visible frame (counted with raw hooks after the knockout's own)."""
+    n = tiny_model.config.tokens_per_frame
+    seen = {2: [], 3: []}
+    handles = []
+    try:
+        with intervention(tiny_model, "knockout-layer", 2):
+            for layer in (2, 3):
+                handles.append(tiny_model.blocks[layer].attn.hook_k.register_forward_hook(
+                    lambda m, i, o, layer=layer: seen[layer].append(o.shape[1])))
+            generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen[2][1:1 + STEPS] == [n] * STEPS and seen[3][1:1 + STEPS] == [3 * n] * STEPS
+
+
+def test_span_skip_recomputed_at_the_last_steps(tiny_model, clip):
+    """keep 2, tail 2 of 5 steps: the span runs at steps 0, 1, 3, 4 (and the prefill and cache passes), skips step 2;
+    keep 2 with a tail reaching step 2 runs at every step: the unmodified video, bit for bit."""
+    plain = generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3)
+    with span_skip(tiny_model, 1, 2, keep=2, tail=2, steps=STEPS) as counts:
+        calls = _block_calls(tiny_model, lambda: generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3))
+    assert calls[1:3] == [1 + FRAMES * 5] * 2 and counts["skipped"] == 2 * FRAMES
+    with span_skip(tiny_model, 1, 2, keep=2, tail=3, steps=STEPS) as counts:
+        assert torch.equal(generate(tiny_model, clip[:2], FRAMES, steps=STEPS, seed=3), plain)
+    assert counts["skipped"] == 0
+    with pytest.raises(InterventionError, match="accepted: 0..steps"):
+        with span_skip(tiny_model, 1, 2, keep=2, tail=9, steps=STEPS):
+            pass
+
+
+def test_intervention_claims_use_the_noise_floor_and_the_compute_matched_control():
+    """Constructed tables: a surgery within 0.1 dB of the unmodified model is reproduced only when the noise floor is
+    below the threshold and the compute-matched control is measured and matched too."""
+    import pandas as pd
+
+    from analyses.claims import INCONCLUSIVE, NOT_OBSERVED, REPRODUCED, diagonal_tune_recovers, skip_loss_in_last_steps
+
+    def rows(kind, psnr, ssim, clips=8, **extra):
+        return [{"intervention": kind, "layer": extra.get("layer", 25), "span_end": extra.get("span_end", -1),
+                 "keep_steps": extra.get("keep", -1), "tail_steps": extra.get("tail", -1), "clip": c,
+                 "psnr": psnr + 0.01 * c, "ssim": ssim, "drift_psnr": 30.0, "seconds_per_frame": 1.0} for c in range(8)]
+
+    def table(redraw_jitter, control_psnr):
+        out = rows("none", 17.0, 0.70) + rows("diagonal-tuned", 16.95, 0.70) + rows("finetuned", control_psnr, 0.70)
+        redraw = rows("redraw", 17.0, 0.70)
+        for r in redraw:  # a second noise draw: quality moves by +-jitter per clip
+            r["psnr"] += redraw_jitter * (1 if r["clip"] % 2 else -1)
+        return pd.DataFrame(out + redraw)
+
+    assert diagonal_tune_recovers(table(0.05, 16.98), 30).verdict == REPRODUCED
+    noisy = diagonal_tune_recovers(table(2.0, 16.98), 30)  # a floor wider than the 0.5 dB threshold
+    assert noisy.verdict == INCONCLUSIVE and "cannot be resolved" in noisy.measured
+    worse = diagonal_tune_recovers(table(0.05, 18.5), 30)  # the control without the mask is better by 1.5 dB
+    assert worse.verdict == NOT_OBSERVED and "against the control" in worse.measured
+    no_control = diagonal_tune_recovers(table(0.05, 16.98)[lambda t: t.intervention != "finetuned"], 30)
+    assert no_control.verdict == INCONCLUSIVE and "--tuned-control" in no_control.measured
+    assert "post hoc" in no_control.provenance and no_control.original.startswith("reproduced")
+    recompute = pd.DataFrame(rows("none", 17.0, 0.70) + rows("skip", 17.5, 0.40, layer=8, span_end=22, keep=5, tail=0)
+                             + rows("skip", 17.2, 0.68, layer=8, span_end=22, keep=5, tail=10))
+    assert skip_loss_in_last_steps(recompute, 30).verdict == REPRODUCED

@@ -20,7 +20,9 @@ def _write(path, force=False, seed=0, manifest=None):
     for layer in (15, 28):
         features |= {f"layer{layer}": torch.randn(2, 3, 4, 8, generator=g), f"layer{layer}.tokens": torch.arange(4),
                      f"layer{layer}.gram": torch.randn(2, 3, 3, generator=g, dtype=torch.float64),
-                     f"layer{layer}.token_cosine": torch.randn(2, 3, 3, generator=g, dtype=torch.float64)}
+                     f"layer{layer}.token_cosine": torch.randn(2, 3, 3, generator=g, dtype=torch.float64),
+                     f"layer{layer}.centred_cosine": torch.randn(2, 3, 3, generator=g, dtype=torch.float64),
+                     f"layer{layer}.cka": torch.rand(2, 3, 3, generator=g, dtype=torch.float64)}
     attention = {"layer15": torch.softmax(torch.randn(2, 3, 2, 6, generator=g), -1),
                  "layer28": torch.full((2, 3, 2, 6), 1 / 6)}
     attention |= {f"{key}.map": mass[..., None, :] / 16 for key, mass in list(attention.items())}

@@ -509,6 +509,7 @@ QUALITY_LOSS_MAX_SSIM = threshold("QUALITY_LOSS_MAX_SSIM")
 RELIANCE_LOSS_MAX_DB = threshold("RELIANCE_LOSS_MAX_DB")
 RELIANCE_LOSS_MAX_SSIM = threshold("RELIANCE_LOSS_MAX_SSIM")
 RECOMPUTE_GAIN_MIN_SSIM = threshold("RECOMPUTE_GAIN_MIN_SSIM")
+REUSE_ADVANTAGE_MIN_DB = threshold("REUSE_ADVANTAGE_MIN_DB")
 QUALITY_FLOOR = threshold("QUALITY_FLOOR")
 SKIP_CLAIM_STEPS = int(threshold("SKIP_CLAIM_STEPS"))  # the span runs at the first 5 of 50 steps: "after the first steps"
 RECOMPUTE_CLAIM_STEPS = 10    # the recompute claim: the span recomputed at the last 10 of 50 steps (issue 26, before runs)
@@ -551,7 +552,9 @@ def _drift_claim(table, kind: str, layer: int, name: str, statement: str) -> Cla
 def reuse_costs_little(table, depth: int) -> Claim:
     """Step-0 reuse (not the paper's surgery): blocks 0..15 computed once per frame, their output reused."""
     layer = paper_layers(depth)["middle"][0]
-    return _drift_claim(table, "reuse", layer, f"step-0 reuse at layer {layer} costs little",
+    refresh = table.attrs.get("refresh")
+    which = f"reuse at layer {layer}, refreshed every {refresh} steps," if refresh else f"step-0 reuse at layer {layer}"
+    return _drift_claim(table, "reuse", layer, f"{which} costs little",
                         "Early and middle layers can be computed once per frame (this toolkit's stronger test: layer "
                         "15's output from step 0 replaces the residual stream, current noisy frame included).")
 
@@ -562,6 +565,33 @@ def knockout_costs_little(table, depth: int) -> Claim:
     return _drift_claim(table, "knockout", layer, f"knockout from layer {layer} (no adaptation) costs little",
                         "Deep layers do not need past frames (this toolkit's test without the paper's fine-tune: "
                         "layers 25.. attend only within the frame).")
+
+
+def reuse_tracks_redundancy(table, depth: int) -> Claim:
+    """Finding 1, causally: if the middle layers' features are the step-invariant part, reusing them (blocks 0..15,
+    refreshed every m steps) must cost less than reusing the whole network's output over the same steps."""
+    middle, last = paper_layers(depth)["middle"][0], depth - 1
+    refresh = table.attrs.get("refresh")
+    name = (f"reusing blocks 0..{middle} drifts less than reusing every block ("
+            + (f"both refreshed every {refresh} steps)" if refresh else "both from step 0)"))
+    statement = ("Early and middle layers compute nearly the same features at every step, so they are the part that "
+                 "can be computed once and reused.")
+    threshold = (f"PSNR vs the unmodified frames of reuse from layer {middle} minus that of reuse from layer {last}, "
+                 f"paired over clips, > {REUSE_ADVANTAGE_MIN_DB:g} dB by its {CONFIDENCE:.0%} interval")
+    extra = dict(provenance=provenance("REUSE_ADVANTAGE_MIN_DB"), scale=_SCALE)
+    ours, whole = _rows(table, "reuse", middle).set_index("clip"), _rows(table, "reuse", last).set_index("clip")
+    if ours.empty or whole.empty:
+        return Claim(name, statement, threshold, f"reuse from layers {middle} and {last} was not measured (probe "
+                     f"intervene --reuse {middle},{last})", NOT_MEASURED, **extra)
+    clips = [c for c in ours.index if c in whole.index]
+    cap = lambda v: min(float(v), 200.0)  # noqa: E731  (identical frames: inf dB)
+    diff = interval([cap(ours.drift_psnr[c]) - cap(whole.drift_psnr[c]) for c in clips])
+    shared = "noise_seed" not in table or table[table.intervention == "none"].noise_seed.nunique() == 1
+    measured = (f"reuse from {middle}: {ours.drift_psnr.mean():.1f} dB, from {last}: {whole.drift_psnr.mean():.1f} dB; "
+                f"difference {shown(diff, 2)} dB; {clips_note(diff[3])}"
+                + ("; every clip drawn with the same noise seed (a table made before issue 26)" if shared else ""))
+    return Claim(name, statement, threshold, measured, _worded(side(diff, REUSE_ADVANTAGE_MIN_DB + 1e-12, True)),
+                 {"reuse advantage dB": diff}, **extra)
 
 
 def noise_floor(table) -> dict | None:
@@ -689,4 +719,4 @@ def past_not_needed(table, depth: int) -> Claim:
 
 
 INTERVENTION_CLAIMS = (span_skip_keeps_quality, skip_loss_in_last_steps, diagonal_tune_recovers, reuse_costs_little,
-                       knockout_costs_little, past_not_needed)
+                       reuse_tracks_redundancy, knockout_costs_little, past_not_needed)

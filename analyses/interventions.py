@@ -375,5 +375,7 @@ def load_interventions(path: str | Path) -> dict:
     table = table.assign(**{c: -1 for c in ("span_end", "keep_steps", "tail_steps") if c not in table})  # older tables
     with np.load(path / "frames.npz") as frames:
         videos = {name: frames[name] for name in frames.files}
-    return {"info": json.loads((path / "interventions.json").read_text()), "table": table,
+    info = json.loads((path / "interventions.json").read_text())
+    table.attrs["refresh"] = info.get("refresh")  # the claims name reuse by its refresh
+    return {"info": info, "table": table,
             "summary": intervention_summary(table), "videos": videos}

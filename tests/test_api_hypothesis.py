@@ -166,14 +166,23 @@ def test_output_paths_answer_or_refuse(path, tmp_path):
     from scd.train import train
     from scd.train_config import TrainConfig
 
+    from unittest import mock
+
     sandbox = tmp_path / "sandbox"
     shutil.rmtree(sandbox, ignore_errors=True)
     sandbox.mkdir()
     os.chdir(sandbox)
+    shipped = tmp_path / "checkpoints"  # export writes shipped checkpoints: never into the repository's own
+    shipped.mkdir(exist_ok=True)
     video = np.zeros((2, 4, 4, 3), np.uint8)
+
+    def export() -> None:
+        with mock.patch("scd.evaluate.CHECKPOINT_DIR", shipped):
+            export_checkpoint(path, "x")
+
     for call in (lambda: write_report([path], "r.html"), lambda: write_report(["r"], path),
                  lambda: write_report(path, "r.html"), lambda: train(TrainConfig(size="tiny", steps=1), path),
-                 lambda: export_checkpoint(path, "x"), lambda: write_run(path, {}, generated=video, ground_truth=video)):
+                 export, lambda: write_run(path, {}, generated=video, ground_truth=video)):
         before = sorted(sandbox.rglob("*"))
         if answer(call) is None:
             assert sorted(sandbox.rglob("*")) == before

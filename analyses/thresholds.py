@@ -104,7 +104,7 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "issue 26 reported 17.21-17.80 dB across noise draws on the same 32 clips"),
     Threshold("REUSE_ADVANTAGE_MIN_DB", 0.0, "finding 1, causal: reusing blocks 0..15 between refreshes drifts less "
               "from the unmodified frames than reusing every block (PSNR vs unmodified, paired over clips) by more "
-              "than this", "PENDING", "2026-12-01", AFTER, "issue 26 reported that reusing every block drifts less "
+              "than this", "1945954", "2026-12-01", AFTER, "issue 26 reported that reusing every block drifts less "
               "than reusing up to 15 (36.3 vs 31.5 dB every 5 steps)"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,

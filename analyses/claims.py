@@ -172,12 +172,12 @@ def _per_item(run: Run, measure: Callable[[Run], float]) -> tuple[float, float, 
     return over_clips(items_of(run), measure)
 
 
-_ONCE_PER_FRAME = ("layer {layer} is in SCD's encoder, which runs once per frame by design: no denoising steps "
-                   "to compare")
+_ONCE_PER_FRAME = ("{layer} in SCD's encoder, which runs once per frame by design: no denoising steps to compare")
 
 
 def _layer_name(paper: str, layers: list[int], depth: int) -> str:
-    mapped = ", ".join(map(str, layers)) if len(layers) < 4 else f"{layers[0]}-{layers[-1]}"
+    contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    mapped = f"{layers[0]}-{layers[-1]}" if len(layers) >= 4 and contiguous else ", ".join(map(str, layers))
     return f"layer{'s' if len(layers) > 1 else ''} {mapped}" + ("" if depth == 30 else f" (the paper's {paper})")
 
 
@@ -269,7 +269,8 @@ def _finding1_checks(run: Run, layers: list[int]) -> str | None:
     steps = len(run.manifest.get("steps", []))
     encoder = [layer for layer in layers if run.role(layer) == "encoder"]
     if encoder:
-        return _ONCE_PER_FRAME.format(layer=", ".join(map(str, encoder)))
+        return _ONCE_PER_FRAME.format(layer=f"layer {encoder[0]} is" if len(encoder) == 1 else
+                                      f"layers {', '.join(map(str, encoder))} are")
     missing = [layer for layer in layers if layer not in run.feature_layers]
     if missing:
         return f"layers {missing} were not probed (features)"
@@ -395,7 +396,8 @@ def last_layers_less_similar(run: Run) -> Claim:
                  f"{CONFIDENCE:.0%} interval over clips")
     extra = dict(provenance=provenance("LAST_LAYERS_MARGIN"), scale=scale_text(run))
     if run.role(middle) == "encoder":
-        return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=middle), NOT_MEASURED, **extra)
+        return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=f"layer {middle} is"), NOT_MEASURED,
+                     **extra)
     missing = [layer for layer in [middle, *last] if layer not in run.feature_layers]
     if missing:
         return Claim(name, statement, threshold, f"layers {missing} were not probed (features)", NOT_MEASURED, **extra)

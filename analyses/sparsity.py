@@ -95,10 +95,16 @@ def uniform_key_nats(frames: list[int], role: str, frames_per_block: int, tokens
     return -torch.log(torch.tensor(visible, dtype=torch.float64) * tokens)
 
 
-def context_key_nats(maps: torch.Tensor, frames: list[int], bands: int, uniform: torch.Tensor) -> torch.Tensor:
+def context_key_nats(maps: torch.Tensor, frames: list[int], bands: int, uniform: torch.Tensor,
+                     role: str = "causal") -> torch.Tensor:
     """Per-key ln p of the context cells of pooled maps [F, ..., g, T*g] minus uniform's for the query's frame
-    (`uniform_key_nats`): [..., cells], flattened over frames; -inf where a key gets nothing."""
-    parts = [maps[i, ..., : frame * bands].flatten(-2).double().log() - uniform[i] for i, frame in enumerate(frames)]
+    (`uniform_key_nats`): [..., cells], flattened over frames; -inf where a key gets nothing. Context cells are the
+    earlier frames' cells the query can see at a layer of this `role` (all earlier frames for a causal layer, the
+    frame before for SCD's decoder, none for a frame-local layer): a frame the mask hides is no evidence of
+    sparse attention."""
+    seen = earlier_frames_seen(frames, role)
+    parts = [maps[i, ..., (frame - k) * bands: frame * bands].flatten(-2).double().log() - uniform[i]
+             for i, (frame, k) in enumerate(zip(frames, seen, strict=True))]
     return torch.cat(parts, dim=-1)
 
 
@@ -237,7 +243,7 @@ def attention_measures(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd
         maps = maps if role == "encoder" else maps[:, chosen]
         cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands)
         uniform = uniform_key_nats(frames, role, run.frames_per_block, run.manifest["tokens_per_frame"])
-        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform), cut)
+        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role), cut)
         rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames).mean()),
                      "excess_share": float(excess_share(mass, frames, role, run.frames_per_block).mean()),
                      "per_key_ratio": float(per_key_ratio(mass, frames, role)),
@@ -283,7 +289,7 @@ def measures_by_head(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd.D
         mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
         maps = run.attention_map(layer) if role == "encoder" else run.attention_map(layer)[:, chosen]
         uniform = uniform_key_nats(frames, role, run.frames_per_block, run.manifest["tokens_per_frame"])
-        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform), cut)  # [H]
+        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role), cut)  # [H]
         ratio = per_key_ratio(mass, frames, role, dims=(0, 1))
         excess = excess_share(mass, frames, role, run.frames_per_block).mean((0, 1))
         nats = earlier_key_nats(mass, frames, role, run.frames_per_block, dims=(0, 1))

@@ -89,6 +89,10 @@ def test_per_layer_nats_and_lit_share_by_hand():
     assert nats.tolist() == pytest.approx([0.0, -8.0, 0.0, 0.0, -6.5], abs=1e-6)  # context cells, frame-major (float32 map)
     assert lit_share(nats, 7.0).item() == pytest.approx(4 / 5)  # one cell more than 7 nats below uniform
     assert lit_share(nats, 6.0).item() == pytest.approx(3 / 5)
+    # a layer that cannot see a frame (SCD's decoder sees only the frame before) is not dark there
+    decoder = context_key_nats(maps[1:], [3], bands, uniform_key_nats([3], "decoder", 1, tokens), "decoder")
+    assert decoder.tolist() == pytest.approx([math.log(math.exp(-6.5) / 16 * 8)], abs=1e-6)  # frame 2 only, 8 keys
+    assert context_key_nats(maps[1:], [3], bands, uniform[1:], "frame-local").numel() == 0
     # earlier_key_nats: per earlier key over uniform per key; uniform attention gives 0 nats, own frame only -inf
     mass = torch.zeros(2, 1, 1, 4)
     for i, frame in enumerate(frames):

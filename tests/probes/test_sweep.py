@@ -53,11 +53,11 @@ def test_torchrun_shards_a_sweep_and_the_merged_run_equals_one_process(checkpoin
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["shard-00-of-02", "shard-01-of-02"]
-    assert sorted(p.name for p in (out / "shard-01-of-02").iterdir()) == ["clip1-seed0", "clip3-seed0", "shard.json"]
+    assert sorted(p.name for p in (out / "shard-01-of-02").iterdir()) == ["clip1-seed1", "clip3-seed3", "shard.json"]
     merged, reference = load_run(out), load_run(one_process)
     assert isinstance(merged, MergedRun) and [i["clip"] for i in merged.manifest["sweep"]["items"]] == [0, 1, 2, 3]
     assert_same_run(merged, reference)
-    for rank, item in ((0, "clip0-seed0"), (1, "clip3-seed0")):  # each item's own run too, bitwise
+    for rank, item in ((0, "clip0-seed0"), (1, "clip3-seed3")):  # each item's own run too, bitwise
         sharded, single = load_run(out / f"shard-0{rank}-of-02" / item), load_run(one_process / "shard-00-of-01" / item)
         for layer in sharded.attention_layers:
             assert torch.equal(sharded.attention(layer), single.attention(layer))
@@ -65,7 +65,7 @@ def test_torchrun_shards_a_sweep_and_the_merged_run_equals_one_process(checkpoin
 
 def test_the_merged_run_averages_its_items(one_process):
     merged = load_run(one_process)
-    items = [load_run(one_process / "shard-00-of-01" / f"clip{c}-seed0") for c in range(4)]
+    items = [load_run(one_process / "shard-00-of-01" / f"clip{c}-seed{c}") for c in range(4)]  # each clip: seed + clip
     for layer in merged.feature_layers:
         expected = torch.stack([run.token_cosine(layer) for run in items]).mean(0)
         torch.testing.assert_close(merged.token_cosine(layer), expected, atol=1e-12, rtol=0)
@@ -78,9 +78,9 @@ def test_the_merged_run_averages_its_items(one_process):
 def test_probe_show_and_report_read_a_sweep(one_process, tmp_path, capsys):
     assert main(["show", str(one_process)]) == 0
     shown = capsys.readouterr().out
-    assert "4 runs (clips [0, 1, 2, 3], seeds [0])" in shown and "std over 4 runs" in shown
+    assert "4 runs (clips [0, 1, 2, 3], seeds [0, 1, 2, 3])" in shown and "std over 4 runs" in shown
     html = write_report([one_process], tmp_path / "report.html").read_text()
-    assert "cross-step" in html and "mean of 4 runs (clips [0, 1, 2, 3], seeds [0], 1 shards)" in html
+    assert "cross-step" in html and "mean of 4 runs (clips [0, 1, 2, 3], seeds [0, 1, 2, 3], 1 shards)" in html
 
 
 def test_incomplete_sweeps_are_refused(one_process, tmp_path):

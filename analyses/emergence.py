@@ -25,6 +25,7 @@ import torch
 
 from analyses.claims import (
     DEEP_RATIO_MAX,
+    NOT_OBSERVED,
     REPRODUCED,
     deep_layers_local,
     items_of,
@@ -83,6 +84,12 @@ def _quality(run: Run) -> dict:
             rows[f"{who}_ssim"].append(float(ssim.mean()))
     rows["gain_psnr"] = [m - c for m, c in zip(rows["model_psnr"], rows["copy_psnr"], strict=True)]
     return {name: _as_list(interval(values)) for name, values in rows.items()}
+
+
+def observed(verdict: str) -> str:
+    """A card's verdict as the claims word it now: these small variants are not the paper's setting, so a verdict
+    recorded as "not reproduced" is "not observed in this model" (cards written before issue 26 keep their JSON)."""
+    return NOT_OBSERVED if verdict == "not reproduced" else verdict
 
 
 def _claim(claim) -> dict:
@@ -266,12 +273,12 @@ def emergence_table(cards: list[dict], reference: str) -> pd.DataFrame:
                "SSIM vs truth": value_text(q["model_ssim"]), "copy-last SSIM": value_text(q["copy_ssim"]),
                "L15 cross-step": value_text(f1["values"].get("cross-step")),
                "L15 control (two frames)": value_text(f1["values"].get("cross-frame control")),
-               "finding 1": f1["verdict"]}
+               "finding 1 (criteria before issue 26)": observed(f1["verdict"])}
         for layer in deep:
             for steps in STEP_RANGES:
                 row[f"L{layer} ratio, {steps}"] = value_text(card["finding2"].get(str(layer), {}).get(f"per_key_ratio_{steps}"))
-        row["finding 2 (per key)"] = claims["deep_layers_local"]["verdict"]
-        row["finding 2 (sparse maps)"] = claims["sparse_deep_attention"]["verdict"]
+        row["finding 2 (per key)"] = observed(claims["deep_layers_local"]["verdict"])
+        row["finding 2 (sparse maps, the old convention)"] = observed(claims["sparse_deep_attention"]["verdict"])
         rows.append(row)
     return pd.DataFrame(rows).fillna("-")
 
@@ -339,7 +346,7 @@ def answer(cards: list[dict], reference: str) -> str:
             value = card["finding2"][layer]["per_key_ratio_all"]
             parts.append(f"layer {layer} {value[0]:.3f}, x{value_text(rel, 2)} the reference's")
             moved.append((card["name"], layer, rel))
-        verdict = card["claims"]["deep_layers_local"]["verdict"]
+        verdict = observed(card["claims"]["deep_layers_local"]["verdict"])
         lines.append(f"- `{card['name']}` ({factor_text(card, ref)}): {'; '.join(parts) or 'deep layers not probed'}; "
                      f"finding 2: {verdict}; PSNR {card['quality']['model_psnr'][0]:.2f} dB (copy-last "
                      f"{card['quality']['copy_psnr'][0]:.2f}).")

@@ -16,7 +16,16 @@ import torch
 from matplotlib.figure import Figure
 
 from analyses.claims import DEEP_RATIO_MAX
-from analyses.emergence import answer, deep_layers, emergence_table, factor_text, layer_table, order, value_text
+from analyses.emergence import (
+    answer,
+    deep_layers,
+    emergence_table,
+    factor_text,
+    layer_table,
+    observed,
+    order,
+    value_text,
+)
 from analyses.paper_figures import draw_map
 from analyses.sparsity import colour_range, context_cells
 
@@ -106,7 +115,7 @@ Measure a trained run into a card (needs its checkpoints, `runs/` is not in git)
 def card_markdown(card: dict, reference: dict) -> str:
     """A variant's card in words: training, data, compute, hardware, quality, the claims' verdicts."""
     t, q = card["training"], {k: value_text(v, 2 if "psnr" in k else 3) for k, v in card["quality"].items()}
-    claims = "\n".join(f"- {c['name']}: **{c['verdict']}** ({c['measured']})" for c in card["claims"].values())
+    claims = "\n".join(f"- {c['name']}: **{observed(c['verdict'])}** ({c['measured']})" for c in card["claims"].values())
     return f"""# Variant card: `{card['name']}`
 
 Differs from the reference (`{reference['name']}`): {factor_text(card, reference)}.

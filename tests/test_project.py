@@ -28,8 +28,13 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     shipped = json.loads((ROOT / "scd" / "checkpoints" / "baseline.json").read_text())["sha256"]
     assert shipped in html and "layers 28, 29 barely attend to past frames (per key)" in html
     readme = (ROOT / "README.md").read_text()
-    command = "probe report reports/runs/baseline-layers-all --interventions reports/interventions -o reports/baseline.html"
+    command = ("probe report reports/runs/baseline-layers-all reports/runs/baseline-permuted-layers-all "
+               "reports/runs/scd-layers-all \\\n    --interventions reports/interventions-surgeries")
     assert command in readme
+    # the trained model beside its random-weight control, every claim with its thresholds' provenance
+    assert "Claims, side by side" in html and "baseline (permuted weights, seed 0)" in html
+    assert "post hoc: set 2026-11-25 in cf35735" in html and "pre-registered: set 2026-12-01" in html
+    assert "not observed in this model" in html and "under the original criterion" in html
     # ... with the committed interventions, made from the same checkpoint
     interventions = json.loads((ROOT / "reports" / "interventions" / "interventions.json").read_text())
     assert interventions["checkpoint"]["sha256"] == shipped and interventions["clips"] >= 16
@@ -37,10 +42,22 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     # ... and the paper's two surgeries, measured on 32 clips, the fine-tuned frame-diagonal model beside them
     surgeries = json.loads((ROOT / "reports" / "interventions-surgeries" / "interventions.json").read_text())
     tuned = json.loads((ROOT / "scd" / "checkpoints" / "baseline-diagonal.json").read_text())["sha256"]
+    control = json.loads((ROOT / "scd" / "checkpoints" / "baseline-finetuned.json").read_text())["sha256"]
     assert surgeries["checkpoint"]["sha256"] == shipped and surgeries["tuned"]["sha256"] == tuned
-    assert surgeries["clips"] >= 32
+    assert surgeries["tuned_control"]["sha256"] == control and surgeries["clips"] >= 32
+    reliance = json.loads((ROOT / "reports" / "interventions-reliance" / "interventions.json").read_text())
+    assert reliance["checkpoint"]["sha256"] == shipped and "Reliance on the past, causally" in html
     assert "skipping layers 8-22 after step 5 keeps quality" in html
     assert "frame-diagonal layers 25-29, fine-tuned, recover quality" in html
+
+
+def test_the_shipped_checkpoints_are_the_known_set():
+    """Nothing but the shipped models in scd/checkpoints (a test once exported a checkpoint 'x' into it)."""
+    from scd.zoo import shipped_models
+
+    assert shipped_models() == ["baseline", "baseline-diagonal", "baseline-finetuned", "scd"]
+    names = sorted(p.name for p in (ROOT / "scd" / "checkpoints").iterdir())
+    assert names == sorted(f"{m}{ext}" for m in shipped_models() for ext in (".json", ".md", ".safetensors"))
 
 
 def test_the_scd_report_and_bench_are_made_from_both_shipped_checkpoints():

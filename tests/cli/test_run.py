@@ -173,3 +173,26 @@ def test_the_default_run_probes_the_shipped_baseline(tmp_path, capsys):
     assert m["steps"] == list(range(50)) and m["capture"] == ["features", "attention"] and m["mode"] == "full"
     assert m["checkpoint"]["sha256"] == json.loads((CHECKPOINT_DIR / "baseline.json").read_text())["sha256"]
     assert run.features(15).shape == (4, 50, 64, 128) and run.attention(15).shape == (4, 50, 4, 8)
+
+
+def test_a_sweep_gives_each_clip_and_draw_its_own_noise(tiny_checkpoint, tmp_path):
+    """--clip 0-1 --seeds 2 --seed 5: clip c's draw j is denoised from seed 5 + c + j * 2^31, recorded in each manifest;
+    the same clip's two draws differ, and a single run of clip 1 is clip 1's first draw of the sweep, bit for bit."""
+    import numpy as np
+
+    assert _run(tiny_checkpoint, tmp_path / "sweep", "--clip", "0-1", "--seeds", "2", "--seed", "5") == 0
+    sweep = load_run(tmp_path / "sweep")
+    seeds = {(i.manifest["clip"], i.manifest["seed"], i.manifest["generation"]["noise_seed"]) for i in sweep.items}
+    assert seeds == {(0, 5, 5), (0, 5 + 2**31, 5 + 2**31), (1, 6, 6), (1, 6 + 2**31, 6 + 2**31)}
+    videos = {(i.manifest["clip"], i.manifest["seed"]): i.video()[0] for i in sweep.items}
+    assert not np.array_equal(videos[(0, 5)][2:], videos[(0, 5 + 2**31)][2:])  # generated frames: other noise
+    assert _run(tiny_checkpoint, tmp_path / "one", "--clip", "1", "--seed", "5") == 0
+    assert np.array_equal(load_run(tmp_path / "one").video()[0], videos[(1, 6)])
+
+
+def test_the_permuted_control_is_recorded(tiny_checkpoint, tmp_path):
+    assert _run(tiny_checkpoint, tmp_path / "ctl", "--control", "permuted", "--control-seed", "3") == 0
+    m = load_run(tmp_path / "ctl").manifest
+    assert m["control"]["kind"] == "permuted" and m["control"]["seed"] == 3 and "permuted weights, seed 3" in m["model"]
+    assert _run(tiny_checkpoint, tmp_path / "plain") == 0
+    assert load_run(tmp_path / "plain").manifest.get("control") is None

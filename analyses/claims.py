@@ -76,8 +76,9 @@ class Claim:
 
 
 def provenance(*names: str) -> str:
-    """The provenance lines of the named thresholds, for a claim."""
-    return "; ".join(f"{name} = {THRESHOLDS[name].value:g}: {THRESHOLDS[name].provenance()}" for name in names)
+    """The provenance of the named thresholds, one short entry each, for a claim (the full account is
+    `Threshold.provenance`, in the report's thresholds table)."""
+    return "; ".join(f"{name} = {THRESHOLDS[name].value:g}: {THRESHOLDS[name].short()}" for name in names)
 
 
 def paper_layers(depth: int) -> dict[str, list[int]]:

@@ -35,6 +35,12 @@ class Threshold:
     def post_hoc(self) -> bool:
         return self.timing == AFTER
 
+    def short(self) -> str:
+        """"post hoc (cf35735; changed from 0.95)" or "pre-registered (2a96325)": the claims tables' column."""
+        changed = f"; changed from {self.original:g}" if self.original is not None else (
+            "; changed from another rule" if self.original_rule else "")
+        return f"{'post hoc' if self.post_hoc else 'pre-registered'} ({self.commit[:7]}{changed})"
+
     def provenance(self) -> str:
         """One line for the report's provenance column."""
         when = f"set {self.date[:10]} in {self.commit[:7]}"

@@ -281,8 +281,8 @@ def _reliance(interventions: dict) -> list[dict]:
     rows = {}
     for kind, label in (("knockout-layer", "alone"), ("knockout", "from")):
         for layer, group in table[table.intervention == kind].groupby("layer"):
-            psnr = interval([float(reference.psnr[c] - v) for c, v in zip(group.clip, group.psnr, strict=True)])
-            ssim = interval([float(reference.ssim[c] - v) for c, v in zip(group.clip, group.ssim, strict=True)])
+            psnr = interval([float(reference.psnr[c] - v) for c, v in zip(group["clip"], group.psnr, strict=True)])
+            ssim = interval([float(reference.ssim[c] - v) for c, v in zip(group["clip"], group.ssim, strict=True)])
             rows.setdefault(int(layer), {"layer": int(layer)})[label] = f"{shown(psnr, 2)} dB, SSIM {shown(ssim, 3)}"
     return [{"layer": k, "alone": v.get("alone", "-"), "from": v.get("from", "-")} for k, v in sorted(rows.items())]
 

@@ -100,3 +100,19 @@ def test_report_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
     assert main(["report", str(runs[1]), "-o", str(tmp_path / "r.pdf")]) == 2
     assert "is not an .html file; accepted: a path ending in .html" in error()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "incomplete"]  # nothing written
+
+
+def test_the_reliance_table_is_the_loss_against_the_truth_per_layer():
+    """Constructed: knocking out layer 2 alone costs 1 dB on every clip, layers 3.. cost 0: the table says so."""
+    import pandas as pd
+
+    from analyses.report import _reliance
+
+    rows = []
+    for clip in range(3):
+        rows.append({"intervention": "none", "layer": -1, "clip": clip, "psnr": 20.0 + clip, "ssim": 0.7})
+        rows.append({"intervention": "knockout-layer", "layer": 2, "clip": clip, "psnr": 19.0 + clip, "ssim": 0.6})
+        rows.append({"intervention": "knockout", "layer": 3, "clip": clip, "psnr": 20.0 + clip, "ssim": 0.7})
+    table = _reliance({"table": pd.DataFrame(rows)})
+    assert table == [{"layer": 2, "alone": "1.00 [1.00, 1.00] dB, SSIM 0.100 [0.100, 0.100]", "from": "-"},
+                     {"layer": 3, "alone": "-", "from": "0.00 [0.00, 0.00] dB, SSIM 0.000 [0.000, 0.000]"}]

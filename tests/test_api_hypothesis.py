@@ -157,6 +157,7 @@ def test_output_paths_answer_or_refuse(path, tmp_path):
     """Every writer of the public API either writes (a path that can name a new file) or refuses the toolkit's way and
     writes nothing."""
     import shutil
+    from unittest import mock
 
     import numpy as np
 
@@ -165,8 +166,6 @@ def test_output_paths_answer_or_refuse(path, tmp_path):
     from scd.evaluate import export_checkpoint
     from scd.train import train
     from scd.train_config import TrainConfig
-
-    from unittest import mock
 
     sandbox = tmp_path / "sandbox"
     shutil.rmtree(sandbox, ignore_errors=True)

@@ -4,7 +4,7 @@ import pandas as pd
 
 from analyses.claims import (
     NOT_MEASURED,
-    NOT_REPRODUCED,
+    NOT_OBSERVED,
     REPRODUCED,
     diagonal_tune_recovers,
     knockout_costs_little,
@@ -33,7 +33,8 @@ def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(tiny_checkp
     loaded = load_interventions(out)
     summary = loaded["summary"]
     assert [tuple(r) for r in summary[["intervention", "layer"]].values] == \
-        [("none", -1), ("reuse", 1), ("reuse", 2), ("knockout", 0), ("knockout", 1), ("knockout", 2), ("knockout", 3)]
+        [("none", -1), ("reuse", 1), ("reuse", 2), ("knockout", 0), ("knockout", 1), ("knockout", 2), ("knockout", 3),
+         ("redraw", -1)]  # redraw: the unmodified model from a second noise draw, the noise floor
     assert (loaded["table"].groupby(["intervention", "layer"]).clip.nunique() == 2).all()
     assert loaded["videos"]["reuse2"].shape == (4, 16, 16, 3) and "ground_truth" in loaded["videos"]
     assert "PSNR vs unmodified (dB)" in (out / "interventions.md").read_text()
@@ -64,7 +65,7 @@ def test_the_paper_surgeries_from_the_command(tiny_checkpoints, tmp_path):
     summary = load_interventions(out)["summary"]
     rows = [tuple(r) for r in summary[["intervention", "layer", "span_end", "keep_steps"]].values]
     assert rows == [("none", -1, -1, -1), ("skip", 1, 2, 1), ("skip", 1, 2, 2), ("diagonal", 0, -1, -1),
-                    ("diagonal-tuned", 0, -1, -1)]
+                    ("diagonal-tuned", 0, -1, -1), ("redraw", -1, -1, -1)]
     same = summary.set_index("intervention")
     assert same.loc["diagonal", "psnr"] == same.loc["diagonal-tuned", "psnr"]  # the same weights under the same mask
     html = tmp_path / "report.html"
@@ -88,15 +89,19 @@ def test_the_causal_claims_read_the_table_with_intervals():
                  {**base, "intervention": "knockout", "layer": 25, "drift_psnr": 22 + wobble, "psnr": 17 + wobble},
                  {**base, "intervention": "skip", "layer": 8, "span_end": 22, "keep_steps": 5, "drift_psnr": 31 + wobble,
                   "psnr": 17.95 + wobble, "seconds_per_frame": 0.5},
-                 {**base, "intervention": "diagonal-tuned", "layer": 25, "drift_psnr": 20 + wobble, "psnr": 16 + wobble}]
+                 {**base, "intervention": "diagonal-tuned", "layer": 25, "drift_psnr": 20 + wobble, "psnr": 16 + wobble},
+                 {**base, "intervention": "redraw", "layer": -1, "drift_psnr": 25.0, "psnr": 18 + wobble + 0.01 * (-1) ** clip,
+                  "ssim": 0.7 + 0.01 * clip + 0.001 * (-1) ** clip}]  # a second noise draw: a narrow floor
     table = pd.DataFrame(rows)
     assert reuse_costs_little(table, 30).verdict == REPRODUCED
-    assert knockout_costs_little(table, 30).verdict == NOT_REPRODUCED
+    assert knockout_costs_little(table, 30).verdict == NOT_OBSERVED  # a model unlike the paper's
     skip = span_skip_keeps_quality(table, 30)
     assert skip.verdict == REPRODUCED and "speed-up 2.00x" in skip.measured and "PSNR loss 0.05" in skip.measured
     blurred = table.assign(ssim=table.ssim.where(table.intervention != "skip", 0.4))  # PSNR kept, structure lost
-    assert span_skip_keeps_quality(blurred, 30).verdict == NOT_REPRODUCED
-    assert diagonal_tune_recovers(table, 30).verdict == NOT_REPRODUCED  # 2 dB below the unmodified model
+    assert span_skip_keeps_quality(blurred, 30).verdict == NOT_OBSERVED
+    assert diagonal_tune_recovers(table, 30).verdict == NOT_OBSERVED  # 2 dB below the unmodified model
+    floorless = span_skip_keeps_quality(table[table.intervention != "redraw"], 30)
+    assert floorless.verdict == "inconclusive" and "noise floor not measured" in floorless.measured
     assert reuse_costs_little(table[table.intervention != "reuse"], 30).verdict == NOT_MEASURED
     assert span_skip_keeps_quality(table[table["clip"] == 0], 30).verdict == "inconclusive"  # one clip: no interval
 
@@ -131,5 +136,5 @@ def test_on_scd_reuse_applies_to_its_decoder(tiny_checkpoints, tmp_path):
     out = tmp_path / "iv"
     assert main(["intervene", "--model", str(scd), "--knockout", "none", *SMALL, "--out", str(out)]) == 0
     summary = load_interventions(out)["summary"]
-    assert summary.layer.tolist() == [-1, 3, 4]  # tiny SCD: encoder 0..2, decoder 3..4
+    assert summary.layer.tolist() == [-1, 3, 4, -1]  # tiny SCD: encoder 0..2, decoder 3..4; then the redraw
     assert (summary[summary.layer == 4].drift_max_abs > 0).all()

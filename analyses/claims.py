@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from analyses.errors import AnalysisError, takes_run
 from analyses.intervals import CONFIDENCE, clip_groups, interval, over_clips
+from analyses.redundancy import functional_table
 from analyses.similarity import cross_frame_similarities, cross_noise_similarities, input_similarity, run_cosine
 from analyses.sparsity import attention_measures, measures_by_head
 from analyses.thresholds import THRESHOLDS, threshold
@@ -354,8 +355,6 @@ def early_layers_similarity(run: Run) -> Claim:
 @takes_run
 def functional_redundancy(run: Run) -> Claim:
     """Finding 1, functionally: step-s features predict the last step's better than the blocks' input does its own."""
-    from analyses.redundancy import functional_table
-
     layer = paper_layers(run.depth)["middle"][0]
     name = f"step-s features at {_layer_name('15', [layer], run.depth)} predict the last step's (linear fit)"
     statement = ("What a middle layer computes at an early step already holds what it computes at the last one "

@@ -183,30 +183,32 @@ def _layer_name(paper: str, layers: list[int], depth: int) -> str:
     return f"layer{'s' if len(layers) > 1 else ''} {mapped}" + ("" if depth == 30 else f" (the paper's {paper})")
 
 
-def _memo(item: Run, key: tuple, compute: Callable[[], float]) -> float:
-    """A number of one run, computed once per Run object (claims ask the same number in several clauses)."""
+def memoized(item: Run, key: tuple, compute: Callable[[], object]) -> object:
+    """A measure of one run, computed once per Run object (the claims and the report ask for the same ones)."""
     cache = item.__dict__.setdefault("_claims_cache", {})
     if key not in cache:
         cache[key] = compute()
     return cache[key]
 
 
-def _cross_step(item: Run, layer: int, kind: str = "token") -> float:
-    return _memo(item, ("step", layer, kind), lambda: float(off_diagonal(run_cosine(item, layer, kind)).mean()))
+def cross_step(item: Run, layer: int, kind: str = "token") -> float:
+    """Mean off-diagonal step x step similarity (`analyses.similarity.KINDS`) of one run at `layer`."""
+    return memoized(item, ("step", layer, kind), lambda: float(off_diagonal(run_cosine(item, layer, kind)).mean()))
 
 
-def _input_step(item: Run, kind: str = "token") -> float:
-    return _memo(item, ("input", kind), lambda: float(off_diagonal(input_similarity(item, kind)).mean()))
+def input_step(item: Run, kind: str = "token") -> float:
+    """The same for the frame's input to the blocks (the noise floor)."""
+    return memoized(item, ("input", kind), lambda: float(off_diagonal(input_similarity(item, kind)).mean()))
 
 
 def _two_frame(item: Run, layer: int, kind: str) -> float:
-    every = _memo(item, ("frames", layer), lambda: {k: float(v.mean()) for k, v in
+    every = memoized(item, ("frames", layer), lambda: {k: float(v.mean()) for k, v in
                                                      cross_frame_similarities(item, layer).items()})
     return every[kind]
 
 
 def _noise_control(draws: list[Run], layer: int, kind: str) -> float:
-    every = _memo(draws[0], ("noise", layer, tuple(id(d) for d in draws)),
+    every = memoized(draws[0], ("noise", layer, tuple(id(d) for d in draws)),
                   lambda: {k: float(v.mean()) for k, v in cross_noise_similarities(draws, layer).items()})
     return every[kind]
 
@@ -217,6 +219,7 @@ class _Finding1:
     values: dict
     parts: list  # (clause, verdict)
     missing: list  # what was not recorded (clauses then inconclusive)
+    change_ratio: tuple | None = None  # (1 - cosine) / the input's, the input rule first committed (4f0bd7a)
 
 
 def _finding1(run: Run, layer: int) -> _Finding1:
@@ -226,7 +229,7 @@ def _finding1(run: Run, layer: int) -> _Finding1:
     groups = list(clip_groups(items).values())
     values, parts, missing = {}, [], []
     kinds = [("token", "")] + [(k, f" ({k})") for k in ("centred", "cka")]
-    raw = _per_item(run, lambda item: _cross_step(item, layer))
+    raw = _per_item(run, lambda item: cross_step(item, layer))
     values["cross-step"] = raw
     parts.append((f"cross-step >= {SIMILARITY_MIN}", side(raw, SIMILARITY_MIN, True)))
     has_input = all(input_similarity(item) is not None for item in items)
@@ -234,7 +237,7 @@ def _finding1(run: Run, layer: int) -> _Finding1:
     draws = all(len(g) >= 2 for g in groups)
     full = all(item.manifest.get("mode") == "full" for item in items)
     for kind, suffix in kinds:
-        within = raw if kind == "token" else _per_item(run, lambda item, kind=kind: _cross_step(item, layer, kind))
+        within = raw if kind == "token" else _per_item(run, lambda item, kind=kind: cross_step(item, layer, kind))
         if kind != "token":
             values[f"cross-step{suffix}"] = within
         control_margin = CONTROL_MARGIN if kind == "token" else CENTRED_CONTROL_MARGIN
@@ -242,12 +245,12 @@ def _finding1(run: Run, layer: int) -> _Finding1:
         input_margin = INPUT_MARGIN if kind == "token" else CENTRED_INPUT_MARGIN
         if len(run.manifest.get("frames", [])) >= 2:
             control = _per_item(run, lambda item, kind=kind: _two_frame(item, layer, kind))
-            diff = _per_item(run, lambda item, kind=kind: _cross_step(item, layer, kind) - _two_frame(item, layer, kind))
+            diff = _per_item(run, lambda item, kind=kind: cross_step(item, layer, kind) - _two_frame(item, layer, kind))
             values[f"cross-frame control{suffix}"], values[f"minus two-frame control{suffix}"] = control, diff
             parts.append((f"minus two-frame control{suffix} >= {control_margin}", side(diff, control_margin, True)))
         if draws and full:
             noise = interval([_noise_control(g, layer, kind) for g in groups])
-            diff = interval([sum(_cross_step(item, layer, kind) for item in g) / len(g) - _noise_control(g, layer, kind)
+            diff = interval([sum(cross_step(item, layer, kind) for item in g) / len(g) - _noise_control(g, layer, kind)
                              for g in groups])
             values[f"different-noise control{suffix}"], values[f"minus different-noise control{suffix}"] = noise, diff
             parts.append((f"minus different-noise control{suffix} >= {noise_margin}", side(diff, noise_margin, True)))
@@ -256,15 +259,17 @@ def _finding1(run: Run, layer: int) -> _Finding1:
             if kind == "token":
                 missing.append("the different-noise control (two noise draws per clip, full mode: probe run --seeds 2)")
         if (kind == "token" and has_input) or (kind != "token" and has_centred_input):
-            floor = _per_item(run, lambda item, kind=kind: _input_step(item, kind))
-            diff = _per_item(run, lambda item, kind=kind: _cross_step(item, layer, kind) - _input_step(item, kind))
+            floor = _per_item(run, lambda item, kind=kind: input_step(item, kind))
+            diff = _per_item(run, lambda item, kind=kind: cross_step(item, layer, kind) - input_step(item, kind))
             values[f"input cross-step{suffix}"], values[f"layer minus input{suffix}"] = floor, diff
             parts.append((f"minus input{suffix} >= {input_margin}", side(diff, input_margin, True)))
         else:
             parts.append((f"input floor{suffix}", INCONCLUSIVE))
             if kind == "token" or not missing or "input" not in missing[-1]:
                 missing.append(f"the input's cross-step similarity{suffix} (no hook_resid_pre, or a run made before)")
-    return _Finding1(values, parts, missing)
+    ratio = _per_item(run, lambda item: (1 - cross_step(item, layer)) / max(1 - input_step(item), 1e-12)) \
+        if has_input else None
+    return _Finding1(values, parts, missing, ratio)
 
 
 def _finding1_checks(run: Run, layers: list[int]) -> str | None:
@@ -283,13 +288,26 @@ def _finding1_checks(run: Run, layers: list[int]) -> str | None:
     return None
 
 
-def _original_finding1(values: dict) -> str:
-    """Finding 1 under the criteria first set: cross-step >= 0.95 (2b5fa41), the two-frame control margin, and the
-    input rule first committed (layer's 1 - cosine at most half its input's, 4f0bd7a)."""
-    parts = [side(values["cross-step"], THRESHOLDS["SIMILARITY_MIN"].original, True)]
-    if "minus two-frame control" in values:
-        parts.append(side(values["minus two-frame control"], CONTROL_MARGIN, True))
-    return combine(parts)
+FIRST_SIMILARITY_MIN = THRESHOLDS["SIMILARITY_MIN"].original  # 0.95, the first criterion of finding 1 (2b5fa41)
+FIRST_INPUT_CHANGE_RATIO = 0.5  # the input rule first committed (4f0bd7a), replaced by INPUT_MARGIN 4 minutes later
+
+
+def _original_verdicts(f1: _Finding1) -> dict[str, str]:
+    """Finding 1's verdict under each changed criterion's first form, the other clauses as they are now: the first
+    criterion alone (cross-step >= 0.95, 2b5fa41), SIMILARITY_MIN at 0.95, and the input rule first committed (the
+    layer's 1 - cosine at most 0.5 x its input's, 4f0bd7a)."""
+    first = side(f1.values["cross-step"], FIRST_SIMILARITY_MIN, True)
+    swapped = lambda prefix, verdict: combine([verdict if c.startswith(prefix) else v for c, v in f1.parts])  # noqa: E731
+    out = {"first criterion alone (cross-step >= 0.95, 2b5fa41)": first,
+           "SIMILARITY_MIN at 0.95": swapped("cross-step >=", first)}
+    if f1.change_ratio is not None:
+        out["the first input rule (1 - cosine <= 0.5 x the input's, 4f0bd7a)"] = swapped(
+            "minus input >=", side(f1.change_ratio, FIRST_INPUT_CHANGE_RATIO, False))
+    return out
+
+
+def _original_text(originals: dict[str, str], run: Run) -> str:
+    return "; ".join(f"{what}: {worded(verdict, run)}" for what, verdict in originals.items())
 
 
 _F1_NAMES = ("SIMILARITY_MIN", "CONTROL_MARGIN", "NOISE_MARGIN", "INPUT_MARGIN", "CENTRED_CONTROL_MARGIN",
@@ -325,13 +343,11 @@ def middle_layer_similarity(run: Run) -> Claim:
         return Claim(name, statement, _F1_TEST, missing, NOT_MEASURED, **extra)
     f1 = _finding1(run, layer)
     verdict = combine([v for _, v in f1.parts])
-    original = worded(_original_finding1(f1.values), run)
     measured = _finding1_text(layer, f1) + "; " + clips_note(f1.values["cross-step"][3])
     if f1.missing:
         measured += "; not recorded: " + "; ".join(f1.missing)
     return Claim(name, statement, _F1_TEST, measured, worded(verdict, run), f1.values,
-                 original=f"{original} (cross-step >= 0.95, the two-frame control; no noise, input or centred clauses)",
-                 **extra)
+                 original=_original_text(_original_verdicts(f1), run), **extra)
 
 
 @takes_run
@@ -348,8 +364,11 @@ def early_layers_similarity(run: Run) -> Claim:
     verdict = combine([combine([v for _, v in f1.parts]) for f1 in per_layer.values()])
     measured = "; ".join(_finding1_text(layer, f1, compact=True) for layer, f1 in per_layer.items())
     values = {f"{key} {layer}": v for layer, f1 in per_layer.items() for key, v in f1.values.items()}
+    by_layer = [_original_verdicts(f1) for f1 in per_layer.values()]
+    originals = {what: combine([o[what] for o in by_layer]) for what in by_layer[0] if all(what in o for o in by_layer)}
     return Claim(name, statement, _F1_TEST + "; every layer", measured + "; " + clips_note(
-        per_layer[layers[0]].values["cross-step"][3]), worded(verdict, run), values, **extra)
+        per_layer[layers[0]].values["cross-step"][3]), worded(verdict, run), values,
+        original=_original_text(originals, run), **extra)
 
 
 @takes_run
@@ -401,11 +420,11 @@ def last_layers_less_similar(run: Run) -> Claim:
     missing = [layer for layer in [middle, *last] if layer not in run.feature_layers]
     if missing:
         return Claim(name, statement, threshold, f"layers {missing} were not probed (features)", NOT_MEASURED, **extra)
-    values = {layer: _per_item(run, lambda item, layer=layer: _cross_step(item, middle) - _cross_step(item, layer))
+    values = {layer: _per_item(run, lambda item, layer=layer: cross_step(item, middle) - cross_step(item, layer))
               for layer in last}
     verdict = combine([side(v, LAST_LAYERS_MARGIN, True) for v in values.values()])
     original = combine([side(v, 1e-12, True) for v in values.values()])
-    measured = f"layer {middle}: {shown(_per_item(run, lambda item: _cross_step(item, middle)))}; " + "; ".join(
+    measured = f"layer {middle}: {shown(_per_item(run, lambda item: cross_step(item, middle)))}; " + "; ".join(
         f"minus layer {layer}: {shown(v)}" for layer, v in values.items()) + f"; {clips_note(len(clip_groups(items_of(run))))}"
     return Claim(name, statement, threshold, measured, worded(verdict, run),
                  {f"{middle} - {layer}": v for layer, v in values.items()},
@@ -421,12 +440,21 @@ def _attention_claim_checks(run: Run, layers: list[int]) -> str | None:
     return None
 
 
+def measures_of(item: Run, steps: str = "all"):
+    """`attention_measures(item, steps)`, once per Run object."""
+    return memoized(item, ("attention", steps), lambda: attention_measures(item, steps))
+
+
+def heads_of(item: Run):
+    """`measures_by_head(item)`, once per Run object."""
+    return memoized(item, ("heads",), lambda: measures_by_head(item))
+
+
 def _measure_tables(run: Run) -> dict:
     """Per clip (draws averaged), each layer's attention measures: {clip: DataFrame indexed by layer}."""
     out = {}
     for clip, draws in clip_groups(items_of(run)).items():
-        tables = [_memo(item, ("attention",), lambda item=item: attention_measures(item).set_index("layer"))
-                  for item in draws]
+        tables = [measures_of(item).set_index("layer") for item in draws]
         numeric = [t.drop(columns=["role"]) for t in tables]
         out[clip] = sum(numeric[1:], numeric[0]) / len(numeric)
     return out
@@ -482,15 +510,21 @@ def sparse_deep_attention(run: Run) -> Claim:
         return Claim(name, statement, threshold, missing, NOT_MEASURED, **extra)
     tables = list(_measure_tables(run).values())
     values = {layer: interval([float(t.loc[layer, "lit_share"]) for t in tables]) for layer in early + deep}
-    per_item = [measures_by_head(item).set_index(["layer", "head"])["lit_share"] for item in items_of(run)]
+    per_item = [heads_of(item).set_index(["layer", "head"])["lit_share"] for item in items_of(run)]
     heads = sum(per_item[1:], per_item[0]) / len(per_item)  # each head's lit share, averaged over clips and draws
     spread = {layer: heads.loc[layer] for layer in early + deep}
     verdict = combine([side(values[layer], EARLY_LIT_MIN, True) for layer in early]
                       + [side(values[layer], DEEP_LIT_MAX + 1e-12, False) for layer in deep])
     measured = "; ".join(f"layer {layer}: {shown(v)} (heads {float(spread[layer].min()):.3f}-"
                          f"{float(spread[layer].max()):.3f})" for layer, v in values.items())
+    # the first criterion (cf35735): the same bounds on the share above 30% of one colour range over the run's layers
+    old = {layer: interval([float(t.loc[layer, "sparsity"]) for t in tables]) for layer in early + deep}
+    original = combine([side(old[layer], EARLY_LIT_MIN, True) for layer in early]
+                       + [side(old[layer], DEEP_LIT_MAX + 1e-12, False) for layer in deep])
     return Claim(name, statement, threshold, measured + f"; {clips_note(len(tables))}", worded(verdict, run),
-                 {f"lit share {layer}": v for layer, v in values.items()}, **extra)
+                 {f"lit share {layer}": v for layer, v in values.items()},
+                 original=f"{worded(original, run)} (share above 30% of one colour range over the probed layers, "
+                          "cf35735: it depends on which layers were probed)", **extra)
 
 
 CLAIMS = (middle_layer_similarity, early_layers_similarity, functional_redundancy, last_layers_less_similar,
@@ -619,7 +653,8 @@ def _floor_parts(floor: dict | None, max_db: float, max_ssim: float) -> tuple[li
     return [REPRODUCED if ok else INCONCLUSIVE], text
 
 
-def _losses(rows, reference) -> tuple[tuple, tuple]:
+def quality_losses(rows, reference) -> tuple[tuple, tuple]:
+    """(PSNR loss, SSIM loss) of `rows` against `reference` (indexed by clip), paired by clip, each over clips."""
     clips = rows["clip"].tolist()
     loss = interval([float(reference.psnr[c] - v) for c, v in zip(clips, rows.psnr, strict=True)])
     ssim = interval([float(reference.ssim[c] - v) for c, v in zip(clips, rows.ssim, strict=True)])
@@ -637,7 +672,7 @@ def _quality_loss_claim(table, kind: str, name: str, statement: str, what: str, 
     rows, reference = _rows(table, kind, **match), _rows(table, "none").set_index("clip")
     if rows.empty:
         return Claim(name, statement, threshold, f"{what} was not measured", NOT_MEASURED, **extra)
-    loss, ssim = _losses(rows, reference)
+    loss, ssim = quality_losses(rows, reference)
     speed = float(_rows(table, "none").seconds_per_frame.median() / rows.seconds_per_frame.median())
     measured = (f"PSNR loss {shown(loss, 2)} dB, SSIM loss {shown(ssim, 3)}, {clips_note(loss[3])} (unmodified "
                 f"{reference.psnr.mean():.2f} dB / {reference.ssim.mean():.3f}, {what} {rows.psnr.mean():.2f} dB / "
@@ -650,7 +685,7 @@ def _quality_loss_claim(table, kind: str, name: str, statement: str, what: str, 
             parts.append(INCONCLUSIVE)
             measured += f"; the compute-matched control ({control}) was not measured (probe intervene --tuned-control)"
         else:
-            closs, cssim = _losses(rows, control_rows)
+            closs, cssim = quality_losses(rows, control_rows)
             parts += [side(closs, max_db, False), side(cssim, max_ssim, False)]
             measured += (f"; against the control ({control}: {control_rows.psnr.mean():.2f} dB / "
                          f"{control_rows.ssim.mean():.3f}): PSNR loss {shown(closs, 2)} dB, SSIM loss {shown(cssim, 3)}")

@@ -20,14 +20,25 @@ from matplotlib.figure import Figure
 
 from analyses import figures, paper_figures
 from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
-from analyses.claims import INTERVENTION_CLAIMS, evaluate, items_of, paper_layers, scale_text
+from analyses.claims import (
+    INTERVENTION_CLAIMS,
+    cross_step,
+    evaluate,
+    heads_of,
+    input_step,
+    items_of,
+    measures_of,
+    paper_layers,
+    quality_losses,
+    scale_text,
+    shown,
+)
 from analyses.errors import takes_run
-from analyses.intervals import table_over_clips
+from analyses.intervals import over_clips, table_over_clips
 from analyses.interventions import SUMMARY_COLUMNS, load_interventions
-from analyses.similarity import depth_curve, input_similarity, run_cosine
-from analyses.sparsity import attention_measures, measures_by_head, sparsity_table
+from analyses.similarity import depth_curve, input_similarity
+from analyses.sparsity import sparsity_table
 from analyses.thresholds import THRESHOLDS
-from probes.reductions import off_diagonal
 from probes.store import Run, RunError, load_run
 from scd.outputs import OutputError, atomic_file, check_output, input_path
 
@@ -65,37 +76,24 @@ def _similarity_by_layer(run: Run) -> list[dict]:
     """Per stepwise layer, over the clips (draws averaged): raw, centred and CKA cross-step similarity, each minus the
     blocks' input's (the noise floor), from the reductions every run stores."""
     items = items_of(run)
-    kinds = ("token", "centred", "cka")
     has_input = all(input_similarity(item, "cka") is not None for item in items)
-    inputs = {kind: [float(off_diagonal(input_similarity(item, kind)).mean()) for item in items] for kind in kinds} \
-        if has_input else {}
     rows = []
     for layer in run.stepwise_layers:
         row = {"layer": layer}
-        for kind in kinds:
-            values = [float(off_diagonal(run_cosine(item, layer, kind)).mean()) for item in items]
-            row[kind] = _shown_over_clips(items, values)
-            if inputs:
-                row[f"{kind} - input"] = _shown_over_clips(items, [v - i for v, i in zip(values, inputs[kind], strict=True)])
+        for kind in ("token", "centred", "cka"):
+            row[kind] = shown(over_clips(items, lambda item, layer=layer, kind=kind: cross_step(item, layer, kind)))
+            if has_input:
+                row[f"{kind} - input"] = shown(over_clips(
+                    items, lambda item, layer=layer, kind=kind: cross_step(item, layer, kind) - input_step(item, kind)))
         rows.append(row)
     return rows
-
-
-def _shown_over_clips(items: list, values: list[float]) -> str:
-    """Per-item values averaged over each clip's draws, then "mean [low, high]" over clips."""
-    from analyses.claims import shown
-    from analyses.intervals import clip_groups, interval
-
-    index = {id(item): value for item, value in zip(items, values, strict=True)}
-    per_clip = [sum(index[id(i)] for i in draws) / len(draws) for draws in clip_groups(items).values()]
-    return shown(interval(per_clip))
 
 
 def _heads_by_layer(run: Run) -> dict[int, dict]:
     """Per layer, the spread over heads (min - max of the head means over clips and draws) of the per-key ratio and the
     lit share."""
     columns = ["per_key_ratio", "lit_share"]
-    tables = [measures_by_head(item) for item in items_of(run)]
+    tables = [heads_of(item) for item in items_of(run)]
     table = tables[0][["layer", "head"]].assign(**(sum(t[columns] for t in tables) / len(tables)))
     return {layer: {"ratio": f"{g.per_key_ratio.min():.3f}-{g.per_key_ratio.max():.3f}",
                     "lit": f"{g.lit_share.min():.3f}-{g.lit_share.max():.3f}"} for layer, g in table.groupby("layer")}
@@ -155,7 +153,7 @@ def _section(run: Run) -> dict:
         "git revision": m.get("git_revision"),
     }
     similarity = depth_curve(run).round(4).to_dict("records") if stepwise else []
-    by_layer = _similarity_by_layer(run) if stepwise and "cka" in _stored(run) else []
+    by_layer = _similarity_by_layer(run) if stepwise else []
     sparsity = sparsity_table(run).round(4).to_dict("records") if run.attention_layers else []
     for row in sparsity:
         row["role"] = run.role(row["layer"])
@@ -163,7 +161,7 @@ def _section(run: Run) -> dict:
     if run.attention_layers and run.bands:
         heads = _heads_by_layer(run)
         columns = ["per_key_ratio", "excess_share", "earlier_key_nats", "lit_share", "earlier_share"]
-        by_range = {steps: table_over_clips(items_of(run), lambda item, steps=steps: attention_measures(item, steps),
+        by_range = {steps: table_over_clips(items_of(run), lambda item, steps=steps: measures_of(item, steps),
                                             "layer", columns).set_index("layer") for steps in ("all", "first10", "last10")}
         for layer, row in by_range["all"].iterrows():
             cell = lambda r, c: _with_interval(r, c)  # noqa: E731
@@ -181,21 +179,6 @@ def _section(run: Run) -> dict:
     return {"name": run_name(run), "summary": summary, "claims": evaluate(run), "figures": figs,
             "similarity": similarity, "by_layer": by_layer, "sparsity": sparsity, "measures": measures,
             "scale": scale_text(run), "control": bool(control)}
-
-
-def _stored(run: Run) -> set[str]:
-    """What the run's features file holds per layer beyond the features: gram, token_cosine, centred_cosine, cka."""
-    layer = (run.stepwise_layers or [None])[0]
-    if layer is None:
-        return set()
-    found = set()
-    for what in ("centred_cosine", "cka"):
-        try:
-            run._tensor("features.safetensors", layer, what)
-            found.add(what)
-        except RunError:
-            pass
-    return found
 
 
 def _generation_text(generation: dict | None) -> dict[str, str]:
@@ -273,16 +256,12 @@ def _interventions_section(interventions: dict) -> dict:
 def _reliance(interventions: dict) -> list[dict]:
     """Per layer, the quality cost of cutting it (or it and every later layer) off the past, against the truth
     (loss = unmodified minus knocked out, mean [95% interval] over clips)."""
-    from analyses.claims import shown
-    from analyses.intervals import interval
-
     table = interventions["table"]
     reference = table[table.intervention == "none"].set_index("clip")
     rows = {}
     for kind, label in (("knockout-layer", "alone"), ("knockout", "from")):
         for layer, group in table[table.intervention == kind].groupby("layer"):
-            psnr = interval([float(reference.psnr[c] - v) for c, v in zip(group["clip"], group.psnr, strict=True)])
-            ssim = interval([float(reference.ssim[c] - v) for c, v in zip(group["clip"], group.ssim, strict=True)])
+            psnr, ssim = quality_losses(group, reference)
             rows.setdefault(int(layer), {"layer": int(layer)})[label] = f"{shown(psnr, 2)} dB, SSIM {shown(ssim, 3)}"
     return [{"layer": k, "alone": v.get("alone", "-"), "from": v.get("from", "-")} for k, v in sorted(rows.items())]
 

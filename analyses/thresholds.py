@@ -96,9 +96,11 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "nats below uniform (the paper's cut: 30% of -21..-9 is 7.0 below its uniform -10.4)", *_ISSUE26,
               AFTER, "issue 26 reported a paper-anchored cut giving 1.000 in every layer of the shipped baseline"),
     Threshold("EARLY_LIT_MIN", 0.50, "finding 2: lit share of layers 0-1 at least this (paper: ~100%)", *_ISSUE26,
-              AFTER, "the same report"),
+              AFTER, "the same report", original_rule="the same bound on the share above 30% of one colour range "
+              "over the probed layers (EARLY_SPARSITY_MIN, cf35735, set after the report 843f513)"),
     Threshold("DEEP_LIT_MAX", 0.10, "finding 2: lit share of layers 28-29 at most this (paper: 0.3%, 1%)",
-              *_ISSUE26, AFTER, "the same report"),
+              *_ISSUE26, AFTER, "the same report", original_rule="the same bound on the share above 30% of one "
+              "colour range over the probed layers (DEEP_SPARSITY_MAX, cf35735)"),
     Threshold("RELIANCE_LOSS_MAX_DB", 0.5, "finding 2, causal: knocking a layer (or layers K..) off the past costs "
               "at most this PSNR vs truth", *_ISSUE26, AFTER, "the committed knockout table (17.39 vs 17.83 dB "
               "from layer 25)"),

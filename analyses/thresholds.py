@@ -52,6 +52,7 @@ class Threshold:
 
 
 _ISSUE26 = ("2a96325", "2026-12-01")  # the commit that added issue 26's thresholds, before its runs
+_ISSUE27 = ("STUDY27", "2026-12-02")  # the commit that added the emergence study's rules, before its runs
 
 THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
     Threshold("SIMILARITY_MIN", 0.90, "finding 1: cross-step cosine at layer 15 at least this",
@@ -114,6 +115,20 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "from the unmodified frames than reusing every block (PSNR vs unmodified, paired over clips) by more "
               "than this", "1945954", "2026-12-01", AFTER, "issue 26 reported that reusing every block drifts less "
               "than reusing up to 15 (36.3 vs 31.5 dB every 5 steps)"),
+    Threshold("STUDY_COMPETENCE_DB", 1.0, "emergence study: a run counts as trained when its PSNR gain over "
+              "copy-last (the mean over >= 16 val clips of the scene it was trained on) is at least this, with the gain's 95% "
+              "interval over the clips above 0 and the SSIM gain's too; the study reads only trained runs",
+              *_ISSUE27, BEFORE, "set by issue 27; a pilot of the reference's settings measured only quality, to size "
+              "the study"),
+    Threshold("STUDY_SEEDS_MIN", 3, "emergence study: training seeds per condition at least this; a condition's "
+              "interval is a t interval over its seeds' run means", *_ISSUE27, BEFORE, "set by issue 27"),
+    Threshold("STUDY_EFFECT_LEVEL", 0.95, "emergence study: a factor has an effect on a measure only when the Welch "
+              "t interval at this level, over seeds, of its condition's mean minus the reference's excludes 0; "
+              "else 'no detectable effect at this scale'", *_ISSUE27, BEFORE, "set by issue 27"),
+    Threshold("STUDY_COMBINED_FACTORS", 2, "emergence study: the combination condition joins this many single "
+              "factors: those with the lowest mean effect on the last layer's log per-key ratio (the most toward "
+              "frame-local deep layers), whether or not their intervals exclude 0", *_ISSUE27, BEFORE,
+              "the rule is fixed before the single factors are trained"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,
               AFTER, "issue 26 reported SSIM 0.38 / 0.51 / 0.76 / 0.78 for k = 5 / 25 / 40 / 48"),

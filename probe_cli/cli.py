@@ -233,6 +233,19 @@ def _emergence_parser(sub) -> None:
     e.set_defaults(func=emerging.cmd_emergence)
 
 
+def _study_parser(sub) -> None:
+    from probe_cli import emerging
+
+    s = sub.add_parser("study", help="the emergence study's training plan (scd.study): train its runs, or list them")
+    s.add_argument("action", choices=("train", "status"), help="train: every run of the plan not yet done, sitting "
+                   "by sitting (start one worker per core); status: each run's trained steps")
+    s.add_argument("--root", default="runs/study", help="where the runs are trained (large; not in git)")
+    s.add_argument("--conditions", default=None, help="comma-separated conditions of scd.study.CONDITIONS (default: all)")
+    s.add_argument("--seeds", type=integer_list(0, 2**32 - 1), default=None, help="training seeds (default 0,1,2)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=emerging.cmd_study)
+
+
 def _make_parsers(sub) -> None:
     from probe_cli import making
 
@@ -312,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _measure_parsers(sub)
     _make_parsers(sub)
     _emergence_parser(sub)
+    _study_parser(sub)
     return parser
 
 

@@ -142,3 +142,24 @@ def cmd_emergence(args: argparse.Namespace) -> None:
         (tmp / "emergence.json").write_text(json.dumps(index, indent=1) + "\n")
         write_emergence(tmp, list(cards.values()), maps, args.reference)
     print(f"wrote {out}")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from scd.study import CONDITIONS, SEEDS, plan, run_name, run_state, study_config, train_study
+
+    conditions = None
+    if args.conditions is not None:
+        conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+        unknown = [c for c in conditions if c not in CONDITIONS]
+        if unknown or not conditions:
+            raise UsageError(f"--conditions {args.conditions!r}: unknown {', '.join(unknown) or '(none given)'}; "
+                             f"accepted: comma-separated names of {', '.join(CONDITIONS)}")
+    seeds = tuple(args.seeds) if args.seeds else SEEDS
+    root = Path(args.root)
+    if args.action == "status":
+        for condition, seed in plan(conditions, seeds):
+            steps = study_config(condition, seed).steps
+            print(f"{run_name(condition, seed)}: {run_state(root, condition, seed)} of {steps} steps")
+        return
+    finished = train_study(root, conditions, seeds, progress=not args.quiet, log=print if not args.quiet else lambda _: None)
+    print(f"trained {', '.join(finished) or 'nothing (every run done or held by another worker)'} under {root}")

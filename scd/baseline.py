@@ -73,6 +73,10 @@ WAN_1_3B = dict(frame_size=60, frame_width=104, patch_size=2, channels=16, width
 BASELINE_SIZES: dict[str, BaselineConfig] = {
     "tiny": BaselineConfig(frame_size=16, width=32, depth=4, heads=2),
     "baseline": BaselineConfig(width=128, depth=30, heads=4),
+    # The emergence study's size (reports/emergence): small enough that a run beats copy-last within about an hour
+    # on one core, so that every condition can be trained from several seeds; the paper's layers map onto it by relative depth.
+    "study": BaselineConfig(width=128, depth=8, heads=4),
+    "study-p2": BaselineConfig(width=128, depth=8, heads=4, patch_size=2),  # its 256-tokens-per-frame condition
     "wan1.3b": BaselineConfig(depth=30, **WAN_1_3B),
 }
 

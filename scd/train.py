@@ -35,7 +35,7 @@ from scd.train_config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, def
 from scd.zoo import SIZES, build_model, save_model
 
 __all__ = ["FAMILY_DEFAULTS", "TrainConfig", "TrainConfigError", "default_config", "train", "load_trained",
-           "dev_loss", "machine_description"]
+           "dev_loss", "machine_description", "trained_steps"]
 
 
 def model_config(cfg: TrainConfig) -> dict:
@@ -57,6 +57,9 @@ def model_config(cfg: TrainConfig) -> dict:
     if cfg.bidirectional_steps and cfg.family != "baseline":
         raise TrainConfigError("bidirectional_steps is a baseline setting (SCD's encoder is causal by design); accepted: 0 for "
                                f"{cfg.family}")
+    if cfg.restart_schedule and not 0 < cfg.bidirectional_steps < cfg.steps:
+        raise TrainConfigError("restart_schedule restarts the schedule at the causal fine-tune; accepted: with "
+                               f"bidirectional_steps in 1..{cfg.steps - 1}")
     if cfg.bidirectional_steps > cfg.steps:
         raise TrainConfigError(f"bidirectional_steps {cfg.bidirectional_steps} is more than steps {cfg.steps}; accepted: "
                                f"0..{cfg.steps} (the rest is the causal fine-tune)")
@@ -92,10 +95,15 @@ def _initial_weights(cfg: TrainConfig, config: dict) -> dict[str, torch.Tensor]:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio; with `restart_schedule`, the bidirectional phase
+    and the causal fine-tune are each scheduled so (the fine-tune as a causal run of its length from scratch)."""
+    steps = cfg.steps
+    if cfg.restart_schedule and cfg.bidirectional_steps:
+        phase = cfg.bidirectional_steps
+        step, steps = (step, phase) if step < phase else (step - phase, cfg.steps - phase)
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    progress = min(1.0, (step - cfg.warmup) / max(1, steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -290,6 +298,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             discard(out)
     return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,
             "machine": machine_description()}
+
+
+def trained_steps(run: str | Path) -> int:
+    """The step a training directory's last checkpoint holds (0 where there is none)."""
+    from safetensors import safe_open
+
+    state = Path(run) / "train_state.safetensors"
+    if not state.is_file():
+        return 0
+    with safe_open(state, "pt") as f:
+        return int(f.metadata()["step"])
 
 
 WEIGHTS = ("ema", "raw")

@@ -36,6 +36,8 @@ class TrainConfig:
     init: str = ""                   # start from these weights (a shipped name or a checkpoint); "": a fresh init
     frame_local_blocks: int = 0      # baseline: the last n blocks attend only within the frame (the paper's surgery)
     bidirectional_steps: int = 0     # baseline: the first n steps attend across the clip (as Wan was pretrained), then causal
+    restart_schedule: bool = False   # with bidirectional_steps: the causal fine-tune restarts warm-up and cosine decay, so
+                                     # it is scheduled exactly as a run of steps - n causal steps from scratch
     snapshot_every: int = 0          # keep the raw weights every n steps in snapshots/ (emergence over training); 0: none
     scene: str = "sprites"           # the benchmark scene trained on (scd.data.VideoBenchmark): sprites or textured
 
@@ -68,7 +70,7 @@ LIMITS: dict[str, tuple[float, float, bool]] = {
 def describe(name: str) -> str:
     """The accepted values of a field, in words."""
     if name not in LIMITS:
-        return {"bf16": "true or false", "init": "a shipped model name or a checkpoint path",
+        return {"bf16": "true or false", "restart_schedule": "true or false", "init": "a shipped model name or a checkpoint path",
                 "scene": " or ".join(SCENES)}.get(name, "a name")
     low, high, closed = LIMITS[name]
     kind = next(f.type for f in fields(TrainConfig) if f.name == name)

@@ -1,0 +1,140 @@
+"""The emergence study's training plan: its conditions, each trained from several seeds, one factor at a time.
+
+Every condition is the reference's training settings with one factor changed (`CONDITIONS`), and every
+run of the study is a condition and a seed: `study_config("textured", 1)`. Everything but the factor and
+the seed is the same in every run (steps, schedule, precision, threads, batch, data order), so a
+difference between conditions is the factor's, and the spread between seeds of one condition is the
+floor a factor's effect must clear (`analyses.emergence`).
+
+Runs are trained in sittings of `SITTING` steps (`probe study train`), each ended by a resumable
+checkpoint, so a run stopped by the end of a session loses at most one sitting; several workers share
+the plan through lock files, one run each at a time. Torch-free: the command builds its plan from here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from scd.train_config import TrainConfig, TrainConfigError
+
+STUDY_STEPS = 3000  # causal training steps of every run (sized by the pilot in reports/emergence/README.md)
+SNAPSHOT_EVERY = 250  # raw weights kept every n steps: the "over training" measures
+SITTING = 250  # steps per sitting: a resumable checkpoint at least this often
+SEEDS = (0, 1, 2)  # training seeds per condition (init, batch noise)
+
+# The reference's settings: the `study` size (scd.baseline.BASELINE_SIZES: width 128, 8 blocks, 64 tokens per
+# frame), float32, one thread, the default AdamW recipe at 2x the shipped baseline's lr with a 100-step warm-up.
+REFERENCE = dict(family="baseline", size="study", steps=STUDY_STEPS, batch_size=8, frames=8, lr=2e-3, warmup=100,
+                 min_lr_ratio=0.1, bf16=False, threads=1, checkpoint_every=SITTING, snapshot_every=SNAPSHOT_EVERY,
+                 clean_context_ratio=0.5, scene="sprites")
+
+# condition -> (the factor in words, the settings it changes). Bidirectional: Wan-style bidirectional pretraining
+# (half the reference's steps) then exactly the reference's causal run (same steps, its own warm-up and decay).
+CONDITIONS: dict[str, tuple[str, dict]] = {
+    "reference": ("(the reference)", {}),
+    "textured": ("training data: the textured scene (every pixel moves) instead of flat sprites",
+                 {"scene": "textured"}),
+    "clean-context-10": ("the paper's 10% clean context instead of 50%", {"clean_context_ratio": 0.1}),
+    "bidirectional": ("bidirectional pretraining (1500 steps), then the reference's causal training",
+                      {"bidirectional_steps": STUDY_STEPS // 2, "steps": STUDY_STEPS + STUDY_STEPS // 2,
+                       "restart_schedule": True}),
+    "tokens-256": ("256 tokens per frame (2x2 patches, a 16x16 grid) instead of 64", {"size": "study-p2"}),
+}
+# Trained after the others: a step of `tokens-256` costs about 7x the reference's (2048-token attention on one core).
+LAST = ("tokens-256",)
+
+
+def run_name(condition: str, seed: int) -> str:
+    """The directory and card name of one run: `textured-s1`."""
+    return f"{condition}-s{seed}"
+
+
+def study_config(condition: str, seed: int) -> TrainConfig:
+    """The training config of one run of the study; a TrainConfigError for an unknown condition or seed."""
+    if condition not in CONDITIONS:
+        raise TrainConfigError(f"unknown study condition {condition!r}; accepted: {', '.join(CONDITIONS)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise TrainConfigError(f"seed = {seed!r}; accepted: an integer >= 0")
+    return TrainConfig(**{**REFERENCE, **CONDITIONS[condition][1], "seed": seed})
+
+
+def plan(conditions: list[str] | None = None, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int]]:
+    """(condition, seed) of every run, seed-major (every condition's first seed before any second seed), so a
+    study cut short still has whole seeds of every condition; the costly `LAST` conditions after all others."""
+    if conditions is None:
+        conditions = [c for c in CONDITIONS if c not in LAST] + list(LAST)
+    for name in conditions:
+        study_config(name, 0)  # validates the name
+    first = [name for name in conditions if name not in LAST]
+    return [(name, seed) for seed in seeds for name in first] + [(name, seed) for name in LAST if name in conditions
+                                                                for seed in seeds]
+
+
+def differs_only_in_factor(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
+    """{setting: (a's, b's)} for the settings two runs' configs differ in, the seed aside."""
+    x, y = asdict(a), asdict(b)
+    return {k: (x[k], y[k]) for k in x if k != "seed" and x[k] != y[k]}
+
+
+class _Lock:
+    """An exclusive lock file for one run (its holder's pid inside); a lock whose holder is gone is taken over."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def acquire(self) -> bool:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text() or 0)
+                    os.kill(pid, 0)
+                    return False  # held by a live worker
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # its holder died: take it over
+                    continue
+                except PermissionError:
+                    return False
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_state(root: Path, condition: str, seed: int) -> int:
+    """Steps trained so far in a run's directory (0: not started)."""
+    from scd.train import trained_steps
+
+    return trained_steps(root / run_name(condition, seed))
+
+
+def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tuple[int, ...] = SEEDS,
+                progress: bool = False, log=print) -> list[str]:
+    """Train every run of the plan not yet done under `root`, sitting by sitting, skipping runs another worker
+    holds; returns the names of the runs this worker finished. Start as many workers as there are cores."""
+    from scd.train import train
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    finished = []
+    for condition, seed in plan(conditions, seeds):
+        cfg, name = study_config(condition, seed), run_name(condition, seed)
+        lock = _Lock(root / f".{name}.lock")
+        if run_state(root, condition, seed) >= cfg.steps or not lock.acquire():
+            continue
+        try:
+            while (done := run_state(root, condition, seed)) < cfg.steps:
+                until = min(cfg.steps, (done // SITTING + 1) * SITTING)
+                train(cfg, root / name, resume=done > 0, force=done == 0 and (root / name).exists(),
+                      progress=progress, until=until)
+                log(f"{name}: step {until} of {cfg.steps}")
+            finished.append(name)
+        finally:
+            lock.release()
+    return finished

@@ -201,7 +201,8 @@ def input_step(item: Run, kind: str = "token") -> float:
     return memoized(item, ("input", kind), lambda: float(off_diagonal(input_similarity(item, kind)).mean()))
 
 
-def _two_frame(item: Run, layer: int, kind: str) -> float:
+def two_frame(item: Run, layer: int, kind: str = "token") -> float:
+    """The two-frame control at `layer`: the same similarity between two different frames (`cross_frame_similarities`)."""
     every = memoized(item, ("frames", layer), lambda: {k: float(v.mean()) for k, v in
                                                      cross_frame_similarities(item, layer).items()})
     return every[kind]
@@ -244,8 +245,8 @@ def _finding1(run: Run, layer: int) -> _Finding1:
         noise_margin = NOISE_MARGIN if kind == "token" else CENTRED_CONTROL_MARGIN
         input_margin = INPUT_MARGIN if kind == "token" else CENTRED_INPUT_MARGIN
         if len(run.manifest.get("frames", [])) >= 2:
-            control = _per_item(run, lambda item, kind=kind: _two_frame(item, layer, kind))
-            diff = _per_item(run, lambda item, kind=kind: cross_step(item, layer, kind) - _two_frame(item, layer, kind))
+            control = _per_item(run, lambda item, kind=kind: two_frame(item, layer, kind))
+            diff = _per_item(run, lambda item, kind=kind: cross_step(item, layer, kind) - two_frame(item, layer, kind))
             values[f"cross-frame control{suffix}"], values[f"minus two-frame control{suffix}"] = control, diff
             parts.append((f"minus two-frame control{suffix} >= {control_margin}", side(diff, control_margin, True)))
         if draws and full:

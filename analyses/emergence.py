@@ -1,22 +1,25 @@
-"""When does temporal sparsity emerge: variant cards, and the table, maps and curve made from them alone.
+"""The emergence study: what makes deep layers stop looking at the past, measured over training seeds.
 
-A variant is a training run of the baseline that differs from the study's reference run in one
-setting (the `differs` of its card: training settings from train.json, architecture from the
-model config). Its card holds how it was trained (command, steps, compute, wall time, hardware) and
-what the probe measured on it over a sweep of val clips: quality against the truth and against
-copying the last context frame, finding 1 at layer 15 with its control, and finding 2's measures
-(per-key ratio, share on earlier frames, sparsity) by layer and step range, with the claims'
-verdicts; a variant probed at its training snapshots adds the deep layers' ratio over training.
+A run of the study (`scd.study`) is a condition (the reference's settings with one factor changed) and a
+training seed. Its card holds how it was trained (command, seed, data, steps, compute, wall time,
+hardware) and what the probe measured on it: quality against the truth and against copying the last
+context frame, per-layer measures (the log per-key ratio of attention on an earlier-frame key to an
+own-frame key, the lit share) and finding 1's numbers at the middle layer, each a mean over the val clips;
+on the sprites scene (every condition's evaluation) and, for the reference and the textured condition, on
+the textured scene too (the 2 x 2 table); and the same at its training snapshots.
 
-Everything here after `measure` reads cards only: the committed cards regenerate the committed
-table, maps and curve, without the checkpoints (which stay out of git).
+Everything after `measure` reads cards only: the committed cards regenerate the table, figures and the
+answer without the checkpoints (which stay out of git). A condition's value is the mean over its seeds
+with a t interval over seeds; a factor's effect is its condition's mean minus the reference's with a
+Welch interval over seeds, reported as an effect only when that interval excludes 0 (the rules of
+`analyses.thresholds`, committed before the runs). Runs that do not beat copy-last as the study requires
+are listed and left out of the comparisons.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +27,6 @@ import pandas as pd
 import torch
 
 from analyses.claims import (
-    DEEP_RATIO_MAX,
-    NOT_OBSERVED,
-    REPRODUCED,
     deep_layers_local,
     items_of,
     last_layers_less_similar,
@@ -38,25 +38,15 @@ from analyses.claims import (
 from analyses.errors import takes_run
 from analyses.intervals import interval
 from analyses.paper_figures import mean_map
-from analyses.sparsity import STEP_RANGES, attention_measures
+from analyses.sparsity import attention_measures
+from analyses.thresholds import threshold
 from probes.store import Run
-from scd.flops import tokens_per_frame
 
-CARD_FORMAT = 1
-# Training settings a variant may change, in the issue's words; any other difference is listed as it is.
-FACTORS = {
-    "bidirectional_steps": "bidirectional pretraining, then causal fine-tuning",
-    "clean_context_ratio": "clean-context ratio",
-    "scene": "training data (scene)",
-    "steps": "training length",
-    "width": "width",
-    "heads": "heads",
-    "patch_size": "tokens per frame (patch size)",
-    "frame_size": "tokens per frame (frame size)",
-    "bf16": "bfloat16 autocast (precision, not a factor of the study)",
-}
+CARD_FORMAT = 2
+SCENE = "sprites"  # every condition is evaluated on the val clips of this scene (the same clips for all)
+TWO_BY_TWO = ("reference", "textured")  # conditions also evaluated on the other scene: the 2 x 2 table
 # Settings that say where or how fast a run went, not what was trained.
-NOT_SETTINGS = {"threads", "checkpoint_every", "snapshot_every", "dtype", "sha256", "init"}
+NOT_SETTINGS = {"threads", "checkpoint_every", "snapshot_every", "dtype", "sha256", "init", "seed"}
 
 
 class CardError(ValueError):
@@ -68,81 +58,93 @@ def _as_list(values: tuple[float, float, float, int]) -> list:
     return [float(mean), None if math.isnan(low) else float(low), None if math.isnan(high) else float(high), int(n)]
 
 
-def _quality(run: Run) -> dict:
-    """PSNR / SSIM of each clip's generated frames against the truth and of copying the last context frame, from
-    the videos the probe stored (uint8), so the numbers are of the very generations the measures are of."""
+# -- measured on a probed sweep --------------------------------------------------------------------------------
+
+def _quality(run: Run) -> dict[str, list[float]]:
+    """Per clip: PSNR / SSIM of the generated frames against the truth and of copying the last context frame, and the
+    gains, from the videos the probe stored (uint8), so the numbers are of the very generations the measures are of."""
     from scd.evaluate import frame_quality
 
     context = min(run.manifest["frames"])
-    rows = {"model_psnr": [], "model_ssim": [], "copy_psnr": [], "copy_ssim": []}
+    rows: dict[str, list[float]] = {"psnr": [], "ssim": [], "copy_psnr": [], "copy_ssim": []}
     for item in items_of(run):
         generated, truth = (torch.from_numpy(v).permute(0, 3, 1, 2).double() / 127.5 - 1 for v in item.video())
         probed = slice(context, context + len(item.manifest["frames"]))
-        for who, frames in (("model", generated[probed]), ("copy", truth[context - 1:context].expand_as(truth[probed]))):
+        for who, frames in (("", generated[probed]), ("copy_", truth[context - 1:context].expand_as(truth[probed]))):
             psnr, ssim = frame_quality(frames, truth[probed])
-            rows[f"{who}_psnr"].append(float(psnr.mean()))
-            rows[f"{who}_ssim"].append(float(ssim.mean()))
-    rows["gain_psnr"] = [m - c for m, c in zip(rows["model_psnr"], rows["copy_psnr"], strict=True)]
-    return {name: _as_list(interval(values)) for name, values in rows.items()}
+            rows[f"{who}psnr"].append(float(psnr.mean()))
+            rows[f"{who}ssim"].append(float(ssim.mean()))
+    for kind in ("psnr", "ssim"):
+        rows[f"{kind}_gain"] = [m - c for m, c in zip(rows[kind], rows[f"copy_{kind}"], strict=True)]
+    return rows
 
 
-def observed(verdict: str) -> str:
-    """A card's verdict as the claims word it now: these small variants are not the paper's setting, so a verdict
-    recorded as "not reproduced" is "not observed in this model" (cards written before issue 26 keep their JSON)."""
-    return NOT_OBSERVED if verdict == "not reproduced" else verdict
+def _per_clip_f1(run: Run) -> dict[str, list[float]]:
+    """Finding 1's numbers at the middle layer, per clip (the claim's own measures, `analyses.claims`)."""
+    from analyses.claims import cross_step, input_step, two_frame
 
-
-def _claim(claim) -> dict:
-    return {"name": claim.name, "verdict": claim.verdict, "measured": claim.measured,
-            "values": {str(k): _as_list(v) for k, v in claim.values.items()}}
+    layer = paper_layers(run.depth)["middle"][0]
+    rows: dict[str, list[float]] = {"f1_cross_step": [], "f1_minus_two_frames": [], "f1_minus_input": [],
+                                    "f1_centred_minus_input": []}
+    for item in items_of(run):
+        raw = cross_step(item, layer)
+        rows["f1_cross_step"].append(raw)
+        rows["f1_minus_two_frames"].append(raw - two_frame(item, layer, "token"))
+        rows["f1_minus_input"].append(raw - input_step(item, "token"))
+        rows["f1_centred_minus_input"].append(cross_step(item, layer, "centred") - input_step(item, "centred"))
+    return rows
 
 
 @takes_run
-def measure(run: Run) -> dict:
-    """Every measure of a variant's card from a probed sweep (all layers, features and attention, 50 steps)."""
+def summary(run: Run) -> dict[str, dict]:
+    """Every measure of the study on one probed sweep: {measure: {"clips": per-clip values, "mean": [mean, low,
+    high, n] over the clips}}. Per layer L: `log_ratio_L`, ln of the per-key ratio (earlier / own frame, all steps,
+    heads and frames averaged) of each clip; `lit_share_L`; then quality and finding 1 at the middle layer."""
     items = items_of(run)
-    tables = {steps: [attention_measures(item, steps).set_index("layer") for item in items] for steps in STEP_RANGES}
-    finding2 = {}
+    per_clip = _quality(run)
+    tables = [attention_measures(item).set_index("layer") for item in items]
     for layer in run.attention_layers:
-        per_clip = {f"{measure}_{steps}": [float(t.loc[layer, measure]) for t in tables[steps]]
-                    for steps in STEP_RANGES for measure in ("per_key_ratio", "earlier_share")}
-        per_clip["sparsity_all"] = [float(t.loc[layer, "sparsity"]) for t in tables["all"]]
-        finding2[str(layer)] = {name: _as_list(interval(values)) for name, values in per_clip.items()}
-        finding2[str(layer)]["per_clip"] = per_clip  # in the order of probe.clips: variants on the same clips pair up
+        per_clip[f"log_ratio_{layer}"] = [math.log(max(float(t.loc[layer, "per_key_ratio"]), 1e-30)) for t in tables]
+        per_clip[f"lit_share_{layer}"] = [float(t.loc[layer, "lit_share"]) for t in tables]
+    per_clip.update(_per_clip_f1(run))
+    return {name: {"clips": values, "mean": _as_list(interval(values))} for name, values in per_clip.items()}
+
+
+def _claim(claim) -> dict:
+    return {"name": claim.name, "verdict": claim.verdict, "measured": claim.measured}
+
+
+@takes_run
+def measure(run: Run, scene: str = SCENE) -> dict:
+    """A card's evaluation of a run on one scene (the one its sweep was probed on): the probe's settings, the summary,
+    the claims' verdicts."""
+    items = items_of(run)
     return {
         "probe": {"clips": [item.manifest["clip"] for item in items], "seeds": [item.manifest["seed"] for item in items],
-                  "steps": len(run.manifest["steps"]),
-                  "frames": run.manifest["frames"], "split": items[0].manifest.get("split"),
+                  "steps": len(run.manifest["steps"]), "frames": run.manifest["frames"],
+                  "scene": scene, "split": items[0].manifest.get("split"),
                   "command": items[0].manifest.get("command")},
-        "quality": _quality(run),
+        "summary": summary(run),
         "claims": {c.__name__: _claim(c(run)) for c in (middle_layer_similarity, last_layers_less_similar,
                                                          deep_layers_local, sparse_deep_attention)},
-        "finding2": finding2,
     }
 
 
-def snapshot_point(step: int, run: Run) -> dict:
-    """One point of the curve: a snapshot's deep-layer per-key ratio by step range, finding 1 and its quality."""
-    deep = paper_layers(run.depth)["deep"]
-    items = items_of(run)
-    ratios = {}
-    for steps in STEP_RANGES:
-        tables = [attention_measures(item, steps).set_index("layer") for item in items]
-        for layer in deep:
-            ratios[f"{layer}_{steps}"] = _as_list(interval([float(t.loc[layer, "per_key_ratio"]) for t in tables]))
-    return {"step": step, "per_key_ratio": ratios, "quality": _quality(run),
-            "finding1": _claim(middle_layer_similarity(run))}
+def snapshot_point(step: int, run: Run, scene: str) -> dict:
+    """One point over training: a snapshot's summary (means over clips only) and the scene it was probed on."""
+    return {"step": step, "scene": scene,
+            "summary": {name: value["mean"] for name, value in summary(run).items()}}
 
 
 @takes_run
 def maps_of(run: Run) -> dict[str, np.ndarray]:
-    """The figure's 8 layers' pooled maps (heads and steps averaged, clips too), float32, keyed "layer_N"."""
+    """The paper's figure layers' pooled maps (heads and steps averaged, clips too), float32, keyed "layer_N"."""
     layers = [layer for layer in paper_layers(run.depth)["figure"] if layer in run.attention_layers]
     return {f"layer_{layer}": mean_map(run, layer).float().numpy() for layer in layers}
 
 
 def training_record(run_dir: str | Path) -> dict:
-    """How a `probe train` run was trained: its settings, command, steps, compute, wall time and machines."""
+    """How a `probe train` run was trained: its settings, command, seed, steps, compute, wall time and machines."""
     from scd.evaluate import training_command
     from scd.flops import training_flops
 
@@ -156,76 +158,18 @@ def training_record(run_dir: str | Path) -> dict:
     sittings = (run_dir / "machines.txt").read_text().splitlines() if (run_dir / "machines.txt").exists() else []
     model = {k: v for k, v in model.items() if k not in ("dtype", "sha256")}
     per_step = training_flops(model, settings["frames"], settings["batch_size"])
-    return {"command": training_command(run_dir), "settings": _settings({"settings": settings}), "model": model,
-            "steps": int(log.step.max()),
-            "pflop": len(log) * per_step / 1e15, "wall_hours": float(log.seconds.iloc[-1]) / 3600,
+    return {"command": training_command(run_dir), "settings": settings, "model": model, "seed": settings["seed"],
+            "steps": int(log.step.max()), "pflop": len(log) * per_step / 1e15,
+            "wall_hours": float(log.seconds.iloc[-1]) / 3600,
             "hardware": "; ".join(sorted({line.split(": ", 1)[1] for line in sittings})) or "(not recorded)",
             "final_loss": float(log.loss.tail(100).mean()), "weights": "raw (the optimised weights, not the EMA)"}
 
 
-def shipped_record(name: str) -> dict:
-    """The training record of a shipped checkpoint, read from its model card (its run directory is not shipped)."""
-    from dataclasses import asdict
-
-    from scd.flops import training_flops
-    from scd.train_config import TrainConfig
-    from scd.zoo import CHECKPOINT_DIR
-
-    card = CHECKPOINT_DIR / f"{name}.md"
-    try:
-        text = card.read_text()
-        model = {k: v for k, v in json.loads((CHECKPOINT_DIR / f"{name}.json").read_text()).items()
-                 if k not in ("dtype", "sha256")}
-        command = re.search(r"Command: `([^`]+)`", text).group(1)
-        steps, batch = map(int, re.search(r"Iterations: (\d+) steps of batch (\d+)", text).groups())
-        hours, hardware = re.search(r"wall time ([\d.]+) h on\s+(.+?)\.\n", text).groups()
-        loss = float(re.search(r"Final loss \(mean of the last \d+ steps\): (\d+\.\d+)", text).group(1))
-        chosen = re.search(r"Shipped: the \*\*(\w+)\*\* weights", text).group(1)
-        ratio = float(re.search(r"clean-context ratio ([\d.]+)", text).group(1))
-        bf16 = re.search(r"bfloat16 autocast: (\w+)", text).group(1) == "True"
-    except (OSError, AttributeError, ValueError) as e:
-        raise CardError(f"{card} is not a model card written by probe export ({e})") from None
-    settings = asdict(TrainConfig(steps=steps, batch_size=batch, clean_context_ratio=ratio, bf16=bf16))
-    per_step = training_flops(model, settings["frames"], batch)
-    return {"command": command, "settings": settings, "model": model, "steps": steps, "pflop": steps * per_step / 1e15,
-            "wall_hours": float(hours), "hardware": " ".join(hardware.split()), "final_loss": loss,
-            "weights": f"{chosen} (shipped as `{name}`)"}
-
-
-def _settings(record: dict) -> dict:
-    """A record's training settings, with the defaults of settings added since it was trained."""
-    from dataclasses import fields
-
-    from scd.train_config import TrainConfig
-
-    return {**{f.name: f.default for f in fields(TrainConfig)}, **record["settings"]}
-
-
-def _model(record: dict) -> dict:
-    """A record's model config, with the defaults of fields added since it was saved (baseline family)."""
-    from dataclasses import asdict
-
-    from scd.baseline import BaselineConfig
-
-    defaults = asdict(BaselineConfig()) if record["model"].get("family") == "baseline" else {}
-    return {**defaults, **record["model"]}
-
-
-def differs(record: dict, reference: dict) -> dict[str, list]:
-    """{setting: [reference's value, this run's]} for every training or model setting that differs."""
-    out = {}
-    for part in ("settings", "model"):
-        mine, theirs = (_settings(r) if part == "settings" else _model(r) for r in (record, reference))
-        for key in sorted(set(mine) | set(theirs)):
-            if key not in NOT_SETTINGS and mine.get(key) != theirs.get(key):
-                out[key] = [theirs.get(key), mine.get(key)]
-    return out
-
-
-def make_card(name: str, source: str, record: dict, measures: dict, over_training: list[dict] | None = None) -> dict:
-    """A variant's card: where it came from, how it was trained, what was measured."""
-    return {"format": CARD_FORMAT, "name": name, "source": source, "training": record, **measures,
-            "over_training": over_training or []}
+def make_card(name: str, condition: str, factor: str, source: str, record: dict, evaluations: dict[str, dict],
+              over_training: list[dict] | None = None) -> dict:
+    """A run's card: its condition and seed, where it came from, how it was trained, what was measured."""
+    return {"format": CARD_FORMAT, "name": name, "condition": condition, "seed": record["seed"], "factor": factor,
+            "source": source, "training": record, "evaluations": evaluations, "over_training": over_training or []}
 
 
 # -- from cards only ----------------------------------------------------------------------------------------------
@@ -238,166 +182,314 @@ def value_text(values: list | None, digits: int = 3) -> str:
     return shown((mean, math.nan if low is None else low, math.nan if high is None else high, n), digits)
 
 
-def factor_text(card: dict, reference: dict) -> str:
-    """What a card changes from the reference, in the issue's words."""
-    if card["name"] == reference["name"]:
-        return "(the reference)"
-    changed = differs(card["training"], reference["training"])
-    return "; ".join(f"{FACTORS.get(k, k)}: {a} -> {b}" for k, (a, b) in changed.items()) or "(same settings)"
+def depth_of(card: dict) -> int:
+    return int(card["training"]["model"]["depth"])
 
 
-def deep_layers(card: dict) -> list[str]:
-    """The paper's layers 28-29 mapped onto the card's model."""
-    return [str(layer) for layer in paper_layers(card["training"]["model"]["depth"])["deep"]]
+def trained_scene(card: dict) -> str:
+    return card["training"]["settings"].get("scene", SCENE)
 
 
-def order(cards: list[dict], reference: str) -> list[dict]:
-    """The reference first, then the others by name."""
-    return sorted(cards, key=lambda c: (c["name"] != reference, c["name"]))
+def competence(card: dict) -> tuple[bool, str]:
+    """Whether a run beats copy-last as the study requires (`STUDY_COMPETENCE_DB`, on the val clips of the scene it
+    was trained on, at least 16 of them), and the numbers in words."""
+    floor, scene = threshold("STUDY_COMPETENCE_DB"), trained_scene(card)
+    evaluation = card["evaluations"].get(scene)
+    if evaluation is None:
+        return False, f"not evaluated on its own scene ({scene})"
+    psnr, ssim = evaluation["summary"]["psnr_gain"]["mean"], evaluation["summary"]["ssim_gain"]["mean"]
+    enough = psnr[3] >= 16 and psnr[1] is not None and ssim[1] is not None
+    ok = enough and psnr[0] >= floor and psnr[1] > 0 and ssim[1] > 0
+    return ok, (f"PSNR gain over copy-last {value_text(psnr, 2)} dB, SSIM gain {value_text(ssim)} on {psnr[3]} "
+                f"{scene} val clips")
 
 
-def emergence_table(cards: list[dict], reference: str) -> pd.DataFrame:
-    """One row per variant: what differs, compute, quality, finding 1 with its control, finding 2 at the deep
-    layers by step range, and the verdicts."""
-    ref = next((c for c in cards if c["name"] == reference), None)
-    if ref is None:
-        raise CardError(f"no card named {reference!r} (the reference); accepted: one of {sorted(c['name'] for c in cards)}")
+def settings_problems(cards: list[dict]) -> list[str]:
+    """Every way the cards break "one factor at a time": a card whose training settings or model differ from its
+    condition's plan (`scd.study.study_config`) in anything but where it ran, or two cards of one condition and seed."""
+    from dataclasses import asdict
+
+    from scd.study import CONDITIONS, study_config
+    from scd.train import model_config
+
+    problems, seen = [], set()
+    for card in cards:
+        condition, seed = card.get("condition"), card.get("seed")
+        if condition not in CONDITIONS:
+            problems.append(f"{card['name']}: condition {condition!r} is not one of the study's")
+            continue
+        if (condition, seed) in seen:
+            problems.append(f"{card['name']}: a second card of {condition} seed {seed}")
+        seen.add((condition, seed))
+        planned = study_config(condition, seed)
+        settings = {**asdict(planned), **card["training"]["settings"]}
+        wrong = sorted(k for k, v in asdict(planned).items() if k not in NOT_SETTINGS - {"seed"} and settings[k] != v)
+        model = {k: v for k, v in model_config(planned).items()}
+        wrong += sorted(f"model {k}" for k, v in model.items() if card["training"]["model"].get(k) != v)
+        if wrong:
+            problems.append(f"{card['name']}: differs from its condition's plan in {', '.join(wrong)}")
+        if card["training"]["steps"] != planned.steps:
+            problems.append(f"{card['name']}: trained {card['training']['steps']} of its {planned.steps} steps")
+    return problems
+
+
+def welch(a: list[float], b: list[float], level: float) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its Welch t interval at `level` (NaN bounds with fewer than 2 values in either)."""
+    from scipy import stats
+
+    diff = float(np.mean(a) - np.mean(b)) if a and b else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return diff, diff - half, diff + half
+
+
+def run_value(card: dict, measure: str, scene: str = SCENE) -> float | None:
+    """A run's value of a measure on a scene: the mean over its clips (None where not measured)."""
+    evaluation = card["evaluations"].get(scene)
+    value = evaluation["summary"].get(measure) if evaluation else None
+    return None if value is None else value["mean"][0]
+
+
+MEASURE_NAMES = {
+    "psnr_gain": "PSNR gain over copy-last (dB)", "ssim_gain": "SSIM gain over copy-last", "psnr": "PSNR vs truth (dB)",
+    "ssim": "SSIM vs truth", "f1_cross_step": "finding 1: cross-step cosine, middle layer",
+    "f1_minus_two_frames": "finding 1: minus the two-frame control", "f1_minus_input": "finding 1: minus the input's",
+    "f1_centred_minus_input": "finding 1: centred cosine minus the input's",
+}
+
+
+def measure_name(measure: str, depth: int) -> str:
+    """A measure's name in words, with the paper's layer beside the study's (`paper_layers`)."""
+    if measure in MEASURE_NAMES:
+        return MEASURE_NAMES[measure]
+    kind, layer = measure.rsplit("_", 1)
+    words = {"log_ratio": "ln per-key ratio (earlier / own frame)", "lit_share": "lit share of context cells"}[kind]
+    return f"{words}, layer {layer} of {depth}"
+
+
+def table_measures(depth: int) -> list[str]:
+    """The measures of the main table: quality, finding 2 at every layer (per-key ratio) and the last (lit share),
+    finding 1 at the middle layer."""
+    last = depth - 1
+    return (["psnr_gain", "ssim_gain"] + [f"log_ratio_{layer}" for layer in range(depth)] + [f"lit_share_{last}"]
+            + ["f1_cross_step", "f1_minus_two_frames", "f1_minus_input", "f1_centred_minus_input"])
+
+
+def seed_table(cards: list[dict], scene: str = SCENE, measures: list[str] | None = None) -> pd.DataFrame:
+    """One row per condition and measure: the seeds (competent runs only), the mean over seeds with its t interval,
+    the reference's between-seed half-width (the seed floor), and the effect against the reference: the difference
+    of means with its Welch interval and what it says (`STUDY_EFFECT_LEVEL`, `STUDY_SEEDS_MIN`)."""
+    from scd.study import CONDITIONS
+
+    level, needed = threshold("STUDY_EFFECT_LEVEL"), int(threshold("STUDY_SEEDS_MIN"))
+    kept = [c for c in cards if competence(c)[0]]
+    if not kept:
+        return pd.DataFrame(columns=["condition", "measure", "name", "seeds", "values", "mean", "low", "high",
+                                     "effect", "effect_low", "effect_high", "verdict"])
+    depth = depth_of(kept[0])
+    measures = measures or table_measures(depth)
+    by_condition: dict[str, list[dict]] = {}
+    for card in sorted(kept, key=lambda c: c["seed"]):
+        by_condition.setdefault(card["condition"], []).append(card)
     rows = []
-    for card in order(cards, reference):
-        t, q, claims = card["training"], card["quality"], card["claims"]
-        f1 = claims["middle_layer_similarity"]
-        deep = deep_layers(card)
-        row = {"variant": card["name"], "differs from the reference": factor_text(card, ref), "steps": t["steps"],
-               "PFLOP": f"{t['pflop']:.2f}", "wall h": f"{t['wall_hours']:.2f}", "hardware": t["hardware"],
-               "PSNR vs truth": value_text(q["model_psnr"], 2), "copy-last PSNR": value_text(q["copy_psnr"], 2),
-               "SSIM vs truth": value_text(q["model_ssim"]), "copy-last SSIM": value_text(q["copy_ssim"]),
-               "L15 cross-step": value_text(f1["values"].get("cross-step")),
-               "L15 control (two frames)": value_text(f1["values"].get("cross-frame control")),
-               "finding 1 (criteria before issue 26)": observed(f1["verdict"])}
-        for layer in deep:
-            for steps in STEP_RANGES:
-                row[f"L{layer} ratio, {steps}"] = value_text(card["finding2"].get(str(layer), {}).get(f"per_key_ratio_{steps}"))
-        row["finding 2 (per key)"] = observed(claims["deep_layers_local"]["verdict"])
-        row["finding 2 (sparse maps, the old convention)"] = observed(claims["sparse_deep_attention"]["verdict"])
+    for condition in [c for c in CONDITIONS if c in by_condition]:
+        runs = by_condition[condition]
+        for measure in measures:
+            values = [v for c in runs if (v := run_value(c, measure, scene)) is not None]
+            reference = [v for c in by_condition.get("reference", []) if (v := run_value(c, measure, scene)) is not None]
+            if not values:
+                continue
+            mean, low, high, n = interval(values)
+            row = {"condition": condition, "measure": measure, "name": measure_name(measure, depth),
+                   "seeds": ",".join(str(c["seed"]) for c in runs if run_value(c, measure, scene) is not None),
+                   "values": values, "mean": mean, "low": low, "high": high}
+            if condition == "reference":
+                row.update(effect=math.nan, effect_low=math.nan, effect_high=math.nan, verdict="(the reference)")
+            else:
+                effect, e_low, e_high = welch(values, reference, level)
+                if len(values) < needed or len(reference) < needed:
+                    verdict = f"too few seeds ({len(values)} and {len(reference)} of {needed})"
+                elif e_low > 0 or e_high < 0:
+                    verdict = "higher than the reference" if e_low > 0 else "lower than the reference"
+                else:
+                    verdict = "no detectable effect at this scale"
+                row.update(effect=effect, effect_low=e_low, effect_high=e_high, verdict=verdict)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean: float, low: float, high: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "-"
+    if math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def table_markdown(table: pd.DataFrame) -> pd.DataFrame:
+    """The seed table as it is shown: one row per measure and condition, numbers with their intervals."""
+    if table.empty:
+        return pd.DataFrame(columns=["measure", "condition", "seeds", "mean [95% over seeds]",
+                                     "effect vs reference [95% Welch]", "verdict"])
+    rows = []
+    for _, r in table.iterrows():
+        digits = 2 if "psnr" in r["measure"] else 3
+        rows.append({"measure": r["name"], "condition": r["condition"], "seeds": r["seeds"],
+                     "mean [95% over seeds]": _fmt(r["mean"], r["low"], r["high"], digits),
+                     "effect vs reference [95% Welch]": _fmt(r["effect"], r["effect_low"], r["effect_high"], digits),
+                     "verdict": r["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def runs_table(cards: list[dict]) -> pd.DataFrame:
+    """One row per run: condition, seed, steps, compute, wall time, hardware, and whether it beat copy-last."""
+    rows = []
+    for card in sorted(cards, key=lambda c: (c["condition"], c["seed"])):
+        t = card["training"]
+        ok, words = competence(card)
+        rows.append({"run": card["name"], "condition": card["condition"], "seed": card["seed"], "steps": t["steps"],
+                     "PFLOP": f"{t['pflop']:.3f}", "wall h": f"{t['wall_hours']:.2f}", "hardware": t["hardware"],
+                     "beats copy-last (as required)": "yes" if ok else "no", "quality": words})
+    return pd.DataFrame(rows)
+
+
+def two_by_two(cards: list[dict], measures: tuple[str, ...] = ("psnr_gain",)) -> pd.DataFrame:
+    """Trained scene x evaluated scene (reference: sprites, textured condition: textured): the mean over seeds with its
+    interval, per measure; by default quality, and the last layer's ln per-key ratio."""
+    kept = [c for c in cards if c["condition"] in TWO_BY_TWO and competence(c)[0]]
+    if not kept:
+        return pd.DataFrame()
+    measures = (*measures, f"log_ratio_{depth_of(kept[0]) - 1}")
+    rows = []
+    for condition in TWO_BY_TWO:
+        runs = [c for c in kept if c["condition"] == condition]
+        if not runs:
+            continue
+        row = {"trained on": f"{trained_scene(runs[0])} ({condition})"}
+        for scene in ("sprites", "textured"):
+            for measure in measures:
+                values = [v for c in runs if (v := run_value(c, measure, scene)) is not None]
+                row[f"{measure_name(measure, depth_of(runs[0]))}, on {scene}"] = (
+                    _fmt(*interval(values)[:3], 2 if "psnr" in measure else 3) + f" (n={len(values)})" if values else "-")
         rows.append(row)
-    return pd.DataFrame(rows).fillna("-")
+    return pd.DataFrame(rows)
 
 
-def layer_table(cards: list[dict], reference: str) -> pd.DataFrame:
-    """Per-key ratio (earlier / own frame) of every layer, per variant and step range: means over the clips."""
-    rows = {}
-    for card in order(cards, reference):
-        for layer, measures in card["finding2"].items():
-            for steps in STEP_RANGES:
-                value = measures.get(f"per_key_ratio_{steps}")
-                rows.setdefault(int(layer), {})[f"{card['name']}, {steps}"] = f"{value[0]:.3f}" if value else "-"
-    table = pd.DataFrame.from_dict(rows, orient="index").sort_index().fillna("-")
-    table.index.name = "layer"
-    return table
+def over_training(cards: list[dict], measures: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Per condition and snapshot step: each measure's mean over the seeds probed there, with its t interval (the
+    snapshots of every run, competent or not at that step: the point is when it became so)."""
+    rows = []
+    for card in cards:
+        depth = depth_of(card)
+        chosen = measures or ("psnr_gain", "ssim_gain", f"log_ratio_{depth - 1}", f"log_ratio_{paper_layers(depth)['middle'][0]}",
+                              "f1_cross_step", "f1_minus_input")
+        for point in card.get("over_training", []):
+            for measure in chosen:
+                if measure in point["summary"]:
+                    rows.append({"condition": card["condition"], "seed": card["seed"], "step": point["step"],
+                                 "scene": point["scene"], "measure": measure, "value": point["summary"][measure][0]})
+    if not rows:
+        return pd.DataFrame(columns=["condition", "step", "scene", "measure", "mean", "low", "high", "n"])
+    frame = pd.DataFrame(rows)
+    out = []
+    for (condition, step, scene, measure), group in frame.groupby(["condition", "step", "scene", "measure"]):
+        mean, low, high, n = interval(list(group.value))
+        out.append({"condition": condition, "step": int(step), "scene": scene, "measure": measure, "mean": mean,
+                    "low": low, "high": high, "n": n})
+    return pd.DataFrame(out)
 
 
-def relative_ratio(card: dict, ref: dict, layer: str, steps: str = "all") -> list | None:
-    """The variant's per-key ratio over the reference's at a layer: the geometric mean over clips with its 95%
-    interval when both were probed on the same clips and seeds (paired), else the ratio of the means (n = 0)."""
-    mine, theirs = card["finding2"].get(layer), ref["finding2"].get(layer)
-    if not mine or not theirs:
-        return None
-    key = f"per_key_ratio_{steps}"
-    paired = (card["probe"]["clips"], card["probe"].get("seeds")) == (ref["probe"]["clips"], ref["probe"].get("seeds"))
-    a, b = mine.get("per_clip", {}).get(key), theirs.get("per_clip", {}).get(key)
-    if paired and a and b and min(a + b) > 0:
-        mean, low, high, n = interval([math.log(x / y) for x, y in zip(a, b, strict=True)])
-        return [math.exp(mean), None if math.isnan(low) else math.exp(low), None if math.isnan(high) else math.exp(high), n]
-    return [mine[key][0] / theirs[key][0], None, None, 0]
+def combination_choice(table: pd.DataFrame, depth: int) -> list[str]:
+    """The single factors the combination joins (`STUDY_COMBINED_FACTORS`): those with the lowest mean effect on the
+    last layer's ln per-key ratio (the most toward frame-local deep layers), among those with enough seeds."""
+    count = int(threshold("STUDY_COMBINED_FACTORS"))
+    rows = table[(table.measure == f"log_ratio_{depth - 1}") & (table.condition != "reference")
+                 & ~table.verdict.str.startswith("too few") & (table.condition != "combination")]
+    return list(rows.sort_values("effect").condition[:count])
 
 
-def _scale(card: dict) -> str:
-    model = card["training"]["model"]
-    tokens = tokens_per_frame(model)
-    return (f"width {model['width']}, {model['depth']} blocks, {tokens} tokens per frame, "
-            f"{card['training']['settings'].get('scene', 'sprites')} scene, {card['training']['steps']} steps")
+def answer(cards: list[dict]) -> str:
+    """The plain-words answer, generated from the seed table: what clears the seed floor, and nothing else."""
+    from scd.study import CONDITIONS
 
-
-def answer(cards: list[dict], reference: str) -> str:
-    """The plain-words answer: did any variant show finding 2, and how far each factor moved the deep layers (the
-    ratio to the reference's per-key ratio, paired over clips, with its 95% interval)."""
-    ref = next(c for c in cards if c["name"] == reference)
-    deep = deep_layers(ref)
-    shown = [c for c in cards if c["claims"]["deep_layers_local"]["verdict"] == REPRODUCED]
     lines = []
-    if shown:
-        lines.append("Finding 2 reproduced (deep layers' per-key ratio below 0.1, its 95% interval over the clips) in: "
-                     + ", ".join(f"`{c['name']}`" for c in shown) + ".")
-    else:
-        lines.append(f"No variant shows finding 2: in none do layers {', '.join(deep)} attend to an earlier-frame key "
-                     "less than a tenth as much as to an own-frame key (95% intervals over the clips).")
-    lines.append(f"The reference (`{ref['name']}`: {_scale(ref)}): per-key ratio "
-                 + ", ".join(f"layer {layer} {value_text(ref['finding2'][layer]['per_key_ratio_all'])}" for layer in deep
-                             if layer in ref["finding2"]) + ".")
-    moved = []
-    for card in order(cards, reference):
-        if card is ref:
+    if not cards:
+        return "No run of the study has been measured yet."
+    depth = depth_of(cards[0])
+    layers = paper_layers(depth)
+    last, middle = depth - 1, layers["middle"][0]
+    failed = [(c["name"], competence(c)[1]) for c in cards if not competence(c)[0]]
+    kept = [c for c in cards if competence(c)[0]]
+    needed = int(threshold("STUDY_SEEDS_MIN"))
+    counts = {name: sum(c["condition"] == name for c in kept) for name in CONDITIONS}
+    from scd.study import REFERENCE
+
+    lines.append(f"Model: width {cards[0]['training']['model']['width']}, {depth} blocks, "
+                 f"{REFERENCE['steps']} causal steps per run (the study size of `scd.study`); the paper's layers "
+                 f"28-29 are its layer {last}, layer 15 its layer {middle} (by relative depth). Runs that beat "
+                 "copy-last, per condition: " + (", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none")
+                 + f" (of {needed} seeds each).")
+    if failed:
+        lines.append("Left out, not beating copy-last as required: " + "; ".join(f"`{n}` ({w})" for n, w in failed) + ".")
+    table = seed_table(cards)
+    if table.empty:
+        lines.append("No trained run yet: nothing to compare.")
+        return "\n".join(lines)
+    ref = table[(table.condition == "reference") & (table.measure == f"log_ratio_{last}")]
+    if len(ref):
+        r = ref.iloc[0]
+        lines.append(f"Reference: layer {last}'s per-key ratio (earlier / own frame) {math.exp(r['mean']):.3f} "
+                     f"(geometric mean over seeds {r['seeds']}; ln {_fmt(r['mean'], r['low'], r['high'])}); the paper's "
+                     f"deep layers sit below 0.1 (ln {math.log(0.1):.2f}).")
+    effects, none, few = [], [], []
+    for condition in [c for c in CONDITIONS if c != "reference" and counts.get(c)]:
+        rows = table[table.condition == condition].set_index("measure")
+        if rows.empty:
+            continue
+        if rows.verdict.str.startswith("too few").all():
+            few.append(f"`{condition}` ({counts[condition]} of {needed} seeds)")
+            continue
+        clear = rows[rows.verdict.isin(["higher than the reference", "lower than the reference"])]
+        if clear.empty:
+            none.append(f"`{condition}`")
             continue
         parts = []
-        for layer in deep:
-            rel = relative_ratio(card, ref, layer)
-            if rel is None:
-                continue
-            value = card["finding2"][layer]["per_key_ratio_all"]
-            parts.append(f"layer {layer} {value[0]:.3f}, x{value_text(rel, 2)} the reference's")
-            moved.append((card["name"], layer, rel))
-        verdict = observed(card["claims"]["deep_layers_local"]["verdict"])
-        lines.append(f"- `{card['name']}` ({factor_text(card, ref)}): {'; '.join(parts) or 'deep layers not probed'}; "
-                     f"finding 2: {verdict}; PSNR {card['quality']['model_psnr'][0]:.2f} dB (copy-last "
-                     f"{card['quality']['copy_psnr'][0]:.2f}).")
-    if moved:
-        name, layer, rel = min(moved, key=lambda m: m[2][0])
-        clear = rel[2] is not None and rel[2] < 1
-        lines.append(f"The largest move toward the paper: `{name}` at layer {layer}, x{value_text(rel, 2)} the reference's "
-                     f"per-key ratio ({'below 1 by its 95% interval' if clear else 'its interval does not exclude no change'}"
-                     f"; the paper's bound is a ratio below {DEEP_RATIO_MAX}).")
-    if not moved:
-        lines.append("Only the reference has been measured: no factor has been tried yet.")
-    elif not shown:
-        lower: dict[str, list[int]] = {}
-        higher: dict[str, list[int]] = {}
-        for name, layer, rel in moved:
-            if rel[2] is not None and rel[2] < 1:
-                lower.setdefault(name, []).append(layer)
-            if rel[1] is not None and rel[1] > 1:
-                higher.setdefault(name, []).append(layer)
-
-        def named(which: dict[str, list[int]]) -> str:
-            return ", ".join(f"`{n}` (layer {', '.join(map(str, layers))})" for n, layers in sorted(which.items()))
-
-        if lower:
-            mixed = sorted(set(lower) & set(higher))
-            text = (f"What that suggests: {named(lower)} lowered the deep layers' reliance on the past (a paired interval "
-                    "below 1) but nowhere near the paper's frame-local layers")
-            if mixed:
-                text += (f"; {', '.join(f'`{n}`' for n in mixed)} raised it at another deep layer, so the factor moves "
-                         "the reliance between the deep layers more than it removes it; more of it, or factors together, "
-                         "is what to try next.")
-            else:
-                text += "; the factor points the way, and more of it (or of it combined with others) is what to try next."
-            lines.append(text)
-        else:
-            lines.append("What that suggests: none of the single factors tried moved the deep layers toward the frame "
-                         "(no paired interval below 1); the paper's frame-local deep layers need what these variants "
-                         "lack: a larger model, more tokens per frame, far longer training, or factors together.")
-        if higher:
-            lines.append(f"{named(higher)} made the deep layers look back more than the reference (a paired interval "
-                         "above 1).")
+        for measure, r in clear.iterrows():
+            digits = 2 if "psnr" in measure else 3
+            extra = f" (x{math.exp(r['effect']):.2f})" if measure.startswith("log_ratio") else ""
+            parts.append(f"{r['name']} {r['verdict'].split(' than')[0]} by "
+                         f"{_fmt(r['effect'], r['effect_low'], r['effect_high'], digits)}{extra}")
+        effects.append(f"- `{condition}`: " + "; ".join(parts) + ".")
+    if effects:
+        lines.append("Effects that clear the seed floor (Welch 95% interval over seeds excluding 0):")
+        lines += effects
+    if none:
+        lines.append(f"No detectable effect at this scale on any measure: {', '.join(none)}.")
+    if few:
+        lines.append(f"Not yet compared (too few trained seeds): {', '.join(few)}.")
+    reached = [c for c in CONDITIONS if counts.get(c) and any(
+        (r := run_value(card, f"log_ratio_{last}")) is not None and r < math.log(0.1)
+        for card in kept if card["condition"] == c)]
+    lines.append("Finding 2 (the last layer's per-key ratio below 0.1): " + (
+        f"reached by a run of {', '.join(f'`{c}`' for c in reached)}." if reached else
+        f"not observed in any trained run of this {depth}-block model."))
     return "\n".join(lines)
 
 
 def read_cards(directory: str | Path) -> list[dict]:
-    """Every `card-*.json` in a directory, checked for the fields the table reads."""
+    """Every `card-*.json` in a directory, checked for the fields the study reads."""
     cards = []
     for path in sorted(Path(directory).glob("card-*.json")):
         try:
             card = json.loads(path.read_text())
-            if card.get("format") != CARD_FORMAT or not {"name", "training", "quality", "claims", "finding2"} <= set(card):
+            needed = {"name", "condition", "seed", "training", "evaluations", "over_training"}
+            if card.get("format") != CARD_FORMAT or not needed <= set(card):
                 raise CardError(f"format {card.get('format')!r} or fields missing")
         except ValueError as e:
             raise CardError(f"{path} is not an emergence card of format {CARD_FORMAT} ({e})") from None
@@ -406,20 +498,15 @@ def read_cards(directory: str | Path) -> list[dict]:
 
 
 def load_study(directory: str | Path) -> dict:
-    """A `probe emergence` directory: {"cards", "maps" (name -> layer -> array), "reference"}; a CardError if it is
-    not one."""
+    """A `probe emergence` directory: {"cards", "maps" (name -> layer -> array)}; a CardError if it is not one."""
     directory = Path(directory)
-    try:
-        reference = json.loads((directory / "emergence.json").read_text())["reference"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CardError(f"{directory} is not a directory written by probe emergence (emergence.json: {e})") from None
+    if not (directory / "emergence.json").is_file():
+        raise CardError(f"{directory} is not a directory written by probe emergence (no emergence.json)")
     cards = read_cards(directory)
-    if not any(c["name"] == reference for c in cards):
-        raise CardError(f"{directory} has no card of its reference {reference!r}; run probe emergence again")
     maps = {}
     for card in cards:
         path = directory / f"maps-{card['name']}.npz"
         if path.is_file():
             with np.load(path) as saved:
                 maps[card["name"]] = {key: saved[key] for key in saved.files}
-    return {"cards": cards, "maps": maps, "reference": reference}
+    return {"cards": cards, "maps": maps}

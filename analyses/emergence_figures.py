@@ -1,8 +1,10 @@
 """The emergence study's figures and files, drawn from cards (and their saved maps) only.
 
-- `maps_figure`: the paper's 8-layer log maps, one row per variant, one colour range for all rows.
-- `curve_figure`: the deep layers' per-key ratio at each training snapshot, with 95% intervals.
-- `write_emergence`: table.md / table.csv / layers.md / maps.png / curve.png / README.md in a directory.
+- `maps_figure`: the paper's figure layers' log maps, one row per condition (its trained seeds' maps averaged).
+- `effects_figure`: every factor's effect on each layer's ln per-key ratio, with its Welch interval over seeds.
+- `curve_figure`: quality, the last layer's ratio and finding 1 over training, per condition, intervals over seeds.
+- `write_emergence`: README.md, table.md / table.csv, runs.md, two_by_two.md, over_training.csv, card-NAME.md
+  and the figures, into a directory.
 """
 
 from __future__ import annotations
@@ -12,144 +14,235 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from analyses.claims import DEEP_RATIO_MAX
 from analyses.emergence import (
+    SCENE,
     answer,
-    deep_layers,
-    emergence_table,
-    factor_text,
-    layer_table,
-    observed,
-    order,
+    competence,
+    depth_of,
+    measure_name,
+    over_training,
+    runs_table,
+    seed_table,
+    table_markdown,
+    trained_scene,
+    two_by_two,
     value_text,
 )
 from analyses.paper_figures import draw_map
 from analyses.sparsity import colour_range, context_cells
+from analyses.thresholds import threshold
 
 REGENERATE = "probe emergence --out reports/emergence --force"  # rebuilds everything below from the committed cards
 
 
-def maps_figure(cards: list[dict], maps: dict[str, dict[str, np.ndarray]], reference: str) -> Figure:
-    """ln p per pooled cell, heads, steps and clips averaged: a row per variant, a column per layer."""
-    shown = [c for c in order(cards, reference) if c["name"] in maps]
-    layers = sorted({key for c in shown for key in maps[c["name"]]}, key=lambda k: int(k.split("_")[1]))
-    cells = []
-    for card in shown:
-        frames = card["probe"]["frames"]
-        for array in maps[card["name"]].values():
-            cells.append(context_cells(torch.from_numpy(array)[:, None], frames, array.shape[1]))
+def _conditions(cards: list[dict]) -> list[str]:
+    from scd.study import CONDITIONS
+
+    present = {c["condition"] for c in cards}
+    return [c for c in CONDITIONS if c in present]
+
+
+def maps_figure(cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> Figure:
+    """ln p per pooled cell (heads, steps and clips averaged, then the condition's trained seeds): a row per
+    condition, a column per layer, one colour range for all panels."""
+    rows = []
+    for condition in _conditions(cards):
+        runs = [c for c in cards if c["condition"] == condition and c["name"] in maps and competence(c)[0]]
+        if runs:
+            keys = sorted(set.intersection(*(set(maps[c["name"]]) for c in runs)), key=lambda k: int(k.split("_")[1]))
+            rows.append((condition, len(runs), runs[0]["evaluations"][SCENE]["probe"]["frames"],
+                         {k: np.mean([maps[c["name"]][k] for c in runs], axis=0) for k in keys}))
+    layers = sorted({k for *_, m in rows for k in m}, key=lambda k: int(k.split("_")[1]))
+    cells = [context_cells(torch.from_numpy(a)[:, None], frames, a.shape[1]) for _, _, frames, m in rows for a in m.values()]
     low, high = colour_range(cells) if cells else (float("nan"), float("nan"))
-    fig, axes = plt.subplots(max(1, len(shown)), max(1, len(layers)), squeeze=False,
-                             figsize=(2.2 * len(layers) + 1.4, 2.0 * len(shown) + 0.8))
+    fig, axes = plt.subplots(max(1, len(rows)), max(1, len(layers)), squeeze=False,
+                             figsize=(2.2 * max(1, len(layers)) + 1.4, 2.0 * max(1, len(rows)) + 0.8))
     image = None
-    for row, card in zip(axes, shown, strict=False):
-        for ax, key in zip(row, layers, strict=True):
-            array = maps[card["name"]].get(key)
+    for ax_row, (condition, n, frames, chosen) in zip(axes, rows, strict=False):
+        for ax, key in zip(ax_row, layers, strict=True):
+            array = chosen.get(key)
             if array is None:
                 ax.axis("off")
                 continue
-            image = draw_map(ax, array, card["probe"]["frames"], array.shape[1], array.shape[2] // array.shape[1], low, high)
-            ax.set_title(f"{card['name']}: layer {key.split('_')[1]}", fontsize=7)
+            image = draw_map(ax, array, frames, array.shape[1], array.shape[2] // array.shape[1], low, high)
+            ax.set_title(f"{condition} ({n} seeds): layer {key.split('_')[1]}", fontsize=7)
+    if not rows:
+        axes[0][0].text(0.5, 0.5, "no trained run measured yet", ha="center", va="center")
+        axes[0][0].axis("off")
     fig.subplots_adjust(hspace=0.7, wspace=0.45, right=0.9)
     if image is not None and math.isfinite(low):
         fig.colorbar(image, cax=fig.add_axes((0.92, 0.15, 0.012, 0.7)), label="ln p (one key)")
-    fig.suptitle("Attention of each frame's queries on every key, per variant (grey: own frame, left out; one colour "
-                 "range for all panels)", fontsize=9)
+    fig.suptitle("Attention of each frame's queries on every key, per condition, sprites val clips (grey: own frame, "
+                 "left out; one colour range for all panels)", fontsize=9)
     plt.close(fig)
     return fig
 
 
-def curve_figure(cards: list[dict]) -> Figure:
-    """Per-key ratio (earlier / own frame) of the deep layers at each training snapshot: all steps and the last 10."""
-    traced = [c for c in cards if c.get("over_training")]
-    fig, axes = plt.subplots(1, max(1, len(traced)), figsize=(5.2 * max(1, len(traced)), 3.6), squeeze=False)
-    for ax, card in zip(axes[0], traced, strict=False):
-        points = sorted(card["over_training"], key=lambda p: p["step"])
-        steps = [p["step"] for p in points]
-        for i, layer in enumerate(deep_layers(card)):
-            for which, style in (("all", "-"), ("last10", ":")):
-                values = [p["per_key_ratio"][f"{layer}_{which}"] for p in points]
-                mean = np.array([v[0] for v in values])
-                low = np.array([v[1] if v[1] is not None else v[0] for v in values])
-                high = np.array([v[2] if v[2] is not None else v[0] for v in values])
-                ax.errorbar(steps, mean, yerr=[mean - low, high - mean], ls=style, marker="o", ms=3, capsize=2,
-                            color=f"C{i}", label=f"layer {layer}, {'all steps' if which == 'all' else 'last 10 steps'}")
-        ax.axhline(1.0, color="grey", lw=0.8, label="uniform attention")
-        ax.axhline(DEEP_RATIO_MAX, color="red", lw=0.8, ls="--", label=f"the claim's bound ({DEEP_RATIO_MAX})")
-        ax.set_yscale("log")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("per-key ratio, earlier / own frame")
-        ax.set_title(f"{card['name']}: deep layers over training", fontsize=9)
+def effects_figure(table: pd.DataFrame, depth: int) -> Figure:
+    """Each factor's effect on each layer's ln per-key ratio (condition minus reference), Welch 95% intervals over
+    seeds; the reference's own seed interval around 0 shows the floor."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    ratios = table[table.measure.str.startswith("log_ratio_")] if not table.empty else table
+    conditions = [c for c in dict.fromkeys(ratios.condition) if c != "reference"] if not ratios.empty else []
+    ref = ratios[ratios.condition == "reference"] if not ratios.empty else ratios
+    if len(ref):
+        layers = [int(m.rsplit("_", 1)[1]) for m in ref.measure]
+        ax.fill_between(layers, list(ref.low - ref["mean"]), list(ref.high - ref["mean"]), color="grey", alpha=0.25,
+                        label="reference: its mean's 95% interval over seeds, centred")
+    for i, condition in enumerate(conditions):
+        rows = ratios[ratios.condition == condition]
+        layers = np.array([int(m.rsplit("_", 1)[1]) for m in rows.measure]) + (i - len(conditions) / 2) * 0.08
+        effect = rows.effect.to_numpy()
+        low = np.nan_to_num(effect - rows.effect_low.to_numpy())
+        high = np.nan_to_num(rows.effect_high.to_numpy() - effect)
+        ax.errorbar(layers, effect, yerr=[low, high], marker="o", ms=4, capsize=2, ls="none", color=f"C{i}",
+                    label=condition)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"layer (of {depth})")
+    ax.set_ylabel("effect on ln per-key ratio")
+    ax.set_title("Each factor's effect on how much a layer attends to an earlier-frame key (negative: less)", fontsize=9)
+    if not conditions:
+        ax.text(0.5, 0.5, "no factor compared yet", ha="center", va="center", transform=ax.transAxes)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
-    if not traced:
-        axes[0][0].text(0.5, 0.5, "no variant was probed at its snapshots", ha="center", va="center")
-        axes[0][0].axis("off")
     fig.tight_layout()
     plt.close(fig)
     return fig
 
 
-def readme(cards: list[dict], reference: str) -> str:
-    """README.md of the directory: the answer, what each file holds, and the command that rebuilds it."""
-    return f"""# When does temporal sparsity emerge?
+def curve_figure(cards: list[dict]) -> Figure:
+    """Over training, per condition (the mean over its seeds at each snapshot, 95% interval over seeds): quality gain
+    over copy-last, the last layer's ln per-key ratio and finding 1's margin over the input at the middle layer."""
+    table = over_training(cards)
+    depth = depth_of(cards[0]) if cards else 8
+    from analyses.claims import paper_layers
 
-{answer(cards, reference)}
+    panels = [("psnr_gain", threshold("STUDY_COMPETENCE_DB"), "competence (the study's bar)"),
+              (f"log_ratio_{depth - 1}", math.log(0.1), "the paper's bound (ratio 0.1)"),
+              (f"log_ratio_{paper_layers(depth)['middle'][0]}", math.log(0.1), "ratio 0.1"),
+              ("f1_minus_input", None, "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (measure, line, label) in zip(axes[0], panels, strict=True):
+        rows = table[table.measure == measure] if not table.empty else table
+        for i, condition in enumerate(_conditions(cards)):
+            part = rows[rows.condition == condition].sort_values("step") if len(rows) else rows
+            if part.empty:
+                continue
+            mean, low, high = part["mean"].to_numpy(), part.low.to_numpy(), part.high.to_numpy()
+            ax.plot(part.step, mean, marker="o", ms=3, color=f"C{i}", label=f"{condition} (n={part.n.max()})")
+            ax.fill_between(part.step, np.where(np.isnan(low), mean, low), np.where(np.isnan(high), mean, high),
+                            color=f"C{i}", alpha=0.15)
+        if line is not None:
+            ax.axhline(line, color="red", lw=0.8, ls="--", label=label)
+        ax.set_xlabel("training step")
+        ax.set_title(measure_name(measure, depth), fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=5)
+    fig.suptitle("Over training (each run's snapshots, probed on the scene it was trained on)", fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
-- `table.md` / `table.csv`: one row per variant: what differs from the reference, training steps, compute,
-  wall time and hardware, quality against the truth and against copying the last context frame, finding 1 at
-  layer 15 with its control (two frames, same layer), and the deep layers' per-key ratio by step range, with
-  95% intervals over the probed clips.
-- `layers.md`: every layer's per-key ratio per variant and step range (first 10, last 10, all 50 steps).
-- `maps.png`: the paper's 8-layer log maps, side by side; `curve.png`: the deep layers' ratio over training.
-- `card-NAME.json` / `card-NAME.md`: each variant's card; `maps-NAME.npz`: its pooled maps.
 
-Regenerate from the cards (no checkpoints needed): `{REGENERATE}`.
-Measure a trained run into a card (needs its checkpoints, `runs/` is not in git):
-`probe emergence runs/emergence/NAME [--snapshots] --out reports/emergence --force`.
+def readme(cards: list[dict]) -> str:
+    """README.md of the directory: the answer, the study's design, what each file holds, the commands."""
+    from scd.study import CONDITIONS, REFERENCE, SEEDS, STUDY_STEPS
+
+    conditions = "\n".join(f"- `{name}`: {words}" for name, (words, _) in CONDITIONS.items())
+    settings = ", ".join(f"{k} {v}" for k, v in REFERENCE.items())
+    return f"""# What makes deep layers stop looking at the past? (the emergence study)
+
+{answer(cards)}
+
+## Design (fixed in `scd/study.py` and `analyses/thresholds.py` before the runs; commit 67b1955)
+Every run is a condition and a training seed ({', '.join(map(str, SEEDS))}); every condition is the reference's
+settings with one factor changed, and nothing else (`probe emergence` refuses a card that differs from its
+condition's plan; `tests/analyses/test_emergence.py` checks the committed cards). Reference: {settings}
+({STUDY_STEPS} steps).
+{conditions}
+
+A run enters the comparisons only when it beats copy-last on the val clips of its own scene (PSNR gain at
+least {threshold('STUDY_COMPETENCE_DB'):g} dB with its 95% interval over 16 clips above 0, and a higher SSIM). A condition's
+value is the mean over its seeds of each run's mean over the 16 sprites val clips, with a t interval over seeds; a factor's
+effect is the difference from the reference with a Welch 95% interval over seeds, an effect only when that
+interval excludes 0 (so the between-seed spread is the floor every effect must clear).
+
+## Files
+- `table.md` / `table.csv`: per measure and condition: the seeds, the mean over seeds [95%], the effect against
+  the reference [95% Welch], and the verdict. Measures: quality gain over copy-last; ln per-key ratio (attention on
+  one earlier-frame key / one own-frame key, all 50 steps) at every layer; the last layer's lit share; finding 1 at
+  the middle layer (cross-step cosine, minus the two-frame control, minus the blocks' input, centred minus input).
+- `runs.md`: one row per run: condition, seed, steps, compute, wall time, hardware, whether it beat copy-last.
+- `two_by_two.md`: the reference and the textured condition, each evaluated on both scenes.
+- `over_training.csv`, `curve.png`: the measures at every snapshot, mean and interval over seeds.
+- `effects.png`: every factor's effect per layer; `maps.png`: the figure layers' log maps per condition.
+- `card-NAME.json` / `card-NAME.md`: each run's card; `maps-NAME.npz`: its pooled maps.
+
+## Commands
+- Train (resumable; one worker per core): `probe study train` (`probe study status` lists each run's steps).
+- Measure finished runs into cards: `probe emergence runs/study/NAME ... --out reports/emergence --force`.
+- Rebuild everything here from the cards alone: `{REGENERATE}`.
 """
 
 
-def card_markdown(card: dict, reference: dict) -> str:
-    """A variant's card in words: training, data, compute, hardware, quality, the claims' verdicts."""
-    t, q = card["training"], {k: value_text(v, 2 if "psnr" in k else 3) for k, v in card["quality"].items()}
-    claims = "\n".join(f"- {c['name']}: **{observed(c['verdict'])}** ({c['measured']})" for c in card["claims"].values())
-    return f"""# Variant card: `{card['name']}`
+def card_markdown(card: dict) -> str:
+    """A run's card in words: condition, seed, training, data, compute, hardware, quality, verdicts."""
+    t, s = card["training"], card["training"]["settings"]
+    ok, words = competence(card)
+    evaluations = []
+    for scene, evaluation in card["evaluations"].items():
+        q = evaluation["summary"]
+        claims = "; ".join(f"{c['name']}: {c['verdict']}" for c in evaluation["claims"].values())
+        evaluations.append(f"- {scene} ({len(evaluation['probe']['clips'])} val clips, {evaluation['probe']['steps']} "
+                           f"steps): PSNR {value_text(q['psnr']['mean'], 2)} dB (copy-last "
+                           f"{value_text(q['copy_psnr']['mean'], 2)}), SSIM {value_text(q['ssim']['mean'])} (copy-last "
+                           f"{value_text(q['copy_ssim']['mean'])}); claims: {claims}.\n"
+                           f"  Probe: `{evaluation['probe']['command']}`")
+    newline = "\n"
+    return f"""# Run card: `{card['name']}`
 
-Differs from the reference (`{reference['name']}`): {factor_text(card, reference)}.
+Condition `{card['condition']}` ({card['factor']}), training seed {card['seed']}.
 
 ## Training
 - Command: `{t['command']}`
-- Data: the {t['settings'].get('scene', 'sprites')} scene of the procedural benchmark, train split, clips of
-  {t['settings']['frames']} frames, batch {t['settings']['batch_size']}; clean-context ratio
-  {t['settings']['clean_context_ratio']}; bidirectional steps {t['settings'].get('bidirectional_steps', 0)}.
-- Steps: {t['steps']}; compute {t['pflop']:.2f} PFLOP (`scd.flops.training_flops`); wall time {t['wall_hours']:.2f} h on
+- Data: the {trained_scene(card)} scene of the procedural benchmark, train split, clips of {s['frames']} frames,
+  batch {s['batch_size']}; clean-context ratio {s['clean_context_ratio']}; bidirectional steps {s.get('bidirectional_steps', 0)}.
+- Model: width {t['model']['width']}, {t['model']['depth']} blocks, patch {t['model']['patch_size']}.
+- Steps: {t['steps']}; compute {t['pflop']:.3f} PFLOP (`scd.flops.training_flops`); wall time {t['wall_hours']:.2f} h on
   {t['hardware']}; final loss {t['final_loss']:.4f}; weights probed: {t['weights']}.
 
-## Validation (the probed generations: {len(card['probe']['clips'])} val clips, {card['probe']['steps']} steps)
-- PSNR vs truth {q['model_psnr']} dB; copy-last {q['copy_psnr']} dB; gain {q['gain_psnr']} dB.
-- SSIM vs truth {q['model_ssim']}; copy-last {q['copy_ssim']}.
+## Quality
+Beats copy-last as the study requires: **{'yes' if ok else 'no'}** ({words}).
+{newline.join(evaluations)}
 
-## Claims
-{claims}
-
-Probe command: `{card['probe'].get('command')}`.
+Snapshots measured: {', '.join(str(p['step']) for p in card['over_training']) or 'none'}.
 """
 
 
-def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.ndarray]], reference: str) -> None:
+def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> None:
     """Every file of the study into `out` (an existing directory), from the cards and their maps."""
+    from analyses.emergence import settings_problems
     from scd.outputs import GENERATOR
 
-    table = emergence_table(cards, reference)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(table.to_markdown(index=False) + "\n")
-    (out / "layers.md").write_text(layer_table(cards, reference).to_markdown() + "\n")
-    ref = next(c for c in cards if c["name"] == reference)
+    problems = settings_problems(cards)
+    if problems:
+        from analyses.emergence import CardError
+
+        raise CardError("the cards break one factor at a time: " + "; ".join(problems))
+    table = seed_table(cards)
+    table.drop(columns=["values"]).to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(table_markdown(table).to_markdown(index=False) + "\n")
+    (out / "runs.md").write_text(runs_table(cards).to_markdown(index=False) + "\n")
+    (out / "two_by_two.md").write_text(two_by_two(cards).to_markdown(index=False) + "\n")
+    over_training(cards).to_csv(out / "over_training.csv", index=False)
     for card in cards:
-        (out / f"card-{card['name']}.md").write_text(card_markdown(card, ref))
-    for name, fig in (("maps.png", maps_figure(cards, maps, reference)), ("curve.png", curve_figure(cards))):
+        (out / f"card-{card['name']}.md").write_text(card_markdown(card))
+    depth = depth_of(cards[0]) if cards else 8
+    for name, fig in (("maps.png", maps_figure(cards, maps)), ("curve.png", curve_figure(cards)),
+                      ("effects.png", effects_figure(table, depth))):
         fig.savefig(out / name, dpi=90, metadata={"Software": GENERATOR})
-    (out / "README.md").write_text(readme(cards, reference))
+    (out / "README.md").write_text(readme(cards))

@@ -275,18 +275,22 @@ def _side_by_side(sections: list[dict]) -> dict:
 
 
 def _emergence_section(study: dict) -> dict:
-    """The emergence study (`analyses.emergence.load_study`): its answer, table and figures, from its cards."""
-    from analyses.emergence import answer, emergence_table
-    from analyses.emergence_figures import curve_figure, maps_figure
+    """The emergence study (`analyses.emergence.load_study`): its answer, seed table and figures, from its cards."""
+    from analyses.emergence import answer, seed_table, table_markdown
+    from analyses.emergence_figures import curve_figure, effects_figure, maps_figure
 
-    cards, reference = study["cards"], study["reference"]
-    table = emergence_table(cards, reference)
-    return {"cards": cards, "reference": reference, "answer": answer(cards, reference).splitlines(),
-            "table": {"columns": list(table.columns), "rows": table.astype(str).values.tolist()},
-            "figures": {"The paper's 8-layer log maps, one row per variant": png_data_uri(
-                maps_figure(cards, study["maps"], reference)),
-                "Deep layers' per-key ratio over training (snapshots), with 95% intervals": png_data_uri(
-                curve_figure(cards))}}
+    cards = study["cards"]
+    table = seed_table(cards)
+    shown = table_markdown(table)
+    depth = int(cards[0]["training"]["model"]["depth"]) if cards else 8
+    return {"cards": cards, "answer": answer(cards).splitlines(),
+            "table": {"columns": list(shown.columns), "rows": shown.astype(str).values.tolist()},
+            "figures": {"Each factor's effect on each layer's ln per-key ratio, Welch 95% intervals over seeds":
+                        png_data_uri(effects_figure(table, depth)),
+                        "Over training: quality, the last layer's ratio and finding 1, per condition (intervals over "
+                        "seeds)": png_data_uri(curve_figure(cards)),
+                        "The paper's figure layers' log maps, one row per condition": png_data_uri(
+                            maps_figure(cards, study["maps"]))}}
 
 
 def render(runs: list[Run], bench: dict | None = None, interventions: dict | list[dict] | None = None,

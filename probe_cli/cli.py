@@ -217,17 +217,16 @@ def _measure_parsers(sub) -> None:
 def _emergence_parser(sub) -> None:
     from probe_cli import emerging
 
-    e = sub.add_parser("emergence", help="when does temporal sparsity emerge: probe training runs into variant cards, "
-                       "and rebuild the table, maps and curve from the cards")
-    e.add_argument("runs", nargs="*", help="training directories (probe train) or shipped names to measure into cards; "
-                   "none: rebuild from the cards in --out")
-    e.add_argument("--reference", type=plain_name, default=None, help="the card the others are compared with (default: "
-                   "the one --out names, else 'reference')")
-    e.add_argument("--snapshots", action="store_true", help="also probe each run's snapshots/ (the ratio over training)")
-    e.add_argument("--clip", default="0-7", help=f"val clips probed (indices in 0..{CLIP_MAX}; default 0-7)")
+    e = sub.add_parser("emergence", help="the emergence study: measure runs of probe study train into cards, and "
+                       "rebuild its tables, figures and answer from the cards")
+    e.add_argument("runs", nargs="*", help="finished runs of probe study train to measure into cards; none: rebuild "
+                   "from the cards in --out")
+    e.add_argument("--snapshot-steps", default="all", help="the snapshots probed (over training): all, none, or "
+                   "comma-separated steps")
+    e.add_argument("--clip", default="0-15", help=f"val clips probed (indices in 0..{CLIP_MAX}; default 0-15)")
     e.add_argument("--probes", default="runs/emergence-probes", help="where the probed sweeps are written (large; "
                    "not in git)")
-    e.add_argument("--out", default="reports/emergence", help="the study's directory: cards, table, maps, curve")
+    e.add_argument("--out", default="reports/emergence", help="the study's directory: cards, tables, figures")
     e.add_argument("--force", action="store_true", help="replace the study's files (an emergence directory only)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=emerging.cmd_emergence)

@@ -1,12 +1,14 @@
-"""`probe emergence`: probe training runs of the baseline into variant cards, and rebuild the study from the cards.
+"""`probe emergence`: measure the emergence study's training runs into cards, and rebuild the study from the cards;
+`probe study`: train the study's runs.
 
-    probe emergence runs/emergence/reference runs/emergence/bidirectional --snapshots --out reports/emergence --force
-    probe emergence --out reports/emergence --force      # the table, maps and curve again, from the cards alone
+    probe study train                                   # one worker per core; resumable, sitting by sitting
+    probe emergence runs/study/reference-s0 runs/study/textured-s0 --out reports/emergence --force
+    probe emergence --out reports/emergence --force     # the tables, figures and answer again, from the cards alone
 
-Each run is probed over the val clips of the scene it was trained on, every layer, features and
-attention, 50 steps (`probe run`); `--snapshots` also probes its snapshots/ at the layers the curve
-and finding 1 read. The weights probed are the raw ones (a short run's EMA lags its weights), as
-the snapshots are. Cards of runs not named again are kept.
+Each run is probed over the val clips of the sprites scene (and, for the reference and the textured
+condition, of the textured scene too), every layer, features and attention, 50 steps (`probe run`), its
+raw weights as its snapshots' (a short run's EMA lags its weights); its snapshots are probed the same way
+on the scene it was trained on, and their sweeps deleted once measured. Cards of runs not named again are kept.
 """
 
 from __future__ import annotations
@@ -17,32 +19,6 @@ import re
 from pathlib import Path
 
 from probe_cli.checks import CLIP_MAX, UsageError, indices, output
-
-
-def snapshot_layers(depth: int) -> str:
-    """The layers a snapshot is probed at: the figure's 8, layer 15 and the last 3 (the paper's, mapped to `depth`)."""
-    from analyses.claims import paper_layers
-
-    chosen = paper_layers(depth)
-    return ",".join(map(str, sorted({*chosen["figure"], *chosen["middle"], *chosen["last3"]})))
-
-
-def _source(run: str) -> tuple[str, Path | None]:
-    """(card name, training directory or None for a shipped checkpoint); refused unless it is one of the two."""
-    from scd.outputs import is_plain_name
-    from scd.zoo import shipped_models
-
-    path = Path(run)
-    if (path / "train.json").is_file() and (path / "train_state.safetensors").is_file():
-        name = path.resolve().name
-        if not is_plain_name(name):
-            raise UsageError(f"{run}: its directory name {name!r} cannot name a card; accepted: a plain name")
-        return name, path
-    if run in shipped_models():
-        return run, None
-    raise UsageError(f"{run} is neither a training directory written by probe train (train.json and "
-                     f"train_state.safetensors) nor a shipped model; accepted: such a directory, or one of "
-                     f"{', '.join(shipped_models())}")
 
 
 def _snapshots(path: Path) -> list[tuple[int, Path]]:
@@ -64,46 +40,71 @@ def _probe(model: str, clips: str, scene: str, layers: str, out: Path) -> str:
     return "probe " + " ".join(argv)
 
 
+def _study_run(run: str) -> tuple[str, str, int, Path]:
+    """(card name, condition, seed, directory) of a finished run of the study plan; refused unless it is one."""
+    import json
+
+    from scd.study import CONDITIONS, run_name, study_config
+    from scd.train import trained_steps
+
+    path = Path(run)
+    if not ((path / "train.json").is_file() and (path / "train_state.safetensors").is_file()):
+        raise UsageError(f"{run} is not a training directory written by probe train (train.json and "
+                         "train_state.safetensors); accepted: a run of probe study train")
+    settings = json.loads((path / "train.json").read_text())
+    from analyses.emergence import NOT_SETTINGS
+
+    for condition in CONDITIONS:
+        planned = study_config(condition, settings.get("seed", 0)).__dict__
+        if all(settings.get(k) == v for k, v in planned.items() if k not in NOT_SETTINGS - {"seed"}):
+            seed = planned["seed"]
+            if trained_steps(path) < planned["steps"]:
+                raise UsageError(f"{run} has trained {trained_steps(path)} of its {planned['steps']} steps; accepted: a "
+                                 "finished run (probe study train resumes it)")
+            return run_name(condition, seed), condition, seed, path
+    raise UsageError(f"{run} is not a run of the study plan (its settings match no condition of scd.study.CONDITIONS "
+                     f"with its seed); accepted: a run of probe study train ({', '.join(CONDITIONS)})")
+
+
+def _snapshot_steps(text: str, path: Path) -> list[tuple[int, Path]]:
+    found = _snapshots(path)
+    if text == "all":
+        return found
+    if text == "none":
+        return []
+    wanted = set(indices(text, "--snapshot-steps", 1, 10**8))
+    return [(step, p) for step, p in found if step in wanted]
+
+
 def cmd_emergence(args: argparse.Namespace) -> None:
     clips = indices(args.clip, "--clip", 0, CLIP_MAX)
-    sources = [_source(run) for run in args.runs]
-    names = [name for name, _ in sources]
+    sources = [_study_run(run) for run in args.runs]
+    names = [name for name, *_ in sources]
     if len(set(names)) != len(names):
         raise UsageError(f"two runs would write the same card ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
-                         "accepted: runs whose directory names differ")
-    if args.snapshots and not any(path is not None and _snapshots(path) for _, path in sources):
-        raise UsageError("--snapshots: none of the runs kept snapshots; accepted: runs trained with --snapshot-every")
+                         "accepted: each condition and seed once")
+    if args.snapshot_steps not in ("all", "none"):
+        indices(args.snapshot_steps, "--snapshot-steps", 1, 10**8)
     out = Path(args.out)
     existing = out.is_dir() and any(out.iterdir())
     output(out, "emergence", args.force)
     from analyses.emergence import read_cards
 
     old = read_cards(out) if existing else []
-    if args.reference is None:
-        saved = out / "emergence.json"
-        args.reference = json.loads(saved.read_text()).get("reference", "reference") if saved.is_file() else "reference"
-    known = {c["name"] for c in old} | set(names)
-    if args.reference not in known:
-        raise UsageError(f"--reference {args.reference!r} has no card and is not among the runs; accepted: one of "
-                         f"{', '.join(sorted(known)) or '(no cards yet: name the reference run first)'}")
     if not sources and not old:
         raise UsageError(f"{out} holds no cards to rebuild from; accepted: training runs to measure")
+
+    import shutil
 
     import matplotlib
     import numpy as np
 
     matplotlib.use("Agg")
-    from analyses.emergence import (
-        make_card,
-        maps_of,
-        measure,
-        shipped_record,
-        snapshot_point,
-        training_record,
-    )
+    from analyses.emergence import SCENE, TWO_BY_TWO, make_card, maps_of, measure, snapshot_point, training_record
     from analyses.emergence_figures import REGENERATE, write_emergence
     from probes.store import load_run
     from scd.outputs import atomic_directory, signature
+    from scd.study import CONDITIONS
     from scd.train import load_trained
     from scd.zoo import save_model
 
@@ -111,36 +112,38 @@ def cmd_emergence(args: argparse.Namespace) -> None:
     maps = {c["name"]: dict(np.load(out / f"maps-{c['name']}.npz")) for c in old if (out / f"maps-{c['name']}.npz").exists()}
     probes = Path(args.probes)
     clip_text = ",".join(map(str, clips))
-    for name, path in sources:
-        record = training_record(path) if path is not None else shipped_record(name)
-        scene = record["settings"].get("scene", "sprites")
-        model = name
-        if path is not None:  # the raw weights, as the snapshots
-            model = str(probes / f"{name}-raw.safetensors")
-            save_model(load_trained(path, "raw"), model)
-        command = _probe(model, clip_text, scene, "all", probes / name)
-        sweep = load_run(probes / name)
+    for name, condition, _seed, path in sources:
+        record = training_record(path)
+        trained = record["settings"].get("scene", SCENE)
+        scenes = list(dict.fromkeys([SCENE, trained, *(("sprites", "textured") if condition in TWO_BY_TWO else ())]))
+        model = str(probes / f"{name}-raw.safetensors")
+        save_model(load_trained(path, "raw"), model)
+        evaluations = {}
+        for scene in scenes:
+            sweep_dir = probes / f"{name}-{scene}"
+            command = _probe(model, clip_text, scene, "all", sweep_dir)
+            sweep = load_run(sweep_dir)
+            evaluations[scene] = measure(sweep, scene)
+            evaluations[scene]["probe"]["command"] = command
+            if scene == SCENE:
+                maps[name] = maps_of(sweep)
         curve = []
-        if args.snapshots and path is not None:
-            for step, weights in _snapshots(path):
-                _probe(str(weights), clip_text, scene, snapshot_layers(record["model"]["depth"]), probes / f"{name}-step-{step}")
-                curve.append(snapshot_point(step, load_run(probes / f"{name}-step-{step}")))
-        elif name in cards:
-            curve = cards[name].get("over_training", [])  # measured before: kept unless measured again
-        measures = measure(sweep)
-        measures["probe"]["command"] = command
-        cards[name] = make_card(name, str(path) if path is not None else f"shipped:{name}", record, measures, curve)
-        maps[name] = maps_of(sweep)
+        for step, weights in _snapshot_steps(args.snapshot_steps, path):
+            sweep_dir = probes / f"{name}-step-{step}"
+            _probe(str(weights), clip_text, trained, "all", sweep_dir)
+            curve.append(snapshot_point(step, load_run(sweep_dir), trained))
+            shutil.rmtree(sweep_dir)  # measured: a snapshot's sweep is large and not needed again
+        cards[name] = make_card(name, condition, CONDITIONS[condition][0], str(path), record, evaluations, curve)
         if not args.quiet:
-            print(f"measured {name}: {cards[name]['claims']['deep_layers_local']['measured']}")
+            print(f"measured {name}")
     with atomic_directory(out, "emergence", args.force) as tmp:
         for name, card in cards.items():
             (tmp / f"card-{name}.json").write_text(json.dumps(card, indent=1) + "\n")
             if name in maps:
                 np.savez_compressed(tmp / f"maps-{name}.npz", **maps[name])
-        index = {**signature("emergence"), "reference": args.reference, "cards": sorted(cards), "regenerate": REGENERATE}
+        index = {**signature("emergence"), "cards": sorted(cards), "regenerate": REGENERATE}
         (tmp / "emergence.json").write_text(json.dumps(index, indent=1) + "\n")
-        write_emergence(tmp, list(cards.values()), maps, args.reference)
+        write_emergence(tmp, list(cards.values()), maps)
     print(f"wrote {out}")
 
 

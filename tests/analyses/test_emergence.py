@@ -1,23 +1,110 @@
-"""The emergence study: its training factors (textured scene, bidirectional pretraining, snapshots), the cards'
-numbers against independent computations, and `probe emergence` on tiny runs (files on disk, rebuilt from cards)."""
+"""The emergence study: its plan (one factor at a time, seeds, sittings), its training factors (textured scene,
+bidirectional pretraining with its own schedule, snapshots), the cards' numbers against independent computations,
+the seed statistics against scipy, `probe emergence` on tiny runs (files on disk, rebuilt from cards), and the
+committed study rebuilt from its cards."""
 
+import copy
 import json
 import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from analyses.emergence import emergence_table, read_cards, relative_ratio
+import scd.study
+from analyses.emergence import (
+    competence,
+    read_cards,
+    seed_table,
+    settings_problems,
+    table_markdown,
+    welch,
+)
 from analyses.intervals import interval
 from probe_cli import main
 from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.data import VideoBenchmark
-from scd.train import TrainConfig, TrainConfigError, flow_matching_loss, train
+from scd.study import CONDITIONS, differs_only_in_factor, plan, study_config, train_study
+from scd.train import TrainConfig, TrainConfigError, flow_matching_loss, learning_rate, train
 from tests.conftest import randomize
 
 TINY = dict(size="tiny", batch_size=2, frames=4, warmup=1, lr=3e-3, checkpoint_every=2, threads=1, bf16=False)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_plan(patch: pytest.MonkeyPatch, steps: int = 4) -> None:
+    """The study's plan at the tiny size, for tests: the same conditions, a few steps."""
+    patch.setattr(scd.study, "REFERENCE", {**scd.study.REFERENCE, **TINY, "size": "tiny", "steps": steps,
+                                           "checkpoint_every": 2, "snapshot_every": 2})
+    patch.setattr(scd.study, "SITTING", 2)
+    conditions = dict(CONDITIONS)
+    conditions["bidirectional"] = (CONDITIONS["bidirectional"][0],
+                                   {"bidirectional_steps": 2, "steps": steps + 2, "restart_schedule": True})
+    conditions["tokens-256"] = (CONDITIONS["tokens-256"][0], {"size": "tiny"})  # not trained here
+    patch.setattr(scd.study, "CONDITIONS", conditions)
+
+
+def test_every_condition_changes_one_factor_and_nothing_else():
+    for seed in (0, 1, 2):
+        reference = study_config("reference", seed)
+        assert reference.seed == seed and not differs_only_in_factor(reference, study_config("reference", 0))
+        for condition, (_, factor) in CONDITIONS.items():
+            changed = differs_only_in_factor(reference, study_config(condition, seed))
+            assert set(changed) == set(factor) and all(changed[k][1] == v for k, v in factor.items())
+    # bidirectional: exactly the reference's causal steps after the pretraining
+    bidirectional = study_config("bidirectional", 0)
+    assert bidirectional.steps - bidirectional.bidirectional_steps == study_config("reference", 0).steps
+    runs = plan()
+    assert len(runs) == len(set(runs)) == len(CONDITIONS) * 3
+    assert runs[:4] == [(c, 0) for c in CONDITIONS if c not in scd.study.LAST]  # seed-major, costly ones last
+    assert runs[-3:] == [("tokens-256", s) for s in (0, 1, 2)]
+    with pytest.raises(TrainConfigError, match="accepted: reference, textured"):
+        study_config("moon", 0)
+
+
+def test_the_restarted_schedule_is_the_reference_schedule_after_the_pretraining(tmp_path):
+    reference, bidirectional = study_config("reference", 0), study_config("bidirectional", 0)
+    phase = bidirectional.bidirectional_steps
+    assert all(learning_rate(bidirectional, phase + s) == learning_rate(reference, s) for s in range(0, reference.steps, 7))
+    pretraining = TrainConfig(**{**asdict(reference), "steps": phase})
+    assert all(learning_rate(bidirectional, s) == learning_rate(pretraining, s) for s in range(phase))
+    unrestarted = TrainConfig(**{**asdict(bidirectional), "restart_schedule": False})
+    assert learning_rate(unrestarted, phase) != learning_rate(bidirectional, phase)
+    with pytest.raises(TrainConfigError, match="restart_schedule"):
+        train(TrainConfig(steps=2, restart_schedule=True, **TINY), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_study_trains_in_sittings_to_the_weights_of_one_uninterrupted_run(tmp_path):
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        held = tmp_path / "runs" / ".textured-s0.lock"
+        held.parent.mkdir(parents=True)
+        held.write_text(str(__import__("os").getpid()))  # a live worker holds textured-s0: it is skipped
+        assert train_study(tmp_path / "runs", ["reference", "textured"], seeds=(0,)) == ["reference-s0"]
+        assert held.exists() and not (tmp_path / "runs" / "textured-s0").exists()
+        held.write_text("999999999")  # its holder is gone: the lock is taken over
+        assert train_study(tmp_path / "runs", ["reference", "textured"], seeds=(0,)) == ["textured-s0"]
+        assert not held.exists()
+        machines = (tmp_path / "runs" / "reference-s0" / "machines.txt").read_text().splitlines()
+        assert [line.split(":")[0] for line in machines] == ["step 0", "step 2"]  # two sittings
+        train(study_config("reference", 0), tmp_path / "once", progress=False)
+    ours, once = (load_file(p / "train_state.safetensors") for p in (tmp_path / "runs" / "reference-s0", tmp_path / "once"))
+    assert ours.keys() == once.keys() and all(torch.equal(ours[k], once[k]) for k in ours)
+
+
+def test_welch_matches_scipy():
+    from scipy import stats
+
+    a, b = [0.31, 0.52, 0.18], [1.1, 0.95, 1.4, 1.2]
+    diff, low, high = welch(a, b, 0.95)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b)) and (low, high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert all(math.isnan(v) for v in welch([1.0], b, 0.95)[1:])
 
 
 def test_the_textured_scene_keeps_the_sprites_and_pans_a_tiling_background():
@@ -86,111 +173,218 @@ def test_snapshots_are_the_raw_weights_at_their_steps_and_bidirectional_steps_ar
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Two tiny training runs (one with snapshots and bidirectional pretraining) measured by `probe emergence`."""
+    """Tiny runs of three conditions (reference, textured, bidirectional) trained by `probe study train` and measured
+    by `probe emergence` over 3 val clips with their snapshots."""
     root = tmp_path_factory.mktemp("emergence")
     torch.set_num_threads(1)
-    train(TrainConfig(steps=2, **TINY), root / "runs" / "reference", progress=False)
-    train(TrainConfig(steps=2, snapshot_every=1, bidirectional_steps=1, scene="textured", **TINY),
-          root / "runs" / "variant", progress=False)
-    out = root / "study"
-    assert main(["emergence", str(root / "runs" / "reference"), str(root / "runs" / "variant"), "--snapshots",
-                 "--clip", "0-2", "--probes", str(root / "probes"), "--out", str(out), "--quiet"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        assert main(["study", "train", "--root", str(root / "runs"), "--conditions", "reference,textured,bidirectional",
+                     "--seeds", "0", "--quiet"]) == 0
+        out = root / "study"
+        assert main(["emergence", *(str(root / "runs" / f"{c}-s0") for c in ("reference", "textured", "bidirectional")),
+                     "--clip", "0-2", "--probes", str(root / "probes"), "--out", str(out), "--quiet"]) == 0
     return root, out
 
 
-def test_the_study_writes_cards_table_maps_and_curve(study):
+def test_the_study_writes_cards_tables_and_figures(study):
     root, out = study
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["README.md", "card-reference.json", "card-reference.md", "card-variant.json", "card-variant.md",
-                     "curve.png", "emergence.json", "layers.md", "maps-reference.npz", "maps-variant.npz", "maps.png",
-                     "table.csv", "table.md"]
+    runs = ["bidirectional-s0", "reference-s0", "textured-s0"]
+    assert names == sorted(["README.md", "curve.png", "effects.png", "emergence.json", "maps.png", "over_training.csv",
+                            "runs.md", "table.csv", "table.md", "two_by_two.md"]
+                           + [f"card-{r}.{e}" for r in runs for e in ("json", "md")] + [f"maps-{r}.npz" for r in runs])
     cards = {c["name"]: c for c in read_cards(out)}
-    variant = cards["variant"]
-    assert [p["step"] for p in variant["over_training"]] == [1, 2] and cards["reference"]["over_training"] == []
-    assert variant["probe"]["split"] == "val, textured scene" and variant["probe"]["clips"] == [0, 1, 2]
-    assert variant["training"]["settings"]["scene"] == "textured"
-    table = emergence_table(list(cards.values()), "reference")
-    row = table.set_index("variant").loc["variant", "differs from the reference"]
-    assert "bidirectional pretraining, then causal fine-tuning: 0 -> 1" in row and "textured" in row
-    assert "snapshot" not in row  # where a run keeps its snapshots is not a factor
-    assert (out / "table.md").read_text() == table.to_markdown(index=False) + "\n"
+    textured, reference = cards["textured-s0"], cards["reference-s0"]
+    assert textured["condition"] == "textured" and textured["seed"] == 0
+    assert sorted(textured["evaluations"]) == sorted(reference["evaluations"]) == ["sprites", "textured"]
+    assert list(cards["bidirectional-s0"]["evaluations"]) == ["sprites"]
+    assert [p["step"] for p in textured["over_training"]] == [2, 4] and textured["over_training"][0]["scene"] == "textured"
+    assert [p["step"] for p in cards["bidirectional-s0"]["over_training"]] == [2, 4, 6]
+    assert textured["evaluations"]["textured"]["probe"]["split"] == "val, textured scene"
+    assert textured["evaluations"]["sprites"]["probe"]["clips"] == [0, 1, 2]
+    assert not list((root / "probes").glob("*-step-*"))  # snapshot sweeps are deleted once measured
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        assert not settings_problems(list(cards.values()))
+    assert all(not competence(c)[0] for c in cards.values())  # 4 tiny steps do not beat copy-last ...
+    assert seed_table(list(cards.values())).empty  # ... so nothing enters the comparisons
+    assert "Left out, not beating copy-last" in (out / "README.md").read_text()
 
 
 def test_card_numbers_match_an_independent_computation(study):
-    """Quality against a hand PSNR on the stored videos; each interval is the t-interval of the per-clip values;
-    the relative ratio is the geometric mean of per-clip ratios."""
+    """Quality against a hand PSNR on the stored videos; the ln per-key ratio against the attention the probe stored,
+    summed by hand; each mean is the t interval of the per-clip values."""
     root, out = study
     from probes.store import load_run
 
-    cards = {c["name"]: c for c in read_cards(out)}
-    card = cards["variant"]
-    sweep = load_run(root / "probes" / "variant")
-    psnr, copy = [], []
+    card = {c["name"]: c for c in read_cards(out)}["textured-s0"]
+    summary = card["evaluations"]["sprites"]["summary"]
+    sweep = load_run(root / "probes" / "textured-s0-sprites")
+    psnr, copy_last, ratios = [], [], []
     for item in sweep.items:
         generated, truth = (v.astype(np.float64) / 127.5 - 1 for v in item.video())
         frames = item.manifest["frames"]
-        mse = [((generated[f] - truth[f]) ** 2).mean() for f in frames]
-        psnr.append(np.mean([10 * math.log10(4 / m) for m in mse]))
-        copy.append(np.mean([10 * math.log10(4 / ((truth[frames[0] - 1] - truth[f]) ** 2).mean()) for f in frames]))
-    assert card["quality"]["model_psnr"][0] == pytest.approx(np.mean(psnr), rel=1e-6)  # torchmetrics: float32
-    assert card["quality"]["copy_psnr"][0] == pytest.approx(np.mean(copy), rel=1e-6)
-    deep = card["finding2"]["3"]
-    values = deep["per_clip"]["per_key_ratio_all"]
-    assert deep["per_key_ratio_all"] == pytest.approx(list(interval(values)), abs=1e-12)
-    mine, theirs = np.array(values), np.array(cards["reference"]["finding2"]["3"]["per_clip"]["per_key_ratio_all"])
-    rel = relative_ratio(card, cards["reference"], "3")
-    assert rel[0] == pytest.approx(float(np.exp(np.log(mine / theirs).mean())), rel=1e-9) and rel[3] == 3
-    assert rel[1] < rel[0] < rel[2]
+        psnr.append(np.mean([10 * math.log10(4 / ((generated[f] - truth[f]) ** 2).mean()) for f in frames]))
+        copy_last.append(np.mean([10 * math.log10(4 / ((truth[frames[0] - 1] - truth[f]) ** 2).mean()) for f in frames]))
+        mass = item.attention(3).double()  # [F, S, H, frames of keys]: the share of each key frame
+        tokens = item.manifest["tokens_per_frame"]
+        earlier = torch.stack([mass[i, ..., :f].sum(-1) / (f * tokens) for i, f in enumerate(frames)])
+        own = torch.stack([mass[i, ..., f] / tokens for i, f in enumerate(frames)])
+        ratios.append(math.log(float(earlier.mean() / own.mean())))
+    assert summary["psnr"]["clips"] == pytest.approx(psnr, rel=1e-6)  # torchmetrics: float32
+    assert summary["copy_psnr"]["clips"] == pytest.approx(copy_last, rel=1e-6)
+    assert summary["log_ratio_3"]["clips"] == pytest.approx(ratios, rel=1e-6)
+    for name, value in summary.items():
+        assert value["mean"] == pytest.approx(list(interval(value["clips"])), abs=1e-12, nan_ok=True), name
+
+
+def synthetic(cards: dict, condition: str, seed: int, ratio: float, gain: float = 2.0) -> dict:
+    """A card of `condition` and `seed` built from a measured one, with chosen run values (16 clips)."""
+    card = copy.deepcopy(cards["reference-s0"])
+    card.update(name=f"{condition}-s{seed}", condition=condition, seed=seed)
+    card["training"]["settings"] = asdict(study_config(condition, seed))
+    card["training"].update(seed=seed, steps=study_config(condition, seed).steps)
+    summary = card["evaluations"]["sprites"]["summary"]
+    summary["psnr_gain"] = {"clips": [gain] * 16, "mean": [gain, gain - 0.5, gain + 0.5, 16]}
+    summary["ssim_gain"] = {"clips": [0.05] * 16, "mean": [0.05, 0.01, 0.09, 16]}
+    summary["log_ratio_3"] = {"clips": [ratio] * 16, "mean": [ratio, ratio - 0.1, ratio + 0.1, 16]}
+    scene = study_config(condition, seed).scene  # competence is judged on the scene the run was trained on
+    card["evaluations"] = {"sprites": card["evaluations"]["sprites"], scene: card["evaluations"]["sprites"]}
+    return card
+
+
+def test_the_seed_table_against_a_hand_computation(study):
+    root, out = study
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        cards = {c["name"]: c for c in read_cards(out)}
+        made = [synthetic(cards, "reference", s, r) for s, r in enumerate((0.0, 0.1, -0.1))]
+        made += [synthetic(cards, "clean-context-10", s, r) for s, r in enumerate((-1.0, -1.2, -0.9))]
+        made += [synthetic(cards, "textured", s, r) for s, r in enumerate((0.3, -0.4, 0.2))]
+        made += [synthetic(cards, "bidirectional", s, r) for s, r in enumerate((-2.0, -2.5))]  # two seeds only
+        made.append(synthetic(cards, "bidirectional", 2, -3.0, gain=0.5))  # not beating copy-last: left out
+        assert not settings_problems(made)
+        table = seed_table(made, measures=["log_ratio_3"]).set_index("condition")
+        ref, clean = [0.0, 0.1, -0.1], [-1.0, -1.2, -0.9]
+        assert table.loc["reference", "mean"] == pytest.approx(np.mean(ref))
+        assert (table.loc["reference", "low"], table.loc["reference", "high"]) == pytest.approx(interval(ref)[1:3])
+        assert (table.loc["clean-context-10", "effect"], table.loc["clean-context-10", "effect_low"],
+                table.loc["clean-context-10", "effect_high"]) == pytest.approx(welch(clean, ref, 0.95))
+        assert table.loc["clean-context-10", "verdict"] == "lower than the reference"
+        assert table.loc["textured", "verdict"] == "no detectable effect at this scale"
+        assert table.loc["bidirectional", "verdict"].startswith("too few seeds (2 and 3 of 3)")
+        assert table.loc["bidirectional", "seeds"] == "0,1"
+        from analyses.emergence import answer, combination_choice
+
+        full = seed_table(made, measures=["log_ratio_3"])
+        assert combination_choice(full, 4) == ["clean-context-10", "textured"]
+        text = answer(made)
+        assert "`clean-context-10`: ln per-key ratio (earlier / own frame), layer 3 of 4 lower by" in text
+        assert "No detectable effect at this scale on any measure: `textured`" in text
+        assert "`bidirectional` (2 of 3 seeds)" in text and "`bidirectional-s2` (PSNR gain" in text
+        assert len(table_markdown(full)) == 4
+
+
+def test_a_card_that_breaks_one_factor_at_a_time_is_refused(study, tmp_path, capsys):
+    root, out = study
+    copy_dir = tmp_path / "study"
+    shutil.copytree(out, copy_dir)
+    card = json.loads((copy_dir / "card-textured-s0.json").read_text())
+    card["training"]["settings"]["lr"] = 0.5
+    (copy_dir / "card-textured-s0.json").write_text(json.dumps(card))
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        assert settings_problems(read_cards(copy_dir)) == ["textured-s0: differs from its condition's plan in lr"]
+        before = {p.name: p.read_bytes() for p in copy_dir.iterdir()}
+        assert main(["emergence", "--out", str(copy_dir), "--force"]) == 2
+        assert {p.name: p.read_bytes() for p in copy_dir.iterdir()} == before
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "break one factor at a time" in err
 
 
 def test_the_study_is_rebuilt_from_its_cards_alone(study, tmp_path):
     root, out = study
-    import shutil
+    copy_dir = tmp_path / "study"
+    shutil.copytree(out, copy_dir)
+    before = {p.name: p.read_bytes() for p in copy_dir.iterdir() if p.suffix in (".md", ".csv", ".json")}
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        assert main(["emergence", "--out", str(copy_dir)]) == 2  # it exists: --force to rebuild
+        assert main(["emergence", "--out", str(copy_dir), "--force", "--quiet"]) == 0
+        after = {p.name: p.read_bytes() for p in copy_dir.iterdir() if p.suffix in (".md", ".csv", ".json")}
+        assert after == before
+        (copy_dir / "notes.txt").write_text("mine")  # a file the toolkit did not write: no longer its own directory
+        assert main(["emergence", "--out", str(copy_dir), "--force"]) == 2
+    assert (copy_dir / "notes.txt").read_text() == "mine"
 
-    copy = tmp_path / "study"
-    shutil.copytree(out, copy)
-    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.suffix in (".md", ".csv", ".json")}
-    assert main(["emergence", "--out", str(copy)]) == 2  # it exists: --force to rebuild
-    assert main(["emergence", "--out", str(copy), "--force", "--quiet"]) == 0
-    after = {p.name: p.read_bytes() for p in copy.iterdir() if p.suffix in (".md", ".csv", ".json")}
-    assert after == before
-    (copy / "notes.txt").write_text("mine")  # a file the toolkit did not write: the directory is no longer its own
-    assert main(["emergence", "--out", str(copy), "--force"]) == 2
-    assert (copy / "notes.txt").read_text() == "mine"
+
+def test_runs_outside_the_plan_or_unfinished_are_refused_in_one_line(study, tmp_path, capsys):
+    root, out = study
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        train(TrainConfig(steps=4, **{**TINY, "lr": 0.01}), tmp_path / "other", progress=False)
+        train(study_config("reference", 1), tmp_path / "reference-s1", progress=False, until=2)
+        for run, words in ((tmp_path / "other", "is not a run of the study plan"),
+                           (tmp_path / "reference-s1", "has trained 2 of its 4 steps"),
+                           (tmp_path / "nothing", "is not a training directory")):
+            assert main(["emergence", str(run), "--out", str(tmp_path / "o")]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and words in err
+        assert not (tmp_path / "o").exists()
+        assert main(["study", "train", "--conditions", "moon", "--root", str(tmp_path / "r")]) == 2
+        assert "accepted: comma-separated names of reference" in capsys.readouterr().err
 
 
 def test_a_damaged_card_is_refused_in_one_line(study, tmp_path, capsys):
     root, out = study
-    import shutil
-
-    copy = tmp_path / "study"
-    shutil.copytree(out, copy)
-    card = json.loads((copy / "card-variant.json").read_text())
-    del card["finding2"]
-    (copy / "card-variant.json").write_text(json.dumps(card))
-    assert main(["emergence", "--out", str(copy), "--force"]) == 2
+    copy_dir = tmp_path / "study"
+    shutil.copytree(out, copy_dir)
+    card = json.loads((copy_dir / "card-textured-s0.json").read_text())
+    del card["evaluations"]
+    (copy_dir / "card-textured-s0.json").write_text(json.dumps(card))
+    assert main(["emergence", "--out", str(copy_dir), "--force"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not an emergence card" in err
 
 
 def test_the_report_shows_the_study_escaped_and_offline(study, tmp_path):
     root, study_dir = study
-    import shutil
-
     from analyses.report import write_report
 
     out = tmp_path / "study"
     shutil.copytree(study_dir, out)
-    card = json.loads((out / "card-variant.json").read_text())
+    card = json.loads((out / "card-textured-s0.json").read_text())
     card["training"]["hardware"] = "<script>alert(1)</script>"  # whatever a card holds is escaped in the page
-    (out / "card-variant.json").write_text(json.dumps(card))
-    html = write_report([root / "probes" / "reference"], tmp_path / "r.html", emergence=out).read_text()
-    assert "When does temporal sparsity emerge?" in html and "No variant shows finding 2" in html
+    (out / "card-textured-s0.json").write_text(json.dumps(card))
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        html = write_report([root / "probes" / "reference-s0-sprites"], tmp_path / "r.html", emergence=out).read_text()
+    assert "The emergence study" in html and "Left out, not beating copy-last" in html
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
-    assert main(["report", str(root / "probes" / "reference"), "--emergence", str(root), "-o",
+    assert main(["report", str(root / "probes" / "reference-s0-sprites"), "--emergence", str(root), "-o",
                  str(tmp_path / "s.html")]) == 2  # not a study directory: refused, nothing written
     assert not (tmp_path / "s.html").exists()
+
+
+def test_the_committed_study_is_rebuilt_from_its_cards_and_keeps_one_factor_at_a_time():
+    """reports/emergence: every card of a condition shares every setting but the factor and the seed (against the
+    plan, and card against card), and the committed table is the one its cards give."""
+    from analyses.emergence import NOT_SETTINGS, seed_table
+
+    directory = ROOT / "reports" / "emergence"
+    cards = read_cards(directory)
+    assert cards, "the study has no committed cards"
+    assert settings_problems(cards) == []
+    reference = [c for c in cards if c["condition"] == "reference"]
+    for card in cards:
+        for other in reference:
+            mine, theirs = card["training"]["settings"], other["training"]["settings"]
+            changed = {k for k in mine if k not in NOT_SETTINGS and mine[k] != theirs.get(k)}
+            assert changed == set(CONDITIONS[card["condition"]][1]), card["name"]
+            assert card["training"]["hardware"] and card["training"]["command"].startswith("probe train baseline")
+    assert (directory / "table.md").read_text() == table_markdown(seed_table(cards)).to_markdown(index=False) + "\n"
 
 
 def test_training_reads_the_scene_it_is_given(tmp_path, monkeypatch):

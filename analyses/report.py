@@ -276,15 +276,17 @@ def _side_by_side(sections: list[dict]) -> dict:
 
 def _emergence_section(study: dict) -> dict:
     """The emergence study (`analyses.emergence.load_study`): its answer, seed table and figures, from its cards."""
-    from analyses.emergence import answer, seed_table, table_markdown
+    from analyses.emergence import answer, runs_table, seed_table, table_markdown
     from analyses.emergence_figures import curve_figure, effects_figure, maps_figure
 
     cards = study["cards"]
     table = seed_table(cards)
     shown = table_markdown(table)
     depth = int(cards[0]["training"]["model"]["depth"]) if cards else 8
+    runs = runs_table(cards)
     return {"cards": cards, "answer": answer(cards).splitlines(),
             "table": {"columns": list(shown.columns), "rows": shown.astype(str).values.tolist()},
+            "runs": {"columns": list(runs.columns), "rows": runs.astype(str).values.tolist()},
             "figures": {"Each factor's effect on each layer's ln per-key ratio, Welch 95% intervals over seeds":
                         png_data_uri(effects_figure(table, depth)),
                         "Over training: quality, the last layer's ratio and finding 1, per condition (intervals over "

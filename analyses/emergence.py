@@ -130,9 +130,10 @@ def measure(run: Run, scene: str = SCENE) -> dict:
     }
 
 
-def snapshot_point(step: int, run: Run, scene: str) -> dict:
-    """One point over training: a snapshot's summary (means over clips only) and the scene it was probed on."""
-    return {"step": step, "scene": scene,
+def snapshot_point(step: int, run: Run, scene: str, causal_step: int | None = None) -> dict:
+    """One point over training: a snapshot's summary (means over clips only), the scene it was probed on, its step
+    and its causal step (after any bidirectional pretraining: where the conditions are compared)."""
+    return {"step": step, "causal_step": step if causal_step is None else causal_step, "scene": scene,
             "summary": {name: value["mean"] for name, value in summary(run).items()}}
 
 
@@ -382,8 +383,9 @@ def two_by_two(cards: list[dict], measures: tuple[str, ...] = ("psnr_gain",)) ->
 
 
 def over_training(cards: list[dict], measures: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Per condition and snapshot step: each measure's mean over the seeds probed there, with its t interval (the
-    snapshots of every run, competent or not at that step: the point is when it became so)."""
+    """Per condition and causal step (a snapshot's step after any bidirectional pretraining): each measure's mean over
+    the seeds probed there, with its t interval (every run's snapshots, competent or not at that step: the point is
+    when it became so)."""
     rows = []
     for card in cards:
         depth = depth_of(card)
@@ -392,7 +394,8 @@ def over_training(cards: list[dict], measures: tuple[str, ...] | None = None) ->
         for point in card.get("over_training", []):
             for measure in chosen:
                 if measure in point["summary"]:
-                    rows.append({"condition": card["condition"], "seed": card["seed"], "step": point["step"],
+                    rows.append({"condition": card["condition"], "seed": card["seed"],
+                                 "step": point.get("causal_step", point["step"]),
                                  "scene": point["scene"], "measure": measure, "value": point["summary"][measure][0]})
     if not rows:
         return pd.DataFrame(columns=["condition", "step", "scene", "measure", "mean", "low", "high", "n"])

@@ -138,7 +138,7 @@ def curve_figure(cards: list[dict]) -> Figure:
                             color=f"C{i}", alpha=0.15)
         if line is not None:
             ax.axhline(line, color="red", lw=0.8, ls="--", label=label)
-        ax.set_xlabel("training step")
+        ax.set_xlabel("causal training step (after any bidirectional pretraining)")
         ax.set_title(measure_name(measure, depth), fontsize=8)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=5)
@@ -189,7 +189,8 @@ interval excludes 0 (so the between-seed spread is the floor every effect must c
 
 ## Commands
 - Train (resumable; one worker per core): `probe study train` (`probe study status` lists each run's steps).
-- Measure finished runs into cards: `probe emergence runs/study/NAME ... --out reports/emergence --force`.
+- Measure finished runs into cards: `probe emergence runs/study/NAME ... --snapshot-steps 0,500,1000,2000 --out
+  reports/emergence --force` (causal steps; 0 is the end of the bidirectional pretraining).
 - Rebuild everything here from the cards alone: `{REGENERATE}`.
 """
 

@@ -222,7 +222,7 @@ def _emergence_parser(sub) -> None:
     e.add_argument("runs", nargs="*", help="finished runs of probe study train to measure into cards; none: rebuild "
                    "from the cards in --out")
     e.add_argument("--snapshot-steps", default="all", help="the snapshots probed (over training): all, none, or "
-                   "comma-separated steps")
+                   "comma-separated causal steps (a snapshot's step after any bidirectional pretraining; 0: its end)")
     e.add_argument("--clip", default="0-15", help=f"val clips probed (indices in 0..{CLIP_MAX}; default 0-15)")
     e.add_argument("--probes", default="runs/emergence-probes", help="where the probed sweeps are written (large; "
                    "not in git)")

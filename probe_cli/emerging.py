@@ -66,14 +66,16 @@ def _study_run(run: str) -> tuple[str, str, int, Path]:
                      f"with its seed); accepted: a run of probe study train ({', '.join(CONDITIONS)})")
 
 
-def _snapshot_steps(text: str, path: Path) -> list[tuple[int, Path]]:
+def _snapshot_steps(text: str, path: Path, offset: int) -> list[tuple[int, Path]]:
+    """The snapshots to probe: all, none, or those at the given causal steps (the step minus the run's bidirectional
+    pretraining, `offset`, so every condition is measured after the same causal training)."""
     found = _snapshots(path)
     if text == "all":
         return found
     if text == "none":
         return []
-    wanted = set(indices(text, "--snapshot-steps", 1, 10**8))
-    return [(step, p) for step, p in found if step in wanted]
+    wanted = set(indices(text, "--snapshot-steps", 0, 10**8))
+    return [(step, p) for step, p in found if step - offset in wanted]
 
 
 def cmd_emergence(args: argparse.Namespace) -> None:
@@ -84,7 +86,7 @@ def cmd_emergence(args: argparse.Namespace) -> None:
         raise UsageError(f"two runs would write the same card ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
                          "accepted: each condition and seed once")
     if args.snapshot_steps not in ("all", "none"):
-        indices(args.snapshot_steps, "--snapshot-steps", 1, 10**8)
+        indices(args.snapshot_steps, "--snapshot-steps", 0, 10**8)
     out = Path(args.out)
     existing = out.is_dir() and any(out.iterdir())
     output(out, "emergence", args.force)
@@ -128,10 +130,11 @@ def cmd_emergence(args: argparse.Namespace) -> None:
             if scene == SCENE:
                 maps[name] = maps_of(sweep)
         curve = []
-        for step, weights in _snapshot_steps(args.snapshot_steps, path):
+        offset = record["settings"].get("bidirectional_steps", 0)
+        for step, weights in _snapshot_steps(args.snapshot_steps, path, offset):
             sweep_dir = probes / f"{name}-step-{step}"
             _probe(str(weights), clip_text, trained, "all", sweep_dir)
-            curve.append(snapshot_point(step, load_run(sweep_dir), trained))
+            curve.append(snapshot_point(step, load_run(sweep_dir), trained, step - offset))
             shutil.rmtree(sweep_dir)  # measured: a snapshot's sweep is large and not needed again
         cards[name] = make_card(name, condition, CONDITIONS[condition][0], str(path), record, evaluations, curve)
         if not args.quiet:

@@ -174,7 +174,7 @@ def test_snapshots_are_the_raw_weights_at_their_steps_and_bidirectional_steps_ar
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Tiny runs of three conditions (reference, textured, bidirectional) trained by `probe study train` and measured
-    by `probe emergence` over 3 val clips with their snapshots."""
+    by `probe emergence` over 3 val clips with some of their snapshots."""
     root = tmp_path_factory.mktemp("emergence")
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
@@ -183,7 +183,8 @@ def study(tmp_path_factory):
                      "--seeds", "0", "--quiet"]) == 0
         out = root / "study"
         assert main(["emergence", *(str(root / "runs" / f"{c}-s0") for c in ("reference", "textured", "bidirectional")),
-                     "--clip", "0-2", "--probes", str(root / "probes"), "--out", str(out), "--quiet"]) == 0
+                     "--clip", "0-2", "--snapshot-steps", "0,2", "--probes", str(root / "probes"), "--out", str(out),
+                     "--quiet"]) == 0
     return root, out
 
 
@@ -199,8 +200,9 @@ def test_the_study_writes_cards_tables_and_figures(study):
     assert textured["condition"] == "textured" and textured["seed"] == 0
     assert sorted(textured["evaluations"]) == sorted(reference["evaluations"]) == ["sprites", "textured"]
     assert list(cards["bidirectional-s0"]["evaluations"]) == ["sprites"]
-    assert [p["step"] for p in textured["over_training"]] == [2, 4] and textured["over_training"][0]["scene"] == "textured"
-    assert [p["step"] for p in cards["bidirectional-s0"]["over_training"]] == [2, 4, 6]
+    # --snapshot-steps 0,2: causal steps, after the bidirectional run's 2 steps of pretraining
+    assert [p["step"] for p in textured["over_training"]] == [2] and textured["over_training"][0]["scene"] == "textured"
+    assert [(p["step"], p["causal_step"]) for p in cards["bidirectional-s0"]["over_training"]] == [(2, 0), (4, 2)]
     assert textured["evaluations"]["textured"]["probe"]["split"] == "val, textured scene"
     assert textured["evaluations"]["sprites"]["probe"]["clips"] == [0, 1, 2]
     assert not list((root / "probes").glob("*-step-*"))  # snapshot sweeps are deleted once measured

@@ -413,7 +413,7 @@ CASES = [
     ("R", ["emergence", "nowhere"], "is not a training directory"),
     ("R", ["emergence", "{train}"], "is not a run of the study plan"),
     ("U", ["emergence", "--clip", "-1"], "--clip"),
-    ("U", ["emergence", "--snapshot-steps", "0"], "--snapshot-steps"),
+    ("U", ["emergence", "--snapshot-steps", "-1"], "--snapshot-steps"),
     ("O", ["emergence", "--out", "mine", "--force"], "not an emergence directory"),
     ("O", ["emergence", "--out", "myrun"], "already exists; pass --force"),
     ("O", ["emergence", "--out", "file.txt"], "already exists; pass --force"),

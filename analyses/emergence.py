@@ -391,7 +391,14 @@ def over_training(cards: list[dict], measures: tuple[str, ...] | None = None) ->
         depth = depth_of(card)
         chosen = measures or ("psnr_gain", "ssim_gain", f"log_ratio_{depth - 1}", f"log_ratio_{paper_layers(depth)['middle'][0]}",
                               "f1_cross_step", "f1_minus_input")
-        for point in card.get("over_training", []):
+        settings = card["training"]["settings"]
+        final = card["evaluations"].get(trained_scene(card))
+        points = list(card.get("over_training", []))
+        if final is not None and all(p["step"] != card["training"]["steps"] for p in points):  # the finished run
+            points.append({"step": card["training"]["steps"], "scene": trained_scene(card),
+                           "causal_step": card["training"]["steps"] - settings.get("bidirectional_steps", 0),
+                           "summary": {name: value["mean"] for name, value in final["summary"].items()}})
+        for point in points:
             for measure in chosen:
                 if measure in point["summary"]:
                     rows.append({"condition": card["condition"], "seed": card["seed"],
@@ -442,8 +449,8 @@ def answer(cards: list[dict]) -> str:
         lines.append("Left out, not beating copy-last as required: " + "; ".join(f"`{n}` ({w})" for n, w in failed) + ".")
     table = seed_table(cards)
     if table.empty:
-        lines.append("No trained run yet: nothing to compare.")
-        return "\n".join(lines)
+        lines.append("No run beats copy-last yet: nothing to compare.")
+        return "\n".join(lines + _over_training_lines(cards, last))
     ref = table[(table.condition == "reference") & (table.measure == f"log_ratio_{last}")]
     if len(ref):
         r = ref.iloc[0]
@@ -476,6 +483,7 @@ def answer(cards: list[dict]) -> str:
         lines.append(f"No detectable effect at this scale on any measure: {', '.join(none)}.")
     if few:
         lines.append(f"Not yet compared (too few trained seeds): {', '.join(few)}.")
+    lines += _over_training_lines(cards, last)
     reached = [c for c in CONDITIONS if counts.get(c) and any(
         (r := run_value(card, f"log_ratio_{last}")) is not None and r < math.log(0.1)
         for card in kept if card["condition"] == c)]
@@ -483,6 +491,28 @@ def answer(cards: list[dict]) -> str:
         f"reached by a run of {', '.join(f'`{c}`' for c in reached)}." if reached else
         f"not observed in any trained run of this {depth}-block model."))
     return "\n".join(lines)
+
+
+def _over_training_lines(cards: list[dict], last: int) -> list[str]:
+    """Over training, per condition: where the mean over seeds first clears the competence bar, and the last layer's
+    ln per-key ratio at each measured causal step (means over the seeds measured there; descriptive only)."""
+    from scd.study import CONDITIONS
+
+    table = over_training(cards)
+    if table.empty:
+        return []
+    bar, lines = threshold("STUDY_COMPETENCE_DB"), []
+    for condition in [c for c in CONDITIONS if c in set(table.condition)]:
+        rows = table[table.condition == condition]
+        gain = rows[rows.measure == "psnr_gain"].sort_values("step")
+        ratio = rows[rows.measure == f"log_ratio_{last}"].sort_values("step")
+        first = gain[gain["mean"] >= bar].step.min()
+        when = (f"the mean PSNR gain first reaches {bar:g} dB at causal step {int(first)}" if not math.isnan(first)
+                else f"the mean PSNR gain stays below {bar:g} dB")
+        track = ", ".join(f"{int(r.step)}: {r['mean']:.2f} (n={r.n})" for _, r in ratio.iterrows())
+        lines.append(f"- Over training, `{condition}` (on its own scene): {when}; layer {last}'s ln per-key ratio by "
+                     f"causal step: {track}.")
+    return ["Over training (descriptive; the effects above are measured at the end):"] + lines if lines else []
 
 
 def read_cards(directory: str | Path) -> list[dict]:

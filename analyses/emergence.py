@@ -431,6 +431,7 @@ def answer(cards: list[dict]) -> str:
     lines = []
     if not cards:
         return "No run of the study has been measured yet."
+    cards = sorted(cards, key=lambda c: c["name"])
     depth = depth_of(cards[0])
     layers = paper_layers(depth)
     last, middle = depth - 1, layers["middle"][0]

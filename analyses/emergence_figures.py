@@ -234,6 +234,7 @@ def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.n
     from analyses.emergence import settings_problems
     from scd.outputs import GENERATOR
 
+    cards = sorted(cards, key=lambda c: c["name"])  # as read_cards gives them: a rebuild writes the same bytes
     problems = settings_problems(cards)
     if problems:
         from analyses.emergence import CardError

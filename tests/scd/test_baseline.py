@@ -205,5 +205,5 @@ def test_the_wan_1_3b_sizes_have_wan_s_shapes_and_random_models_are_seeded():
     assert not torch.equal(a.blocks[0].attn.qkv.weight, a.blocks[1].attn.qkv.weight)
     assert a.blocks[5].modulation.weight.abs().sum() > 0 and torch.equal(a.blocks[0].attn.q_norm.weight, torch.ones(24))
     assert a.config.tokens_per_frame == 6 and a.checkpoint["sha256"] is None
-    with pytest.raises(ValueError, match="unknown baseline size 'wan7b'; accepted: tiny, baseline, wan1.3b"):
+    with pytest.raises(ValueError, match="unknown baseline size 'wan7b'; accepted: tiny, baseline, study, study-p2, wan1.3b"):
         random_model("baseline", "wan7b")

@@ -42,6 +42,25 @@ CONDITIONS: dict[str, tuple[str, dict]] = {
                        "restart_schedule": True}),
     "tokens-256": ("256 tokens per frame (2x2 patches, a 16x16 grid) instead of 64", {"size": "study-p2"}),
 }
+# The combination: the single factors `analyses.emergence.combination_choice` names once every single condition has
+# its seeds (the rule, STUDY_COMBINED_FACTORS, was fixed before the runs); empty until then.
+COMBINED: tuple[str, ...] = ()
+
+
+def combined(names: tuple[str, ...]) -> tuple[str, dict]:
+    """The combination condition of single factors: their settings together (refused if two set one setting apart)."""
+    settings: dict = {}
+    for name in names:
+        for key, value in CONDITIONS[name][1].items():
+            if key in settings and settings[key] != value:
+                raise TrainConfigError(f"factors {', '.join(names)} set {key} apart; accepted: factors that combine")
+            settings[key] = value
+    return " + ".join(CONDITIONS[name][0] for name in names), settings
+
+
+if COMBINED:
+    CONDITIONS["combination"] = combined(COMBINED)
+
 # Trained after the others: a step of `tokens-256` costs about 7x the reference's (2048-token attention on one core).
 LAST = ("tokens-256",)
 

@@ -66,6 +66,14 @@ def test_every_condition_changes_one_factor_and_nothing_else():
         study_config("moon", 0)
 
 
+def test_the_combination_joins_the_single_factors_settings():
+    from scd.study import combined
+
+    words, settings = combined(("textured", "bidirectional"))
+    assert settings == {**CONDITIONS["textured"][1], **CONDITIONS["bidirectional"][1]} and " + " in words
+    assert combined(("clean-context-10",))[1] == {"clean_context_ratio": 0.1}
+
+
 def test_the_restarted_schedule_is_the_reference_schedule_after_the_pretraining(tmp_path):
     reference, bidirectional = study_config("reference", 0), study_config("bidirectional", 0)
     phase = bidirectional.bidirectional_steps

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NAMES = ["01_cross_step_similarity", "02_attention_sparsity", "03_scd_vs_baseline", "04_your_model",
          "05_interventions"]
-FIGURES = {"01_cross_step_similarity": 6, "02_attention_sparsity": 6, "03_scd_vs_baseline": 7, "04_your_model": 5,
+FIGURES = {"01_cross_step_similarity": 6, "02_attention_sparsity": 7, "03_scd_vs_baseline": 7, "04_your_model": 5,
            "05_interventions": 2}  # figures each shows with its defaults
 OURS = ("scd", "probes", "analyses")
 # Libraries a notebook may use for data and layout; plotting itself belongs to analyses/figures.py.

@@ -99,8 +99,10 @@ def effects_figure(table: pd.DataFrame, depth: int) -> Figure:
         effect = rows.effect.to_numpy()
         low = np.nan_to_num(effect - rows.effect_low.to_numpy())
         high = np.nan_to_num(rows.effect_high.to_numpy() - effect)
+        few = rows.verdict.str.startswith("too few").any()  # no Welch interval yet: hollow, and said so
         ax.errorbar(layers, effect, yerr=[low, high], marker="o", ms=4, capsize=2, ls="none", color=f"C{i}",
-                    label=condition)
+                    mfc="none" if few else f"C{i}", label=f"{condition} ({len(rows.iloc[0]['values'])} seeds"
+                    + (": too few, no interval)" if few else ")"))
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel(f"layer (of {depth})")
     ax.set_ylabel("effect on ln per-key ratio")

@@ -346,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"probe {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`probe study status | head`): not a fault, nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 0
     except (OSError, MemoryError) as e:  # a fault of the machine, not of the input: the outputs are as they were
         print(f"probe {args.command}: fault: {_fault(e)}; nothing was written or changed at the outputs",
               file=sys.stderr)

@@ -85,3 +85,21 @@ def test_the_console_script_is_installed():
     assert probe, "`probe` is not on PATH: pip install -e ."
     result = subprocess.run([probe, "generate", "--model", "nope"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown model" in result.stderr
+
+
+def test_a_reader_that_goes_away_is_not_a_fault(tmp_path):
+    """`probe study status | head -1`: the closed pipe ends the command quietly (exit 0), not with a fault line."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    seeds = ",".join(map(str, range(64)))  # 384 lines: more than the 4 KiB pipe below holds
+    read, write = os.pipe()
+    fcntl.fcntl(write, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, so the writer must wait for its reader
+    proc = subprocess.Popen([sys.executable, "-m", "probe_cli", "study", "status", "--root", str(tmp_path), "--seeds",
+                             seeds], stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert reader.readline().startswith(b"reference-s0: 0 of")
+    assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""

@@ -30,6 +30,7 @@ from analyses.claims import (
     deep_layers_local,
     items_of,
     last_layers_less_similar,
+    measures_of,
     middle_layer_similarity,
     paper_layers,
     shown,
@@ -38,15 +39,15 @@ from analyses.claims import (
 from analyses.errors import takes_run
 from analyses.intervals import interval
 from analyses.paper_figures import mean_map
-from analyses.sparsity import attention_measures
 from analyses.thresholds import threshold
 from probes.store import Run
+from scd.study import RUN_DETAILS
 
 CARD_FORMAT = 2
 SCENE = "sprites"  # every condition is evaluated on the val clips of this scene (the same clips for all)
 TWO_BY_TWO = ("reference", "textured")  # conditions also evaluated on the other scene: the 2 x 2 table
 # Settings that say where or how fast a run went, not what was trained.
-NOT_SETTINGS = {"threads", "checkpoint_every", "snapshot_every", "dtype", "sha256", "init", "seed"}
+NOT_SETTINGS = {*RUN_DETAILS, "dtype", "sha256", "seed"}
 
 
 class CardError(ValueError):
@@ -102,7 +103,7 @@ def summary(run: Run) -> dict[str, dict]:
     heads and frames averaged) of each clip; `lit_share_L`; then quality and finding 1 at the middle layer."""
     items = items_of(run)
     per_clip = _quality(run)
-    tables = [attention_measures(item).set_index("layer") for item in items]
+    tables = [measures_of(item).set_index("layer") for item in items]  # the claims' own, computed once per sweep
     for layer in run.attention_layers:
         per_clip[f"log_ratio_{layer}"] = [math.log(max(float(t.loc[layer, "per_key_ratio"]), 1e-30)) for t in tables]
         per_clip[f"lit_share_{layer}"] = [float(t.loc[layer, "lit_share"]) for t in tables]
@@ -208,9 +209,7 @@ def competence(card: dict) -> tuple[bool, str]:
 def settings_problems(cards: list[dict]) -> list[str]:
     """Every way the cards break "one factor at a time": a card whose training settings or model differ from its
     condition's plan (`scd.study.study_config`) in anything but where it ran, or two cards of one condition and seed."""
-    from dataclasses import asdict
-
-    from scd.study import CONDITIONS, study_config
+    from scd.study import CONDITIONS, off_plan, study_config
     from scd.train import model_config
 
     problems, seen = [], set()
@@ -223,10 +222,8 @@ def settings_problems(cards: list[dict]) -> list[str]:
             problems.append(f"{card['name']}: a second card of {condition} seed {seed}")
         seen.add((condition, seed))
         planned = study_config(condition, seed)
-        settings = {**asdict(planned), **card["training"]["settings"]}
-        wrong = sorted(k for k, v in asdict(planned).items() if k not in NOT_SETTINGS - {"seed"} and settings[k] != v)
-        model = {k: v for k, v in model_config(planned).items()}
-        wrong += sorted(f"model {k}" for k, v in model.items() if card["training"]["model"].get(k) != v)
+        wrong = off_plan(card["training"]["settings"], condition, seed)
+        wrong += sorted(f"model {k}" for k, v in model_config(planned).items() if card["training"]["model"].get(k) != v)
         if wrong:
             problems.append(f"{card['name']}: differs from its condition's plan in {', '.join(wrong)}")
         if card["training"]["steps"] != planned.steps:

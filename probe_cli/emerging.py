@@ -44,7 +44,7 @@ def _study_run(run: str) -> tuple[str, str, int, Path]:
     """(card name, condition, seed, directory) of a finished run of the study plan; refused unless it is one."""
     import json
 
-    from scd.study import CONDITIONS, run_name, study_config
+    from scd.study import CONDITIONS, off_plan, run_name, study_config
     from scd.train import trained_steps
 
     path = Path(run)
@@ -52,15 +52,13 @@ def _study_run(run: str) -> tuple[str, str, int, Path]:
         raise UsageError(f"{run} is not a training directory written by probe train (train.json and "
                          "train_state.safetensors); accepted: a run of probe study train")
     settings = json.loads((path / "train.json").read_text())
-    from analyses.emergence import NOT_SETTINGS
-
+    seed = settings.get("seed", 0)
     for condition in CONDITIONS:
-        planned = study_config(condition, settings.get("seed", 0)).__dict__
-        if all(settings.get(k) == v for k, v in planned.items() if k not in NOT_SETTINGS - {"seed"}):
-            seed = planned["seed"]
-            if trained_steps(path) < planned["steps"]:
-                raise UsageError(f"{run} has trained {trained_steps(path)} of its {planned['steps']} steps; accepted: a "
-                                 "finished run (probe study train resumes it)")
+        if not off_plan(settings, condition, seed):
+            steps, done = study_config(condition, seed).steps, trained_steps(path)
+            if done < steps:
+                raise UsageError(f"{run} has trained {done} of its {steps} steps; accepted: a finished run (probe study "
+                                 "train resumes it)")
             return run_name(condition, seed), condition, seed, path
     raise UsageError(f"{run} is not a run of the study plan (its settings match no condition of scd.study.CONDITIONS "
                      f"with its seed); accepted: a run of probe study train ({', '.join(CONDITIONS)})")

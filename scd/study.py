@@ -91,6 +91,16 @@ def plan(conditions: list[str] | None = None, seeds: tuple[int, ...] = SEEDS) ->
                                                                 for seed in seeds]
 
 
+RUN_DETAILS = ("threads", "checkpoint_every", "snapshot_every", "init")  # settings that say where a run went, not what
+
+
+def off_plan(settings: dict, condition: str, seed: int) -> list[str]:
+    """The training settings (a run's train.json) that differ from the plan of `condition` and `seed`, the run's
+    details aside; a setting the file lacks (added since) counts as planned."""
+    planned = asdict(study_config(condition, seed))
+    return sorted(k for k, v in planned.items() if k not in RUN_DETAILS and settings.get(k, v) != v)
+
+
 def differs_only_in_factor(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
     """{setting: (a's, b's)} for the settings two runs' configs differ in, the seed aside."""
     x, y = asdict(a), asdict(b)

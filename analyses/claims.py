@@ -39,8 +39,8 @@ from analyses.redundancy import functional_table
 from analyses.similarity import cross_frame_similarities, cross_noise_similarities, input_similarity, run_cosine
 from analyses.sparsity import attention_measures, measures_by_head
 from analyses.thresholds import THRESHOLDS, threshold
+from probes.recording import Recording
 from probes.reductions import off_diagonal
-from probes.store import Run
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED = "reproduced", "not reproduced", "inconclusive", "not measured"
 NOT_OBSERVED = "not observed in this model"  # "not reproduced" in a model unlike the paper's
@@ -124,13 +124,13 @@ def clips_note(n: int) -> str:
 
 
 @takes_run
-def items_of(run: Run) -> list[Run]:
+def items_of(run: Recording) -> list[Recording]:
     """The runs of a sweep (one per clip and noise draw), or the run itself."""
-    return list(getattr(run, "items", None) or [run])
+    return run.items
 
 
 @takes_run
-def model_scale(run: Run) -> dict:
+def model_scale(run: Recording) -> dict:
     """The model and setting a verdict is observed in: parameters, tokens per frame, the most keys a query sees, steps."""
     m = run.manifest
     tokens = int(m.get("tokens_per_frame") or 0)
@@ -149,7 +149,7 @@ def _count(value) -> str:
 
 
 @takes_run
-def scale_text(run: Run) -> str:
+def scale_text(run: Recording) -> str:
     """"this 9.0M-parameter model (64 tokens per frame, at most 512 keys, 50 steps)" and the paper's for contrast."""
     s = model_scale(run)
     return (f"{s['model']}: a {_count(s['parameters'])}-parameter model, {s['tokens_per_frame']:,} tokens per frame, "
@@ -158,19 +158,19 @@ def scale_text(run: Run) -> str:
 
 
 @takes_run
-def in_paper_setting(run: Run) -> bool:
+def in_paper_setting(run: Recording) -> bool:
     """Is the run's model at the paper's scale (parameters, tokens per frame and keys at least the paper's)?"""
     s = model_scale(run)
     return (s["parameters"] or 0) >= PAPER_PARAMETERS and s["tokens_per_frame"] >= PAPER_TOKENS and \
         s["keys"] >= PAPER_KEYS and s["control"] is None
 
 
-def worded(verdict: str, run: Run) -> str:
+def worded(verdict: str, run: Recording) -> str:
     """A verdict as the report says it: "not reproduced" only in the paper's setting, else "not observed in this model"."""
     return NOT_OBSERVED if verdict == NOT_REPRODUCED and not in_paper_setting(run) else verdict
 
 
-def _per_item(run: Run, measure: Callable[[Run], float]) -> tuple[float, float, float, int]:
+def _per_item(run: Recording, measure: Callable[[Recording], float]) -> tuple[float, float, float, int]:
     return over_clips(items_of(run), measure)
 
 
@@ -183,32 +183,32 @@ def _layer_name(paper: str, layers: list[int], depth: int) -> str:
     return f"layer{'s' if len(layers) > 1 else ''} {mapped}" + ("" if depth == 30 else f" (the paper's {paper})")
 
 
-def memoized(item: Run, key: tuple, compute: Callable[[], object]) -> object:
-    """A measure of one run, computed once per Run object (the claims and the report ask for the same ones)."""
+def memoized(item: Recording, key: tuple, compute: Callable[[], object]) -> object:
+    """A measure of one run, computed once per Recording object (the claims and the report ask for the same ones)."""
     cache = item.__dict__.setdefault("_claims_cache", {})
     if key not in cache:
         cache[key] = compute()
     return cache[key]
 
 
-def cross_step(item: Run, layer: int, kind: str = "token") -> float:
+def cross_step(item: Recording, layer: int, kind: str = "token") -> float:
     """Mean off-diagonal step x step similarity (`analyses.similarity.KINDS`) of one run at `layer`."""
     return memoized(item, ("step", layer, kind), lambda: float(off_diagonal(run_cosine(item, layer, kind)).mean()))
 
 
-def input_step(item: Run, kind: str = "token") -> float:
+def input_step(item: Recording, kind: str = "token") -> float:
     """The same for the frame's input to the blocks (the noise floor)."""
     return memoized(item, ("input", kind), lambda: float(off_diagonal(input_similarity(item, kind)).mean()))
 
 
-def two_frame(item: Run, layer: int, kind: str = "token") -> float:
+def two_frame(item: Recording, layer: int, kind: str = "token") -> float:
     """The two-frame control at `layer`: the same similarity between two different frames (`cross_frame_similarities`)."""
     every = memoized(item, ("frames", layer), lambda: {k: float(v.mean()) for k, v in
                                                      cross_frame_similarities(item, layer).items()})
     return every[kind]
 
 
-def _noise_control(draws: list[Run], layer: int, kind: str) -> float:
+def _noise_control(draws: list[Recording], layer: int, kind: str) -> float:
     every = memoized(draws[0], ("noise", layer, tuple(id(d) for d in draws)),
                   lambda: {k: float(v.mean()) for k, v in cross_noise_similarities(draws, layer).items()})
     return every[kind]
@@ -223,7 +223,7 @@ class _Finding1:
     change_ratio: tuple | None = None  # (1 - cosine) / the input's, the input rule first committed (4f0bd7a)
 
 
-def _finding1(run: Run, layer: int) -> _Finding1:
+def _finding1(run: Recording, layer: int) -> _Finding1:
     """Every clause of finding 1 at `layer`: raw, centred and CKA cross-step similarity against the two-frame
     control, the different-noise control and the blocks' input."""
     items = items_of(run)
@@ -273,7 +273,7 @@ def _finding1(run: Run, layer: int) -> _Finding1:
     return _Finding1(values, parts, missing, ratio)
 
 
-def _finding1_checks(run: Run, layers: list[int]) -> str | None:
+def _finding1_checks(run: Recording, layers: list[int]) -> str | None:
     steps = len(run.manifest.get("steps", []))
     encoder = [layer for layer in layers if run.role(layer) == "encoder"]
     if encoder:
@@ -307,7 +307,7 @@ def _original_verdicts(f1: _Finding1) -> dict[str, str]:
     return out
 
 
-def _original_text(originals: dict[str, str], run: Run) -> str:
+def _original_text(originals: dict[str, str], run: Recording) -> str:
     return "; ".join(f"{what}: {worded(verdict, run)}" for what, verdict in originals.items())
 
 
@@ -332,7 +332,7 @@ def _finding1_text(layer: int, f1: _Finding1, compact: bool = False) -> str:
 
 
 @takes_run
-def middle_layer_similarity(run: Run) -> Claim:
+def middle_layer_similarity(run: Recording) -> Claim:
     """Finding 1 at the middle layer: its features nearly the same at every step, against every control."""
     layer = paper_layers(run.depth)["middle"][0]
     name = f"cross-step similarity at {_layer_name('15', [layer], run.depth)}, against its controls"
@@ -352,7 +352,7 @@ def middle_layer_similarity(run: Run) -> Claim:
 
 
 @takes_run
-def early_layers_similarity(run: Run) -> Claim:
+def early_layers_similarity(run: Recording) -> Claim:
     """Finding 1 as the paper states it, on the early layers (0-10): each must clear every clause."""
     layers = paper_layers(run.depth)["early_span"]
     name = f"cross-step similarity at {_layer_name('0-10', layers, run.depth)}, each against its controls"
@@ -373,7 +373,7 @@ def early_layers_similarity(run: Run) -> Claim:
 
 
 @takes_run
-def functional_redundancy(run: Run) -> Claim:
+def functional_redundancy(run: Recording) -> Claim:
     """Finding 1, functionally: step-s features predict the last step's better than the blocks' input does its own."""
     layer = paper_layers(run.depth)["middle"][0]
     name = f"step-s features at {_layer_name('15', [layer], run.depth)} predict the last step's (linear fit)"
@@ -406,7 +406,7 @@ def functional_redundancy(run: Run) -> Claim:
 
 
 @takes_run
-def last_layers_less_similar(run: Run) -> Claim:
+def last_layers_less_similar(run: Recording) -> Claim:
     """Claim 1, its other side: the last layers change more across steps than layer 15."""
     layers = paper_layers(run.depth)
     middle, last = layers["middle"][0], layers["last3"]
@@ -432,7 +432,7 @@ def last_layers_less_similar(run: Run) -> Claim:
                  original=f"{worded(original, run)} (each last layer below layer {middle}: margin 0)", **extra)
 
 
-def _attention_claim_checks(run: Run, layers: list[int]) -> str | None:
+def _attention_claim_checks(run: Recording, layers: list[int]) -> str | None:
     missing = [layer for layer in layers if layer not in run.attention_layers]
     if missing:
         return f"layers {missing} were not probed (attention)"
@@ -441,17 +441,17 @@ def _attention_claim_checks(run: Run, layers: list[int]) -> str | None:
     return None
 
 
-def measures_of(item: Run, steps: str = "all"):
-    """`attention_measures(item, steps)`, once per Run object."""
+def measures_of(item: Recording, steps: str = "all"):
+    """`attention_measures(item, steps)`, once per Recording object."""
     return memoized(item, ("attention", steps), lambda: attention_measures(item, steps))
 
 
-def heads_of(item: Run):
-    """`measures_by_head(item)`, once per Run object."""
+def heads_of(item: Recording):
+    """`measures_by_head(item)`, once per Recording object."""
     return memoized(item, ("heads",), lambda: measures_by_head(item))
 
 
-def _measure_tables(run: Run) -> dict:
+def _measure_tables(run: Recording) -> dict:
     """Per clip (draws averaged), each layer's attention measures: {clip: DataFrame indexed by layer}."""
     out = {}
     for clip, draws in clip_groups(items_of(run)).items():
@@ -462,7 +462,7 @@ def _measure_tables(run: Run) -> dict:
 
 
 @takes_run
-def deep_layers_local(run: Run) -> Claim:
+def deep_layers_local(run: Recording) -> Claim:
     """Claim 2: the deepest layers barely attend to earlier frames, per key, whatever the context length."""
     deep = paper_layers(run.depth)["deep"]
     name = f"{_layer_name('28-29', deep, run.depth)} barely attend to past frames (per key)"
@@ -494,7 +494,7 @@ def deep_layers_local(run: Run) -> Claim:
 
 
 @takes_run
-def sparse_deep_attention(run: Run) -> Claim:
+def sparse_deep_attention(run: Recording) -> Claim:
     """Claim 2, as the figure shows it: early layers' maps are lit everywhere, deep layers' maps are dark, each layer
     measured on its own map against uniform attention (the paper's cut, 7 nats below uniform per key)."""
     layers = paper_layers(run.depth)
@@ -533,7 +533,7 @@ CLAIMS = (middle_layer_similarity, early_layers_similarity, functional_redundanc
 
 
 @takes_run
-def evaluate(run: Run) -> list[Claim]:
+def evaluate(run: Recording) -> list[Claim]:
     """Every claim's verdict on one run or sweep."""
     return [claim(run) for claim in CLAIMS]
 

@@ -40,7 +40,7 @@ from analyses.errors import takes_run
 from analyses.intervals import interval
 from analyses.paper_figures import mean_map
 from analyses.thresholds import threshold
-from probes.store import Run
+from probes.recording import Recording
 from scd.study import RUN_DETAILS
 
 CARD_FORMAT = 2
@@ -61,7 +61,7 @@ def _as_list(values: tuple[float, float, float, int]) -> list:
 
 # -- measured on a probed sweep --------------------------------------------------------------------------------
 
-def _quality(run: Run) -> dict[str, list[float]]:
+def _quality(run: Recording) -> dict[str, list[float]]:
     """Per clip: PSNR / SSIM of the generated frames against the truth and of copying the last context frame, and the
     gains, from the videos the probe stored (uint8), so the numbers are of the very generations the measures are of."""
     from scd.evaluate import frame_quality
@@ -80,7 +80,7 @@ def _quality(run: Run) -> dict[str, list[float]]:
     return rows
 
 
-def _per_clip_f1(run: Run) -> dict[str, list[float]]:
+def _per_clip_f1(run: Recording) -> dict[str, list[float]]:
     """Finding 1's numbers at the middle layer, per clip (the claim's own measures, `analyses.claims`)."""
     from analyses.claims import cross_step, input_step, two_frame
 
@@ -97,7 +97,7 @@ def _per_clip_f1(run: Run) -> dict[str, list[float]]:
 
 
 @takes_run
-def summary(run: Run) -> dict[str, dict]:
+def summary(run: Recording) -> dict[str, dict]:
     """Every measure of the study on one probed sweep: {measure: {"clips": per-clip values, "mean": [mean, low,
     high, n] over the clips}}. Per layer L: `log_ratio_L`, ln of the per-key ratio (earlier / own frame, all steps,
     heads and frames averaged) of each clip; `lit_share_L`; then quality and finding 1 at the middle layer."""
@@ -116,7 +116,7 @@ def _claim(claim) -> dict:
 
 
 @takes_run
-def measure(run: Run, scene: str = SCENE) -> dict:
+def measure(run: Recording, scene: str = SCENE) -> dict:
     """A card's evaluation of a run on one scene (the one its sweep was probed on): the probe's settings, the summary,
     the claims' verdicts."""
     items = items_of(run)
@@ -131,7 +131,7 @@ def measure(run: Run, scene: str = SCENE) -> dict:
     }
 
 
-def snapshot_point(step: int, run: Run, scene: str, causal_step: int | None = None) -> dict:
+def snapshot_point(step: int, run: Recording, scene: str, causal_step: int | None = None) -> dict:
     """One point over training: a snapshot's summary (means over clips only), the scene it was probed on, its step
     and its causal step (after any bidirectional pretraining: where the conditions are compared)."""
     return {"step": step, "causal_step": step if causal_step is None else causal_step, "scene": scene,
@@ -139,7 +139,7 @@ def snapshot_point(step: int, run: Run, scene: str, causal_step: int | None = No
 
 
 @takes_run
-def maps_of(run: Run) -> dict[str, np.ndarray]:
+def maps_of(run: Recording) -> dict[str, np.ndarray]:
     """The paper's figure layers' pooled maps (heads and steps averaged, clips too), float32, keyed "layer_N"."""
     layers = [layer for layer in paper_layers(run.depth)["figure"] if layer in run.attention_layers]
     return {f"layer_{layer}": mean_map(run, layer).float().numpy() for layer in layers}

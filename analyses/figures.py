@@ -16,7 +16,7 @@ from analyses.errors import AnalysisError, takes_run
 from analyses.pca import pca_images
 from analyses.similarity import depth_curve, run_cosine, similarity_to_last
 from analyses.sparsity import head_table, offset_table, sparsity_table, step_table
-from probes.store import Run
+from probes.recording import Recording
 
 
 def _finished(fig: Figure) -> Figure:
@@ -34,8 +34,11 @@ def _pick(layers: list[int], most: int) -> list[int]:
 
 
 @takes_run
-def similarity_heatmaps(run: Run, layers: list[int] | None = None, frame: int = 0, kind: str = "token") -> Figure:
-    """Step x step cosine similarity matrices of one probed frame, one heatmap per layer."""
+def similarity_heatmaps(run: Recording, layers: list[int] | None = None, frame: int | None = None,
+                        kind: str = "token") -> Figure:
+    """Step x step cosine similarity matrices of one probed frame (its video frame number; None: the first probed),
+    one heatmap per layer."""
+    frame = run.frames.index(run.frames[0] if frame is None else frame)  # its position among the recorded frames
     layers = layers or _pick(run.stepwise_layers, 6)
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 0.8, 2.8), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
@@ -49,7 +52,7 @@ def similarity_heatmaps(run: Run, layers: list[int] | None = None, frame: int = 
     return _finished(fig)
 
 
-def similarity_vs_depth(runs: dict[str, Run], kind: str = "token") -> Figure:
+def similarity_vs_depth(runs: dict[str, Recording], kind: str = "token") -> Figure:
     """Mean off-diagonal cross-step cosine against depth (the minimum as a dashed line), one line per run."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, run in runs.items():
@@ -65,7 +68,7 @@ def similarity_vs_depth(runs: dict[str, Run], kind: str = "token") -> Figure:
 
 
 @takes_run
-def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
+def cosine_to_last(run: Recording, layers: list[int] | None = None) -> Figure:
     """Cosine of each step's features with the last step's, against the step (mean over probed frames),
     one line per layer: how early in denoising a layer's features settle."""
     table = similarity_to_last(run)
@@ -78,8 +81,10 @@ def cosine_to_last(run: Run, layers: list[int] | None = None) -> Figure:
     return _finished(fig)
 
 @takes_run
-def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
-    """PCA images of one layer's features at a few steps, next to the generated frame."""
+def pca_strip(run: Recording, layer: int, frame: int | None = None, steps: int = 6) -> Figure:
+    """PCA images of one layer's features at a few steps, next to the generated frame (its video frame number;
+    None: the first probed)."""
+    frame = run.frames.index(run.frames[0] if frame is None else frame)  # its position among the recorded frames
     features = run.features(layer)[frame].float()
     grid = run.token_grid
     if grid is None:
@@ -102,7 +107,7 @@ def pca_strip(run: Run, layer: int, frame: int = 0, steps: int = 6) -> Figure:
     return _finished(fig)
 
 
-def attention_vs_depth(runs: dict[str, Run]) -> Figure:
+def attention_vs_depth(runs: dict[str, Recording]) -> Figure:
     """Share of attention on earlier frames against depth, with the spread over heads (min to max)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, run in runs.items():
@@ -121,7 +126,7 @@ def attention_vs_depth(runs: dict[str, Run]) -> Figure:
 
 
 @takes_run
-def head_heatmap(run: Run) -> Figure:
+def head_heatmap(run: Recording) -> Figure:
     """Layer x head: each head's share of attention on earlier frames."""
     table = head_table(run).pivot(index="layer", columns="head", values="earlier_share")
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * table.shape[1], max(2.5, 0.18 * len(table) + 1)))
@@ -131,7 +136,7 @@ def head_heatmap(run: Run) -> Figure:
 
 
 @takes_run
-def attention_across_steps(run: Run, layers: list[int] | None = None) -> Figure:
+def attention_across_steps(run: Recording, layers: list[int] | None = None) -> Figure:
     """Share of attention on earlier frames at each denoising step, one line per layer (layers run at
     every step only)."""
     table = step_table(run)
@@ -145,7 +150,7 @@ def attention_across_steps(run: Run, layers: list[int] | None = None) -> Figure:
     return _finished(fig)
 
 @takes_run
-def offset_heatmap(run: Run) -> Figure:
+def offset_heatmap(run: Recording) -> Figure:
     """Layer x key-frame offset (0 = the frame itself, 1 = the previous one, ...): mean attention mass."""
     table = offset_table(run).pivot(index="layer", columns="offset", values="mass")
     fig, ax = plt.subplots(figsize=(5, max(2.5, 0.18 * len(table) + 1)))
@@ -155,7 +160,7 @@ def offset_heatmap(run: Run) -> Figure:
 
 
 @takes_run
-def frames_title(run: Run) -> str:
+def frames_title(run: Recording) -> str:
     """What `frames_figure` shows, in words."""
     shows = run.manifest.get("video_shows")
     truth = " and ground-truth" if run.manifest.get("ground_truth") else ""
@@ -163,7 +168,7 @@ def frames_title(run: Run) -> str:
 
 
 @takes_run
-def frames_figure(run: Run, most: int = 24) -> Figure:
+def frames_figure(run: Recording, most: int = 24) -> Figure:
     """Context, generated and (where there is one) ground-truth frames; a VAE's decoded frames are counted in pixel
     frames, latent channels per latent frame. At most `most` frames, evenly spaced."""
     generated, truth = run.video()
@@ -184,7 +189,7 @@ def frames_figure(run: Run, most: int = 24) -> Figure:
     return _finished(fig)
 
 
-def compare_frames(runs: dict[str, Run]) -> Figure:
+def compare_frames(runs: dict[str, Recording]) -> Figure:
     """The generated frames of several runs of one clip, one row each, under the ground truth."""
     videos = {name: run.video() for name, run in runs.items()}
     truth = next((t for _, t in videos.values() if len(t)), None)

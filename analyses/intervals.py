@@ -28,7 +28,7 @@ def clip_groups(items: list) -> dict:
     order of their clips; an item without a recorded clip is its own group."""
     groups: dict = {}
     for i, item in enumerate(items):
-        clip = getattr(item, "manifest", {}).get("clip")
+        clip = item.manifest.get("clip")
         groups.setdefault(clip if clip is not None else f"item {i}", []).append(item)
     return groups
 

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from scd.contract import is_video_diffuser
 from scd.data import VideoBenchmark
 from scd.evaluate import frame_quality, to_uint8
 from scd.progress import progress as progress_bar
@@ -70,27 +71,38 @@ class _StepTracker:
         self.step = None
 
 
-def _causal_blocks(model: nn.Module, layer: int) -> nn.ModuleList:
-    blocks = getattr(model, "blocks", None)
-    if hasattr(model, "decoder"):
-        raise InterventionError("knockout on SCD is moot: its decoder's only past is the encoder output of the frame "
-                                "before; accepted: the causal baseline")
-    if blocks is None or not hasattr(model, "new_cache"):
+def _surgery_layout(model: nn.Module):
+    """The model's layout, where its blocks take surgeries (the built-in families; `scd.contract`)."""
+    if not is_video_diffuser(model) or not model.takes_surgeries:
         raise InterventionError(f"interventions need a model of the built-in families (blocks and a KV cache); got "
                                 f"{type(model).__name__}")
-    if not 0 <= layer < len(blocks):
-        raise InterventionError(f"layer {layer} is out of range; accepted: 0..{len(blocks) - 1}")
-    return blocks
+    return model.layout
 
 
-def _reusable_blocks(model: nn.Module, layer: int) -> tuple[nn.ModuleList, int]:
+def _blocks(model: nn.Module, paths: list[str]) -> list[nn.Module]:
+    return [model.get_submodule(path) for path in paths]
+
+
+def _causal_blocks(model: nn.Module, layer: int) -> list[nn.Module]:
+    layout = _surgery_layout(model)
+    if "decoder" in layout.roles:
+        raise InterventionError("knockout on SCD is moot: its decoder's only past is the encoder output of the frame "
+                                "before; accepted: the causal baseline")
+    if not 0 <= layer < layout.depth:
+        raise InterventionError(f"layer {layer} is out of range; accepted: 0..{layout.depth - 1}")
+    return _blocks(model, list(layout.blocks))
+
+
+def _reusable_blocks(model: nn.Module, layer: int) -> tuple[list[nn.Module], int]:
     """The blocks run at every denoising step and `layer`'s index among them: the baseline's, or SCD's decoder."""
-    if hasattr(model, "decoder") and hasattr(model, "encoder"):
-        first, blocks = len(model.encoder.blocks), model.decoder.blocks
-        if not first <= layer < first + len(blocks):
+    layout = _surgery_layout(model)
+    if "decoder" in layout.roles:
+        decoder = [i for i in range(layout.depth) if layout.role(i) == "decoder"]
+        first, last = decoder[0], decoder[-1]
+        if not first <= layer <= last:
             raise InterventionError(f"layer {layer} is not an SCD decoder layer (its encoder runs once per frame: reuse "
-                                    f"is built in); accepted: {first}..{first + len(blocks) - 1}")
-        return blocks, layer - first
+                                    f"is built in); accepted: {first}..{last}")
+        return _blocks(model, [layout.blocks[i] for i in decoder]), layer - first
     return _causal_blocks(model, layer), layer
 
 
@@ -272,7 +284,7 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
         with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps):  # refuse first
             pass
     for name, other in (others or {}).items():
-        if getattr(other, "config", None) is None or other.config.frame_size != model.config.frame_size:
+        if not is_video_diffuser(other) or other.frame_shape != model.frame_shape:
             raise InterventionError(f"model {name!r} does not take the frames of the baseline measured beside it")
     data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
     generate(model, data.clip(0)[:context], 1, steps=2, device=device)  # warm-up, untimed

@@ -33,11 +33,11 @@ from analyses.sparsity import (
     measures_by_step,
     step_slice,
 )
-from probes.store import Run
+from probes.recording import Recording
 
 
 @takes_run
-def mean_map(run: Run, layer: int, head: int | None = None, steps: str = "all") -> torch.Tensor:
+def mean_map(run: Recording, layer: int, head: int | None = None, steps: str = "all") -> torch.Tensor:
     """float64 [F, g, T*g]: the pooled map averaged over the chosen steps ("all", "first10", "last10") and over heads,
     or of one head (a sweep: over its clips too)."""
     maps = run.attention_map(layer).double()
@@ -66,7 +66,7 @@ def draw_map(ax, pooled: torch.Tensor, frames: list[int], g: int, T: int, low: f
 
 
 @takes_run
-def attention_maps(run: Run, layers: list[int] | None = None, head: int | None = None, steps: str = "all") -> Figure:
+def attention_maps(run: Recording, layers: list[int] | None = None, head: int | None = None, steps: str = "all") -> Figure:
     """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range; averaged over heads
     (or one `head`) and over the chosen `steps` ("all", "first10", "last10")."""
     frames, g, T = run.manifest["frames"], run.bands, run.manifest["num_frames"]
@@ -100,7 +100,7 @@ def attention_maps(run: Run, layers: list[int] | None = None, head: int | None =
 
 
 @takes_run
-def step_heatmap(run: Run, measure: str = "per_key_ratio") -> Figure:
+def step_heatmap(run: Recording, measure: str = "per_key_ratio") -> Figure:
     """Layer x denoising step heatmap of an attention measure (`measures_by_step`); the per-key ratio on a log10
     scale centred on uniform attention."""
     table = measures_by_step(run)
@@ -125,7 +125,7 @@ def step_heatmap(run: Run, measure: str = "per_key_ratio") -> Figure:
 
 
 @takes_run
-def finding1_panels_figure(run: Run, layer: int | None = None) -> Figure:
+def finding1_panels_figure(run: Recording, layer: int | None = None) -> Figure:
     """m1 vs m1, m1 vs m2 (the control: two frames, same layer), m2 vs m2, and the cosine of each step to the last."""
     layer = paper_layers(run.depth)["middle"][0] if layer is None else layer
     panels = finding1_panels(run, layer)
@@ -137,7 +137,7 @@ def finding1_panels_figure(run: Run, layer: int | None = None) -> Figure:
         ax.set_xlabel("step")
         ax.set_ylabel("step")
     fig.colorbar(image, ax=axes[:3], shrink=0.8, label="per-token cosine")
-    items = getattr(run, "items", None) or [run]
+    items = run.items
     tables = [similarity_to_last(item) for item in items]
     last = [table[table.layer == layer].groupby("step").cosine_to_last.mean() for table in tables]
     for curve in last:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.errors import AnalysisError
-from probes.store import Run
+from probes.recording import Recording
 
 RIDGE_ALPHA = 1.0  # on standardised features: a mild ridge, as 64 tokens x 4 frames x 7 clips fit 128 dimensions
 
@@ -27,7 +27,7 @@ def step_grid(steps: int, points: int = 5) -> list[int]:
     return sorted({round(k * (steps - 1) / points) for k in range(points)})
 
 
-def _by_clip(items: list[Run], features) -> tuple[list[np.ndarray], np.ndarray]:
+def _by_clip(items: list[Recording], features) -> tuple[list[np.ndarray], np.ndarray]:
     """Per item its features [F, S, N, D] (float64 numpy), and each item's clip (the group held out together)."""
     arrays, groups = [], []
     for item in items:
@@ -67,7 +67,7 @@ def held_out_r2(arrays: list[np.ndarray], groups: np.ndarray, source: int, targe
     return scores
 
 
-def functional_table(items: list[Run], layer: int, points: int = 5) -> pd.DataFrame:
+def functional_table(items: list[Recording], layer: int, points: int = 5) -> pd.DataFrame:
     """One row per (source step, clip): held-out R^2 of the layer's last-step features from its step-s features,
     and the same for the blocks' input, and their difference."""
     if not items:

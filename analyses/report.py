@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime
 import io
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -39,7 +40,8 @@ from analyses.interventions import SUMMARY_COLUMNS, load_interventions
 from analyses.similarity import depth_curve, input_similarity
 from analyses.sparsity import sparsity_table
 from analyses.thresholds import THRESHOLDS
-from probes.store import Run, RunError, load_run
+from probes.recording import Recording, load_run
+from probes.store import RunError
 from scd.outputs import OutputError, atomic_file, check_output, input_path
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -67,12 +69,12 @@ def gif_data_uri(frames, fps: float = 8.0, min_side: int = 128) -> str:
 
 
 @takes_run
-def run_name(run: Run) -> str:
+def run_name(run: Recording) -> str:
     """How a run is named in the report: its model (a control says so), then its directory name."""
     return f"{run.manifest.get('model', '?')} ({run.path.name})"
 
 
-def _similarity_by_layer(run: Run) -> list[dict]:
+def _similarity_by_layer(run: Recording) -> list[dict]:
     """Per stepwise layer, over the clips (draws averaged): raw, centred and CKA cross-step similarity, each minus the
     blocks' input's (the noise floor), from the reductions every run stores."""
     items = items_of(run)
@@ -89,7 +91,7 @@ def _similarity_by_layer(run: Run) -> list[dict]:
     return rows
 
 
-def _heads_by_layer(run: Run) -> dict[int, dict]:
+def _heads_by_layer(run: Recording) -> dict[int, dict]:
     """Per layer, the spread over heads (min - max of the head means over clips and draws) of the per-key ratio and the
     lit share."""
     columns = ["per_key_ratio", "lit_share"]
@@ -99,7 +101,7 @@ def _heads_by_layer(run: Run) -> dict[int, dict]:
                     "lit": f"{g.lit_share.min():.3f}-{g.lit_share.max():.3f}"} for layer, g in table.groupby("layer")}
 
 
-def _layers_text(run: Run) -> str:
+def _layers_text(run: Recording) -> str:
     """The probed layers, with SCD's encoder and decoder layers named as such."""
     layers = run.manifest.get("layers", [])
     parts = {}
@@ -117,7 +119,7 @@ def _sweep_text(sweep: dict) -> str:
             f"{sweep['world_size']} shards); the PCA and frames show the first")
 
 
-def _section(run: Run) -> dict:
+def _section(run: Recording) -> dict:
     m = run.manifest
     middle = paper_layers(run.depth)["middle"][0]
     stepwise = run.stepwise_layers
@@ -295,7 +297,7 @@ def _emergence_section(study: dict) -> dict:
                             maps_figure(cards, study["maps"]))}}
 
 
-def render(runs: list[Run], bench: dict | None = None, interventions: dict | list[dict] | None = None,
+def render(runs: list[Recording], bench: dict | None = None, interventions: dict | list[dict] | None = None,
            emergence: dict | None = None) -> str:
     """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`, a
     `probe intervene` directory's, from `load_interventions`, and a `probe emergence` study's, from
@@ -342,7 +344,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
         raise RunError(str(e)) from None
     if not run_paths:
         raise RunError("no run directory given; accepted: one or more directories written by probe run")
-    if isinstance(run_paths, str | Path) or not hasattr(run_paths, "__iter__"):
+    if isinstance(run_paths, str | Path) or not isinstance(run_paths, Iterable):
         raise RunError(f"run_paths {run_paths!r}; accepted: a list of run directories")
     runs, seen = [], {}
     for given in run_paths:

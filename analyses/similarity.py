@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from analyses.errors import AnalysisError, takes_run
+from probes.recording import Recording
 from probes.reductions import cosine_from_gram, off_diagonal
-from probes.store import Run
 
 KINDS = ("token", "flat", "centred", "cka")  # per-token cosine, flattened cosine, token-centred cosine, linear CKA
 PAIRED_KINDS = ("token", "centred", "cka")     # those the controls compare between two frames or two noise draws
@@ -69,7 +69,7 @@ def paired_similarities(a: torch.Tensor, b: torch.Tensor, kinds=PAIRED_KINDS) ->
 
 
 @takes_run
-def run_cosine(run: Run, layer: int, kind: str = "token") -> torch.Tensor:
+def run_cosine(run: Recording, layer: int, kind: str = "token") -> torch.Tensor:
     """float64 [F, S, S]: the step x step similarity of each probed frame's features at `layer` (`KINDS`), from
     the reductions the probe computed over every token."""
     if kind == "token":
@@ -84,7 +84,7 @@ def run_cosine(run: Run, layer: int, kind: str = "token") -> torch.Tensor:
 
 
 @takes_run
-def input_similarity(run: Run, kind: str = "token") -> torch.Tensor | None:
+def input_similarity(run: Recording, kind: str = "token") -> torch.Tensor | None:
     """float64 [F, S, S]: the same step x step similarity of the frame's input to the blocks (the noise floor);
     None where the run did not record it."""
     names = {"token": "token_cosine", "centred": "centred_cosine", "cka": "cka"}
@@ -100,7 +100,7 @@ def summarize(matrices: torch.Tensor) -> dict[str, float]:
 
 
 @takes_run
-def similarity_table(run: Run, kind: str = "token") -> pd.DataFrame:
+def similarity_table(run: Recording, kind: str = "token") -> pd.DataFrame:
     """One row per (layer, frame): mean off-diagonal cross-step cosine and its minimum."""
     rows = []
     for layer in run.stepwise_layers:
@@ -110,14 +110,14 @@ def similarity_table(run: Run, kind: str = "token") -> pd.DataFrame:
 
 
 @takes_run
-def depth_curve(run: Run, kind: str = "token") -> pd.DataFrame:
+def depth_curve(run: Recording, kind: str = "token") -> pd.DataFrame:
     """Similarity vs depth: per layer, the mean off-diagonal cosine (mean over frames) and the minimum."""
     table = similarity_table(run, kind)
     return table.groupby("layer").agg(mean_off_diagonal=("mean_off_diagonal", "mean"), min=("min", "min")).reset_index()
 
 
 @takes_run
-def similarity_to_last(run: Run, kind: str = "token") -> pd.DataFrame:
+def similarity_to_last(run: Recording, kind: str = "token") -> pd.DataFrame:
     """One row per (layer, frame, step): cosine of that step's features with the last step's."""
     rows = []
     for layer in run.stepwise_layers:
@@ -128,14 +128,14 @@ def similarity_to_last(run: Run, kind: str = "token") -> pd.DataFrame:
 
 
 @takes_run
-def cross_frame_cosine(run: Run, layer: int, kind: str = "token") -> torch.Tensor:
+def cross_frame_cosine(run: Recording, layer: int, kind: str = "token") -> torch.Tensor:
     """float64 [F - 1, S, S]: the paper's control, the similarity (`PAIRED_KINDS`) between probed frame i at step s and
     frame i + 1 at step t at the same layer (m1 vs m2) (stream mode: over the kept tokens)."""
     return cross_frame_similarities(run, layer, (kind,))[kind]
 
 
 @takes_run
-def cross_frame_similarities(run: Run, layer: int, kinds=PAIRED_KINDS) -> dict[str, torch.Tensor]:
+def cross_frame_similarities(run: Recording, layer: int, kinds=PAIRED_KINDS) -> dict[str, torch.Tensor]:
     """`cross_frame_cosine` of several kinds at once."""
     x = run.features(layer)
     if x.shape[0] < 2:
@@ -143,12 +143,12 @@ def cross_frame_similarities(run: Run, layer: int, kinds=PAIRED_KINDS) -> dict[s
     return paired_similarities(x[:-1], x[1:], kinds)
 
 
-def cross_noise_similarity(draws: list[Run], layer: int, kind: str = "token") -> torch.Tensor:
+def cross_noise_similarity(draws: list[Recording], layer: int, kind: str = "token") -> torch.Tensor:
     """The different-noise control of one kind (`cross_noise_similarities`)."""
     return cross_noise_similarities(draws, layer, (kind,))[kind]
 
 
-def cross_noise_similarities(draws: list[Run], layer: int, kinds=PAIRED_KINDS) -> dict[str, torch.Tensor]:
+def cross_noise_similarities(draws: list[Recording], layer: int, kinds=PAIRED_KINDS) -> dict[str, torch.Tensor]:
     """float64 [pairs, F, S, S]: the different-noise control, the similarity of each probed frame at step s in one
     noise draw with the same frame at step t in another draw of the same clip (every pair of draws), same layer.
     High values say the layer's features follow what every draw shares (the clip's context, the timestep), not
@@ -167,10 +167,10 @@ def cross_noise_similarities(draws: list[Run], layer: int, kinds=PAIRED_KINDS) -
 
 
 @takes_run
-def finding1_panels(run: Run, layer: int) -> dict[str, torch.Tensor]:
+def finding1_panels(run: Recording, layer: int) -> dict[str, torch.Tensor]:
     """The paper's three panels, float64 [S, S] each: m1 vs m1, m1 vs m2 (the control), m2 vs m2, for the first
     two probed frames (a sweep: averaged over its items)."""
-    items = getattr(run, "items", None) or [run]
+    items = run.items
     within = torch.stack([item.token_cosine(layer)[:2] for item in items]).mean(0)
     across = torch.stack([cross_frame_cosine(item, layer)[0] for item in items]).mean(0)
     return {"m1 vs m1": within[0], "m1 vs m2 (control)": across, "m2 vs m2": within[1]}

@@ -35,7 +35,7 @@ import torch
 
 from analyses.errors import AnalysisError, takes_run
 from analyses.thresholds import threshold
-from probes.store import Run
+from probes.recording import Recording
 
 LIT_CUT = threshold("LIT_CUT_NATS")  # a context cell is lit when at most this many nats below uniform (the paper's cut)
 
@@ -166,7 +166,7 @@ def entropy(mass: torch.Tensor) -> torch.Tensor:
 
 
 @takes_run
-def sparsity_table(run: Run) -> pd.DataFrame:
+def sparsity_table(run: Recording) -> pd.DataFrame:
     """Per layer: share of attention on earlier frames (mean, and spread over heads), and entropy."""
     frames, rows = run.manifest["frames"], []
     for layer in run.attention_layers:
@@ -180,7 +180,7 @@ def sparsity_table(run: Run) -> pd.DataFrame:
 
 
 @takes_run
-def head_table(run: Run) -> pd.DataFrame:
+def head_table(run: Recording) -> pd.DataFrame:
     """One row per (layer, head): that head's share of attention on earlier frames."""
     frames, rows = run.manifest["frames"], []
     for layer in run.attention_layers:
@@ -190,7 +190,7 @@ def head_table(run: Run) -> pd.DataFrame:
 
 
 @takes_run
-def offset_table(run: Run) -> pd.DataFrame:
+def offset_table(run: Recording) -> pd.DataFrame:
     """One row per (layer, offset): mean mass on the frame `offset` back (0 = same frame, 1 = previous, ...)."""
     frames, rows = run.manifest["frames"], []
     for layer in run.attention_layers:
@@ -200,7 +200,7 @@ def offset_table(run: Run) -> pd.DataFrame:
 
 
 @takes_run
-def step_table(run: Run) -> pd.DataFrame:
+def step_table(run: Recording) -> pd.DataFrame:
     """One row per (layer, step): share of attention on earlier frames at that denoising step (layers
     run once per frame, SCD's encoder, have no steps and are left out)."""
     frames, rows = run.manifest["frames"], []
@@ -211,12 +211,12 @@ def step_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "step", "earlier_share"])
 
 
-def _frames(run: Run) -> list[int]:
+def _frames(run: Recording) -> list[int]:
     return run.manifest["frames"]
 
 
 @takes_run
-def step_slice(run: Run, steps: str) -> slice:
+def step_slice(run: Recording, steps: str) -> slice:
     """Which recorded steps: "all", "first10" or "last10" (the paper's high- and low-noise ends)."""
     count = len(run.manifest["steps"])
     return {"all": slice(None), "first10": slice(0, min(10, count)), "last10": slice(max(0, count - 10), None)}[steps]
@@ -226,7 +226,7 @@ STEP_RANGES = ("all", "first10", "last10")
 
 
 @takes_run
-def attention_measures(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd.DataFrame:
+def attention_measures(run: Recording, steps: str = "all", cut: float = LIT_CUT) -> pd.DataFrame:
     """Per layer, over the chosen steps (averaged over frames, steps and heads): share on earlier frames, its
     excess over uniform, the per-key ratio, ln of the per-key attention on earlier frames over uniform's
     (`earlier_key_nats`), and the lit share of the pooled map's context cells (heads averaged, as the paper's
@@ -258,7 +258,7 @@ def attention_measures(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd
 
 
 @takes_run
-def measures_by_step(run: Run) -> pd.DataFrame:
+def measures_by_step(run: Recording) -> pd.DataFrame:
     """One row per (layer, step): per-key ratio, excess share and share on earlier frames (averaged over frames
     and heads), and the pooled map's sparsity at that step (one colour range over every layer and step).
     Layers run once per frame (SCD's encoder) are left out."""
@@ -280,7 +280,7 @@ def measures_by_step(run: Run) -> pd.DataFrame:
 
 
 @takes_run
-def measures_by_head(run: Run, steps: str = "all", cut: float = LIT_CUT) -> pd.DataFrame:
+def measures_by_head(run: Recording, steps: str = "all", cut: float = LIT_CUT) -> pd.DataFrame:
     """One row per (layer, head): per-key ratio, excess share, ln per-key attention on earlier frames over uniform's,
     and the lit share of that head's pooled map (steps averaged), over the chosen steps."""
     frames, chosen, rows = _frames(run), step_slice(run, steps), []

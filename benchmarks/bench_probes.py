@@ -59,7 +59,7 @@ def _reset_peak() -> int:
 
 
 # The Probe methods that `generate` and the hooks call: their time, summed over a run, is the probe's own work.
-PROBE_CALLBACKS = ("on_start", "on_step", "on_video", "_active", "_receive", "_flush", "metrics")
+PROBE_CALLBACKS = ("on_start", "on_step", "on_video", "_active", "_receive", "_flush", "_recorded")
 
 
 @contextmanager
@@ -126,7 +126,7 @@ def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
             start = time.perf_counter()
             with Probe(model, **settings[name]) as probe:
                 video = generate(model, clip[:4], frames, steps=steps)
-            probe.metrics()  # the reductions a run writes, so their cost is counted
+            probe.metrics  # the live recording: the reductions a run writes, so their cost is counted
             seconds = time.perf_counter() - start
         assert torch.equal(video, reference), f"{name} changed the generated video"
         return seconds, inside[0]
@@ -189,7 +189,7 @@ def overhead_at_scale(size: str, device: str, latent: tuple[int, int], context: 
         if probed:
             with Probe(model, "all") as probe:
                 generate(model, clip, frames, steps=steps, device=device, dtype=dtype)
-            probe.metrics()
+            probe.metrics
         else:
             generate(model, clip, frames, steps=steps, device=device, dtype=dtype)
         if cuda:
@@ -243,7 +243,7 @@ def mode_memory(mode: str, steps: int, frames: int, pca_tokens: int) -> dict:
     before = _reset_peak()
     with Probe(model, "all", mode=mode, pca_tokens=pca_tokens) as probe:
         generate(model, clip[:4], frames, steps=steps)
-    probe.metrics()
+    probe.metrics
     return {"mode": mode, "steps": steps, "frames": frames, "peak_bytes": _status("VmHWM") - before}
 
 

@@ -51,7 +51,7 @@ def time_probe(directory: Path, argv: list[str]) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    from probes.adapters import load_model
+    from scd import load_model
 
     load_model(f"diffusers:{directory}", latent_size=(8, 8))  # the load alone, for scale (the run loads again)
     loaded = time.perf_counter() - start

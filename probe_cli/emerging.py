@@ -102,7 +102,7 @@ def cmd_emergence(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     from analyses.emergence import SCENE, TWO_BY_TWO, make_card, maps_of, measure, snapshot_point, training_record
     from analyses.emergence_figures import REGENERATE, write_emergence
-    from probes.store import load_run
+    from probes.recording import load_run
     from scd.outputs import atomic_directory, signature
     from scd.study import CONDITIONS
     from scd.train import load_trained

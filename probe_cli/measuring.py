@@ -105,7 +105,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             "samples": args.samples, "quality_steps": args.quality_steps, "quality_context": 4, "quality_frames": 4,
             "quality": "random weights (--size): speed and memory only" if args.size else None,
             "configs": {name: m.get_config() for name, m in models.items()},
-            "checkpoints": {name: getattr(m, "checkpoint", None) for name, m in models.items()}}
+            "checkpoints": {name: m.checkpoint for name, m in models.items()}}
     write_bench(out, speed, quality, info, force=args.force)
     if progress:
         print((out / "bench.md").read_text())
@@ -149,14 +149,15 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from scd.zoo import load_model
 
     model = load_model(args.model, device=on)
-    scd = hasattr(model, "decoder")
+    roles = model.layout.roles
+    scd = "decoder" in roles
     if scd and args.knockout != "none":
         raise UsageError(f"--model {args.model} is an SCD model: knocking out its decoder's only past, the encoder "
                          "output of the frame before, is moot; accepted: --knockout none (reuse: its decoder layers)")
-    depth = len(model.encoder.blocks) + len(model.decoder.blocks) if scd else len(model.blocks)
+    depth = model.depth
     reuse = _intervention_layers(args.reuse, "--reuse", depth)
     if scd and args.reuse == "default":  # the decoder's layers: the encoder runs once per frame already
-        reuse = list(range(len(model.encoder.blocks), depth))
+        reuse = [layer for layer in range(depth) if roles[layer] == "decoder"]
     for flag, value in (("--skip", args.skip), ("--diagonal", args.diagonal), ("--tuned", args.tuned),
                         ("--tuned-control", args.tuned_control), ("--knockout-layer", args.knockout_layer)):
         if scd and value not in ("none", None) and not (flag != "--tuned" and value == "default"):
@@ -182,7 +183,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     others = {}
     if args.tuned is not None:
         tuned = load_model(args.tuned, device=on)
-        if getattr(tuned.config, "frame_local_blocks", 0) == 0 or tuned.get_config() | {"frame_local_blocks": 0} != \
+        if "frame-local" not in tuned.layout.roles or tuned.get_config() | {"frame_local_blocks": 0} != \
                 model.get_config() | {"frame_local_blocks": 0}:
             raise UsageError(f"--tuned {args.tuned} is not {args.model} with a frame-diagonal mask; accepted: a checkpoint "
                              "of the same size trained with --frame-local-blocks")
@@ -191,7 +192,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
         if args.tuned is None:
             raise UsageError("--tuned-control is the control of --tuned, which is not given; accepted: both, or neither")
         control = load_model(args.tuned_control, device=on)
-        if getattr(control.config, "frame_local_blocks", 0) != 0 or control.get_config() != model.get_config():
+        if "frame-local" in control.layout.roles or control.get_config() != model.get_config():
             raise UsageError(f"--tuned-control {args.tuned_control} is not {args.model} fine-tuned without a mask; "
                              "accepted: a checkpoint of the same size trained without --frame-local-blocks")
         others["finetuned"] = control
@@ -206,11 +207,11 @@ def cmd_intervene(args: argparse.Namespace) -> None:
                                    progress=not args.quiet, keep=videos, others=others)
     except InterventionError as e:
         raise UsageError(str(e)) from None
-    info = {"model": args.model, "checkpoint": getattr(model, "checkpoint", None), "depth": depth,
+    info = {"model": args.model, "checkpoint": model.checkpoint, "depth": depth,
             "command": _command("intervene"), "machine": _machine(on), "device": str(on), "clips": args.clips,
             "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": args.refresh,
-            "tuned": getattr(others.get("diagonal-tuned"), "checkpoint", None),
-            "tuned_control": getattr(others.get("finetuned"), "checkpoint", None),
+            "tuned": others["diagonal-tuned"].checkpoint if "diagonal-tuned" in others else None,
+            "tuned_control": others["finetuned"].checkpoint if "finetuned" in others else None,
             "noise": "clip c: seed + c; redraw: seed + c + 2^31"}
     write_interventions(out, table, videos, info, force=args.force)
     if not args.quiet:

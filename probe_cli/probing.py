@@ -22,7 +22,7 @@ from probe_cli.checks import (
 )
 
 if TYPE_CHECKING:
-    from probes.store import Run
+    from probes.recording import Recording
 
 
 def _roles_text(layout) -> str:
@@ -43,7 +43,7 @@ def _default_out(model: str, spec: list[int] | str, control: str = "none") -> Pa
     return Path("reports") / "runs" / f"{name}-{which}"
 
 
-def summary_table(run: Run) -> str:
+def summary_table(run: Recording) -> str:
     """One row per layer of a run: mean off-diagonal cross-step cosine, its minimum, attention share on
     earlier frames ("-" for the cosine of SCD encoder layers, which run once per frame)."""
     import pandas as pd
@@ -73,7 +73,7 @@ def summary_table(run: Run) -> str:
     return shown.to_markdown(colalign=("right",) * (len(shown.columns) + 1), disable_numparse=True)  # "-": SCD encoder
 
 
-def _per_key_ratio(metrics, run: Run):
+def _per_key_ratio(metrics, run: Recording):
     """Per layer: mean attention on one earlier-frame key / on one own-frame key (analyses.sparsity.per_key_ratio),
     from the per-frame shares of the metrics table."""
     wide = metrics[metrics.metric.isin(["attention_earlier", "attention_same_frame"])].pivot_table(
@@ -193,7 +193,7 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
 
 def model_shape(model, layout) -> dict:
     """What the memory estimate needs of a loaded model: width, depth, heads, tokens per frame, frame pixels."""
-    config = model.get_config() if hasattr(model, "get_config") else {}
+    config = model.get_config()
     return {"width": config["width"], "depth": layout.depth, "heads": config["heads"],
             "tokens": layout.tokens_per_frame, "frame_pixels": 3 * config.get("frame_size", 64) *
             config.get("frame_width", config.get("frame_size", 64)), "weights": 0}
@@ -337,10 +337,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
     from probes import sweep
-    from probes.adapters import layout_of, load_model
     from probes.probe import Probe, ProbeError
-    from probes.store import load_run
-    from scd import VideoBenchmark, generate
+    from probes.recording import load_run
+    from scd import VideoBenchmark, generate, load_model
     from scd.outputs import discard, replace, temporary_sibling
     from scd.progress import progress
 
@@ -361,7 +360,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         from scd.zoo import permute_weights
 
         control = permute_weights(model, args.control_seed)
-    layout = layout_of(model)
+    layout = model.layout
     if not diffusers_model:
         spec, out = _plan(args, model_shape(model, layout), _roles_text(layout), sharded, capture, clip_frames)
     try:
@@ -391,14 +390,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         else:
             context = {"source": "benchmark", "split": "val", "scene": args.scene, "clip": clip_index,
                        "frames": args.context}
-        info = getattr(model, "scheduler_info", None) or {"class": "FlowMatchEulerDiscreteScheduler",
-                                                          "shift": float(getattr(model, "flow_shift", 1.0)),
+        info = (model.scheduler_info if diffusers_model else None) or {"class": "FlowMatchEulerDiscreteScheduler",
+                                                                       "shift": float(model.flow_shift),
                                                           "source": "scd.sampling's flow-matching Euler scheduler"}
         return {"context": context, "prompt": args.prompt if diffusers_model else None,
                 "text_embeddings": args.text_embeddings if diffusers_model else None,
-                "negative_prompt": args.negative_prompt, "guidance_scale": float(getattr(model, "guidance_scale", 1.0)),
+                "negative_prompt": args.negative_prompt, "guidance_scale": float(model.guidance_scale),
                 "scheduler": info, "steps": args.steps, "noise_seed": seed,
-                "frames_per_block": int(getattr(model, "frames_per_block", 1)), "fps": getattr(model, "fps", None),
+                "frames_per_block": int(model.frames_per_block), "fps": model.fps if diffusers_model else None,
                 "dtype": args.dtype, "device": str(on)}
 
     def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
@@ -412,7 +411,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         else:
             clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size, scene=args.scene).clip(clip_index)
             truth = clip[: args.context + args.frames]
-        chunks = args.frames // getattr(model, "frames_per_block", 1)  # one callback per step of a chunk
+        chunks = args.frames // model.frames_per_block  # one callback per step of a chunk
         bar = progress(total=chunks * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
 
         def advance(frame: int, step: int | None, timestep: float) -> None:
@@ -468,7 +467,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from probes.store import load_run
+    from probes.recording import load_run
 
     run = load_run(args.run)
     m = run.manifest

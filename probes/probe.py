@@ -29,18 +29,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from probes.adapters import HOOKS, layout_of
 from probes.attention import pooled_attention, token_bands
 from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from probes.errors import ProbeError
-from probes.reductions import StepGram, cosine_from_gram, off_diagonal
-from probes.store import write_run
-from scd.sampling import latent_channels, observe_sampling
+from probes.recording import Recording, memory_source
+from probes.reductions import StepGram
+from scd.contract import ACCEPTED_MODELS, HOOKS, LayoutError, is_video_diffuser
+from scd.sampling import observe_sampling
 
 
 def _index(value) -> bool:
@@ -73,8 +72,9 @@ def _frames_uint8(video: torch.Tensor) -> np.ndarray:
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-class Probe:
-    """Context manager that records features and per-frame attention of chosen layers during `generate`."""
+class Probe(Recording):
+    """Context manager that records features and per-frame attention of chosen layers during `generate`; after its
+    `with` block it is the live `Recording` of what it heard (`probes.recording`), read and saved like a loaded run."""
 
     def __init__(
         self, model: nn.Module, layers: Sequence[int] | str = (15,), *, capture: Iterable[str] = CAPTURES,
@@ -88,10 +88,10 @@ class Probe:
         has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode; `bands`: rows and columns
         per frame of the pooled attention map (1..tokens per frame; the paper's figure shows about 3); `guidance_pass`:
         which pass of a model under classifier-free guidance is recorded, "cond" or "uncond"."""
-        try:
-            self.model, self.layout = model, layout_of(model)
-        except ValueError as e:
-            raise ProbeError(str(e)) from None
+        Recording.__init__(self, {}, None)
+        if not is_video_diffuser(model):
+            raise ProbeError(f"cannot probe a {type(model).__name__}; accepted: {ACCEPTED_MODELS}")
+        self.model, self.layout = model, model.layout
         depth = self.layout.depth
         accepted = f"block indices in 0..{depth - 1} (integers), or 'all'"
         if isinstance(layers, str):
@@ -102,12 +102,12 @@ class Probe:
             layers = [layers]
         if not isinstance(layers, Iterable) or not all(_index(layer) for layer in layers):
             raise ProbeError(f"layers {layers!r} is not accepted; accepted: {accepted}")
-        self.layers = [int(layer) for layer in layers]
-        if not self.layers:
+        self._probed = [int(layer) for layer in layers]
+        if not self._probed:
             raise ProbeError(f"no layer to probe; accepted: {accepted}")
-        if len(set(self.layers)) != len(self.layers):
-            raise ProbeError(f"duplicate layers in {self.layers}; accepted: {accepted}, each once")
-        bad = [layer for layer in self.layers if not 0 <= layer < depth]
+        if len(set(self._probed)) != len(self._probed):
+            raise ProbeError(f"duplicate layers in {self._probed}; accepted: {accepted}, each once")
+        bad = [layer for layer in self._probed if not 0 <= layer < depth]
         if bad:
             raise ProbeError(f"layer {bad[0]} is out of range; accepted: {accepted}")
         self.capture = (capture,) if isinstance(capture, str) else tuple(capture)
@@ -136,36 +136,32 @@ class Probe:
         self.guidance_pass = guidance_pass
         if backend is not None and backend not in BACKENDS:
             raise ProbeError(f"unknown probe backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-        if backend == "hookpoints" and not hasattr(model, "hook_dict"):
+        if backend == "hookpoints" and not model.has_hookpoints:
             raise ProbeError(f"a {type(model).__name__} has no HookPoints; accepted backend: nnsight")
         for name, chosen in (("frames", frames), ("steps", steps)):
             if chosen is not None and (isinstance(chosen, str) or not isinstance(chosen, Iterable)
                                        or not all(_index(v) for v in chosen)):
                 raise ProbeError(f"{name} {chosen!r} is not accepted; accepted: None (all) or a collection of integers >= 0")
-        self.frames = None if frames is None else {int(f) for f in frames}
-        self.steps = None if steps is None else {int(s) for s in steps}
+        self._wanted_frames = None if frames is None else {int(f) for f in frames}
+        self._wanted_steps = None if steps is None else {int(s) for s in steps}
         # HookPoints where the model has them (the built-in models); nnsight reads any module by path.
-        backend = backend or ("hookpoints" if hasattr(model, "hook_dict") else "nnsight")
-        self.hook, self.mode, self.backend, self.pca_tokens, self.bands = hook, mode, backend, pca_tokens, int(bands)
-        self.band_of_token = token_bands(n, self.bands)
-        self._band_share = torch.bincount(self.band_of_token, minlength=self.bands) / n  # each band's share of the tokens
+        backend = backend or ("hookpoints" if model.has_hookpoints else "nnsight")
+        self.hook, self.mode, self.backend, self.pca_tokens, self._bands = hook, mode, backend, pca_tokens, int(bands)
+        self.band_of_token = token_bands(n, self._bands)
+        self._band_share = torch.bincount(self.band_of_token, minlength=self._bands) / n  # each band's share of the tokens
         generator = torch.Generator().manual_seed(sample_seed)
         # The same tokens at every step and frame, so PCA images line up on the token grid.
-        self.token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
-        self._encoder_layers = [layer for layer in self.layers if self.layout.role(layer) == "encoder"]
+        self._token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
+        self._encoder_layers = [layer for layer in self._probed if self.layout.role(layer) == "encoder"]
         # Asked at every hook of every pass: kept as plain lookups (nn.Module attribute misses are slow).
         self._roles = [self.layout.role(layer) for layer in range(depth)]
         self._is_encoder = [role == "encoder" for role in self._roles]
-        self._guided = hasattr(model, "guidance_pass")
-        self._feature_layers = set(self.layers) if "features" in self.capture else set()
+        self._feature_layers = set(self._probed) if "features" in self.capture else set()
         # The noise floor of finding 1: how much the frame's input to the stepwise blocks (the first one's
         # hook_resid_pre: the noisy frame, embedded) itself changes across steps. Models without that hook go without.
         stepwise = [layer for layer in range(depth) if self.layout.role(layer) != "encoder"]
-        try:
-            self.layout.path(stepwise[0], "hook_resid_pre")
-            self.input_layer = stepwise[0] if "features" in self.capture else None
-        except (ValueError, IndexError):
-            self.input_layer = None
+        has_input = bool(stepwise) and self.layout.has_hook("hook_resid_pre") and "features" in self.capture
+        self.input_layer = stepwise[0] if has_input else None
         self._stack: ExitStack | None = None
         self._reset()
 
@@ -175,14 +171,16 @@ class Probe:
         self.current: tuple[tuple[int, ...], int, float] | None = None  # (frames, step, timestep) of the pass
         self._open: tuple[int, ...] | None = None           # the frames whose step buffers are held
         self._tail: dict[int, int] = {}                     # wanted frame -> its tokens' distance from the pass's end
-        self.timesteps: dict[int, dict[int, float]] = {}    # frame -> step -> timestep
+        self._timesteps: dict[int, dict[int, float]] = {}    # frame -> step -> timestep
         self.num_frames = 0                                 # frames the sampler announced: the clip length
         self.context: int | None = None                     # frames given before the first denoised one
-        self.video: torch.Tensor | None = None
-        self._features: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
-        self._grams: dict[int, dict[int, StepGram]] = {layer: {} for layer in self.layers}
-        self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
-        self._map: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self.layers}
+        self._video: torch.Tensor | None = None
+        self._source, self.manifest = None, {}             # the live recording, built when first read
+        self._info: tuple[torch.Tensor | None, dict] = (None, {})  # ground truth and manifest entries given by `save`
+        self._features: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self._probed}
+        self._grams: dict[int, dict[int, StepGram]] = {layer: {} for layer in self._probed}
+        self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self._probed}
+        self._map: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self._probed}
         self._query: dict[int, torch.Tensor] = {}
         self._input_grams: dict[int, StepGram] = {}
         self._input_features: dict[int, list[torch.Tensor]] = {}
@@ -193,11 +191,11 @@ class Probe:
     def on_start(self, context: int, frames: int, steps: int) -> None:
         """Told by `generate` before any work: refuse frames or steps to probe that this call will not make."""
         made = range(context, context + frames)
-        missing = sorted((self.frames or set()) - set(made))
+        missing = sorted((self._wanted_frames or set()) - set(made))
         if missing:
             raise ProbeError(f"frame {missing[0]} is asked for, but generate makes frames {context}..{context + frames - 1}; "
                              "accepted: frames in that range, or None")
-        missing = sorted((self.steps or set()) - set(range(steps)))
+        missing = sorted((self._wanted_steps or set()) - set(range(steps)))
         if missing:
             raise ProbeError(f"step {missing[0]} is asked for, but generate runs steps 0..{steps - 1}; "
                              "accepted: steps in that range, or None")
@@ -210,11 +208,11 @@ class Probe:
         chunk = self.layout.chunk(frame) if step is not None else range(frame, frame + 1)
         if step is not None and self.context is None:
             self.context = chunk[0]
-        wanted = tuple(f for f in chunk if self.frames is None or f in self.frames)
+        wanted = tuple(f for f in chunk if self._wanted_frames is None or f in self._wanted_frames)
         if step is None:  # a finished frame written into the cache: only encoder layers record it
             probed = wanted and self._encoder_layers and self.context is not None and frame >= self.context
         else:
-            probed = wanted and (self.steps is None or step in self.steps)
+            probed = wanted and (self._wanted_steps is None or step in self._wanted_steps)
         if self._open and (set(self._open) != set(wanted) or step is None):  # the open frames are done
             self._release(self._open)
         self.current = (wanted, step, timestep) if probed else None
@@ -224,7 +222,7 @@ class Probe:
             n = self.layout.tokens_per_frame
             self._tail = {f: (self.layout.chunk(f)[-1] - f) * n for f in wanted}
             for f in wanted:
-                steps = self.timesteps.setdefault(f, {})
+                steps = self._timesteps.setdefault(f, {})
                 if step is not None:
                     steps[step] = timestep
 
@@ -234,7 +232,7 @@ class Probe:
         if self._open:
             self._release(self._open)
         self.current = None
-        self.video = video
+        self._video = video
 
     def _release(self, frames: tuple[int, ...]) -> None:
         """Frames are done: free their per-step buffers (stream mode's memory does not grow with frames)."""
@@ -248,7 +246,7 @@ class Probe:
         """Does `layer` run, and is it recorded, in the pass under way?"""
         if self.current is None:
             return False
-        if self._guided and self.model.guidance_pass not in (None, self.guidance_pass):  # two passes per step
+        if self.model.guidance_pass not in (None, self.guidance_pass):  # two passes per step
             return False
         return (self.current[1] is None) == self._is_encoder[layer]
 
@@ -278,7 +276,7 @@ class Probe:
                 self._input_features.setdefault(frame, []).append(x.to("cpu"))
         if hook == self.hook and layer in self._feature_layers:
             x = self._grams[layer].setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
-            kept = x if self.mode == "full" else x[self.token_index.to(x.device)]
+            kept = x if self.mode == "full" else x[self._token_index.to(x.device)]
             self._features[layer].setdefault(frame, []).append(kept.to("cpu"))
         if hook == "attn.hook_k":
             keys = tensor.detach()[0]
@@ -296,9 +294,9 @@ class Probe:
         if (role, frame, keys) not in self._cells:
             try:
                 key_frames = self.layout.key_frames(layer, frame, keys)
-            except ValueError as e:
+            except LayoutError as e:
                 raise ProbeError(str(e)) from None
-            n, g = self.layout.tokens_per_frame, self.bands
+            n, g = self.layout.tokens_per_frame, self._bands
             cells = (int(key_frames.max()) + 1) * g  # up to the last frame the queries may see: their chunk's end
             self._cells[(role, frame, keys)] = (key_frames * g + self.band_of_token[torch.arange(keys) % n], cells)
         return self._cells[(role, frame, keys)]
@@ -323,7 +321,7 @@ class Probe:
             raise ProbeError("this Probe is already in use; make a new one for another recording")
         self._reset()
         targets = []
-        for layer in self.layers:
+        for layer in self._probed:
             if "features" in self.capture:
                 targets.append((layer, self.hook))
             if "attention" in self.capture:
@@ -350,135 +348,112 @@ class Probe:
             self._pending, self._query = [], {}
             stack.close()
 
-    # -- results ---------------------------------------------------------------------------------
+    # -- the live recording ----------------------------------------------------------------------
 
     @property
-    def recorded_frames(self) -> list[int]:
-        """The video frame indices recorded, in order."""
-        return sorted(self.timesteps)
+    def layers(self) -> list[int]:
+        """The probed block indices, in the order given."""
+        return list(self._probed)
 
-    def _per_frame(self, per_layer: dict[int, dict[int, list]], layer: int, what: str) -> list[list]:
-        if layer not in per_layer:
-            raise ProbeError(f"layer {layer} was not probed; probed layers: {', '.join(map(str, self.layers))}")
-        if not self.recorded_frames:
+    def _recorded(self):
+        """The recording, built from the buffers on first read after the `with` block (and again after `save` gave
+        ground truth or manifest entries); a ProbeError while there is nothing to read."""
+        if self._stack is not None:
+            raise ProbeError("the Probe is still recording: read its results after the `with Probe(...)` block")
+        if self._video is None or not self._timesteps:
             raise ProbeError("nothing was recorded: call generate inside the `with Probe(...)` block")
-        if what not in self.capture:
-            raise ProbeError(f"{what} were not captured; captured: {', '.join(self.capture)}")
-        return [per_layer[layer][frame] for frame in self.recorded_frames]
+        if self._source is None:
+            self.manifest, features, attention, generated, truth = self._contents(*self._info)
+            self._source = memory_source(self.manifest, features, attention, generated, truth)
+        return self._source
 
-    def features(self, layer: int) -> torch.Tensor:
-        """float32 [F, S, N, D] (`full`) or [F, S, pca_tokens, D] (`stream`, tokens `token_index`); S = 1 for
-        SCD's encoder layers, run once per frame."""
-        return torch.stack([torch.stack(steps) for steps in self._per_frame(self._features, layer, "features")])
+    def _frames_in_order(self) -> list[int]:
+        return sorted(self._timesteps)
 
-    def gram(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Gram of flattened features, per-token cosine averaged over tokens), each float64 [F, S, S]."""
-        pairs = [g.matrices() for g in self._per_frame(self._grams, layer, "features")]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    def _stacked(self, per_layer: dict[int, dict[int, list]], layer: int) -> list[list]:
+        return [per_layer[layer][frame] for frame in self._frames_in_order()]
 
-    def centred(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-token cosine of the token-centred features, linear CKA), each float64 [F, S, S]
-        (`probes.reductions`: the token mean of each frame and step removed)."""
-        pairs = [g.centred() for g in self._per_frame(self._grams, layer, "features")]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-
-    def attention(self, layer: int) -> torch.Tensor:
-        """float32 [F, S, H, T]: each probed frame's attention mass on each of the clip's T frames
-        (S = 1 for SCD's encoder layers, run once per frame)."""
-        frames = self._per_frame(self._mass, layer, "attention")
+    def _attention_of(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, H, T], each frame's steps padded to the clip's T frames."""
         padded = [torch.stack([torch.nn.functional.pad(m, (0, self.num_frames - m.shape[-1])) for m in steps])
-                  for steps in frames]
+                  for steps in self._stacked(self._mass, layer)]
         return torch.stack(padded).float()
 
-    def attention_map(self, layer: int) -> torch.Tensor:
-        """float32 [F, S, H, bands, T * bands]: the pooled map of each probed frame's queries (rows: bands of its
-        tokens) over every key of the clip (columns: frame-major, `bands` per frame); each cell the mean
-        attention probability of one of its keys, 0 where the frame cannot look (later frames)."""
-        frames = self._per_frame(self._map, layer, "attention")
-        width = self.num_frames * self.bands
-        padded = [torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[-1])) for m in steps]) for steps in frames]
+    def _map_of(self, layer: int) -> torch.Tensor:
+        """float32 [F, S, H, bands, T * bands], 0 where the frame cannot look (later frames)."""
+        width = self.num_frames * self._bands
+        padded = [torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[-1])) for m in steps])
+                  for steps in self._stacked(self._map, layer)]
         return torch.stack(padded).float()
 
-    def metrics(self) -> pd.DataFrame:
-        """Tidy table, one row per (layer, frame, metric): cross-step cosine summaries, attention shares."""
-        rows = []
-        for layer in self.layers:
-            if "features" in self.capture:
-                gram, token_cosine = self.gram(layer)
-                for name, matrices in (("token_cosine", token_cosine), ("flat_cosine", cosine_from_gram(gram))):
-                    if matrices.shape[-1] < 2:  # one pass per frame (SCD's encoder): no steps to compare
-                        continue
-                    values = off_diagonal(matrices)  # [F, S (S - 1)]
-                    means, minima = values.mean(-1).tolist(), values.amin(-1).tolist()
-                    for frame, mean, minimum in zip(self.recorded_frames, means, minima, strict=True):
-                        rows.append((layer, frame, f"{name}_mean", mean))
-                        rows.append((layer, frame, f"{name}_min", minimum))
-            if "attention" in self.capture:
-                for frame, mass in zip(self.recorded_frames, self.attention(layer), strict=True):
-                    rows.append((layer, frame, "attention_earlier", float(mass[..., :frame].sum(-1).mean())))
-                    rows.append((layer, frame, "attention_same_frame", float(mass[..., frame].mean())))
-        return pd.DataFrame(rows, columns=["layer", "frame", "metric", "value"])
-
-    def save(self, path: str | Path, *, ground_truth: torch.Tensor | None = None, force: bool = False,
-             **info) -> Path:
-        """Write the run directory (DESIGN.md); `info` (e.g. clip=0, seed=0) goes into the manifest."""
-        if self.video is None or not self.recorded_frames:
-            raise ProbeError("nothing to save: call generate inside the `with Probe(...)` block first")
-        steps = {frame: sorted(s) for frame, s in self.timesteps.items()}
-        first = steps[self.recorded_frames[0]]
+    def _contents(self, ground_truth: torch.Tensor | None, info: dict):
+        """(manifest, features, attention, generated, ground truth): what the run directory of this recording holds."""
+        frames = self._frames_in_order()
+        steps = {frame: sorted(s) for frame, s in self._timesteps.items()}
+        first = steps[frames[0]]
         if any(s != first for s in steps.values()):
             raise ProbeError("probed frames recorded different steps; probe one generate call per Probe")
         features, attention = {}, {}
-        for layer in self.layers:
+        for layer in self._probed:
             if "features" in self.capture:
-                gram, token_cosine = self.gram(layer)
-                features[f"layer{layer}"] = self.features(layer)
-                features[f"layer{layer}.tokens"] = self.token_index if self.mode == "stream" else \
+                grams = [g.matrices() for g in self._stacked(self._grams, layer)]
+                centred = [g.centred() for g in self._stacked(self._grams, layer)]
+                features[f"layer{layer}"] = torch.stack([torch.stack(s) for s in self._stacked(self._features, layer)])
+                features[f"layer{layer}.tokens"] = self._token_index if self.mode == "stream" else \
                     torch.arange(self.layout.tokens_per_frame)
-                features[f"layer{layer}.gram"] = gram
-                features[f"layer{layer}.token_cosine"] = token_cosine
-                features[f"layer{layer}.centred_cosine"], features[f"layer{layer}.cka"] = self.centred(layer)
+                features[f"layer{layer}.gram"] = torch.stack([g[0] for g in grams])
+                features[f"layer{layer}.token_cosine"] = torch.stack([g[1] for g in grams])
+                features[f"layer{layer}.centred_cosine"] = torch.stack([c[0] for c in centred])
+                features[f"layer{layer}.cka"] = torch.stack([c[1] for c in centred])
             if "attention" in self.capture:
-                attention[f"layer{layer}"] = self.attention(layer)
-                attention[f"layer{layer}.map"] = self.attention_map(layer)
-        if self._input_grams and all(frame in self._input_grams for frame in self.recorded_frames):
-            pairs = [self._input_grams[frame].matrices() for frame in self.recorded_frames]
+                attention[f"layer{layer}"] = self._attention_of(layer)
+                attention[f"layer{layer}.map"] = self._map_of(layer)
+        if self._input_grams and all(frame in self._input_grams for frame in frames):
+            pairs = [self._input_grams[frame].matrices() for frame in frames]
             features["input.gram"] = torch.stack([p[0] for p in pairs])
             features["input.token_cosine"] = torch.stack([p[1] for p in pairs])
-            pairs = [self._input_grams[frame].centred() for frame in self.recorded_frames]
+            pairs = [self._input_grams[frame].centred() for frame in frames]
             features["input.centred_cosine"] = torch.stack([p[0] for p in pairs])
             features["input.cka"] = torch.stack([p[1] for p in pairs])
             if self.mode == "full":
                 features["input.features"] = torch.stack(
-                    [torch.stack(self._input_features[frame]) for frame in self.recorded_frames]).half()
-        video = self.video if self.video.dim() == 4 else self.video[0]
+                    [torch.stack(self._input_features[frame]) for frame in frames]).half()
+        video = self._video if self._video.dim() == 4 else self._video[0]
         shown = {}
-        if hasattr(self.model, "preview"):  # latent frames (diffusers models): decoded, or shown as RGB channels
-            video, what = self.model.preview(video)
+        preview = self.model.preview(video)
+        if preview is not None:  # latent frames: decoded by a VAE, or shown as three channels
+            video, what = preview
             shown = {"video_frames": len(video), "video_context_frames": self.model.shown_frames(self.context),
                      "video_shows": what}
-        elif video.shape[1] != 3:  # a built-in model of latent frames (a random "wan1.3b"): three channels shown
-            video, what = latent_channels(video)
-            shown = {"video_frames": len(video), "video_context_frames": self.context, "video_shows": what}
-        truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *_frames_uint8(video).shape[1:]),
-                                                                                       np.uint8)
-        config = self.model.get_config() if hasattr(self.model, "get_config") else {}
-        scale = getattr(self.model, "guidance_scale", 1.0)
+        generated = _frames_uint8(video)
+        truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *generated.shape[1:]), np.uint8)
+        scale = self.model.guidance_scale
+        layout = self.layout
         manifest = {
-            "model": getattr(self.model, "checkpoint", {}).get("name", type(self.model).__name__),
-            "checkpoint": getattr(self.model, "checkpoint", None),
-            "config": config, "parameters": sum(p.numel() for p in self.model.parameters()),
-            "layers": self.layers, "layer_roles": [self.layout.role(layer) for layer in self.layers],
-            "layer_paths": [self.layout.blocks[layer] for layer in self.layers],
+            "model": self.model.name, "checkpoint": self.model.checkpoint,
+            "config": self.model.get_config(), "parameters": sum(p.numel() for p in self.model.parameters()),
+            "depth": layout.depth, "block_roles": [layout.role(layer) for layer in range(layout.depth)],
+            "layers": list(self._probed), "layer_roles": [layout.role(layer) for layer in self._probed],
+            "layer_paths": [layout.blocks[layer] for layer in self._probed],
             "hook": self.hook, "capture": list(self.capture), "mode": self.mode,
-            "backend": self.backend, "tokens_per_frame": self.layout.tokens_per_frame, "bands": self.bands,
-            "frames_per_block": self.layout.frames_per_block,
-            "token_grid": list(self.layout.token_grid) if self.layout.token_grid else None,
-            "frames": self.recorded_frames, "context": self.context, "num_frames": self.num_frames,
-            "steps": first, "timesteps": [self.timesteps[self.recorded_frames[0]][s] for s in first],
+            "backend": self.backend, "tokens_per_frame": layout.tokens_per_frame, "bands": self._bands,
+            "frames_per_block": layout.frames_per_block,
+            "token_grid": list(layout.token_grid) if layout.token_grid else None,
+            "frames": frames, "context": self.context, "num_frames": self.num_frames,
+            "steps": first, "timesteps": [self._timesteps[frames[0]][s] for s in first],
             "ground_truth": ground_truth is not None, "input_layer": self.input_layer,
             "guidance": {"scale": scale, "recorded_pass": self.guidance_pass if scale != 1.0 else "cond (no guidance)"},
             **shown, **info,
         }
-        return write_run(path, manifest, features=features, attention=attention, metrics=self.metrics(),
-                         generated=_frames_uint8(video), ground_truth=truth, force=force)
+        return manifest, features, attention, generated, truth
+
+    def save(self, path: str | Path, *, ground_truth: torch.Tensor | None = None, force: bool = False,
+             **info) -> Path:
+        """Write the run directory (docs/run-directory.md): the recording, with the clip's `ground_truth` frames
+        [T, C, H, W] and `info` (e.g. clip=0, seed=0) in the manifest, which the live recording then holds too."""
+        if self._video is None or not self._timesteps:
+            raise ProbeError("nothing to save: call generate inside the `with Probe(...)` block first")
+        if ground_truth is not None or info:
+            self._info, self._source = (ground_truth, info), None
+        self._recorded()
+        return Recording.save(self, path, force=force)

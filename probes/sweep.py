@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from probes.store import SHARD_FORMAT, MergedRun, is_sweep, load_sweep
+from probes.recording import MergedRun, is_sweep, load_sweep
+from probes.store import SHARD_FORMAT
 from scd.outputs import atomic_directory
 
 __all__ = ["MergedRun", "is_sweep", "load_sweep", "noise_seed", "DRAW_STRIDE", "item_name", "shard_name", "world",

@@ -18,6 +18,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from scd.blocks import Block, KVCache, modulate, rope_angles
+from scd.contract import Layout, VideoDiffuser, latent_channels
 from scd.errors import ModelError
 
 
@@ -104,8 +105,10 @@ def frames_mask(start: int, frames: int, tokens_per_frame: int, device: torch.de
     return block_causal_mask(query_frames, key_frames)
 
 
-class CausalVideoDiffuser(HookedRootModule):
+class CausalVideoDiffuser(VideoDiffuser, HookedRootModule):
     """The baseline causal video diffuser; forward maps noisy frames and timesteps to velocity."""
+
+    takes_surgeries = True  # analyses.interventions patches its blocks
 
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
@@ -131,6 +134,22 @@ class CausalVideoDiffuser(HookedRootModule):
     def new_cache(self) -> KVCache:
         """An empty KV cache for streaming generation."""
         return KVCache()
+
+    @property
+    def layout(self) -> Layout:
+        """Blocks `blocks.{i}`, all causal but the last `frame_local_blocks` (frame-local)."""
+        depth, local = self.config.depth, self.config.frame_local_blocks
+        roles = ("causal",) * (depth - local) + ("frame-local",) * local if local else ()
+        return Layout(tuple(f"blocks.{i}" for i in range(depth)), self.config.tokens_per_frame, roles,
+                      token_grid=patch_grid(self.config))
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return frame_shape(self.config)
+
+    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str] | None:
+        """RGB frames as they are (None); a latent-sized model (e.g. a random "wan1.3b"): three latent channels."""
+        return None if self.config.channels == 3 else latent_channels(video)
 
     def patchify(self, video: torch.Tensor) -> torch.Tensor:
         """[B, F, C, H, W] -> frame-major tokens [B, F*N, C*p*p] (row-major patches within a frame)."""

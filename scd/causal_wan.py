@@ -28,6 +28,7 @@ compute the exact attention from them; each block's input and output pass throug
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -37,8 +38,8 @@ from transformer_lens.hook_points import HookPoint
 
 from scd.baseline import block_causal_mask
 from scd.blocks import KVCache
+from scd.contract import Layout, VideoDiffuser, latent_channels
 from scd.errors import ModelError
-from scd.sampling import latent_channels
 from scd.zoo import CheckpointError
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
@@ -178,7 +179,7 @@ def check_frame_counts(counts: dict[str, int], frames_per_block: int, rope_max_s
                                   f"{rope_max_seq_len}); accepted: at most {rope_max_seq_len} frames in all")
 
 
-class CausalWan(nn.Module):
+class CausalWan(VideoDiffuser, nn.Module):
     """A Wan / SkyReels-V2 transformer as a chunk-causal video diffuser over latent frames (see the module docstring)."""
 
     def __init__(self, transformer: nn.Module, latent_size: tuple[int, int], text_embeddings: torch.Tensor | None = None,
@@ -204,6 +205,10 @@ class CausalWan(nn.Module):
         self.guidance_scale = 1.0  # > 1: classifier-free guidance, uncond + s (cond - uncond), each pass its own cache
         self.guidance_pass: str | None = None  # "cond" or "uncond" while a guided pass runs (probes read it)
         self.checkpoint = {"name": name}
+        self.vae = None            # the pipeline's VAE, where it has one (scd.wan_pipeline sets it): decodes previews
+        self.scheduler_config: dict | None = None  # the pipeline's scheduler (scd.wan_pipeline); None: flow-matching Euler
+        self.scheduler_info: dict | None = None    # what the manifest records of the scheduler
+        self.pipeline_dir: Path | None = None      # the pipeline directory (text encoder, tokenizer), where loaded from one
         if not isinstance(flow_shift, int | float) or isinstance(flow_shift, bool) or not 1e-3 <= flow_shift <= 1e3:
             raise CheckpointError(f"flow_shift = {flow_shift!r}; accepted: a number in 0.001..1000")
         self.flow_shift = float(flow_shift)  # generate samples with the model's flow shift
@@ -211,6 +216,21 @@ class CausalWan(nn.Module):
             block.hook_resid_pre, block.hook_resid_post = HookPoint(), HookPoint()
             block.attn1.hook_q, block.attn1.hook_k = HookPoint(), HookPoint()
             block.attn1.set_processor(CausalWanAttnProcessor(i))
+
+    @property
+    def layout(self) -> Layout:
+        """Blocks `transformer.blocks.{i}` with HookPoints for their input and output (the features) and `attn1`'s q
+        and k (cached keys included); `frames_per_block` frames are denoised together and see each other."""
+        blocks = tuple(f"transformer.blocks.{i}" for i in range(len(self.transformer.blocks)))
+        paths = {"hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post",
+                 "attn.hook_q": "attn1.hook_q", "attn.hook_k": "attn1.hook_k"}
+        return Layout(blocks, self.tokens_per_frame, hook_paths=paths, frames_per_block=self.frames_per_block,
+                      token_grid=tuple(self.grid))
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(latent channels, latent rows, latent columns)."""
+        return self.channels, *self.latent_size
 
     @property
     def hook_dict(self) -> dict[str, HookPoint]:
@@ -260,7 +280,7 @@ class CausalWan(nn.Module):
         """Latent frames [T, C, h, w] as images [T', 3, H, W] in [-1, 1], and what they are: decoded by the pipeline's
         VAE as one causal sequence (Wan's VAE: T' = 1 + 4 (T - 1)), or without a VAE the first three latent
         channels of each frame (T' = T), each channel scaled by its spread."""
-        if getattr(self, "vae", None) is None:
+        if self.vae is None:
             return latent_channels(video)
         from scd.wan_vae import decode_latents
 
@@ -268,7 +288,7 @@ class CausalWan(nn.Module):
 
     def shown_frames(self, latent_frames: int) -> int:
         """How many images `preview` makes of `latent_frames` latent frames (Wan's VAE: 1 + 4 (T - 1))."""
-        if getattr(self, "vae", None) is None:
+        if self.vae is None:
             return latent_frames
         from scd.wan_vae import vae_factors
 

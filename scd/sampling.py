@@ -25,6 +25,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from scd.contract import ACCEPTED_MODELS, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
 from scd.devices import float_dtype, usable_device
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
@@ -62,8 +63,8 @@ def _int(value) -> bool:
 def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int) -> None:
     """Refuse, before anything moves or runs, what `generate` cannot do: a context that is not a finite float
     tensor [T, C, H, W] (or [B, T, C, H, W]) of the model's frame shape, counts out of range, a seed beyond 64 bits."""
-    if not isinstance(model, nn.Module):
-        raise SamplingError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not is_video_diffuser(model):
+        raise SamplingError(f"cannot sample a {type(model).__name__}; accepted: {ACCEPTED_MODELS}")
     if not isinstance(context, torch.Tensor):
         raise SamplingError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] or "
                             "[B, T, C, H, W]")
@@ -74,23 +75,21 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
         raise SamplingError(f"context is {context.dtype}; accepted: a floating-point tensor (frames in [-1, 1])")
     if not torch.isfinite(context).all():
         raise SamplingError("context holds NaN or infinite values; accepted: finite frames in [-1, 1]")
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "frame_size"):
-        frame = (config.channels, config.frame_size, getattr(config, "frame_width", 0) or config.frame_size)
-        if tuple(context.shape[-3:]) != frame:
-            raise SamplingError(f"context frames are {list(context.shape[-3:])}; this model takes {list(frame)} (C, H, W)")
+    frame = tuple(model.frame_shape)
+    if tuple(context.shape[-3:]) != frame:
+        raise SamplingError(f"context frames are {list(context.shape[-3:])}; this model takes {list(frame)} (C, H, W)")
     if not _int(frames) or not 0 <= frames <= 100_000:
         raise SamplingError(f"frames = {frames!r}; accepted: an integer in 0..100000")
     if not _int(steps) or not 1 <= steps <= 10_000:
         raise SamplingError(f"steps = {steps!r}; accepted: an integer in 1..10000")
     if not _int(seed) or not 0 <= seed < 2**63:
         raise SamplingError(f"seed = {seed!r}; accepted: an integer in 0..2**63-1")
-    k, T = getattr(model, "frames_per_block", 1), context.shape[-4]
+    k, T = model.frames_per_block, context.shape[-4]
     for what, count in (("context frames", T), ("frames", frames)):
         if count % k:
             raise SamplingError(f"{what} = {count} is not a multiple of the model's chunk size {k} (frames_per_block); "
                                 f"accepted: multiples of {k}")
-    limit = getattr(model, "max_frames", None)
+    limit = model.max_frames
     if limit is not None and T + frames > limit:
         raise SamplingError(f"{T} context + {frames} frames exceed the model's {limit} frame positions (its RoPE "
                             f"table, rope_max_seq_len); accepted: at most {limit} frames in all")
@@ -139,16 +138,16 @@ def generate(
     except RuntimeError:  # out of memory half way: a failed move leaves the model where it was
         model.to(device=where[0], dtype=where[1])
         raise
-    if use_cache is None:
-        use_cache = hasattr(model, "new_cache")
-    elif use_cache and not hasattr(model, "new_cache"):
+    cache = model.new_cache() if use_cache is not False else None
+    if use_cache and cache is None:
         raise SamplingError(f"{type(model).__name__} has no KV cache; call generate with use_cache=False")
+    use_cache = cache is not None
     B, T = video.shape[:2]
     frame_shape = video.shape[2:]
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
-    shift = getattr(model, "flow_shift", 1.0) if shift is None else shift
-    schedule = getattr(model, "scheduler_config", None)
-    k = getattr(model, "frames_per_block", 1)
+    shift = model.flow_shift if shift is None else shift
+    schedule = model.scheduler_config
+    k = model.frames_per_block
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
 
     observers = list(_observers.get(model, {}).values())
@@ -161,7 +160,6 @@ def generate(
         for fn in callbacks:
             fn(frame, step, timestep)
 
-    cache = model.new_cache() if use_cache else None
     if use_cache:
         for f in range(T):
             announce(f, None, 0.0)
@@ -189,11 +187,3 @@ def generate(
     for o in observers:
         o.on_video(video)
     return video
-
-
-def latent_channels(video: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """Latent frames [T, C, h, w] shown as images [T, 3, h, w] in [-1, 1]: the first three channels, each scaled by
-    its spread over the video; and what they are."""
-    rgb = video[:, :3].float()
-    return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1), "latent channels 0-2"
-

@@ -23,6 +23,7 @@ from transformer_lens.hook_points import HookPoint
 
 from scd.baseline import WAN_1_3B, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
 from scd.blocks import Block, KVCache, modulate, rope_angles
+from scd.contract import Layout, VideoDiffuser, latent_channels
 from scd.errors import ModelError
 
 
@@ -68,8 +69,11 @@ class _Stack(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
 
-class SeparableCausalDiffuser(HookedRootModule):
+class SeparableCausalDiffuser(VideoDiffuser, HookedRootModule):
     """SCD; `forward` has the baseline's signature, so the same `generate` samples both."""
+
+    encodes_finished_frames = True  # the encoder runs only in the pass that caches a finished frame
+    takes_surgeries = True          # analyses.interventions patches its decoder blocks
 
     def __init__(self, config: SCDConfig) -> None:
         super().__init__()
@@ -98,6 +102,22 @@ class SeparableCausalDiffuser(HookedRootModule):
     def new_cache(self) -> SCDCache:
         """An empty encoder cache for streaming generation."""
         return SCDCache()
+
+    @property
+    def layout(self) -> Layout:
+        """Layers 0..E-1 are `encoder.blocks.{i}` (role encoder), then `decoder.blocks.{i}` (role decoder)."""
+        e, d = self.config.encoder_depth, self.config.decoder_depth
+        blocks = tuple(f"encoder.blocks.{i}" for i in range(e)) + tuple(f"decoder.blocks.{i}" for i in range(d))
+        return Layout(blocks, self.config.tokens_per_frame, ("encoder",) * e + ("decoder",) * d,
+                      token_grid=patch_grid(self.config))
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return frame_shape(self.config)
+
+    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str] | None:
+        """RGB frames as they are (None); a latent-sized model: three latent channels."""
+        return None if self.config.channels == 3 else latent_channels(video)
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What the paper trains at twice the learning rate: decoder blocks, its context input and output head."""

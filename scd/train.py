@@ -129,9 +129,10 @@ def flow_matching_loss(model: nn.Module, clips: torch.Tensor, cfg: TrainConfig, 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """AdamW groups, each with an `lr_scale`: SCD's decoder at `decoder_lr_scale`, everything else at 1."""
-    if not hasattr(model, "decoder_parameters") or cfg.decoder_lr_scale == 1.0:
+    scaled = model.decoder_parameters()
+    if scaled is None or cfg.decoder_lr_scale == 1.0:
         return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    decoder = {id(p) for p in model.decoder_parameters()}
+    decoder = {id(p) for p in scaled}
     rest = [p for p in model.parameters() if id(p) not in decoder]
     return [{"params": rest, "lr_scale": 1.0},
             {"params": [p for p in model.parameters() if id(p) in decoder], "lr_scale": cfg.decoder_lr_scale}]

@@ -134,7 +134,7 @@ def encode_prompt(model: CausalWan, prompt: str) -> torch.Tensor:
                               "characters (the empty prompt included)")
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    root = getattr(model, "pipeline_dir", None)
+    root = model.pipeline_dir
     if root is None or not (root / "text_encoder").is_dir() or not (root / "tokenizer").is_dir():
         raise CheckpointError(f"a prompt needs the pipeline directory's text_encoder/ and tokenizer/; "
                               f"{model.checkpoint['name']} has none; accepted: --text-embeddings FILE, or a pipeline "
@@ -257,7 +257,7 @@ def context_from_video(model: CausalWan, path: str | Path, latent_frames: int) -
         raise CheckpointError(f"model is a {type(model).__name__}; accepted: a CausalWan (load_causal_wan)")
     if not isinstance(latent_frames, int) or isinstance(latent_frames, bool) or not 1 <= latent_frames <= 1024:
         raise ContextVideoError(f"latent_frames = {latent_frames!r}; accepted: an integer in 1..1024")
-    vae = getattr(model, "vae", None)
+    vae = model.vae
     if vae is None:
         raise CheckpointError(f"a context video needs the pipeline directory's vae/; {model.checkpoint['name']} has none")
     temporal, spatial = vae_factors(vae)

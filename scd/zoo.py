@@ -84,8 +84,8 @@ def validate_config(family: str, config: dict, memory: bool = True) -> None:
     if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
         raise CheckpointError(f"{family} config: width {cfg.width} / heads {cfg.heads} must be an even whole head "
                               "dimension (RoPE rotates pairs); accepted: heads dividing width into even parts")
-    depth = getattr(cfg, "depth", 0)
-    if getattr(cfg, "frame_local_blocks", 0) > depth:
+    depth = cfg.depth  # SCDConfig: encoder and decoder blocks together
+    if isinstance(cfg, BaselineConfig) and cfg.frame_local_blocks > depth:
         raise CheckpointError(f"{family} config: frame_local_blocks {cfg.frame_local_blocks} exceeds depth {depth}; "
                               f"accepted: 0..{depth}")
     if not memory:
@@ -143,10 +143,21 @@ def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
     return weights, config
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Load a model in eval mode: "baseline", a checkpoint directory, or a .safetensors file. The device and
-    dtype are checked first (`scd.devices`): a DeviceError (a ValueError) names the accepted ones."""
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               **diffusers_options) -> nn.Module:
+    """Load a model (a `scd.contract.VideoDiffuser`) in eval mode: a shipped name ("baseline"), a checkpoint
+    directory, a .safetensors file, or "diffusers:DIR", a local diffusers Wan / SkyReels-V2 transformer or pipeline
+    directory (`scd.wan_pipeline.load_causal_wan`; `diffusers_options`: latent_size, text_embeddings,
+    frames_per_block, fps, scheduler). The device and dtype are checked first (`scd.devices`): a DeviceError (a
+    ValueError) names the accepted ones."""
     device, dtype = usable_device(device), float_dtype(dtype)
+    if isinstance(name_or_path, str) and name_or_path.startswith("diffusers:"):
+        from scd.wan_pipeline import load_causal_wan
+
+        return load_causal_wan(name_or_path.removeprefix("diffusers:"), device=device, dtype=dtype, **diffusers_options)
+    if diffusers_options:
+        raise CheckpointError(f"options {sorted(diffusers_options)} are for diffusers:DIR models; a built-in "
+                              "checkpoint takes device and dtype only")
     if not isinstance(name_or_path, str | Path):
         raise CheckpointError(f"model must be a name or a path, got {type(name_or_path).__name__}; accepted: "
                               f"{', '.join(shipped_models())}, a checkpoint directory or a .safetensors file")
@@ -154,7 +165,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"config {config_path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else e
+        raise CheckpointError(f"config {config_path} is not valid JSON ({reason})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"config {config_path} must be a JSON object")
     expected_sha = config.pop("sha256", None)
@@ -261,7 +273,7 @@ def permute_weights(model: nn.Module, seed: int = 0) -> dict:
             flat = parameter.detach().reshape(-1)
             parameter.copy_(flat[order].view_as(parameter))
             tensors += 1
-    checkpoint = dict(getattr(model, "checkpoint", None) or {"name": type(model).__name__})
+    checkpoint = dict(model.checkpoint or {"name": type(model).__name__})
     checkpoint["name"] = f"{checkpoint.get('name')} (permuted weights, seed {seed})"
     model.checkpoint = checkpoint
     return {"kind": "permuted", "seed": seed, "tensors": tensors,

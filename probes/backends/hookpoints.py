@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from probes.adapters import Layout
 from probes.backends import Active, Receive
 from probes.errors import ProbeError
+from scd.contract import Layout
 
 
 @contextmanager

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from nnsight import NNsight
 from torch import nn
 
-from probes.adapters import Layout
 from probes.backends import Active, Receive
 from probes.errors import ProbeError
+from scd.contract import Layout
 
 PATCHED = ("forward", "__nnsight__")  # instance attributes NNsight sets on every module it wraps
 

@@ -32,8 +32,9 @@ from analyses.sparsity import (
     per_key_ratio,
     sparsity_table,
 )
+from probes.recording import MergedRun, load_run
 from probes.reductions import StepGram
-from probes.store import MergedRun, load_run, write_run
+from probes.store import write_run
 
 FRAMES = [4, 5]  # probed frames of an 6-frame clip
 T = 6
@@ -62,7 +63,8 @@ def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.T
     video = np.zeros((T, 4, 4, 3), np.uint8)
     layers = sorted(set(features) | set(attention))
     tokens = next(iter(features.values())).shape[2] if features else 4
-    manifest = {"model": "constructed", "config": {"depth": depth}, "frames": FRAMES, "steps": list(range(steps)),
+    manifest = {"model": "constructed", "config": {"depth": depth}, "depth": depth, "block_roles": ["causal"] * depth,
+                "frames_per_block": 1, "frames": FRAMES, "steps": list(range(steps)),
                 "layers": layers, "layer_roles": ["causal"] * len(layers), "mode": "full", "tokens_per_frame": tokens,
                 "capture": [kind for kind, given in (("features", features), ("attention", attention)) if given],
                 "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0], "bands": 1,

@@ -41,7 +41,7 @@ def test_uniform_attention_over_a_chunk_has_no_excess():
 def test_a_run_s_chunk_size_reaches_the_table(tmp_path):
     """attention_measures of a stored run uses the manifest's chunk size: excess = share - f / (chunk end + 1)."""
     from analyses.sparsity import attention_measures
-    from probes.store import load_run
+    from probes.recording import load_run
     from tests.probes.test_store import _write
 
     _, attention, _, _ = _write(tmp_path / "run", manifest={"frames": [2, 3], "frames_per_block": 2})

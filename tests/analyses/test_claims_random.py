@@ -11,7 +11,7 @@ import torch
 
 from analyses.claims import CLAIMS, REPRODUCED, evaluate
 from probes import Probe, load_run
-from probes.store import MergedRun
+from probes.recording import MergedRun
 from probes.sweep import noise_seed
 from scd.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.data import VideoBenchmark

@@ -226,7 +226,7 @@ def test_card_numbers_match_an_independent_computation(study):
     """Quality against a hand PSNR on the stored videos; the ln per-key ratio against the attention the probe stored,
     summed by hand; each mean is the t interval of the per-clip values."""
     root, out = study
-    from probes.store import load_run
+    from probes.recording import load_run
 
     card = {c["name"]: c for c in read_cards(out)}["textured-s0"]
     summary = card["evaluations"]["sprites"]["summary"]

@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 from analyses.errors import AnalysisError
-from probes.store import load_run
+from probes.recording import load_run
 from tests.probes.test_store import _write
 
 MODULES = ("claims", "emergence", "figures", "paper_figures", "report", "similarity", "sparsity")

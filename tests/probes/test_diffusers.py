@@ -13,7 +13,7 @@ import torch
 
 from probe_cli import main
 from probes import Probe, load_run
-from probes.adapters import layout_of, load_model
+from scd import load_model
 from scd import generate
 from scd.causal_wan import rotate
 from scd.zoo import CheckpointError
@@ -84,8 +84,7 @@ def test_features_equal_a_raw_forward_hook_and_attention_an_explicit_softmax(sav
         key_frame = torch.arange(keys.shape[0]) // n
         for frame in range(last - k + 1, last + 1):
             rows = slice(q.shape[0] - (last - frame + 1) * n, q.shape[0] - (last - frame) * n)
-            torch.testing.assert_close(probe.features(layer)[frame - T, step], p["output"][0, rows].float(), atol=1e-6,
-                                       rtol=0)
+            assert torch.equal(probe.features(layer)[frame - T, step], p["output"][0, rows].half())  # float16, as stored
             scores = torch.einsum("qhd,khd->hqk", q[rows], keys) / math.sqrt(q.shape[-1])
             visible = key_frame // k <= frame // k  # the chunk mask, written out: same or earlier chunk
             scores = scores.masked_fill(~visible, float("-inf"))
@@ -94,7 +93,7 @@ def test_features_equal_a_raw_forward_hook_and_attention_an_explicit_softmax(sav
             got = probe.attention(layer)[frame - T, step]
             torch.testing.assert_close(got[:, : last + 1].double(), mass, atol=1e-5, rtol=0)
             assert got[:, last + 1:].abs().sum() == 0  # nothing on later chunks
-    assert probe.recorded_frames == [2, 3, 4, 5]
+    assert probe.frames == [2, 3, 4, 5]
 
 
 def test_the_probed_video_is_the_unprobed_one_bitwise_and_the_backends_agree(saved):
@@ -172,7 +171,7 @@ def test_skyreels_df_with_sample_info_and_3_frame_chunks_is_probed_end_to_end(tm
 def test_layout_frame_major_tokens_from_the_patch_size(saved):
     family, root = saved
     model = load_model(f"diffusers:{root}", latent_size=(8, 12))
-    layout = layout_of(model)
+    layout = model.layout
     assert layout.depth == TINY["num_layers"] and layout.tokens_per_frame == 4 * 6
     assert layout.frames_per_block == model.frames_per_block
     assert layout.path(1, "hook_resid_post") == "transformer.blocks.1.hook_resid_post"

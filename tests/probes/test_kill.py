@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from probes.store import load_run
+from probes.recording import load_run
 from scd.outputs import GENERATOR, SIGNATURE, stale_siblings
 from tests.probes.test_store import _write
 

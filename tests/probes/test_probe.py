@@ -70,7 +70,7 @@ def test_features_and_attention_match_raw_hooks_and_an_explicit_softmax(tiny_mod
         video = _generate(tiny_model, clip, use_cache=use_cache)
     assert torch.equal(video, reference)  # probing does not change the generated video
     frames = list(range(CONTEXT, CONTEXT + FRAMES))
-    assert probe.recorded_frames == frames
+    assert probe.frames == frames
     for layer in LAYERS:
         features, mass = probe.features(layer), probe.attention(layer)
         assert features.shape == (FRAMES, STEPS, n, tiny_model.config.width)
@@ -78,7 +78,7 @@ def test_features_and_attention_match_raw_hooks_and_an_explicit_softmax(tiny_mod
         for i, frame in enumerate(frames):
             for step in range(STEPS):
                 raw = seen[("block", layer)][(frame, step)][-n:]
-                assert (features[i, step] - raw).abs().max() <= 1e-6
+                assert torch.equal(features[i, step], raw.half())  # kept as a run stores them: float16
                 expected = _explicit_mass(seen[("q", layer)][(frame, step)], seen[("k", layer)][(frame, step)], frame, n)
                 assert (mass[i, step, :, : frame + 1].double() - expected).abs().max() <= 1e-5
                 assert (mass[i, step, :, frame + 1:] == 0).all()  # later frames are masked out
@@ -164,7 +164,7 @@ def test_the_two_backends_agree(tiny_model, clip):
     for layer in LAYERS:
         assert (a.features(layer) - b.features(layer)).abs().max() <= 1e-6
         assert (a.attention(layer) - b.attention(layer)).abs().max() <= 1e-6
-        assert (a.gram(layer)[1] - b.gram(layer)[1]).abs().max() <= 1e-6
+        assert (a.token_cosine(layer) - b.token_cosine(layer)).abs().max() <= 1e-6
 
 
 def test_stream_mode_keeps_reductions_equal_to_full_mode(tiny_model, clip):
@@ -174,16 +174,20 @@ def test_stream_mode_keeps_reductions_equal_to_full_mode(tiny_model, clip):
             _generate(tiny_model, clip)
         probes[mode] = probe
     full, stream = probes["full"], probes["stream"]
+    _, seen, n = _raw_capture(tiny_model, clip, use_cache=True)  # float32 block outputs, by a plain forward hook
+    frames = range(CONTEXT, CONTEXT + FRAMES)
     for layer in LAYERS:
-        x = full.features(layer).double()  # [F, S, N, D]
+        x = torch.stack([torch.stack([seen[("block", layer)][(f, s)][-n:] for s in range(STEPS)]) for f in frames])
+        x = x.double()  # [F, S, N, D]
         per_token = torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1).mean(-1)
         flat = x.flatten(2)
         flat_cos = torch.nn.functional.cosine_similarity(flat[:, :, None], flat[:, None, :], dim=-1)
-        gram, token_cosine = stream.gram(layer)
+        gram, token_cosine = stream.gram(layer), stream.token_cosine(layer)
+        assert torch.equal(gram, full.gram(layer)) and torch.equal(token_cosine, full.token_cosine(layer))
         assert (token_cosine - per_token).abs().max() <= 1e-4
         assert (gram - flat @ flat.transpose(1, 2)).abs().max() <= 1e-4 * gram.abs().max()
         assert (cosine_from_gram(gram) - flat_cos).abs().max() <= 1e-4
-        index = stream.token_index
+        index = stream.token_index(layer)
         assert len(index) == 5 and torch.equal(stream.features(layer), full.features(layer)[:, :, index])
         assert torch.equal(stream.attention(layer), full.attention(layer))
 
@@ -193,11 +197,11 @@ def test_frames_and_steps_select_what_is_recorded(tiny_model, clip):
         _generate(tiny_model, clip)
     with Probe(tiny_model, [2], frames=[CONTEXT + 1], steps=[0, 3], capture=("features",)) as some:
         _generate(tiny_model, clip)
-    assert some.recorded_frames == [CONTEXT + 1]
+    assert some.frames == [CONTEXT + 1]
     assert torch.equal(some.features(2), everything.features(2)[1:, [0, 3]])
-    gram = everything.gram(2)[1][1:][:, [0, 3]][:, :, [0, 3]]
-    assert (some.gram(2)[1] - gram).abs().max() <= 1e-12
-    with pytest.raises(ProbeError, match="attention were not captured"):
+    gram = everything.token_cosine(2)[1:][:, [0, 3]][:, :, [0, 3]]
+    assert (some.token_cosine(2) - gram).abs().max() <= 1e-12
+    with pytest.raises(ValueError, match="layer 2 has no recorded attention"):
         some.attention(2)
 
 
@@ -253,7 +257,7 @@ def test_save_writes_the_run_directory(tiny_model, clip, tmp_path):
     assert m["num_frames"] == CONTEXT + FRAMES and m["steps"] == list(range(STEPS)) and m["mode"] == "stream"
     assert len(m["timesteps"]) == STEPS and m["timesteps"][0] == 1000.0 and m["seed"] == 0
     assert run.features(2).shape == (FRAMES, STEPS, 8, tiny_model.config.width) and run.features(2).dtype == torch.float16
-    assert torch.equal(run.token_cosine(2), probe.gram(2)[1]) and torch.equal(run.token_index(2), probe.token_index)
+    assert torch.equal(run.token_cosine(2), probe.token_cosine(2)) and torch.equal(run.token_index(2), probe.token_index(2))
     assert torch.allclose(run.attention(2).sum(-1), torch.ones(FRAMES, STEPS, tiny_model.config.heads))
     generated, truth = run.video()
     assert generated.shape == truth.shape == (CONTEXT + FRAMES, 16, 16, 3)

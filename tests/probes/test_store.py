@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from probes.store import RunError, load_run, write_run
+from probes.recording import load_run
+from probes.store import RunError, write_run
 
-MANIFEST = {"model": "baseline", "config": {}, "layers": [15, 28], "layer_roles": ["causal", "causal"],
+MANIFEST = {"model": "baseline", "config": {}, "depth": 30, "block_roles": ["causal"] * 30, "frames_per_block": 1,
+            "layers": [15, 28], "layer_roles": ["causal", "causal"],
             "capture": ["features", "attention"], "mode": "stream", "frames": [4, 5], "steps": [0, 1, 2],
             "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "num_frames": 6, "context": 4, "bands": 1}
 
@@ -88,7 +90,7 @@ def test_incomplete_foreign_and_corrupt_directories_are_refused(tmp_path):
 
 def test_an_unrecorded_layer_names_the_recorded_ones(tmp_path):
     _write(tmp_path / "run")
-    with pytest.raises(RunError, match="layer 3 is not in .*recorded layers: 15, 28"):
+    with pytest.raises(RunError, match="layer 3 has no recorded attention; recorded layers: 15, 28"):
         load_run(tmp_path / "run").attention(3)
 
 

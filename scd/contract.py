@@ -1,0 +1,176 @@
+"""The contract every model family of this toolkit implements: `VideoDiffuser`, and its `Layout`.
+
+A family (the built-in `CausalVideoDiffuser` and `SeparableCausalDiffuser`, a causal Wan / SkyReels-V2
+`CausalWan`) subclasses `VideoDiffuser` and says, once, what the sampler, the probes, the surgeries and
+the analyses need of it: where its blocks are and what each is (`layout`), the shape of a frame, how
+it is sampled (chunk size, KV cache, flow shift, scheduler, guidance), what a manifest records of it,
+and how its frames are shown. Nothing outside a family's own file asks a model what it is by
+`hasattr`: it asks this contract (`tests/test_layout.py` fails otherwise).
+
+Layers are numbered in execution order. The baseline's layer i is `blocks.{i}`; SCD's layers
+0..24 are `encoder.blocks.{i}` and 25..34 are `decoder.blocks.{i - 25}`, so `--layers all` and
+relative depth mean the same on every family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# The HookPoints of a block in the order a forward pass reaches them (nnsight must ask in that order).
+HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_attn_out", "hook_mlp_out",
+         "hook_resid_post")
+
+# What a block is to a probe:
+#   causal:  runs at every denoising step; the frame's queries see keys of frames 0..frame (frame-major).
+#   encoder: SCD's encoder; runs once per frame, in the pass that writes the finished frame into the
+#            cache; keys as `causal`.
+#   decoder: SCD's decoder; runs at every step; keys are the encoder output of frame - 1, then the frame.
+#   frame-local: a baseline block under the paper's frame-diagonal mask; runs at every step; reads only the
+#            frame's own keys (`BaselineConfig.frame_local_blocks`).
+ROLES = ("causal", "encoder", "decoder", "frame-local")
+
+PAPER_DEPTH = 30  # blocks of Wan-2.1-1.3B, the model the paper's layer numbers refer to
+
+
+class LayoutError(ValueError):
+    """A question the model's layout cannot answer (a hook it lacks, a key count it cannot give); one line."""
+
+
+def paper_layer(layer: int, depth: int) -> int:
+    """The layer at the same relative depth in a `depth`-block model as the paper's `layer` in its 30 blocks."""
+    return round(layer * (depth - 1) / (PAPER_DEPTH - 1))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model's blocks are and how its tokens are laid out (frame-major, a fixed count per frame)."""
+    blocks: tuple[str, ...]  # module path of each probe-able block; layer i is blocks[i], in execution order
+    tokens_per_frame: int    # tokens of one frame; a frame's tokens are contiguous, frames in time order
+    roles: tuple[str, ...] = ()  # ROLES entry per block; empty: all "causal"
+    hook_paths: dict[str, str] | None = None  # HOOKS name -> path inside the block ("" = the block's output); None: as named
+    frames_per_block: int = 1  # frames denoised together in one chunk, seeing each other (chunk-causal attention)
+    token_grid: tuple[int, int] | None = None  # (rows, columns) of a frame's tokens, row-major; None: not laid on a grid
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def role(self, layer: int) -> str:
+        """causal, encoder, decoder or frame-local (see ROLES)."""
+        return self.roles[layer] if self.roles else "causal"
+
+    def path(self, layer: int, hook: str) -> str:
+        """Module path of a block's HookPoint, e.g. `blocks.15.attn.hook_q` (or of the module read for it)."""
+        inside = hook if self.hook_paths is None else self.hook_paths.get(hook)
+        if inside is None:
+            raise LayoutError(f"this model has no {hook!r}; accepted: {', '.join(self.hook_paths)}")
+        return f"{self.blocks[layer]}.{inside}".rstrip(".")
+
+    def has_hook(self, hook: str) -> bool:
+        """Does every block offer this HookPoint?"""
+        return self.hook_paths is None or hook in self.hook_paths
+
+    def order(self, layer: int, hook: str) -> tuple[int, int]:
+        """Sort key giving the order in which a forward pass reaches (layer, hook)."""
+        return layer, HOOKS.index(hook)
+
+    def chunk(self, frame: int) -> range:
+        """The frames denoised together with `frame` (its chunk; chunks start at frame 0)."""
+        first = frame - frame % self.frames_per_block
+        return range(first, first + self.frames_per_block)
+
+    def key_frames(self, layer: int, frame: int, keys: int) -> torch.Tensor:
+        """Frame index of each of the `keys` keys a query of `frame` sees at `layer`; LayoutError if the
+        count does not fit the layout."""
+        n = self.tokens_per_frame
+        if self.role(layer) == "decoder":
+            if keys != 2 * n or frame < 1:
+                raise LayoutError(f"decoder layer {layer} saw {keys} keys for frame {frame}; expected 2 x {n} "
+                                  "(the encoder output of the frame before, then the frame)")
+            return torch.tensor([frame - 1, frame]).repeat_interleave(n)
+        if self.role(layer) == "frame-local":
+            if keys != n:
+                raise LayoutError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
+            return torch.full((n,), frame)
+        last = self.chunk(frame)[-1]
+        if keys != (last + 1) * n:
+            raise LayoutError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
+                              f"expected frames 0..{last} x {n} tokens (a frame-major causal layout)")
+        return torch.arange(last + 1).repeat_interleave(n)
+
+
+class VideoDiffuser:
+    """What every model family implements (a mixin beside `torch.nn.Module`; see the module docstring).
+
+    Families override `layout`, `frame_shape` and `get_config`; the sampling attributes below are class
+    defaults that a family (or a loader) sets where it differs.
+    """
+
+    frames_per_block: int = 1              # frames denoised together in one chunk (Wan families: their chunk)
+    max_frames: int | None = None          # frame positions the model can take (Wan: its RoPE table); None: any
+    flow_shift: float = 1.0                # the flow-matching timestep shift `generate` samples with
+    scheduler_config: dict | None = None   # a pipeline's scheduler_config.json (Wan); None: flow-matching Euler
+    guidance_scale: float = 1.0            # classifier-free guidance scale (1: none)
+    guidance_pass: str | None = None       # "cond" or "uncond" while a guided pass runs (a probe records one of them)
+    checkpoint: dict | None = None         # name, files and sha256 of the weights it was loaded from
+    has_hookpoints: bool = True            # TransformerLens HookPoints (`hook_dict`) on every block's hooks
+    encodes_finished_frames: bool = False  # SCD: its encoder runs only in the pass that caches a finished frame
+    takes_surgeries: bool = False          # its blocks take the toolkit's surgeries (reuse, knockout, skip, masks)
+
+    @property
+    def layout(self) -> Layout:
+        """Where the blocks are, what each is, and how a frame's tokens are laid out."""
+        raise NotImplementedError(f"{type(self).__name__} must give its layout")
+
+    @property
+    def depth(self) -> int:
+        """Blocks, in execution order (SCD: encoder and decoder together)."""
+        return self.layout.depth
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one frame the model takes (pixels, or latents for latent models)."""
+        raise NotImplementedError(f"{type(self).__name__} must give its frame shape")
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's name, else the class's."""
+        return (self.checkpoint or {}).get("name", type(self).__name__)
+
+    def get_config(self) -> dict:
+        """What a run's manifest records of the model (its size and family)."""
+        raise NotImplementedError(f"{type(self).__name__} must give its config")
+
+    def new_cache(self):
+        """An empty KV cache for streaming generation; None: the model recomputes the whole sequence each pass."""
+        return None
+
+    def decoder_parameters(self) -> list | None:
+        """Parameters trained at `decoder_lr_scale` (SCD's decoder); None: one learning rate for all."""
+        return None
+
+    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str] | None:
+        """Frames [T, C, H, W] as images [T', 3, H', W'] and what they are; None: the frames are RGB images already."""
+        return None
+
+    def shown_frames(self, latent_frames: int) -> int:
+        """How many images `preview` makes of `latent_frames` frames."""
+        return latent_frames
+
+
+def latent_channels(video: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Latent frames [T, C, h, w] shown as images [T, 3, h, w] in [-1, 1]: the first three channels, each scaled by
+    its spread over the video; and what they are."""
+    rgb = video[:, :3].float()
+    return (rgb / (3 * rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))).clamp(-1, 1), "latent channels 0-2"
+
+
+def is_video_diffuser(model: object) -> bool:
+    """Does `model` implement the contract (a built-in model, or `load_model('diffusers:DIR')`)?"""
+    return isinstance(model, VideoDiffuser)
+
+
+ACCEPTED_MODELS = ("the built-in models of scd (scd.load_model) and causal Wan / SkyReels-V2 transformers "
+                   "(scd.load_model('diffusers:DIR'))")

@@ -210,7 +210,7 @@ def quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# The paper's speed figures at scale, each on one H100 (../PAPER.md: the text-to-video section and the baselines).
+# The paper's speed figures at scale, each on one H100 (the paper, arXiv 2602.10095: its text-to-video section).
 PAPER_SPEED = pd.DataFrame([
     ("SCD 1.6B (25 + 10 blocks, 480p, distilled)", 4, 11.1, 0.29),
     ("Self-Forcing, frame-wise (Wan-2.1-1.3B)", 4, 8.9, 0.45),

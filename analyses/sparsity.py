@@ -45,7 +45,7 @@ def earlier_share(mass: torch.Tensor, frames: list[int]) -> torch.Tensor:
     return torch.stack([mass[i, ..., :frame].sum(-1) for i, frame in enumerate(frames)])
 
 
-SPARSITY_FRACTION = 0.3            # a context cell counts when ln p is above 30% of the colour range (PAPER.md)
+SPARSITY_FRACTION = 0.3            # a context cell counts when ln p is above 30% of the colour range (the paper's Fig. 3)
 SPARSITY_MIN_RANGE = math.log(10)  # ... and the range spans at least a factor 10; else the map is flat: not measured
 
 

@@ -126,7 +126,7 @@ def overhead(repeats: int, frames: int, steps: int) -> list[dict]:
             start = time.perf_counter()
             with Probe(model, **settings[name]) as probe:
                 video = generate(model, clip[:4], frames, steps=steps)
-            probe.metrics  # the live recording: the reductions a run writes, so their cost is counted
+            probe._recorded()  # builds the live recording: the reductions a run writes, so their cost is counted
             seconds = time.perf_counter() - start
         assert torch.equal(video, reference), f"{name} changed the generated video"
         return seconds, inside[0]
@@ -189,7 +189,7 @@ def overhead_at_scale(size: str, device: str, latent: tuple[int, int], context: 
         if probed:
             with Probe(model, "all") as probe:
                 generate(model, clip, frames, steps=steps, device=device, dtype=dtype)
-            probe.metrics
+            probe._recorded()  # builds the live recording
         else:
             generate(model, clip, frames, steps=steps, device=device, dtype=dtype)
         if cuda:
@@ -243,7 +243,7 @@ def mode_memory(mode: str, steps: int, frames: int, pca_tokens: int) -> dict:
     before = _reset_peak()
     with Probe(model, "all", mode=mode, pca_tokens=pca_tokens) as probe:
         generate(model, clip[:4], frames, steps=steps)
-    probe.metrics
+    probe._recorded()  # builds the live recording
     return {"mode": mode, "steps": steps, "frames": frames, "peak_bytes": _status("VmHWM") - before}
 
 

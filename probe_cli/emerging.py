@@ -6,8 +6,8 @@
     probe emergence --out reports/emergence --force     # the tables, figures and answer again, from the cards alone
 
 Each run is probed over the val clips of the sprites scene (and, for the reference and the textured
-condition, of the textured scene too), every layer, features and attention, 50 steps (`probe run`), its
-raw weights as its snapshots' (a short run's EMA lags its weights); its snapshots are probed the same way
+condition, of the textured scene too), every layer, features and attention, 50 steps (`probes.record_sweep`, as
+`probe run` would), its raw weights as its snapshots' (a short run's EMA lags its weights); its snapshots are probed the same way
 on the scene it was trained on, and their sweeps deleted once measured. Cards of runs not named again are kept.
 """
 
@@ -27,17 +27,16 @@ def _snapshots(path: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _probe(model: str, clips: str, scene: str, layers: str, out: Path) -> str:
-    """Probe `model` over the clips into `out` with `probe run`, in its own process (its manifest records that very
-    command); returns the command."""
-    import subprocess
-    import sys
+def _probe(model: str, clips: list[int], scene: str, out: Path) -> str:
+    """Probe the checkpoint `model` over the val clips of `scene` into the sweep `out`, every layer, 50 steps, as
+    `probe run --clip ... --layers all` does (the same noise seeds; `probes.record_sweep`); returns the call."""
+    from probes.recorder import record_sweep
+    from scd.zoo import load_model
 
-    argv = ["run", "--model", model, "--layers", layers, "--clip", clips, "--scene", scene, "--out", str(out),
-            "--force", "--quiet"]
-    if subprocess.run([sys.executable, "-m", "probe_cli", *argv], stdout=subprocess.DEVNULL).returncode != 0:
-        raise UsageError(f"probing {model} failed (probe {' '.join(argv)}); see the line above")
-    return "probe " + " ".join(argv)
+    call = (f"probes.record_sweep(scd.load_model({model!r}), {str(out)!r}, clips={clips}, scene={scene!r}, "
+            "layers='all', steps=50, force=True)")
+    record_sweep(load_model(model), out, clips, scene=scene, layers="all", steps=50, force=True, info={"command": call})
+    return call
 
 
 def _study_run(run: str) -> tuple[str, str, int, Path]:
@@ -111,7 +110,6 @@ def cmd_emergence(args: argparse.Namespace) -> None:
     cards = {c["name"]: c for c in old}
     maps = {c["name"]: dict(np.load(out / f"maps-{c['name']}.npz")) for c in old if (out / f"maps-{c['name']}.npz").exists()}
     probes = Path(args.probes)
-    clip_text = ",".join(map(str, clips))
     for name, condition, _seed, path in sources:
         record = training_record(path)
         trained = record["settings"].get("scene", SCENE)
@@ -121,17 +119,16 @@ def cmd_emergence(args: argparse.Namespace) -> None:
         evaluations = {}
         for scene in scenes:
             sweep_dir = probes / f"{name}-{scene}"
-            command = _probe(model, clip_text, scene, "all", sweep_dir)
+            _probe(model, clips, scene, sweep_dir)
             sweep = load_run(sweep_dir)
             evaluations[scene] = measure(sweep, scene)
-            evaluations[scene]["probe"]["command"] = command
             if scene == SCENE:
                 maps[name] = maps_of(sweep)
         curve = []
         offset = record["settings"].get("bidirectional_steps", 0)
         for step, weights in _snapshot_steps(args.snapshot_steps, path, offset):
             sweep_dir = probes / f"{name}-step-{step}"
-            _probe(str(weights), clip_text, trained, "all", sweep_dir)
+            _probe(str(weights), clips, trained, sweep_dir)
             curve.append(snapshot_point(step, load_run(sweep_dir), trained, step - offset))
             shutil.rmtree(sweep_dir)  # measured: a snapshot's sweep is large and not needed again
         cards[name] = make_card(name, condition, CONDITIONS[condition][0], str(path), record, evaluations, curve)

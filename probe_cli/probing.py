@@ -340,7 +340,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     from probes.probe import Probe, ProbeError
     from probes.recording import load_run
     from scd import VideoBenchmark, generate, load_model
-    from scd.outputs import discard, replace, temporary_sibling
     from scd.progress import progress
 
     if on.type == "cuda" and world_size > 1:
@@ -380,7 +379,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     def generation(clip_index: int, seed: int) -> dict:
         """How the video was made, as a researcher must report it: the manifest's `generation` (shown in the report)."""
         if diffusers_model and context_latents is not None:
-            from scd.zoo import sha256
+            from scd.outputs import sha256
 
             video = Path(args.context_video)
             context = {"source": "video", "path": str(video), "latent_frames": args.context,
@@ -438,29 +437,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     if not sharded:
         run = probe_item(*items[0], out, args.quiet)
-    else:  # the sweep is written into a hidden sibling, then swapped in whole: an older sweep stays until then
-        with sweep.process_group(world_size):
-            if rank == 0:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            made = temporary_sibling(out) if rank == 0 else None
-            name = [str(made.relative_to(out.parent)) if made is not None else None]
-            sweep.broadcast(name, world_size)
-            tmp = out.parent / name[0]
-            target = tmp if tmp.is_dir() else out  # ranks on machines without the shared disk write in place
-            try:
-                with sweep.write_shard(target, rank, world_size) as (shard, written):
-                    for clip_index, seed in items[rank::world_size]:
-                        probe_item(clip_index, seed, shard / sweep.item_name(clip_index, seed), args.quiet or rank > 0)
-                        written.append({"clip": clip_index, "seed": seed, "run": sweep.item_name(clip_index, seed)})
-                sweep.barrier(world_size)
-                if rank == 0:
-                    replace(tmp, out)
-            finally:
-                if made is not None and tmp.exists():
-                    discard(made)
+    else:
         run = out
-        if rank > 0:
-            return
+        if not sweep.write_sweep(out, items, probe_item, args.quiet):
+            return  # ranks other than 0 report nothing
     if not args.quiet:  # the table of what was written, not a second computation of it
         print(summary_table(load_run(run)))
     print(f"wrote {run}")

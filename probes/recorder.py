@@ -4,13 +4,15 @@
     rec = probes.record(scd.load_model("baseline"), 0, layers=[15])   # clip 0 of the val benchmark, 4 + 4 frames
     rec.token_cosine(15, frame=4)                                      # [S, S]
 
-`probe run` and `probe emergence` record their sweeps through `probes.sweep.record_sweep`, which calls
-this once per (clip, draw).
+`record_sweep` does the same over clips and noise draws into a sweep directory (sharded over torchrun's ranks,
+`probes.sweep`) and returns it merged; `probe emergence` measures the study's runs with it, `probe run` shares its
+sharded loop (`probes.sweep.write_sweep`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -42,7 +44,8 @@ def record(
     model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int = 50, seed: int = 0,
     layers: Sequence[int] | str = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
     scene: str = "sprites", record_frames: Iterable[int] | None = None, record_steps: Iterable[int] | None = None,
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **probe_options,
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, noise: int | None = None,
+    info: dict | None = None, **probe_options,
 ) -> Probe:
     """Generate `frames` frames after `context` with `steps` denoising steps and return the live recording.
 
@@ -51,21 +54,26 @@ def record(
     whose later frames the ground truth; its noise is drawn with seed `seed + clip`, as `probe run --clip` does
     (`probes.sweep.noise_seed`), so the two give the same recording. `record_frames` / `record_steps`: the video
     frame numbers and step indices to record (default all); `probe_options`: the rest of `Probe`'s arguments
-    (hook, mode, backend, bands, guidance_pass, pca_tokens). Everything is checked before the model runs."""
+    (hook, mode, backend, bands, guidance_pass, pca_tokens); `noise`: the generation seed itself, in place of
+    `seed + clip` (a sweep's draw, `probes.sweep.noise_seed`); `info`: further manifest entries (e.g. the command).
+    Everything is checked before the model runs."""
     from probes.sweep import noise_seed
     from scd.sampling import generate
 
+    info_extra = info
     probe = Probe(model, layers, capture=capture, frames=record_frames, steps=record_steps, **probe_options)
     if isinstance(context, int) and not isinstance(context, bool):
         clip = _count(context, "clip", 0, 2**31 - 1)
         _count(context_frames, "context_frames", 1, 1024)
         _count(frames, "frames", 1, 1024)
         video = benchmark_clip(model, clip, context_frames + frames, scene)
-        context, truth, seed = video[:context_frames], video, noise_seed(_count(seed, "seed", 0, 2**62), clip)
+        seed = noise_seed(_count(seed, "seed", 0, 2**62), clip) if noise is None else _count(noise, "noise", 0, 2**63 - 1)
+        context, truth = video[:context_frames], video
         info = {"clip": clip, "seed": seed, "split": "val" if scene == "sprites" else f"val, {scene} scene",
                 "generation": {"context": {"source": "benchmark", "split": "val", "scene": scene, "clip": clip,
                                            "frames": context_frames}, "steps": steps, "noise_seed": seed}}
     elif isinstance(context, torch.Tensor):
+        seed = seed if noise is None else noise
         truth, info = None, {"seed": seed, "generation": {"context": {"source": "tensor", "frames": int(context.shape[-4])},
                                                           "steps": steps, "noise_seed": seed}}
     else:
@@ -73,5 +81,37 @@ def record(
                          "or a val clip index (an integer >= 0)")
     with probe:
         generate(model, context, frames, steps=steps, seed=seed, device=device, dtype=dtype)
-    probe._info = (truth, info)  # the clip's truth and where it came from, as a saved run's manifest holds them
+    probe._info = (truth, {**info, **(info_extra or {})})  # the clip's truth and where it came from, as a run holds them
     return probe
+
+
+def record_sweep(model, out: str | Path, clips: Iterable[int] = range(8), *, draws: int = 1, seed: int = 0,
+                 force: bool = False, quiet: bool = True, **record_options):
+    """`record` over val clips x noise draws, each item with its own noise (`probes.sweep.noise_seed(seed, clip,
+    draw)`: the seeds `probe run --clip ... --seeds DRAWS` uses), written as a sweep directory `out` (one shard per
+    torchrun rank; `force` replaces an earlier sweep of the toolkit's) and returned merged (`MergedRun`); None on
+    ranks other than 0. `record_options`: those of `record` (frames, steps, layers, capture, scene, ...)."""
+    from probes.recording import load_run
+    from probes.sweep import noise_seed, write_sweep
+    from scd.outputs import OutputError, check_output, input_path
+    from scd.progress import progress
+
+    clips = list(clips)
+    if not clips or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in clips):
+        raise ProbeError(f"clips {clips!r}; accepted: a non-empty collection of val clip indices (integers >= 0)")
+    _count(draws, "draws", 1, 1000)
+    out = input_path(out, "out", "a path ending in a new name", ProbeError)
+    try:
+        check_output(out, "sweep", force)
+    except OutputError as e:
+        raise ProbeError(str(e)) from None
+    items = [(clip, noise_seed(seed, clip, draw)) for clip in clips for draw in range(draws)]
+    bar = progress(total=len(items), desc="record_sweep", unit="run", disable=quiet)
+
+    def record_item(clip: int, noise: int, path: Path, _quiet: bool) -> None:
+        record(model, clip, noise=noise, **record_options).save(path)
+        bar.update()
+
+    first = write_sweep(out, items, record_item, quiet)
+    bar.close()
+    return load_run(out) if first else None

@@ -28,8 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scd.contract import ROLES
-from scd.outputs import OutputError, atomic_directory, check_output, input_path
-from scd.zoo import sha256
+from scd.outputs import OutputError, atomic_directory, check_output, input_path, sha256
 
 FORMAT = "scd-probes-run/5"  # 2: files' sha256; 3: pooled attention maps (bands); 4: centred cosine, CKA; 5: depth, block_roles
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")

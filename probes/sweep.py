@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from probes.recording import MergedRun, is_sweep, load_sweep
 from probes.store import SHARD_FORMAT
-from scd.outputs import atomic_directory
+from scd.outputs import atomic_directory, discard, replace, temporary_sibling
 
 __all__ = ["MergedRun", "is_sweep", "load_sweep", "noise_seed", "DRAW_STRIDE", "item_name", "shard_name", "world",
-           "process_group", "broadcast", "barrier", "write_shard"]
+           "process_group", "broadcast", "barrier", "write_shard", "write_sweep"]
 
 
 DRAW_STRIDE = 2**31  # above every clip index: the seeds of two draws never meet
@@ -95,3 +95,32 @@ def write_shard(out: Path, rank: int, world_size: int) -> Iterator[tuple[Path, l
         yield tmp, items
         shard = {"format": SHARD_FORMAT, "rank": rank, "world_size": world_size, "items": items, "complete": True}
         (tmp / "shard.json").write_text(json.dumps(shard, indent=2) + "\n")
+
+
+def write_sweep(out: Path, items: list[tuple[int, int]], record_item: Callable[[int, int, Path, bool], object],
+                quiet: bool = False) -> bool:
+    """Record every (clip, noise seed) item into a sweep directory `out`, this rank's share of them (torchrun's
+    environment; one process: all): `record_item(clip, seed, run_path, quiet)` writes one item's run. The sweep is
+    written into a hidden sibling and swapped in whole, so an older sweep stays until then. Returns whether this
+    process is rank 0 (the one that reports)."""
+    rank, world_size, _ = world()
+    with process_group(world_size):
+        if rank == 0:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        made = temporary_sibling(out) if rank == 0 else None
+        name = [str(made.relative_to(out.parent)) if made is not None else None]
+        broadcast(name, world_size)
+        tmp = out.parent / name[0]
+        target = tmp if tmp.is_dir() else out  # ranks on machines without the shared disk write in place
+        try:
+            with write_shard(target, rank, world_size) as (shard, written):
+                for clip, seed in items[rank::world_size]:
+                    record_item(clip, seed, shard / item_name(clip, seed), quiet or rank > 0)
+                    written.append({"clip": clip, "seed": seed, "run": item_name(clip, seed)})
+            barrier(world_size)
+            if rank == 0:
+                replace(tmp, out)
+        finally:
+            if made is not None and tmp.exists():
+                discard(made)
+    return rank == 0

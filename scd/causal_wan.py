@@ -39,8 +39,7 @@ from transformer_lens.hook_points import HookPoint
 from scd.baseline import block_causal_mask
 from scd.blocks import KVCache
 from scd.contract import Layout, VideoDiffuser, latent_channels
-from scd.errors import ModelError
-from scd.zoo import CheckpointError
+from scd.errors import CheckpointError, ModelError
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 TEXT_TOKENS = 512  # Wan's text context length (its processors hard-code it too)

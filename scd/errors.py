@@ -1,5 +1,6 @@
 """The refusals of the models themselves (a config or an input they cannot take) and of the benchmark; the other
-refusals of `scd` live beside what they guard (CheckpointError in zoo, SamplingError in sampling, ...). Each is a
+refusals of `scd` live beside what they guard (SamplingError in sampling, ...), but CheckpointError, which the loaders
+of every family raise. Each is a
 ValueError subclass whose message is one line naming the accepted values."""
 
 
@@ -9,3 +10,7 @@ class ModelError(ValueError):
 
 class BenchmarkError(ValueError):
     """A benchmark split, scene, clip or size that the procedural benchmark does not have."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message is one line naming the problem."""

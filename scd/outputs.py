@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -56,6 +57,15 @@ FAULTS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM)  # errors of the 
 
 
 PLAIN_NAME = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, no '/' or '..', no extension"
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def input_path(path: object, what: str, accepted: str, error: type[ValueError] = ValueError) -> Path:

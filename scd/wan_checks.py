@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from scd.zoo import CheckpointError
+from scd.errors import CheckpointError
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors' names of the float dtypes a transformer may be stored in

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from scd.zoo import CheckpointError
+from scd.errors import CheckpointError
 
 # Renames applied in order to every key, as diffusers' scripts/convert_wan_to_diffusers.py does. The original
 # block calls its norms norm1, norm3 (cross-attention, affine), norm2 (FFN, no weights); diffusers: norm1, norm2, norm3.
@@ -206,8 +206,7 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     at probe time); `ema` chooses between `generator_ema` and `generator` where a checkpoint holds both."""
     import diffusers
 
-    from scd.outputs import atomic_directory, check_output, signature
-    from scd.zoo import sha256
+    from scd.outputs import atomic_directory, check_output, sha256, signature
 
     if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or not 1 <= heads <= 512):
         raise ConversionError(f"heads = {heads!r}; accepted: an integer in 1..512, or None (width / 128)")

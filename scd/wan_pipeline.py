@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from scd.causal_wan import TEXT_TOKENS, CausalWan, check_embeddings
-from scd.outputs import input_path
+from scd.errors import CheckpointError
+from scd.outputs import input_path, sha256
 from scd.wan_checks import (
     check_finite,
     check_pipeline,
@@ -27,7 +28,6 @@ from scd.wan_checks import (
     read_transformer_config,
 )
 from scd.wan_vae import encode_video, vae_factors
-from scd.zoo import CheckpointError, sha256
 
 SCHEDULERS = ("auto", "euler", "pipeline")  # auto: the pipeline's own where the directory has one, else euler
 PIPELINE_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")

@@ -8,7 +8,6 @@ a one-line `CheckpointError` instead of a traceback or a silent partial load. Ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -20,7 +19,8 @@ from torch import nn
 
 from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.devices import float_dtype, usable_device
-from scd.outputs import atomic_file
+from scd.errors import CheckpointError
+from scd.outputs import atomic_file, sha256  # noqa: F401  (sha256: re-exported)
 from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -34,22 +34,9 @@ SIZES: dict[str, dict] = {"baseline": BASELINE_SIZES, "scd": SCD_SIZES}  # named
 RANDOM_POOL = 2**20 + 7  # seeded draws that `random_model` tiles into its matrices
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message is one line naming the problem."""
-
-
 def shipped_models() -> list[str]:
     """Names of the checkpoints shipped in scd/checkpoints/."""
     return sorted(p.stem for p in CHECKPOINT_DIR.glob("*.safetensors") if p.with_suffix(".json").exists())
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # Accepted values of each model config field: (type, low, high); sizes are also checked against each other below.

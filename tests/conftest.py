@@ -1,3 +1,7 @@
+import hashlib
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,3 +58,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def file_tree(root: Path, contents: bool = True) -> dict:
+    """Every entry under `root`: kind, mode, and for a file the sha256 of its bytes (`contents`), or else its size,
+    modification time (ns) and inode: a stat fingerprint that any write, truncation or replacement changes, for
+    trees a case can only touch by accident (the shipped weights: 57 MB that no refusal reads twice)."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                found[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                found[rel] = ("dir", p.stat().st_mode)
+            else:
+                stat = p.stat()
+                seal = hashlib.sha256(p.read_bytes()).hexdigest() if contents else (stat.st_size, stat.st_mtime_ns,
+                                                                                   stat.st_ino)
+                found[rel] = ("file", seal, stat.st_mode)
+    return found

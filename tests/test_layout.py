@@ -2,6 +2,7 @@
 starts without torch. Every import is read from the source with `ast`, deferred ones (inside functions) included."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,86 @@ def test_the_command_answers_without_importing_torch(argv):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert "HEAVY [] RC" in result.stdout, result.stdout + result.stderr
     assert result.stdout.strip().endswith("RC 0" if argv[-1] == "--help" else "RC 2")
+
+
+# -- one stated model contract: no family test by attribute outside it ---------------------------------------------
+
+FAMILY_FILES = {"scd/contract.py", "scd/baseline.py", "scd/scd_model.py", "scd/causal_wan.py"}  # the contract and its families
+# hasattr / getattr-with-default on objects that are not models, each with why it is not a family test:
+NOT_MODELS = {
+    ("scd/progress.py", "sys.stderr"),  # a replaced stderr (a notebook's, a test's) may lack isatty
+    ("scd/sampling.py", "o"),           # a sampling observer (SamplingObserver) need not implement on_start
+    ("probe_cli/cli.py", "error"),      # an OSError's optional filename
+    ("probes/store.py", "video"), ("probes/store.py", "kind"),  # naming a refused value's type in a message
+    ("scd/train_config.py", "self"),    # a dataclass's own fields, by name
+}
+
+
+def _family_tests(tree: ast.AST, relative: str) -> list[str]:
+    """`hasattr(x, ...)` and `getattr(x, "name", default)` calls, as `file:line x.name`, but those in NOT_MODELS."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        sniff = node.func.id == "hasattr" or (node.func.id == "getattr" and len(node.args) == 3)
+        if not sniff or len(node.args) < 2:
+            continue
+        target = ast.unparse(node.args[0])
+        if target in ("args", "torch", "diffusers") or (relative, target) in NOT_MODELS:  # argparse, modules
+            continue
+        found.append(f"{relative}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_family_test_by_attribute_outside_the_contract():
+    """What a model is and can do is asked of `scd.contract.VideoDiffuser` (layout, roles, frame shape, sampling
+    attributes), never sniffed with hasattr / getattr defaults (tests: a family test outside the contract fails)."""
+    found = []
+    for package in LEVELS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = str(path.relative_to(ROOT))
+            if relative not in FAMILY_FILES:
+                found += _family_tests(ast.parse(path.read_text()), relative)
+    assert not found, "family tests by attribute outside scd/contract.py:\n" + "\n".join(found)
+
+
+def test_the_family_test_check_catches_what_it_is_for():
+    sniffing = ast.parse("if hasattr(model, 'decoder'):\n    pass\nshift = getattr(model, 'flow_shift', 1.0)\n")
+    assert len(_family_tests(sniffing, "analyses/x.py")) == 2
+    assert _family_tests(ast.parse("getattr(args, 'model', None)\nmodel.layout.roles\n"), "analyses/x.py") == []
+
+
+# -- every path a docstring names exists ----------------------------------------------------------------------------
+
+TOP = {"scd", "probes", "analyses", "probe_cli", "notebooks", "reports", "benchmarks", "docs", "tests", ".ci"}
+PATH = re.compile(r"(?<![\w<{$.-])((?:[\w.-]+/)*[\w-]+\.(?:py|md|ipynb|j2|toml|cfg))(?![\w/])")
+
+
+def _missing_paths(text: str, here: Path) -> list[str]:
+    """Paths in `text` (`dir/file.py`, `README.md`, `probe.py`) that name a file of the repository that is not there:
+    a path under one of its top-level folders, or a bare name that is not beside `here` nor at the root."""
+    missing = []
+    for name in PATH.findall(text):
+        first = name.split("/")[0]
+        if "/" in name and first not in TOP:
+            continue  # a path inside a user's directory (transformer/config.json, ...), not of this repository
+        if "/" not in name and name.endswith(".md") and not name[0].isupper():
+            continue  # a file the toolkit writes (table.md, card-NAME.md); the repository's pages are README.md, docs/...
+        if not ((ROOT / name).exists() or (here / name).exists()):
+            missing.append(name)
+    return missing
+
+
+def test_every_path_a_docstring_names_exists():
+    """Docstrings (and comments) send readers to files that are in the repository (a moved or absent file fails)."""
+    found = []
+    for package in LEVELS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found += [f"{path.relative_to(ROOT)}: {name}" for name in _missing_paths(path.read_text(), path.parent)]
+    assert not found, "docstrings name files the repository lacks:\n" + "\n".join(sorted(set(found)))
+
+
+def test_the_docstring_path_check_catches_what_it_is_for():
+    here = ROOT / "probes"
+    assert _missing_paths("see DESIGN.md and probes/nowhere.py", here) == ["DESIGN.md", "probes/nowhere.py"]
+    assert _missing_paths("see README.md, probe.py, probes/store.py and transformer/model.py", here) == []

@@ -1,4 +1,4 @@
-"""The README's real-model recipes, run as written but at a reduced size on diffusers' tiny configurations: a
+"""The real-model recipes of docs/real-models.md, run as written but at a reduced size on diffusers' tiny configurations: a
 non-square latent grid, 3-frame chunks, a prompt through the directory's umT5, guidance, a context video (a
 folder of frames of another size, resized), the pipeline's scheduler; each ends in a report, and the manifest
 says how the video was made."""

@@ -65,6 +65,7 @@ def _write(path, features: dict[int, torch.Tensor], attention: dict[int, torch.T
     tokens = next(iter(features.values())).shape[2] if features else 4
     manifest = {"model": "constructed", "config": {"depth": depth}, "depth": depth, "block_roles": ["causal"] * depth,
                 "frames_per_block": 1, "frames": FRAMES, "steps": list(range(steps)),
+                "token_grid": [round(tokens ** 0.5)] * 2 if round(tokens ** 0.5) ** 2 == tokens else None,
                 "layers": layers, "layer_roles": ["causal"] * len(layers), "mode": "full", "tokens_per_frame": tokens,
                 "capture": [kind for kind, given in (("features", features), ("attention", attention)) if given],
                 "timesteps": [1000.0 * (1 - s / steps) for s in range(steps)], "num_frames": T, "context": FRAMES[0], "bands": 1,

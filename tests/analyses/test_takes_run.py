@@ -38,7 +38,7 @@ def test_bad_arguments_are_one_analysis_error(module, name, function, run):
     required = {n: {"layer": 15, "steps": "all"}.get(n, 0) for n, p in list(parameters.items())[1:]
                 if p.default is inspect.Parameter.empty}
     for bad_run in (None, "reports/runs/x", 3):
-        with pytest.raises(AnalysisError, match="accepted: a Run"):
+        with pytest.raises(AnalysisError, match="accepted: a Recording"):
             function(bad_run, **required)
     for parameter, values in (("layer", (-1, 1.5, "15", True)), ("frame", (-1, 99, "0")), ("head", (-1, 0.5)),
                               ("layers", ("15", [1, -2], 7))):

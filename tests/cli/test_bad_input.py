@@ -9,7 +9,6 @@ wrote, a directory of the user's, a file, a dangling link, a report and a PNG of
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from probe_cli import main
 from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
-from tests.conftest import randomize
+from tests.conftest import file_tree, randomize
 
 TINY = ["--context", "2", "--frames", "2", "--steps", "2"]
 LONG = "n" * 250  # a name that fits alone, but not once the hidden temporary suffix is added
@@ -38,20 +37,7 @@ BAD_CONFIGS = {  # a config field changed -> a checkpoint of the tiny baseline w
 BAD_WEIGHTS = {"int8": torch.int8, "bool": torch.bool, "nan": "nan", "inf": "inf"}
 
 
-def _tree(root: Path) -> dict:
-    """Every entry under root: kind, bytes' sha256 (files), target (links), mode."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                found[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                found[rel] = ("dir", p.stat().st_mode)
-            else:
-                found[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
-    return found
+_tree = file_tree  # every byte of the sandbox and the material hashed before and after each case
 
 
 @pytest.fixture(scope="module")
@@ -455,7 +441,7 @@ def test_bad_cli_input_is_one_line_exit_2_and_changes_nothing(sandbox, material,
     root, paths = material
     before, material_before = _tree(sandbox), _tree(root)
     checkpoints = Path(__file__).resolve().parents[2] / "scd" / "checkpoints"
-    shipped_before = _tree(checkpoints)
+    shipped_before = file_tree(checkpoints, contents=False)  # untouched: not one stat changes
     code = main(_argv(argv, paths))
     captured = capsys.readouterr()
     err = captured.err.strip()
@@ -464,7 +450,7 @@ def test_bad_cli_input_is_one_line_exit_2_and_changes_nothing(sandbox, material,
     assert expected in err, err
     assert any(way in err for way in NAMES_THE_WAY) or "not a" in err or "cannot be written" in err, err
     assert _tree(sandbox) == before  # target, parent and siblings: byte-identical
-    assert _tree(root) == material_before and _tree(checkpoints) == shipped_before
+    assert _tree(root) == material_before and file_tree(checkpoints, contents=False) == shipped_before
 
 
 def test_force_replaces_only_what_the_toolkit_wrote(sandbox, material):

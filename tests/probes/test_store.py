@@ -12,7 +12,8 @@ from probes.store import RunError, write_run
 MANIFEST = {"model": "baseline", "config": {}, "depth": 30, "block_roles": ["causal"] * 30, "frames_per_block": 1,
             "layers": [15, 28], "layer_roles": ["causal", "causal"],
             "capture": ["features", "attention"], "mode": "stream", "frames": [4, 5], "steps": [0, 1, 2],
-            "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "num_frames": 6, "context": 4, "bands": 1}
+            "timesteps": [1000.0, 666.7, 333.3], "tokens_per_frame": 16, "token_grid": [4, 4], "num_frames": 6, "context": 4,
+            "bands": 1}
 
 
 def _write(path, force=False, seed=0, manifest=None):

@@ -41,6 +41,7 @@ from analyses.sparsity import attention_measures, measures_by_head
 from analyses.thresholds import THRESHOLDS, threshold
 from probes.recording import Recording
 from probes.reductions import off_diagonal
+from scd.contract import paper_layer
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED = "reproduced", "not reproduced", "inconclusive", "not measured"
 NOT_OBSERVED = "not observed in this model"  # "not reproduced" in a model unlike the paper's
@@ -84,7 +85,7 @@ def provenance(*names: str) -> str:
 
 def paper_layers(depth: int) -> dict[str, list[int]]:
     """The paper's layers (15; the last 3; 28-29; 0-1; 0-10; the figure's 8) mapped onto a model of `depth` blocks."""
-    scale = lambda layer: round(layer * (depth - 1) / 29)  # noqa: E731
+    scale = lambda layer: paper_layer(layer, depth)  # noqa: E731  (scd.contract's one mapping)
     return {"middle": [scale(15)], "last3": [max(0, depth - 3 + i) for i in range(3) if depth - 3 + i >= 0],
             "deep": sorted({scale(28), depth - 1}), "early": sorted({scale(0), scale(1)}),
             "early_span": sorted({scale(layer) for layer in range(11)}),
@@ -598,7 +599,7 @@ def reuse_costs_little(table, depth: int) -> Claim:
 
 def knockout_costs_little(table, depth: int) -> Claim:
     """Knockout without adaptation: deep layers cut off past frames, no fine-tune."""
-    layer = round(25 * (depth - 1) / 29)
+    layer = paper_layer(25, depth)
     return _drift_claim(table, "knockout", layer, f"knockout from layer {layer} (no adaptation) costs little",
                         "Deep layers do not need past frames (this toolkit's test without the paper's fine-tune: "
                         "layers 25.. attend only within the frame).")
@@ -748,7 +749,7 @@ def diagonal_tune_recovers(table, depth: int) -> Claim:
 
 def past_not_needed(table, depth: int) -> Claim:
     """Reliance on the past, causally: deep layers 25.. cut off the past (no adaptation) keep quality vs truth."""
-    layer = round(25 * (depth - 1) / 29)
+    layer = paper_layer(25, depth)
     return _quality_loss_claim(
         table, "knockout", f"layers {layer}.. do not need the past: knockout keeps quality vs truth",
         "Deep layers barely attend to past frames (read causally: cutting them off the past costs little quality).",

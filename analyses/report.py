@@ -42,6 +42,7 @@ from analyses.sparsity import sparsity_table
 from analyses.thresholds import THRESHOLDS
 from probes.recording import Recording, load_run
 from probes.store import RunError
+from scd.contract import paper_layer
 from scd.outputs import OutputError, atomic_file, check_output, input_path
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -239,7 +240,7 @@ def _interventions_section(interventions: dict) -> dict:
              "rows": [[row[c] for c in SUMMARY_COLUMNS] for row in summary.to_dict("records")]}
     first, last = paper_layers(depth)["span"]
     wanted = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +
-              [round(25 * (depth - 1) / 29)]] + [f"skip{first}-{last}k{k}" for k in (1, 5)] + \
+              [paper_layer(25, depth)]] + [f"skip{first}-{last}k{k}" for k in (1, 5)] + \
         [f"diagonal{max(0, depth - 5)}", f"diagonal-tuned{max(0, depth - 5)}"]
     shown = [name for name in wanted if name in interventions["videos"]]
     figs = {}

@@ -108,25 +108,23 @@ def integer_list(low: int, high: int):
 
 
 def layers(spec: str, depth: int, flag: str = "--layers", roles: str = "") -> list[int] | str:
-    """'15' / '0,5,15' / 'all' -> block indices (or 'all'), checked against the model's depth."""
+    """'15' / '0,5,15' / 'all' -> block indices (or 'all'): the syntax parsed here, the choice checked by
+    `probes.choices.checked_layers` (the one check, which a Probe makes too)."""
+    from probes.choices import ChoiceError, checked_layers
+
     accepted = f"comma-separated block indices in 0..{depth - 1}{roles}, or 'all'"
     if spec.strip() == "all":
         return "all"
     parts = [part.strip() for part in spec.split(",")]
     if not spec.strip() or any(not part for part in parts):
         raise UsageError(f"{flag}: empty layer in {spec!r}; accepted: {accepted}")
-    found = []
     for part in parts:
         if not re.fullmatch(r"[+-]?[0-9]+", part):
             raise UsageError(f"{flag}: layer {part!r} is not an integer; accepted: {accepted}")
-        found.append(int(part))
-    duplicates = sorted({layer for layer in found if found.count(layer) > 1})
-    if duplicates:
-        raise UsageError(f"{flag}: layer {duplicates[0]} is given twice in {spec!r}; accepted: {accepted}, each once")
-    for layer in found:
-        if not 0 <= layer < depth:
-            raise UsageError(f"{flag}: layer {layer} is out of range; accepted: {accepted}")
-    return found
+    try:
+        return checked_layers([int(part) for part in parts], depth, roles)
+    except ChoiceError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def layers_syntax(text: str) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from probe_cli.checks import UsageError, device, estimate_fits, layers, output, size_latent
+from scd.contract import paper_layer
 
 
 def _machine(on) -> str:
@@ -117,7 +118,7 @@ def _intervention_layers(text: str, flag: str, depth: int) -> list[int]:
     if text == "none":
         return []
     if text == "default":
-        return sorted({round(layer * (depth - 1) / 29) for layer in (0, 5, 10, 15, 20, 25, 29)})
+        return sorted({paper_layer(layer, depth) for layer in (0, 5, 10, 15, 20, 25, 29)})
     try:
         found = layers(text, depth, flag)
     except UsageError as e:
@@ -130,7 +131,7 @@ def _span(text: str, depth: int) -> list[int]:
     if text == "none":
         return []
     if text == "default":
-        return [round(8 * (depth - 1) / 29), round(22 * (depth - 1) / 29)]
+        return [paper_layer(8, depth), paper_layer(22, depth)]
     parts = text.split("-")
     if len(parts) != 2 or not all(p.isdigit() for p in parts) or not int(parts[0]) <= int(parts[1]) < depth:
         raise UsageError(f"--skip {text!r} is not accepted; accepted: A-B with 0 <= A <= B <= {depth - 1}, 'default' or "

@@ -194,9 +194,9 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
 def model_shape(model, layout) -> dict:
     """What the memory estimate needs of a loaded model: width, depth, heads, tokens per frame, frame pixels."""
     config = model.get_config()
+    channels, height, width = model.frame_shape
     return {"width": config["width"], "depth": layout.depth, "heads": config["heads"],
-            "tokens": layout.tokens_per_frame, "frame_pixels": 3 * config.get("frame_size", 64) *
-            config.get("frame_width", config.get("frame_size", 64)), "weights": 0}
+            "tokens": layout.tokens_per_frame, "frame_pixels": 3 * height * width, "weights": 0}
 
 
 def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
@@ -204,9 +204,9 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     the real width (heads x head dim), layers, tokens of the latent grid, and the bytes of the weights (with the
     text encoder's when a prompt is encoded)."""
     from scd.causal_wan import check_frame_counts, geometry
+    from scd.errors import CheckpointError
     from scd.outputs import input_path
     from scd.wan_checks import check_pipeline, check_weights, read_transformer_config, stored_numel
-    from scd.zoo import CheckpointError
 
     root = input_path(model.removeprefix("diffusers:"), "--model diffusers:", "a pipeline directory (transformer/...) "
                       "or a transformer directory", CheckpointError)

@@ -34,7 +34,7 @@ from torch import nn
 
 from probes.attention import pooled_attention, token_bands
 from probes.backends import get_backend
-from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
+from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
 from probes.errors import ProbeError
 from probes.recording import Recording, memory_source
 from probes.reductions import StepGram
@@ -93,23 +93,10 @@ class Probe(Recording):
             raise ProbeError(f"cannot probe a {type(model).__name__}; accepted: {ACCEPTED_MODELS}")
         self.model, self.layout = model, model.layout
         depth = self.layout.depth
-        accepted = f"block indices in 0..{depth - 1} (integers), or 'all'"
-        if isinstance(layers, str):
-            if layers != "all":
-                raise ProbeError(f"layers {layers!r} is not accepted; accepted: {accepted}")
-            layers = range(depth)
-        if isinstance(layers, int) and not isinstance(layers, bool):
-            layers = [layers]
-        if not isinstance(layers, Iterable) or not all(_index(layer) for layer in layers):
-            raise ProbeError(f"layers {layers!r} is not accepted; accepted: {accepted}")
-        self._probed = [int(layer) for layer in layers]
-        if not self._probed:
-            raise ProbeError(f"no layer to probe; accepted: {accepted}")
-        if len(set(self._probed)) != len(self._probed):
-            raise ProbeError(f"duplicate layers in {self._probed}; accepted: {accepted}, each once")
-        bad = [layer for layer in self._probed if not 0 <= layer < depth]
-        if bad:
-            raise ProbeError(f"layer {bad[0]} is out of range; accepted: {accepted}")
+        try:
+            self._probed = checked_layers(layers, depth)
+        except ChoiceError as e:
+            raise ProbeError(str(e)) from None
         self.capture = (capture,) if isinstance(capture, str) else tuple(capture)
         unknown = [c for c in self.capture if c not in CAPTURES]
         if unknown or not self.capture or len(set(self.capture)) != len(self.capture):

@@ -15,8 +15,10 @@ relative depth mean the same on every family.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the command's argument checks import this file
+    import torch
 
 # The HookPoints of a block in the order a forward pass reaches them (nnsight must ask in that order).
 HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_attn_out", "hook_mlp_out",
@@ -84,6 +86,8 @@ class Layout:
     def key_frames(self, layer: int, frame: int, keys: int) -> torch.Tensor:
         """Frame index of each of the `keys` keys a query of `frame` sees at `layer`; LayoutError if the
         count does not fit the layout."""
+        import torch
+
         n = self.tokens_per_frame
         if self.role(layer) == "decoder":
             if keys != 2 * n or frame < 1:

@@ -65,9 +65,10 @@ def validate_config(family: str, config: dict, memory: bool = True) -> None:
             what = "an integer" if kind is int else "a finite number"
             raise CheckpointError(f"{family} config: {f.name} = {value!r}; accepted: {what} in {low:g}..{high:g}")
     cfg = config_cls(**config)
-    if cfg.frame_size % cfg.patch_size or (cfg.frame_width or cfg.frame_size) % cfg.patch_size:
-        raise CheckpointError(f"{family} config: patch_size {cfg.patch_size} does not divide frame_size {cfg.frame_size} "
-                              f"and frame_width {cfg.frame_width or cfg.frame_size}; accepted: a divisor of both")
+    _, height, width = cfg.frame_shape  # scd.baseline.frame_shape: the one place frame geometry is read
+    if height % cfg.patch_size or width % cfg.patch_size:
+        raise CheckpointError(f"{family} config: patch_size {cfg.patch_size} does not divide frame_size {height} "
+                              f"and frame_width {width}; accepted: a divisor of both")
     if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
         raise CheckpointError(f"{family} config: width {cfg.width} / heads {cfg.heads} must be an even whole head "
                               "dimension (RoPE rotates pairs); accepted: heads dividing width into even parts")

@@ -62,7 +62,7 @@ def test_layers_all_stream_mode_and_the_nnsight_backend(tiny_checkpoint, tmp_pat
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--layer", "4"], "layer 4 is out of range; accepted: comma-separated block indices in 0..3, or 'all'"),
+    (["--layer", "4"], "--layer: layer 4 is out of range; accepted: block indices in 0..3 (integers), or 'all'"),
     (["--layer", "-1"], "layer -1 is out of range"),
     (["--layer", "x"], "--layer: 'x' is not valid; accepted: comma-separated block indices, or 'all'"),
     (["--layers", "1.5"], "--layers: '1.5' is not valid; accepted"),

@@ -342,6 +342,20 @@ class Probe(Recording):
         """The probed block indices, in the order given."""
         return list(self._probed)
 
+    @property
+    def manifest(self) -> dict:
+        """What a run directory's manifest.json of this recording holds (but its files' digests and versions)."""
+        self._recorded()
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, value: dict) -> None:
+        self._manifest = value
+
+    def __repr__(self) -> str:
+        state = "recording" if self._stack is not None else "recorded" if self._video is not None else "not yet used"
+        return f"<Probe {self.model.name} layers {self._probed} ({state})>"
+
     def _recorded(self):
         """The recording, built from the buffers on first read after the `with` block (and again after `save` gave
         ground truth or manifest entries); a ProbeError while there is nothing to read."""
@@ -350,8 +364,8 @@ class Probe(Recording):
         if self._video is None or not self._timesteps:
             raise ProbeError("nothing was recorded: call generate inside the `with Probe(...)` block")
         if self._source is None:
-            self.manifest, features, attention, generated, truth = self._contents(*self._info)
-            self._source = memory_source(self.manifest, features, attention, generated, truth)
+            self._manifest, features, attention, generated, truth = self._contents(*self._info)
+            self._source = memory_source(self._manifest, features, attention, generated, truth)
         return self._source
 
     def _frames_in_order(self) -> list[int]:

@@ -1,4 +1,5 @@
-"""Causal tests of the paper's findings, by intervening in the baseline while it generates.
+"""Causal tests of the paper's findings, by intervening in the baseline while it generates (the surgeries themselves,
+hooks that write, are `probes.surgery`; this module runs the model to measure them).
 
 Feature reuse (finding 1: early and middle layers compute the same features at every step): while
 a frame is denoised, blocks 0..K run only at refresh steps (step 0, or every m-th step) and block
@@ -35,8 +36,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -44,217 +45,23 @@ import pandas as pd
 import torch
 from torch import nn
 
+from probes.surgery import (  # noqa: F401  (re-exported: the surgeries measured here)
+    INTERVENTIONS,
+    InterventionError,
+    attention_knockout,
+    feature_reuse,
+    frame_diagonal,
+    intervention,
+    normalised_setting,
+    span_skip,
+)
 from scd.contract import is_video_diffuser
 from scd.data import VideoBenchmark
 from scd.evaluate import frame_quality, to_uint8
 from scd.progress import progress as progress_bar
-from scd.sampling import generate, observe_sampling
+from scd.sampling import generate
 
-INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal")
 DEFAULT_LAYERS = (0, 5, 10, 15, 20, 25, 29)
-
-
-class InterventionError(ValueError):
-    """An intervention that cannot be applied to this model; the message names the accepted values."""
-
-
-class _StepTracker:
-    """Knows, from `generate`, whether the pass under way is a denoising step, and which."""
-
-    def __init__(self) -> None:
-        self.step: int | None = None
-
-    def on_step(self, frame: int, step: int | None, timestep: float) -> None:
-        self.step = step
-
-    def on_video(self, video: torch.Tensor) -> None:
-        self.step = None
-
-
-def _surgery_layout(model: nn.Module):
-    """The model's layout, where its blocks take surgeries (the built-in families; `scd.contract`)."""
-    if not is_video_diffuser(model) or not model.takes_surgeries:
-        raise InterventionError(f"interventions need a model of the built-in families (blocks and a KV cache); got "
-                                f"{type(model).__name__}")
-    return model.layout
-
-
-def _blocks(model: nn.Module, paths: list[str]) -> list[nn.Module]:
-    return [model.get_submodule(path) for path in paths]
-
-
-def _causal_blocks(model: nn.Module, layer: int) -> list[nn.Module]:
-    layout = _surgery_layout(model)
-    if "decoder" in layout.roles:
-        raise InterventionError("knockout on SCD is moot: its decoder's only past is the encoder output of the frame "
-                                "before; accepted: the causal baseline")
-    if not 0 <= layer < layout.depth:
-        raise InterventionError(f"layer {layer} is out of range; accepted: 0..{layout.depth - 1}")
-    return _blocks(model, list(layout.blocks))
-
-
-def _reusable_blocks(model: nn.Module, layer: int) -> tuple[list[nn.Module], int]:
-    """The blocks run at every denoising step and `layer`'s index among them: the baseline's, or SCD's decoder."""
-    layout = _surgery_layout(model)
-    if "decoder" in layout.roles:
-        decoder = [i for i in range(layout.depth) if layout.role(i) == "decoder"]
-        first, last = decoder[0], decoder[-1]
-        if not first <= layer <= last:
-            raise InterventionError(f"layer {layer} is not an SCD decoder layer (its encoder runs once per frame: reuse "
-                                    f"is built in); accepted: {first}..{last}")
-        return _blocks(model, [layout.blocks[i] for i in decoder]), layer - first
-    return _causal_blocks(model, layer), layer
-
-
-@contextmanager
-def feature_reuse(model: nn.Module, layer: int, refresh: int | None = None) -> Iterator[dict[str, int]]:
-    """Run blocks 0..`layer` only at refresh steps (step 0, or steps divisible by `refresh`) and reuse block
-    `layer`'s output at the other denoising steps (SCD: decoder blocks, `layer` in the probes' numbering).
-    Yields counts: block calls run and skipped."""
-    blocks, layer = _reusable_blocks(model, layer)
-    if refresh is not None and refresh < 1:
-        raise InterventionError(f"refresh must be >= 1 (every m-th step), got {refresh}")
-    tracker, counts = _StepTracker(), {"run": 0, "skipped": 0}
-    reused: dict[str, torch.Tensor] = {}
-
-    def replace(i: int, original):
-        def forward(x, cond, angles, mask=None, past=None):
-            step = tracker.step
-            fresh = step is None or step == 0 or (refresh is not None and step % refresh == 0)
-            if fresh:
-                counts["run"] += 1
-                out = original(x, cond, angles, mask, past)
-                if i == layer and step is not None:
-                    reused["output"] = out[0]
-                return out
-            counts["skipped"] += 1
-            return (reused["output"] if i == layer else x), (None, None)  # no cache is written at denoising steps
-        return forward
-
-    handle = observe_sampling(model, tracker)
-    for i, block in enumerate(blocks[: layer + 1]):
-        block.forward = replace(i, block.forward)
-    try:
-        yield counts
-    finally:
-        handle.remove()
-        for block in blocks[: layer + 1]:
-            del block.forward  # the class's forward again
-
-
-@contextmanager
-def attention_knockout(model: nn.Module, layer: int, only: bool = False) -> Iterator[None]:
-    """In blocks `layer`.. (only block `layer` with `only`), the denoised frame's queries see only its own keys and
-    values at every step."""
-    blocks = _causal_blocks(model, layer)
-    n = model.config.tokens_per_frame
-    tracker = _StepTracker()
-
-    def own_frame_only(module, inputs, output):
-        return output[:, -n:] if tracker.step is not None else None  # [B, L, H, D]: the last n are the frame's own
-
-    handles = [observe_sampling(model, tracker)]
-    for block in blocks[layer:layer + 1] if only else blocks[layer:]:
-        handles += [block.attn.hook_k.register_forward_hook(own_frame_only),
-                    block.attn.hook_v.register_forward_hook(own_frame_only)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextmanager
-def span_skip(model: nn.Module, first: int, last: int, keep: int, tail: int = 0,
-              steps: int | None = None) -> Iterator[dict[str, int]]:
-    """Run blocks `first`..`last` at the first `keep` denoising steps of each frame, and at the last `tail` of its
-    `steps` (and in the pass that writes a finished frame into the cache); at the steps between skip them and add
-    their residual update from the last step they ran (block `last`'s output minus block `first`'s input) to
-    block `first`'s input. Yields counts: block calls run and skipped."""
-    blocks = _causal_blocks(model, first)
-    if not first <= last < len(blocks):
-        raise InterventionError(f"span {first}..{last} is not accepted; accepted: first <= last <= {len(blocks) - 1}")
-    if keep < 1:
-        raise InterventionError(f"keep = {keep}: the span must run at least at the first step; accepted: >= 1")
-    if tail < 0 or (tail > 0 and (steps is None or tail > steps)):
-        raise InterventionError(f"tail = {tail} with {steps} steps; accepted: 0..steps (the steps given)")
-    recompute_from = steps - tail if tail else None
-    tracker, counts, state = _StepTracker(), {"run": 0, "skipped": 0}, {}
-
-    def replace(i: int, original):
-        def forward(x, cond, angles, mask=None, past=None):
-            step = tracker.step
-            if step is None or step < keep or (recompute_from is not None and step >= recompute_from):
-                counts["run"] += 1
-                if i == first and step is not None:
-                    state["input"] = x
-                out = original(x, cond, angles, mask, past)
-                if i == last and step is not None:
-                    state["update"] = out[0] - state.pop("input")
-                return out
-            counts["skipped"] += 1
-            return (x + state["update"] if i == first else x), (None, None)  # no cache is written at denoising steps
-        return forward
-
-    handle = observe_sampling(model, tracker)
-    for i in range(first, last + 1):
-        blocks[i].forward = replace(i, blocks[i].forward)
-    try:
-        yield counts
-    finally:
-        handle.remove()
-        for i in range(first, last + 1):
-            del blocks[i].forward
-
-
-@contextmanager
-def frame_diagonal(model: nn.Module, first: int) -> Iterator[None]:
-    """Blocks `first`.. attend only within the frame (the paper's frame-diagonal mask), with the weights as they are."""
-    blocks = _causal_blocks(model, first)
-    config = model.config
-    saved = config.frame_local_blocks
-    config.frame_local_blocks = len(blocks) - first
-    try:
-        yield
-    finally:
-        config.frame_local_blocks = saved
-
-
-def _setting(setting: tuple) -> tuple[str, int, int, int, int]:
-    """(kind, layer), (kind, first, last, keep) or (kind, first, last, keep, tail) -> (kind, layer, span_end,
-    keep_steps, tail_steps), -1 where it does not apply (tail 0 for a skip without recompute)."""
-    if len(setting) == 2:
-        return setting[0], setting[1], -1, -1, -1
-    if len(setting) in (4, 5) and setting[0] == "skip":
-        return (*setting, 0) if len(setting) == 4 else tuple(setting)
-    raise InterventionError(f"setting {setting!r} is not accepted; accepted: (kind, layer), or ('skip', first, last, "
-                            "keep[, tail])")
-
-
-@contextmanager
-def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None, span_end: int = -1,
-                 keep_steps: int = -1, tail_steps: int = 0, steps: int | None = None) -> Iterator[None]:
-    """One intervention by name (`feature_reuse`, `attention_knockout` from a layer or of one layer, `span_skip`,
-    `frame_diagonal`); layer -1 means none."""
-    if kind not in INTERVENTIONS:
-        raise InterventionError(f"unknown intervention {kind!r}; accepted: {', '.join(INTERVENTIONS)}")
-    if layer == -1:
-        yield
-    elif kind == "reuse":
-        with feature_reuse(model, layer, refresh):
-            yield
-    elif kind == "skip":
-        with span_skip(model, layer, span_end, keep_steps, max(tail_steps, 0), steps):
-            yield
-    elif kind == "knockout-layer":
-        with attention_knockout(model, layer, only=True):
-            yield
-    elif kind == "diagonal":
-        with frame_diagonal(model, layer):
-            yield
-    else:
-        with attention_knockout(model, layer):
-            yield
 
 
 def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int, device) -> tuple[torch.Tensor, float]:
@@ -279,7 +86,7 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     clip 0's videos (uint8 [T, H, W, 3])."""
     from probes.sweep import noise_seed
 
-    settings = [_setting(s) for s in settings]
+    settings = [normalised_setting(s) for s in settings]
     for kind, layer, span_end, keep_steps, tail_steps in settings:
         with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps):  # refuse first
             pass

@@ -249,7 +249,7 @@ def markdown(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame, i
 
 def write_bench(out: str | Path, speed: pd.DataFrame, quality: pd.DataFrame, info: dict, force: bool = False) -> Path:
     """Write speed.parquet, quality.parquet, bench.json and bench.md into `out` (via a temporary sibling)."""
-    from scd.outputs import atomic_directory, signature
+    from scd.files import atomic_directory, signature
 
     info = {**signature("bench"), **info}
     with atomic_directory(out, "bench", force) as tmp:

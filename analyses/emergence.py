@@ -1,6 +1,6 @@
 """The emergence study: what makes deep layers stop looking at the past, measured over training seeds.
 
-A run of the study (`scd.study`) is a condition (the reference's settings with one factor changed) and a
+A run of the study (`scd.training.study`) is a condition (the reference's settings with one factor changed) and a
 training seed. Its card holds how it was trained (command, seed, data, steps, compute, wall time,
 hardware) and what the probe measured on it: quality against the truth and against copying the last
 context frame, per-layer measures (the log per-key ratio of attention on an earlier-frame key to an
@@ -41,7 +41,7 @@ from analyses.intervals import interval
 from analyses.paper_figures import mean_map
 from analyses.thresholds import threshold
 from probes.recording import Recording
-from scd.study import RUN_DETAILS
+from scd.training.study import RUN_DETAILS
 
 CARD_FORMAT = 2
 SCENE = "sprites"  # every condition is evaluated on the val clips of this scene (the same clips for all)
@@ -208,9 +208,9 @@ def competence(card: dict) -> tuple[bool, str]:
 
 def settings_problems(cards: list[dict]) -> list[str]:
     """Every way the cards break "one factor at a time": a card whose training settings or model differ from its
-    condition's plan (`scd.study.study_config`) in anything but where it ran, or two cards of one condition and seed."""
-    from scd.study import CONDITIONS, off_plan, study_config
-    from scd.train import model_config
+    condition's plan (`scd.training.study.study_config`) in anything but where it ran, or two cards of one condition and seed."""
+    from scd.training.study import CONDITIONS, off_plan, study_config
+    from scd.training.train import model_config
 
     problems, seen = [], set()
     for card in cards:
@@ -283,7 +283,7 @@ def seed_table(cards: list[dict], scene: str = SCENE, measures: list[str] | None
     """One row per condition and measure: the seeds (competent runs only), the mean over seeds with its t interval,
     the reference's between-seed half-width (the seed floor), and the effect against the reference: the difference
     of means with its Welch interval and what it says (`STUDY_EFFECT_LEVEL`, `STUDY_SEEDS_MIN`)."""
-    from scd.study import CONDITIONS
+    from scd.training.study import CONDITIONS
 
     level, needed = threshold("STUDY_EFFECT_LEVEL"), int(threshold("STUDY_SEEDS_MIN"))
     kept = [c for c in cards if competence(c)[0]]
@@ -423,7 +423,7 @@ def combination_choice(table: pd.DataFrame, depth: int) -> list[str]:
 
 def answer(cards: list[dict]) -> str:
     """The plain-words answer, generated from the seed table: what clears the seed floor, and nothing else."""
-    from scd.study import CONDITIONS
+    from scd.training.study import CONDITIONS
 
     lines = []
     if not cards:
@@ -436,10 +436,10 @@ def answer(cards: list[dict]) -> str:
     kept = [c for c in cards if competence(c)[0]]
     needed = int(threshold("STUDY_SEEDS_MIN"))
     counts = {name: sum(c["condition"] == name for c in kept) for name in CONDITIONS}
-    from scd.study import REFERENCE
+    from scd.training.study import REFERENCE
 
     lines.append(f"Model: width {cards[0]['training']['model']['width']}, {depth} blocks, "
-                 f"{REFERENCE['steps']} causal steps per run (the study size of `scd.study`); the paper's layers "
+                 f"{REFERENCE['steps']} causal steps per run (the study size of `scd.training.study`); the paper's layers "
                  f"28-29 are its layer {last}, layer 15 its layer {middle} (by relative depth). Runs that beat "
                  "copy-last, per condition: " + (", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none")
                  + f" (of {needed} seeds each).")
@@ -494,7 +494,7 @@ def answer(cards: list[dict]) -> str:
 def _over_training_lines(cards: list[dict], last: int) -> list[str]:
     """Over training, per condition: where the mean over seeds first clears the competence bar, and the last layer's
     ln per-key ratio at each measured causal step (means over the seeds measured there; descriptive only)."""
-    from scd.study import CONDITIONS
+    from scd.training.study import CONDITIONS
 
     table = over_training(cards)
     if table.empty:

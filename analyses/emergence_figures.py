@@ -40,7 +40,7 @@ REGENERATE = "probe emergence --out reports/emergence --force"  # rebuilds every
 
 
 def _conditions(cards: list[dict]) -> list[str]:
-    from scd.study import CONDITIONS
+    from scd.training.study import CONDITIONS
 
     present = {c["condition"] for c in cards}
     return [c for c in CONDITIONS if c in present]
@@ -152,7 +152,7 @@ def curve_figure(cards: list[dict]) -> Figure:
 
 def readme(cards: list[dict]) -> str:
     """README.md of the directory: the answer, the study's design, what each file holds, the commands."""
-    from scd.study import CONDITIONS, REFERENCE, SEEDS, STUDY_STEPS
+    from scd.training.study import CONDITIONS, REFERENCE, SEEDS, STUDY_STEPS
 
     conditions = "\n".join(f"- `{name}`: {words}" for name, (words, _) in CONDITIONS.items())
     settings = ", ".join(f"{k} {v}" for k, v in REFERENCE.items())
@@ -160,7 +160,7 @@ def readme(cards: list[dict]) -> str:
 
 {answer(cards)}
 
-## Design (fixed in `scd/study.py` and `analyses/thresholds.py` before the runs; commit 67b1955)
+## Design (fixed in `scd/training/study.py` and `analyses/thresholds.py` before the runs; commit 67b1955)
 Every run is a condition and a training seed ({', '.join(map(str, SEEDS))}); every condition is the reference's
 settings with one factor changed, and nothing else (`probe emergence` refuses a card that differs from its
 condition's plan; `tests/analyses/test_emergence.py` checks the committed cards). Reference: {settings}
@@ -234,7 +234,7 @@ Snapshots measured: {', '.join(str(p['step']) for p in card['over_training']) or
 def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> None:
     """Every file of the study into `out` (an existing directory), from the cards and their maps."""
     from analyses.emergence import settings_problems
-    from scd.outputs import GENERATOR
+    from scd.files import GENERATOR
 
     cards = sorted(cards, key=lambda c: c["name"])  # as read_cards gives them: a rebuild writes the same bytes
     problems = settings_problems(cards)

@@ -173,7 +173,7 @@ def markdown(summary: pd.DataFrame, info: dict) -> str:
 def write_interventions(out: str | Path, table: pd.DataFrame, videos: dict[str, np.ndarray], info: dict,
                         force: bool = False) -> Path:
     """interventions.parquet, frames.npz (clip 0), interventions.json and interventions.md, via a temporary sibling."""
-    from scd.outputs import atomic_directory, signature
+    from scd.files import atomic_directory, signature
 
     info = {**signature("interventions"), **info}
     with atomic_directory(out, "interventions", force) as tmp:

@@ -43,7 +43,7 @@ from analyses.thresholds import THRESHOLDS
 from probes.recording import Recording, load_run
 from probes.store import RunError
 from scd.contract import paper_layer
-from scd.outputs import OutputError, atomic_file, check_output, input_path
+from scd.files import OutputError, atomic_file, check_output, input_path
 
 TEMPLATES = Path(__file__).parent / "templates"
 

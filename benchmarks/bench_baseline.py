@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.data import VideoBenchmark
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.sampling import generate
-from scd.train import TrainConfig, flow_matching_loss
+from scd.training.train import TrainConfig, flow_matching_loss
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -166,8 +166,8 @@ def torch_dtype(name: str):
 
 
 def plain_name(text: str) -> str:
-    """An argparse `type` for names that become file names (scd.outputs.is_plain_name)."""
-    from scd.outputs import PLAIN_NAME, is_plain_name
+    """An argparse `type` for names that become file names (scd.files.is_plain_name)."""
+    from scd.files import PLAIN_NAME, is_plain_name
 
     if not is_plain_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a plain name; accepted: {PLAIN_NAME}")
@@ -186,8 +186,8 @@ def estimate_fits(estimate: int, what: str) -> None:
 
 def output(path, kind: str, force: bool, flag: str = "--out"):
     """Refuse, before any work, an output that exists (without --force), is not the toolkit's (with --force),
-    or cannot be written (scd.outputs.check_output)."""
-    from scd.outputs import OutputError, check_output
+    or cannot be written (scd.files.check_output)."""
+    from scd.files import OutputError, check_output
 
     try:
         return check_output(path, kind, force, flag)
@@ -198,7 +198,7 @@ def output(path, kind: str, force: bool, flag: str = "--out"):
 def size_latent(size: str, latent: tuple[int, int] | None) -> tuple[int, int]:
     """The latent frame (height, width) a `--size` model runs at: `--latent-size`, else the size's own; refused
     unless it is whole patches."""
-    from scd.baseline import BASELINE_SIZES
+    from scd.models.baseline import BASELINE_SIZES
 
     config = BASELINE_SIZES[size]
     height, width = latent or config.frame_shape[1:]

@@ -22,7 +22,7 @@ from probe_cli.checks import (
     ranged,
 )
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
-from scd.train_config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
+from scd.training.config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
 
 STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
 CLIPS = ranged(1, 10_000)
@@ -46,7 +46,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _train_flag(name: str):
-    """An argparse `type` for a TrainConfig field, with the field's range (scd.train_config.LIMITS)."""
+    """An argparse `type` for a TrainConfig field, with the field's range (scd.training.config.LIMITS)."""
     kind = next(f.type for f in fields(TrainConfig) if f.name == name)
 
     def parse(text: str):
@@ -235,11 +235,12 @@ def _emergence_parser(sub) -> None:
 def _study_parser(sub) -> None:
     from probe_cli import emerging
 
-    s = sub.add_parser("study", help="the emergence study's training plan (scd.study): train its runs, or list them")
+    s = sub.add_parser("study", help="the emergence study's training plan (scd.training.study): train its runs, or list them")
     s.add_argument("action", choices=("train", "status"), help="train: every run of the plan not yet done, sitting "
                    "by sitting (start one worker per core); status: each run's trained steps")
     s.add_argument("--root", default="runs/study", help="where the runs are trained (large; not in git)")
-    s.add_argument("--conditions", default=None, help="comma-separated conditions of scd.study.CONDITIONS (default: all)")
+    s.add_argument("--conditions", default=None, help="comma-separated conditions of scd.training.study.CONDITIONS "
+                   "(default: all)")
     s.add_argument("--seeds", type=integer_list(0, 2**32 - 1), default=None, help="training seeds (default 0,1,2)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=emerging.cmd_study)
@@ -274,7 +275,7 @@ def _make_parsers(sub) -> None:
         if f.name == "family":
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f"default {f.default} (or the family's, scd.train_config.FAMILY_DEFAULTS)"
+        default = f"default {f.default} (or the family's, scd.training.config.FAMILY_DEFAULTS)"
         if f.type == "bool":
             t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=default)
         elif f.name == "init":

@@ -43,8 +43,8 @@ def _study_run(run: str) -> tuple[str, str, int, Path]:
     """(card name, condition, seed, directory) of a finished run of the study plan; refused unless it is one."""
     import json
 
-    from scd.study import CONDITIONS, off_plan, run_name, study_config
-    from scd.train import trained_steps
+    from scd.training.study import CONDITIONS, off_plan, run_name, study_config
+    from scd.training.train import trained_steps
 
     path = Path(run)
     if not ((path / "train.json").is_file() and (path / "train_state.safetensors").is_file()):
@@ -59,7 +59,7 @@ def _study_run(run: str) -> tuple[str, str, int, Path]:
                 raise UsageError(f"{run} has trained {done} of its {steps} steps; accepted: a finished run (probe study "
                                  "train resumes it)")
             return run_name(condition, seed), condition, seed, path
-    raise UsageError(f"{run} is not a run of the study plan (its settings match no condition of scd.study.CONDITIONS "
+    raise UsageError(f"{run} is not a run of the study plan (its settings match no condition of scd.training.study.CONDITIONS "
                      f"with its seed); accepted: a run of probe study train ({', '.join(CONDITIONS)})")
 
 
@@ -102,9 +102,9 @@ def cmd_emergence(args: argparse.Namespace) -> None:
     from analyses.emergence import SCENE, TWO_BY_TWO, make_card, maps_of, measure, snapshot_point, training_record
     from analyses.emergence_figures import REGENERATE, write_emergence
     from probes.recording import load_run
-    from scd.outputs import atomic_directory, signature
-    from scd.study import CONDITIONS
-    from scd.train import load_trained
+    from scd.files import atomic_directory, signature
+    from scd.training.study import CONDITIONS
+    from scd.training.train import load_trained
     from scd.zoo import save_model
 
     cards = {c["name"]: c for c in old}
@@ -146,7 +146,7 @@ def cmd_emergence(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from scd.study import CONDITIONS, SEEDS, plan, run_name, run_state, study_config, train_study
+    from scd.training.study import CONDITIONS, SEEDS, plan, run_name, run_state, study_config, train_study
 
     conditions = None
     if args.conditions is not None:

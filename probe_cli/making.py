@@ -38,14 +38,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from scd.train_config import TrainConfig, default_config
+    from scd.training.config import TrainConfig, default_config
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "family"}
     cfg = default_config(args.family, **values)
     out = Path(args.out)
     if not args.resume and not (out.is_dir() and any(out.iterdir()) and not args.force):
         output(out, "training", args.force)  # before torch is imported: a refusal comes at once (train checks again)
-    from scd.train import train  # it refuses a bad directory, size or memory before making anything
+    from scd.training.train import train  # it refuses a bad directory, size or memory before making anything
 
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet, until=args.until, force=args.force)
     print(f"trained {cfg.family}/{cfg.size} to step {summary['steps']} (final loss {summary['final_loss']:.4f}); "
@@ -67,7 +67,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         raise UsageError(f"{source} is not a checkpoint; accepted: an existing .safetensors, .pt or .pth file, a sharded "
                          "checkpoint's .index.json, or a directory of .safetensors shards")
     output(args.out, "converted", args.force)
-    from scd.wan_convert import convert
+    from scd.wan.convert import convert
 
     notes: list[str] = []  # what was read and chosen: said after the work, so that a refusal stays one line
     out = convert(source, args.out, heads=args.heads, frames_per_block=args.frames_per_block, ema=args.ema,

@@ -13,7 +13,7 @@ from scd.contract import paper_layer
 def _machine(on) -> str:
     import torch
 
-    from scd.train import machine_description
+    from scd.training.train import machine_description
 
     return machine_description() if on.type == "cpu" else torch.cuda.get_device_name(on)
 
@@ -85,7 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     for model in models.values():
         _fits(model, max(contexts) + args.frames, "the longest timed generation")
         if args.compile:  # block by block: the sampler's loop and the KV cache stay in Python
-            from scd.blocks import Block
+            from scd.models.blocks import Block
 
             for block in (module for module in model.modules() if isinstance(module, Block)):
                 block.compile(mode=args.compile, dynamic=True)

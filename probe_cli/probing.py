@@ -133,7 +133,7 @@ def _condition(model, args: argparse.Namespace) -> None:
     for flag, count in (("--context", args.context), ("--frames", args.frames)):
         model.check_frames(count, flag)
     model.check_frames(args.context + args.frames, "--context + --frames")
-    from scd.wan_pipeline import encode_prompt
+    from scd.wan.pipeline import encode_prompt
 
     text = encode_prompt(model, args.prompt) if args.prompt is not None else model.text_embeddings
     negative = None
@@ -203,10 +203,10 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     """The same, for `diffusers:DIR`, from its config.json and the safetensors headers, before anything is loaded:
     the real width (heads x head dim), layers, tokens of the latent grid, and the bytes of the weights (with the
     text encoder's when a prompt is encoded)."""
-    from scd.causal_wan import check_frame_counts, geometry
     from scd.errors import CheckpointError
-    from scd.outputs import input_path
-    from scd.wan_checks import check_pipeline, check_weights, read_transformer_config, stored_numel
+    from scd.files import input_path
+    from scd.wan.causal_wan import check_frame_counts, geometry
+    from scd.wan.checks import check_pipeline, check_weights, read_transformer_config, stored_numel
 
     root = input_path(model.removeprefix("diffusers:"), "--model diffusers:", "a pipeline directory (transformer/...) "
                       "or a transformer directory", CheckpointError)
@@ -370,7 +370,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError(str(e)) from None
     context_latents = None
     if diffusers_model and args.context_video is not None:
-        from scd.wan_pipeline import context_from_video
+        from scd.wan.pipeline import context_from_video
 
         context_latents = context_from_video(model, args.context_video, args.context)
     items = [(clip, noise_seed(args.seed, clip, draw)) for clip in clips for draw in range(args.seeds)]
@@ -379,7 +379,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     def generation(clip_index: int, seed: int) -> dict:
         """How the video was made, as a researcher must report it: the manifest's `generation` (shown in the report)."""
         if diffusers_model and context_latents is not None:
-            from scd.outputs import sha256
+            from scd.files import sha256
 
             video = Path(args.context_video)
             context = {"source": "video", "path": str(video), "latent_frames": args.context,

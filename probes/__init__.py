@@ -13,7 +13,7 @@ or, around any call of `scd.generate`:
 
 `Probe` (probe.py) over two backends (backends/: TransformerLens HookPoints, nnsight), the exact
 per-frame attention mass (attention.py), cross-step reductions (reductions.py), the `Recording`
-(recording.py), the run directory (store.py, written through scd.outputs), sweeps over clips, seeds
+(recording.py), the run directory (store.py, written through scd.files), sweeps over clips, seeds
 and ranks (sweep.py). The names below are imported on first use (PEP 562), so that `probes.choices`
 needs no torch.
 """

@@ -93,7 +93,7 @@ def record_sweep(model, out: str | Path, clips: Iterable[int] = range(8), *, dra
     ranks other than 0. `record_options`: those of `record` (frames, steps, layers, capture, scene, ...)."""
     from probes.recording import load_run
     from probes.sweep import noise_seed, write_sweep
-    from scd.outputs import OutputError, check_output, input_path
+    from scd.files import OutputError, check_output, input_path
     from scd.progress import progress
 
     clips = list(clips)

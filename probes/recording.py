@@ -37,7 +37,7 @@ from probes.store import (
     layer_of,
     write_run,
 )
-from scd.outputs import input_path, readable
+from scd.files import input_path, readable
 
 FILES = {"features": "features.safetensors", "attention": "attention.safetensors"}
 BOOKKEEPING = ("format", "files", "versions", "git_revision", "complete")  # what write_run adds to a manifest

@@ -7,7 +7,7 @@
     <run>/video.npz              "generated" and "ground_truth", uint8 [T, H, W, 3]
 
 A run is written into a temporary sibling and swapped into place only when every file is there
-(`scd.outputs`), so a directory that looks like a run is a complete run; an existing run is
+(`scd.files`), so a directory that looks like a run is a complete run; an existing run is
 replaced only with `force`. The manifest records every file's size and sha256, and `load_run`
 checks the manifest against the files (`check_manifest`). Reading is `probes.recording.load_run`; a
 sweep's shards (probes/sweep.py) are read there as a `MergedRun`.
@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scd.contract import ROLES
-from scd.outputs import OutputError, atomic_directory, check_output, input_path, sha256
+from scd.files import OutputError, atomic_directory, check_output, input_path, sha256
 
 FORMAT = "scd-probes-run/5"  # 2: files' sha256; 3: pooled attention maps (bands); 4: centred cosine, CKA; 5: depth, block_roles
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
@@ -96,7 +96,7 @@ def write_run(
     `features` / `attention` map "layer{L}" to the layer's tensor (stored float16 / float32) and
     "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens"). The
     manifest records each file's size and sha256, so a file swapped in from another run is refused.
-    An existing `path` is replaced only with `force`, and only if it is a run (`scd.outputs`).
+    An existing `path` is replaced only with `force`, and only if it is a run (`scd.files`).
     """
     path = input_path(path, "path", "a path ending in a new name", RunError)
     try:

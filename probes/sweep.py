@@ -27,7 +27,7 @@ from pathlib import Path
 
 from probes.recording import MergedRun, is_sweep, load_sweep
 from probes.store import SHARD_FORMAT
-from scd.outputs import atomic_directory, discard, replace, temporary_sibling
+from scd.files import atomic_directory, discard, replace, temporary_sibling
 
 __all__ = ["MergedRun", "is_sweep", "load_sweep", "noise_seed", "DRAW_STRIDE", "item_name", "shard_name", "world",
            "process_group", "broadcast", "barrier", "write_shard", "write_sweep"]

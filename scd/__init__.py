@@ -1,15 +1,16 @@
 """The models under study: the baseline causal video diffuser, SCD, their sampler, training and checkpoints.
 
-The names below are imported on first use (PEP 562), so that `import scd.train_config` and the
+The names below are imported on first use (PEP 562), so that `import scd.training.config` and the
 `probe` command's help need no torch.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "BASELINE_SIZES": "scd.baseline", "BaselineConfig": "scd.baseline", "CausalVideoDiffuser": "scd.baseline",
+    "BASELINE_SIZES": "scd.models.baseline", "BaselineConfig": "scd.models.baseline",
+    "CausalVideoDiffuser": "scd.models.baseline", "VideoDiffuser": "scd.contract",
     "VideoBenchmark": "scd.data", "generate": "scd.sampling",
-    "SCD_SIZES": "scd.scd_model", "SCDConfig": "scd.scd_model", "SeparableCausalDiffuser": "scd.scd_model",
+    "SCD_SIZES": "scd.models.scd_model", "SCDConfig": "scd.models.scd_model", "SeparableCausalDiffuser": "scd.models.scd_model",
     "CheckpointError": "scd.zoo", "load_model": "scd.zoo", "save_model": "scd.zoo",
 }
 __all__ = sorted(_EXPORTS)

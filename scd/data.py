@@ -17,7 +17,7 @@ from scipy.ndimage import map_coordinates
 from sklearn.datasets import load_digits
 
 from scd.errors import BenchmarkError
-from scd.train_config import SCENES  # sprites: flat sprites on a flat colour; textured: patterned, over a panning texture
+from scd.training.config import SCENES  # sprites: flat sprites on a flat colour; textured: patterned, over a panning texture
 
 SPLITS = ("train", "val")
 CLIP_MAX = 2**31 - 1  # the clip's numpy seed 2 * index + 1 stays below 2**32

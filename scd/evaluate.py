@@ -20,7 +20,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from scd.data import VideoBenchmark, clip_seed
-from scd.outputs import (
+from scd.files import (
     GENERATOR,
     PLAIN_NAME,
     atomic_file,
@@ -120,7 +120,7 @@ def save_strip(video: torch.Tensor, truth: torch.Tensor, context: int, path: str
 
 def training_command(run: Path) -> str:
     """The `probe train` command that reproduces a run, from its train.json."""
-    from scd.train import TrainConfig
+    from scd.training.train import TrainConfig
 
     saved = json.loads((run / "train.json").read_text())
     flags = []
@@ -142,7 +142,7 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     hardware, final loss, that choice, and the validation table of the float16 weights as shipped.
     Files are replaced only with `force`.
     """
-    from scd.train import WEIGHTS, dev_loss, load_trained
+    from scd.training.train import WEIGHTS, dev_loss, load_trained
 
     run = input_path(run, "run", "a training directory written by probe train", CheckpointError)
     if weights not in (*WEIGHTS, "auto"):
@@ -216,7 +216,7 @@ def _decoder_lr(train_cfg: dict) -> str:
 def _compute(config: dict, train_cfg: dict, steps: int) -> str:
     """Analytic training FLOPs of the run, and of the shipped baseline's run when this is another model."""
     from scd.flops import training_flops
-    from scd.train import default_config
+    from scd.training.train import default_config
 
     per_step = training_flops(config, train_cfg["frames"], train_cfg["batch_size"])
     text = f"{steps} steps x {per_step / 1e9:.0f} GFLOP = {steps * per_step / 1e15:.2f} PFLOP (`scd.flops.training_flops`)"

@@ -17,11 +17,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.devices import float_dtype, usable_device
 from scd.errors import CheckpointError
-from scd.outputs import atomic_file, sha256  # noqa: F401  (sha256: re-exported)
-from scd.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
+from scd.files import atomic_file, sha256  # noqa: F401  (sha256: re-exported)
+from scd.models.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.models.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
@@ -65,7 +65,7 @@ def validate_config(family: str, config: dict, memory: bool = True) -> None:
             what = "an integer" if kind is int else "a finite number"
             raise CheckpointError(f"{family} config: {f.name} = {value!r}; accepted: {what} in {low:g}..{high:g}")
     cfg = config_cls(**config)
-    _, height, width = cfg.frame_shape  # scd.baseline.frame_shape: the one place frame geometry is read
+    _, height, width = cfg.frame_shape  # scd.models.baseline.frame_shape: the one place frame geometry is read
     if height % cfg.patch_size or width % cfg.patch_size:
         raise CheckpointError(f"{family} config: patch_size {cfg.patch_size} does not divide frame_size {height} "
                               f"and frame_width {width}; accepted: a divisor of both")
@@ -135,12 +135,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
                **diffusers_options) -> nn.Module:
     """Load a model (a `scd.contract.VideoDiffuser`) in eval mode: a shipped name ("baseline"), a checkpoint
     directory, a .safetensors file, or "diffusers:DIR", a local diffusers Wan / SkyReels-V2 transformer or pipeline
-    directory (`scd.wan_pipeline.load_causal_wan`; `diffusers_options`: latent_size, text_embeddings,
+    directory (`scd.wan.pipeline.load_causal_wan`; `diffusers_options`: latent_size, text_embeddings,
     frames_per_block, fps, scheduler). The device and dtype are checked first (`scd.devices`): a DeviceError (a
     ValueError) names the accepted ones."""
     device, dtype = usable_device(device), float_dtype(dtype)
     if isinstance(name_or_path, str) and name_or_path.startswith("diffusers:"):
-        from scd.wan_pipeline import load_causal_wan
+        from scd.wan.pipeline import load_causal_wan
 
         return load_causal_wan(name_or_path.removeprefix("diffusers:"), device=device, dtype=dtype, **diffusers_options)
     if diffusers_options:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
-from scd.scd_model import SCD_SIZES, SeparableCausalDiffuser
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.models.scd_model import SCD_SIZES, SeparableCausalDiffuser
 
 
 @pytest.fixture(autouse=True)

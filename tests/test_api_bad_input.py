@@ -17,10 +17,10 @@ from probes.store import write_run
 from scd import VideoBenchmark, generate, load_model
 from scd.devices import DeviceError
 from scd.evaluate import export_checkpoint
-from scd.outputs import OutputError, atomic_directory
+from scd.files import OutputError, atomic_directory
 from scd.sampling import SamplingError
-from scd.train import train
-from scd.train_config import TrainConfig, TrainConfigError, default_config
+from scd.training.config import TrainConfig, TrainConfigError, default_config
+from scd.training.train import train
 from scd.zoo import CheckpointError, build_model
 from tests.conftest import file_tree
 

@@ -41,7 +41,7 @@ def answer(call):
 @given(latent=st.one_of(st.tuples(ANY_NUMBER, ANY_NUMBER), ANY_NUMBER, st.lists(st.integers(-3, 70), max_size=3)),
        chunk=ANY_NUMBER, fps=ANY_NUMBER)
 def test_geometry_answers_or_refuses(latent, chunk, fps):
-    from scd.causal_wan import geometry
+    from scd.wan.causal_wan import geometry
 
     result = answer(lambda: geometry({**TINY, "inject_sample_info": True}, latent, chunk, fps))
     if result is not None:
@@ -60,7 +60,7 @@ def pipeline(tmp_path_factory) -> Path:
        device=st.sampled_from(["cpu", "meta", "cuda:7", "tpu", "", None, 3]),
        dtype=st.sampled_from([torch.float32, torch.int8, torch.float64, "float32", None]))
 def test_load_causal_wan_answers_or_refuses(pipeline, latent, chunk, device, dtype):
-    from scd.wan_pipeline import load_causal_wan
+    from scd.wan.pipeline import load_causal_wan
 
     model = answer(lambda: load_causal_wan(pipeline, latent, frames_per_block=chunk, device=device, dtype=dtype))
     if model is not None:
@@ -70,8 +70,8 @@ def test_load_causal_wan_answers_or_refuses(pipeline, latent, chunk, device, dty
 @SETTINGS
 @given(path=PATHS)
 def test_paths_are_refused_as_paths(path, tmp_path):
-    from scd.wan_convert import convert, read_weights
-    from scd.wan_pipeline import load_causal_wan, read_video, scheduler_config
+    from scd.wan.convert import convert, read_weights
+    from scd.wan.pipeline import load_causal_wan, read_video, scheduler_config
 
     os.chdir(tmp_path)
     before = sorted(Path(tmp_path).rglob("*"))
@@ -85,7 +85,7 @@ def test_paths_are_refused_as_paths(path, tmp_path):
 @given(values=st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-5, 5)),
        shape=st.sampled_from([(4, 16), (4, 15), (0, 16), (16,), (2, 4, 16)]), scale=ANY_NUMBER)
 def test_embeddings_and_guidance_answer_or_refuse(pipeline, values, shape, scale):
-    from scd.wan_pipeline import load_causal_wan
+    from scd.wan.pipeline import load_causal_wan
 
     model = load_causal_wan(pipeline)
     tensor = torch.full(shape, float(values))
@@ -97,7 +97,7 @@ def test_embeddings_and_guidance_answer_or_refuse(pipeline, values, shape, scale
 @SETTINGS
 @given(frames=ANY_NUMBER)
 def test_frame_counts_answer_or_refuse(pipeline, frames):
-    from scd.wan_pipeline import load_causal_wan
+    from scd.wan.pipeline import load_causal_wan
 
     model = load_causal_wan(pipeline)
     if answer(lambda: model.check_frames(frames) or True):
@@ -109,7 +109,7 @@ def test_frame_counts_answer_or_refuse(pipeline, frames):
 def test_convert_numbers_answer_or_refuse(tmp_path_factory, heads, chunk, ema):
     from safetensors.torch import save_file
 
-    from scd.wan_convert import convert
+    from scd.wan.convert import convert
     from tests.scd.test_causal_wan import original_layout
     from tests.wan_tiny import tiny
 
@@ -164,8 +164,8 @@ def test_output_paths_answer_or_refuse(path, tmp_path):
     from analyses.report import write_report
     from probes.store import write_run
     from scd.evaluate import export_checkpoint
-    from scd.train import train
-    from scd.train_config import TrainConfig
+    from scd.training.config import TrainConfig
+    from scd.training.train import train
 
     sandbox = tmp_path / "sandbox"
     shutil.rmtree(sandbox, ignore_errors=True)

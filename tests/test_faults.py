@@ -21,8 +21,8 @@ import pytest
 import safetensors.torch
 
 import probes.store
-import scd.outputs
-import scd.train
+import scd.files
+import scd.training.train
 import scd.zoo
 from probe_cli.cli import FAULT, main
 from tests.probes.test_store import _write
@@ -65,9 +65,9 @@ PRIMITIVES = {
     "savez_compressed": (np, "savez_compressed"),
     "os.replace": (os, "replace"),
     "os.rename": (os, "rename"),
-    "exchange": (scd.outputs, "_exchange"),
+    "exchange": (scd.files, "_exchange"),
     "save_file (checkpoint)": (scd.zoo, "save_file"),
-    "save_file (train state)": (scd.train, "save_file"),
+    "save_file (train state)": (scd.training.train, "save_file"),
     "safetensors": (safetensors.torch, "save_file"),
     "mkdir": (Path, "mkdir"),
     "savefig": (__import__("matplotlib.figure", fromlist=["Figure"]).Figure, "savefig"),

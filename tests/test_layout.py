@@ -112,14 +112,15 @@ def test_the_command_answers_without_importing_torch(argv):
 
 # -- one stated model contract: no family test by attribute outside it ---------------------------------------------
 
-FAMILY_FILES = {"scd/contract.py", "scd/baseline.py", "scd/scd_model.py", "scd/causal_wan.py"}  # the contract and its families
+FAMILY_FILES = {"scd/contract.py", "scd/models/baseline.py", "scd/models/scd_model.py",  # the contract and its families
+                "scd/wan/causal_wan.py"}
 # hasattr / getattr-with-default on objects that are not models, each with why it is not a family test:
 NOT_MODELS = {
     ("scd/progress.py", "sys.stderr"),  # a replaced stderr (a notebook's, a test's) may lack isatty
     ("scd/sampling.py", "o"),           # a sampling observer (SamplingObserver) need not implement on_start
     ("probe_cli/cli.py", "error"),      # an OSError's optional filename
     ("probes/store.py", "video"), ("probes/store.py", "kind"),  # naming a refused value's type in a message
-    ("scd/train_config.py", "self"),    # a dataclass's own fields, by name
+    ("scd/training/config.py", "self"),    # a dataclass's own fields, by name
 }
 
 

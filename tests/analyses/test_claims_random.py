@@ -13,8 +13,8 @@ from analyses.claims import CLAIMS, REPRODUCED, evaluate
 from probes import Probe, load_run
 from probes.recording import MergedRun
 from probes.sweep import noise_seed
-from scd.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.data import VideoBenchmark
+from scd.models.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.sampling import generate
 from scd.zoo import load_model, permute_weights
 from tests.conftest import randomize

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import scd.study
+import scd.training.study
 from analyses.emergence import (
     competence,
     read_cards,
@@ -26,10 +26,10 @@ from analyses.emergence import (
 )
 from analyses.intervals import interval
 from probe_cli import main
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.data import VideoBenchmark
-from scd.study import CONDITIONS, differs_only_in_factor, plan, study_config, train_study
-from scd.train import TrainConfig, TrainConfigError, flow_matching_loss, learning_rate, train
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.training.study import CONDITIONS, differs_only_in_factor, plan, study_config, train_study
+from scd.training.train import TrainConfig, TrainConfigError, flow_matching_loss, learning_rate, train
 from tests.conftest import randomize
 
 TINY = dict(size="tiny", batch_size=2, frames=4, warmup=1, lr=3e-3, checkpoint_every=2, threads=1, bf16=False)
@@ -38,14 +38,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_plan(patch: pytest.MonkeyPatch, steps: int = 4) -> None:
     """The study's plan at the tiny size, for tests: the same conditions, a few steps."""
-    patch.setattr(scd.study, "REFERENCE", {**scd.study.REFERENCE, **TINY, "size": "tiny", "steps": steps,
+    patch.setattr(scd.training.study, "REFERENCE", {**scd.training.study.REFERENCE, **TINY, "size": "tiny", "steps": steps,
                                            "checkpoint_every": 2, "snapshot_every": 2})
-    patch.setattr(scd.study, "SITTING", 2)
+    patch.setattr(scd.training.study, "SITTING", 2)
     conditions = dict(CONDITIONS)
     conditions["bidirectional"] = (CONDITIONS["bidirectional"][0],
                                    {"bidirectional_steps": 2, "steps": steps + 2, "restart_schedule": True})
     conditions["tokens-256"] = (CONDITIONS["tokens-256"][0], {"size": "tiny"})  # not trained here
-    patch.setattr(scd.study, "CONDITIONS", conditions)
+    patch.setattr(scd.training.study, "CONDITIONS", conditions)
 
 
 def test_every_condition_changes_one_factor_and_nothing_else():
@@ -60,14 +60,14 @@ def test_every_condition_changes_one_factor_and_nothing_else():
     assert bidirectional.steps - bidirectional.bidirectional_steps == study_config("reference", 0).steps
     runs = plan()
     assert len(runs) == len(set(runs)) == len(CONDITIONS) * 3
-    assert runs[:4] == [(c, 0) for c in CONDITIONS if c not in scd.study.LAST]  # seed-major, costly ones last
+    assert runs[:4] == [(c, 0) for c in CONDITIONS if c not in scd.training.study.LAST]  # seed-major, costly ones last
     assert runs[-3:] == [("tokens-256", s) for s in (0, 1, 2)]
     with pytest.raises(TrainConfigError, match="accepted: reference, textured"):
         study_config("moon", 0)
 
 
 def test_the_combination_joins_the_single_factors_settings():
-    from scd.study import combined
+    from scd.training.study import combined
 
     words, settings = combined(("textured", "bidirectional"))
     assert settings == {**CONDITIONS["textured"][1], **CONDITIONS["bidirectional"][1]} and " + " in words
@@ -398,7 +398,7 @@ def test_the_committed_study_is_rebuilt_from_its_cards_and_keeps_one_factor_at_a
 
 
 def test_training_reads_the_scene_it_is_given(tmp_path, monkeypatch):
-    import scd.train
+    import scd.training.train
 
     seen = []
 
@@ -407,6 +407,6 @@ def test_training_reads_the_scene_it_is_given(tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
             seen.append(self.scene)
 
-    monkeypatch.setattr(scd.train, "VideoBenchmark", Recording)
+    monkeypatch.setattr(scd.training.train, "VideoBenchmark", Recording)
     train(TrainConfig(steps=1, scene="textured", **TINY), tmp_path / "run", progress=False)
     assert seen == ["textured"] and json.loads((tmp_path / "run" / "train.json").read_text())["scene"] == "textured"

@@ -22,7 +22,7 @@ def runs(tmp_path_factory):
     """Two small probe runs of the random tiny model, one named like a script."""
     import torch
 
-    from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+    from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
     from tests.conftest import randomize
 
     torch.set_num_threads(1)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe_cli import main
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
 from tests.conftest import file_tree, randomize
 

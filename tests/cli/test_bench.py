@@ -12,10 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from analyses.bench import load_bench, time_generation
 from probe_cli import main
 from probes import load_run
-from scd.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.flops import generation_flops
+from scd.models.baseline import BaselineConfig, CausalVideoDiffuser
+from scd.models.scd_model import SCDConfig, SeparableCausalDiffuser
 from scd.sampling import generate
-from scd.scd_model import SCDConfig, SeparableCausalDiffuser
 from tests.conftest import randomize
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from probe_cli import main
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
 from tests.conftest import randomize
 

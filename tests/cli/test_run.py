@@ -12,7 +12,7 @@ import pytest
 from probe_cli import main
 from probes import load_run
 from probes.store import RunError
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
 from tests.conftest import randomize
 

@@ -14,7 +14,7 @@ import torch
 from probe_cli import main
 from probes import Probe, load_run
 from scd import generate, load_model
-from scd.causal_wan import rotate
+from scd.wan.causal_wan import rotate
 from scd.zoo import CheckpointError
 from tests.wan_tiny import FAMILIES, LATENT, TINY, latents, save_pipeline, tiny
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from probes.recording import load_run
-from scd.outputs import GENERATOR, SIGNATURE, stale_siblings
+from scd.files import GENERATOR, SIGNATURE, stale_siblings
 from tests.probes.test_store import _write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 import numpy as np
-import scd.outputs as outputs
+import scd.files as outputs
 from tests.probes.test_store import _write
 
 stage, path = sys.argv[1], Path(sys.argv[2])

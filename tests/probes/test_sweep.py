@@ -13,7 +13,7 @@ from analyses.report import write_report
 from probe_cli import main
 from probes import RunError, load_run
 from probes.recording import MergedRun
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import save_model
 from tests.conftest import randomize
 

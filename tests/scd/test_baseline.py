@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scd.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
-from scd.blocks import rope_axes
+from scd.models.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
+from scd.models.blocks import rope_axes
 from scd.sampling import generate
 
 README = Path(__file__).resolve().parents[2] / "README.md"  # inside the repository: the tests read nothing outside it
@@ -157,7 +157,7 @@ def test_cuda_generation_matches_cpu(tiny_model):
 def test_rectangular_latent_frames_patchify_row_major_and_rope_by_row_and_column():
     """A Wan-like 16-channel 4x6 latent in 2x2 patches: 2 x 3 tokens per frame, row-major; RoPE angles follow the
     grid's rows and columns (Wan's three axes), checked against a hand-made table."""
-    from scd.blocks import rope_angles
+    from scd.models.blocks import rope_angles
 
     config = BaselineConfig(frame_size=4, frame_width=6, patch_size=2, channels=16, width=24, depth=2, heads=2)
     model = CausalVideoDiffuser(config)
@@ -185,7 +185,7 @@ def randomized(model):
 def test_the_wan_1_3b_sizes_have_wan_s_shapes_and_random_models_are_seeded():
     """The named sizes against Wan-2.1-1.3B's transformer shapes (width 1536, 12 heads, MLP 8960, 30 blocks, 1,560
     tokens per 480p frame), built without weights; random_model at a small latent is seeded and has no zero gate."""
-    from scd.scd_model import SCD_SIZES
+    from scd.models.scd_model import SCD_SIZES
     from scd.zoo import build_model, random_model
 
     wan = BASELINE_SIZES["wan1.3b"]

@@ -1,4 +1,4 @@
-"""Causal Wan / SkyReels-V2 (scd.causal_wan, scd.wan_pipeline, scd.wan_convert) on diffusers' tiny test sizes:
+"""Causal Wan / SkyReels-V2 (scd.wan.causal_wan, scd.wan.pipeline, scd.wan.convert) on diffusers' tiny test sizes:
 against diffusers' own forward, an explicit block mask, full recomputation, guidance by hand, a VAE by hand, and
 the same weights built directly in diffusers."""
 
@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from scd import generate
-from scd.causal_wan import CausalWan, chunk_causal_mask
 from scd.sampling import SamplingError
-from scd.wan_convert import ConversionError, convert, read_weights
-from scd.wan_pipeline import ContextVideoError, context_from_video, encode_prompt, load_causal_wan, read_video
-from scd.wan_vae import decode_latents, encode_video
+from scd.wan.causal_wan import CausalWan, chunk_causal_mask
+from scd.wan.convert import ConversionError, convert, read_weights
+from scd.wan.pipeline import ContextVideoError, context_from_video, encode_prompt, load_causal_wan, read_video
+from scd.wan.vae import decode_latents, encode_video
 from scd.zoo import CheckpointError
 from tests.wan_tiny import FAMILIES, LATENT, TINY, latents, save_pipeline, tiny
 

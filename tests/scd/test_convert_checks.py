@@ -1,4 +1,4 @@
-"""`probe convert` and `scd.wan_convert.convert`: the weights checked as the toolkit's checkpoints are, EMA or raw chosen
+"""`probe convert` and `scd.wan.convert.convert`: the weights checked as the toolkit's checkpoints are, EMA or raw chosen
 explicitly, compiled (`_orig_mod.`) and sharded checkpoints converted, refusals one line in the file's own names
 (a pickle checkpoint's note never adds a line to a refusal), and the tree unchanged by every refusal."""
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe_cli import main
-from scd.wan_convert import ConversionError, convert
+from scd.wan.convert import ConversionError, convert
 from tests.cli.test_bad_input import _tree
 from tests.scd.test_causal_wan import original_layout
 from tests.wan_tiny import tiny

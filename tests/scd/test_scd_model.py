@@ -5,9 +5,9 @@ import csv
 import pytest
 import torch
 
+from scd.models.scd_model import SCD_SIZES, SeparableCausalDiffuser
 from scd.sampling import generate
-from scd.scd_model import SCD_SIZES, SeparableCausalDiffuser
-from scd.train import default_config, train
+from scd.training.train import default_config, train
 from scd.zoo import load_model, save_model
 
 
@@ -124,7 +124,7 @@ def test_tiny_scd_trains_with_the_decoder_at_twice_the_lr_and_round_trips(tmp_pa
 
 
 def test_decoder_parameters_get_the_scaled_learning_rate(tiny_scd):
-    from scd.train import parameter_groups
+    from scd.training.train import parameter_groups
 
     groups = parameter_groups(tiny_scd, default_config("scd", size="tiny"))
     decoder = {id(p) for p in tiny_scd.decoder.parameters()}

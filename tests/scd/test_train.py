@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from scd.baseline import BASELINE_SIZES
-from scd.train import TrainConfig, TrainConfigError, learning_rate, train
+from scd.models.baseline import BASELINE_SIZES
+from scd.training.train import TrainConfig, TrainConfigError, learning_rate, train
 from scd.zoo import load_model
 
 TINY = dict(size="tiny", batch_size=4, frames=4, warmup=5, lr=3e-3, checkpoint_every=10, threads=1)
@@ -60,7 +60,7 @@ def test_learning_rate_warms_up_then_decays():
 def test_raw_and_ema_weights_of_a_run_and_the_dev_loss(tmp_path):
     from safetensors.torch import load_file
 
-    from scd.train import dev_loss, load_trained
+    from scd.training.train import dev_loss, load_trained
 
     train(TrainConfig(steps=6, **TINY), tmp_path / "run", progress=False)
     raw, ema = load_trained(tmp_path / "run", "raw"), load_trained(tmp_path / "run", "ema")

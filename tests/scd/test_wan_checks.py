@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe_cli import main
-from scd.wan_pipeline import load_causal_wan
+from scd.wan.pipeline import load_causal_wan
 from scd.zoo import CheckpointError
 from tests.cli.test_bad_input import _tree
 from tests.wan_tiny import save_pipeline
@@ -209,7 +209,7 @@ def test_a_bad_context_video_is_refused_in_one_line_and_nothing_changes(name, pi
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert expected in err, err
     assert _tree(tmp_path) == before
-    from scd.wan_pipeline import ContextVideoError, read_video
+    from scd.wan.pipeline import ContextVideoError, read_video
 
     with pytest.raises(ContextVideoError):
         read_video(where, 5, (16, 16))
@@ -218,7 +218,7 @@ def test_a_bad_context_video_is_refused_in_one_line_and_nothing_changes(name, pi
 @pytest.mark.parametrize("args", [(None, 5, (16, 16)), ("x", 0, (16, 16)), ("x", -1, (16, 16)), ("x", 2.5, (16, 16)),
                                   ("x", True, (16, 16)), ("x", 5, (0, 16)), ("x", 5, (16,)), ("x", 5, "16x16")])
 def test_read_video_refuses_bad_arguments(args):
-    from scd.wan_pipeline import ContextVideoError, read_video
+    from scd.wan.pipeline import ContextVideoError, read_video
 
     with pytest.raises(ContextVideoError, match="accepted"):
         read_video(*args)
@@ -230,7 +230,7 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
     import argparse
 
     import probe_cli.probing as probing
-    import scd.wan_checks
+    import scd.wan.checks
 
     root = tmp_path / "krea"
     (root / "transformer").mkdir(parents=True)
@@ -238,7 +238,7 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
               "attention_head_dim": 128, "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096,
               "patch_size": [1, 2, 2]}
     (root / "transformer" / "config.json").write_text(json.dumps(config))
-    monkeypatch.setattr(scd.wan_checks, "check_weights", lambda directory, config: 0)  # no 14B weights on this disk
+    monkeypatch.setattr(scd.wan.checks, "check_weights", lambda directory, config: 0)  # no 14B weights on this disk
     args = argparse.Namespace(latent_size=(60, 104), frames_per_block=3, fps=None, context=3, frames=18, prompt=None,
                               negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full",
                               pca_tokens=256)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from scd.baseline import BASELINE_SIZES, CausalVideoDiffuser
+from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.zoo import CheckpointError, load_model, save_model
 from tests.conftest import randomize
 

@@ -87,7 +87,7 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
     the file. A checkpoint holding both `generator_ema` and `generator` needs `ema` (True: the EMA weights). What
     was read and chosen is appended to `notes` (said after the work, never in a refusal); `file_names` gets each
     returned key's name in the file (prefixes included), for messages in the file's own names."""
-    from scd.outputs import input_path
+    from scd.files import input_path
 
     path = input_path(path, "source", ACCEPTED, ConversionError)
     if ema is not None and not isinstance(ema, bool):
@@ -206,7 +206,7 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     at probe time); `ema` chooses between `generator_ema` and `generator` where a checkpoint holds both."""
     import diffusers
 
-    from scd.outputs import atomic_directory, check_output, sha256, signature
+    from scd.files import atomic_directory, check_output, sha256, signature
 
     if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or not 1 <= heads <= 512):
         raise ConversionError(f"heads = {heads!r}; accepted: an integer in 1..512, or None (width / 128)")

@@ -17,9 +17,9 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.blocks import Block, KVCache, modulate, rope_angles
 from scd.contract import Layout, VideoDiffuser, latent_channels
 from scd.errors import ModelError
+from scd.models.blocks import Block, KVCache, modulate, rope_angles
 
 
 class FrameShape:

@@ -17,14 +17,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from scd.train_config import TrainConfig, TrainConfigError
+from scd.training.config import TrainConfig, TrainConfigError
 
 STUDY_STEPS = 3000  # causal training steps of every run (sized by the pilot in reports/emergence/README.md)
 SNAPSHOT_EVERY = 250  # raw weights kept every n steps: the "over training" measures
 SITTING = 250  # steps per sitting: a resumable checkpoint at least this often
 SEEDS = (0, 1, 2)  # training seeds per condition (init, batch noise)
 
-# The reference's settings: the `study` size (scd.baseline.BASELINE_SIZES: width 128, 8 blocks, 64 tokens per
+# The reference's settings: the `study` size (scd.models.baseline.BASELINE_SIZES: width 128, 8 blocks, 64 tokens per
 # frame), float32, one thread, the default AdamW recipe at 2x the shipped baseline's lr with a 100-step warm-up.
 REFERENCE = dict(family="baseline", size="study", steps=STUDY_STEPS, batch_size=8, frames=8, lr=2e-3, warmup=100,
                  min_lr_ratio=0.1, bf16=False, threads=1, checkpoint_every=SITTING, snapshot_every=SNAPSHOT_EVERY,
@@ -138,7 +138,7 @@ class _Lock:
 
 def run_state(root: Path, condition: str, seed: int) -> int:
     """Steps trained so far in a run's directory (0: not started)."""
-    from scd.train import trained_steps
+    from scd.training.train import trained_steps
 
     return trained_steps(root / run_name(condition, seed))
 
@@ -147,7 +147,7 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
                 progress: bool = False, log=print) -> list[str]:
     """Train every run of the plan not yet done under `root`, sitting by sitting, skipping runs another worker
     holds; returns the names of the runs this worker finished. Start as many workers as there are cores."""
-    from scd.train import train
+    from scd.training.train import train
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import torch
 
-from scd.causal_wan import TEXT_TOKENS, CausalWan, check_embeddings
 from scd.errors import CheckpointError
-from scd.outputs import input_path, sha256
-from scd.wan_checks import (
+from scd.files import input_path, sha256
+from scd.wan.causal_wan import TEXT_TOKENS, CausalWan, check_embeddings
+from scd.wan.checks import (
     check_finite,
     check_pipeline,
     check_scheduler_config,
     check_weights,
     read_transformer_config,
 )
-from scd.wan_vae import encode_video, vae_factors
+from scd.wan.vae import encode_video, vae_factors
 
 SCHEDULERS = ("auto", "euler", "pipeline")  # auto: the pipeline's own where the directory has one, else euler
 PIPELINE_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
@@ -65,8 +65,8 @@ def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), tex
     and scheduler when there), with `from_pretrained` and no network access, as a `CausalWan`."""
     import diffusers
 
-    from scd.causal_wan import geometry
     from scd.devices import float_dtype, usable_device
+    from scd.wan.causal_wan import geometry
 
     path = input_path(path, "path", "a pipeline directory (transformer/...) or a transformer directory", CheckpointError)
     device, dtype = usable_device(device), float_dtype(dtype)  # before anything is read: meta and int dtypes refused

@@ -36,10 +36,10 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from scd.baseline import block_causal_mask
-from scd.blocks import KVCache
 from scd.contract import Layout, VideoDiffuser, latent_channels
 from scd.errors import CheckpointError, ModelError
+from scd.models.baseline import block_causal_mask
+from scd.models.blocks import KVCache
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 TEXT_TOKENS = 512  # Wan's text context length (its processors hard-code it too)
@@ -204,8 +204,8 @@ class CausalWan(VideoDiffuser, nn.Module):
         self.guidance_scale = 1.0  # > 1: classifier-free guidance, uncond + s (cond - uncond), each pass its own cache
         self.guidance_pass: str | None = None  # "cond" or "uncond" while a guided pass runs (probes read it)
         self.checkpoint = {"name": name}
-        self.vae = None            # the pipeline's VAE, where it has one (scd.wan_pipeline sets it): decodes previews
-        self.scheduler_config: dict | None = None  # the pipeline's scheduler (scd.wan_pipeline); None: flow-matching Euler
+        self.vae = None            # the pipeline's VAE, where it has one (scd.wan.pipeline sets it): decodes previews
+        self.scheduler_config: dict | None = None  # the pipeline's scheduler (scd.wan.pipeline); None: flow-matching Euler
         self.scheduler_info: dict | None = None    # what the manifest records of the scheduler
         self.pipeline_dir: Path | None = None      # the pipeline directory (text encoder, tokenizer), where loaded from one
         if not isinstance(flow_shift, int | float) or isinstance(flow_shift, bool) or not 1e-3 <= flow_shift <= 1e3:
@@ -281,7 +281,7 @@ class CausalWan(VideoDiffuser, nn.Module):
         channels of each frame (T' = T), each channel scaled by its spread."""
         if self.vae is None:
             return latent_channels(video)
-        from scd.wan_vae import decode_latents
+        from scd.wan.vae import decode_latents
 
         return decode_latents(self.vae, video), "decoded by the VAE as one causal sequence"
 
@@ -289,7 +289,7 @@ class CausalWan(VideoDiffuser, nn.Module):
         """How many images `preview` makes of `latent_frames` latent frames (Wan's VAE: 1 + 4 (T - 1))."""
         if self.vae is None:
             return latent_frames
-        from scd.wan_vae import vae_factors
+        from scd.wan.vae import vae_factors
 
         return 1 + vae_factors(self.vae)[0] * (latent_frames - 1)
 

@@ -80,7 +80,7 @@ def describe(name: str) -> str:
 
 
 # What `probe train FAMILY` uses unless told otherwise. SCD: the paper's decoder lr x2, no clean share
-# (see scd/train.py), and the steps that give it the shipped baseline's training FLOPs
+# (see scd/training/train.py), and the steps that give it the shipped baseline's training FLOPs
 # (4500 steps x 199 GFLOP = 3500 steps x 254 GFLOP, `scd.flops.training_flops`).
 FAMILY_DEFAULTS: dict[str, dict] = {
     "baseline": {"size": "baseline", "steps": 4500},

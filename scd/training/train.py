@@ -28,10 +28,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scd.data import VideoBenchmark
+from scd.files import OutputError, atomic_file, check_output, discard, input_path, replace, temporary_sibling
 from scd.flops import tokens_per_frame
-from scd.outputs import OutputError, atomic_file, check_output, discard, input_path, replace, temporary_sibling
 from scd.progress import progress as progress_bar
-from scd.train_config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, default_config
+from scd.training.config import FAMILY_DEFAULTS, TrainConfig, TrainConfigError, default_config
 from scd.zoo import SIZES, build_model, save_model
 
 __all__ = ["FAMILY_DEFAULTS", "TrainConfig", "TrainConfigError", "default_config", "train", "load_trained",

@@ -21,10 +21,10 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.baseline import WAN_1_3B, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
-from scd.blocks import Block, KVCache, modulate, rope_angles
 from scd.contract import Layout, VideoDiffuser, latent_channels
 from scd.errors import ModelError
+from scd.models.baseline import WAN_1_3B, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
+from scd.models.blocks import Block, KVCache, modulate, rope_angles
 
 
 @dataclass

@@ -130,7 +130,7 @@ def _section(run: Recording) -> dict:
         figs[f"Finding 1 at layer {middle}, as the paper draws it: one frame across steps (m1 vs m1, m2 vs m2) against "
              "the control, two frames at the same layer (m1 vs m2); right: each step against the last"] = png_data_uri(
             paper_figures.finding1_panels_figure(run))
-    if run.attention_layers and run.bands:
+    if run.attention_layers:
         figs["Finding 2, as the paper draws it: per-key attention of each generated frame on every key (log scale, "
              "pooled cells, heads and steps averaged)"] = png_data_uri(paper_figures.attention_maps(run))
         figs["Per-key attention, earlier / own frame, by layer and denoising step"] = png_data_uri(
@@ -161,7 +161,7 @@ def _section(run: Recording) -> dict:
     for row in sparsity:
         row["role"] = run.role(row["layer"])
     measures = []
-    if run.attention_layers and run.bands:
+    if run.attention_layers:
         heads = _heads_by_layer(run)
         columns = ["per_key_ratio", "excess_share", "earlier_key_nats", "lit_share", "earlier_share"]
         by_range = {steps: table_over_clips(items_of(run), lambda item, steps=steps: measures_of(item, steps),

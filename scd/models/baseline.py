@@ -105,7 +105,21 @@ def frames_mask(start: int, frames: int, tokens_per_frame: int, device: torch.de
     return block_causal_mask(query_frames, key_frames)
 
 
-class CausalVideoDiffuser(VideoDiffuser, HookedRootModule):
+class BuiltinFrames(VideoDiffuser):
+    """The contract's frame methods as both built-in families have them: frames of their config's shape, shown as
+    they are (RGB) or, for a latent-sized model (e.g. a random "wan1.3b"), as three latent channels."""
+
+    config: FrameShape  # a BaselineConfig or an SCDConfig
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return frame_shape(self.config)
+
+    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str] | None:
+        return None if self.config.channels == 3 else latent_channels(video)
+
+
+class CausalVideoDiffuser(BuiltinFrames, HookedRootModule):
     """The baseline causal video diffuser; forward maps noisy frames and timesteps to velocity."""
 
     takes_surgeries = True  # analyses.interventions patches its blocks
@@ -142,14 +156,6 @@ class CausalVideoDiffuser(VideoDiffuser, HookedRootModule):
         roles = ("causal",) * (depth - local) + ("frame-local",) * local if local else ()
         return Layout(tuple(f"blocks.{i}" for i in range(depth)), self.config.tokens_per_frame, roles,
                       token_grid=patch_grid(self.config))
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        return frame_shape(self.config)
-
-    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str] | None:
-        """RGB frames as they are (None); a latent-sized model (e.g. a random "wan1.3b"): three latent channels."""
-        return None if self.config.channels == 3 else latent_channels(video)
 
     def patchify(self, video: torch.Tensor) -> torch.Tensor:
         """[B, F, C, H, W] -> frame-major tokens [B, F*N, C*p*p] (row-major patches within a frame)."""

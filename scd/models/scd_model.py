@@ -21,9 +21,9 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import Layout, VideoDiffuser, latent_channels
+from scd.contract import Layout
 from scd.errors import ModelError
-from scd.models.baseline import WAN_1_3B, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
+from scd.models.baseline import WAN_1_3B, BuiltinFrames, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
 from scd.models.blocks import Block, KVCache, modulate, rope_angles
 
 
@@ -69,7 +69,7 @@ class _Stack(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
 
-class SeparableCausalDiffuser(VideoDiffuser, HookedRootModule):
+class SeparableCausalDiffuser(BuiltinFrames, HookedRootModule):
     """SCD; `forward` has the baseline's signature, so the same `generate` samples both."""
 
     encodes_finished_frames = True  # the encoder runs only in the pass that caches a finished frame
@@ -110,14 +110,6 @@ class SeparableCausalDiffuser(VideoDiffuser, HookedRootModule):
         blocks = tuple(f"encoder.blocks.{i}" for i in range(e)) + tuple(f"decoder.blocks.{i}" for i in range(d))
         return Layout(blocks, self.config.tokens_per_frame, ("encoder",) * e + ("decoder",) * d,
                       token_grid=patch_grid(self.config))
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        return frame_shape(self.config)
-
-    def preview(self, video: torch.Tensor) -> tuple[torch.Tensor, str] | None:
-        """RGB frames as they are (None); a latent-sized model: three latent channels."""
-        return None if self.config.channels == 3 else latent_channels(video)
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What the paper trains at twice the learning rate: decoder blocks, its context input and output head."""

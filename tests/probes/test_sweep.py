@@ -119,3 +119,23 @@ def test_a_sweep_goes_into_new_parents_and_force_replaces_it_whole(checkpoint, t
     assert main(["run", "--model", str(checkpoint), "--clip", "5,6", *small, "--force"]) == 0
     assert [i["clip"] for i in load_run(out).manifest["sweep"]["items"]] == [5, 6]  # no item of the old sweep stays
     assert sorted(p.name for p in out.parent.iterdir()) == ["sweep"]
+
+
+def test_record_sweep_records_what_probe_run_records(checkpoint, one_process, tmp_path):
+    """The Python API's sweep (what `probe emergence` measures with) and the command's: the same items, seeds and
+    numbers, item by item, for the same clips, frames and steps."""
+    from probes import record_sweep
+    from scd import load_model
+
+    swept = record_sweep(load_model(checkpoint), tmp_path / "api", range(4), layers="all", context_frames=2, frames=1,
+                         steps=3)
+    command = load_run(one_process)
+    assert [(r.manifest["clip"], r.manifest["seed"]) for r in swept.items] == \
+        [(r.manifest["clip"], r.manifest["seed"]) for r in command.items]
+    assert_same_run(swept, command)
+    for a, b in zip(swept.items, command.items, strict=True):  # item by item, bitwise
+        assert all(torch.equal(a.token_cosine(layer), b.token_cosine(layer)) and
+                   torch.equal(a.attention(layer), b.attention(layer)) for layer in a.layers)
+        assert a.metrics.equals(b.metrics)
+    with pytest.raises(ValueError, match="exists"):  # an existing sweep is replaced only with force
+        record_sweep(load_model(checkpoint), tmp_path / "api", [0], layers=[1], context_frames=2, frames=1, steps=3)

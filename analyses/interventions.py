@@ -45,16 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from probes.surgery import (  # noqa: F401  (re-exported: the surgeries measured here)
-    INTERVENTIONS,
-    InterventionError,
-    attention_knockout,
-    feature_reuse,
-    frame_diagonal,
-    intervention,
-    normalised_setting,
-    span_skip,
-)
+from probes.surgery import InterventionError, intervention, normalised_setting
 from scd.contract import is_video_diffuser
 from scd.data import VideoBenchmark
 from scd.evaluate import frame_quality, to_uint8

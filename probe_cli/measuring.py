@@ -146,7 +146,8 @@ def cmd_intervene(args: argparse.Namespace) -> None:
                          "or 'default' with --refresh")
     on = device(args.device)
     from analyses.claims import SKIP_CLAIM_STEPS
-    from analyses.interventions import InterventionError, intervention_table, write_interventions
+    from analyses.interventions import intervention_table, write_interventions
+    from probes.surgery import InterventionError
     from scd.zoo import load_model
 
     model = load_model(args.model, device=on)

@@ -163,7 +163,8 @@ class Probe(Recording):
         self.context: int | None = None                     # frames given before the first denoised one
         self._video: torch.Tensor | None = None
         self._source, self.manifest = None, {}             # the live recording, built when first read
-        self._info: tuple[torch.Tensor | None, dict] = (None, {})  # ground truth and manifest entries given by `save`
+        self._info: tuple[torch.Tensor | None, dict] = (None, {})  # ground truth and manifest entries (`annotate`)
+        self._built: tuple | None = None                   # the recorded tensors and video, stacked once (`_entries`)
         self._features: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self._probed}
         self._grams: dict[int, dict[int, StepGram]] = {layer: {} for layer in self._probed}
         self._mass: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self._probed}
@@ -357,16 +358,27 @@ class Probe(Recording):
         return f"<Probe {self.model.name} layers {self._probed} ({state})>"
 
     def _recorded(self):
-        """The recording, built from the buffers on first read after the `with` block (and again after `save` gave
-        ground truth or manifest entries); a ProbeError while there is nothing to read."""
+        """The recording, built from the buffers on first read after the `with` block (its manifest and ground truth
+        again after `annotate`); a ProbeError while there is nothing to read."""
         if self._stack is not None:
             raise ProbeError("the Probe is still recording: read its results after the `with Probe(...)` block")
         if self._video is None or not self._timesteps:
             raise ProbeError("nothing was recorded: call generate inside the `with Probe(...)` block")
         if self._source is None:
-            self._manifest, features, attention, generated, truth = self._contents(*self._info)
+            if self._built is None:
+                self._built = self._entries()
+            features, attention, generated, shown = self._built
+            ground_truth, info = self._info
+            truth = _frames_uint8(ground_truth) if ground_truth is not None else \
+                np.zeros((0, *generated.shape[1:]), np.uint8)
+            self._manifest = self._manifest_of(shown, ground_truth is not None, info)
             self._source = memory_source(self._manifest, features, attention, generated, truth)
         return self._source
+
+    def annotate(self, ground_truth: torch.Tensor | None = None, **info) -> None:
+        """The clip's `ground_truth` frames [T, C, H, W] and manifest entries (e.g. clip=0, seed=0) that the recording,
+        and the run directory it saves, carry."""
+        self._info, self._source = (ground_truth, info), None
 
     def _frames_in_order(self) -> list[int]:
         return sorted(self._timesteps)
@@ -387,12 +399,11 @@ class Probe(Recording):
                   for steps in self._stacked(self._map, layer)]
         return torch.stack(padded).float()
 
-    def _contents(self, ground_truth: torch.Tensor | None, info: dict):
-        """(manifest, features, attention, generated, ground truth): what the run directory of this recording holds."""
+    def _entries(self):
+        """(features, attention, generated video, what the video shows): the tensors the run directory holds."""
         frames = self._frames_in_order()
-        steps = {frame: sorted(s) for frame, s in self._timesteps.items()}
-        first = steps[frames[0]]
-        if any(s != first for s in steps.values()):
+        steps = [sorted(s) for s in self._timesteps.values()]
+        if any(s != steps[0] for s in steps):
             raise ProbeError("probed frames recorded different steps; probe one generate call per Probe")
         features, attention = {}, {}
         for layer in self._probed:
@@ -426,11 +437,15 @@ class Probe(Recording):
             video, what = preview
             shown = {"video_frames": len(video), "video_context_frames": self.model.shown_frames(self.context),
                      "video_shows": what}
-        generated = _frames_uint8(video)
-        truth = _frames_uint8(ground_truth) if ground_truth is not None else np.zeros((0, *generated.shape[1:]), np.uint8)
+        return features, attention, _frames_uint8(video), shown
+
+    def _manifest_of(self, shown: dict, ground_truth: bool, info: dict) -> dict:
+        """What the manifest of this recording says (write_run adds its files' digests and the versions)."""
+        frames = self._frames_in_order()
+        first = sorted(self._timesteps[frames[0]])
         scale = self.model.guidance_scale
         layout = self.layout
-        manifest = {
+        return {
             "model": self.model.name, "checkpoint": self.model.checkpoint,
             "config": self.model.get_config(), "parameters": sum(p.numel() for p in self.model.parameters()),
             "depth": layout.depth, "block_roles": [layout.role(layer) for layer in range(layout.depth)],
@@ -442,11 +457,10 @@ class Probe(Recording):
             "token_grid": list(layout.token_grid) if layout.token_grid else None,
             "frames": frames, "context": self.context, "num_frames": self.num_frames,
             "steps": first, "timesteps": [self._timesteps[frames[0]][s] for s in first],
-            "ground_truth": ground_truth is not None, "input_layer": self.input_layer,
+            "ground_truth": ground_truth, "input_layer": self.input_layer,
             "guidance": {"scale": scale, "recorded_pass": self.guidance_pass if scale != 1.0 else "cond (no guidance)"},
             **shown, **info,
         }
-        return manifest, features, attention, generated, truth
 
     def save(self, path: str | Path, *, ground_truth: torch.Tensor | None = None, force: bool = False,
              **info) -> Path:
@@ -455,6 +469,6 @@ class Probe(Recording):
         if self._video is None or not self._timesteps:
             raise ProbeError("nothing to save: call generate inside the `with Probe(...)` block first")
         if ground_truth is not None or info:
-            self._info, self._source = (ground_truth, info), None
+            self.annotate(ground_truth, **info)
         self._recorded()
         return Recording.save(self, path, force=force)

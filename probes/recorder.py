@@ -60,7 +60,6 @@ def record(
     from probes.sweep import noise_seed
     from scd.sampling import generate
 
-    info_extra = info
     probe = Probe(model, layers, capture=capture, frames=record_frames, steps=record_steps, **probe_options)
     if isinstance(context, int) and not isinstance(context, bool):
         clip = _count(context, "clip", 0, 2**31 - 1)
@@ -69,19 +68,20 @@ def record(
         video = benchmark_clip(model, clip, context_frames + frames, scene)
         seed = noise_seed(_count(seed, "seed", 0, 2**62), clip) if noise is None else _count(noise, "noise", 0, 2**63 - 1)
         context, truth = video[:context_frames], video
-        info = {"clip": clip, "seed": seed, "split": "val" if scene == "sprites" else f"val, {scene} scene",
-                "generation": {"context": {"source": "benchmark", "split": "val", "scene": scene, "clip": clip,
-                                           "frames": context_frames}, "steps": steps, "noise_seed": seed}}
+        source = {"clip": clip, "seed": seed, "split": "val" if scene == "sprites" else f"val, {scene} scene",
+                  "generation": {"context": {"source": "benchmark", "split": "val", "scene": scene, "clip": clip,
+                                             "frames": context_frames}, "steps": steps, "noise_seed": seed}}
     elif isinstance(context, torch.Tensor):
         seed = seed if noise is None else noise
-        truth, info = None, {"seed": seed, "generation": {"context": {"source": "tensor", "frames": int(context.shape[-4])},
-                                                          "steps": steps, "noise_seed": seed}}
+        truth, source = None, {"seed": seed, "generation": {"context": {"source": "tensor",
+                                                                        "frames": int(context.shape[-4])},
+                                                            "steps": steps, "noise_seed": seed}}
     else:
         raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "
                          "or a val clip index (an integer >= 0)")
     with probe:
         generate(model, context, frames, steps=steps, seed=seed, device=device, dtype=dtype)
-    probe._info = (truth, {**info, **(info_extra or {})})  # the clip's truth and where it came from, as a run holds them
+    probe.annotate(truth, **{**source, **(info or {})})  # the clip's truth and where it came from, as a run holds them
     return probe
 
 

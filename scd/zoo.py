@@ -19,7 +19,7 @@ from torch import nn
 
 from scd.devices import float_dtype, usable_device
 from scd.errors import CheckpointError
-from scd.files import atomic_file, sha256  # noqa: F401  (sha256: re-exported)
+from scd.files import atomic_file, sha256
 from scd.models.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.models.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 

@@ -1,7 +1,6 @@
 """Bad calls of the Python API are refused at its boundaries: an exception that is a ValueError subclass of the
 toolkit's, a message naming the accepted values, and nothing written, moved or changed."""
 
-import hashlib
 import json
 import math
 import os
@@ -23,11 +22,6 @@ from scd.training.config import TrainConfig, TrainConfigError, default_config
 from scd.training.train import train
 from scd.zoo import CheckpointError, build_model
 from tests.conftest import file_tree
-
-
-def _tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(root.rglob("*"))}
 
 
 def _context(model, frames=2):
@@ -151,7 +145,7 @@ def test_there_are_at_least_40_cases():
 
 @pytest.mark.parametrize("name, error, message, call", CASES, ids=[c[0] for c in CASES])
 def test_bad_api_calls_are_refused_naming_the_accepted_values(tiny_model, place, name, error, message, call):
-    before = _tree(place)
+    before = file_tree(place)
     checkpoints = Path(__file__).resolve().parents[1] / "scd" / "checkpoints"
     shipped = file_tree(checkpoints, contents=False)
     weights = {k: v.clone() for k, v in tiny_model.state_dict().items()}
@@ -160,7 +154,7 @@ def test_bad_api_calls_are_refused_naming_the_accepted_values(tiny_model, place,
     assert issubclass(error, ValueError) and isinstance(caught.value, ValueError)
     assert message in str(caught.value), str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
-    assert _tree(place) == before and file_tree(checkpoints, contents=False) == shipped
+    assert file_tree(place) == before and file_tree(checkpoints, contents=False) == shipped
     assert all(torch.equal(v, weights[k]) for k, v in tiny_model.state_dict().items())
     assert next(tiny_model.parameters()).device.type == "cpu"  # a refused move leaves the model where it was
 

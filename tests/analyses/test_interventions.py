@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.interventions import (
-    InterventionError,
-    attention_knockout,
-    feature_reuse,
-    frame_diagonal,
-    intervention,
-    intervention_summary,
-    intervention_table,
-    span_skip,
-)
+from analyses.interventions import intervention_summary, intervention_table
+from probes.surgery import InterventionError, attention_knockout, feature_reuse, frame_diagonal, intervention, span_skip
 from scd import generate
 from scd.data import VideoBenchmark
 

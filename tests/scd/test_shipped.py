@@ -6,7 +6,8 @@ import re
 import pytest
 
 from scd.evaluate import summarize, validate
-from scd.zoo import CHECKPOINT_DIR, load_model, sha256
+from scd.files import sha256
+from scd.zoo import CHECKPOINT_DIR, load_model
 
 SHIPPED = {"baseline": 30, "scd": 35, "baseline-diagonal": 30}  # name -> blocks
 FAMILY = {"baseline": "baseline", "scd": "scd", "baseline-diagonal": "baseline"}

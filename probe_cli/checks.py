@@ -92,6 +92,21 @@ def indices(text: str, flag: str, low: int, high: int) -> list[int]:
     return values
 
 
+def timestep_list(text: str) -> list[float]:
+    """An argparse `type`: a comma-separated, strictly decreasing list of timesteps in 0..1000, the first above 0."""
+    accepted = "comma-separated numbers in 0..1000, strictly decreasing, the first above 0 (e.g. 1000,750,500,250)"
+    try:
+        values = [number(part, 0, 1000) for part in text.split(",")]
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}") from None
+    if len(values) > 1000 or values[0] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}")
+    return values
+
+
+timestep_list.__name__ = "timestep list"
+
+
 def integer_list(low: int, high: int):
     """An argparse `type`: distinct comma-separated integers, each in low..high."""
     def parse(text: str) -> list[int]:

@@ -142,6 +142,33 @@ def _condition(model, args: argparse.Namespace) -> None:
     model.set_prompt(text, negative, 1.0 if args.guidance_scale is None else args.guidance_scale)
 
 
+def _check_sampling_flags(args: argparse.Namespace) -> None:
+    """The sampler, timesteps and cache policy flags, refused in one line before any work; sets `args.steps` (the
+    length of --timesteps, else 50) and `args.cache_policy`."""
+    from scd.contract import CachePolicy, CachePolicyError
+
+    if args.timesteps is not None:
+        if args.steps is not None and args.steps != len(args.timesteps):
+            raise UsageError(f"--steps {args.steps} but --timesteps lists {len(args.timesteps)}; accepted: one of them, "
+                             "or equal counts")
+        args.steps = len(args.timesteps)
+    elif args.warp:
+        raise UsageError("--warp maps --timesteps; accepted: --warp with --timesteps, or neither")
+    args.steps = 50 if args.steps is None else args.steps
+    if args.window is None and (args.sink_frames or args.rope != "absolute"):
+        raise UsageError("--sink-frames and --rope apply to a rolling cache; accepted: with --window N, or neither")
+    try:
+        args.cache_policy = CachePolicy(args.window, args.sink_frames, args.rope).check(args.frames_per_block or 1)
+    except CachePolicyError as e:
+        raise UsageError(f"--window / --sink-frames: {e}") from None
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """generate's keyword arguments for the sampling flags (checked by `_check_sampling_flags`)."""
+    return {"steps": args.steps, "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift,
+            "sampler": args.sampler, "cache_policy": args.cache_policy}
+
+
 def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
     """Everything about `probe run`'s flags that needs no model: refused before anything is loaded."""
     capture = _capture(args.capture)
@@ -181,6 +208,7 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
             if count % args.frames_per_block:
                 raise UsageError(f"{flag} {count} is not a multiple of --frames-per-block {args.frames_per_block}; "
                                  f"accepted: multiples of {args.frames_per_block}")
+    _check_sampling_flags(args)
     clip_frames = args.clip_frames or args.context + args.frames
     if args.context >= clip_frames:
         raise UsageError(f"--context {args.context} is not shorter than the clip ({clip_frames} frames); "
@@ -220,8 +248,18 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     numel = check_weights(directory, config)
     h, w = args.latent_size or (8, 8)
     grid, chunk, _ = geometry(config, (h, w), args.frames_per_block, args.fps)
+    table = config.get("rope_max_seq_len", 1024)
+    if args.rope == "cache":  # positions stay below the window: only the chunking limits the counts
+        table = max(table, args.context + args.frames)
+    elif args.window is not None and args.window > table:
+        raise UsageError(f"--window {args.window} is beyond the model's RoPE table ({table} frames); accepted: at most "
+                         f"{table}")
     check_frame_counts({"--context": args.context, "--frames": args.frames,
-                        "--context + --frames": args.context + args.frames}, chunk, config.get("rope_max_seq_len", 1024))
+                        "--context + --frames": args.context + args.frames}, chunk, table)
+    try:
+        args.cache_policy.check(chunk)
+    except ValueError as e:
+        raise UsageError(f"--window / --sink-frames: {e}") from None
     heads, head_dim = config.get("num_attention_heads", 40), config.get("attention_head_dim", 128)
     prompt = args.prompt is not None or args.negative_prompt is not None  # umT5 is loaded, in float32, to encode it
     return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads,
@@ -262,7 +300,8 @@ def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Names
     itemsize = 2 if args.dtype != "float32" else 4
     caches = 2 if args.guidance_scale not in (None, 1.0) else 1
     total = shape["weights"] * itemsize // 4 + shape.get("text_encoder", 0)  # umT5 runs in float32 on the CPU
-    total += caches * generation_bytes(shape["width"], shape["depth"], shape["heads"], shape["tokens"], clip_frames,
+    cached = clip_frames if args.window is None else min(args.window, clip_frames)  # a rolling cache holds its window
+    total += caches * generation_bytes(shape["width"], shape["depth"], shape["heads"], shape["tokens"], cached,
                                        itemsize=itemsize)
     total += clip_frames * shape["frame_pixels"] * 8
     if "features" in capture:
@@ -395,7 +434,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         return {"context": context, "prompt": args.prompt if diffusers_model else None,
                 "text_embeddings": args.text_embeddings if diffusers_model else None,
                 "negative_prompt": args.negative_prompt, "guidance_scale": float(model.guidance_scale),
-                "scheduler": info, "steps": args.steps, "noise_seed": seed,
+                "scheduler": info, "steps": args.steps, "noise_seed": seed, "sampler": args.sampler,
+                "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift,
+                **args.cache_policy.describe(),
                 "frames_per_block": int(model.frames_per_block), "fps": model.fps if diffusers_model else None,
                 "dtype": args.dtype, "device": str(on)}
 
@@ -422,8 +463,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             with ExitStack() as stack:
                 for probe in probes:  # with --guidance-pass both, two probes hear the one generation
                     stack.enter_context(probe)
-                generate(model, clip[: args.context], args.frames, steps=args.steps, seed=seed, device=on,
-                         dtype=dtype, callback=advance)
+                generate(model, clip[: args.context], args.frames, seed=seed, device=on, dtype=dtype,
+                         callback=advance, **sampling_options(args))
             bar.close()
             for probe, where in zip(probes, (path, _uncond(path)), strict=False):
                 split = ("context video" if context_latents is not None else "latent noise") \

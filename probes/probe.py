@@ -38,7 +38,7 @@ from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceErr
 from probes.errors import ProbeError
 from probes.recording import Recording, memory_source
 from probes.reductions import StepGram
-from scd.contract import ACCEPTED_MODELS, HOOKS, LayoutError, is_video_diffuser
+from scd.contract import ACCEPTED_MODELS, HOOKS, CachePolicy, LayoutError, is_video_diffuser
 from scd.sampling import observe_sampling
 
 
@@ -160,6 +160,8 @@ class Probe(Recording):
         self._tail: dict[int, int] = {}                     # wanted frame -> its tokens' distance from the pass's end
         self._timesteps: dict[int, dict[int, float]] = {}    # frame -> step -> timestep
         self.num_frames = 0                                 # frames the sampler announced: the clip length
+        self._policy: CachePolicy | None = None             # which earlier frames each pass sees (generate says)
+        self._sampling: dict | None = None                  # sampler, timesteps and cache policy, for the manifest
         self.context: int | None = None                     # frames given before the first denoised one
         self._video: torch.Tensor | None = None
         self._source, self.manifest = None, {}             # the live recording, built when first read
@@ -176,8 +178,11 @@ class Probe(Recording):
         self._pending_elements = 0
         self._cells: dict[tuple[str, int, int], tuple[torch.Tensor, int]] = {}  # (role, frame, keys) -> key cells
 
-    def on_start(self, context: int, frames: int, steps: int) -> None:
-        """Told by `generate` before any work: refuse frames or steps to probe that this call will not make."""
+    def on_start(self, context: int, frames: int, steps: int, *, policy: CachePolicy | None = None,
+                 sampling: dict | None = None) -> None:
+        """Told by `generate` before any work: refuse frames or steps to probe that this call will not make; note
+        the cache policy (which earlier frames each pass sees) and the sampling the manifest records."""
+        self._policy, self._sampling = policy, sampling
         made = range(context, context + frames)
         missing = sorted((self._wanted_frames or set()) - set(made))
         if missing:
@@ -281,7 +286,7 @@ class Probe(Recording):
         role = self._roles[layer]
         if (role, frame, keys) not in self._cells:
             try:
-                key_frames = self.layout.key_frames(layer, frame, keys)
+                key_frames = self.layout.key_frames(layer, frame, keys, self._policy)
             except LayoutError as e:
                 raise ProbeError(str(e)) from None
             n, g = self.layout.tokens_per_frame, self._bands
@@ -459,7 +464,7 @@ class Probe(Recording):
             "steps": first, "timesteps": [self._timesteps[frames[0]][s] for s in first],
             "ground_truth": ground_truth, "input_layer": self.input_layer,
             "guidance": {"scale": scale, "recorded_pass": self.guidance_pass if scale != 1.0 else "cond (no guidance)"},
-            **shown, **info,
+            "sampling": self._sampling or {}, **shown, **info,
         }
 
     def save(self, path: str | Path, *, ground_truth: torch.Tensor | None = None, force: bool = False,

@@ -45,6 +45,73 @@ def paper_layer(layer: int, depth: int) -> int:
     return round(layer * (depth - 1) / (PAPER_DEPTH - 1))
 
 
+ROPE_POLICIES = ("absolute", "cache")
+
+
+class CachePolicyError(ValueError):
+    """A window, sink count or RoPE policy the sampler cannot run; one line naming the accepted values."""
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Which finished frames a chunk attends to: all of them (the paper's setting), or a rolling window with sinks.
+
+    As Self-Forcing's `local_attn_size` / `sink_size` (LongLive: window 12, 3 sinks): a chunk of k frames
+    attends to at most `window` latent frames, namely the first `sink_frames` frames ever written (kept for
+    ever), the most recent `window - sink_frames - k` finished frames, and its own k frames; the cache keeps at
+    most `window` frames. RoPE: `absolute` rotates every key at its frame's index in the video when it is
+    written (Self-Forcing's `causal_rope_apply(start_frame=...)`, LongLive): the positions grow with the video;
+    `cache` keeps keys unrotated and rotates them at each pass at their place in the cache (sinks 0..M-1, then
+    the window in order, then the chunk), so positions stay below `window` and a rollout can outrun a RoPE table.
+    """
+    window: int | None = None  # latent frames a chunk attends to, sinks and itself included; None: every finished frame
+    sink_frames: int = 0       # the first frames written, attended to for ever
+    rope: str = "absolute"     # ROPE_POLICIES: where keys are rotated (see the class docstring)
+
+    def check(self, frames_per_block: int = 1) -> CachePolicy:
+        """Refuse, in one line, a policy that cannot run with chunks of `frames_per_block`; return it."""
+        k = frames_per_block
+        if self.rope not in ROPE_POLICIES:
+            raise CachePolicyError(f"rope = {self.rope!r}; accepted: {', '.join(ROPE_POLICIES)}")
+        if not isinstance(self.sink_frames, int) or isinstance(self.sink_frames, bool) or \
+                not 0 <= self.sink_frames <= 100_000:
+            raise CachePolicyError(f"sink frames = {self.sink_frames!r}; accepted: an integer in 0..100000")
+        if self.window is None:
+            if self.sink_frames or self.rope != "absolute":
+                raise CachePolicyError("sink frames and rope = 'cache' need a window; accepted: a window (--window N) "
+                                       "with them, or neither")
+            return self
+        if not isinstance(self.window, int) or isinstance(self.window, bool) or \
+                not self.sink_frames + k <= self.window <= 100_000:
+            raise CachePolicyError(f"window = {self.window!r}; accepted: an integer in {self.sink_frames + k}..100000 "
+                                   f"(the {self.sink_frames} sink frames plus a chunk of {k}, at least)")
+        return self
+
+    @property
+    def rolling(self) -> bool:
+        return self.window is not None
+
+    def visible(self, start: int, frames: int) -> list[int]:
+        """The finished frames (indices in the video) that a chunk of `frames` frames starting at frame `start`
+        attends to, in cache order: the sinks, then the most recent frames that fit the window."""
+        if self.window is None:
+            return list(range(start))
+        sinks = min(self.sink_frames, start)
+        recent = max(0, self.window - self.sink_frames - frames)
+        return list(range(sinks)) + list(range(max(sinks, start - recent), start))
+
+    def kept(self, written: int) -> list[int]:
+        """The frames a cache holds once `written` frames have been written: the sinks and the last ones that fit."""
+        if self.window is None:
+            return list(range(written))
+        sinks = min(self.sink_frames, written)
+        return list(range(sinks)) + list(range(max(sinks, written - (self.window - self.sink_frames)), written))
+
+    def describe(self) -> dict:
+        """What a manifest records of the policy."""
+        return {"window": self.window, "sink_frames": self.sink_frames, "rope": self.rope}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where a model's blocks are and how its tokens are laid out (frame-major, a fixed count per frame)."""
@@ -83,9 +150,9 @@ class Layout:
         first = frame - frame % self.frames_per_block
         return range(first, first + self.frames_per_block)
 
-    def key_frames(self, layer: int, frame: int, keys: int) -> torch.Tensor:
-        """Frame index of each of the `keys` keys a query of `frame` sees at `layer`; LayoutError if the
-        count does not fit the layout."""
+    def key_frames(self, layer: int, frame: int, keys: int, policy: CachePolicy | None = None) -> torch.Tensor:
+        """Frame index of each of the `keys` keys a query of `frame` sees at `layer` (under the sampler's cache
+        `policy`: a rolling window shows only some earlier frames); LayoutError if the count does not fit."""
         import torch
 
         n = self.tokens_per_frame
@@ -98,7 +165,14 @@ class Layout:
             if keys != n:
                 raise LayoutError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
             return torch.full((n,), frame)
-        last = self.chunk(frame)[-1]
+        chunk = self.chunk(frame)
+        if policy is not None and policy.rolling:
+            seen = policy.visible(chunk[0], len(chunk)) + list(chunk)
+            if keys != len(seen) * n:
+                raise LayoutError(f"layer {layer} saw {keys} keys while denoising frame {frame}; expected the "
+                                  f"{len(seen)} frames of its window x {n} tokens")
+            return torch.tensor(seen).repeat_interleave(n)
+        last = chunk[-1]
         if keys != (last + 1) * n:
             raise LayoutError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
                               f"expected frames 0..{last} x {n} tokens (a frame-major causal layout)")
@@ -147,8 +221,9 @@ class VideoDiffuser:
         """What a run's manifest records of the model (its size and family)."""
         raise NotImplementedError(f"{type(self).__name__} must give its config")
 
-    def new_cache(self):
-        """An empty KV cache for streaming generation; None: the model recomputes the whole sequence each pass."""
+    def new_cache(self, policy: CachePolicy | None = None):
+        """An empty KV cache for streaming generation, keeping the frames `policy` says (default: all); None: the
+        model recomputes the whole sequence each pass (and takes no rolling window)."""
         return None
 
     def decoder_parameters(self) -> list | None:

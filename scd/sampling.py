@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -25,7 +25,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from scd.contract import ACCEPTED_MODELS, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
+from scd.contract import ACCEPTED_MODELS, CachePolicy, CachePolicyError, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
 from scd.devices import float_dtype, usable_device
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
@@ -39,6 +39,7 @@ class SamplingObserver(Protocol):
 
     def on_step(self, frame: int, step: int | None, timestep: float) -> None: ...  # as StepCallback
     def on_video(self, video: torch.Tensor) -> None: ...  # what `generate` returns, before it returns it
+    # Optional: on_start(context, frames, steps, policy=CachePolicy, sampling=dict), before any work.
 
 
 _observers: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
@@ -60,7 +61,8 @@ def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int) -> None:
+def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int,
+                        cache_policy: CachePolicy | None = None) -> None:
     """Refuse, before anything moves or runs, what `generate` cannot do: a context that is not a finite float
     tensor [T, C, H, W] (or [B, T, C, H, W]) of the model's frame shape, counts out of range, a seed beyond 64 bits."""
     if not isinstance(model, nn.Module) or not is_video_diffuser(model):
@@ -89,7 +91,16 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
         if count % k:
             raise SamplingError(f"{what} = {count} is not a multiple of the model's chunk size {k} (frames_per_block); "
                                 f"accepted: multiples of {k}")
+    if cache_policy is not None:
+        if not isinstance(cache_policy, CachePolicy):
+            raise SamplingError(f"cache_policy is a {type(cache_policy).__name__}; accepted: a scd.contract.CachePolicy")
+        try:
+            cache_policy.check(k)
+        except CachePolicyError as e:
+            raise SamplingError(str(e)) from None
     limit = model.max_frames
+    if cache_policy is not None and cache_policy.rope == "cache":
+        limit = None  # positions stay below the window
     if limit is not None and T + frames > limit:
         raise SamplingError(f"{T} context + {frames} frames exceed the model's {limit} frame positions (its RoPE "
                             f"table, rope_max_seq_len); accepted: at most {limit} frames in all")
@@ -105,19 +116,53 @@ def make_scheduler(shift: float = 1.0, config: dict | None = None):
     return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
+SAMPLERS = ("ode", "renoise")
+
+
+def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:
+    """The shift warp of a few-step list, as Self-Forcing's `warp_denoising_step`: timestep t is replaced by the
+    timestep of its place on a 1000-step flow-matching schedule shifted by `shift`, 1000 s' with
+    s' = shift s / (1 + (shift - 1) s), s = t / 1000 (so 1000 stays 1000 and 0 stays 0)."""
+    return [1000.0 * shift * (t / 1000) / (1 + (shift - 1) * (t / 1000)) for t in timesteps]
+
+
+def check_sampling(sampler: str, timesteps: Sequence[float] | None, steps: int | None, warp: bool) -> None:
+    """Refuse, in one line, a sampler or an explicit timestep list that `generate` cannot run."""
+    if sampler not in SAMPLERS:
+        raise SamplingError(f"sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
+    if not isinstance(warp, bool):
+        raise SamplingError(f"warp = {warp!r}; accepted: True or False")
+    if timesteps is None:
+        if warp:
+            raise SamplingError("warp applies to an explicit timestep list; accepted: timesteps with it, or no warp")
+        return
+    values = list(timesteps) if isinstance(timesteps, list | tuple) else None
+    if not values or len(values) > 1000 or not all(isinstance(t, int | float) and not isinstance(t, bool) and
+                                                   0 <= t <= 1000 for t in values):
+        raise SamplingError(f"timesteps {timesteps!r}; accepted: a list of 1..1000 numbers in 0..1000")
+    if values[0] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise SamplingError(f"timesteps {values}; accepted: strictly decreasing, the first above 0 (e.g. 1000,750,500,250)")
+    if steps is not None and steps != len(values):
+        raise SamplingError(f"steps = {steps} but {len(values)} timesteps are given; accepted: steps omitted, or equal")
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
     context: torch.Tensor,
     frames: int,
     *,
-    steps: int = 50,
+    steps: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     callback: StepCallback | None = None,
     use_cache: bool | None = None,
     shift: float | None = None,
+    timesteps: Sequence[float] | None = None,
+    warp: bool = False,
+    sampler: str = "ode",
+    cache_policy: CachePolicy | None = None,
 ) -> torch.Tensor:
     """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
 
@@ -126,8 +171,20 @@ def generate(
     `dtype` in place (as a diffusers pipeline's `.to()` would be) and put in eval mode. `use_cache`
     defaults to whether the model has a KV cache (`new_cache`), `shift` (the scheduler's timestep
     shift) to the model's `flow_shift`, or 1.
+
+    Timesteps: `steps` (default 50) of the model's ODE scheduler, or an explicit list `timesteps` (e.g.
+    Self-Forcing's 1000, 750, 500, 250; `warp=True` maps it through the shift warp as Self-Forcing's
+    `warp_denoising_step` does). `sampler`: `ode` steps the scheduler (an explicit list: Euler steps from
+    each timestep to the next, then to 0); `renoise` is the few-step sampler of Self-Forcing and CausVid: at
+    each timestep t the model's velocity gives a clean estimate x0 = x - (t / 1000) v, which is noised afresh
+    to the next timestep t' as (1 - t'/1000) x0 + (t'/1000) noise (the noise drawn from the seeded generator),
+    and the last estimate is the frame. `cache_policy`: which finished frames a chunk attends to (a rolling
+    window with sink frames, `scd.contract.CachePolicy`); under a window the context is written into the cache
+    one chunk at a time, as the upstream pipelines do.
     """
-    check_generate_args(model, context, frames, steps, seed)
+    check_generate_args(model, context, frames, 1 if steps is None else steps, seed, cache_policy)
+    check_sampling(sampler, timesteps, steps, warp)
+    policy = cache_policy or CachePolicy()
     device, dtype = usable_device(device), float_dtype(dtype)
     batched = context.dim() == 5
     video = (context if batched else context[None]).to(device=device, dtype=dtype)
@@ -138,9 +195,11 @@ def generate(
     except RuntimeError:  # out of memory half way: a failed move leaves the model where it was
         model.to(device=where[0], dtype=where[1])
         raise
-    cache = model.new_cache() if use_cache is not False else None
+    cache = model.new_cache(policy) if use_cache is not False else None
     if use_cache and cache is None:
         raise SamplingError(f"{type(model).__name__} has no KV cache; call generate with use_cache=False")
+    if cache is None and policy.rolling:
+        raise SamplingError("a rolling window needs the KV cache; accepted: use_cache=True (or None) with a window")
     use_cache = cache is not None
     B, T = video.shape[:2]
     frame_shape = video.shape[2:]
@@ -149,35 +208,62 @@ def generate(
     schedule = model.scheduler_config
     k = model.frames_per_block
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
+    explicit = None
+    if timesteps is not None:
+        explicit = warp_timesteps(timesteps, shift) if warp else [float(t) for t in timesteps]
+    count = len(explicit) if explicit is not None else (50 if steps is None else steps)
 
     observers = list(_observers.get(model, {}).values())
+    sampling = {"sampler": sampler, "timesteps": explicit, "warp": warp, "shift": float(shift), **policy.describe()}
     for o in observers:  # before any work: an observer may refuse this call (a Probe asked for frames it will not make)
         if hasattr(o, "on_start"):
-            o.on_start(T, frames, steps)
+            o.on_start(T, frames, count, policy=policy, sampling=sampling)
     callbacks = [o.on_step for o in observers] + ([callback] if callback is not None else [])
 
     def announce(frame: int, step: int | None, timestep: float) -> None:
         for fn in callbacks:
             fn(frame, step, timestep)
 
-    if use_cache:
-        for f in range(T):
-            announce(f, None, 0.0)
-        model(video, clean.expand(B, T), cache=cache, update_cache=True)
+    if use_cache:  # the context, written at the clean timestep: at once, or a chunk at a time under a window
+        size = k if policy.rolling else T
+        for first in range(0, T, size):
+            for f in range(first, first + size):
+                announce(f, None, 0.0)
+            model(video[:, first:first + size], clean.expand(B, size), cache=cache, update_cache=True)
 
     for first in range(T, T + frames, k):  # one chunk of k frames (k = 1: one frame) at a time
         last = first + k - 1
         x = torch.randn((B, k, *frame_shape), generator=generator).to(device=device, dtype=dtype)
-        scheduler = make_scheduler(shift, schedule)  # a fresh one per chunk: multistep schedulers keep a history
-        scheduler.set_timesteps(steps, device=device)
-        for step, t in enumerate(scheduler.timesteps):
-            announce(last, step, float(t))
-            t_frame = t.to(dtype).expand(B, k)
+        if explicit is None:
+            scheduler = make_scheduler(shift, schedule)  # a fresh one per chunk: multistep schedulers keep a history
+            scheduler.set_timesteps(count, device=device)
+            chunk_timesteps = [t for t in scheduler.timesteps]
+        else:
+            scheduler, chunk_timesteps = None, [torch.tensor(t) for t in explicit]
+
+        def velocity_at(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t_frame = t.to(device=device, dtype=dtype).expand(B, k)
             if use_cache:
-                velocity = model(x, t_frame, cache=cache)
-            else:  # the full causal sequence: clean past frames, then the noisy current chunk
-                velocity = model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, first), t_frame], dim=1))[:, -k:]
-            x = scheduler.step(velocity, t, x).prev_sample.to(dtype)
+                return model(x, t_frame, cache=cache)
+            # the full causal sequence: clean past frames, then the noisy current chunk
+            return model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, first), t_frame], dim=1))[:, -k:]
+
+        for step, t in enumerate(chunk_timesteps):
+            announce(last, step, float(t))
+            velocity = velocity_at(x, t)
+            if sampler == "renoise":
+                estimate = x - (float(t) / 1000) * velocity  # the clean frame this step predicts
+                if step + 1 < len(chunk_timesteps):
+                    sigma = float(chunk_timesteps[step + 1]) / 1000
+                    noise = torch.randn(x.shape, generator=generator).to(device=device, dtype=dtype)
+                    x = ((1 - sigma) * estimate + sigma * noise).to(dtype)
+                else:
+                    x = estimate.to(dtype)
+            elif scheduler is not None:
+                x = scheduler.step(velocity, t, x).prev_sample.to(dtype)
+            else:  # Euler from this timestep to the next (to 0 after the last)
+                after = float(chunk_timesteps[step + 1]) if step + 1 < len(chunk_timesteps) else 0.0
+                x = (x + (after - float(t)) / 1000 * velocity).to(dtype)
         video = torch.cat([video, x], dim=1)
         if use_cache:
             announce(last, None, 0.0)

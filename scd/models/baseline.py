@@ -17,7 +17,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import Layout, VideoDiffuser, latent_channels
+from scd.contract import CachePolicy, Layout, VideoDiffuser, latent_channels
 from scd.errors import ModelError
 from scd.models.blocks import Block, KVCache, modulate, rope_angles
 
@@ -105,6 +105,21 @@ def frames_mask(start: int, frames: int, tokens_per_frame: int, device: torch.de
     return block_causal_mask(query_frames, key_frames)
 
 
+def cache_positions(cache: KVCache | None, frames: int, config) -> tuple[torch.Tensor | None, tuple[int, list[int]]]:
+    """For a pass of `frames` frames after `cache`: the RoPE angles of the cached keys it reads when they are kept
+    unrotated (the `cache` RoPE policy; else None), the number of cached frames it reads, and its own frames' RoPE
+    positions. A rolling cache takes one chunk per pass (its window is the chunk's)."""
+    if cache is None:
+        return None, (0, list(range(frames)))
+    if cache.policy.rolling and frames != 1:
+        raise ModelError(f"a rolling KV cache takes one frame per pass, got {frames}; accepted: frames one at a time")
+    seen, positions = cache.positions(frames)
+    past = None
+    if cache.policy.rope == "cache" and seen:
+        past = rope_angles(torch.tensor(seen), *patch_grid(config), config.width // config.heads, config.rope_theta)
+    return past, (len(seen), positions)
+
+
 class BuiltinFrames(VideoDiffuser):
     """The contract's frame methods as both built-in families have them: frames of their config's shape, shown as
     they are (RGB) or, for a latent-sized model (e.g. a random "wan1.3b"), as three latent channels."""
@@ -145,9 +160,9 @@ class CausalVideoDiffuser(BuiltinFrames, HookedRootModule):
         self.hook_embed = HookPoint()  # [B, F*N, W] patch embeddings
         self.setup()
 
-    def new_cache(self) -> KVCache:
-        """An empty KV cache for streaming generation."""
-        return KVCache()
+    def new_cache(self, policy: CachePolicy | None = None) -> KVCache:
+        """An empty KV cache for streaming generation, keeping what `policy` says (default: every finished frame)."""
+        return KVCache(policy=(policy or CachePolicy()).check(self.frames_per_block))
 
     @property
     def layout(self) -> Layout:
@@ -189,9 +204,9 @@ class CausalVideoDiffuser(BuiltinFrames, HookedRootModule):
         if bidirectional and cache is not None:
             raise ModelError("bidirectional attention takes no KV cache (a cache holds only earlier frames); accepted: "
                              "cache=None, or bidirectional=False")
-        start = cache.frames if cache is not None else 0
-        frame_index = torch.arange(start, start + Fr, device=video.device)
-        angles = rope_angles(frame_index, *patch_grid(cfg), cfg.width // cfg.heads, cfg.rope_theta)
+        past_angles, (start, positions) = cache_positions(cache, Fr, cfg)
+        angles = rope_angles(torch.tensor(positions, device=video.device), *patch_grid(cfg), cfg.width // cfg.heads,
+                             cfg.rope_theta)
         mask = None if bidirectional else frames_mask(start, Fr, n, video.device)
         local_mask = frame_diagonal_mask(Fr, n, video.device) if cfg.frame_local_blocks else None
         first_local = cfg.depth - cfg.frame_local_blocks
@@ -201,11 +216,11 @@ class CausalVideoDiffuser(BuiltinFrames, HookedRootModule):
             if i >= first_local:  # frame-diagonal: no past keys, and frames of one call do not see each other
                 x, _ = block(x, cond, angles, local_mask, None)
                 continue
-            x, (k, v) = block(x, cond, angles, mask, cache.layer(i) if cache is not None else None)
+            x, (k, v) = block(x, cond, angles, mask, cache.layer(i, Fr) if cache is not None else None, past_angles)
             if update_cache:
                 cache.append(i, k, v)
         if update_cache:
-            cache.frames += Fr
+            cache.advance(Fr)
         shift, scale = self.modulation_out(nn.functional.silu(cond))[:, :, None].chunk(2, dim=-1)
         x = modulate(self.norm_out(x).view(B, Fr, n, -1), shift, scale).view(B, Fr * n, -1)
         return self.unpatchify(self.unpatch(x), Fr)

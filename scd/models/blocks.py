@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from scd.contract import CachePolicy
 from scd.errors import ModelError
 
 
@@ -49,23 +50,75 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of finished frames, per block: [B, L_past, H, D] each, already RoPE'd."""
+    """Keys and values of finished frames, per block: [B, L_cached, H, D] each, frame-major.
+
+    Under a rolling `policy` (`scd.contract.CachePolicy`) it keeps only the sink frames and the most recent
+    ones, and a pass reads only what its chunk may see (`layer(i, frames)`); `cached` lists the frames held,
+    in cache order. Keys are stored as the softmax sees them (RoPE'd at their frame's index) under the
+    `absolute` RoPE policy, and unrotated under `cache` (the model rotates them at each read, `positions`).
+    """
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
-    frames: int = 0  # how many frames are cached: the next frame's RoPE frame index
+    frames: int = 0  # frames written so far: the index in the video of the next frame
+    policy: CachePolicy = field(default_factory=CachePolicy)
+    cached: list[int] = field(default_factory=list)  # the video frame of each cached frame, in cache order
 
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def visible(self, frames: int) -> list[int]:
+        """The cached frames (video indices) that the next `frames` frames attend to."""
+        return self.policy.visible(self.frames, frames)
+
+    def positions(self, frames: int) -> tuple[list[int], list[int]]:
+        """RoPE frame positions of (the visible cached frames, the next `frames` frames): their video indices under
+        the `absolute` policy; their places in the cache, then after it, under `cache`."""
+        seen = self.visible(frames)
+        if self.policy.rope == "absolute":
+            return seen, list(range(self.frames, self.frames + frames))
+        return list(range(len(seen))), list(range(len(seen), len(seen) + frames))
+
+    def layer(self, i: int, frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Block i's cached (keys, values); with `frames` (the size of the pass), only those it may see."""
         if i >= len(self.keys) or self.keys[i] is None:
             return None
-        return self.keys[i], self.values[i]
+        k, v = self.keys[i], self.values[i]
+        if frames is None or not self.policy.rolling:
+            return k, v
+        n = k.shape[1] // len(self.cached)
+        where = {frame: slot for slot, frame in enumerate(self.cached)}
+        slots = [where[f] for f in self.visible(frames)]
+        if slots == list(range(len(self.cached))):
+            return k, v
+        index = (torch.tensor(slots, device=k.device)[:, None] * n + torch.arange(n, device=k.device)).flatten()
+        return k.index_select(1, index), v.index_select(1, index)
 
     def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add block i's keys and values of the frames of this pass (they are cached once `advance` is called)."""
         while len(self.keys) <= i:
             self.keys.append(None)
             self.values.append(None)
         past = self.layer(i)
         self.keys[i] = k if past is None else torch.cat([past[0], k], dim=1)
         self.values[i] = v if past is None else torch.cat([past[1], v], dim=1)
+
+    def advance(self, frames: int) -> None:
+        """The pass that appended `frames` finished frames is over: count them, and evict what the policy drops."""
+        written = list(range(self.frames, self.frames + frames))
+        self.frames += frames
+        held = self.cached + written
+        kept = self.policy.kept(self.frames)
+        self.cached = kept
+        if held == kept:
+            return
+        slots = torch.tensor([held.index(f) for f in kept])
+        for i, k in enumerate(self.keys):
+            if k is None:
+                continue
+            n = k.shape[1] // len(held)
+            index = (slots.to(k.device)[:, None] * n + torch.arange(n, device=k.device)).flatten()
+            self.keys[i], self.values[i] = k.index_select(1, index), self.values[i].index_select(1, index)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
 
 
 class Attention(nn.Module):
@@ -86,18 +139,24 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None, past_angles: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [B, L, W] -> (output [B, L, W], this call's own (k, v) [B, L, H, D] for a cache)."""
+        """x [B, L, W] -> (output [B, L, W], this call's own (k, v) [B, L, H, D] for a cache).
+
+        `past_angles`: the cached keys are unrotated (the `cache` RoPE policy); rotate them by these angles, and
+        return this call's keys unrotated too."""
         B, L, W = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).unbind(2)
         q = apply_rope(self.q_norm(q), angles)
-        k = apply_rope(self.k_norm(k), angles)
+        unrotated = self.k_norm(k)
+        k = apply_rope(unrotated, angles)
+        own = (k if past_angles is None else unrotated, v)
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+            past_keys = past[0] if past_angles is None else apply_rope(past[0], past_angles)
+            k, v = torch.cat([past_keys, k], dim=1), torch.cat([past[1], v], dim=1)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        return self.out(o.transpose(1, 2).reshape(B, L, W)), (k[:, -L:], v[:, -L:])
+        return self.out(o.transpose(1, 2).reshape(B, L, W)), own
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -125,16 +184,17 @@ class Block(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None, past_angles: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [B, F*N, W] frame-major tokens, cond [B, F, W] per-frame timestep embedding."""
+        """x [B, F*N, W] frame-major tokens, cond [B, F, W] per-frame timestep embedding (`past_angles`: as
+        `Attention`'s)."""
         B, L, W = x.shape
         frames = cond.shape[1]
         x = self.hook_resid_pre(x)
         mod = self.modulation(F.silu(cond))[:, :, None]  # [B, F, 1, 6W]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         h = modulate(self.norm1(x).view(B, frames, -1, W), shift1, scale1).view(B, L, W)
-        a, kv = self.attn(h, angles, mask, past)
+        a, kv = self.attn(h, angles, mask, past, past_angles)
         x = x + self.hook_attn_out((gate1 * a.view(B, frames, -1, W)).view(B, L, W))
         h = modulate(self.norm2(x).view(B, frames, -1, W), shift2, scale2)
         x = x + self.hook_mlp_out((gate2 * self.mlp(h)).view(B, L, W))

@@ -21,9 +21,18 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import Layout
+from scd.contract import CachePolicy, Layout
 from scd.errors import ModelError
-from scd.models.baseline import WAN_1_3B, BuiltinFrames, CausalVideoDiffuser, FrameShape, frame_shape, frames_mask, patch_grid
+from scd.models.baseline import (
+    WAN_1_3B,
+    BuiltinFrames,
+    CausalVideoDiffuser,
+    FrameShape,
+    cache_positions,
+    frame_shape,
+    frames_mask,
+    patch_grid,
+)
 from scd.models.blocks import Block, KVCache, modulate, rope_angles
 
 
@@ -99,9 +108,9 @@ class SeparableCausalDiffuser(BuiltinFrames, HookedRootModule):
         self.hook_encoder_out = HookPoint()  # [B, F*N, W] encoder output (before the training noise)
         self.setup()
 
-    def new_cache(self) -> SCDCache:
-        """An empty encoder cache for streaming generation."""
-        return SCDCache()
+    def new_cache(self, policy: CachePolicy | None = None) -> SCDCache:
+        """An empty encoder cache for streaming generation, keeping what `policy` says (default: every frame)."""
+        return SCDCache(policy=(policy or CachePolicy()).check(self.frames_per_block))
 
     @property
     def layout(self) -> Layout:
@@ -129,22 +138,21 @@ class SeparableCausalDiffuser(BuiltinFrames, HookedRootModule):
         frames, and appended to it (the encoder only ever reads clean frames, so everything it sees is cacheable)."""
         B, Fr = frames.shape[:2]
         n = self.config.tokens_per_frame
-        start = cache.frames if cache is not None else 0
-        frame_index = torch.arange(start, start + Fr, device=frames.device)
+        past_angles, (start, positions) = cache_positions(cache, Fr, self.config)
         mask = frames_mask(start, Fr, n, frames.device)
-        angles = self._angles(frame_index)
+        angles = self._angles(torch.tensor(positions, device=frames.device))
         x = self.hook_embed(self.patch_embed(self.patchify(frames)))
         clean = torch.zeros(B * Fr, device=frames.device)  # the fixed clean-context timestep
         cond = self.time_embed(self.time_proj(clean).to(x.dtype)).view(B, Fr, -1)
         for i, block in enumerate(self.encoder.blocks):
-            x, (k, v) = block(x, cond, angles, mask, cache.layer(i) if cache is not None else None)
+            x, (k, v) = block(x, cond, angles, mask, cache.layer(i, Fr) if cache is not None else None, past_angles)
             if cache is not None:
                 cache.append(i, k, v)
         out = self.hook_encoder_out(self.encoder_norm(x))
         if self.training and self.config.encoder_noise > 0:  # so the decoder does not rely on exact features
             out = out + self.config.encoder_noise * torch.randn_like(out)
         if cache is not None:
-            cache.frames += Fr
+            cache.advance(Fr)
             cache.context = out[:, -n:]
         return out
 

@@ -36,7 +36,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import Layout, VideoDiffuser, latent_channels
+from scd.contract import CachePolicy, Layout, VideoDiffuser, latent_channels
 from scd.errors import CheckpointError, ModelError
 from scd.models.baseline import block_causal_mask
 from scd.models.blocks import KVCache
@@ -79,13 +79,24 @@ class GuidedCache:
     def frames(self) -> int:
         return self.cond.frames
 
+    @property
+    def policy(self) -> CachePolicy:
+        return self.cond.policy
+
+    def nbytes(self) -> int:
+        """Bytes held by both caches."""
+        return self.cond.nbytes() + self.uncond.nbytes()
+
 
 @dataclass
 class _Pass:
-    """What the processors of one forward pass share: the cache, whether to write it, the mask."""
+    """What the processors of one forward pass share: the cache, whether to write it, the mask, and under the
+    `cache` RoPE policy the rotation of the cached (unrotated) keys it reads."""
     cache: KVCache | None
     update: bool
     mask: torch.Tensor | None
+    frames: int = 0                        # latent frames of the pass: what it may see of a rolling cache
+    past_rotary: tuple | None = None       # (cos, sin) of the cached keys read; None: they are stored rotated
 
 
 class CausalWanAttnProcessor(WanAttnProcessor):
@@ -109,15 +120,17 @@ class CausalWanAttnProcessor(WanAttnProcessor):
             query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        unrotated = key
         if rotary_emb is not None:
             query, key = rotate(query, *rotary_emb), rotate(key, *rotary_emb)
-        cache, length = self.run.cache, query.shape[1]
-        past = cache.layer(self.layer) if cache is not None else None
+        run = self.run
+        past = run.cache.layer(self.layer, run.frames) if run.cache is not None else None
+        if run.update:  # this pass's own keys, as the cache keeps them (unrotated under the `cache` RoPE policy)
+            run.cache.append(self.layer, key if run.cache.policy.rope == "absolute" else unrotated, value)
         if past is not None:
-            key, value = torch.cat([past[0], key], dim=1), torch.cat([past[1], value], dim=1)
+            past_key = past[0] if run.past_rotary is None else rotate(past[0], *run.past_rotary)
+            key, value = torch.cat([past_key, key], dim=1), torch.cat([past[1], value], dim=1)
         query, key = attn.hook_q(query), attn.hook_k(key)  # [B, tokens, heads, head_dim], as the softmax sees them
-        if self.run.update:
-            cache.append(self.layer, key[:, -length:], value[:, -length:])
         out = dispatch_attention_fn(query, key, value, attn_mask=self.run.mask, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend)
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
@@ -263,9 +276,11 @@ class CausalWan(VideoDiffuser, nn.Module):
         self.negative_embeddings = negative_embeddings.to(where.device, where.dtype)
         self.guidance_scale = float(guidance_scale)
 
-    def new_cache(self) -> KVCache | GuidedCache:
-        """An empty KV cache for streaming generation (keys and values of clean, finished chunks); two with guidance."""
-        return GuidedCache(KVCache(), KVCache()) if self.guided else KVCache()
+    def new_cache(self, policy: CachePolicy | None = None) -> KVCache | GuidedCache:
+        """An empty KV cache for streaming generation (keys and values of clean, finished chunks, those `policy`
+        keeps); two with guidance."""
+        policy = (policy or CachePolicy()).check(self.frames_per_block)
+        return GuidedCache(KVCache(policy=policy), KVCache(policy=policy)) if self.guided else KVCache(policy=policy)
 
     def get_config(self) -> dict:
         """What a run's manifest records of the model."""
@@ -299,15 +314,16 @@ class CausalWan(VideoDiffuser, nn.Module):
             raise CheckpointError(f"{what} = {frames!r}; accepted: a positive integer")
         check_frame_counts({what: frames}, self.frames_per_block, self.max_frames)
 
-    def _rope(self, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [1, frames * tokens, 1, head_dim] of frames start..start+frames-1: Wan's table, frame-offset."""
+    def _rope(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [1, frames * tokens, 1, head_dim] of frames at RoPE frame `positions`: Wan's table, frame-indexed."""
         rope = self.transformer.rope
         sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
-        (gh, gw), stop = self.grid, start + frames
+        (gh, gw), frames = self.grid, len(positions)
         out = []
         for table in (rope.freqs_cos, rope.freqs_sin):
             f, r, c = table.split(sizes, dim=1)
-            parts = (f[start:stop].view(frames, 1, 1, -1).expand(frames, gh, gw, -1),
+            f = f[torch.tensor(positions, device=f.device)]
+            parts = (f.view(frames, 1, 1, -1).expand(frames, gh, gw, -1),
                      r[:gh].view(1, gh, 1, -1).expand(frames, gh, gw, -1),
                      c[:gw].view(1, 1, gw, -1).expand(frames, gh, gw, -1))
             out.append(torch.cat(parts, dim=-1).reshape(1, frames * gh * gw, 1, -1))
@@ -361,15 +377,21 @@ class CausalWan(VideoDiffuser, nn.Module):
         if update_cache and cache is None:
             raise ModelError("update_cache=True needs a cache (model.new_cache())")
         start = cache.frames if cache is not None else 0
-        if start + F > self.max_frames:
-            raise CheckpointError(f"{start + F} latent frames exceed the model's RoPE table (rope_max_seq_len = "
-                                  f"{self.max_frames}); accepted: at most {self.max_frames}")
-        rotary = self._rope(start, F)
+        seen, positions = cache.positions(F) if cache is not None else ([], list(range(F)))
+        if cache is not None and cache.policy.rolling and F != self.frames_per_block:
+            raise ModelError(f"a rolling KV cache takes one chunk per pass, got {F} frames; accepted: chunks of "
+                             f"{self.frames_per_block}")
+        if positions[-1] >= self.max_frames:
+            raise CheckpointError(f"latent frame position {positions[-1]} is beyond the model's RoPE table "
+                                  f"(rope_max_seq_len = {self.max_frames}); accepted: at most {self.max_frames} frames, "
+                                  "or a rolling window with --rope cache")
+        rotary = self._rope(positions)
+        past_rotary = self._rope(seen) if cache is not None and cache.policy.rope == "cache" and seen else None
         x = tr.patch_embedding(video.transpose(1, 2)).flatten(2).transpose(1, 2).contiguous()  # [B, F*n, D]
         text = text.to(video.dtype).expand(B, -1, -1)
         temb, proj, text = self._modulation(timesteps.to(video.dtype), text)
         mask = chunk_causal_mask(start, F, self.tokens_per_frame, self.frames_per_block, video.device, cache is not None)
-        run = _Pass(cache, update_cache, mask)
+        run = _Pass(cache, update_cache, mask, F, past_rotary)
         try:
             for block in tr.blocks:
                 block.attn1.processor.run = run
@@ -381,7 +403,7 @@ class CausalWan(VideoDiffuser, nn.Module):
             for block in tr.blocks:
                 block.attn1.processor.run = _Pass(None, False, None)
         if update_cache:
-            cache.frames += F
+            cache.advance(F)
         shift, scale = (tr.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)  # per token
         x = (tr.norm_out(x.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
         x = tr.proj_out(x)  # [B, F*n, p_h * p_w * C]

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe_cli import main
+from scd.contract import CachePolicy
 from scd.wan.pipeline import load_causal_wan
 from scd.zoo import CheckpointError
 from tests.cli.test_bad_input import _tree
@@ -241,7 +242,7 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
     monkeypatch.setattr(scd.wan.checks, "check_weights", lambda directory, config: 0)  # no 14B weights on this disk
     args = argparse.Namespace(latent_size=(60, 104), frames_per_block=3, fps=None, context=3, frames=18, prompt=None,
                               negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full",
-                              pca_tokens=256)
+                              pca_tokens=256, window=None, sink_frames=0, rope="absolute", cache_policy=CachePolicy())
     shape = probing.diffusers_shape(f"diffusers:{root}", args)
     assert shape == {"width": 5120, "depth": 40, "heads": 40, "tokens": 30 * 52, "frame_pixels": 3 * 64 * 60 * 104,
                      "weights": 0, "text_encoder": 0}

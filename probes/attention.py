@@ -11,6 +11,7 @@ within `SCORES_BUDGET` elements, so memory is bounded for any context length.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +120,39 @@ def mean_over_query_frames(mass: torch.Tensor, query_frames: torch.Tensor) -> tu
     frames = torch.unique(query_frames)
     means = [mass[:, :, (query_frames == f).to(mass.device)].mean(2) for f in frames.tolist()]
     return torch.stack(means, dim=1), frames
+
+
+REGIONS = ("own_chunk", "previous_chunk", "sinks", "elsewhere")  # a partition of the keys a chunk's queries see
+
+
+def mass_by_distance(mass: torch.Tensor, frames: Sequence[int], frames_per_block: int = 1) -> torch.Tensor:
+    """Attention mass by temporal distance: [F, S, H, T] from per-frame mass [F, S, H, T] of the probed `frames`.
+
+    Entry d of probed frame f is its queries' mass on the frame d frames before the end of f's chunk (chunks of
+    `frames_per_block` frames; d = 0 is the chunk's last frame, so with one frame per chunk d = 0 is the frame
+    itself and d = 1 the frame before). Distances beyond the first frame hold 0; each row still sums to 1."""
+    out = torch.zeros_like(mass)
+    for i, frame in enumerate(frames):
+        end = frame - frame % frames_per_block + frames_per_block - 1  # the last frame of the query's chunk
+        end = min(end, mass.shape[-1] - 1)
+        out[i, ..., : end + 1] = mass[i, ..., : end + 1].flip(-1)
+    return out
+
+
+def mass_by_region(mass: torch.Tensor, frames: Sequence[int], frames_per_block: int = 1,
+                   sink_frames: int = 0) -> torch.Tensor:
+    """Attention mass on the regions of a rolling cache: [F, S, H, 4] in the order of `REGIONS`: the query's own
+    chunk, the chunk before it (less any sink frame in it), the sink frames (the first `sink_frames`, less any of
+    the own chunk), and everything else it sees (the rest of the window). Each row sums to 1."""
+    T = mass.shape[-1]
+    out = mass.new_zeros(*mass.shape[:-1], len(REGIONS))
+    for i, frame in enumerate(frames):
+        first = frame - frame % frames_per_block
+        own = set(range(first, min(first + frames_per_block, T)))
+        sinks = set(range(min(sink_frames, T))) - own
+        previous = set(range(max(0, first - frames_per_block), first)) - sinks
+        for r, keys in enumerate((own, previous, sinks)):
+            if keys:
+                out[i, ..., r] = mass[i, ..., sorted(keys)].sum(-1)
+        out[i, ..., 3] = mass[i].sum(-1) - out[i, ..., :3].sum(-1)
+    return out.clamp_min(0)

@@ -255,6 +255,16 @@ class Recording:
         """float32 [F, S, H, T]: mass of each probed frame's queries on each frame of the clip (sums to 1 over T)."""
         return self._at(self._tensor(FILES["attention"], layer), frame)
 
+    def attention_by_distance(self, layer: int, frame: int | None = None) -> torch.Tensor:
+        """float32 [F, S, H, T]: each probed frame's attention mass by temporal distance, d frames before the end of
+        its chunk (d = 0: the chunk's last frame; `probes.attention.mass_by_distance`)."""
+        return self._at(self._tensor(FILES["attention"], layer, "distance"), frame)
+
+    def attention_regions(self, layer: int, frame: int | None = None) -> torch.Tensor:
+        """float32 [F, S, H, 4]: mass on the own chunk, the previous chunk, the sink frames and elsewhere in the
+        window (`probes.attention.REGIONS`; sinks as the sampler's cache policy had them, 0 without a window)."""
+        return self._at(self._tensor(FILES["attention"], layer, "regions"), frame)
+
     def attention_map(self, layer: int, frame: int | None = None) -> torch.Tensor:
         """float32 [F, S, H, g, T * g]: the pooled per-key attention of each probed frame's queries (g bands of
         its tokens) over every key of the clip (g bands per frame, frame-major); g is `bands`."""

@@ -2,7 +2,8 @@
 
     <run>/manifest.json          what was run (model, checkpoint sha256, config, layers, steps, ...), "complete": true
     <run>/features.safetensors   "layer{L}": float16 [F, S, N, D]
-    <run>/attention.safetensors  "layer{L}": float32 [F, S, H, T]; "layer{L}.map": float32 [F, S, H, g, T*g]
+    <run>/attention.safetensors  "layer{L}": float32 [F, S, H, T]; "layer{L}.map": float32 [F, S, H, g, T*g];
+                                 "layer{L}.distance" [F, S, H, T]; "layer{L}.regions" [F, S, H, 4]
     <run>/metrics.parquet        tidy table, one row per (layer, frame, metric)
     <run>/video.npz              "generated" and "ground_truth", uint8 [T, H, W, 3]
 
@@ -30,7 +31,8 @@ from safetensors.torch import save_file
 from scd.contract import ROLES
 from scd.files import OutputError, atomic_directory, check_output, input_path, sha256
 
-FORMAT = "scd-probes-run/5"  # 2: files' sha256; 3: pooled attention maps (bands); 4: centred cosine, CKA; 5: depth, block_roles
+FORMAT = "scd-probes-run/6"  # 2: files' sha256; 3: pooled attention maps (bands); 4: centred cosine, CKA; 5: depth, block_roles;
+# 6: attention by temporal distance and by cache region, the sampling (sampler, timesteps, window, sinks, RoPE)
 DATA_FILES = ("features.safetensors", "attention.safetensors", "metrics.parquet", "video.npz")
 PACKAGES = ("torch", "transformer-lens", "nnsight", "diffusers", "scd-probes")
 
@@ -203,12 +205,15 @@ def check_manifest(path: Path, m: dict) -> None:
         if "attention" in capture:
             expected[("attention", f"layer{layer}")] = (len(frames), S)
             expected[("attention", f"layer{layer}.map")] = (len(frames), S)
+            expected[("attention", f"layer{layer}.distance")] = (len(frames), S)
+            expected[("attention", f"layer{layer}.regions")] = (len(frames), S)
         for (file, key), want in expected.items():
             got = shapes.get((file, key))
             if got is None:
                 raise RunError(f"{path}/{file}.safetensors lacks {key}, which the manifest lists; the run is damaged: "
                                "run it again")
             last = num_frames * bands if key.endswith(".map") else num_frames
+            last = 4 if key.endswith(".regions") else last
             if got[:len(want)] != want or (file == "attention" and got[-1] != last) or \
                     (key.endswith(".map") and got[-2] != bands):
                 raise RunError(f"{path}/{file}.safetensors: {key} has shape {list(got)}, but the manifest's frames, steps "

@@ -85,12 +85,12 @@ def feature_reuse(model: nn.Module, layer: int, refresh: int | None = None) -> I
     reused: dict[str, torch.Tensor] = {}
 
     def replace(i: int, original):
-        def forward(x, cond, angles, mask=None, past=None):
+        def forward(x, cond, angles, mask=None, past=None, past_angles=None):
             step = tracker.step
             fresh = step is None or step == 0 or (refresh is not None and step % refresh == 0)
             if fresh:
                 counts["run"] += 1
-                out = original(x, cond, angles, mask, past)
+                out = original(x, cond, angles, mask, past, past_angles)
                 if i == layer and step is not None:
                     reused["output"] = out[0]
                 return out
@@ -149,13 +149,13 @@ def span_skip(model: nn.Module, first: int, last: int, keep: int, tail: int = 0,
     tracker, counts, state = _StepTracker(), {"run": 0, "skipped": 0}, {}
 
     def replace(i: int, original):
-        def forward(x, cond, angles, mask=None, past=None):
+        def forward(x, cond, angles, mask=None, past=None, past_angles=None):
             step = tracker.step
             if step is None or step < keep or (recompute_from is not None and step >= recompute_from):
                 counts["run"] += 1
                 if i == first and step is not None:
                     state["input"] = x
-                out = original(x, cond, angles, mask, past)
+                out = original(x, cond, angles, mask, past, past_angles)
                 if i == last and step is not None:
                     state["update"] = out[0] - state.pop("input")
                 return out

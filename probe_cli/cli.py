@@ -315,7 +315,8 @@ def _make_parsers(sub) -> None:
             t.add_argument(flag, type=_train_flag(f.name), default=None, help=f"{default}; {describe(f.name)}")
     t.set_defaults(func=making.cmd_train)
 
-    c = sub.add_parser("convert", help="an original-layout Wan / CausVid / Self-Forcing / SkyReels-V2 checkpoint -> a "
+    c = sub.add_parser("convert", help="a Wan / CausVid / Self-Forcing / LongLive / Rolling or Causal Forcing / SkyReels-V2 "
+                       "checkpoint (original or diffusers layout, 1.3B or 14B) -> a "
                        "diffusers transformer directory (safetensors)")
     c.add_argument("source", help="a .safetensors file, a sharded checkpoint (its .index.json, or a directory of "
                    ".safetensors shards), or .pt / .pth (read with torch.load(weights_only=True) only)")
@@ -327,6 +328,10 @@ def _make_parsers(sub) -> None:
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="a checkpoint with both "
                      "generator_ema and generator: convert the EMA weights (Self-Forcing's --use_ema)")
     ema.add_argument("--no-ema", dest="ema", action="store_false", help="... or the raw generator weights")
+    c.add_argument("--lora", default=None, help="a LoRA adapter to merge into the weights (LongLive's lora.pt: "
+                   "PEFT's lora_A / lora_B under generator_lora), at alpha / rank")
+    c.add_argument("--lora-alpha", type=finite(1e-6, 1e6), default=None, help="the LoRA's alpha where the file does "
+                   "not say it (LongLive's config: adapter.alpha)")
     c.add_argument("--quiet", action="store_true", help="do not print what was read and chosen")
     c.add_argument("--force", action="store_true", help="replace a directory this command wrote")
     c.set_defaults(func=making.cmd_convert)

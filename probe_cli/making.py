@@ -66,12 +66,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
             (source.suffix in (".safetensors", ".pt", ".pth") and source.is_file())):
         raise UsageError(f"{source} is not a checkpoint; accepted: an existing .safetensors, .pt or .pth file, a sharded "
                          "checkpoint's .index.json, or a directory of .safetensors shards")
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise UsageError(f"--lora {args.lora} is not a file; accepted: a LoRA adapter file (.safetensors, .pt or .pth)")
+    if args.lora_alpha is not None and args.lora is None:
+        raise UsageError("--lora-alpha scales a LoRA; accepted: --lora-alpha with --lora FILE, or neither")
     output(args.out, "converted", args.force)
     from scd.wan.convert import convert
 
     notes: list[str] = []  # what was read and chosen: said after the work, so that a refusal stays one line
     out = convert(source, args.out, heads=args.heads, frames_per_block=args.frames_per_block, ema=args.ema,
-                  force=args.force, notes=notes)
+                  force=args.force, notes=notes, lora=args.lora, lora_alpha=args.lora_alpha)
     if not args.quiet:
         for note in notes:
             print(f"note: {note}")

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from probes.attention import mass_by_distance, mass_by_region
 from scd.contract import ROLES
 from scd.files import OutputError, atomic_directory, check_output, input_path, sha256
 
@@ -96,7 +97,8 @@ def write_run(
     """Write a complete run directory atomically; returns its path.
 
     `features` / `attention` map "layer{L}" to the layer's tensor (stored float16 / float32) and
-    "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens"). The
+    "layer{L}.{what}" to side entries stored as given (e.g. "layer15.gram", "layer15.tokens"); the attention's
+    "layer{L}.distance" and "layer{L}.regions" are derived from its mass where not given. The
     manifest records each file's size and sha256, so a file swapped in from another run is refused.
     An existing `path` is replaced only with `force`, and only if it is a run (`scd.files`).
     """
@@ -109,9 +111,17 @@ def write_run(
         if not isinstance(video, np.ndarray) or video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise RunError(f"{name} must be uint8 [T, H, W, 3], got {getattr(video, 'dtype', type(video).__name__)} "
                            f"{getattr(video, 'shape', '')}")
+    attention = dict(attention or {})
+    for key in [k for k in attention if layer_of(k) is not None]:  # derived from the mass where not given
+        frames, k = manifest.get("frames") or [], manifest.get("frames_per_block") or 1
+        sinks = (manifest.get("sampling") or {}).get("sink_frames") or 0
+        if f"{key}.distance" not in attention and len(frames) == attention[key].shape[0]:
+            attention[f"{key}.distance"] = mass_by_distance(attention[key].float(), frames, k)
+        if f"{key}.regions" not in attention and len(frames) == attention[key].shape[0]:
+            attention[f"{key}.regions"] = mass_by_region(attention[key].float(), frames, k, sinks)
     with atomic_directory(path, force=force) as tmp:
         save_file({k: as_stored(k, v, torch.float16) for k, v in (features or {}).items()}, tmp / "features.safetensors")
-        save_file({k: as_stored(k, v, torch.float32) for k, v in (attention or {}).items()}, tmp / "attention.safetensors")
+        save_file({k: as_stored(k, v, torch.float32) for k, v in attention.items()}, tmp / "attention.safetensors")
         table = metrics if metrics is not None else pd.DataFrame(columns=["layer", "frame", "metric", "value"])
         table.to_parquet(tmp / "metrics.parquet", index=False)
         np.savez_compressed(tmp / "video.npz", generated=generated, ground_truth=ground_truth)

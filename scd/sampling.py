@@ -240,17 +240,13 @@ def generate(
             chunk_timesteps = [t for t in scheduler.timesteps]
         else:
             scheduler, chunk_timesteps = None, [torch.tensor(t) for t in explicit]
-
-        def velocity_at(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t_frame = t.to(device=device, dtype=dtype).expand(B, k)
-            if use_cache:
-                return model(x, t_frame, cache=cache)
-            # the full causal sequence: clean past frames, then the noisy current chunk
-            return model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, first), t_frame], dim=1))[:, -k:]
-
         for step, t in enumerate(chunk_timesteps):
             announce(last, step, float(t))
-            velocity = velocity_at(x, t)
+            t_frame = t.to(device=device, dtype=dtype).expand(B, k)
+            if use_cache:
+                velocity = model(x, t_frame, cache=cache)
+            else:  # the full causal sequence: clean past frames, then the noisy current chunk
+                velocity = model(torch.cat([video, x], dim=1), torch.cat([clean.expand(B, first), t_frame], dim=1))[:, -k:]
             if sampler == "renoise":
                 estimate = x - (float(t) / 1000) * velocity  # the clean frame this step predicts
                 if step + 1 < len(chunk_timesteps):

@@ -158,6 +158,104 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
     return out
 
 
+LORA_WRAPPERS = ("generator_lora", "lora", "state_dict")  # LongLive saves its adapter under generator_lora
+LORA_PREFIXES = ("base_model.model.", *PREFIXES)          # PEFT's wrapper of the adapted model
+LORA_KEY = re.compile(r"(.+)\.lora_(A|B)(?:\.[A-Za-z0-9_]+)?\.weight")  # PEFT: <module>.lora_A[.<adapter>].weight
+
+
+def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """A LoRA adapter (PEFT's layout, as LongLive saves it under `generator_lora`): per adapted module (the base's
+    name, e.g. `blocks.0.self_attn.q`), (A [r, in], B [out, r], scale). The rank is read from A's shape; the scale is
+    alpha / rank (PEFT's), alpha given, or read from the file (a top-level `lora_alpha` / `alpha` number, the
+    safetensors metadata's `lora_alpha`) or from a PEFT `adapter_config.json` beside it."""
+    from scd.files import input_path
+
+    path = Path(input_path(path, "lora", "a LoRA adapter file (.safetensors, .pt or .pth)", ConversionError))
+    if path.suffix not in SUFFIXES or not path.is_file():
+        raise ConversionError(f"--lora {path} is not a file; accepted: a LoRA adapter file (.safetensors, .pt or .pth)")
+    found_alpha = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(path, "pt") as f:
+                found_alpha = (f.metadata() or {}).get("lora_alpha")
+            state: object = load_file(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
+            raise ConversionError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - an UnpicklingError for anything weights_only refuses
+            raise ConversionError(f"{path} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
+    while isinstance(state, dict) and not any(LORA_KEY.fullmatch(str(k)) for k in state):
+        if found_alpha is None:
+            found_alpha = next((state[k] for k in ("lora_alpha", "alpha") if isinstance(state.get(k), int | float)), None)
+        wrapper = next((k for k in LORA_WRAPPERS if isinstance(state.get(k), dict)), None)
+        if wrapper is None:
+            raise ConversionError(f"{path} holds no LoRA weights (<module>.lora_A.weight / lora_B.weight) at its top "
+                                  f"level nor under {', '.join(LORA_WRAPPERS)}")
+        state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path} holds a {type(state).__name__}; accepted: a LoRA state dict")
+    config = path.parent / "adapter_config.json"
+    if found_alpha is None and config.is_file():
+        try:
+            found_alpha = json.loads(config.read_text()).get("lora_alpha")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            raise ConversionError(f"{config} is not a PEFT adapter config (JSON with lora_alpha)") from None
+    if alpha is None and found_alpha is None:
+        raise ConversionError(f"{path} does not say its LoRA alpha (the scale is alpha / rank); accepted: --lora-alpha A "
+                              "(LongLive's config: adapter.alpha)")
+    try:
+        alpha = float(alpha if alpha is not None else found_alpha)
+    except (TypeError, ValueError):
+        raise ConversionError(f"{path}: lora_alpha {found_alpha!r} is not a number; accepted: --lora-alpha A") from None
+    halves: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = LORA_KEY.fullmatch(str(key))
+        if match is None or not isinstance(value, torch.Tensor):
+            raise ConversionError(f"{path}: {key} is not a LoRA weight; accepted: <module>.lora_A.weight and "
+                                  "<module>.lora_B.weight pairs")
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()) or value.dim() != 2:
+            raise ConversionError(f"{path}: {key} is not a finite float matrix; accepted: LoRA factors [r, in], [out, r]")
+        module = match.group(1)
+        while module.startswith(LORA_PREFIXES):
+            module = next(module.removeprefix(p) for p in LORA_PREFIXES if module.startswith(p))
+        halves.setdefault(module, {})[match.group(2)] = value
+    pairs = {}
+    for module, half in halves.items():
+        if set(half) != {"A", "B"} or half["A"].shape[0] != half["B"].shape[1]:
+            raise ConversionError(f"{path}: {module} has no matching lora_A [r, in] and lora_B [out, r]")
+        rank = half["A"].shape[0]
+        pairs[module] = (half["A"], half["B"], alpha / rank)
+    ranks = sorted({a.shape[0] for a, _, _ in pairs.values()})
+    notes.append(f"merged the LoRA {path.name}: {len(pairs)} modules, rank {', '.join(map(str, ranks))}, alpha {alpha:g} "
+                 f"(scale alpha / rank)")
+    return pairs
+
+
+def merge_lora(state: dict[str, torch.Tensor], pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
+               source: str | Path) -> dict[str, torch.Tensor]:
+    """The base weights with each adapted module's weight W replaced by W + scale B A (PEFT's merge), in float32
+    and cast back to W's dtype."""
+    out = dict(state)
+    for module, (a, b, scale) in pairs.items():
+        key = f"{module}.weight"
+        if key not in state:
+            raise ConversionError(f"the LoRA adapts {module}, which {Path(source).name} does not have; accepted: an "
+                                  "adapter of this base checkpoint")
+        weight = state[key]
+        if tuple(weight.shape) != (b.shape[0], a.shape[1]):
+            raise ConversionError(f"the LoRA's {module} is [{b.shape[0]}, {a.shape[1]}]; the base weight is "
+                                  f"{list(weight.shape)}")
+        out[key] = (weight.float() + scale * (b.float() @ a.float())).to(weight.dtype)
+    return out
+
+
 def original_name(key: str) -> str:
     """A diffusers key -> the original layout's name for it (the renames undone, last first)."""
     if key == "scale_shift_table":
@@ -199,11 +297,26 @@ def infer_config(state: dict[str, torch.Tensor], heads: int | None = None, frame
     return "WanTransformer3DModel", config
 
 
+def config_heads(source: str | Path) -> int | None:
+    """The heads an original Wan directory's `config.json` beside the checkpoint states (`num_heads`), else None."""
+    path = Path(source)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        heads = json.loads(config.read_text()).get("num_heads") if config.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
+
+
 def convert(source: str | Path, out: str | Path, *, heads: int | None = None, frames_per_block: int | None = None,
-            ema: bool | None = None, force: bool = False, notes: list[str] | None = None) -> Path:
+            ema: bool | None = None, force: bool = False, notes: list[str] | None = None,
+            lora: str | Path | None = None, lora_alpha: float | None = None) -> Path:
     """Write a diffusers transformer directory (config.json + safetensors + convert.json) at `out` from `source`.
     `frames_per_block` is SkyReels-V2's `num_frame_per_block` (refused for Wan checkpoints, whose chunk is chosen
-    at probe time); `ema` chooses between `generator_ema` and `generator` where a checkpoint holds both."""
+    at probe time); `ema` chooses between `generator_ema` and `generator` where a checkpoint holds both; `lora`
+    (LongLive's adapter) is merged into the base weights at alpha / rank (`lora_alpha`, or read from the file).
+    Heads: given, else the `num_heads` of an original `config.json` beside the checkpoint, else width / 128 (the
+    head size of every Wan-2.1 size: 1.3B 1536 / 12, 14B 5120 / 40), said in the notes."""
     import diffusers
 
     from scd.files import atomic_directory, check_output, sha256, signature
@@ -216,11 +329,26 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     check_output(out, "converted", force)
     notes = [] if notes is None else notes
     in_file: dict[str, str] = {}
+    if lora_alpha is not None and (not isinstance(lora_alpha, int | float) or isinstance(lora_alpha, bool) or
+                                   not 0 < lora_alpha <= 1e6):
+        raise ConversionError(f"lora_alpha = {lora_alpha!r}; accepted: a number in (0, 1e6]")
+    if lora_alpha is not None and lora is None:
+        raise ConversionError("lora_alpha scales a LoRA; accepted: with --lora FILE, or neither")
+    pairs = read_lora(lora, lora_alpha, notes) if lora is not None else None
     original = read_weights(source, ema, notes, in_file)
+    if pairs is not None:
+        original = merge_lora(original, pairs, source)
+    if heads is None:
+        heads = config_heads(source)
+        if heads is not None:
+            notes.append(f"heads {heads}, from the config.json beside the checkpoint")
     state, names = {}, {}
     for key, value in original.items():
         state[rename(key)], names[rename(key)] = value, in_file[key]
     family, config = infer_config(state, heads, frames_per_block or 1)
+    notes.append(f"{family}: {config['num_layers']} blocks, width {config['num_attention_heads'] * config['attention_head_dim']}"
+                 f", {config['num_attention_heads']} heads of {config['attention_head_dim']}"
+                 + ("" if heads else " (width / 128: Wan's head size; --heads N otherwise)"))
     if frames_per_block is not None and family != "SkyReelsV2Transformer3DModel":
         raise ConversionError(f"--frames-per-block {frames_per_block} is written into SkyReels-V2 configs only; {source} "
                               "is a Wan checkpoint (no fps embedding), whose chunk size is chosen when it is probed: "
@@ -244,5 +372,6 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "convert.json").write_text(json.dumps({**signature("converted"), "source": str(source),
                                                       "source_sha256": source_hash, "family": family, "config": config,
+                                                      "lora": str(lora) if lora is not None else None,
                                                       "notes": notes}, indent=2))
     return Path(out)

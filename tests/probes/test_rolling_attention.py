@@ -83,8 +83,8 @@ def check(probe, seen, layers, k, n, total, tmp_path):
                 sinks = [f for f in range(SINKS) if f not in own]
                 previous = [f for f in range(first - k, first) if f >= 0 and f not in sinks]
                 regions = probe.attention_regions(layer)[i, step].double()
-                hand = [mass[i, step][:, own].sum(-1), mass[i, step][:, previous].sum(-1) if previous else 0 * mass[i, step][:, 0],
-                        mass[i, step][:, sinks].sum(-1) if sinks else 0 * mass[i, step][:, 0]]
+                row = mass[i, step]
+                hand = [row[:, keys].sum(-1) if keys else torch.zeros(row.shape[0]) for keys in (own, previous, sinks)]
                 for r, value in enumerate(hand):
                     assert (regions[:, r] - value.double()).abs().max() <= 1e-6
                 assert (regions.sum(-1) - 1).abs().max() <= 1e-5

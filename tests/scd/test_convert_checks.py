@@ -109,3 +109,100 @@ def test_compiled_and_sharded_checkpoints_convert_to_the_same_weights(weights, t
     for out in ("compiled", "from-index", "from-dir"):
         got = load_file(tmp_path / out / "diffusion_pytorch_model.safetensors")
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def _adapter(original: dict, rank: int, seed: int = 0) -> dict:
+    """A PEFT-layout LoRA (as LongLive saves it) on every block's self-attention q and v and the FFN's first layer."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key, weight in original.items():
+        module = key.removeprefix("model.").removesuffix(".weight")
+        if key.endswith(".weight") and module.split(".", 2)[-1] in ("self_attn.q", "self_attn.v", "ffn.0"):
+            out_dim, in_dim = weight.shape
+            lora[f"base_model.model.{module}.lora_A.weight"] = torch.randn(rank, in_dim, generator=g) * 0.3
+            lora[f"base_model.model.{module}.lora_B.weight"] = torch.randn(out_dim, rank, generator=g) * 0.3
+    return lora
+
+
+@pytest.mark.parametrize("alpha_from", ["file", "flag", "adapter_config"])
+def test_a_longlive_base_plus_lora_converts_to_the_merged_weights_built_directly(alpha_from, tmp_path):
+    import copy
+
+    from scd.wan.causal_wan import CausalWan
+    from scd.wan.convert import original_name
+    from scd.wan.pipeline import load_causal_wan
+    from tests.wan_tiny import LATENT, TINY
+
+    stock = tiny("wan")
+    original = original_layout(stock.state_dict())
+    rank, alpha = 4, 8.0
+    lora = _adapter(original, rank)
+    torch.save({"generator": original}, tmp_path / "base.pt")
+    if alpha_from == "file":
+        torch.save({"generator_lora": lora, "lora_alpha": alpha}, tmp_path / "lora.pt")
+    else:
+        torch.save({"generator_lora": lora}, tmp_path / "lora.pt")
+    if alpha_from == "adapter_config":
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha}))
+    notes: list[str] = []
+    convert(tmp_path / "base.pt", tmp_path / "out", heads=TINY["num_attention_heads"], lora=tmp_path / "lora.pt",
+            lora_alpha=alpha if alpha_from == "flag" else None, notes=notes)
+    assert any("rank 4, alpha 8" in note for note in notes)
+    # The same weights built directly: each adapted diffusers weight plus (alpha / rank) B A.
+    direct = copy.deepcopy(stock)
+    merged = direct.state_dict()
+    for key in merged:
+        module = original_name(key).removesuffix(".weight")
+        a = lora.get(f"base_model.model.{module}.lora_A.weight")
+        if a is not None and key.endswith(".weight"):
+            merged[key] = merged[key] + alpha / rank * lora[f"base_model.model.{module}.lora_B.weight"] @ a
+    direct.load_state_dict(merged)
+    model = load_causal_wan(tmp_path / "out", LATENT)
+    x, t = torch.randn(1, 2, 4, *LATENT), torch.tensor([[0.0, 500.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), CausalWan(direct, LATENT)(x, t), atol=1e-5, rtol=0)
+        assert not torch.allclose(model(x, t), CausalWan(copy.deepcopy(stock), LATENT)(x, t), atol=1e-3)  # it did merge
+
+
+def test_a_lora_without_its_alpha_or_of_another_model_is_refused_in_one_line(weights, tmp_path):
+    torch.save({"generator": weights}, tmp_path / "base.pt")
+    torch.save({"generator_lora": _adapter(weights, 2)}, tmp_path / "lora.pt")
+    with pytest.raises(ConversionError, match="does not say its LoRA alpha") as caught:
+        convert(tmp_path / "base.pt", tmp_path / "out", heads=2, lora=tmp_path / "lora.pt")
+    assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()
+    stray = {"base_model.model.blocks.9.self_attn.q.lora_A.weight": torch.ones(2, 24),
+             "base_model.model.blocks.9.self_attn.q.lora_B.weight": torch.ones(24, 2)}
+    torch.save({"generator_lora": stray, "lora_alpha": 2}, tmp_path / "stray.pt")
+    with pytest.raises(ConversionError, match="adapts blocks.9.self_attn.q, which base.pt does not have"):
+        convert(tmp_path / "base.pt", tmp_path / "out", heads=2, lora=tmp_path / "stray.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_diffusers_layout_self_forcing_checkpoint_converts_unchanged(tmp_path):
+    from scd.wan.pipeline import load_causal_wan
+    from tests.wan_tiny import LATENT, TINY
+
+    stock = tiny("wan")
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in stock.state_dict().items()}}, tmp_path / "sf.pt")
+    convert(tmp_path / "sf.pt", tmp_path / "out", heads=TINY["num_attention_heads"])
+    loaded = load_causal_wan(tmp_path / "out", LATENT).transformer.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in stock.state_dict().items())
+
+
+@pytest.mark.parametrize("width,blocks,heads", [(1536, 30, 12), (5120, 40, 40)])
+def test_the_shapes_of_wan_1_3b_and_14b_give_their_blocks_and_heads(width, blocks, heads):
+    """Krea Realtime and Wan-2.1-14B (40 blocks, width 5120, 40 heads) beside the 1.3B, read off the shapes alone
+    (zero-stride tensors: no 14B of memory)."""
+    from scd.wan.convert import infer_config
+
+    def shaped(*shape):
+        return torch.zeros(1).expand(*shape)
+    state = {"patch_embedding.weight": shaped(width, 16, 1, 2, 2), "proj_out.weight": shaped(64, width),
+             "condition_embedder.text_embedder.linear_1.weight": shaped(width, 4096),
+             "condition_embedder.time_embedder.linear_1.weight": shaped(width, 256),
+             "blocks.0.ffn.net.0.proj.weight": shaped(8960 if width == 1536 else 13824, width),
+             "blocks.0.norm2.weight": shaped(width)}
+    state |= {f"blocks.{i}.attn1.to_q.weight": shaped(width, width) for i in range(blocks)}
+    family, config = infer_config(state)
+    assert family == "WanTransformer3DModel" and config["num_layers"] == blocks
+    assert config["num_attention_heads"] == heads and config["attention_head_dim"] == 128

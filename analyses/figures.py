@@ -160,6 +160,43 @@ def offset_heatmap(run: Recording) -> Figure:
 
 
 @takes_run
+def distance_heatmap(run: Recording, most: int = 24) -> Figure:
+    """Layer x temporal distance (0 = the end of the query's own chunk): mean attention mass over frames, steps,
+    heads and the sweep's items (analyses.rolling.distance_table)."""
+    from analyses.rolling import distance_table
+
+    table = distance_table(run, min(most, run.manifest["num_frames"])).set_index("layer")
+    mass = table[[c for c in table.columns if c.startswith("d") and c[1:].isdigit()]]
+    mass.columns = [int(c[1:]) for c in mass.columns]
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * mass.shape[1] + 2), max(2.5, 0.18 * len(mass) + 1)))
+    sns.heatmap(mass, ax=ax, cmap="magma", vmin=0, vmax=1, annot=mass.size <= 64, fmt=".2f")
+    ax.set_xlabel("temporal distance in frames (0 = the last frame of the query's chunk)")
+    ax.set_ylabel("layer")
+    return _finished(fig)
+
+
+@takes_run
+def region_panel(run: Recording) -> Figure:
+    """Per layer, the attention mass on the sink frames, the own chunk, the previous chunk and the rest of the
+    window, each with its 95% interval over clips / seeds (analyses.rolling.region_table)."""
+    from analyses.rolling import region_table
+    from probes.attention import REGIONS
+
+    table = region_table(run)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for region, marker in zip(REGIONS, "os^v", strict=True):
+        low = (table[region] - table[f"{region}_low"]).fillna(0)
+        high = (table[f"{region}_high"] - table[region]).fillna(0)
+        ax.errorbar(table["layer"], table[region], yerr=[low, high], marker=marker, capsize=2, label=region.replace("_", " "))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention mass")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{int(table['clips'].iloc[0])} clip(s); intervals: 95% t over clips", fontsize=8)
+    return _finished(fig)
+
+
+@takes_run
 def frames_title(run: Recording) -> str:
     """What `frames_figure` shows, in words."""
     shows = run.manifest.get("video_shows")

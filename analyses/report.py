@@ -37,6 +37,7 @@ from analyses.claims import (
 from analyses.errors import takes_run
 from analyses.intervals import over_clips, table_over_clips
 from analyses.interventions import SUMMARY_COLUMNS, load_interventions
+from analyses.rolling import is_rolling, sampling_of
 from analyses.similarity import depth_curve, input_similarity
 from analyses.sparsity import sparsity_table
 from analyses.thresholds import THRESHOLDS
@@ -140,7 +141,14 @@ def _section(run: Recording) -> dict:
             figures.similarity_heatmaps(run))
     if pca_layer is not None:
         figs[f"PCA of layer {pca_layer} over the denoising steps"] = png_data_uri(figures.pca_strip(run, pca_layer))
-    if run.attention_layers:
+    if run.attention_layers and is_rolling(run):
+        sampling = sampling_of(run)
+        window = f"a {sampling['window']}-frame window with {sampling['sink_frames']} sink frame(s), RoPE {sampling['rope']}"
+        figs[f"Attention by temporal distance over the rolling KV cache ({window}): layer x distance"] = png_data_uri(
+            figures.distance_heatmap(run))
+        figs[f"Attention on the sink frames, the own and previous chunk and the rest of the window ({window}), by layer"] \
+            = png_data_uri(figures.region_panel(run))
+    elif run.attention_layers:
         figs["Attention mass by key-frame offset"] = png_data_uri(figures.offset_heatmap(run))
     figs[figures.frames_title(run)] = png_data_uri(figures.frames_figure(run))
     figs["The generated video, playing (context, then generated frames)"] = gif_data_uri(run.video()[0])
@@ -207,6 +215,13 @@ def _generation_text(generation: dict | None) -> dict[str, str]:
                 else ""),
             "scheduler": f"{scheduler.get('class')}, shift {scheduler.get('shift')} ({scheduler.get('source')})",
             "chunk size": f"{generation.get('frames_per_block')} frame(s) denoised together",
+            "sampler": f"{generation.get('sampler') or 'ode'}" + (
+                f", timesteps {generation['timesteps']}" + (f" warped at shift {generation.get('shift')}"
+                                                             if generation.get("warp") else "")
+                if generation.get("timesteps") else ""),
+            "KV cache": "every finished frame" if generation.get("window") is None else
+            f"rolling window of {generation['window']} frames, {generation.get('sink_frames')} sink frame(s), "
+            f"RoPE {generation.get('rope')}",
             "fps": generation.get("fps"), "dtype, device": f"{generation.get('dtype')}, {generation.get('device')}"}
     return {k: "" if v is None else str(v) for k, v in rows.items()}
 

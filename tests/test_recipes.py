@@ -86,3 +86,90 @@ def test_the_self_forcing_recipe_converts_copies_and_runs_to_a_report(tmp_path):
     assert json.loads((target / "transformer" / "convert.json").read_text())["generator"] == "scd-probes/converted"
     html = _report(out, tmp_path)
     assert "a blue boat sails on sea" in html and "UniPCMultistepScheduler" in html
+
+
+def _readme_commands() -> list[list[str]]:
+    """The `probe ...` commands of the README's "Probing your own model" block, continuation lines joined."""
+    import re
+    import shlex
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Probing your own model", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line)[1:] for line in block.splitlines() if re.match(r"\s*probe ", line)]
+
+
+def _reduced(argv: list[str], paths: dict[str, str]) -> list[str]:
+    """A README command at test size: its paths mapped, 480p latents and GPU settings swapped for the tiny ones,
+    every sampling flag kept as written."""
+    out, skip = [], {"--device": 1, "--dtype": 1, "--latent-size": 1, "--clip": 1, "--layers": 1}
+    i = 0
+    while i < len(argv):
+        if argv[i] in skip:
+            i += 1 + skip[argv[i]]
+            continue
+        out.append(paths.get(argv[i], argv[i]))
+        i += 1
+    if out[0] == "run":
+        out = [arg.replace(key, value) if arg.startswith("diffusers:") else arg for arg in out for key, value in
+               [next(((k, v) for k, v in paths.items() if k in arg), ("", ""))]]
+        out += ["--latent-size", "8x12", "--layers", "all", "--clip", "0-1", "--quiet"]
+    return out
+
+
+def test_the_readme_commands_parse_and_say_what_the_docs_say():
+    """Every `probe` command of the README's real-model block parses with the real parser."""
+    from probe_cli.cli import build_parser
+
+    commands = _readme_commands()
+    assert {c[0] for c in commands} == {"convert", "run"} and len(commands) >= 6
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)
+    sampling = [c for c in commands if "--sampler" in c]
+    assert sampling and all(c[c.index("--timesteps") + 1] == "1000,750,500,250" for c in sampling)
+    assert any("--window" in c and c[c.index("--window") + 1] == "12" and c[c.index("--sink-frames") + 1] == "3"
+               for c in commands)
+
+
+@pytest.mark.slow
+def test_the_readme_self_forcing_and_longlive_commands_run_as_written_at_a_reduced_size(tmp_path):
+    """Self-Forcing (4 warped steps, re-noising, 3-frame chunks) and LongLive (base + LoRA merged, a 12-frame window
+    with 3 sinks), the README's commands with their paths mapped to tiny pipelines and fewer frames."""
+    import torch
+
+    from tests.scd.test_convert_checks import _adapter
+
+    wan = save_pipeline(tmp_path / "Wan2.1-T2V-1.3B-Diffusers", "wan", scheduler=UNIPC)
+    original = original_layout(tiny("wan", seed=5).state_dict())
+    torch.save({"generator_ema": original, "generator": original}, tmp_path / "self_forcing_dmd.pt")
+    torch.save({"generator_ema": original, "generator": original}, tmp_path / "longlive_base.pt")
+    torch.save({"generator_lora": _adapter(original, 4)}, tmp_path / "lora.pt")
+    paths = {"self_forcing_dmd.pt": str(tmp_path / "self_forcing_dmd.pt"),
+             "longlive_base.pt": str(tmp_path / "longlive_base.pt"), "lora.pt": str(tmp_path / "lora.pt"),
+             "/models/self-forcing/transformer": str(tmp_path / "self-forcing" / "transformer"),
+             "/models/longlive/transformer": str(tmp_path / "longlive" / "transformer"),
+             "/models/self-forcing": str(tmp_path / "self-forcing"), "/models/longlive": str(tmp_path / "longlive"),
+             "reports/runs/self-forcing-4step": str(tmp_path / "sf"), "reports/runs/longlive-w12s3": str(tmp_path / "ll")}
+    for argv in _readme_commands():
+        if any(model in " ".join(argv) for model in ("krea", "14b")):
+            continue  # no 14B on this machine: its shapes and memory estimate are tested apart
+        argv = _reduced(argv, paths)
+        if argv[0] == "convert":
+            argv += ["--heads", "2"]
+        else:
+            argv[argv.index("--frames") + 1] = "12" if "--window" in argv else "6"
+            argv[argv.index("--prompt") + 1] = "a red car"
+        assert main(argv) == 0, argv
+        if argv[0] == "convert":
+            target = Path(argv[2]).parent
+            for part in ("vae", "text_encoder", "tokenizer"):
+                shutil.copytree(wan / part, target / part)
+    sf, ll = load_run(tmp_path / "sf"), load_run(tmp_path / "ll")
+    assert sf.manifest["sampling"]["timesteps"] == [1000.0, 937.5, 833.3333333333334, 625.0]
+    assert sf.manifest["sampling"]["sampler"] == "renoise" and len(sf.steps) == 4 and sf.frames_per_block == 3
+    assert ll.manifest["sampling"]["window"] == 12 and ll.manifest["sampling"]["sink_frames"] == 3
+    regions = ll.attention_regions(0)
+    assert regions.shape[-1] == 4 and torch.allclose(regions.sum(-1), torch.ones(()), atol=1e-5)
+    html = _report(tmp_path / "ll", tmp_path)
+    assert "rolling window of 12 frames, 3 sink frame(s)" in html and "layer x distance" in html

@@ -1,0 +1,58 @@
+"""Attention over a rolling KV cache: by temporal distance and on the cache's regions (own chunk, previous chunk,
+sink frames, the rest of the window), per layer, as means over clips and noise draws with 95% intervals.
+
+The values are the run's stored `attention_by_distance` and `attention_regions` (exact: `probes.attention`),
+averaged over probed frames, denoising steps and heads within a run; a sweep's items (clips, prompts, noise
+seeds: `probe run --clip 0-7` / `--seeds N`) give the intervals, each clip's draws averaged first.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analyses.errors import takes_run
+from analyses.intervals import table_over_clips
+from probes.attention import REGIONS
+from probes.recording import Recording
+
+
+def sampling_of(run: Recording) -> dict:
+    """The manifest's sampling (sampler, timesteps, window, sinks, RoPE policy); {} for a run recorded without one."""
+    return run.manifest.get("sampling") or {}
+
+
+def is_rolling(run: Recording) -> bool:
+    """Was the run generated with a rolling KV window?"""
+    return sampling_of(run).get("window") is not None
+
+
+def _distance_of(item: Recording, distances: int) -> pd.DataFrame:
+    rows = []
+    for layer in item.attention_layers:
+        mass = item.attention_by_distance(layer).double().mean((0, 1, 2))  # frames, steps, heads
+        rows.append({"layer": layer, **{f"d{d}": float(mass[d]) if d < len(mass) else 0.0 for d in range(distances)}})
+    return pd.DataFrame(rows)
+
+
+@takes_run
+def distance_table(run: Recording, distances: int | None = None) -> pd.DataFrame:
+    """One row per layer: the mean attention mass at each temporal distance d (columns d0, d1, ...: d frames before
+    the end of the query's chunk), with `_low` / `_high` 95% intervals over clips and `clips`."""
+    distances = distances or run.manifest["num_frames"]
+    columns = [f"d{d}" for d in range(distances)]
+    return table_over_clips(run.items, lambda item: _distance_of(item, distances), "layer", columns)
+
+
+def _regions_of(item: Recording) -> pd.DataFrame:
+    rows = []
+    for layer in item.attention_layers:
+        mass = item.attention_regions(layer).double().mean((0, 1, 2))
+        rows.append({"layer": layer, **{region: float(mass[r]) for r, region in enumerate(REGIONS)}})
+    return pd.DataFrame(rows)
+
+
+@takes_run
+def region_table(run: Recording) -> pd.DataFrame:
+    """One row per layer: the mean attention mass on the own chunk, the previous chunk, the sink frames and the rest
+    of the window (`probes.attention.REGIONS`), each with its 95% interval over clips."""
+    return table_over_clips(run.items, _regions_of, "layer", list(REGIONS))

@@ -178,7 +178,8 @@ def distance_heatmap(run: Recording, most: int = 24) -> Figure:
 @takes_run
 def region_panel(run: Recording) -> Figure:
     """Per layer, the attention mass on the sink frames, the own chunk, the previous chunk and the rest of the
-    window, each with its 95% interval over clips / seeds (analyses.rolling.region_table)."""
+    window, each with its 95% interval over clips / seeds (analyses.rolling.region_table), and dotted, each region's
+    mass under uniform attention over the keys seen: a sink is mass above its line."""
     from analyses.rolling import region_table
     from probes.attention import REGIONS
 
@@ -187,12 +188,15 @@ def region_panel(run: Recording) -> Figure:
     for region, marker in zip(REGIONS, "os^v", strict=True):
         low = (table[region] - table[f"{region}_low"]).fillna(0)
         high = (table[f"{region}_high"] - table[region]).fillna(0)
-        ax.errorbar(table["layer"], table[region], yerr=[low, high], marker=marker, capsize=2, label=region.replace("_", " "))
+        line = ax.errorbar(table["layer"], table[region], yerr=[low, high], marker=marker, capsize=2,
+                           label=region.replace("_", " "))
+        ax.axhline(table[f"{region}_uniform"].iloc[0], color=line[0].get_color(), linestyle=":", linewidth=1)
     ax.set_xlabel("layer")
     ax.set_ylabel("attention mass")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{int(table['clips'].iloc[0])} clip(s); intervals: 95% t over clips", fontsize=8)
+    ax.set_title(f"{int(table['clips'].iloc[0])} clip(s); intervals: 95% t over clips; dotted: uniform attention over "
+                 "the keys seen", fontsize=8)
     return _finished(fig)
 
 

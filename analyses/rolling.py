@@ -9,6 +9,7 @@ seeds: `probe run --clip 0-7` / `--seeds N`) give the intervals, each clip's dra
 from __future__ import annotations
 
 import pandas as pd
+import torch
 
 from analyses.errors import takes_run
 from analyses.intervals import table_over_clips
@@ -51,8 +52,30 @@ def _regions_of(item: Recording) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def uniform_regions(run: Recording) -> dict[str, float]:
+    """The mass each region would get if every key a query sees were equally attended (a region's share of the
+    frames its chunk sees, averaged over the probed frames): the level against which a "sink" is read."""
+    from probes.attention import mass_by_region
+    from scd.contract import CachePolicy
+
+    sampling, k = sampling_of(run), run.frames_per_block
+    policy = CachePolicy(sampling.get("window"), sampling.get("sink_frames") or 0)
+    frames, total = run.manifest["frames"], run.manifest["num_frames"]
+    uniform = torch.zeros(len(frames), 1, 1, total, dtype=torch.float64)
+    for i, frame in enumerate(frames):
+        first = frame - frame % k
+        seen = policy.visible(first, k) + list(range(first, first + k))
+        uniform[i, 0, 0, seen] = 1 / len(seen)
+    shares = mass_by_region(uniform, frames, k, policy.sink_frames).mean((0, 1, 2))
+    return {region: float(shares[r]) for r, region in enumerate(REGIONS)}
+
+
 @takes_run
 def region_table(run: Recording) -> pd.DataFrame:
     """One row per layer: the mean attention mass on the own chunk, the previous chunk, the sink frames and the rest
-    of the window (`probes.attention.REGIONS`), each with its 95% interval over clips."""
-    return table_over_clips(run.items, _regions_of, "layer", list(REGIONS))
+    of the window (`probes.attention.REGIONS`), each with its 95% interval over clips, and (`{region}_uniform`) the
+    mass it would get under uniform attention over the keys the query sees."""
+    table = table_over_clips(run.items, _regions_of, "layer", list(REGIONS))
+    for region, value in uniform_regions(run).items():
+        table[f"{region}_uniform"] = value
+    return table

@@ -45,7 +45,8 @@ def record(
     layers: Sequence[int] | str = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
     scene: str = "sprites", record_frames: Iterable[int] | None = None, record_steps: Iterable[int] | None = None,
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, noise: int | None = None,
-    info: dict | None = None, **probe_options,
+    info: dict | None = None, timesteps: Sequence[float] | None = None, warp: bool = False, shift: float | None = None,
+    sampler: str = "ode", cache_policy=None, **probe_options,
 ) -> Probe:
     """Generate `frames` frames after `context` with `steps` denoising steps and return the live recording.
 
@@ -55,12 +56,15 @@ def record(
     (`probes.sweep.noise_seed`), so the two give the same recording. `record_frames` / `record_steps`: the video
     frame numbers and step indices to record (default all); `probe_options`: the rest of `Probe`'s arguments
     (hook, mode, backend, bands, guidance_pass, pca_tokens); `noise`: the generation seed itself, in place of
-    `seed + clip` (a sweep's draw, `probes.sweep.noise_seed`); `info`: further manifest entries (e.g. the command).
+    `seed + clip` (a sweep's draw, `probes.sweep.noise_seed`); `info`: further manifest entries (e.g. the command);
+    `timesteps`, `warp`, `shift`, `sampler`, `cache_policy`: how `scd.sampling.generate` samples (an explicit
+    few-step list, the re-noising sampler, a rolling KV window with sinks), recorded in the manifest's `sampling`.
     Everything is checked before the model runs."""
     from probes.sweep import noise_seed
     from scd.sampling import generate
 
     probe = Probe(model, layers, capture=capture, frames=record_frames, steps=record_steps, **probe_options)
+    count = len(timesteps) if isinstance(timesteps, list | tuple) else steps  # what the manifest says was run
     if isinstance(context, int) and not isinstance(context, bool):
         clip = _count(context, "clip", 0, 2**31 - 1)
         _count(context_frames, "context_frames", 1, 1024)
@@ -70,17 +74,18 @@ def record(
         context, truth = video[:context_frames], video
         source = {"clip": clip, "seed": seed, "split": "val" if scene == "sprites" else f"val, {scene} scene",
                   "generation": {"context": {"source": "benchmark", "split": "val", "scene": scene, "clip": clip,
-                                             "frames": context_frames}, "steps": steps, "noise_seed": seed}}
+                                             "frames": context_frames}, "steps": count, "noise_seed": seed}}
     elif isinstance(context, torch.Tensor):
         seed = seed if noise is None else noise
         truth, source = None, {"seed": seed, "generation": {"context": {"source": "tensor",
                                                                         "frames": int(context.shape[-4])},
-                                                            "steps": steps, "noise_seed": seed}}
+                                                            "steps": count, "noise_seed": seed}}
     else:
         raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "
                          "or a val clip index (an integer >= 0)")
     with probe:
-        generate(model, context, frames, steps=steps, seed=seed, device=device, dtype=dtype)
+        generate(model, context, frames, steps=None if timesteps is not None else steps, seed=seed, device=device,
+                 dtype=dtype, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler, cache_policy=cache_policy)
     probe.annotate(truth, **{**source, **(info or {})})  # the clip's truth and where it came from, as a run holds them
     return probe
 

@@ -201,6 +201,24 @@ def region_panel(run: Recording) -> Figure:
 
 
 @takes_run
+def text_share_figure(run: Recording) -> Figure:
+    """Per layer with cross-attention, the share of its attention update that comes from the text, with its 95%
+    interval over clips / prompts (analyses.rolling.text_share_table)."""
+    from analyses.rolling import text_share_table
+
+    table = text_share_table(run)
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    low = (table["text_share"] - table["text_share_low"]).fillna(0)
+    high = (table["text_share_high"] - table["text_share"]).fillna(0)
+    ax.errorbar(table["layer"], table["text_share"], yerr=[low, high], marker="o", capsize=2)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("||cross|| / (||self|| + ||cross||)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{int(table['clips'].iloc[0])} clip(s) / prompt(s); intervals: 95% t", fontsize=8)
+    return _finished(fig)
+
+
+@takes_run
 def frames_title(run: Recording) -> str:
     """What `frames_figure` shows, in words."""
     shows = run.manifest.get("video_shows")

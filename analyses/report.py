@@ -150,6 +150,9 @@ def _section(run: Recording) -> dict:
             = png_data_uri(figures.region_panel(run))
     elif run.attention_layers:
         figs["Attention mass by key-frame offset"] = png_data_uri(figures.offset_heatmap(run))
+    if run.text_share_layers:
+        figs["The text's share of each block's attention update (cross-attention against self-attention), by layer"] = \
+            png_data_uri(figures.text_share_figure(run))
     figs[figures.frames_title(run)] = png_data_uri(figures.frames_figure(run))
     figs["The generated video, playing (context, then generated frames)"] = gif_data_uri(run.video()[0])
     checkpoint = m.get("checkpoint") or {}

@@ -1,5 +1,6 @@
 """Attention over a rolling KV cache: by temporal distance and on the cache's regions (own chunk, previous chunk,
-sink frames, the rest of the window), per layer, as means over clips and noise draws with 95% intervals.
+sink frames, the rest of the window), and for the Wan families the text's share of the attention update, per
+layer, as means over clips and noise draws with 95% intervals.
 
 The values are the run's stored `attention_by_distance` and `attention_regions` (exact: `probes.attention`),
 averaged over probed frames, denoising steps and heads within a run; a sweep's items (clips, prompts, noise
@@ -79,3 +80,16 @@ def region_table(run: Recording) -> pd.DataFrame:
     for region, value in uniform_regions(run).items():
         table[f"{region}_uniform"] = value
     return table
+
+
+def _text_of(item: Recording) -> pd.DataFrame:
+    return pd.DataFrame([{"layer": layer, "text_share": float(item.attention_text_share(layer).double().mean())}
+                         for layer in item.text_share_layers])
+
+
+@takes_run
+def text_share_table(run: Recording) -> pd.DataFrame:
+    """One row per layer with cross-attention (the Wan families): the share of the block's attention update that
+    comes from the text (`Recording.attention_text_share`), mean over frames and steps, with its 95% interval over
+    clips / prompts."""
+    return table_over_clips(run.items, _text_of, "layer", ["text_share"])

@@ -82,7 +82,8 @@ def main() -> None:
                    "cache_bytes": rs[-1]["cache_bytes"],
                    "peak_bytes": max((r["peak_bytes"] or 0) for r in rs) or None} for name, rs in runs.items()}
     grow, roll = rows["growing cache"], rows[f"window {args.window}, {args.sinks} sinks"]
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    result = {"device": where,
               "dtype": str(dtype).removeprefix("torch."), "latent_size": [height, width],
               "tokens_per_frame": model.layout.tokens_per_frame, "context": args.context, "frames": args.frames,
               "timesteps": TIMESTEPS, "repeats": args.repeats, "policies": rows,

@@ -38,7 +38,7 @@ from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceErr
 from probes.errors import ProbeError
 from probes.recording import Recording, memory_source
 from probes.reductions import StepGram
-from scd.contract import ACCEPTED_MODELS, HOOKS, CachePolicy, LayoutError, is_video_diffuser
+from scd.contract import ACCEPTED_MODELS, CROSS_ATTENTION_HOOKS, HOOKS, CachePolicy, LayoutError, is_video_diffuser
 from scd.sampling import observe_sampling
 
 
@@ -107,8 +107,8 @@ class Probe(Recording):
         if hook not in HOOKS or hook.startswith("attn."):
             accepted_hooks = ", ".join(h for h in HOOKS if not h.startswith("attn."))
             raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted_hooks}")
-        if self.layout.hook_paths is not None and hook not in self.layout.hook_paths:
-            offered = ", ".join(h for h in self.layout.hook_paths if not h.startswith("attn."))
+        if not self.layout.has_hook(hook):
+            offered = ", ".join(h for h in HOOKS if not h.startswith("attn.") and self.layout.has_hook(h))
             raise ProbeError(f"a {type(model).__name__} has no feature hook {hook!r}; accepted: {offered}")
         if not _index(pca_tokens) or pca_tokens < 1:
             raise ProbeError(f"pca_tokens = {pca_tokens!r}; accepted: an integer >= 1")
@@ -149,6 +149,10 @@ class Probe(Recording):
         stepwise = [layer for layer in range(depth) if self.layout.role(layer) != "encoder"]
         has_input = bool(stepwise) and self.layout.has_hook("hook_resid_pre") and "features" in self.capture
         self.input_layer = stepwise[0] if has_input else None
+        # Blocks with cross-attention to a text (the Wan families): the share of their attention update that comes
+        # from the text, recorded with the attention.
+        self._text_layers = {layer for layer in self._probed if "attention" in self.capture and
+                             self.layout.has_hook("hook_cross_out") and self.layout.role(layer) != "encoder"}
         self._stack: ExitStack | None = None
         self._reset()
 
@@ -174,6 +178,8 @@ class Probe(Recording):
         self._query: dict[int, torch.Tensor] = {}
         self._input_grams: dict[int, StepGram] = {}
         self._input_features: dict[int, list[torch.Tensor]] = {}
+        self._text: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in self._text_layers}
+        self._update: dict[tuple[int, int], torch.Tensor] = {}  # (layer, frame): block input, then self-attention update
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, frame, queries, keys)
         self._pending_elements = 0
         self._cells: dict[tuple[str, int, int], tuple[torch.Tensor, int]] = {}  # (role, frame, keys) -> key cells
@@ -271,6 +277,8 @@ class Probe(Recording):
             x = self._grams[layer].setdefault(frame, StepGram()).add(self._frame_tokens(tensor, frame).detach())
             kept = x if self.mode == "full" else x[self._token_index.to(x.device)]
             self._features[layer].setdefault(frame, []).append(kept.to("cpu"))
+        if layer in self._text_layers and hook in ("hook_resid_pre", *CROSS_ATTENTION_HOOKS):
+            self._text_update(layer, hook, self._frame_tokens(tensor, frame).detach().float(), frame)
         if hook == "attn.hook_k":
             keys = tensor.detach()[0]
             if self._roles[layer] == "frame-local":  # the frame's own keys: all a frame-diagonal block reads
@@ -280,6 +288,20 @@ class Probe(Recording):
             self._pending_elements += keys.numel()
             if self._pending_elements > PENDING_BUDGET:
                 self._flush()
+
+    def _text_update(self, layer: int, hook: str, tokens: torch.Tensor, frame: int) -> None:
+        """The text's share of a block's attention update on a frame: ||cross|| / (||self|| + ||cross||), the
+        Frobenius norms over the frame's tokens of the cross-attention's output and of the self-attention's gated
+        update (the stream after it, `hook_resid_mid`, less the block's input)."""
+        key = (layer, frame)
+        if hook == "hook_resid_pre":
+            self._update[key] = tokens
+        elif hook == "hook_resid_mid":
+            self._update[key] = tokens - self._update.pop(key)
+        else:
+            own, text = self._update.pop(key).norm(), tokens.norm()
+            share = (text / (own + text)).cpu() if float(own + text) > 0 else torch.tensor(0.0)
+            self._text[layer].setdefault(frame, []).append(share)
 
     def _key_cells(self, layer: int, frame: int, keys: int) -> tuple[torch.Tensor, int]:
         """The cell (frame x band) of each of the `keys` keys a query of `frame` sees at `layer`, and the cell count."""
@@ -321,6 +343,8 @@ class Probe(Recording):
                 targets += [(layer, "attn.hook_q"), (layer, "attn.hook_k")]
         if self.input_layer is not None and (self.input_layer, "hook_resid_pre") not in targets:
             targets.append((self.input_layer, "hook_resid_pre"))
+        for layer in sorted(self._text_layers):
+            targets += [(layer, h) for h in ("hook_resid_pre", *CROSS_ATTENTION_HOOKS) if (layer, h) not in targets]
         stack = ExitStack()
         try:
             stack.callback(observe_sampling(self.model, self).remove)
@@ -428,6 +452,9 @@ class Probe(Recording):
                 k, sinks = self.layout.frames_per_block, (self._sampling or {}).get("sink_frames") or 0
                 attention[f"layer{layer}.distance"] = mass_by_distance(mass, frames, k)
                 attention[f"layer{layer}.regions"] = mass_by_region(mass, frames, k, sinks)
+                if layer in self._text_layers:
+                    attention[f"layer{layer}.text_share"] = torch.stack(
+                        [torch.stack(self._text[layer][frame]) for frame in frames]).float()
         if self._input_grams and all(frame in self._input_grams for frame in frames):
             pairs = [self._input_grams[frame].matrices() for frame in frames]
             features["input.gram"] = torch.stack([p[0] for p in pairs])

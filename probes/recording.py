@@ -182,6 +182,12 @@ class Recording:
         return self._layers(FILES["attention"])
 
     @property
+    def text_share_layers(self) -> list[int]:
+        """Attention layers with the text's share of their update recorded (blocks with cross-attention: Wan)."""
+        keys = self._recorded().keys(FILES["attention"])
+        return [layer for layer in self.attention_layers if f"layer{layer}.text_share" in keys]
+
+    @property
     def stepwise_layers(self) -> list[int]:
         """Feature layers recorded at every denoising step (all but SCD's encoder layers)."""
         return [layer for layer in self.feature_layers if self.role(layer) != "encoder"]
@@ -264,6 +270,12 @@ class Recording:
         """float32 [F, S, H, 4]: mass on the own chunk, the previous chunk, the sink frames and elsewhere in the
         window (`probes.attention.REGIONS`; sinks as the sampler's cache policy had them, 0 without a window)."""
         return self._at(self._tensor(FILES["attention"], layer, "regions"), frame)
+
+    def attention_text_share(self, layer: int, frame: int | None = None) -> torch.Tensor:
+        """float32 [F, S]: for blocks with cross-attention to a text (the Wan families), the share of the block's
+        attention update on each probed frame that comes from the text: ||cross|| / (||self|| + ||cross||), Frobenius
+        norms over the frame's tokens of the cross-attention's output and of the self-attention's gated update."""
+        return self._at(self._tensor(FILES["attention"], layer, "text_share"), frame)
 
     def attention_map(self, layer: int, frame: int | None = None) -> torch.Tensor:
         """float32 [F, S, H, g, T * g]: the pooled per-key attention of each probed frame's queries (g bands of

@@ -21,8 +21,11 @@ if TYPE_CHECKING:  # torch is imported where a tensor is made: the command's arg
     import torch
 
 # The HookPoints of a block in the order a forward pass reaches them (nnsight must ask in that order).
-HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_attn_out", "hook_mlp_out",
-         "hook_resid_post")
+HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_attn_out", "hook_resid_mid",
+         "hook_cross_out", "hook_mlp_out", "hook_resid_post")
+# Of these, the two that only blocks with cross-attention to a text have (the Wan families): the stream after the
+# self-attention's update, and the cross-attention's output as added to it.
+CROSS_ATTENTION_HOOKS = ("hook_resid_mid", "hook_cross_out")
 
 # What a block is to a probe:
 #   causal:  runs at every denoising step; the frame's queries see keys of frames 0..frame (frame-major).
@@ -139,7 +142,7 @@ class Layout:
 
     def has_hook(self, hook: str) -> bool:
         """Does every block offer this HookPoint?"""
-        return self.hook_paths is None or hook in self.hook_paths
+        return hook not in CROSS_ATTENTION_HOOKS if self.hook_paths is None else hook in self.hook_paths
 
     def order(self, layer: int, hook: str) -> tuple[int, int]:
         """Sort key giving the order in which a forward pass reaches (layer, hook)."""

@@ -228,6 +228,11 @@ class CausalWan(VideoDiffuser, nn.Module):
             block.hook_resid_pre, block.hook_resid_post = HookPoint(), HookPoint()
             block.attn1.hook_q, block.attn1.hook_k = HookPoint(), HookPoint()
             block.attn1.set_processor(CausalWanAttnProcessor(i))
+            # The stream after the self-attention's gated update (norm2's input) and the cross-attention's output (as
+            # the block adds it, ungated), through HookPoints placed by torch hooks: the block's forward is diffusers'.
+            block.hook_resid_mid, block.hook_cross_out = HookPoint(), HookPoint()
+            block.norm2.register_forward_pre_hook(lambda module, args, point=block.hook_resid_mid: (point(args[0]),))
+            block.attn2.register_forward_hook(lambda module, args, output, point=block.hook_cross_out: point(output))
 
     @property
     def layout(self) -> Layout:
@@ -235,7 +240,8 @@ class CausalWan(VideoDiffuser, nn.Module):
         and k (cached keys included); `frames_per_block` frames are denoised together and see each other."""
         blocks = tuple(f"transformer.blocks.{i}" for i in range(len(self.transformer.blocks)))
         paths = {"hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post",
-                 "attn.hook_q": "attn1.hook_q", "attn.hook_k": "attn1.hook_k"}
+                 "attn.hook_q": "attn1.hook_q", "attn.hook_k": "attn1.hook_k",
+                 "hook_resid_mid": "hook_resid_mid", "hook_cross_out": "hook_cross_out"}
         return Layout(blocks, self.tokens_per_frame, hook_paths=paths, frames_per_block=self.frames_per_block,
                       token_grid=tuple(self.grid))
 

@@ -31,26 +31,17 @@ TIMESTEPS = [1000, 750, 500, 250]
 
 def rollout(model, context, frames, policy, device) -> dict:
     """One timed rollout: seconds, frames per second, the cache's bytes at the end, CUDA peak (None on the CPU)."""
-    made = []
-    new_cache = model.new_cache
-
-    def keep(policy=None):
-        made.append(new_cache(policy))
-        return made[-1]
-    model.new_cache = keep
+    cache = model.new_cache(policy)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    try:
-        generate(model, context, frames, timesteps=TIMESTEPS, warp=True, shift=5.0, sampler="renoise", device=device,
-                 dtype=next(model.parameters()).dtype, cache_policy=policy)
-    finally:
-        model.new_cache = new_cache
+    generate(model, context, frames, timesteps=TIMESTEPS, warp=True, shift=5.0, sampler="renoise", device=device,
+             dtype=next(model.parameters()).dtype, cache=cache)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "frames_per_second": frames / seconds, "cache_bytes": made[0].nbytes(),
+    return {"seconds": seconds, "frames_per_second": frames / seconds, "cache_bytes": cache.nbytes(),
             "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None}
 
 

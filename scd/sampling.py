@@ -163,6 +163,7 @@ def generate(
     warp: bool = False,
     sampler: str = "ode",
     cache_policy: CachePolicy | None = None,
+    cache=None,
 ) -> torch.Tensor:
     """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
 
@@ -180,8 +181,16 @@ def generate(
     to the next timestep t' as (1 - t'/1000) x0 + (t'/1000) noise (the noise drawn from the seeded generator),
     and the last estimate is the frame. `cache_policy`: which finished frames a chunk attends to (a rolling
     window with sink frames, `scd.contract.CachePolicy`); under a window the context is written into the cache
-    one chunk at a time, as the upstream pipelines do.
+    one chunk at a time, as the upstream pipelines do. `cache`: an empty cache to fill (`model.new_cache(policy)`),
+    to read afterwards (e.g. its `nbytes()`); its policy is the one sampled with.
     """
+    if cache is not None:
+        if use_cache is False or cache_policy is not None:
+            raise SamplingError("a cache is given: its policy is the one sampled with; accepted: cache alone, or "
+                                "cache_policy (and use_cache) without it")
+        if cache.frames != 0:
+            raise SamplingError("the cache given is not empty; accepted: a new one, model.new_cache(policy)")
+        cache_policy = cache.policy
     check_generate_args(model, context, frames, 1 if steps is None else steps, seed, cache_policy)
     check_sampling(sampler, timesteps, steps, warp)
     policy = cache_policy or CachePolicy()
@@ -195,7 +204,8 @@ def generate(
     except RuntimeError:  # out of memory half way: a failed move leaves the model where it was
         model.to(device=where[0], dtype=where[1])
         raise
-    cache = model.new_cache(policy) if use_cache is not False else None
+    if cache is None:
+        cache = model.new_cache(policy) if use_cache is not False else None
     if use_cache and cache is None:
         raise SamplingError(f"{type(model).__name__} has no KV cache; call generate with use_cache=False")
     if cache is None and policy.rolling:

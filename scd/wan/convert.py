@@ -80,6 +80,16 @@ def _shards(path: Path) -> list[Path]:
     return [path]
 
 
+def _unpickled(path: Path) -> object:
+    """A `.pt` / `.pth` file through `torch.load(weights_only=True)`: tensors and plain containers, never code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an UnpicklingError for anything weights_only refuses
+        raise ConversionError(f"{path} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
+
+
 def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | None = None,
                  file_names: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint (`.safetensors`, sharded safetensors, or `.pt` / `.pth` through
@@ -107,12 +117,7 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
         else:
             notes.append(f"{shard.name}: read a pickle-format checkpoint with torch.load(weights_only=True) (tensors and "
                          "plain containers only, no code is run); prefer .safetensors")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    part = torch.load(shard, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - an UnpicklingError for anything weights_only refuses
-                raise ConversionError(f"{shard} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
+            part = _unpickled(shard)
         if len(shards) == 1:
             state = part
         else:
@@ -185,12 +190,7 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
             raise ConversionError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - an UnpicklingError for anything weights_only refuses
-            raise ConversionError(f"{path} cannot be read with weights_only=True: {str(e).splitlines()[0]}") from None
+        state = _unpickled(path)
     while isinstance(state, dict) and not any(LORA_KEY.fullmatch(str(k)) for k in state):
         if found_alpha is None:
             found_alpha = next((state[k] for k in ("lora_alpha", "alpha") if isinstance(state.get(k), int | float)), None)

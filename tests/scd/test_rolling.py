@@ -256,16 +256,9 @@ def test_wan_families_rolling_cache_equals_the_upstream_buffer(family, rope):
 
 def _cache_sizes(model, context, frames, policy, **options) -> list[int]:
     """Bytes of the KV cache at every denoising step of a rollout."""
-    made = []
-    new_cache = model.new_cache
-
-    def spy(policy=None):
-        made.append(new_cache(policy))
-        return made[-1]
-    model.new_cache = spy
-    sizes = []
-    generate(model, context, frames, cache_policy=policy, callback=lambda f, s, t: sizes.append(made[0].nbytes())
-             if s == 0 else None, **options)
+    cache, sizes = model.new_cache(policy), []
+    generate(model, context, frames, cache=cache, callback=lambda f, s, t: sizes.append(cache.nbytes()) if s == 0 else None,
+             **options)
     return sizes
 
 

@@ -296,3 +296,30 @@ def test_bad_sampling_arguments_are_refused_in_one_line(options, message):
     with pytest.raises(SamplingError, match=message) as caught:
         generate(model, torch.zeros(2, 3, 16, 16), 2, **options)
     assert "\n" not in str(caught.value)
+
+
+def test_a_given_cache_is_filled_and_one_that_is_not_empty_or_doubled_is_refused():
+    model = tiny_baseline()
+    context = torch.zeros(2, 3, 16, 16)
+    cache = model.new_cache(CachePolicy(4, 1))
+    generate(model, context, 5, steps=1, cache=cache)
+    assert cache.frames == 7 and cache.cached == [0, 4, 5, 6]  # the sink, then the window's latest three
+    with pytest.raises(SamplingError, match="not empty"):
+        generate(model, context, 1, steps=1, cache=cache)
+    with pytest.raises(SamplingError, match="its policy is the one sampled with"):
+        generate(model, context, 1, steps=1, cache=model.new_cache(), cache_policy=CachePolicy(4))
+
+
+def test_record_samples_as_generate_does_and_the_manifest_says_how():
+    from probes import record
+
+    model = tiny_baseline()
+    context = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    rec = record(model, context, frames=3, layers=[0], timesteps=SELF_FORCING, warp=True, shift=5.0,
+                 sampler="renoise", cache_policy=CachePolicy(4, 1))
+    video = generate(model, context, 3, timesteps=SELF_FORCING, warp=True, shift=5.0, sampler="renoise",
+                     cache_policy=CachePolicy(4, 1))
+    assert rec.manifest["sampling"] == {"sampler": "renoise", "timesteps": warp_timesteps(SELF_FORCING, 5.0),
+                                        "warp": True, "shift": 5.0, "window": 4, "sink_frames": 1, "rope": "absolute"}
+    assert rec.manifest["generation"]["steps"] == 4 and rec.steps == [0, 1, 2, 3]
+    assert torch.equal(rec._video, video)  # probing does not change what generate makes

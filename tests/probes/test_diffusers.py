@@ -212,7 +212,8 @@ def test_frame_counts_beyond_the_chunks_or_rope_table_are_refused_by_the_command
     for flags, message in ((["--context", "2", "--frames", "3"], "--context = 2 is not a multiple of the chunk size 3"),
                            (["--context", "3", "--frames", "30"], "exceed the model's RoPE table"),
                            (["--context", "3", "--frames", "3", "--layer", "1", "--hook", "hook_mlp_out"],
-                            "has no feature hook 'hook_mlp_out'; accepted: hook_resid_pre, hook_resid_post")):
+                            "has no feature hook 'hook_mlp_out'; accepted: hook_resid_pre, hook_resid_mid, hook_cross_out, "
+                            "hook_resid_post")):
         assert main(["run", "--model", f"diffusers:{root}", *flags, "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err

@@ -26,6 +26,8 @@ def _calls(recording: Recording, name: str):
         return
     parameters = inspect.signature(member).parameters
     layers = range(recording.depth) if name == "role" else recording.layers
+    if name == "attention_text_share":  # blocks with cross-attention only (Wan: tests/probes/test_text_share.py)
+        layers = recording.text_share_layers
     frames = [None, *recording.frames] if "frame" in parameters else [None]
     kinds = ["token_cosine", "centred_cosine", "cka"] if "kind" in parameters else [None]
     for layer in layers if "layer" in parameters else [None]:

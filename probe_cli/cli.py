@@ -272,6 +272,20 @@ def _study_parser(sub) -> None:
     s.set_defaults(func=emerging.cmd_study)
 
 
+def _plan_parser(sub) -> None:
+    from probe_cli import measuring
+
+    p = sub.add_parser("plan", help="a calibrated caching plan from probe runs (MagCache ratios, TeaCache's fit, "
+                       "which blocks to reuse at which steps, the encoder / decoder split)")
+    p.add_argument("runs", nargs="+", help="run or sweep directories of probe run --layers all --mode full (the "
+                   "calibration set)")
+    p.add_argument("--budget", type=finite(0, 1e6), default=0.1, help="drift a block may accumulate since it was "
+                   "last computed before it is computed again (0: compute everything; default 0.1)")
+    p.add_argument("--out", default="plan.json", help="the plan file to write (JSON; default plan.json)")
+    p.add_argument("--force", action="store_true", help="replace a plan this command wrote")
+    p.set_defaults(func=measuring.cmd_plan)
+
+
 def _make_parsers(sub) -> None:
     from probe_cli import making
 
@@ -354,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _run_parser(sub)
     _measure_parsers(sub)
+    _plan_parser(sub)
     _make_parsers(sub)
     _emergence_parser(sub)
     _study_parser(sub)

@@ -1,4 +1,5 @@
-"""`probe bench` (SCD against the baseline, side by side) and `probe intervene` (the causal tests)."""
+"""`probe bench` (SCD against the baseline, side by side), `probe intervene` (the causal tests) and `probe plan` (a
+calibrated caching plan from probe runs)."""
 
 from __future__ import annotations
 
@@ -219,3 +220,19 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     if not args.quiet:
         print((out / "interventions.md").read_text())
     print(f"wrote {out}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    for run in args.runs:
+        if not Path(run).is_dir():
+            raise UsageError(f"{run} is not a run directory; accepted: run or sweep directories of probe run --layers all "
+                             "--mode full")
+    if Path(args.out).suffix.lower() != ".json":
+        raise UsageError(f"--out {args.out!r} is not a .json file; accepted: a path ending in .json")
+    output(args.out, "plan", args.force)  # before the heavy imports: a refusal comes at once
+    from analyses.plan import PlanError, write_plan
+
+    try:
+        print(f"wrote {write_plan(args.runs, args.out, args.budget, force=args.force)}")
+    except PlanError as e:
+        raise UsageError(str(e)) from None

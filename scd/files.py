@@ -50,7 +50,7 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "interventions.json", "training": "train.json",
            "converted": "convert.json", "emergence": "emergence.json"}
-FILE_KINDS = {".html": "report", ".htm": "report", ".png": "strip"}
+FILE_KINDS = {".html": "report", ".htm": "report", ".png": "strip", ".json": "plan"}
 
 
 FAULTS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM)  # errors of the machine, not of a path
@@ -153,6 +153,12 @@ def is_toolkit_output(path: str | Path, kind: str) -> bool:
         if kind == "report":
             with open(path, "rb") as f:
                 return f'<meta name="generator" content="{GENERATOR}'.encode() in f.read(4096)
+        if kind == "plan":  # a caching plan (analyses.plan): a JSON object carrying the generator field
+            try:
+                content = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                return False
+            return isinstance(content, dict) and content.get("generator") == f"{GENERATOR}/plan"
         try:
             from PIL import Image
 
@@ -195,6 +201,7 @@ def _describe(kind: str) -> str:
     return {"run": "a run directory", "sweep": "a sweep directory", "bench": "a bench directory",
             "interventions": "an interventions directory", "training": "a training directory",
             "converted": "a converted model directory", "emergence": "an emergence directory", "report": "a report",
+            "plan": "a caching plan",
             "strip": "a PNG strip"}[kind]
 
 

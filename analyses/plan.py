@@ -1,0 +1,244 @@
+"""Calibrated caching plans from a probe run: the statistics the known caching methods calibrate on, per step, and
+finer ones per block and step, from the features a run recorded at every denoising step.
+
+A run (or a sweep of clips / prompts: the calibration set) recorded with `--layers all --mode full` holds each
+block's output (`hook_resid_post`) and the first block's input (`input.features`) at every step of every probed
+frame. From them:
+
+- MagCache (Ma et al.; diffusers' `MagCacheConfig(mag_ratios=...)`): the residual of the block stack, r_t = output of
+  the last block - input of the first, and per step t the ratio mean over tokens of ||r_t|| / ||r_{t-1}|| (step 0:
+  1.0), exactly as diffusers' MagCache calibration computes it; here averaged over the probed frames and the runs.
+- TeaCache (Liu et al.): per step, the relative L1 change of the model's input, sum |in_t - in_{t-1}| / sum
+  |in_{t-1}|, and of its output (the last block's), and the degree-4 polynomial that maps the first to the second
+  (`numpy.polyfit`, highest power first, as TeaCache's `rescale_func = np.poly1d(coefficients)` reads it). TeaCache
+  takes the timestep-modulated input of the first block; this toolkit's hooks see the block's input before its
+  modulation, and the plan says so.
+- Per block and step: the relative change of each block's update u_L = x_L - x_{L-1} (what the block adds to the
+  residual stream) since the previous step, ||u_L,t - u_L,t-1|| / ||u_L,t||: the first-order error of reusing the
+  block's update from one step to the next.
+
+`plan(...)` turns the per-block drifts into a plan under a drift budget: a block is skipped at step t (its last
+computed update added to its current input) while the drift it has accumulated since it was last computed stays
+within the budget, as MagCache accumulates its error; step 0 is always computed. A zero budget computes everything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from analyses.errors import AnalysisError
+from probes.recording import Recording
+
+PLAN_FORMAT = "scd-probes-plan/1"
+POLY_DEGREE = 4  # TeaCache's fit
+
+
+class PlanError(AnalysisError):
+    """A run that cannot calibrate a plan (or a plan that cannot be made); one line, what is needed."""
+
+
+def _stack(item: Recording) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(first block's input [F, S, N, D], each block's output in layer order), float32, from one run in full mode."""
+    if item.manifest.get("mode") != "full" or item.manifest.get("hook") != "hook_resid_post":
+        raise PlanError("a plan needs every token of every block's output: a run recorded with --mode full and the "
+                        "default --hook hook_resid_post")
+    stepwise = [layer for layer in range(item.depth) if item.role(layer) != "encoder"]
+    if item.feature_layers != stepwise or any(item.role(layer) != "causal" for layer in stepwise):
+        raise PlanError(f"a plan needs every block of a causal model recorded (--layers all); this run has layers "
+                        f"{item.feature_layers} of {item.depth}")
+    first = item.input_features()
+    if first is None:
+        raise PlanError("a plan needs the first block's input (input.features, recorded with the features in full mode)")
+    return first.float(), [item.features(layer).float() for layer in stepwise]
+
+
+def mag_ratios(first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """float64 [S]: MagCache's per-step ratio, mean over tokens of ||r_t|| / ||r_{t-1}|| with r = last - first (the
+    block stack's residual), averaged over the frames; 1.0 at step 0. `first`, `last`: [F, S, N, D]."""
+    norms = (last.double() - first.double()).norm(dim=-1)  # [F, S, N]
+    ratios = torch.ones(norms.shape[1], dtype=torch.float64)
+    ratios[1:] = (norms[:, 1:] / (norms[:, :-1] + 1e-8)).mean((0, 2))
+    return ratios
+
+
+def relative_l1(x: torch.Tensor) -> torch.Tensor:
+    """float64 [F, S]: TeaCache's relative L1 change of x [F, S, N, D] from the step before (0 at step 0)."""
+    x = x.double()
+    change = torch.zeros(x.shape[:2], dtype=torch.float64)
+    change[:, 1:] = (x[:, 1:] - x[:, :-1]).abs().sum((2, 3)) / x[:, :-1].abs().sum((2, 3)).clamp_min(1e-12)
+    return change
+
+
+def update_drift(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """float64 [F, S]: relative change of a block's update u = after - before from the step before,
+    ||u_t - u_{t-1}|| / ||u_t|| over the frame's tokens (0 at step 0)."""
+    u = after.double() - before.double()
+    drift = torch.zeros(u.shape[:2], dtype=torch.float64)
+    drift[:, 1:] = (u[:, 1:] - u[:, :-1]).flatten(2).norm(dim=-1) / u[:, 1:].flatten(2).norm(dim=-1).clamp_min(1e-12)
+    return drift
+
+
+def statistics(run: Recording) -> dict:
+    """The calibration statistics of a run or sweep (every item's frames pooled; see the module docstring)."""
+    ratios, inputs, outputs, drifts = [], [], [], []
+    for item in run.items:
+        first, blocks = _stack(item)
+        ratios.append(mag_ratios(first, blocks[-1]))
+        inputs.append(relative_l1(first))
+        outputs.append(relative_l1(blocks[-1]))
+        before = [first, *blocks[:-1]]
+        drifts.append(torch.stack([update_drift(b, a) for b, a in zip(before, blocks, strict=True)]))  # [L, F, S]
+    steps = {tuple(r.shape) for r in ratios}
+    if len(steps) != 1:
+        raise PlanError("the calibration runs recorded different steps; calibrate on runs of one sampling")
+    x = torch.cat([i[:, 1:].flatten() for i in inputs]).numpy()
+    y = torch.cat([o[:, 1:].flatten() for o in outputs]).numpy()
+    if len(x) < POLY_DEGREE + 1:
+        raise PlanError(f"a degree-{POLY_DEGREE} fit needs at least {POLY_DEGREE + 1} (step, frame) pairs; got {len(x)}")
+    coefficients = np.polyfit(x, y, POLY_DEGREE)
+    drift = torch.cat(drifts, dim=1)  # [L, frames of all items, S]
+    return {"mag_ratios": torch.stack(ratios).mean(0).tolist(),
+            "mag_ratios_min": torch.stack(ratios).amin(0).tolist(), "mag_ratios_max": torch.stack(ratios).amax(0).tolist(),
+            "rel_l1_input": torch.cat(inputs).mean(0).tolist(), "rel_l1_output": torch.cat(outputs).mean(0).tolist(),
+            "coefficients": [float(c) for c in coefficients],
+            "update_drift": drift.mean(1).tolist(), "update_drift_max": drift.amax(1).tolist()}
+
+
+def skip_schedule(drift: list[list[float]], budget: float) -> list[list[bool]]:
+    """Per block and step, skip (True) or compute: a block is skipped while the drift it has accumulated since it was
+    last computed stays within `budget` (MagCache's rule, per block); step 0 is always computed."""
+    if not isinstance(budget, int | float) or isinstance(budget, bool) or not 0 <= budget <= 1e6 or math.isnan(budget):
+        raise PlanError(f"budget = {budget!r}; accepted: a number >= 0 (0: compute every block at every step)")
+    schedule = []
+    for per_step in drift:
+        skips, accumulated = [], 0.0
+        for step, value in enumerate(per_step):
+            accumulated += value
+            skip = step > 0 and accumulated <= budget and budget > 0
+            if not skip:
+                accumulated = 0.0
+            skips.append(skip)
+        schedule.append(skips)
+    return schedule
+
+
+def magcache_skips(mag_ratios: list[float], steps: int, threshold: float = 0.06, max_skip_steps: int = 3,
+                   retention_ratio: float = 0.2) -> list[bool]:
+    """Which of `steps` denoising steps MagCache skips with these ratios (its published rule, as diffusers'
+    `MagCacheConfig` runs it): none of the first retention_ratio x steps (rounded); after them the ratios multiply
+    into an accumulated ratio, |1 - accumulated| adds up into an error, and the model is skipped while that error
+    stays within `threshold` for at most `max_skip_steps` steps in a row (and a residual has been computed), the
+    accumulators reset at every computed step; in float32, as diffusers holds the ratios (a threshold met to the
+    last bit decides alike). Ratios of another length are resampled to `steps` (nearest)."""
+    ratios = list(mag_ratios)
+    if len(ratios) != steps:  # nearest-neighbour resampling, as diffusers' nearest_interp
+        ratios = [ratios[-1]] if steps == 1 else \
+            [ratios[int(torch.round(torch.tensor(i * (len(ratios) - 1) / (steps - 1))).item())] for i in range(steps)]
+    ratios = torch.tensor(ratios, dtype=torch.float32)  # diffusers holds them as a float32 tensor: its arithmetic
+    retention = int(retention_ratio * steps + 0.5)
+    accumulated, count, error, computed, skips = 1.0, 0, 0.0, False, []
+    for step in range(steps):
+        skip = False
+        if step >= retention:
+            accumulated = accumulated * ratios[step]
+            count += 1
+            error = error + abs(1.0 - accumulated)
+            if computed and bool(error <= threshold) and count <= max_skip_steps:
+                skip = True
+            else:
+                accumulated, count, error = 1.0, 0, 0.0
+        computed = computed or not skip
+        skips.append(skip)
+    return skips
+
+
+def split(run: Recording, similarity_min: float) -> dict:
+    """The encoder / decoder split the redundancy suggests for an SCD built from this model: the longest run of
+    consecutive blocks whose features are redundant across steps (mean off-diagonal token cosine at least
+    `similarity_min`), the encoder every block up to its end (the first blocks, which carry the noisy input, go
+    with it: SCD's encoder reads clean frames), and, of the blocks after, the first that attends to earlier frames at
+    least as much as uniform attention over the keys it sees would (it needs the past); with each block's numbers."""
+    from analyses.similarity import depth_curve
+    from analyses.sparsity import earlier_share
+
+    cosine = depth_curve(run).set_index("layer")["mean_off_diagonal"]
+    best, current = (0, -1), None  # (start, end) of the longest run of redundant blocks
+    for layer in sorted(cosine.index):
+        if cosine[layer] >= similarity_min:
+            current = (current[0] if current else layer, layer)
+            if current[1] - current[0] > best[1] - best[0]:
+                best = current
+        else:
+            current = None
+    frames = run.manifest["frames"]
+    uniform = float(np.mean([f / (f + 1) for f in frames]))  # earlier keys' share of all keys a frame sees
+    earlier = {layer: float(earlier_share(run.attention(layer), frames).mean()) for layer in run.attention_layers}
+    needs_past = next((layer for layer in sorted(earlier) if layer > best[1] and earlier[layer] >= uniform), None)
+    return {"redundant_span": [best[0], best[1]] if best[1] >= 0 else None, "encoder_blocks": list(range(best[1] + 1)),
+            "decoder_from": best[1] + 1, "similarity_min": similarity_min,
+            "cross_step_cosine": {int(k): float(v) for k, v in cosine.items()},
+            "first_block_after_split_needing_the_past": needs_past, "earlier_share": earlier,
+            "earlier_share_uniform": uniform}
+
+
+def plan(runs: list[Recording], budget: float, similarity_min: float | None = None) -> dict:
+    """The plan file's content (docs/plans.md): calibration set, MagCache and TeaCache statistics, per-block drift
+    and the skip schedule under `budget`, the split."""
+    from analyses.claims import SIMILARITY_MIN
+
+    if not runs:
+        raise PlanError("a plan needs at least one calibration run")
+    models = {run.manifest.get("checkpoint", {}).get("sha256") or run.manifest.get("model") for run in runs}
+    if len(models) != 1:
+        raise PlanError("the calibration runs are of different models; calibrate on runs of one model")
+    merged = runs[0] if len(runs) == 1 else _Pooled(runs)
+    stats = statistics(merged)
+    schedule = skip_schedule(stats["update_drift"], budget)
+    total = sum(len(s) for s in schedule)
+    items = [item for run in runs for item in run.items]
+    m = runs[0].items[0].manifest
+    return {"format": PLAN_FORMAT, "model": m.get("model"), "checkpoint": m.get("checkpoint"),
+            "calibration": {"runs": [str(run.path) for run in runs],
+                            "items": [{"clip": i.manifest.get("clip"), "seed": i.manifest.get("seed")} for i in items],
+                            "frames": m.get("frames"), "steps": m.get("steps"), "timesteps": m.get("timesteps"),
+                            "sampling": m.get("sampling") or {}},
+            "magcache": {"mag_ratios": stats["mag_ratios"], "min": stats["mag_ratios_min"],
+                         "max": stats["mag_ratios_max"], "residual": "output of the last block - input of the first",
+                         "skips_at_defaults": magcache_skips(stats["mag_ratios"], len(stats["mag_ratios"]))},
+            "teacache": {"rel_l1_input": stats["rel_l1_input"], "rel_l1_output": stats["rel_l1_output"],
+                         "coefficients": stats["coefficients"], "degree": POLY_DEGREE,
+                         "input": "the first block's input (hook_resid_pre), before its timestep modulation",
+                         "output": "the last block's output (hook_resid_post)"},
+            "blocks": {"update_drift": stats["update_drift"], "update_drift_max": stats["update_drift_max"],
+                       "budget": budget, "skip": schedule,
+                       "skipped_share": sum(map(sum, schedule)) / total if total else 0.0},
+            "split": split(runs[0], SIMILARITY_MIN if similarity_min is None else similarity_min)}
+
+
+class _Pooled:
+    """Several calibration runs read as one set of items."""
+
+    def __init__(self, runs: list[Recording]) -> None:
+        self.items = [item for run in runs for item in run.items]
+
+
+def write_plan(run_paths: list[str], out: str, budget: float, force: bool = False,
+               similarity_min: float | None = None) -> str:
+    """Calibrate on the runs (or sweeps) at `run_paths` and write the plan file `out` (JSON, docs/plans.md); an
+    existing plan is replaced only with `force`. Returns the path."""
+    import json
+
+    from probes.recording import load_run
+    from scd.files import OutputError, atomic_file, check_output, signature
+
+    try:
+        check_output(out, "plan", force)
+    except OutputError as e:
+        raise PlanError(str(e)) from None
+    content = {**signature("plan"), **plan([load_run(path) for path in run_paths], budget, similarity_min)}
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+    return out

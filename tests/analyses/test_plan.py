@@ -1,0 +1,107 @@
+"""Caching plans (`analyses.plan`, `probe plan`): the statistics on constructed features give their known values, the
+skip rule is MagCache's (and diffusers' own MagCache hook makes the same decisions from the exported ratios on the
+tiny Wan configuration), and the command writes a plan from a real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.plan import (
+    PlanError,
+    mag_ratios,
+    magcache_skips,
+    relative_l1,
+    skip_schedule,
+    update_drift,
+)
+
+
+def test_constant_features_give_ratio_one_and_no_change():
+    x = torch.randn(2, 1, 5, 8).expand(2, 4, 5, 8)  # every step the same
+    y = torch.randn(2, 1, 5, 8).expand(2, 4, 5, 8)
+    torch.testing.assert_close(mag_ratios(x, y), torch.ones(4, dtype=torch.float64), atol=1e-7, rtol=0)  # MagCache's 1e-8 guard
+    assert torch.equal(relative_l1(x), torch.zeros(2, 4, dtype=torch.float64))
+    assert torch.equal(update_drift(x, y), torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_the_statistics_by_hand():
+    first = torch.zeros(1, 3, 2, 2)
+    residual = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # token norms 1 and 3
+    last = torch.stack([residual * s for s in (1.0, 2.0, 3.0)])[None]  # the residual doubles, then x1.5
+    ratios = mag_ratios(first, last)
+    assert ratios.tolist() == pytest.approx([1.0, 2.0, 1.5], abs=1e-7)
+    change = relative_l1(last)
+    assert change[0].tolist() == pytest.approx([0.0, 1.0, 0.5])  # sum |x_t - x_t-1| / sum |x_t-1|
+    drift = update_drift(first, last)
+    assert drift[0].tolist() == pytest.approx([0.0, 0.5, 1 / 3])  # ||u_t - u_t-1|| / ||u_t||
+
+
+def test_the_skip_schedule_accumulates_drift_as_magcache_does():
+    drift = [[0.0, 0.05, 0.05, 0.05, 0.3, 0.01]]
+    assert skip_schedule(drift, 0.0) == [[False] * 6]  # a zero budget computes everything
+    assert skip_schedule(drift, 0.12) == [[False, True, True, False, False, True]]
+    assert skip_schedule(drift, 1e6) == [[False] + [True] * 5]
+    with pytest.raises(PlanError, match="budget"):
+        skip_schedule(drift, -1.0)
+
+
+def test_teacache_fit_recovers_a_known_polynomial():
+    coefficients = [3.0, -2.0, 0.5, 1.2, 0.01]
+    x = np.linspace(0.01, 0.5, 40)
+    assert np.polyfit(x, np.polyval(coefficients, x), 4) == pytest.approx(coefficients, rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("threshold,retention,max_skip", [(0.06, 0.2, 3), (0.3, 0.0, 2), (0.02, 0.5, 1)])
+def test_diffusers_magcache_hook_makes_the_same_decisions_from_the_exported_ratios(threshold, retention, max_skip):
+    from diffusers.hooks import MagCacheConfig, apply_mag_cache
+
+    from tests.wan_tiny import tiny
+
+    steps = 10
+    ratios = [1.0, 1.02, 0.99, 1.01, 1.0, 0.97, 1.03, 0.98, 1.05, 0.9]
+    expected = magcache_skips(ratios, steps, threshold, max_skip, retention)
+    transformer = tiny("wan")
+    apply_mag_cache(transformer, MagCacheConfig(threshold=threshold, max_skip_steps=max_skip, retention_ratio=retention,
+                                                num_inference_steps=steps, mag_ratios=ratios))
+    ran = []
+    handle = transformer.blocks[0].attn1.register_forward_hook(lambda *args: ran.append(True))
+    x = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
+    skipped = []
+    with torch.no_grad():
+        for step in range(steps):
+            before = len(ran)
+            transformer(x, torch.tensor([1000.0 - 100 * step]), text)
+            skipped.append(len(ran) == before)
+    handle.remove()
+    assert skipped == expected
+
+
+@pytest.mark.slow
+def test_probe_plan_writes_a_plan_from_a_run_and_refuses_what_it_cannot_use(tmp_path, capsys):
+    from probe_cli import main
+
+    run = tmp_path / "cal"
+    assert main(["run", "--layers", "all", "--mode", "full", "--context", "2", "--frames", "2", "--steps", "6",
+                 "--quiet", "--out", str(run)]) == 0
+    assert main(["plan", str(run), "--budget", "0", "--out", str(tmp_path / "zero.json")]) == 0
+    zero = json.loads((tmp_path / "zero.json").read_text())
+    assert zero["format"] == "scd-probes-plan/1" and zero["blocks"]["skipped_share"] == 0.0
+    assert len(zero["magcache"]["mag_ratios"]) == 6 and zero["magcache"]["mag_ratios"][0] == 1.0
+    assert len(zero["teacache"]["coefficients"]) == 5 and len(zero["blocks"]["update_drift"]) == 30
+    assert zero["split"]["decoder_from"] == len(zero["split"]["encoder_blocks"])
+    assert main(["plan", str(run), "--budget", "10", "--out", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["blocks"]["skipped_share"] == pytest.approx(5 / 6)
+    capsys.readouterr()
+    assert main(["plan", str(run), "--out", str(tmp_path / "zero.json")]) == 2  # exists, no --force
+    stream = tmp_path / "stream"
+    assert main(["run", "--layers", "all", "--mode", "stream", "--context", "2", "--frames", "1", "--steps", "3",
+                 "--quiet", "--out", str(stream)]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(stream), "--out", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--mode full" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()

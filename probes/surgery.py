@@ -175,6 +175,49 @@ def span_skip(model: nn.Module, first: int, last: int, keep: int, tail: int = 0,
 
 
 @contextmanager
+def block_skip(model: nn.Module, schedule: list[list[bool]]) -> Iterator[dict[str, int]]:
+    """Run a caching plan's schedule (`analyses.plan`): block L is skipped at denoising step t where `schedule[L][t]`
+    holds, its update from the last step it ran (its output minus its input) added to its current input; every block
+    runs at the other steps and in the pass that writes a finished frame into the cache. Steps beyond the schedule
+    run. Yields counts: block calls run and skipped."""
+    layout = _surgery_layout(model)
+    if "decoder" in layout.roles or "encoder" in layout.roles:
+        raise InterventionError("a block schedule runs on the causal baseline's blocks; accepted: the causal baseline")
+    blocks = _blocks(model, list(layout.blocks))
+    if not isinstance(schedule, list) or len(schedule) != len(blocks) or \
+            not all(isinstance(row, list) and all(isinstance(v, bool) for v in row) for row in schedule):
+        raise InterventionError(f"the schedule is not one list of booleans per block ({len(blocks)}); accepted: a "
+                                "plan's blocks.skip for this model")
+    if any(row and row[0] for row in schedule):
+        raise InterventionError("the schedule skips a block at step 0, where no update has been computed; accepted: "
+                                "step 0 computed")
+    tracker, counts, updates = _StepTracker(), {"run": 0, "skipped": 0}, {}
+
+    def replace(i: int, original):
+        def forward(x, cond, angles, mask=None, past=None, past_angles=None):
+            step = tracker.step
+            if step is not None and step < len(schedule[i]) and schedule[i][step]:
+                counts["skipped"] += 1
+                return x + updates[i], (None, None)  # no cache is written at denoising steps
+            counts["run"] += 1
+            out = original(x, cond, angles, mask, past, past_angles)
+            if step is not None:
+                updates[i] = out[0] - x
+            return out
+        return forward
+
+    handle = observe_sampling(model, tracker)
+    for i, block in enumerate(blocks):
+        block.forward = replace(i, block.forward)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+        for block in blocks:
+            del block.forward
+
+
+@contextmanager
 def frame_diagonal(model: nn.Module, first: int) -> Iterator[None]:
     """Blocks `first`.. attend only within the frame (the paper's frame-diagonal mask), with the weights as they are."""
     blocks = _causal_blocks(model, first)

@@ -105,3 +105,24 @@ def test_probe_plan_writes_a_plan_from_a_run_and_refuses_what_it_cannot_use(tmp_
     assert main(["plan", str(stream), "--out", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err
     assert "--mode full" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()
+
+
+def test_a_zero_budget_plan_reproduces_the_unmodified_video_bitwise_and_a_skipping_one_runs_fewer_blocks(tiny_model):
+    from probes.surgery import block_skip
+    from scd.sampling import generate
+
+    context = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    depth, steps = tiny_model.config.depth, 5
+    plain = generate(tiny_model, context, 2, steps=steps, seed=3)
+    drift = [[0.0] + [0.02] * (steps - 1) for _ in range(depth)]
+    with block_skip(tiny_model, skip_schedule(drift, 0.0)) as counts:
+        same = generate(tiny_model, context, 2, steps=steps, seed=3)
+    assert torch.equal(same, plain) and counts["skipped"] == 0
+    computed = counts["run"]
+    with block_skip(tiny_model, skip_schedule(drift, 0.05)) as counts:  # every other step after step 0 skipped
+        faster = generate(tiny_model, context, 2, steps=steps, seed=3)
+    assert counts["skipped"] > 0 and counts["run"] == computed - counts["skipped"]
+    assert not torch.equal(faster, plain)
+    with pytest.raises(Exception, match="step 0"):
+        with block_skip(tiny_model, [[True] * steps] * depth):
+            pass

@@ -65,7 +65,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
                        frames: int = 4, steps: int = 50, seed: int = 0, refresh: int | None = None,
                        device: str | torch.device = "cpu", progress: bool = True,
                        keep: dict[str, np.ndarray] | None = None, others: dict[str, nn.Module] | None = None,
-                       redraw: bool = True) -> pd.DataFrame:
+                       redraw: bool = True, first_clip: int = 0,
+                       schedules: dict[tuple[str, int], list[list[bool]]] | None = None) -> pd.DataFrame:
     """Tidy table, one row per (intervention, layer, span_end, keep_steps, tail_steps, clip): drift from the
     unmodified generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the
     ground truth, seconds per generated frame, the clip's noise seed. Settings are (kind, layer) or ("skip",
@@ -74,12 +75,14 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     + 2^31): the noise floor of quality claims. `others` are other models (e.g. "diagonal-tuned": the baseline
     fine-tuned with the frame-diagonal mask; "finetuned": its compute-matched control without the mask) measured
     the same way, with `layer` their first frame-local block (their depth when none). `keep`, if given, receives
-    clip 0's videos (uint8 [T, H, W, 3])."""
+    the first clip's videos (uint8 [T, H, W, 3]). The val clips are `first_clip`.. (held out from a plan's
+    calibration); `schedules` give the block schedules of settings ("plan" | "magcache" | "teacache", index)."""
     from probes.sweep import noise_seed
 
     settings = [normalised_setting(s) for s in settings]
     for kind, layer, span_end, keep_steps, tail_steps in settings:
-        with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps):  # refuse first
+        with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps,
+                          (schedules or {}).get((kind, layer))):  # refuse first
             pass
     for name, other in (others or {}).items():
         if not is_video_diffuser(other) or other.frame_shape != model.frame_shape:
@@ -87,12 +90,12 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
     generate(model, data.clip(0)[:context], 1, steps=2, device=device)  # warm-up, untimed
     rows = []
-    for clip in progress_bar(range(clips), desc="interventions", disable=not progress):
+    for clip in progress_bar(range(first_clip, first_clip + clips), desc="interventions", disable=not progress):
         video = data.clip(clip)
         truth = video[context:]
         clip_seed = noise_seed(seed, clip)
         reference, seconds = _timed(model, video[:context], frames, steps, clip_seed, device)
-        if keep is not None and clip == 0:
+        if keep is not None and clip == first_clip:
             keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
         psnr, ssim = frame_quality(reference[context:], truth)
         rows.append({"intervention": "none", "layer": -1, "span_end": -1, "keep_steps": -1, "tail_steps": -1,
@@ -106,10 +109,10 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
         if redraw:
             runs.append(("redraw", -1, -1, -1, -1, model, noise_seed(seed, clip, 1)))
         for kind, layer, span_end, keep_steps, tail_steps, which, noise in runs:
-            with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps) \
-                    if which is model and kind != "redraw" else nullcontext():
+            with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps,
+                              (schedules or {}).get((kind, layer))) if which is model and kind != "redraw" else nullcontext():
                 changed, seconds = _timed(which, video[:context], frames, steps, noise, device)
-            if keep is not None and clip == 0:
+            if keep is not None and clip == first_clip:
                 keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")
                      + (f"t{tail_steps}" if kind == "skip" and tail_steps > 0 else "")] = to_uint8(changed)
             drift_psnr, drift_ssim = frame_quality(changed[context:], reference[context:])
@@ -157,7 +160,14 @@ def markdown(summary: pd.DataFrame, info: dict) -> str:
         "blocks K.. attend only within the frame, the baseline's "
         "weights as they are; diagonal-tuned: the baseline fine-tuned with that mask; finetuned: its compute-matched "
         "control, the baseline fine-tuned the same steps without the mask. Drift: generated frames against the "
-        "unmodified generation of the same clip and seed (inf dB: identical).", "",
+        "unmodified generation of the same clip and seed (inf dB: identical)." + (
+            f" Plan {info['plan']['path']} on held-out clips from {info.get('first_clip')}: 'plan' i runs its block "
+            "schedule at budget i (a skipped block adds its last computed update), 'magcache' i and 'teacache' i skip "
+            "the whole model at the steps MagCache's and TeaCache's rules choose with the plan's calibration, their "
+            "thresholds matched to plan i's share of skipped block calls; the span skip's k matched the same way: "
+            + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in what.items())
+                        for name, what in info["plan"]["settings"].items()) + "." if info.get("plan") else ""), "",
         summary[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS).to_markdown(index=False, floatfmt=".3f"), ""])
 
 

@@ -242,3 +242,59 @@ def write_plan(run_paths: list[str], out: str, budget: float, force: bool = Fals
     with atomic_file(out) as tmp:
         tmp.write_text(json.dumps(content, indent=2) + "\n")
     return out
+
+
+def teacache_skips(rel_l1_input: list[float], coefficients: list[float], threshold: float) -> list[bool]:
+    """Which steps TeaCache skips (its published rule): the first and the last step always run; at the others the
+    input's relative L1 change, rescaled by the fitted polynomial, accumulates, and the model is skipped while the
+    accumulated distance stays below `threshold`, the accumulator reset at every computed step."""
+    rescale = np.poly1d(coefficients)
+    accumulated, skips = 0.0, []
+    for step, change in enumerate(rel_l1_input):
+        if step == 0 or step == len(rel_l1_input) - 1:
+            skip = False
+        else:
+            accumulated += float(rescale(change))
+            skip = accumulated < threshold
+        if not skip:
+            accumulated = 0.0
+        skips.append(skip)
+    return skips
+
+
+def _matching(share: float, skips_at, thresholds) -> tuple[float, list[bool]]:
+    """The threshold (of a grid) whose skip pattern's share of steps is nearest `share`, and that pattern."""
+    best = None
+    for threshold in thresholds:
+        skips = skips_at(threshold)
+        gap = abs(sum(skips) / len(skips) - share)
+        if best is None or gap < best[0] - 1e-12:
+            best = (gap, float(threshold), skips)
+    return best[1], best[2]
+
+
+THRESHOLD_GRID = np.geomspace(1e-4, 1e3, 400)  # searched for the model-level baselines' thresholds
+
+
+def validation_settings(content: dict, budgets: list[float], depth: int) -> tuple[list[tuple], dict, dict]:
+    """For each budget: the plan's block schedule, and the model-level baselines at the same share of skipped block
+    calls (MagCache's and TeaCache's rules with their threshold chosen on `THRESHOLD_GRID` to match it): settings
+    (kind, index), their schedules by (kind, index), and what each is (budget, threshold, skipped share)."""
+    drift = content["blocks"]["update_drift"]
+    if len(drift) != depth:
+        raise PlanError(f"the plan has {len(drift)} blocks; the model has {depth}: accepted: a plan of this model")
+    ratios, teacache = content["magcache"]["mag_ratios"], content["teacache"]
+    settings, schedules, described = [], {}, {}
+    for i, budget in enumerate(budgets):
+        schedule = skip_schedule(drift, budget)
+        share = sum(map(sum, schedule)) / sum(len(row) for row in schedule)
+        threshold_mag, mag = _matching(share, lambda t: magcache_skips(ratios, len(ratios), float(t)), THRESHOLD_GRID)
+        threshold_tea, tea = _matching(
+            share, lambda t: teacache_skips(teacache["rel_l1_input"], teacache["coefficients"], float(t)), THRESHOLD_GRID)
+        for kind, rows, info in (("plan", schedule, {"budget": budget}),
+                                 ("magcache", [list(mag) for _ in range(depth)], {"threshold": threshold_mag}),
+                                 ("teacache", [list(tea) for _ in range(depth)], {"threshold": threshold_tea})):
+            settings.append((kind, i))
+            schedules[(kind, i)] = rows
+            described[f"{kind}{i}"] = {**info, "skipped_share": sum(map(sum, rows)) / sum(len(r) for r in rows)}
+    return settings, schedules, described

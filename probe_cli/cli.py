@@ -199,6 +199,13 @@ def _measure_parsers(sub) -> None:
                    "fine-tuned the same steps, learning rate and data without the mask (a checkpoint directory)")
     i.add_argument("--refresh", type=STEPS, default=None,
                    help="reuse only: recompute blocks 0..K every m steps, 1..1000 (default: step 0 only)")
+    i.add_argument("--plan", default=None, help="a caching plan (probe plan): validate it on held-out clips against "
+                   "MagCache- and TeaCache-style skipping of the whole model and the middle-span skip, each at the "
+                   "plan's share of skipped block calls (the other interventions are not run)")
+    i.add_argument("--budget", default=None, help="with --plan: the drift budgets to validate, comma-separated "
+                   "(default the plan's): one point of the speed-quality curve each")
+    i.add_argument("--first-clip", type=ranged(0, 2**31 - 10_001), default=0, help="the first val clip (with --plan: "
+                   "clips held out from the plan's calibration)")
     i.add_argument("--clips", type=CLIPS, default=16, help="val clips (1..10000)")
     i.add_argument("--context", type=FRAMES, default=4, help="context frames")
     i.add_argument("--frames", type=FRAMES, default=4, help="generated frames per clip")

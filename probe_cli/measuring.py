@@ -140,8 +140,82 @@ def _span(text: str, depth: int) -> list[int]:
     return [int(parts[0]), int(parts[1])]
 
 
+def _read_plan(path: str) -> dict:
+    """A plan file written by probe plan, refused in one line otherwise."""
+    import json
+
+    plan_path = Path(path)
+    try:
+        content = json.loads(plan_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"--plan {path} cannot be read as a plan (JSON written by probe plan)") from None
+    if not isinstance(content, dict) or content.get("format") != "scd-probes-plan/1":
+        raise UsageError(f"--plan {path} is not a plan of this toolkit (format scd-probes-plan/1); accepted: a file "
+                         "written by probe plan")
+    return content
+
+
+def _budgets(text: str | None, content: dict) -> list[float]:
+    if text is None:
+        return [float(content["blocks"]["budget"])]
+    from probe_cli.checks import number
+
+    try:
+        values = [number(part, 0, 1e6) for part in text.split(",")]
+    except UsageError:
+        raise UsageError(f"--budget {text!r} is not accepted; accepted: comma-separated numbers >= 0") from None
+    if len(values) > 32 or len(set(values)) != len(values):
+        raise UsageError(f"--budget {text!r} is not accepted; accepted: at most 32 distinct numbers >= 0")
+    return values
+
+
+def _plan_settings(args: argparse.Namespace, content: dict, model) -> tuple[list[tuple], dict, dict]:
+    """The plan's validation settings (analyses.plan.validation_settings) and the middle-span skip at the same share
+    of skipped block calls; refused where the plan is not of this model and steps, or its calibration clips overlap
+    the validation clips."""
+    from analyses.plan import PlanError, validation_settings
+
+    for flag, value, default in (("--reuse", args.reuse, "default"), ("--knockout", args.knockout, "default"),
+                                 ("--skip", args.skip, "default"), ("--diagonal", args.diagonal, "default"),
+                                 ("--knockout-layer", args.knockout_layer, "none"), ("--tuned", args.tuned, None),
+                                 ("--refresh", args.refresh, None)):
+        if value != default:
+            raise UsageError(f"{flag} is not run with --plan (its baselines are the model-level skips and the middle-span "
+                             f"skip at the plan's speed-up); accepted: --plan alone, or {flag} without --plan")
+    sha = (model.checkpoint or {}).get("sha256")
+    if (content.get("checkpoint") or {}).get("sha256") != sha:
+        raise UsageError(f"--plan was calibrated on {content.get('model')!r} (sha256 "
+                         f"{str((content.get('checkpoint') or {}).get('sha256'))[:12]}), not --model {args.model} "
+                         f"(sha256 {str(sha)[:12]}); accepted: a plan of this model")
+    steps = len(content["magcache"]["mag_ratios"])
+    if steps != args.steps:
+        raise UsageError(f"--plan was calibrated at {steps} steps; --steps {args.steps}; accepted: --steps {steps}")
+    calibrated = {item.get("clip") for item in content["calibration"]["items"]}
+    validated = set(range(args.first_clip, args.first_clip + args.clips))
+    if calibrated & validated:
+        raise UsageError(f"val clip {min(calibrated & validated)} is in the plan's calibration set; accepted: held-out "
+                         f"clips, e.g. --first-clip {max(c for c in calibrated if c is not None) + 1}")
+    try:
+        settings, schedules, described = validation_settings(content, _budgets(args.budget, content), model.depth)
+    except PlanError as e:
+        raise UsageError(str(e)) from None
+    first, last = _span("default", model.depth)
+    for i in [index for kind, index in settings if kind == "plan"]:
+        share = described[f"plan{i}"]["skipped_share"]
+        keep = min(args.steps, max(1, round(args.steps - share * args.steps * model.depth / (last - first + 1))))
+        if ("skip", first, last, keep) in settings:
+            continue  # two budgets matched by the same span skip: measured once
+        settings.append(("skip", first, last, keep))
+        described[f"skip{first}-{last}k{keep}"] = {"matches": f"plan{i}", "skipped_share":
+                                                   (args.steps - keep) * (last - first + 1) / (args.steps * model.depth)}
+    return settings, schedules, described
+
+
 def cmd_intervene(args: argparse.Namespace) -> None:
     out = output(args.out, "interventions", args.force)
+    content = _read_plan(args.plan) if args.plan is not None else None
+    if args.budget is not None and content is None:
+        raise UsageError("--budget sets a plan's drift budgets; accepted: with --plan FILE, or neither")
     if args.refresh is not None and args.reuse == "none":
         raise UsageError("--refresh applies only to feature reuse, and --reuse is 'none'; accepted: --reuse LAYERS "
                          "or 'default' with --refresh")
@@ -152,6 +226,27 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from scd.zoo import load_model
 
     model = load_model(args.model, device=on)
+    if content is not None:
+        if "decoder" in model.layout.roles:
+            raise UsageError(f"--plan runs on the causal baseline's blocks; --model {args.model} is an SCD model")
+        settings, schedules, described = _plan_settings(args, content, model)
+        _fits(model, args.context + args.frames, "one intervened generation")
+        videos: dict = {}
+        try:
+            table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
+                                       steps=args.steps, seed=args.seed, device=on, progress=not args.quiet,
+                                       keep=videos, first_clip=args.first_clip, schedules=schedules)
+        except InterventionError as e:
+            raise UsageError(str(e)) from None
+        info = {"model": args.model, "checkpoint": model.checkpoint, "depth": model.depth, "command": _command("intervene"),
+                "machine": _machine(on), "device": str(on), "clips": args.clips, "first_clip": args.first_clip,
+                "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": None,
+                "plan": {"path": str(args.plan), "budgets": _budgets(args.budget, content), "settings": described},
+                "noise": "clip c: seed + c; redraw: seed + c + 2^31"}
+        write_interventions(out, table, videos, info, force=args.force)
+        if not args.quiet:
+            print((out / "interventions.md").read_text())
+        return
     roles = model.layout.roles
     scd = "decoder" in roles
     if scd and args.knockout != "none":

@@ -18,7 +18,8 @@ from torch import nn
 from scd.contract import is_video_diffuser
 from scd.sampling import observe_sampling
 
-INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal")
+INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal", "plan", "magcache", "teacache")
+SCHEDULED = ("plan", "magcache", "teacache")  # a caching plan and the model-level baselines: block schedules
 
 
 class InterventionError(ValueError):
@@ -243,12 +244,19 @@ def normalised_setting(setting: tuple) -> tuple[str, int, int, int, int]:
 
 @contextmanager
 def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None, span_end: int = -1,
-                 keep_steps: int = -1, tail_steps: int = 0, steps: int | None = None) -> Iterator[None]:
+                 keep_steps: int = -1, tail_steps: int = 0, steps: int | None = None,
+                 schedule: list[list[bool]] | None = None) -> Iterator[None]:
     """One intervention by name (`feature_reuse`, `attention_knockout` from a layer or of one layer, `span_skip`,
-    `frame_diagonal`); layer -1 means none."""
+    `frame_diagonal`, or a block `schedule`: a caching plan and the model-level baselines, `block_skip`, where
+    `layer` is the setting's index); layer -1 means none."""
     if kind not in INTERVENTIONS:
         raise InterventionError(f"unknown intervention {kind!r}; accepted: {', '.join(INTERVENTIONS)}")
-    if layer == -1:
+    if kind in SCHEDULED:
+        if schedule is None:
+            raise InterventionError(f"{kind} runs a block schedule, and none is given; accepted: a plan's schedule")
+        with block_skip(model, schedule):
+            yield
+    elif layer == -1:
         yield
     elif kind == "reuse":
         with feature_reuse(model, layer, refresh):

@@ -126,3 +126,32 @@ def test_a_zero_budget_plan_reproduces_the_unmodified_video_bitwise_and_a_skippi
     with pytest.raises(Exception, match="step 0"):
         with block_skip(tiny_model, [[True] * steps] * depth):
             pass
+
+
+@pytest.mark.slow
+def test_probe_intervene_validates_a_plan_on_held_out_clips_against_the_model_level_baselines(tmp_path, capsys):
+    import pandas as pd
+
+    from probe_cli import main
+
+    run, plan = tmp_path / "cal", tmp_path / "plan.json"
+    assert main(["run", "--layers", "all", "--mode", "full", "--clip", "0", "--context", "2", "--frames", "2",
+                 "--steps", "6", "--quiet", "--out", str(run)]) == 0
+    assert main(["plan", str(run), "--budget", "0.2", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    common = ["intervene", "--plan", str(plan), "--steps", "6", "--clips", "1", "--context", "2", "--frames", "2",
+              "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "overlap")]) == 2  # clip 0 calibrated the plan
+    err = capsys.readouterr().err
+    assert "in the plan's calibration set" in err and not (tmp_path / "overlap").exists()
+    assert main([*common, "--steps", "5", "--first-clip", "1", "--out", str(tmp_path / "steps")]) == 2
+    assert "calibrated at 6 steps" in capsys.readouterr().err
+    assert main([*common, "--first-clip", "1", "--budget", "0,0.2", "--out", str(tmp_path / "v")]) == 0
+    table = pd.read_parquet(tmp_path / "v" / "interventions.parquet")
+    assert set(table.intervention) >= {"none", "plan", "magcache", "teacache", "skip", "redraw"}
+    assert set(table["clip"]) == {1}
+    zero = table[(table.intervention == "plan") & (table.layer == 0)]
+    assert (zero.drift_max_abs == 0).all()  # a zero budget reproduces the unmodified video bitwise
+    info = json.loads((tmp_path / "v" / "interventions.json").read_text())
+    assert info["plan"]["budgets"] == [0.0, 0.2] and info["first_clip"] == 1
+    assert info["plan"]["settings"]["plan0"]["skipped_share"] == 0.0

@@ -218,6 +218,30 @@ def text_share_figure(run: Recording) -> Figure:
     return _finished(fig)
 
 
+def speed_quality_figure(table: pd.DataFrame) -> Figure:
+    """Every plan and baseline of a plan validation as a point (speed-up, drift PSNR against the unmodified video),
+    95% intervals over clips both ways, the Pareto front joined (analyses.plan.speed_quality_table)."""
+    from analyses.plan import DRIFT_CAP, speed_quality_table
+
+    points = speed_quality_table(table)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for kind, marker in zip(("plan", "magcache", "teacache", "skip"), "osD^", strict=True):
+        rows = points[points.kind == kind]
+        if rows.empty:
+            continue
+        xerr = [(rows.speedup - rows.speedup_low).fillna(0), (rows.speedup_high - rows.speedup).fillna(0)]
+        yerr = [(rows.drift_psnr - rows.drift_psnr_low).fillna(0), (rows.drift_psnr_high - rows.drift_psnr).fillna(0)]
+        ax.errorbar(rows.speedup, rows.drift_psnr, xerr=xerr, yerr=yerr, marker=marker, linestyle="none", capsize=2,
+                    label={"skip": "middle-span skip"}.get(kind, kind))
+    front = points[points.pareto].sort_values("speedup")
+    ax.plot(front.speedup, front.drift_psnr, color="black", linewidth=1, linestyle="--", label="Pareto front")
+    ax.set_xlabel("measured speed-up (unmodified / setting, per clip)")
+    ax.set_ylabel(f"drift PSNR vs unmodified (dB; identical drawn at {DRIFT_CAP:g})")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{int(points.clips.max())} held-out clip(s); intervals: 95% t over clips", fontsize=8)
+    return _finished(fig)
+
+
 @takes_run
 def frames_title(run: Recording) -> str:
     """What `frames_figure` shows, in words."""

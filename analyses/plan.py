@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 
 from analyses.errors import AnalysisError
@@ -298,3 +299,31 @@ def validation_settings(content: dict, budgets: list[float], depth: int) -> tupl
             schedules[(kind, i)] = rows
             described[f"{kind}{i}"] = {**info, "skipped_share": sum(map(sum, rows)) / sum(len(r) for r in rows)}
     return settings, schedules, described
+
+
+DRIFT_CAP = 60.0  # dB: an identical video (inf) is drawn at this drift PSNR
+
+
+def speed_quality_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting of a plan validation (an interventions table): the speed-up (per clip, the unmodified model's
+    seconds per frame over the setting's, measured in the same process) and the drift PSNR against the unmodified
+    generation (identical: DRIFT_CAP dB), each a mean with its 95% t-interval over clips, and whether the setting is
+    on the Pareto front (no other is at least as fast and at least as close, and better in one)."""
+    from analyses.intervals import interval
+
+    base = table[table.intervention == "none"].set_index("clip")["seconds_per_frame"]
+    rows = []
+    for key, group in table[~table.intervention.isin(["none", "redraw"])].groupby(
+            ["intervention", "layer", "span_end", "keep_steps"], sort=False):
+        speed = [float(base[c] / s) for c, s in zip(group["clip"], group["seconds_per_frame"], strict=True)]
+        drift = [min(float(d), DRIFT_CAP) for d in group["drift_psnr"]]
+        sm, sl, sh, n = interval(speed)
+        dm, dl, dh, _ = interval(drift)
+        name = f"{key[0]}{key[1]}" if key[0] != "skip" else f"skip{key[1]}-{key[2]}k{key[3]}"
+        rows.append({"setting": name, "kind": key[0], "speedup": sm, "speedup_low": sl, "speedup_high": sh,
+                     "drift_psnr": dm, "drift_psnr_low": dl, "drift_psnr_high": dh, "clips": n})
+    out = pd.DataFrame(rows)
+    out["pareto"] = [not any((o.speedup >= r.speedup and o.drift_psnr >= r.drift_psnr) and
+                             (o.speedup > r.speedup or o.drift_psnr > r.drift_psnr) for o in out.itertuples())
+                     for r in out.itertuples()]
+    return out

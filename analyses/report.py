@@ -268,6 +268,10 @@ def _interventions_section(interventions: dict) -> dict:
     if summary.intervention.isin(["reuse", "knockout"]).any():
         figs["Drift from the unmodified generation, and the measured speed-up, against the layer step-0 reuse or "
              "knockout starts at"] = png_data_uri(figures.intervention_figure(summary))
+    if info.get("plan"):
+        figs["A caching plan on held-out clips: speed-up against drift from the unmodified video, the plan at each "
+             "budget beside MagCache-, TeaCache-style and middle-span skipping at its share of skipped blocks, the "
+             "Pareto front dashed"] = png_data_uri(figures.speed_quality_figure(interventions["table"]))
     figs |= {
             f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
                 figures.intervention_frames(interventions["videos"], info["context"], shown))}

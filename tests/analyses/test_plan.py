@@ -155,3 +155,23 @@ def test_probe_intervene_validates_a_plan_on_held_out_clips_against_the_model_le
     info = json.loads((tmp_path / "v" / "interventions.json").read_text())
     assert info["plan"]["budgets"] == [0.0, 0.2] and info["first_clip"] == 1
     assert info["plan"]["settings"]["plan0"]["skipped_share"] == 0.0
+
+
+def test_the_speed_quality_table_marks_the_pareto_front():
+    import pandas as pd
+
+    from analyses.plan import DRIFT_CAP, speed_quality_table
+
+    rows = []
+    for clip in (0, 1):
+        rows.append(("none", -1, -1, -1, clip, float("inf"), 1.0))
+        for kind, layer, seconds, drift in (("plan", 0, 0.5, 30.0), ("magcache", 0, 0.5, 20.0), ("teacache", 0, 0.25, 15.0),
+                                            ("skip", 8, 0.9, float("inf"))):
+            rows.append((kind, layer, 22 if kind == "skip" else -1, 3 if kind == "skip" else -1, clip, drift + clip,
+                         seconds))
+    table = pd.DataFrame(rows, columns=["intervention", "layer", "span_end", "keep_steps", "clip", "drift_psnr",
+                                        "seconds_per_frame"])
+    points = speed_quality_table(table).set_index("setting")
+    assert points.loc["plan0", "speedup"] == pytest.approx(2.0) and points.loc["teacache0", "speedup"] == pytest.approx(4.0)
+    assert points.loc["plan0", "drift_psnr"] == pytest.approx(30.5) and points.loc["skip8-22k3", "drift_psnr"] == DRIFT_CAP
+    assert points.pareto.to_dict() == {"plan0": True, "magcache0": False, "teacache0": True, "skip8-22k3": True}

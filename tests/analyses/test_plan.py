@@ -175,3 +175,22 @@ def test_the_speed_quality_table_marks_the_pareto_front():
     assert points.loc["plan0", "speedup"] == pytest.approx(2.0) and points.loc["teacache0", "speedup"] == pytest.approx(4.0)
     assert points.loc["plan0", "drift_psnr"] == pytest.approx(30.5) and points.loc["skip8-22k3", "drift_psnr"] == DRIFT_CAP
     assert points.pareto.to_dict() == {"plan0": True, "magcache0": False, "teacache0": True, "skip8-22k3": True}
+
+
+@pytest.mark.parametrize("family", ["wan", "skyreels"])
+def test_a_plan_calibrates_on_a_wan_family_run(family, tmp_path):
+    from analyses.plan import plan
+    from probes import Probe, load_run
+    from scd.sampling import generate
+    from scd.wan.causal_wan import CausalWan
+    from tests.wan_tiny import LATENT, tiny
+
+    model = CausalWan(tiny(family), LATENT, frames_per_block=1)
+    with Probe(model, "all", mode="full") as probe:
+        generate(model, torch.randn(2, 4, *LATENT, generator=torch.Generator().manual_seed(0)), 2, steps=6)
+    run = load_run(probe.save(tmp_path / "run", clip=0, seed=0))
+    content = plan([run], 0.0)
+    first = run.input_features().float()
+    last = run.features(run.depth - 1).float()
+    assert content["magcache"]["mag_ratios"] == pytest.approx(mag_ratios(first, last).tolist())
+    assert content["blocks"]["skipped_share"] == 0.0 and len(content["blocks"]["skip"]) == run.depth

@@ -180,10 +180,13 @@ def block_skip(model: nn.Module, schedule: list[list[bool]]) -> Iterator[dict[st
     """Run a caching plan's schedule (`analyses.plan`): block L is skipped at denoising step t where `schedule[L][t]`
     holds, its update from the last step it ran (its output minus its input) added to its current input; every block
     runs at the other steps and in the pass that writes a finished frame into the cache. Steps beyond the schedule
-    run. Yields counts: block calls run and skipped."""
-    layout = _surgery_layout(model)
-    if "decoder" in layout.roles or "encoder" in layout.roles:
-        raise InterventionError("a block schedule runs on the causal baseline's blocks; accepted: the causal baseline")
+    run. Any causal model of the contract: the built-in baseline and the Wan families (`diffusers:DIR`; with
+    guidance, each pass keeps its own updates). Yields counts: block calls run and skipped."""
+    if not is_video_diffuser(model):
+        raise InterventionError(f"a block schedule runs on a model of the toolkit's contract; got {type(model).__name__}")
+    layout = model.layout
+    if any(layout.role(i) != "causal" for i in range(layout.depth)):
+        raise InterventionError("a block schedule runs on causal blocks; accepted: the causal baseline or a Wan family")
     blocks = _blocks(model, list(layout.blocks))
     if not isinstance(schedule, list) or len(schedule) != len(blocks) or \
             not all(isinstance(row, list) and all(isinstance(v, bool) for v in row) for row in schedule):
@@ -192,18 +195,22 @@ def block_skip(model: nn.Module, schedule: list[list[bool]]) -> Iterator[dict[st
     if any(row and row[0] for row in schedule):
         raise InterventionError("the schedule skips a block at step 0, where no update has been computed; accepted: "
                                 "step 0 computed")
-    tracker, counts, updates = _StepTracker(), {"run": 0, "skipped": 0}, {}
+    tracker, counts = _StepTracker(), {"run": 0, "skipped": 0}
+    updates: dict[tuple[int, str | None], torch.Tensor] = {}  # (block, guidance pass) -> its last computed update
+    returns_tuple: dict[int, bool] = {}  # the built-in blocks return (output, own keys and values); Wan's the output
 
     def replace(i: int, original):
-        def forward(x, cond, angles, mask=None, past=None, past_angles=None):
-            step = tracker.step
+        def forward(x, *args, **kwargs):
+            step, key = tracker.step, (i, model.guidance_pass)
             if step is not None and step < len(schedule[i]) and schedule[i][step]:
                 counts["skipped"] += 1
-                return x + updates[i], (None, None)  # no cache is written at denoising steps
+                out = x + updates[key]
+                return (out, (None, None)) if returns_tuple[i] else out  # no cache is written at denoising steps
             counts["run"] += 1
-            out = original(x, cond, angles, mask, past, past_angles)
+            out = original(x, *args, **kwargs)
+            returns_tuple[i] = isinstance(out, tuple)
             if step is not None:
-                updates[i] = out[0] - x
+                updates[key] = (out[0] if returns_tuple[i] else out) - x
             return out
         return forward
 

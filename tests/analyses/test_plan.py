@@ -194,3 +194,25 @@ def test_a_plan_calibrates_on_a_wan_family_run(family, tmp_path):
     last = run.features(run.depth - 1).float()
     assert content["magcache"]["mag_ratios"] == pytest.approx(mag_ratios(first, last).tolist())
     assert content["blocks"]["skipped_share"] == 0.0 and len(content["blocks"]["skip"]) == run.depth
+
+
+@pytest.mark.parametrize("family", ["wan", "skyreels"])
+def test_a_plan_runs_on_a_wan_family_model_and_a_zero_budget_is_bitwise(family):
+    from probes.surgery import block_skip
+    from scd.sampling import generate
+    from scd.wan.causal_wan import CausalWan
+    from tests.wan_tiny import LATENT, tiny
+
+    model = CausalWan(tiny(family), LATENT, frames_per_block=1)
+    model.set_prompt(torch.randn(5, 16, generator=torch.Generator().manual_seed(2)), guidance_scale=3.0)
+    context = torch.randn(2, 4, *LATENT, generator=torch.Generator().manual_seed(0))
+    plain = generate(model, context, 2, steps=4, seed=1)
+    depth = len(model.transformer.blocks)
+    drift = [[0.0, 0.02, 0.02, 0.02] for _ in range(depth)]
+    with block_skip(model, skip_schedule(drift, 0.0)) as counts:
+        same = generate(model, context, 2, steps=4, seed=1)
+    assert torch.equal(same, plain) and counts["skipped"] == 0
+    with block_skip(model, skip_schedule(drift, 0.03)) as counts:
+        faster = generate(model, context, 2, steps=4, seed=1)
+    assert counts["skipped"] > 0 and not torch.equal(faster, plain)
+    assert torch.equal(generate(model, context, 2, steps=4, seed=1), plain)  # the blocks restored

@@ -22,6 +22,7 @@ from probe_cli.checks import (
     ranged,
 )
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
+from scd.contract import ROPE_POLICIES
 from scd.training.config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
 
 STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
@@ -85,7 +86,7 @@ def _sampling_flags(parser) -> None:
                    "every finished frame")
     g.add_argument("--sink-frames", type=ranged(0, 100_000), default=0, help="with --window: the first frames, attended "
                    "to for ever (Self-Forcing's sink_size; LongLive: 3)")
-    g.add_argument("--rope", choices=("absolute", "cache"), default="absolute", help="with --window: keys rotated at "
+    g.add_argument("--rope", choices=ROPE_POLICIES, default="absolute", help="with --window: keys rotated at "
                    "their frame's index in the video (absolute: Self-Forcing, LongLive) or at their place in the cache "
                    "(cache: positions stay below the window, so a rollout can outrun the RoPE table)")
 

@@ -156,3 +156,19 @@ def mass_by_region(mass: torch.Tensor, frames: Sequence[int], frames_per_block: 
                 out[i, ..., r] = mass[i, ..., sorted(keys)].sum(-1)
         out[i, ..., 3] = mass[i].sum(-1) - out[i, ..., :3].sum(-1)
     return out.clamp_min(0)
+
+
+def derived_entries(attention: dict[str, torch.Tensor], frames: Sequence[int], frames_per_block: int = 1,
+                    sink_frames: int = 0) -> dict[str, torch.Tensor]:
+    """For each layer's mass "layer{L}" [F, S, H, T] of a run's attention entries that lacks them, its
+    "layer{L}.distance" and "layer{L}.regions" (`mass_by_distance`, `mass_by_region`): what a Probe holds and
+    `probes.store.write_run` writes, computed in one place."""
+    out = {}
+    for key, mass in attention.items():
+        if not key.startswith("layer") or not key[5:].isdigit() or mass.shape[0] != len(frames):
+            continue
+        if f"{key}.distance" not in attention:
+            out[f"{key}.distance"] = mass_by_distance(mass.float(), frames, frames_per_block)
+        if f"{key}.regions" not in attention:
+            out[f"{key}.regions"] = mass_by_region(mass.float(), frames, frames_per_block, sink_frames)
+    return out

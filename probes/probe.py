@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes.attention import mass_by_distance, mass_by_region, pooled_attention, token_bands
+from probes.attention import derived_entries, pooled_attention, token_bands
 from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
 from probes.errors import ProbeError
@@ -447,14 +447,13 @@ class Probe(Recording):
                 features[f"layer{layer}.centred_cosine"] = torch.stack([c[0] for c in centred])
                 features[f"layer{layer}.cka"] = torch.stack([c[1] for c in centred])
             if "attention" in self.capture:
-                mass = attention[f"layer{layer}"] = self._attention_of(layer)
+                attention[f"layer{layer}"] = self._attention_of(layer)
                 attention[f"layer{layer}.map"] = self._map_of(layer)
-                k, sinks = self.layout.frames_per_block, (self._sampling or {}).get("sink_frames") or 0
-                attention[f"layer{layer}.distance"] = mass_by_distance(mass, frames, k)
-                attention[f"layer{layer}.regions"] = mass_by_region(mass, frames, k, sinks)
                 if layer in self._text_layers:
                     attention[f"layer{layer}.text_share"] = torch.stack(
                         [torch.stack(self._text[layer][frame]) for frame in frames]).float()
+        attention |= derived_entries(attention, frames, self.layout.frames_per_block,
+                                     (self._sampling or {}).get("sink_frames") or 0)  # by distance and region
         if self._input_grams and all(frame in self._input_grams for frame in frames):
             pairs = [self._input_grams[frame].matrices() for frame in frames]
             features["input.gram"] = torch.stack([p[0] for p in pairs])

@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from probes.attention import mass_by_distance, mass_by_region
+from probes.attention import derived_entries
 from scd.contract import ROLES
 from scd.files import OutputError, atomic_directory, check_output, input_path, sha256
 
@@ -112,13 +112,8 @@ def write_run(
             raise RunError(f"{name} must be uint8 [T, H, W, 3], got {getattr(video, 'dtype', type(video).__name__)} "
                            f"{getattr(video, 'shape', '')}")
     attention = dict(attention or {})
-    for key in [k for k in attention if layer_of(k) is not None]:  # derived from the mass where not given
-        frames, k = manifest.get("frames") or [], manifest.get("frames_per_block") or 1
-        sinks = (manifest.get("sampling") or {}).get("sink_frames") or 0
-        if f"{key}.distance" not in attention and len(frames) == attention[key].shape[0]:
-            attention[f"{key}.distance"] = mass_by_distance(attention[key].float(), frames, k)
-        if f"{key}.regions" not in attention and len(frames) == attention[key].shape[0]:
-            attention[f"{key}.regions"] = mass_by_region(attention[key].float(), frames, k, sinks)
+    attention |= derived_entries(attention, manifest.get("frames") or [], manifest.get("frames_per_block") or 1,
+                                 (manifest.get("sampling") or {}).get("sink_frames") or 0)  # where not given
     with atomic_directory(path, force=force) as tmp:
         save_file({k: as_stored(k, v, torch.float16) for k, v in (features or {}).items()}, tmp / "features.safetensors")
         save_file({k: as_stored(k, v, torch.float32) for k, v in attention.items()}, tmp / "attention.safetensors")

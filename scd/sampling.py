@@ -247,7 +247,7 @@ def generate(
         if explicit is None:
             scheduler = make_scheduler(shift, schedule)  # a fresh one per chunk: multistep schedulers keep a history
             scheduler.set_timesteps(count, device=device)
-            chunk_timesteps = [t for t in scheduler.timesteps]
+            chunk_timesteps = list(scheduler.timesteps)
         else:
             scheduler, chunk_timesteps = None, [torch.tensor(t) for t in explicit]
         for step, t in enumerate(chunk_timesteps):

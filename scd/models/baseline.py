@@ -108,11 +108,9 @@ def frames_mask(start: int, frames: int, tokens_per_frame: int, device: torch.de
 def cache_positions(cache: KVCache | None, frames: int, config) -> tuple[torch.Tensor | None, tuple[int, list[int]]]:
     """For a pass of `frames` frames after `cache`: the RoPE angles of the cached keys it reads when they are kept
     unrotated (the `cache` RoPE policy; else None), the number of cached frames it reads, and its own frames' RoPE
-    positions. A rolling cache takes one chunk per pass (its window is the chunk's)."""
+    positions (`KVCache.positions`, which refuses more than a chunk per pass under a rolling policy)."""
     if cache is None:
         return None, (0, list(range(frames)))
-    if cache.policy.rolling and frames != 1:
-        raise ModelError(f"a rolling KV cache takes one frame per pass, got {frames}; accepted: frames one at a time")
     seen, positions = cache.positions(frames)
     past = None
     if cache.policy.rope == "cache" and seen:
@@ -162,7 +160,7 @@ class CausalVideoDiffuser(BuiltinFrames, HookedRootModule):
 
     def new_cache(self, policy: CachePolicy | None = None) -> KVCache:
         """An empty KV cache for streaming generation, keeping what `policy` says (default: every finished frame)."""
-        return KVCache(policy=(policy or CachePolicy()).check(self.frames_per_block))
+        return KVCache(policy=(policy or CachePolicy()).check(self.frames_per_block), chunk=self.frames_per_block)
 
     @property
     def layout(self) -> Layout:

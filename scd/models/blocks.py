@@ -48,6 +48,12 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
 
 
+def _token_index(slots: list[int], tokens_per_frame: int, device: torch.device) -> torch.Tensor:
+    """The token positions [len(slots) * n] of the cached frames in `slots` (frame-major, n tokens each)."""
+    n = tokens_per_frame
+    return (torch.tensor(slots, device=device)[:, None] * n + torch.arange(n, device=device)).flatten()
+
+
 @dataclass
 class KVCache:
     """Keys and values of finished frames, per block: [B, L_cached, H, D] each, frame-major.
@@ -62,6 +68,7 @@ class KVCache:
     frames: int = 0  # frames written so far: the index in the video of the next frame
     policy: CachePolicy = field(default_factory=CachePolicy)
     cached: list[int] = field(default_factory=list)  # the video frame of each cached frame, in cache order
+    chunk: int = 1   # frames per pass under a rolling policy (the model's frames_per_block): its window is a chunk's
 
     def visible(self, frames: int) -> list[int]:
         """The cached frames (video indices) that the next `frames` frames attend to."""
@@ -69,7 +76,11 @@ class KVCache:
 
     def positions(self, frames: int) -> tuple[list[int], list[int]]:
         """RoPE frame positions of (the visible cached frames, the next `frames` frames): their video indices under
-        the `absolute` policy; their places in the cache, then after it, under `cache`."""
+        the `absolute` policy; their places in the cache, then after it, under `cache`. A rolling cache takes one
+        chunk per pass (ModelError otherwise)."""
+        if self.policy.rolling and frames != self.chunk:
+            raise ModelError(f"a rolling KV cache takes one chunk per pass, got {frames} frames; accepted: chunks of "
+                             f"{self.chunk}")
         seen = self.visible(frames)
         if self.policy.rope == "absolute":
             return seen, list(range(self.frames, self.frames + frames))
@@ -82,12 +93,11 @@ class KVCache:
         k, v = self.keys[i], self.values[i]
         if frames is None or not self.policy.rolling:
             return k, v
-        n = k.shape[1] // len(self.cached)
         where = {frame: slot for slot, frame in enumerate(self.cached)}
         slots = [where[f] for f in self.visible(frames)]
         if slots == list(range(len(self.cached))):
             return k, v
-        index = (torch.tensor(slots, device=k.device)[:, None] * n + torch.arange(n, device=k.device)).flatten()
+        index = _token_index(slots, k.shape[1] // len(self.cached), k.device)
         return k.index_select(1, index), v.index_select(1, index)
 
     def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -108,12 +118,11 @@ class KVCache:
         self.cached = kept
         if held == kept:
             return
-        slots = torch.tensor([held.index(f) for f in kept])
+        slots = [held.index(f) for f in kept]
         for i, k in enumerate(self.keys):
             if k is None:
                 continue
-            n = k.shape[1] // len(held)
-            index = (slots.to(k.device)[:, None] * n + torch.arange(n, device=k.device)).flatten()
+            index = _token_index(slots, k.shape[1] // len(held), k.device)
             self.keys[i], self.values[i] = k.index_select(1, index), self.values[i].index_select(1, index)
 
     def nbytes(self) -> int:

@@ -110,7 +110,7 @@ class SeparableCausalDiffuser(BuiltinFrames, HookedRootModule):
 
     def new_cache(self, policy: CachePolicy | None = None) -> SCDCache:
         """An empty encoder cache for streaming generation, keeping what `policy` says (default: every frame)."""
-        return SCDCache(policy=(policy or CachePolicy()).check(self.frames_per_block))
+        return SCDCache(policy=(policy or CachePolicy()).check(self.frames_per_block), chunk=self.frames_per_block)
 
     @property
     def layout(self) -> Layout:

@@ -285,8 +285,10 @@ class CausalWan(VideoDiffuser, nn.Module):
     def new_cache(self, policy: CachePolicy | None = None) -> KVCache | GuidedCache:
         """An empty KV cache for streaming generation (keys and values of clean, finished chunks, those `policy`
         keeps); two with guidance."""
-        policy = (policy or CachePolicy()).check(self.frames_per_block)
-        return GuidedCache(KVCache(policy=policy), KVCache(policy=policy)) if self.guided else KVCache(policy=policy)
+        policy, k = (policy or CachePolicy()).check(self.frames_per_block), self.frames_per_block
+        if self.guided:
+            return GuidedCache(KVCache(policy=policy, chunk=k), KVCache(policy=policy, chunk=k))
+        return KVCache(policy=policy, chunk=k)
 
     def get_config(self) -> dict:
         """What a run's manifest records of the model."""
@@ -384,9 +386,6 @@ class CausalWan(VideoDiffuser, nn.Module):
             raise ModelError("update_cache=True needs a cache (model.new_cache())")
         start = cache.frames if cache is not None else 0
         seen, positions = cache.positions(F) if cache is not None else ([], list(range(F)))
-        if cache is not None and cache.policy.rolling and F != self.frames_per_block:
-            raise ModelError(f"a rolling KV cache takes one chunk per pass, got {F} frames; accepted: chunks of "
-                             f"{self.frames_per_block}")
         if positions[-1] >= self.max_frames:
             raise CheckpointError(f"latent frame position {positions[-1]} is beyond the model's RoPE table "
                                   f"(rope_max_seq_len = {self.max_frames}); accepted: at most {self.max_frames} frames, "

@@ -80,6 +80,19 @@ def _shards(path: Path) -> list[Path]:
     return [path]
 
 
+def _safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A `.safetensors` file's tensors and its header's metadata, refused in one line if it cannot be read."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(path), metadata
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
+        raise ConversionError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+
+
 def _unpickled(path: Path) -> object:
     """A `.pt` / `.pth` file through `torch.load(weights_only=True)`: tensors and plain containers, never code."""
     try:
@@ -108,12 +121,7 @@ def read_weights(path: str | Path, ema: bool | None = None, notes: list[str] | N
     shards = _shards(path)
     for shard in shards:
         if shard.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            try:
-                part = load_file(shard)
-            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
-                raise ConversionError(f"{shard} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+            part, _ = _safetensors(shard)
         else:
             notes.append(f"{shard.name}: read a pickle-format checkpoint with torch.load(weights_only=True) (tensors and "
                          "plain containers only, no code is run); prefer .safetensors")
@@ -180,15 +188,8 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
         raise ConversionError(f"--lora {path} is not a file; accepted: a LoRA adapter file (.safetensors, .pt or .pth)")
     found_alpha = None
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            with safe_open(path, "pt") as f:
-                found_alpha = (f.metadata() or {}).get("lora_alpha")
-            state: object = load_file(path)
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
-            raise ConversionError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+        state, metadata = _safetensors(path)
+        found_alpha = metadata.get("lora_alpha")
     else:
         state = _unpickled(path)
     while isinstance(state, dict) and not any(LORA_KEY.fullmatch(str(k)) for k in state):

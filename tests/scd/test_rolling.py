@@ -42,32 +42,28 @@ def window_frame_mask(frames: int, k: int, window: int | None, sinks: int) -> to
     return allowed
 
 
-def renoise_loop(velocity_of, context: torch.Tensor, frames: int, k: int, timesteps: list[float], seed: int):
-    """Self-Forcing's inference loop over chunks, in plain code: `velocity_of(past, x, t)` is the model."""
+def upstream_loop(velocity_of, context: torch.Tensor, frames: int, k: int, timesteps: list[float], seed: int,
+                  sampler: str = "renoise", finished=lambda chunk: None):
+    """Self-Forcing's inference loop over chunks, in plain code: `velocity_of(past, x, t)` is the model; `renoise`
+    predicts the clean chunk and noises it afresh to the next timestep, `ode` takes Euler steps to the next (then to
+    0); `finished(chunk)` hears each finished chunk (a cached loop writes it back)."""
     generator = torch.Generator().manual_seed(seed)
     video = context[None]
     for _ in range(0, frames, k):
         x = torch.randn((1, k, *context.shape[1:]), generator=generator)
         for i, t in enumerate(timesteps):
-            x0 = x - t / 1000 * velocity_of(video, x, t)
-            if i + 1 < len(timesteps):
-                s = timesteps[i + 1] / 1000
-                x = (1 - s) * x0 + s * torch.randn(x.shape, generator=generator)
+            v = velocity_of(video, x, t)
+            if sampler == "renoise":
+                x0 = x - t / 1000 * v
+                if i + 1 < len(timesteps):
+                    s = timesteps[i + 1] / 1000
+                    x = (1 - s) * x0 + s * torch.randn(x.shape, generator=generator)
+                else:
+                    x = x0
             else:
-                x = x0
-        video = torch.cat([video, x], dim=1)
-    return video[0]
-
-
-def euler_loop(velocity_of, context: torch.Tensor, frames: int, k: int, timesteps: list[float], seed: int):
-    """Flow-matching Euler over an explicit timestep list, then to 0."""
-    generator = torch.Generator().manual_seed(seed)
-    video = context[None]
-    for _ in range(0, frames, k):
-        x = torch.randn((1, k, *context.shape[1:]), generator=generator)
-        for i, t in enumerate(timesteps):
-            after = timesteps[i + 1] if i + 1 < len(timesteps) else 0.0
-            x = x + (after - t) / 1000 * velocity_of(video, x, t)
+                after = timesteps[i + 1] if i + 1 < len(timesteps) else 0.0
+                x = x + (after - t) / 1000 * v
+        finished(x)
         video = torch.cat([video, x], dim=1)
     return video[0]
 
@@ -149,28 +145,9 @@ def cached_loop(model, context, frames, k, timesteps, seed, buffer, sampler="ren
     reading the buffer, then written back clean."""
     for first in range(0, context.shape[0], k):
         model(context[None, first:first + k], torch.zeros(1, k), cache=buffer, update_cache=True)
-
-    def velocity_of(past, x, t):
-        return model(x, torch.full((1, k), float(t)), cache=buffer)
-    generator = torch.Generator().manual_seed(seed)
-    video = context[None]
-    for _ in range(0, frames, k):
-        x = torch.randn((1, k, *context.shape[1:]), generator=generator)
-        for i, t in enumerate(timesteps):
-            v = velocity_of(video, x, t)
-            if sampler == "renoise":
-                x0 = x - t / 1000 * v
-                if i + 1 < len(timesteps):
-                    s = timesteps[i + 1] / 1000
-                    x = (1 - s) * x0 + s * torch.randn(x.shape, generator=generator)
-                else:
-                    x = x0
-            else:
-                after = timesteps[i + 1] if i + 1 < len(timesteps) else 0.0
-                x = x + (after - t) / 1000 * v
-        model(x, torch.zeros(1, k), cache=buffer, update_cache=True)
-        video = torch.cat([video, x], dim=1)
-    return video[0]
+    return upstream_loop(lambda past, x, t: model(x, torch.full((1, k), float(t)), cache=buffer), context, frames, k,
+                         timesteps, seed, sampler,
+                         finished=lambda chunk: model(chunk, torch.zeros(1, k), cache=buffer, update_cache=True))
 
 
 SELF_FORCING = [1000.0, 750.0, 500.0, 250.0]
@@ -201,8 +178,7 @@ def test_builtin_samplers_and_windows_equal_a_full_sequence_recompute_under_the_
                     cache_policy=policy)
     steps = warp_timesteps(SELF_FORCING, 5.0)
     velocity = full_sequence(model, window, sinks, 1, monkeypatch, "scd.models.baseline", "frames_mask")
-    loop = renoise_loop if sampler == "renoise" else euler_loop
-    theirs = loop(velocity, context, 5, 1, steps, 3)
+    theirs = upstream_loop(velocity, context, 5, 1, steps, 3, sampler)
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
     if window is not None:  # the window changes the video: the test would notice a cache that ignored it
         assert not torch.allclose(ours, generate(model, context, 5, timesteps=SELF_FORCING, warp=True, shift=5.0,
@@ -236,7 +212,7 @@ def test_wan_families_renoise_with_a_window_equal_a_full_sequence_recompute(fami
     ours = generate(model, context, 6, timesteps=[1000, 757, 522, 0], sampler="renoise", seed=7, cache_policy=policy)
     velocity = full_sequence(model, window, sinks, k, monkeypatch, "scd.wan.causal_wan", "chunk_causal_mask")
     with torch.no_grad():
-        theirs = renoise_loop(velocity, context, 6, k, [1000.0, 757.0, 522.0, 0.0], 7)
+        theirs = upstream_loop(velocity, context, 6, k, [1000.0, 757.0, 522.0, 0.0], 7)
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
 
 

@@ -276,6 +276,8 @@ def _study_parser(sub) -> None:
     s.add_argument("--conditions", default=None, help="comma-separated conditions of scd.training.study.CONDITIONS "
                    "(default: all)")
     s.add_argument("--seeds", type=integer_list(0, 2**32 - 1), default=None, help="training seeds (default 0,1,2)")
+    s.add_argument("--skip-measured", default=None, metavar="DIR", help="a study directory (reports/emergence): the "
+                   "runs with a card there are measured already and not trained again (a fresh machine's checkout)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=emerging.cmd_study)
 

@@ -157,10 +157,20 @@ def cmd_study(args: argparse.Namespace) -> None:
                              f"accepted: comma-separated names of {', '.join(CONDITIONS)}")
     seeds = tuple(args.seeds) if args.seeds else SEEDS
     root = Path(args.root)
+    # A run with a card in the study's directory is measured: done, even where its checkpoints are not on this machine.
+    measured = frozenset()
+    if args.skip_measured is not None:
+        cards = Path(args.skip_measured)
+        if not cards.is_dir():
+            raise UsageError(f"--skip-measured {args.skip_measured} is not a directory; accepted: a study directory "
+                             "written by probe emergence (its card-*.json)")
+        measured = frozenset(p.name[len("card-"):-len(".json")] for p in cards.glob("card-*.json"))
     if args.action == "status":
         for condition, seed in plan(conditions, seeds):
-            steps = study_config(condition, seed).steps
-            print(f"{run_name(condition, seed)}: {run_state(root, condition, seed)} of {steps} steps")
+            steps, name = study_config(condition, seed).steps, run_name(condition, seed)
+            trained = f"{run_state(root, condition, seed)} of {steps} steps"
+            print(f"{name}: " + (f"measured (card in {args.skip_measured})" if name in measured else trained))
         return
-    finished = train_study(root, conditions, seeds, progress=not args.quiet, log=print if not args.quiet else lambda _: None)
+    finished = train_study(root, conditions, seeds, progress=not args.quiet, log=print if not args.quiet else lambda _: None,
+                           measured=measured)
     print(f"trained {', '.join(finished) or 'nothing (every run done or held by another worker)'} under {root}")

@@ -144,9 +144,10 @@ def run_state(root: Path, condition: str, seed: int) -> int:
 
 
 def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tuple[int, ...] = SEEDS,
-                progress: bool = False, log=print) -> list[str]:
+                progress: bool = False, log=print, measured: frozenset[str] = frozenset()) -> list[str]:
     """Train every run of the plan not yet done under `root`, sitting by sitting, skipping runs another worker
-    holds; returns the names of the runs this worker finished. Start as many workers as there are cores."""
+    holds and the runs named in `measured` (measured already: their cards are committed, their checkpoints may be on
+    another machine); returns the names of the runs this worker finished. Start as many workers as there are cores."""
     from scd.training.train import train
 
     root = Path(root)
@@ -155,7 +156,7 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
     for condition, seed in plan(conditions, seeds):
         cfg, name = study_config(condition, seed), run_name(condition, seed)
         lock = _Lock(root / f".{name}.lock")
-        if run_state(root, condition, seed) >= cfg.steps or not lock.acquire():
+        if name in measured or run_state(root, condition, seed) >= cfg.steps or not lock.acquire():
             continue
         try:
             while (done := run_state(root, condition, seed)) < cfg.steps:

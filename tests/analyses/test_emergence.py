@@ -98,11 +98,26 @@ def test_the_study_trains_in_sittings_to_the_weights_of_one_uninterrupted_run(tm
         held.write_text("999999999")  # its holder is gone: the lock is taken over
         assert train_study(tmp_path / "runs", ["reference", "textured"], seeds=(0,)) == ["textured-s0"]
         assert not held.exists()
+        # runs measured already (cards committed; checkpoints on another machine) are not trained again
+        assert train_study(tmp_path / "other", ["reference", "textured"], seeds=(0,),
+                           measured=frozenset({"reference-s0", "textured-s0"})) == []
+        assert not list((tmp_path / "other").iterdir())
         machines = (tmp_path / "runs" / "reference-s0" / "machines.txt").read_text().splitlines()
         assert [line.split(":")[0] for line in machines] == ["step 0", "step 2"]  # two sittings
         train(study_config("reference", 0), tmp_path / "once", progress=False)
     ours, once = (load_file(p / "train_state.safetensors") for p in (tmp_path / "runs" / "reference-s0", tmp_path / "once"))
     assert ours.keys() == once.keys() and all(torch.equal(ours[k], once[k]) for k in ours)
+
+
+def test_probe_study_skips_the_runs_measured_in_a_study_directory(tmp_path, capsys):
+    cards = tmp_path / "study"
+    cards.mkdir()
+    (cards / "card-reference-s1.json").write_text("{}")
+    assert main(["study", "status", "--root", str(tmp_path / "runs"), "--conditions", "reference", "--skip-measured",
+                 str(cards)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"reference-s0: 0 of {scd.training.study.STUDY_STEPS} steps"
+    assert lines[1].startswith("reference-s1: measured")
 
 
 def test_welch_matches_scipy():

@@ -55,10 +55,24 @@ from scd.sampling import generate
 DEFAULT_LAYERS = (0, 5, 10, 15, 20, 25, 29)
 
 
-def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int, device) -> tuple[torch.Tensor, float]:
+def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int, device,
+           sampling: dict | None = None) -> tuple[torch.Tensor, float]:
+    sampling = dict(sampling or {})
+    if sampling.get("timesteps") is not None:
+        steps = None  # an explicit list sets the steps
     start = time.perf_counter()
-    video = generate(model, context, frames, steps=steps, seed=seed, device=device)
+    video = generate(model, context, frames, steps=steps, seed=seed, device=device, **sampling)
     return video, (time.perf_counter() - start) / frames
+
+
+def latent_drift(changed: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame drift of generated latents [N, C, H, W] from the unmodified ones: PSNR (dB) with the peak the
+    unmodified frame's range (max - min; latents have no fixed range), and SSIM, undefined for latents (NaN)."""
+    changed, reference = changed.double().flatten(1), reference.double().flatten(1)
+    peak = reference.amax(1) - reference.amin(1)
+    mse = (changed - reference).pow(2).mean(1)
+    psnr = (10 * torch.log10(peak.pow(2) / mse)).float()  # identical frames: inf, as the pixel PSNR of identical frames
+    return psnr, torch.full_like(psnr, float("nan"))
 
 
 def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int = 16, context: int = 4,
@@ -66,7 +80,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
                        device: str | torch.device = "cpu", progress: bool = True,
                        keep: dict[str, np.ndarray] | None = None, others: dict[str, nn.Module] | None = None,
                        redraw: bool = True, first_clip: int = 0,
-                       schedules: dict[tuple[str, int], list[list[bool]]] | None = None) -> pd.DataFrame:
+                       schedules: dict[tuple[str, int], list | dict] | None = None, latent: bool = False,
+                       sampling: dict | None = None) -> pd.DataFrame:
     """Tidy table, one row per (intervention, layer, span_end, keep_steps, tail_steps, clip): drift from the
     unmodified generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the
     ground truth, seconds per generated frame, the clip's noise seed. Settings are (kind, layer) or ("skip",
@@ -76,7 +91,12 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     fine-tuned with the frame-diagonal mask; "finetuned": its compute-matched control without the mask) measured
     the same way, with `layer` their first frame-local block (their depth when none). `keep`, if given, receives
     the first clip's videos (uint8 [T, H, W, 3]). The val clips are `first_clip`.. (held out from a plan's
-    calibration); `schedules` give the block schedules of settings ("plan" | "magcache" | "teacache", index)."""
+    calibration); `schedules` give the block schedules of settings ("plan" | "chunked" | "magcache" | "teacache",
+    index). `latent`: a latent model without benchmark clips (the Wan families): clip c's context is seeded Gaussian
+    latents (`probes.recorder.gaussian_context`, as `probe run` makes them), there is no truth (PSNR / SSIM against it
+    are NaN) and drift is measured on the latents (`latent_drift`). `sampling`: `generate`'s sampling options (an
+    explicit `timesteps` list, `shift`, `sampler`, `cache_policy`), as the plan was calibrated with."""
+    from probes.recorder import gaussian_context
     from probes.sweep import noise_seed
 
     settings = [normalised_setting(s) for s in settings]
@@ -87,21 +107,38 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     for name, other in (others or {}).items():
         if not is_video_diffuser(other) or other.frame_shape != model.frame_shape:
             raise InterventionError(f"model {name!r} does not take the frames of the baseline measured beside it")
-    data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
-    generate(model, data.clip(0)[:context], 1, steps=2, device=device)  # warm-up, untimed
+    if latent:
+        def clip_video(clip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            # drawn as `probe run --clip c` draws them (context + frames, then the context's): the same latents
+            return gaussian_context(model.frame_shape, clip, context + frames)[:context], None
+        drift_of, keep = latent_drift, None  # latents are not shown as frames
+    else:
+        data = VideoBenchmark("val", frames=context + frames, size=model.config.frame_size)
+
+        def clip_video(clip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            video = data.clip(clip)
+            return video[:context], video
+        drift_of = frame_quality
+
+    def quality(frames_made: torch.Tensor, truth: torch.Tensor | None) -> tuple[float, float]:
+        if truth is None:
+            return float("nan"), float("nan")
+        psnr, ssim = frame_quality(frames_made, truth[context:])
+        return float(psnr.mean()), float(ssim.mean())
+
+    _timed(model, clip_video(first_clip)[0], 1, 2, 0, device, sampling)  # warm-up, untimed
     rows = []
     for clip in progress_bar(range(first_clip, first_clip + clips), desc="interventions", disable=not progress):
-        video = data.clip(clip)
-        truth = video[context:]
+        start, video = clip_video(clip)
         clip_seed = noise_seed(seed, clip)
-        reference, seconds = _timed(model, video[:context], frames, steps, clip_seed, device)
+        reference, seconds = _timed(model, start, frames, steps, clip_seed, device, sampling)
         if keep is not None and clip == first_clip:
             keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
-        psnr, ssim = frame_quality(reference[context:], truth)
+        psnr, ssim = quality(reference[context:], video)
         rows.append({"intervention": "none", "layer": -1, "span_end": -1, "keep_steps": -1, "tail_steps": -1,
-                     "clip": clip, "noise_seed": clip_seed, "drift_psnr": float("inf"), "drift_ssim": 1.0,
-                     "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-                     "seconds_per_frame": seconds})
+                     "clip": clip, "noise_seed": clip_seed, "drift_psnr": float("inf"),
+                     "drift_ssim": float("nan") if latent else 1.0,
+                     "drift_max_abs": 0.0, "psnr": psnr, "ssim": ssim, "seconds_per_frame": seconds})
         runs = [(kind, layer, span_end, keep_steps, tail_steps, model, clip_seed)
                 for kind, layer, span_end, keep_steps, tail_steps in settings]
         runs += [(name, other.config.depth - other.config.frame_local_blocks, -1, -1, -1, other, clip_seed)
@@ -111,18 +148,18 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
         for kind, layer, span_end, keep_steps, tail_steps, which, noise in runs:
             with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps,
                               (schedules or {}).get((kind, layer))) if which is model and kind != "redraw" else nullcontext():
-                changed, seconds = _timed(which, video[:context], frames, steps, noise, device)
+                changed, seconds = _timed(which, start, frames, steps, noise, device, sampling)
             if keep is not None and clip == first_clip:
                 keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")
                      + (f"t{tail_steps}" if kind == "skip" and tail_steps > 0 else "")] = to_uint8(changed)
-            drift_psnr, drift_ssim = frame_quality(changed[context:], reference[context:])
-            psnr, ssim = frame_quality(changed[context:], truth)
+            drift_psnr, drift_ssim = drift_of(changed[context:], reference[context:])
+            psnr, ssim = quality(changed[context:], video)
             rows.append({"intervention": kind, "layer": layer, "span_end": span_end, "keep_steps": keep_steps,
                          "tail_steps": tail_steps, "clip": clip, "noise_seed": noise,
                          "drift_psnr": float(drift_psnr.mean()),
                          "drift_ssim": float(drift_ssim.mean()),
                          "drift_max_abs": float((changed[context:] - reference[context:]).abs().max()),
-                         "psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "seconds_per_frame": seconds})
+                         "psnr": psnr, "ssim": ssim, "seconds_per_frame": seconds})
     return pd.DataFrame(rows)
 
 

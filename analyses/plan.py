@@ -82,16 +82,27 @@ def update_drift(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return drift
 
 
+def chunk_positions(item: Recording) -> list[int]:
+    """Each probed frame's chunk among the generated ones (0: the first chunk after the context)."""
+    m = item.manifest
+    k = int(m.get("frames_per_block") or 1)
+    return [(frame - int(m["context"])) // k for frame in m["frames"]]
+
+
 def statistics(run: Recording) -> dict:
-    """The calibration statistics of a run or sweep (every item's frames pooled; see the module docstring)."""
-    ratios, inputs, outputs, drifts = [], [], [], []
+    """The calibration statistics of a run or sweep (every item's frames pooled; see the module docstring), and the
+    per-block drift per chunk position (`update_drift_per_chunk`: position -> [L][S], over the items' frames there)."""
+    ratios, inputs, outputs, drifts, by_chunk = [], [], [], [], {}
     for item in run.items:
         first, blocks = _stack(item)
         ratios.append(mag_ratios(first, blocks[-1]))
         inputs.append(relative_l1(first))
         outputs.append(relative_l1(blocks[-1]))
         before = [first, *blocks[:-1]]
-        drifts.append(torch.stack([update_drift(b, a) for b, a in zip(before, blocks, strict=True)]))  # [L, F, S]
+        drift = torch.stack([update_drift(b, a) for b, a in zip(before, blocks, strict=True)])  # [L, F, S]
+        drifts.append(drift)
+        for f, position in enumerate(chunk_positions(item)):
+            by_chunk.setdefault(position, []).append(drift[:, f])
     steps = {tuple(r.shape) for r in ratios}
     if len(steps) != 1:
         raise PlanError("the calibration runs recorded different steps; calibrate on runs of one sampling")
@@ -105,7 +116,8 @@ def statistics(run: Recording) -> dict:
             "mag_ratios_min": torch.stack(ratios).amin(0).tolist(), "mag_ratios_max": torch.stack(ratios).amax(0).tolist(),
             "rel_l1_input": torch.cat(inputs).mean(0).tolist(), "rel_l1_output": torch.cat(outputs).mean(0).tolist(),
             "coefficients": [float(c) for c in coefficients],
-            "update_drift": drift.mean(1).tolist(), "update_drift_max": drift.amax(1).tolist()}
+            "update_drift": drift.mean(1).tolist(), "update_drift_max": drift.amax(1).tolist(),
+            "update_drift_per_chunk": {p: torch.stack(by_chunk[p]).mean(0).tolist() for p in sorted(by_chunk)}}
 
 
 def skip_schedule(drift: list[list[float]], budget: float) -> list[list[bool]]:
@@ -199,13 +211,17 @@ def plan(runs: list[Recording], budget: float, similarity_min: float | None = No
     stats = statistics(merged)
     schedule = skip_schedule(stats["update_drift"], budget)
     total = sum(len(s) for s in schedule)
+    positions = list(stats["update_drift_per_chunk"])
+    per_chunk = [skip_schedule(stats["update_drift_per_chunk"][p], budget) for p in positions]
     items = [item for run in runs for item in run.items]
     m = runs[0].items[0].manifest
     return {"format": PLAN_FORMAT, "model": m.get("model"), "checkpoint": m.get("checkpoint"),
             "calibration": {"runs": [str(run.path) for run in runs],
                             "items": [{"clip": i.manifest.get("clip"), "seed": i.manifest.get("seed")} for i in items],
                             "frames": m.get("frames"), "steps": m.get("steps"), "timesteps": m.get("timesteps"),
-                            "sampling": m.get("sampling") or {}},
+                            "sampling": m.get("sampling") or {}, "generation": m.get("generation"),
+                            "config": {k: (m.get("config") or {}).get(k) for k in ("latent_size", "frames_per_block", "fps")},
+                            "context": m.get("context")},
             "magcache": {"mag_ratios": stats["mag_ratios"], "min": stats["mag_ratios_min"],
                          "max": stats["mag_ratios_max"], "residual": "output of the last block - input of the first",
                          "skips_at_defaults": magcache_skips(stats["mag_ratios"], len(stats["mag_ratios"]))},
@@ -215,7 +231,10 @@ def plan(runs: list[Recording], budget: float, similarity_min: float | None = No
                          "output": "the last block's output (hook_resid_post)"},
             "blocks": {"update_drift": stats["update_drift"], "update_drift_max": stats["update_drift_max"],
                        "budget": budget, "skip": schedule,
-                       "skipped_share": sum(map(sum, schedule)) / total if total else 0.0},
+                       "skipped_share": sum(map(sum, schedule)) / total if total else 0.0,
+                       "per_chunk": {"positions": positions,
+                                     "update_drift": [stats["update_drift_per_chunk"][p] for p in positions],
+                                     "skip": per_chunk, "differs": any(rows != schedule for rows in per_chunk)}},
             "split": split(runs[0], SIMILARITY_MIN if similarity_min is None else similarity_min)}
 
 
@@ -277,10 +296,27 @@ def _matching(share: float, skips_at, thresholds) -> tuple[float, list[bool]]:
 THRESHOLD_GRID = np.geomspace(1e-4, 1e3, 400)  # searched for the model-level baselines' thresholds
 
 
+def chunk_schedules(content: dict, budget: float) -> dict[int, list[list[bool]]] | None:
+    """The plan's per-chunk schedules at `budget` ({chunk position: schedule}, for `probes.surgery.block_skip`), or
+    None where they are all the plan's one schedule (or the plan has none: an older plan file)."""
+    chunks = content["blocks"].get("per_chunk")
+    if not chunks:
+        return None
+    shared = skip_schedule(content["blocks"]["update_drift"], budget)
+    schedules = {int(p): skip_schedule(d, budget) for p, d in zip(chunks["positions"], chunks["update_drift"], strict=True)}
+    return None if all(rows == shared for rows in schedules.values()) else schedules
+
+
+def _share(schedule) -> float:
+    rows = [row for rows in (schedule.values() if isinstance(schedule, dict) else [schedule]) for row in rows]
+    return sum(map(sum, rows)) / sum(len(row) for row in rows)
+
+
 def validation_settings(content: dict, budgets: list[float], depth: int) -> tuple[list[tuple], dict, dict]:
-    """For each budget: the plan's block schedule, and the model-level baselines at the same share of skipped block
-    calls (MagCache's and TeaCache's rules with their threshold chosen on `THRESHOLD_GRID` to match it): settings
-    (kind, index), their schedules by (kind, index), and what each is (budget, threshold, skipped share)."""
+    """For each budget: the plan's block schedule, its per-chunk schedules where chunks differ (`chunked`; the share
+    of skipped calls an average over the chunk positions calibrated), and the model-level baselines at the same share
+    of skipped block calls (MagCache's and TeaCache's rules with their threshold chosen on `THRESHOLD_GRID` to match
+    it): settings (kind, index), their schedules by (kind, index), and what each is (budget, threshold, skipped share)."""
     drift = content["blocks"]["update_drift"]
     if len(drift) != depth:
         raise PlanError(f"the plan has {len(drift)} blocks; the model has {depth}: accepted: a plan of this model")
@@ -292,12 +328,16 @@ def validation_settings(content: dict, budgets: list[float], depth: int) -> tupl
         threshold_mag, mag = _matching(share, lambda t: magcache_skips(ratios, len(ratios), float(t)), THRESHOLD_GRID)
         threshold_tea, tea = _matching(
             share, lambda t: teacache_skips(teacache["rel_l1_input"], teacache["coefficients"], float(t)), THRESHOLD_GRID)
+        chunked = chunk_schedules(content, budget)
         for kind, rows, info in (("plan", schedule, {"budget": budget}),
+                                 ("chunked", chunked, {"budget": budget}),
                                  ("magcache", [list(mag) for _ in range(depth)], {"threshold": threshold_mag}),
                                  ("teacache", [list(tea) for _ in range(depth)], {"threshold": threshold_tea})):
+            if rows is None:
+                continue  # every chunk's schedule is the plan's: nothing more to measure
             settings.append((kind, i))
             schedules[(kind, i)] = rows
-            described[f"{kind}{i}"] = {**info, "skipped_share": sum(map(sum, rows)) / sum(len(r) for r in rows)}
+            described[f"{kind}{i}"] = {**info, "skipped_share": _share(rows)}
     return settings, schedules, described
 
 

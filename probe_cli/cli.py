@@ -178,7 +178,9 @@ def _measure_parsers(sub) -> None:
 
     i = sub.add_parser("intervene", help="causal tests: the paper's middle-span skip and frame-diagonal mask; step-0 "
                        "feature reuse and attention knockout")
-    i.add_argument("--model", default="baseline", help="a causal baseline: shipped name or checkpoint path")
+    i.add_argument("--model", default="baseline", help="a causal baseline: shipped name or checkpoint path; with --plan "
+                   "also diffusers:DIR (set up as the plan was calibrated; held-out Gaussian latent contexts, drift on "
+                   "the latents)")
     i.add_argument("--reuse", default="default",
                    help="layers K: blocks 0..K run only at refresh steps, K's output reused (default 0,5,10,15,20,25,29; 'none')")
     i.add_argument("--knockout", default="default",

@@ -211,6 +211,55 @@ def _plan_settings(args: argparse.Namespace, content: dict, model) -> tuple[list
     return settings, schedules, described
 
 
+def plan_sampling(content: dict) -> dict:
+    """`generate`'s sampling options as the plan's calibration sampled: an explicit timestep list (as run: warped
+    already), the shift, the sampler and the cache policy (an older plan without them: the defaults)."""
+    from scd.contract import CachePolicy
+
+    sampling = content["calibration"].get("sampling") or {}
+    options = {"timesteps": sampling.get("timesteps"), "sampler": sampling.get("sampler", "ode")}
+    if sampling.get("shift") is not None:
+        options["shift"] = float(sampling["shift"])
+    if sampling.get("window") is not None:
+        options["cache_policy"] = CachePolicy(sampling["window"], sampling.get("sink_frames") or 0,
+                                              sampling.get("rope") or "absolute")
+    return options
+
+
+def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
+    """A diffusers model for validating its plan, set up as the plan was calibrated (the calibration's latent size,
+    chunk, fps, scheduler, prompt or text embeddings and guidance scale), its frame counts checked."""
+    from probe_cli.probing import _text_embeddings
+    from scd.errors import CheckpointError
+    from scd.zoo import load_model
+
+    calibration = content["calibration"]
+    generation, config = calibration.get("generation") or {}, calibration.get("config") or {}
+    source = (generation.get("context") or {}).get("source")
+    if source != "gaussian latents" or not config.get("latent_size"):
+        raise UsageError(f"--plan {args.plan} was calibrated on {source or 'an unrecorded context'}; on a diffusers model "
+                         "the held-out set is other Gaussian latent contexts: accepted: a plan calibrated by probe run "
+                         "--model diffusers:DIR without --context-video (and probe plan of this version)")
+    scheduler = "euler" if (generation.get("scheduler") or {}).get("class") == "FlowMatchEulerDiscreteScheduler" \
+        else "pipeline"
+    try:
+        model = load_model(args.model, device=on, latent_size=tuple(config["latent_size"]),
+                           text_embeddings=_text_embeddings(generation.get("text_embeddings")),
+                           frames_per_block=config.get("frames_per_block"), fps=config.get("fps"), scheduler=scheduler)
+        for flag, count in (("--context", args.context), ("--frames", args.frames),
+                            ("--context + --frames", args.context + args.frames)):
+            model.check_frames(count, flag)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    from scd.wan.pipeline import encode_prompt
+
+    prompt, negative, scale = generation.get("prompt"), generation.get("negative_prompt"), generation.get("guidance_scale")
+    text = encode_prompt(model, prompt) if prompt is not None else model.text_embeddings
+    unconditional = encode_prompt(model, negative or "") if scale not in (None, 1.0) and (prompt is not None or negative is not None) else None
+    model.set_prompt(text, unconditional, 1.0 if scale is None else float(scale))
+    return model
+
+
 def cmd_intervene(args: argparse.Namespace) -> None:
     out = output(args.out, "interventions", args.force)
     content = _read_plan(args.plan) if args.plan is not None else None
@@ -225,24 +274,34 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from probes.surgery import InterventionError
     from scd.zoo import load_model
 
-    model = load_model(args.model, device=on)
+    latent = args.model.startswith("diffusers:")
+    if latent and content is None:
+        raise UsageError(f"--model {args.model}: on a diffusers model probe intervene validates a caching plan; "
+                         "accepted: --plan FILE (the paper's surgeries run on the built-in families)")
+    model = _plan_diffusers_model(args, content, on) if latent else load_model(args.model, device=on)
     if content is not None:
         if "decoder" in model.layout.roles:
             raise UsageError(f"--plan runs on the causal baseline's blocks; --model {args.model} is an SCD model")
         settings, schedules, described = _plan_settings(args, content, model)
-        _fits(model, args.context + args.frames, "one intervened generation")
+        if not latent:
+            _fits(model, args.context + args.frames, "one intervened generation")
         videos: dict = {}
         try:
             table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
                                        steps=args.steps, seed=args.seed, device=on, progress=not args.quiet,
-                                       keep=videos, first_clip=args.first_clip, schedules=schedules)
+                                       keep=videos, first_clip=args.first_clip, schedules=schedules, latent=latent,
+                                       sampling=plan_sampling(content))
         except InterventionError as e:
             raise UsageError(str(e)) from None
         info = {"model": args.model, "checkpoint": model.checkpoint, "depth": model.depth, "command": _command("intervene"),
                 "machine": _machine(on), "device": str(on), "clips": args.clips, "first_clip": args.first_clip,
                 "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": None,
-                "plan": {"path": str(args.plan), "budgets": _budgets(args.budget, content), "settings": described},
-                "noise": "clip c: seed + c; redraw: seed + c + 2^31"}
+                "plan": {"path": str(args.plan), "budgets": _budgets(args.budget, content), "settings": described,
+                         "sampling": content["calibration"].get("sampling") or {}},
+                "noise": "clip c: seed + c; redraw: seed + c + 2^31",
+                **({"contexts": "clip c: Gaussian latents of seed c, as probe run --clip c draws them",
+                    "drift": "on the latents: PSNR with the unmodified latent frame's range as the peak; no truth",
+                    "generation": content["calibration"].get("generation")} if latent else {})}
         write_interventions(out, table, videos, info, force=args.force)
         if not args.quiet:
             print((out / "interventions.md").read_text())

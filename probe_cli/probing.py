@@ -444,9 +444,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         if diffusers_model and context_latents is not None:  # a real video, encoded: its later frames are not the truth
             clip, truth = context_latents, None
         elif diffusers_model or args.size:  # seeded Gaussian latents stand in for the context: there is no ground truth
-            generator = torch.Generator().manual_seed(clip_index)
+            from probes.recorder import gaussian_context
+
             shape = model.config.frame_shape if args.size else (model.channels, *model.latent_size)
-            clip = torch.randn((clip_frames, *shape), generator=generator)
+            clip = gaussian_context(shape, clip_index, clip_frames)
             truth = None
         else:
             clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size, scene=args.scene).clip(clip_index)

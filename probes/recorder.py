@@ -40,6 +40,14 @@ def benchmark_clip(model, clip: int, frames: int, scene: str = "sprites") -> tor
     return VideoBenchmark("val", frames=frames, size=height, scene=scene).clip(clip)
 
 
+def gaussian_context(frame_shape: Sequence[int], clip: int, frames: int) -> torch.Tensor:
+    """The latents `probe run --clip c` draws for a latent model (the Wan families, a random baseline at --size):
+    `frames` frames of standard Gaussian latents [frames, *frame_shape] drawn on the CPU with seed `clip`, of which the
+    first --context are the context. (A shorter draw is not always a prefix of a longer one: draw the same count.)"""
+    generator = torch.Generator().manual_seed(clip)
+    return torch.randn((frames, *frame_shape), generator=generator)
+
+
 def record(
     model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int = 50, seed: int = 0,
     layers: Sequence[int] | str = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,

@@ -18,8 +18,10 @@ from torch import nn
 from scd.contract import is_video_diffuser
 from scd.sampling import observe_sampling
 
-INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal", "plan", "magcache", "teacache")
-SCHEDULED = ("plan", "magcache", "teacache")  # a caching plan and the model-level baselines: block schedules
+INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal", "plan", "chunked", "magcache", "teacache")
+# Block schedules: a caching plan (one schedule for every chunk, or `chunked`: one per chunk position) and the
+# model-level baselines.
+SCHEDULED = ("plan", "chunked", "magcache", "teacache")
 
 
 class InterventionError(ValueError):
@@ -31,9 +33,17 @@ class _StepTracker:
 
     def __init__(self) -> None:
         self.step: int | None = None
+        self.frame, self.context = 0, 0
+
+    def on_start(self, context: int, frames: int, steps: int, **_) -> None:
+        self.context = context
 
     def on_step(self, frame: int, step: int | None, timestep: float) -> None:
-        self.step = step
+        self.step, self.frame = step, frame
+
+    def chunk(self, frames_per_block: int) -> int:
+        """The position of the chunk being denoised among the generated ones (0: the first after the context)."""
+        return max(0, (self.frame - self.context) // frames_per_block)
 
     def on_video(self, video: torch.Tensor) -> None:
         self.step = None
@@ -132,36 +142,58 @@ def attention_knockout(model: nn.Module, layer: int, only: bool = False) -> Iter
             handle.remove()
 
 
+def _stepwise_blocks(model: nn.Module, what: str) -> list[nn.Module]:
+    """The blocks of a causal model of the contract (the built-in baseline, the Wan families), in layer order; the
+    surgeries that only replace a block's call by a reused update (`span_skip`, `block_skip`) run on any of them."""
+    if not is_video_diffuser(model):
+        raise InterventionError(f"{what} runs on a model of the toolkit's contract; got {type(model).__name__}")
+    layout = model.layout
+    if any(layout.role(i) != "causal" for i in range(layout.depth)):
+        raise InterventionError(f"{what} runs on causal blocks; accepted: the causal baseline or a Wan family")
+    return _blocks(model, list(layout.blocks))
+
+
+def _returns_tuple(out) -> bool:
+    """The built-in blocks return (output, their own keys and values); Wan's the output alone."""
+    return isinstance(out, tuple)
+
+
 @contextmanager
 def span_skip(model: nn.Module, first: int, last: int, keep: int, tail: int = 0,
               steps: int | None = None) -> Iterator[dict[str, int]]:
     """Run blocks `first`..`last` at the first `keep` denoising steps of each frame, and at the last `tail` of its
     `steps` (and in the pass that writes a finished frame into the cache); at the steps between skip them and add
     their residual update from the last step they ran (block `last`'s output minus block `first`'s input) to
-    block `first`'s input. Yields counts: block calls run and skipped."""
-    blocks = _causal_blocks(model, first)
-    if not first <= last < len(blocks):
-        raise InterventionError(f"span {first}..{last} is not accepted; accepted: first <= last <= {len(blocks) - 1}")
+    block `first`'s input. Any causal model of the contract (the built-in baseline, the Wan families; with guidance
+    each pass keeps its own update). Yields counts: block calls run and skipped."""
+    blocks = _stepwise_blocks(model, "the middle-span skip")
+    if not 0 <= first <= last < len(blocks):
+        raise InterventionError(f"span {first}..{last} is not accepted; accepted: 0 <= first <= last <= {len(blocks) - 1}")
     if keep < 1:
         raise InterventionError(f"keep = {keep}: the span must run at least at the first step; accepted: >= 1")
     if tail < 0 or (tail > 0 and (steps is None or tail > steps)):
         raise InterventionError(f"tail = {tail} with {steps} steps; accepted: 0..steps (the steps given)")
     recompute_from = steps - tail if tail else None
-    tracker, counts, state = _StepTracker(), {"run": 0, "skipped": 0}, {}
+    tracker, counts = _StepTracker(), {"run": 0, "skipped": 0}
+    inputs: dict[str | None, torch.Tensor] = {}   # guidance pass -> block `first`'s input at this step
+    updates: dict[str | None, torch.Tensor] = {}  # guidance pass -> the span's update from the last step it ran
+    returns_tuple: dict[int, bool] = {}
 
     def replace(i: int, original):
-        def forward(x, cond, angles, mask=None, past=None, past_angles=None):
-            step = tracker.step
+        def forward(x, *args, **kwargs):
+            step, key = tracker.step, model.guidance_pass
             if step is None or step < keep or (recompute_from is not None and step >= recompute_from):
                 counts["run"] += 1
                 if i == first and step is not None:
-                    state["input"] = x
-                out = original(x, cond, angles, mask, past, past_angles)
+                    inputs[key] = x
+                out = original(x, *args, **kwargs)
+                returns_tuple[i] = _returns_tuple(out)
                 if i == last and step is not None:
-                    state["update"] = out[0] - state.pop("input")
+                    updates[key] = (out[0] if returns_tuple[i] else out) - inputs.pop(key)
                 return out
             counts["skipped"] += 1
-            return (x + state["update"] if i == first else x), (None, None)  # no cache is written at denoising steps
+            out = x + updates[key] if i == first else x
+            return (out, (None, None)) if returns_tuple[i] else out  # no cache is written at denoising steps
         return forward
 
     handle = observe_sampling(model, tracker)
@@ -175,40 +207,55 @@ def span_skip(model: nn.Module, first: int, last: int, keep: int, tail: int = 0,
             del blocks[i].forward
 
 
-@contextmanager
-def block_skip(model: nn.Module, schedule: list[list[bool]]) -> Iterator[dict[str, int]]:
-    """Run a caching plan's schedule (`analyses.plan`): block L is skipped at denoising step t where `schedule[L][t]`
-    holds, its update from the last step it ran (its output minus its input) added to its current input; every block
-    runs at the other steps and in the pass that writes a finished frame into the cache. Steps beyond the schedule
-    run. Any causal model of the contract: the built-in baseline and the Wan families (`diffusers:DIR`; with
-    guidance, each pass keeps its own updates). Yields counts: block calls run and skipped."""
-    if not is_video_diffuser(model):
-        raise InterventionError(f"a block schedule runs on a model of the toolkit's contract; got {type(model).__name__}")
-    layout = model.layout
-    if any(layout.role(i) != "causal" for i in range(layout.depth)):
-        raise InterventionError("a block schedule runs on causal blocks; accepted: the causal baseline or a Wan family")
-    blocks = _blocks(model, list(layout.blocks))
-    if not isinstance(schedule, list) or len(schedule) != len(blocks) or \
+Schedule = list[list[bool]]  # per block, per denoising step: skipped (True) or run
+
+
+def _check_schedule(schedule: Schedule, depth: int) -> None:
+    if not isinstance(schedule, list) or len(schedule) != depth or \
             not all(isinstance(row, list) and all(isinstance(v, bool) for v in row) for row in schedule):
-        raise InterventionError(f"the schedule is not one list of booleans per block ({len(blocks)}); accepted: a "
+        raise InterventionError(f"the schedule is not one list of booleans per block ({depth}); accepted: a "
                                 "plan's blocks.skip for this model")
     if any(row and row[0] for row in schedule):
         raise InterventionError("the schedule skips a block at step 0, where no update has been computed; accepted: "
                                 "step 0 computed")
+
+
+@contextmanager
+def block_skip(model: nn.Module, schedule: Schedule | dict[int, Schedule]) -> Iterator[dict[str, int]]:
+    """Run a caching plan's schedule (`analyses.plan`): block L is skipped at denoising step t where `schedule[L][t]`
+    holds, its update from the last step it ran (its output minus its input) added to its current input; every block
+    runs at the other steps and in the pass that writes a finished frame into the cache. Steps beyond the schedule
+    run. `schedule` may also be per chunk, {position: schedule} with position 0 the first generated chunk (frame),
+    a later chunk taking the schedule of the last position given (a plan's `blocks.per_chunk`). Any causal model of
+    the contract: the built-in baseline and the Wan families (`diffusers:DIR`; with guidance, each pass keeps its
+    own updates). Yields counts: block calls run and skipped."""
+    blocks = _stepwise_blocks(model, "a block schedule")
+    per_chunk = schedule if isinstance(schedule, dict) else {0: schedule}
+    if not per_chunk or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in per_chunk):
+        raise InterventionError("the per-chunk schedule is not keyed by chunk positions (integers >= 0); accepted: a "
+                                "plan's blocks.per_chunk, or one schedule")
+    for rows in per_chunk.values():
+        _check_schedule(rows, len(blocks))
+    positions = sorted(per_chunk)
     tracker, counts = _StepTracker(), {"run": 0, "skipped": 0}
     updates: dict[tuple[int, str | None], torch.Tensor] = {}  # (block, guidance pass) -> its last computed update
-    returns_tuple: dict[int, bool] = {}  # the built-in blocks return (output, own keys and values); Wan's the output
+    returns_tuple: dict[int, bool] = {}
+
+    def rows_now() -> Schedule:
+        position = tracker.chunk(model.frames_per_block)
+        return per_chunk[max((p for p in positions if p <= position), default=positions[0])]
 
     def replace(i: int, original):
         def forward(x, *args, **kwargs):
             step, key = tracker.step, (i, model.guidance_pass)
-            if step is not None and step < len(schedule[i]) and schedule[i][step]:
+            row = rows_now()[i] if step is not None else ()
+            if step is not None and step < len(row) and row[step]:
                 counts["skipped"] += 1
                 out = x + updates[key]
                 return (out, (None, None)) if returns_tuple[i] else out  # no cache is written at denoising steps
             counts["run"] += 1
             out = original(x, *args, **kwargs)
-            returns_tuple[i] = isinstance(out, tuple)
+            returns_tuple[i] = _returns_tuple(out)
             if step is not None:
                 updates[key] = (out[0] if returns_tuple[i] else out) - x
             return out
@@ -252,7 +299,7 @@ def normalised_setting(setting: tuple) -> tuple[str, int, int, int, int]:
 @contextmanager
 def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = None, span_end: int = -1,
                  keep_steps: int = -1, tail_steps: int = 0, steps: int | None = None,
-                 schedule: list[list[bool]] | None = None) -> Iterator[None]:
+                 schedule: Schedule | dict[int, Schedule] | None = None) -> Iterator[None]:
     """One intervention by name (`feature_reuse`, `attention_knockout` from a layer or of one layer, `span_skip`,
     `frame_diagonal`, or a block `schedule`: a caching plan and the model-level baselines, `block_skip`, where
     `layer` is the setting's index); layer -1 means none."""

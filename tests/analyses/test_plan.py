@@ -216,3 +216,122 @@ def test_a_plan_runs_on_a_wan_family_model_and_a_zero_budget_is_bitwise(family):
         faster = generate(model, context, 2, steps=4, seed=1)
     assert counts["skipped"] > 0 and not torch.equal(faster, plain)
     assert torch.equal(generate(model, context, 2, steps=4, seed=1), plain)  # the blocks restored
+
+
+@pytest.mark.parametrize("family", ["wan", "skyreels"])
+def test_the_middle_span_skip_runs_on_a_wan_family_and_equals_the_span_as_a_block_schedule(family):
+    """The paper's span skip on a Wan transformer: k = steps is bitwise the unmodified video; otherwise the span's
+    residual from the last computed step equals the sum of its blocks' updates from that step, so the same skip as a
+    block schedule (every block of the span reusing its own update) gives the same video up to float summation."""
+    from probes.surgery import block_skip, span_skip
+    from scd.sampling import generate
+    from scd.wan.causal_wan import CausalWan
+    from tests.wan_tiny import LATENT, tiny
+
+    model = CausalWan(tiny(family, num_layers=3), LATENT, frames_per_block=1)
+    model.set_prompt(torch.randn(5, 16, generator=torch.Generator().manual_seed(2)), guidance_scale=3.0)
+    context = torch.randn(2, 4, *LATENT, generator=torch.Generator().manual_seed(0))
+    plain = generate(model, context, 2, steps=5, seed=1)
+    with span_skip(model, 0, 1, keep=5) as counts:
+        assert torch.equal(generate(model, context, 2, steps=5, seed=1), plain) and counts["skipped"] == 0
+    with span_skip(model, 0, 1, keep=2) as counts:
+        skipped = generate(model, context, 2, steps=5, seed=1)
+    assert counts["skipped"] == 2 * 2 * 3 * 2  # 2 passes (guidance) x 2 blocks x 3 steps x 2 frames
+    schedule = [[step >= 2 for step in range(5)] if block <= 1 else [False] * 5 for block in range(3)]
+    with block_skip(model, schedule):
+        scheduled = generate(model, context, 2, steps=5, seed=1)
+    assert (skipped - plain).abs().max() > 1e-4
+    torch.testing.assert_close(scheduled, skipped, atol=1e-5, rtol=1e-5)
+    assert torch.equal(generate(model, context, 2, steps=5, seed=1), plain)  # the blocks restored
+
+
+def test_a_per_chunk_schedule_runs_each_chunk_its_own_schedule(tiny_model):
+    from probes.surgery import InterventionError, block_skip
+    from scd.sampling import generate
+
+    context = torch.zeros(2, *tiny_model.frame_shape)
+    depth = len(tiny_model.blocks)
+    plain = generate(tiny_model, context, 3, steps=4, seed=1)
+    skip_all = [[False] + [True] * 3 for _ in range(depth)]
+    run_all = [[False] * 4 for _ in range(depth)]
+    with block_skip(tiny_model, {0: skip_all, 1: skip_all}) as counts:  # one schedule for every chunk, as a dict
+        same = generate(tiny_model, context, 3, steps=4, seed=1)
+    with block_skip(tiny_model, skip_all) as shared:
+        assert torch.equal(generate(tiny_model, context, 3, steps=4, seed=1), same)
+    assert counts == shared
+    with block_skip(tiny_model, {0: run_all, 1: skip_all}) as counts:  # the first chunk computed; the later ones
+        generate(tiny_model, context, 3, steps=4, seed=1)            # take position 1's schedule
+    assert counts["skipped"] == 2 * depth * 3
+    with block_skip(tiny_model, {0: run_all}) as counts:
+        assert torch.equal(generate(tiny_model, context, 3, steps=4, seed=1), plain) and counts["skipped"] == 0
+    with pytest.raises(InterventionError, match="chunk positions"), block_skip(tiny_model, {-1: run_all}):
+        pass
+
+
+def test_the_plan_holds_the_drift_per_chunk_position(tmp_path):
+    """The per-chunk drift of a one-item run is each frame's own update drift (frames_per_block 1), the pooled drift
+    their mean; a chunk schedule is offered for validation only where it differs from the pooled one."""
+    from analyses.plan import chunk_schedules, plan
+    from probes import Probe, load_run
+    from scd.sampling import generate
+    from scd.wan.causal_wan import CausalWan
+    from tests.wan_tiny import LATENT, tiny
+
+    model = CausalWan(tiny("wan"), LATENT, frames_per_block=1)
+    with Probe(model, "all", mode="full") as probe:
+        generate(model, torch.randn(2, 4, *LATENT, generator=torch.Generator().manual_seed(0)), 3, steps=5)
+    run = load_run(probe.save(tmp_path / "run", clip=0, seed=0))
+    content = plan([run], 0.05)
+    chunks = content["blocks"]["per_chunk"]
+    assert chunks["positions"] == [0, 1, 2]
+    first = run.input_features().float()
+    own = update_drift(first, run.features(0).float())  # block 0, [frames, steps]
+    for position in range(3):
+        assert chunks["update_drift"][position][0] == pytest.approx(own[position].tolist())
+    assert content["blocks"]["update_drift"][0] == pytest.approx(own.mean(0).tolist())
+    assert chunks["differs"] == (chunk_schedules(content, 0.05) is not None)
+    content["blocks"]["per_chunk"]["update_drift"][1] = [[0.0] * 5 for _ in range(run.depth)]  # chunk 1 never drifts
+    differing = chunk_schedules(content, 0.05)
+    assert differing is not None and all(all(row[1:]) for row in differing[1])
+
+
+def test_latent_drift_by_hand():
+    from analyses.interventions import latent_drift
+
+    reference = torch.tensor([[[[0.0, 2.0], [-2.0, 1.0]]]])  # one frame, range 4
+    changed = reference + torch.tensor([[[[0.1, -0.1], [0.0, 0.0]]]])
+    psnr, ssim = latent_drift(changed, reference)
+    assert psnr.item() == pytest.approx(10 * np.log10(16 / (0.02 / 4)), rel=1e-6) and torch.isnan(ssim).all()
+    assert latent_drift(reference, reference)[0].item() == float("inf")
+
+
+@pytest.mark.slow
+def test_probe_intervene_validates_a_plan_on_a_diffusers_model_on_held_out_latent_contexts(tmp_path, capsys):
+    import pandas as pd
+
+    from probe_cli import main
+    from tests.wan_tiny import save_pipeline
+
+    pipe = save_pipeline(tmp_path / "pipe", "wan", vae=False)
+    model = f"diffusers:{pipe}"
+    run, plan_file = tmp_path / "cal", tmp_path / "plan.json"
+    assert main(["run", "--model", model, "--layers", "all", "--mode", "full", "--clip", "0-1", "--context", "2",
+                 "--frames", "2", "--steps", "4", "--prompt", "a red car", "--guidance-scale", "3", "--quiet",
+                 "--out", str(run)]) == 0
+    assert main(["plan", str(run), "--budget", "0.3", "--out", str(plan_file)]) == 0
+    capsys.readouterr()
+    common = ["intervene", "--model", model, "--plan", str(plan_file), "--steps", "4", "--clips", "2", "--context", "2",
+              "--frames", "2", "--quiet"]
+    assert main([*common, "--first-clip", "1", "--out", str(tmp_path / "overlap")]) == 2
+    assert "in the plan's calibration set" in capsys.readouterr().err and not (tmp_path / "overlap").exists()
+    assert main(["intervene", "--model", model, "--out", str(tmp_path / "no")]) == 2
+    assert "accepted: --plan FILE" in capsys.readouterr().err
+    assert main([*common, "--first-clip", "2", "--budget", "0,0.3", "--out", str(tmp_path / "v")]) == 0
+    table = pd.read_parquet(tmp_path / "v" / "interventions.parquet")
+    assert set(table.intervention) >= {"none", "plan", "magcache", "teacache", "skip", "redraw"}
+    assert set(table["clip"]) == {2, 3} and table.psnr.isna().all()  # latents: no truth
+    zero = table[(table.intervention == "plan") & (table.layer == 0)]
+    assert (zero.drift_max_abs == 0).all()  # a zero budget reproduces the unmodified latents bitwise
+    assert (table[table.intervention == "redraw"].drift_psnr < table[table.intervention == "plan"].drift_psnr.min()).all()
+    info = json.loads((tmp_path / "v" / "interventions.json").read_text())
+    assert info["plan"]["budgets"] == [0.0, 0.3] and info["generation"]["prompt"] == "a red car"

@@ -272,9 +272,10 @@ def _interventions_section(interventions: dict) -> dict:
         figs["A caching plan on held-out clips: speed-up against drift from the unmodified video, the plan at each "
              "budget beside MagCache-, TeaCache-style and middle-span skipping at its share of skipped blocks, the "
              "Pareto front dashed"] = png_data_uri(figures.speed_quality_figure(interventions["table"]))
-    figs |= {
-            f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
-                figures.intervention_frames(interventions["videos"], info["context"], shown))}
+    if "ground_truth" in interventions["videos"]:  # a latent model's validation keeps no frames to show
+        figs |= {
+                f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
+                    figures.intervention_frames(interventions["videos"], info["context"], shown))}
     return {"info": info, "claims": claims, "table": table, "figures": figs, "reliance": _reliance(interventions)}
 
 

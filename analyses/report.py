@@ -253,7 +253,8 @@ def _interventions_section(interventions: dict) -> dict:
     info, summary = interventions["info"], interventions["summary"]
     depth = int(info.get("depth", 30))
     claims = [claim(interventions["table"], depth) for claim in INTERVENTION_CLAIMS]
-    claims = [c for c in claims if c.verdict != "not measured"] or claims  # what this directory measured
+    measured = [c for c in claims if c.verdict != "not measured"]
+    claims = measured if info.get("plan") else measured or claims  # what this directory measured (a plan: no claim)
     table = {"columns": list(SUMMARY_COLUMNS.values()),
              "rows": [[row[c] for c in SUMMARY_COLUMNS] for row in summary.to_dict("records")]}
     first, last = paper_layers(depth)["span"]
@@ -268,7 +269,9 @@ def _interventions_section(interventions: dict) -> dict:
     if summary.intervention.isin(["reuse", "knockout"]).any():
         figs["Drift from the unmodified generation, and the measured speed-up, against the layer step-0 reuse or "
              "knockout starts at"] = png_data_uri(figures.intervention_figure(summary))
+    plan_table = None
     if info.get("plan"):
+        plan_table = _plan_table(interventions["table"], info["plan"].get("settings") or {})
         figs["A caching plan on held-out clips: speed-up against drift from the unmodified video, the plan at each "
              "budget beside MagCache-, TeaCache-style and middle-span skipping at its share of skipped blocks, the "
              "Pareto front dashed"] = png_data_uri(figures.speed_quality_figure(interventions["table"]))
@@ -276,7 +279,26 @@ def _interventions_section(interventions: dict) -> dict:
         figs |= {
                 f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
                     figures.intervention_frames(interventions["videos"], info["context"], shown))}
-    return {"info": info, "claims": claims, "table": table, "figures": figs, "reliance": _reliance(interventions)}
+    return {"info": info, "claims": claims, "table": table, "figures": figs, "reliance": _reliance(interventions),
+            "plan": plan_table}
+
+
+def _plan_table(table, settings: dict) -> dict:
+    """A plan validation's points with their intervals (`analyses.plan.speed_quality_table`) and what each setting is."""
+    from analyses.plan import speed_quality_table
+
+    def interval(mean: float, low: float, high: float, digits: int) -> str:
+        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    def what(name: str) -> str:
+        s = settings.get(name) or {}
+        return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())
+
+    rows = [[p.setting, what(p.setting), interval(p.speedup, p.speedup_low, p.speedup_high, 2),
+             interval(p.drift_psnr, p.drift_psnr_low, p.drift_psnr_high, 1), "yes" if p.pareto else "", p.clips]
+            for p in speed_quality_table(table).itertuples()]
+    return {"columns": ["setting", "what it is", "speed-up [95% interval]", "drift PSNR vs unmodified, dB [95%]",
+                        "Pareto front", "clips"], "rows": rows}
 
 
 def _reliance(interventions: dict) -> list[dict]:

@@ -255,7 +255,8 @@ def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
 
     prompt, negative, scale = generation.get("prompt"), generation.get("negative_prompt"), generation.get("guidance_scale")
     text = encode_prompt(model, prompt) if prompt is not None else model.text_embeddings
-    unconditional = encode_prompt(model, negative or "") if scale not in (None, 1.0) and (prompt is not None or negative is not None) else None
+    guided = scale not in (None, 1.0) and (prompt is not None or negative is not None)
+    unconditional = encode_prompt(model, negative or "") if guided else None  # Wan's pipelines: the empty prompt
     model.set_prompt(text, unconditional, 1.0 if scale is None else float(scale))
     return model
 

@@ -335,3 +335,7 @@ def test_probe_intervene_validates_a_plan_on_a_diffusers_model_on_held_out_laten
     assert (table[table.intervention == "redraw"].drift_psnr < table[table.intervention == "plan"].drift_psnr.min()).all()
     info = json.loads((tmp_path / "v" / "interventions.json").read_text())
     assert info["plan"]["budgets"] == [0.0, 0.3] and info["generation"]["prompt"] == "a red car"
+    report = tmp_path / "report.html"
+    assert main(["report", str(run), "--interventions", str(tmp_path / "v"), "-o", str(report)]) == 0
+    html = report.read_text()  # the plan's points with their intervals; no claim of other interventions, no frames
+    assert "speed-up [95% interval]" in html and "plan1" in html and 'class="claims"' not in html.split("Interventions on")[1]

@@ -339,3 +339,15 @@ def test_probe_intervene_validates_a_plan_on_a_diffusers_model_on_held_out_laten
     assert main(["report", str(run), "--interventions", str(tmp_path / "v"), "-o", str(report)]) == 0
     html = report.read_text()  # the plan's points with their intervals; no claim of other interventions, no frames
     assert "speed-up [95% interval]" in html and "plan1" in html and 'class="claims"' not in html.split("Interventions on")[1]
+
+
+def test_a_plan_calibrated_on_a_context_video_is_refused_on_a_diffusers_model_before_loading(tmp_path, capsys):
+    from probe_cli import main
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"format": "scd-probes-plan/1", "calibration": {
+        "generation": {"context": {"source": "video", "path": "clip.mp4"}}, "config": {"latent_size": [8, 8]}}}))
+    assert main(["intervene", "--model", f"diffusers:{tmp_path / 'absent'}", "--plan", str(plan_file), "--out",
+                 str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibrated on video" in err[0] and "accepted:" in err[0] and not (tmp_path / "v").exists()

@@ -226,6 +226,34 @@ def plan_sampling(content: dict) -> dict:
     return options
 
 
+def _diffusers_fits(args: argparse.Namespace, content: dict, config: dict, generation: dict) -> None:
+    """Refuse, from the directory's config and weights' headers before anything is loaded, a validation that would
+    not fit in memory: the weights (and umT5's, when a prompt is encoded), a generation's KV caches (two with
+    guidance), activations and scores, at the context + frames given (`probe_cli.probing.diffusers_shape`)."""
+    from types import SimpleNamespace
+
+    from probe_cli.probing import diffusers_shape
+    from scd.contract import CachePolicy
+    from scd.errors import CheckpointError
+    from scd.memory import generation_bytes
+
+    options = plan_sampling(content)
+    policy = options.get("cache_policy")
+    shape_args = SimpleNamespace(latent_size=tuple(config["latent_size"]), frames_per_block=config.get("frames_per_block"),
+                                 fps=config.get("fps"), rope=policy.rope if policy else "absolute",
+                                 window=policy.window if policy else None, context=args.context, frames=args.frames,
+                                 cache_policy=policy or CachePolicy(),
+                                 prompt=generation.get("prompt"), negative_prompt=generation.get("negative_prompt"))
+    try:
+        shape = diffusers_shape(args.model, shape_args)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    caches = 2 if generation.get("guidance_scale") not in (None, 1.0) else 1
+    estimate_fits(shape["weights"] + shape["text_encoder"] + caches * generation_bytes(
+        shape["width"], shape["depth"], shape["heads"], shape["tokens"], args.context + args.frames),
+        "one validated generation")
+
+
 def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
     """A diffusers model for validating its plan, set up as the plan was calibrated (the calibration's latent size,
     chunk, fps, scheduler, prompt or text embeddings and guidance scale), its frame counts checked."""
@@ -242,6 +270,7 @@ def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
                          "--model diffusers:DIR without --context-video (and probe plan of this version)")
     scheduler = "euler" if (generation.get("scheduler") or {}).get("class") == "FlowMatchEulerDiscreteScheduler" \
         else "pipeline"
+    _diffusers_fits(args, content, config, generation)
     try:
         model = load_model(args.model, device=on, latent_size=tuple(config["latent_size"]),
                            text_embeddings=_text_embeddings(generation.get("text_embeddings")),

@@ -155,6 +155,9 @@ def test_probe_intervene_validates_a_plan_on_held_out_clips_against_the_model_le
     info = json.loads((tmp_path / "v" / "interventions.json").read_text())
     assert info["plan"]["budgets"] == [0.0, 0.2] and info["first_clip"] == 1
     assert info["plan"]["settings"]["plan0"]["skipped_share"] == 0.0
+    assert main(["report", str(run), "--interventions", str(tmp_path / "v"), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()  # the plan's points with intervals, beside the frames of the clip
+    assert "speed-up [95% interval]" in html and "plan1" in html and "generated frames under" in html
 
 
 def test_the_speed_quality_table_marks_the_pareto_front():

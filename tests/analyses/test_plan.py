@@ -354,3 +354,42 @@ def test_a_plan_calibrated_on_a_context_video_is_refused_on_a_diffusers_model_be
                  str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "calibrated on video" in err[0] and "accepted:" in err[0] and not (tmp_path / "v").exists()
+
+
+def test_the_ratios_a_plan_exports_from_a_wan_run_drive_diffusers_magcache_hook_to_our_decisions(tmp_path):
+    """End to end on the tiny configuration: a probe run of the Wan transformer, `plan` exports its mag_ratios, and
+    diffusers' own MagCache hook on that transformer skips exactly the steps `magcache_skips` says, at several
+    thresholds (some skipping, some not)."""
+    from diffusers.hooks import MagCacheConfig, apply_mag_cache
+
+    from analyses.plan import plan
+    from probes import Probe, load_run
+    from scd.sampling import generate
+    from scd.wan.causal_wan import CausalWan
+    from tests.wan_tiny import LATENT, tiny
+
+    steps = 10
+    model = CausalWan(tiny("wan"), LATENT, frames_per_block=1)
+    with Probe(model, "all", mode="full") as probe:
+        generate(model, torch.randn(2, 4, *LATENT, generator=torch.Generator().manual_seed(0)), 2, steps=steps)
+    ratios = plan([load_run(probe.save(tmp_path / "run", clip=0, seed=0))], 0.0)["magcache"]["mag_ratios"]
+    decisions = []
+    for threshold in (0.01, 0.05, 0.2, 1.0):
+        expected = magcache_skips(ratios, steps, threshold, 2, 0.1)
+        transformer = tiny("wan")
+        apply_mag_cache(transformer, MagCacheConfig(threshold=threshold, max_skip_steps=2, retention_ratio=0.1,
+                                                    num_inference_steps=steps, mag_ratios=ratios))
+        ran = []
+        handle = transformer.blocks[0].attn1.register_forward_hook(lambda *args, ran=ran: ran.append(True))
+        x = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+        text = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
+        skipped = []
+        with torch.no_grad():
+            for step in range(steps):
+                before = len(ran)
+                transformer(x, torch.tensor([1000.0 - 100 * step]), text)
+                skipped.append(len(ran) == before)
+        handle.remove()
+        assert skipped == expected, threshold
+        decisions.append(sum(expected))
+    assert max(decisions) > 0 and min(decisions) < max(decisions)  # the thresholds reach different decisions

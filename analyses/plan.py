@@ -324,7 +324,7 @@ def validation_settings(content: dict, budgets: list[float], depth: int) -> tupl
     settings, schedules, described = [], {}, {}
     for i, budget in enumerate(budgets):
         schedule = skip_schedule(drift, budget)
-        share = sum(map(sum, schedule)) / sum(len(row) for row in schedule)
+        share = _share(schedule)
         threshold_mag, mag = _matching(share, lambda t: magcache_skips(ratios, len(ratios), float(t)), THRESHOLD_GRID)
         threshold_tea, tea = _matching(
             share, lambda t: teacache_skips(teacache["rel_l1_input"], teacache["coefficients"], float(t)), THRESHOLD_GRID)

@@ -346,13 +346,20 @@ def table_markdown(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_table(cards: list[dict]) -> pd.DataFrame:
-    """One row per run: condition, seed, steps, compute, wall time, hardware, and whether it beat copy-last."""
+    """One row per run: condition, seed, steps, compute, wall time, hardware, and whether it beat copy-last.
+
+    Compute twice: the run's (its steps x one step's FLOPs, the same for every run of a condition) and what was
+    spent on it (every logged step, so a sitting cut short after its last checkpoint counts the steps it redid)."""
+    from scd.flops import training_flops
+
     rows = []
     for card in sorted(cards, key=lambda c: (c["condition"], c["seed"])):
         t = card["training"]
         ok, words = competence(card)
+        per_step = training_flops(t["model"], t["settings"]["frames"], t["settings"]["batch_size"])
         rows.append({"run": card["name"], "condition": card["condition"], "seed": card["seed"], "steps": t["steps"],
-                     "PFLOP": f"{t['pflop']:.3f}", "wall h": f"{t['wall_hours']:.2f}", "hardware": t["hardware"],
+                     "PFLOP": f"{t['steps'] * per_step / 1e15:.3f}", "PFLOP spent": f"{t['pflop']:.3f}",
+                     "wall h": f"{t['wall_hours']:.2f}", "hardware": t["hardware"],
                      "beats copy-last (as required)": "yes" if ok else "no", "quality": words})
     return pd.DataFrame(rows)
 

@@ -183,7 +183,8 @@ interval excludes 0 (so the between-seed spread is the floor every effect must c
   the reference [95% Welch], and the verdict. Measures: quality gain over copy-last; ln per-key ratio (attention on
   one earlier-frame key / one own-frame key, all 50 steps) at every layer; the last layer's lit share; finding 1 at
   the middle layer (cross-step cosine, minus the two-frame control, minus the blocks' input, centred minus input).
-- `runs.md`: one row per run: condition, seed, steps, compute, wall time, hardware, whether it beat copy-last.
+- `runs.md`: one row per run: condition, seed, steps, compute (the run's, and what was spent: steps redone after a
+  sitting cut short count), wall time, hardware, whether it beat copy-last.
 - `two_by_two.md`: the reference and the textured condition, each evaluated on both scenes.
 - `over_training.csv`, `curve.png`: the measures at every snapshot, mean and interval over seeds.
 - `effects.png`: every factor's effect per layer; `maps.png`: the figure layers' log maps per condition.

@@ -88,6 +88,9 @@ def test_the_committed_emergence_study_comes_from_its_committed_cards():
     cards = study["cards"]
     assert answer(cards) in (directory / "README.md").read_text()
     assert (directory / "runs.md").read_text() == runs_table(cards).to_markdown(index=False) + "\n"
+    runs = runs_table(cards).astype({"PFLOP": float, "PFLOP spent": float})
+    assert (runs["PFLOP spent"] >= runs["PFLOP"]).all()  # a sitting cut short adds redone steps, never fewer
+    assert (runs.groupby("condition").PFLOP.nunique() == 1).all()  # one factor at a time: the same compute per run
     for card in cards:
         evaluation = card["evaluations"]["sprites"]
         assert len(evaluation["probe"]["clips"]) >= 16 and evaluation["probe"]["steps"] == 50, card["name"]

@@ -495,7 +495,26 @@ def answer(cards: list[dict]) -> str:
     lines.append("Finding 2 (the last layer's per-key ratio below 0.1): " + (
         f"reached by a run of {', '.join(f'`{c}`' for c in reached)}." if reached else
         f"not observed in any trained run of this {depth}-block model."))
+    lines.append(_combination_line(table, counts, needed, depth))
     return "\n".join(lines)
+
+
+def _combination_line(table: pd.DataFrame, counts: dict[str, int], needed: int, depth: int) -> str:
+    """Where the combination condition stands: the factors it joins, the ones the committed rule names now that every
+    single factor has its seeds, or the single factors still short of seeds."""
+    from scd.training.study import COMBINED, CONDITIONS
+
+    rule = (f"the {int(threshold('STUDY_COMBINED_FACTORS'))} single factors with the lowest mean effect on layer "
+            f"{depth - 1}'s ln per-key ratio, `STUDY_COMBINED_FACTORS`, committed before the runs")
+    if COMBINED:
+        return f"The combination joins {', '.join(f'`{c}`' for c in COMBINED)} ({rule})."
+    singles = [c for c in CONDITIONS if c not in ("reference", "combination")]
+    short = [f"`{c}` {counts.get(c, 0)} of {needed}" for c in singles if counts.get(c, 0) < needed]
+    if short:
+        return f"The combination ({rule}) is chosen once every single factor has its seeds; short: {', '.join(short)}."
+    chosen = combination_choice(table, depth)
+    return (f"The combination ({rule}): the rule names {', '.join(f'`{c}`' for c in chosen)}; not yet trained "
+            "(`scd.training.study.COMBINED`).")
 
 
 def _over_training_lines(cards: list[dict], last: int) -> list[str]:

@@ -421,10 +421,13 @@ def over_training(cards: list[dict], measures: tuple[str, ...] | None = None) ->
 
 def combination_choice(table: pd.DataFrame, depth: int) -> list[str]:
     """The single factors the combination joins (`STUDY_COMBINED_FACTORS`): those with the lowest mean effect on the
-    last layer's ln per-key ratio (the most toward frame-local deep layers), among those with enough seeds."""
+    last layer's ln per-key ratio (the most toward frame-local deep layers), among the candidates
+    (`scd.training.study.COMBINATION_CANDIDATES`) with enough seeds."""
+    from scd.training.study import COMBINATION_CANDIDATES
+
     count = int(threshold("STUDY_COMBINED_FACTORS"))
-    rows = table[(table.measure == f"log_ratio_{depth - 1}") & (table.condition != "reference")
-                 & ~table.verdict.str.startswith("too few") & (table.condition != "combination")]
+    rows = table[(table.measure == f"log_ratio_{depth - 1}") & table.condition.isin(COMBINATION_CANDIDATES)
+                 & ~table.verdict.str.startswith("too few")]
     return list(rows.sort_values("effect").condition[:count])
 
 
@@ -502,16 +505,21 @@ def answer(cards: list[dict]) -> str:
 def _combination_line(table: pd.DataFrame, counts: dict[str, int], needed: int, depth: int) -> str:
     """Where the combination condition stands: the factors it joins, the ones the committed rule names now that every
     single factor has its seeds, or the single factors still short of seeds."""
-    from scd.training.study import COMBINED, CONDITIONS
+    from scd.training.study import COMBINATION_CANDIDATES, COMBINED, CONDITIONS
 
+    left = [c for c in CONDITIONS if c not in (*COMBINATION_CANDIDATES, "reference", "combination")]
     rule = (f"the {int(threshold('STUDY_COMBINED_FACTORS'))} single factors with the lowest mean effect on layer "
-            f"{depth - 1}'s ln per-key ratio, `STUDY_COMBINED_FACTORS`, committed before the runs")
+            f"{depth - 1}'s ln per-key ratio, `STUDY_COMBINED_FACTORS`, among "
+            f"{', '.join(f'`{c}`' for c in COMBINATION_CANDIDATES)}; "
+            + (f"post hoc: {', '.join(f'`{c}`' for c in left)} left out of the candidates for its compute, "
+               "after results of the others were on record; under the rule as first written, every single factor a "
+               f"candidate, the combination is not chosen until {', '.join(f'`{c}`' for c in left)} has its seeds"
+               if left else "committed before the runs"))
     if COMBINED:
         return f"The combination joins {', '.join(f'`{c}`' for c in COMBINED)} ({rule})."
-    singles = [c for c in CONDITIONS if c not in ("reference", "combination")]
-    short = [f"`{c}` {counts.get(c, 0)} of {needed}" for c in singles if counts.get(c, 0) < needed]
+    short = [f"`{c}` {counts.get(c, 0)} of {needed}" for c in COMBINATION_CANDIDATES if counts.get(c, 0) < needed]
     if short:
-        return f"The combination ({rule}) is chosen once every single factor has its seeds; short: {', '.join(short)}."
+        return f"The combination ({rule}) is chosen once every candidate has its seeds; short: {', '.join(short)}."
     chosen = combination_choice(table, depth)
     return (f"The combination ({rule}): the rule names {', '.join(f'`{c}`' for c in chosen)}; not yet trained "
             "(`scd.training.study.COMBINED`).")

@@ -34,7 +34,7 @@ from analyses.emergence import (
 )
 from analyses.paper_figures import draw_map
 from analyses.sparsity import colour_range, context_cells
-from analyses.thresholds import threshold
+from analyses.thresholds import THRESHOLDS, threshold
 
 REGENERATE = "probe emergence --out reports/emergence --force"  # rebuilds everything below from the committed cards
 
@@ -178,6 +178,9 @@ value is the mean over its seeds of each run's mean over the 16 sprites val clip
 effect is the difference from the reference with a Welch 95% interval over seeds, an effect only when that
 interval excludes 0 (so the between-seed spread is the floor every effect must clear).
 
+The combination joins the {threshold('STUDY_COMBINED_FACTORS'):g} single factors with the lowest mean effect on the
+last layer's ln per-key ratio. {_capital(THRESHOLDS['STUDY_COMBINED_FACTORS'].provenance())}.
+
 ## Files
 - `table.md` / `table.csv`: per measure and condition: the seeds, the mean over seeds [95%], the effect against
   the reference [95% Welch], and the verdict. Measures: quality gain over copy-last; ln per-key ratio (attention on
@@ -256,3 +259,8 @@ def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.n
                       ("effects.png", effects_figure(table, depth))):
         fig.savefig(out / name, dpi=90, metadata={"Software": GENERATOR})
     (out / "README.md").write_text(readme(cards))
+
+
+def _capital(text: str) -> str:
+    """A sentence's first letter upper case (str.capitalize would lower the rest)."""
+    return text[:1].upper() + text[1:]

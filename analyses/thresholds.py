@@ -53,6 +53,7 @@ class Threshold:
 
 _ISSUE26 = ("2a96325", "2026-12-01")  # the commit that added issue 26's thresholds, before its runs
 _ISSUE27 = ("67b1955", "2026-12-02")  # the commit that added the emergence study's rules, before its runs
+_STUDY_CANDIDATES = ("67b1955", "2026-12-02")  # the commit that set the combination's candidates (amended rule)
 
 THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
     Threshold("SIMILARITY_MIN", 0.90, "finding 1: cross-step cosine at layer 15 at least this",
@@ -127,8 +128,11 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "else 'no detectable effect at this scale'", *_ISSUE27, BEFORE, "set by issue 27"),
     Threshold("STUDY_COMBINED_FACTORS", 2, "emergence study: the combination condition joins this many single "
               "factors: those with the lowest mean effect on the last layer's log per-key ratio (the most toward "
-              "frame-local deep layers), whether or not their intervals exclude 0", *_ISSUE27, BEFORE,
-              "the rule is fixed before the single factors are trained"),
+              "frame-local deep layers), whether or not their intervals exclude 0, among textured, clean-context-10 "
+              "and bidirectional (`scd.training.study.COMBINATION_CANDIDATES`)", *_STUDY_CANDIDATES, AFTER,
+              "the reference's 3 seeds, textured's and clean-context-10's 2 and bidirectional's 1 were on record; "
+              "tokens-256 was left out of the candidates for its compute (~10 h a run, which no session here holds), "
+              "not for a result", original_rule="the same count among every single factor, tokens-256 included"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,
               AFTER, "issue 26 reported SSIM 0.38 / 0.51 / 0.76 / 0.78 for k = 5 / 25 / 40 / 48"),

@@ -194,7 +194,8 @@ last layer's ln per-key ratio. {_capital(THRESHOLDS['STUDY_COMBINED_FACTORS'].pr
 - `card-NAME.json` / `card-NAME.md`: each run's card; `maps-NAME.npz`: its pooled maps.
 
 ## Commands
-- Train (resumable; one worker per core): `probe study train` (`probe study status` lists each run's steps).
+- Train (resumable; one worker per core): `probe study train` (`probe study status` lists each run's steps);
+  `probe study train --threads 2`: one worker on both cores, for a run that must end sooner (recorded in its card).
 - Measure finished runs into cards: `probe emergence runs/study/NAME ... --snapshot-steps 0,500,1000,2000 --out
   reports/emergence --force` (causal steps; 0 is the end of the bidirectional pretraining).
 - Rebuild everything here from the cards alone: `{REGENERATE}`.

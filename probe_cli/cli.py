@@ -280,6 +280,9 @@ def _study_parser(sub) -> None:
     s.add_argument("--seeds", type=integer_list(0, 2**32 - 1), default=None, help="training seeds (default 0,1,2)")
     s.add_argument("--skip-measured", default=None, metavar="DIR", help="a study directory (reports/emergence): the "
                    "runs with a card there are measured already and not trained again (a fresh machine's checkout)")
+    s.add_argument("--threads", type=ranged(1, 1024), default=None, help="torch threads of the runs this worker starts "
+                   "(default: the plan's, 1); a run detail like the machine, recorded in its card; a resumed run keeps "
+                   "its own")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=emerging.cmd_study)
 

@@ -172,5 +172,5 @@ def cmd_study(args: argparse.Namespace) -> None:
             print(f"{name}: " + (f"measured (card in {args.skip_measured})" if name in measured else trained))
         return
     finished = train_study(root, conditions, seeds, progress=not args.quiet, log=print if not args.quiet else lambda _: None,
-                           measured=measured)
+                           measured=measured, threads=args.threads)
     print(f"trained {', '.join(finished) or 'nothing (every run done or held by another worker)'} under {root}")

@@ -2,9 +2,11 @@
 
 Every condition is the reference's training settings with one factor changed (`CONDITIONS`), and every
 run of the study is a condition and a seed: `study_config("textured", 1)`. Everything but the factor and
-the seed is the same in every run (steps, schedule, precision, threads, batch, data order), so a
-difference between conditions is the factor's, and the spread between seeds of one condition is the
-floor a factor's effect must clear (`analyses.emergence`).
+the seed is the same in every run (steps, schedule, precision, batch, data order), so a difference
+between conditions is the factor's, and the spread between seeds of one condition is the floor a
+factor's effect must clear (`analyses.emergence`). Where a run went (the machine, its torch threads: the
+plan's one, or more where a run must end within a session) changes the order of floating-point sums,
+not the training; each card records it.
 
 Runs are trained in sittings of `SITTING` steps (`probe study train`), each ended by a resumable
 checkpoint, so a run stopped by the end of a session loses at most one sitting; several workers share
@@ -13,8 +15,9 @@ the plan through lock files, one run each at a time. Torch-free: the command bui
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from scd.training.config import TrainConfig, TrainConfigError
@@ -150,11 +153,17 @@ def run_state(root: Path, condition: str, seed: int) -> int:
 
 
 def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tuple[int, ...] = SEEDS,
-                progress: bool = False, log=print, measured: frozenset[str] = frozenset()) -> list[str]:
+                progress: bool = False, log=print, measured: frozenset[str] = frozenset(),
+                threads: int | None = None) -> list[str]:
     """Train every run of the plan not yet done under `root`, sitting by sitting, skipping runs another worker
     holds and the runs named in `measured` (measured already: their cards are committed, their checkpoints may be on
-    another machine); returns the names of the runs this worker finished. Start as many workers as there are cores."""
+    another machine); returns the names of the runs this worker finished. Start as many workers as there are cores,
+    or one worker with `threads` = cores where a run must end sooner (a run detail, like the machine: it changes the
+    order of floating-point sums, not the training; a run resumed keeps the threads it was started with)."""
     from scd.training.train import train
+
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise TrainConfigError(f"threads = {threads!r}; accepted: an integer >= 1, or None for the plan's")
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -165,6 +174,11 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
         if name in measured or run_state(root, condition, seed) >= cfg.steps or not lock.acquire():
             continue
         try:
+            started = root / name / "train.json"
+            if run_state(root, condition, seed) > 0 and started.is_file():
+                cfg = replace(cfg, threads=json.loads(started.read_text()).get("threads", cfg.threads))
+            elif threads is not None:
+                cfg = replace(cfg, threads=threads)
             while (done := run_state(root, condition, seed)) < cfg.steps:
                 until = min(cfg.steps, (done // SITTING + 1) * SITTING)
                 train(cfg, root / name, resume=done > 0, force=done == 0 and (root / name).exists(),

@@ -219,6 +219,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         out.parent.mkdir(parents=True, exist_ok=True)  # so a kill or a full disk leaves the old run, or nothing
         out = temporary_sibling(out)
         state_path = out / "train_state.safetensors"  # the new run's state goes with it, not into the run it replaces
+    callers_threads = torch.get_num_threads()
     try:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
@@ -295,6 +296,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         if out != final:
             replace(out, final)
     finally:
+        torch.set_num_threads(callers_threads)  # the run's threads are the run's, not the caller's from now on
         if out != final:  # failed or interrupted: nothing of this sitting stays
             discard(out)
     return {"steps": max(start, end), "resumed_from": start, "final_loss": float(loss), "seconds": time.perf_counter() - t0,

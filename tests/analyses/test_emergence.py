@@ -7,7 +7,7 @@ import copy
 import json
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +107,32 @@ def test_the_study_trains_in_sittings_to_the_weights_of_one_uninterrupted_run(tm
         train(study_config("reference", 0), tmp_path / "once", progress=False)
     ours, once = (load_file(p / "train_state.safetensors") for p in (tmp_path / "runs" / "reference-s0", tmp_path / "once"))
     assert ours.keys() == once.keys() and all(torch.equal(ours[k], once[k]) for k in ours)
+
+
+def test_a_worker_with_more_threads_records_them_and_a_resumed_run_keeps_its_own(tmp_path, capsys):
+    from scd.training.study import off_plan
+
+    with pytest.MonkeyPatch.context() as patch:
+        tiny_plan(patch)
+        before = torch.get_num_threads()
+        torch.set_num_threads(3)
+        try:
+            assert train_study(tmp_path / "runs", ["reference"], seeds=(0,), threads=2) == ["reference-s0"]
+            assert torch.get_num_threads() == 3  # the caller's threads are given back
+        finally:
+            torch.set_num_threads(before)
+        run = tmp_path / "runs" / "reference-s0"
+        settings = json.loads((run / "train.json").read_text())
+        assert settings["threads"] == 2 and off_plan(settings, "reference", 0) == []  # a run detail, not the plan's
+        assert all("2 torch threads" in line for line in (run / "machines.txt").read_text().splitlines())
+        # a run started with 2 threads and cut short is resumed with its own threads (not refused as another config)
+        train(replace(study_config("textured", 0), threads=2), tmp_path / "runs" / "textured-s0", progress=False, until=2)
+        assert train_study(tmp_path / "runs", ["textured"], seeds=(0,), threads=1) == ["textured-s0"]
+        assert json.loads((tmp_path / "runs" / "textured-s0" / "train.json").read_text())["threads"] == 2
+        with pytest.raises(TrainConfigError, match="threads = 0; accepted: an integer >= 1"):
+            train_study(tmp_path / "runs", ["reference"], seeds=(1,), threads=0)
+    assert main(["study", "train", "--root", str(tmp_path / "cli"), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err and not (tmp_path / "cli").exists()
 
 
 def test_probe_study_skips_the_runs_measured_in_a_study_directory(tmp_path, capsys):

@@ -131,8 +131,9 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "frame-local deep layers), whether or not their intervals exclude 0, among textured, clean-context-10 "
               "and bidirectional (`scd.training.study.COMBINATION_CANDIDATES`)", *_STUDY_CANDIDATES, AFTER,
               "the reference's 3 seeds, textured's and clean-context-10's 2 and bidirectional's 1 were on record; "
-              "tokens-256 was left out of the candidates for its compute (~10 h a run, which no session here holds), "
-              "not for a result", original_rule="the same count among every single factor, tokens-256 included"),
+              "tokens-256 was left out of the candidates for its compute (~17 h a run on one thread, ~8 h on two: "
+              "20 s / 10 s a step measured on a 2-core AMD EPYC; a session here holds 3 h), not for a result",
+              original_rule="the same count among every single factor, tokens-256 included"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,
               AFTER, "issue 26 reported SSIM 0.38 / 0.51 / 0.76 / 0.78 for k = 5 / 25 / 40 / 48"),

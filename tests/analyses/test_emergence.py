@@ -331,7 +331,12 @@ def test_the_seed_table_against_a_hand_computation(study):
         full = seed_table(made, measures=["log_ratio_3"])
         assert combination_choice(full, 4) == ["clean-context-10", "textured"]
         text = answer(made)
-        assert "`clean-context-10`: ln per-key ratio (earlier / own frame), layer 3 of 4 lower by" in text
+        assert "`clean-context-10`: ln per-key ratio (earlier / own frame), layer 3 of 4 lower: -1.033" in text
+        # post hoc multiplicity: 11 measures of a 4-block model, Welch at 1 - 0.05 / 11, by hand: it still excludes 0
+        assert welch(clean, ref, 1 - 0.05 / 11)[2] < 0 < welch(clean, ref, 0.99999)[2]
+        assert ("11 measures are read per condition, so some 95% intervals exclude 0 by chance; with a Bonferroni "
+                "correction over them (Welch at 99.55%), `clean-context-10` ln per-key ratio (earlier / own frame), "
+                "layer 3 of 4: still excluding 0.") in text
         assert "No detectable effect at this scale on any measure: `textured`" in text
         assert "`bidirectional` (2 of 3 seeds)" in text and "`bidirectional-s2` (PSNR gain" in text
         assert "is chosen once every candidate has its seeds; short: `bidirectional` 2 of 3." in text

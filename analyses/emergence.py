@@ -515,8 +515,8 @@ def answer(cards: list[dict]) -> str:
 
 
 def _combination_line(table: pd.DataFrame, counts: dict[str, int], needed: int, depth: int) -> str:
-    """Where the combination condition stands: the factors it joins, the ones the committed rule names now that every
-    single factor has its seeds, or the single factors still short of seeds."""
+    """Where the combination condition stands: the factors it joins, the ones the rule names once every candidate has
+    its seeds, or the candidates still short of seeds."""
     from scd.training.study import COMBINATION_CANDIDATES, COMBINED, CONDITIONS
 
     left = [c for c in CONDITIONS if c not in (*COMBINATION_CANDIDATES, "reference", "combination")]

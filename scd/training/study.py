@@ -5,8 +5,8 @@ run of the study is a condition and a seed: `study_config("textured", 1)`. Every
 the seed is the same in every run (steps, schedule, precision, batch, data order), so a difference
 between conditions is the factor's, and the spread between seeds of one condition is the floor a
 factor's effect must clear (`analyses.emergence`). Where a run went (the machine, its torch threads: the
-plan's one, or more where a run must end within a session) changes the order of floating-point sums,
-not the training; each card records it.
+plan's one, or more where a run must end within a session) changes the order of floating-point sums, and
+so the run's trajectory as a seed's noise would, not its settings; each card records it.
 
 Runs are trained in sittings of `SITTING` steps (`probe study train`), each ended by a resumable
 checkpoint, so a run stopped by the end of a session loses at most one sitting; several workers share
@@ -160,7 +160,7 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
     holds and the runs named in `measured` (measured already: their cards are committed, their checkpoints may be on
     another machine); returns the names of the runs this worker finished. Start as many workers as there are cores,
     or one worker with `threads` = cores where a run must end sooner (a run detail, like the machine: it changes the
-    order of floating-point sums, not the training; a run resumed keeps the threads it was started with)."""
+    order of floating-point sums, not a setting; a run resumed keeps the threads it was started with)."""
     from scd.training.train import train
 
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):

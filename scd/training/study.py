@@ -51,9 +51,9 @@ COMBINED: tuple[str, ...] = ()
 # The single factors the combination is chosen from. Amended 2026-12-02 (the rule first took every single factor):
 # tokens-256 costs ~17 h a run on one thread, ~8 h on two (20 s / 10 s a step measured on a 2-core AMD EPYC); no
 # 3-hour session here holds one and checkpoints do not survive between sessions, so under the first rule the
-# combination could never be chosen. The amendment is about
-# compute, not a result, but results of other factors were on record (reference 3 seeds, textured and
-# clean-context-10 2, bidirectional 1), so the rule is labelled post hoc (analyses/thresholds.py).
+# combination could never be chosen. The amendment is about compute, not a result, but results of other factors were
+# on record (reference 3 seeds, textured and clean-context-10 2, bidirectional 1), so the rule is labelled post hoc
+# (analyses/thresholds.py).
 COMBINATION_CANDIDATES = ("textured", "clean-context-10", "bidirectional")
 
 

@@ -330,6 +330,12 @@ def _fmt(mean: float, low: float, high: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _times(log_ratio: float) -> str:
+    """A ln ratio as a factor in plain digits: 0.0071, 2.5, 224, 1,300."""
+    factor = math.exp(log_ratio)
+    return f"{factor:,.0f}" if factor >= 100 else f"{factor:.2g}"
+
+
 def table_markdown(table: pd.DataFrame) -> pd.DataFrame:
     """The seed table as it is shown: one row per measure and condition, numbers with their intervals."""
     if table.empty:
@@ -478,8 +484,13 @@ def answer(cards: list[dict]) -> str:
             few.append(f"`{condition}` ({counts[condition]} of {needed} seeds)")
             continue
         clear = rows[rows.verdict.isin(["higher than the reference", "lower than the reference"])]
-        if clear.empty:
-            none.append(f"`{condition}`")
+        if clear.empty:  # with how far its interval on the last layer reaches: what "none" cannot exclude
+            r = rows.loc[f"log_ratio_{last}"] if f"log_ratio_{last}" in rows.index else None
+            bound = ("" if r is None or math.isnan(r["effect_low"]) else
+                     f" (layer {last}'s ln per-key ratio: {_fmt(r['effect'], r['effect_low'], r['effect_high'])}, "
+                     f"so a ratio from x{_times(r['effect_low'])} to x{_times(r['effect_high'])} the "
+                     "reference's is not excluded)")
+            none.append(f"`{condition}`{bound}")
             continue
         parts = []
         for measure, r in clear.iterrows():
@@ -500,16 +511,16 @@ def answer(cards: list[dict]) -> str:
                      f"{100 * corrected_level:.2f}%), " + (f"{', '.join(survivors)}: still excluding 0." if survivors else
                                                           f"none of these {tested} effects excludes 0."))
     if none:
-        lines.append(f"No detectable effect at this scale on any measure: {', '.join(none)}.")
+        lines.append(f"No detectable effect at this scale on any measure: {'; '.join(none)}.")
     if few:
         lines.append(f"Not yet compared (too few trained seeds): {', '.join(few)}.")
     lines += _over_training_lines(cards, last)
-    reached = [c for c in CONDITIONS if counts.get(c) and any(
-        (r := run_value(card, f"log_ratio_{last}")) is not None and r < math.log(0.1)
-        for card in kept if card["condition"] == c)]
+    reached = {c: sum((r := run_value(card, f"log_ratio_{last}")) is not None and r < math.log(0.1)
+                      for card in kept if card["condition"] == c) for c in CONDITIONS if counts.get(c)}
+    reached = {c: n for c, n in reached.items() if n}
     lines.append("Finding 2 (the last layer's per-key ratio below 0.1): " + (
-        f"reached by a run of {', '.join(f'`{c}`' for c in reached)}." if reached else
-        f"not observed in any trained run of this {depth}-block model."))
+        "reached by " + ", ".join(f"{n} of {counts[c]} runs of `{c}`" for c, n in reached.items()) + "."
+        if reached else f"not observed in any trained run of this {depth}-block model."))
     lines.append(_combination_line(table, counts, needed, depth))
     return "\n".join(lines)
 

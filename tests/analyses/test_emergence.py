@@ -337,7 +337,15 @@ def test_the_seed_table_against_a_hand_computation(study):
         assert ("11 measures are read per condition, so some 95% intervals exclude 0 by chance; with a Bonferroni "
                 "correction over them (Welch at 99.55%), `clean-context-10` ln per-key ratio (earlier / own frame), "
                 "layer 3 of 4: still excluding 0.") in text
-        assert "No detectable effect at this scale on any measure: `textured`" in text
+        effect, low, high = welch([0.3, -0.4, 0.2], ref, 0.95)  # textured's: what "no effect" cannot exclude
+        assert (f"No detectable effect at this scale on any measure: `textured` (layer 3's ln per-key ratio: "
+                f"{effect:.3f} [{low:.3f}, {high:.3f}], so a ratio from x{math.exp(low):.2g} to x{math.exp(high):.2g} "
+                "the reference's is not excluded).") in text
+        from analyses.emergence import _times
+
+        assert [_times(math.log(x)) for x in (0.00712, 2.46, 224.4, 1300.2)] == ["0.0071", "2.5", "224", "1,300"]
+        # ln 0.1 = -2.30: of the runs that beat copy-last, only bidirectional-s1's -2.5 is below it
+        assert "Finding 2 (the last layer's per-key ratio below 0.1): reached by 1 of 2 runs of `bidirectional`." in text
         assert "`bidirectional` (2 of 3 seeds)" in text and "`bidirectional-s2` (PSNR gain" in text
         assert "is chosen once every candidate has its seeds; short: `bidirectional` 2 of 3." in text
         made = [c for c in made if c["name"] != "bidirectional-s2"] + [synthetic(cards, "bidirectional", 2, -0.5)]

@@ -53,7 +53,8 @@ COMBINED: tuple[str, ...] = ()
 # 3-hour session here holds one and checkpoints do not survive between sessions, so under the first rule the
 # combination could never be chosen. The amendment is about compute, not a result, but results of other factors were
 # on record (reference 3 seeds, textured and clean-context-10 2, bidirectional 1), so the rule is labelled post hoc
-# (analyses/thresholds.py).
+# (analyses/thresholds.py). Seen later (2026-12-02): a session's runs/ was there in the next session, so a run can go
+# on across sessions; tokens-256's three seeds would still take ~25 h on two threads, left to whoever has the compute.
 COMBINATION_CANDIDATES = ("textured", "clean-context-10", "bidirectional")
 
 

@@ -506,7 +506,7 @@ def answer(cards: list[dict]) -> str:
                      f"{100 * corrected_level:.2f}%), " + (f"{', '.join(survivors)}: still excluding 0." if survivors else
                                                           f"none of these {tested} effects excludes 0."))
     if none:
-        lines.append(f"No detectable effect at this scale on any measure: {'; '.join(none)}.")
+        lines.append(f"No detectable effect at this scale on any measure: {', '.join(none)}.")
     if few:
         lines.append(f"Not yet compared (too few trained seeds): {', '.join(few)}.")
     deep = table[(table.measure == f"log_ratio_{last}") & (table.condition != "reference")

@@ -509,20 +509,20 @@ def answer(cards: list[dict]) -> str:
         lines.append(f"No detectable effect at this scale on any measure: {', '.join(none)}.")
     if few:
         lines.append(f"Not yet compared (too few trained seeds): {', '.join(few)}.")
-    deep = table[(table.measure == f"log_ratio_{last}") & (table.condition != "reference")
-                 & ~table.verdict.str.startswith("too few")]
+    last_rows = table[table.measure == f"log_ratio_{last}"]
+    deep = last_rows[(last_rows.condition != "reference") & ~last_rows.verdict.str.startswith("too few")]
     if len(deep):  # the study's question, with what its intervals cannot exclude: an absent effect is not a small one
         lines.append(f"The question, layer {last} (the paper's 28-29): each factor's effect on its ln per-key ratio "
                      "[95% Welch] and the ratios to the reference's it does not exclude: " + "; ".join(
                          f"`{r.condition}` {_fmt(r.effect, r.effect_low, r.effect_high)} (x{_times(r.effect_low)} to "
                          f"x{_times(r.effect_high)})" for r in deep.itertuples()) + ".")
     lines += _over_training_lines(cards, last)
-    reached = {c: sum((r := run_value(card, f"log_ratio_{last}")) is not None and r < math.log(0.1)
-                      for card in kept if card["condition"] == c) for c in CONDITIONS if counts.get(c)}
-    reached = {c: n for c, n in reached.items() if n}
+    reached = [(r.condition, sum(v < math.log(0.1) for v in r["values"]), len(r["values"]))
+               for _, r in last_rows.iterrows()]  # the seed table's runs: those that beat copy-last
+    reached = [f"{n} of {runs} runs of `{c}`" for c, n, runs in reached if n]
     lines.append("Finding 2 (the last layer's per-key ratio below 0.1): " + (
-        "reached by " + ", ".join(f"{n} of {counts[c]} runs of `{c}`" for c, n in reached.items()) + "."
-        if reached else f"not observed in any trained run of this {depth}-block model."))
+        f"reached by {', '.join(reached)}." if reached else
+        f"not observed in any trained run of this {depth}-block model."))
     lines.append(_combination_line(table, counts, needed, depth))
     return "\n".join(lines)
 

@@ -326,7 +326,7 @@ def test_the_seed_table_against_a_hand_computation(study):
         assert table.loc["textured", "verdict"] == "no detectable effect at this scale"
         assert table.loc["bidirectional", "verdict"].startswith("too few seeds (2 and 3 of 3)")
         assert table.loc["bidirectional", "seeds"] == "0,1"
-        from analyses.emergence import answer, combination_choice
+        from analyses.emergence import _times, answer, combination_choice
 
         full = seed_table(made, measures=["log_ratio_3"])
         assert combination_choice(full, 4) == ["clean-context-10", "textured"]
@@ -343,8 +343,6 @@ def test_the_seed_table_against_a_hand_computation(study):
                 f"and the ratios to the reference's it does not exclude: `textured` {t:.3f} [{t_low:.3f}, {t_high:.3f}] "
                 f"(x{math.exp(t_low):.2g} to x{math.exp(t_high):.2g}); `clean-context-10` {c:.3f} [{c_low:.3f}, "
                 f"{c_high:.3f}] (x{math.exp(c_low):.2g} to x{math.exp(c_high):.2g}).") in text  # bidirectional: too few
-        from analyses.emergence import _times
-
         assert [_times(math.log(x)) for x in (0.00712, 2.46, 224.4, 1300.2)] == ["0.0071", "2.5", "224", "1,300"]
         # ln 0.1 = -2.30: of the runs that beat copy-last, only bidirectional-s1's -2.5 is below it
         assert "Finding 2 (the last layer's per-key ratio below 0.1): reached by 1 of 2 runs of `bidirectional`." in text

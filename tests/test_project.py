@@ -97,3 +97,22 @@ def test_the_committed_emergence_study_comes_from_its_committed_cards():
         assert (directory / f"card-{card['name']}.md").is_file() and card["name"] in study["maps"]
     html = (ROOT / "reports" / "baseline.html").read_text()
     assert "The emergence study" in html and "probe emergence" in (ROOT / "README.md").read_text()
+
+
+def test_the_combination_trained_is_the_one_the_rule_names_from_the_committed_cards():
+    """`scd.training.study.COMBINED` is set only once every candidate has its seeds, and then to exactly the factors
+    `combination_choice` names from the committed cards' seed table (not one read off by hand)."""
+    from analyses.emergence import combination_choice, competence, depth_of, load_study, seed_table
+    from analyses.thresholds import threshold
+    from scd.training.study import COMBINATION_CANDIDATES, COMBINED
+
+    cards = [c for c in load_study(ROOT / "reports" / "emergence")["cards"] if competence(c)[0]]
+    singles = [c for c in cards if c["condition"] != "combination"]
+    ready = all(sum(c["condition"] == name for c in singles) >= threshold("STUDY_SEEDS_MIN")
+                for name in (*COMBINATION_CANDIDATES, "reference"))
+    if not ready:
+        assert COMBINED == () and not any(c["condition"] == "combination" for c in cards)
+        return
+    depth = depth_of(singles[0])
+    chosen = combination_choice(seed_table(singles, measures=[f"log_ratio_{depth - 1}"]), depth)
+    assert len(chosen) == threshold("STUDY_COMBINED_FACTORS") and sorted(COMBINED) == sorted(chosen)

@@ -39,6 +39,11 @@ from analyses.thresholds import THRESHOLDS, threshold
 REGENERATE = "probe emergence --out reports/emergence --force"  # rebuilds everything below from the committed cards
 
 
+def _seeds(n: int) -> str:
+    """'1 seed', '3 seeds': a figure's count of training seeds."""
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
 def _conditions(cards: list[dict]) -> list[str]:
     from scd.training.study import CONDITIONS
 
@@ -69,7 +74,7 @@ def maps_figure(cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> Fi
                 ax.axis("off")
                 continue
             image = draw_map(ax, array, frames, array.shape[1], array.shape[2] // array.shape[1], low, high)
-            ax.set_title(f"{condition} ({n} seeds): layer {key.split('_')[1]}", fontsize=7)
+            ax.set_title(f"{condition} ({_seeds(n)}): layer {key.split('_')[1]}", fontsize=7)
     if not rows:
         axes[0][0].text(0.5, 0.5, "no trained run measured yet", ha="center", va="center")
         axes[0][0].axis("off")
@@ -101,7 +106,7 @@ def effects_figure(table: pd.DataFrame, depth: int) -> Figure:
         high = np.nan_to_num(rows.effect_high.to_numpy() - effect)
         few = rows.verdict.str.startswith("too few").any()  # no Welch interval yet: hollow, and said so
         ax.errorbar(layers, effect, yerr=[low, high], marker="o", ms=4, capsize=2, ls="none", color=f"C{i}",
-                    mfc="none" if few else f"C{i}", label=f"{condition} ({len(rows.iloc[0]['values'])} seeds"
+                    mfc="none" if few else f"C{i}", label=f"{condition} ({_seeds(len(rows.iloc[0]['values']))}"
                     + (": too few, no interval)" if few else ")"))
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel(f"layer (of {depth})")

@@ -47,7 +47,8 @@ CONDITIONS: dict[str, tuple[str, dict]] = {
 }
 # The combination: the single factors `analyses.emergence.combination_choice` names once every candidate has its
 # seeds (the rule, STUDY_COMBINED_FACTORS, was fixed before the runs). Set 2026-12-03 from the committed cards, when
-# bidirectional-s2's made every candidate's three seeds (tests/test_project.py reads the choice from them again).
+# bidirectional-s2's card completed every candidate's three seeds (tests/test_project.py reads the choice from them
+# again).
 COMBINED: tuple[str, ...] = ("textured", "clean-context-10")
 # The single factors the combination is chosen from. Amended 2026-12-02 (the rule first took every single factor):
 # tokens-256 costs ~17 h a run on one thread, ~8 h on two (20 s / 10 s a step measured on a 2-core AMD EPYC); no

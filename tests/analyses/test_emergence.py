@@ -338,8 +338,8 @@ def test_the_seed_table_against_a_hand_computation(study):
         # post hoc multiplicity: 11 measures of a 4-block model, Welch at 1 - 0.05 / 11, by hand: it still excludes 0
         assert welch(clean, ref, 1 - 0.05 / 11)[2] < 0 < welch(clean, ref, 0.99999)[2]
         assert ("11 measures are read per condition, so some 95% intervals exclude 0 by chance; with a Bonferroni "
-                "correction over them (Welch at 99.55%), `clean-context-10` ln per-key ratio (earlier / own frame), "
-                "layer 3 of 4: still excluding 0.") in text
+                "correction over them (Welch at 99.55%), of the 1 effect above, 1 still excludes 0: `clean-context-10` ln "
+                "per-key ratio (earlier / own frame), layer 3 of 4.") in text
         assert "No detectable effect at this scale on any measure: `textured`." in text
         (c, c_low, c_high), (t, t_low, t_high) = welch(clean, ref, 0.95), welch([0.3, -0.4, 0.2], ref, 0.95)
         assert (f"The question, layer 3 (the paper's 28-29): each factor's effect on its ln per-key ratio [95% Welch] "

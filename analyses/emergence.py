@@ -503,7 +503,7 @@ def answer(cards: list[dict]) -> str:
         lines += effects
         corrected = (f"of the {tested} effect{'s' if tested > 1 else ''} above, {len(survivors)} still exclude"
                      f"{'s' if len(survivors) == 1 else ''} 0: {', '.join(survivors)}." if survivors else
-                     f"none of these {tested} effects excludes 0.")
+                     f"none of the {tested} effect{'s' if tested > 1 else ''} above excludes 0.")
         lines.append(f"Post hoc, not in the committed rule: {read} measures are read per condition, so some 95% "
                      f"intervals exclude 0 by chance; with a Bonferroni correction over them (Welch at "
                      f"{100 * corrected_level:.2f}%), {corrected}")

@@ -341,6 +341,11 @@ def test_the_seed_table_against_a_hand_computation(study):
                 "correction over them (Welch at 99.55%), of the 1 effect above, 1 still excludes 0: `clean-context-10` ln "
                 "per-key ratio (earlier / own frame), layer 3 of 4.") in text
         assert "No detectable effect at this scale on any measure: `textured`." in text
+        weak = [-0.4, -0.6, -0.3]  # the other branch, by hand: inside the 95% rule (-0.12), not the corrected (+0.26)
+        assert welch(weak, ref, 0.95)[2] < 0 < welch(weak, ref, 1 - 0.05 / 11)[2]
+        swapped = [c for c in made if c["condition"] != "clean-context-10"]
+        swapped += [synthetic(cards, "clean-context-10", s, r) for s, r in enumerate(weak)]
+        assert "(Welch at 99.55%), none of the 1 effect above excludes 0." in answer(swapped)
         (c, c_low, c_high), (t, t_low, t_high) = welch(clean, ref, 0.95), welch([0.3, -0.4, 0.2], ref, 0.95)
         assert (f"The question, layer 3 (the paper's 28-29): each factor's effect on its ln per-key ratio [95% Welch] "
                 f"and the ratios to the reference's it does not exclude: `textured` {t:.3f} [{t_low:.3f}, {t_high:.3f}] "

@@ -175,7 +175,8 @@ condition's plan; `tests/analyses/test_emergence.py` checks the committed cards)
 Sizing (a pilot before the study, quality only, not a study run): width 64, 8 blocks, lr 2e-3, 1500 steps, one
 thread (0.48 s a step): PSNR gain over copy-last on 16 sprites val clips -0.91 dB at step 750, +0.21 at 1000 and
 1250, -0.00 at 1500, SSIM below copy-last throughout: it does not learn the task. Hence width 128 (2.5M parameters,
-1.1 s a step alone on one core of this machine) for twice the steps; the runs table gives each run's wall time.
+1.1 s a step alone on one core of the Intel Xeon it was sized on, ~55 min a run; 2.25 s on the AMD EPYC of later runs)
+for twice the steps; the runs table gives each run's wall time, machine and threads.
 
 A run enters the comparisons only when it beats copy-last on the val clips of its own scene (PSNR gain at
 least {threshold('STUDY_COMPETENCE_DB'):g} dB with its 95% interval over 16 clips above 0, and a higher SSIM). A condition's

@@ -501,9 +501,9 @@ def answer(cards: list[dict]) -> str:
     if effects:
         lines.append("Effects that clear the seed floor (Welch 95% interval over seeds excluding 0):")
         lines += effects
-        corrected = (f"of the {tested} effect{'s' if tested > 1 else ''} above, {len(survivors)} still exclude"
-                     f"{'s' if len(survivors) == 1 else ''} 0: {', '.join(survivors)}." if survivors else
-                     f"none of the {tested} effect{'s' if tested > 1 else ''} above excludes 0.")
+        above = f"the {tested} effect{'s' if tested > 1 else ''} above"
+        corrected = (f"of {above}, {len(survivors)} still exclude{'s' if len(survivors) == 1 else ''} 0: "
+                     f"{', '.join(survivors)}." if survivors else f"none of {above} excludes 0.")
         lines.append(f"Post hoc, not in the committed rule: {read} measures are read per condition, so some 95% "
                      f"intervals exclude 0 by chance; with a Bonferroni correction over them (Welch at "
                      f"{100 * corrected_level:.2f}%), {corrected}")

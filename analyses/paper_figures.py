@@ -29,6 +29,7 @@ from analyses.sparsity import (
     SPARSITY_FRACTION,
     colour_range,
     context_cells,
+    earlier_seen,
     frames_visible,
     measures_by_step,
     step_slice,
@@ -47,14 +48,18 @@ def mean_map(run: Recording, layer: int, head: int | None = None, steps: str = "
     return maps.mean(1) if head is None else maps[:, head]
 
 
-def draw_map(ax, pooled: torch.Tensor, frames: list[int], g: int, T: int, low: float, high: float):
+def draw_map(ax, pooled: torch.Tensor, frames: list[int], g: int, T: int, low: float, high: float,
+             earlier: list[list[int]] | None = None):
     """One panel of the paper's attention figure: ln p of the pooled map [F, g, T*g], the context cells in the
-    colour range [low, high], the own frame hatched grey (left out, as the paper), later frames blank."""
+    colour range [low, high], the own frame hatched grey (left out, as the paper); later frames, and earlier frames
+    the query does not see (`earlier`: the earlier frames each probed frame sees; default all), blank."""
     log_p = torch.as_tensor(pooled).double().clamp_min(1e-300).log().numpy()
     grid = np.full((len(frames) * g, T * g), np.nan)
     own = np.zeros_like(grid, dtype=bool)
-    for i, frame in enumerate(frames):
-        grid[i * g:(i + 1) * g, : frame * g] = log_p[i, :, : frame * g]
+    earlier = earlier if earlier is not None else [list(range(frame)) for frame in frames]
+    for i, (frame, shown) in enumerate(zip(frames, earlier, strict=True)):
+        for f in shown:
+            grid[i * g:(i + 1) * g, f * g:(f + 1) * g] = log_p[i, :, f * g:(f + 1) * g]
         own[i * g:(i + 1) * g, frame * g:(frame + 1) * g] = True
     image = ax.imshow(grid, cmap="magma", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
     ax.imshow(np.where(own, 1.0, np.nan), cmap="Greys", vmin=0, vmax=2.5, aspect="auto", interpolation="nearest")
@@ -73,13 +78,16 @@ def attention_maps(run: Recording, layers: list[int] | None = None, head: int | 
     probed = run.attention_layers
     layers = [layer for layer in (layers or paper_layers(run.depth)["figure"]) if layer in probed] or probed[:8]
     maps = {layer: mean_map(run, layer, head, steps) for layer in layers}
-    low, high = colour_range([context_cells(m[:, None], frames, g) for m in maps.values()])
+    k, policy = run.frames_per_block, run.cache_policy
+    earlier = {layer: earlier_seen(frames, run.role(layer), k, policy) for layer in layers}
+    low, high = colour_range([context_cells(m[:, None], frames, g, run.role(layer), k, policy)
+                              for layer, m in maps.items()])
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.2, 2.6 * rows + 0.6), squeeze=False)
     image = None
     for ax, layer in zip(axes.flat, layers, strict=False):
-        image = draw_map(ax, maps[layer], frames, g, T, low, high)
+        image = draw_map(ax, maps[layer], frames, g, T, low, high, earlier[layer])
         ax.set_title(f"layer {layer}" + ("" if run.depth == 30 else f" (paper {round(layer * 29 / (run.depth - 1))})"),
                      fontsize=9)
     for ax in list(axes.flat)[len(layers):]:
@@ -88,7 +96,7 @@ def attention_maps(run: Recording, layers: list[int] | None = None, head: int | 
     if image is not None and math.isfinite(low):
         bar = fig.colorbar(image, cax=fig.add_axes((0.9, 0.15, 0.015, 0.7)), label="ln p (one key)")
         n = run.manifest["tokens_per_frame"]
-        for visible in frames_visible(frames, "causal", run.frames_per_block):  # uniform over the keys a frame sees
+        for visible in frames_visible(frames, "causal", k, policy):  # uniform over the keys a frame sees
             bar.ax.axhline(-math.log(visible * n), color="cyan", lw=0.8)
         bar.ax.axhline(low + SPARSITY_FRACTION * (high - low), color="white", lw=0.8, ls="--")
     which = f"head {head}" if head is not None else "heads averaged"

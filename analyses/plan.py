@@ -175,7 +175,7 @@ def split(run: Recording, similarity_min: float) -> dict:
     with it: SCD's encoder reads clean frames), and, of the blocks after, the first that attends to earlier frames at
     least as much as uniform attention over the keys it sees would (it needs the past); with each block's numbers."""
     from analyses.similarity import depth_curve
-    from analyses.sparsity import earlier_share
+    from analyses.sparsity import earlier_seen, earlier_share, frames_visible
 
     cosine = depth_curve(run).set_index("layer")["mean_off_diagonal"]
     best, current = (0, -1), None  # (start, end) of the longest run of redundant blocks
@@ -186,9 +186,11 @@ def split(run: Recording, similarity_min: float) -> dict:
                 best = current
         else:
             current = None
-    frames = run.manifest["frames"]
-    uniform = float(np.mean([f / (f + 1) for f in frames]))  # earlier keys' share of all keys a frame sees
-    earlier = {layer: float(earlier_share(run.attention(layer), frames).mean()) for layer in run.attention_layers}
+    frames, k, policy = run.manifest["frames"], run.frames_per_block, run.cache_policy
+    uniform = float(np.mean([len(e) / v for e, v in zip(earlier_seen(frames, "causal", k, policy),
+                                                        frames_visible(frames, "causal", k, policy), strict=True)]))
+    earlier = {layer: float(earlier_share(run.attention(layer), frames, run.role(layer), k, policy).mean())
+               for layer in run.attention_layers}  # uniform above: earlier keys' share of the keys a frame sees
     needs_past = next((layer for layer in sorted(earlier) if layer > best[1] and earlier[layer] >= uniform), None)
     return {"redundant_span": [best[0], best[1]] if best[1] >= 0 else None, "encoder_blocks": list(range(best[1] + 1)),
             "decoder_from": best[1] + 1, "similarity_min": similarity_min,

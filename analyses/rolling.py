@@ -39,10 +39,14 @@ def _distance_of(item: Recording, distances: int) -> pd.DataFrame:
 @takes_run
 def distance_table(run: Recording, distances: int | None = None) -> pd.DataFrame:
     """One row per layer: the mean attention mass at each temporal distance d (columns d0, d1, ...: d frames before
-    the end of the query's chunk), with `_low` / `_high` 95% intervals over clips and `clips`."""
+    the end of the query's chunk), with `_low` / `_high` 95% intervals over clips and `clips`, and (`d{d}_uniform`)
+    the mass uniform attention over the keys each query sees would put there."""
     distances = distances or run.manifest["num_frames"]
     columns = [f"d{d}" for d in range(distances)]
-    return table_over_clips(run.items, lambda item: _distance_of(item, distances), "layer", columns)
+    table = table_over_clips(run.items, lambda item: _distance_of(item, distances), "layer", columns)
+    for d, value in enumerate(uniform_distance(run, distances)):
+        table[f"d{d}_uniform"] = value
+    return table
 
 
 def _regions_of(item: Recording) -> pd.DataFrame:
@@ -57,18 +61,32 @@ def uniform_regions(run: Recording) -> dict[str, float]:
     """The mass each region would get if every key a query sees were equally attended (a region's share of the
     frames its chunk sees, averaged over the probed frames): the level against which a "sink" is read."""
     from probes.attention import mass_by_region
-    from scd.contract import CachePolicy
 
-    sampling, k = sampling_of(run), run.frames_per_block
-    policy = CachePolicy(sampling.get("window"), sampling.get("sink_frames") or 0)
+    shares = mass_by_region(uniform_mass(run), run.manifest["frames"], run.frames_per_block,
+                            run.cache_policy.sink_frames).mean((0, 1, 2))
+    return {region: float(shares[r]) for r, region in enumerate(REGIONS)}
+
+
+def uniform_mass(run: Recording) -> torch.Tensor:
+    """float64 [F, 1, 1, T]: each probed frame's attention mass on each frame of the clip if every key its queries
+    see were equally attended (the frames `scd.contract.frames_seen` lists for a causal layer of this run)."""
+    from scd.contract import frames_seen
+
     frames, total = run.manifest["frames"], run.manifest["num_frames"]
     uniform = torch.zeros(len(frames), 1, 1, total, dtype=torch.float64)
     for i, frame in enumerate(frames):
-        first = frame - frame % k
-        seen = policy.visible(first, k) + list(range(first, first + k))
+        seen = frames_seen(frame, "causal", run.frames_per_block, run.cache_policy)
         uniform[i, 0, 0, seen] = 1 / len(seen)
-    shares = mass_by_region(uniform, frames, k, policy.sink_frames).mean((0, 1, 2))
-    return {region: float(shares[r]) for r, region in enumerate(REGIONS)}
+    return uniform
+
+
+def uniform_distance(run: Recording, distances: int) -> list[float]:
+    """The mass at each temporal distance d = 0..distances-1 under uniform attention over the keys each probed frame
+    sees, averaged over the probed frames: the level against which `distance_table` is read."""
+    from probes.attention import mass_by_distance
+
+    shares = mass_by_distance(uniform_mass(run), run.manifest["frames"], run.frames_per_block).mean((0, 1, 2))
+    return [float(shares[d]) if d < len(shares) else 0.0 for d in range(distances)]
 
 
 @takes_run

@@ -2,18 +2,25 @@
 
 The paper's second finding: deep layers barely attend to past frames. Input: a run's attention mass
 [F, S, H, T] per layer (each probed frame's queries, averaged, on each frame of the clip) and its
-pooled map [F, S, H, g, T*g] (per-key probability, g bands per frame). Measures:
+pooled map [F, S, H, g, T*g] (per-key probability, g bands per frame).
 
-- `earlier_share`: the share on earlier frames. It grows with the number of earlier frames (uniform
-  attention gives f / (f + 1)), so it is kept as a row, not tested;
+Every measure and its uniform level read one definition of what a query may see (`seen_frames`, i.e.
+`scd.contract.frames_seen` under the run's cache policy and chunking): its own chunk, the earlier frames the
+cache keeps for it (every one without a window; the sink frames and the frames inside the window with one),
+the frame before for SCD's decoder. A frame hidden from the query is neither attended nor ignored: it is not
+there, and a model whose attention is exactly uniform reads as uniform in every setting (tested on tiny Wan,
+SkyReels-V2 and the shipped baseline with windows, sinks and chunks). A probed frame that sees no earlier frame
+(the first chunk of a video generated from no context) has no per-key ratio: it is left out of the means. Measures:
+
+- `earlier_share`: the share on the earlier frames seen. It grows with their number (uniform attention gives
+  earlier / seen), so it is kept as a row, not tested;
 - `per_key_ratio`: mean attention on one earlier-frame key / on one own-frame key (1 for uniform
-  attention, 0 for attention within the frame), whatever the context length;
-- `excess_share`: the share on earlier frames minus uniform's, f / (f + 1) (f / (chunk end + 1) when chunks of
-  frames are denoised together and see each other);
+  attention, 0 for attention within the chunk), whatever the context length, window or sinks;
+- `excess_share`: the share on earlier frames minus uniform's, earlier frames seen / frames seen;
 - `earlier_key_nats`: ln of the mean attention on one earlier-frame key over uniform's per key (1 / the
   keys the query sees): 0 for uniform attention, the paper's deep layers sit about 7 nats below;
-- `lit_share`: the share of the pooled map's context cells (queries of frame f, keys of frames before
-  f) whose per-key ln p is at most `cut` nats below uniform's (the paper's cut, 30% of its colour
+- `lit_share`: the share of the pooled map's context cells (queries of frame f, keys of the earlier frames it
+  sees) whose per-key ln p is at most `cut` nats below uniform's (the paper's cut, 30% of its colour
   range -21..-9, sits 7.0 nats below its uniform -10.4). Defined on each layer's own map and the
   run's token count alone, so a layer's value never depends on which other layers were probed;
   per head too (`measures_by_head`).
@@ -36,76 +43,117 @@ import torch
 from analyses.errors import AnalysisError, takes_run
 from analyses.thresholds import threshold
 from probes.recording import Recording
-
-LIT_CUT = threshold("LIT_CUT_NATS")  # a context cell is lit when at most this many nats below uniform (the paper's cut)
-
-
-def earlier_share(mass: torch.Tensor, frames: list[int]) -> torch.Tensor:
-    """[F, S, H]: share of each probed frame's attention on frames before it."""
-    return torch.stack([mass[i, ..., :frame].sum(-1) for i, frame in enumerate(frames)])
-
+from scd.contract import CachePolicy, frames_seen
 
 SPARSITY_FRACTION = 0.3            # a context cell counts when ln p is above 30% of the colour range (the paper's Fig. 3)
 SPARSITY_MIN_RANGE = math.log(10)  # ... and the range spans at least a factor 10; else the map is flat: not measured
+LIT_CUT = threshold("LIT_CUT_NATS")  # a context cell is lit when at most this many nats below uniform (the paper's cut)
 
 
-def earlier_frames_seen(frames: list[int], role: str) -> list[int]:
-    """How many earlier frames each probed frame's queries can see at a layer of this role."""
-    return [0 if role == "frame-local" else 1 if role == "decoder" else frame for frame in frames]
-
-
-def frames_visible(frames: list[int], role: str, frames_per_block: int = 1) -> list[int]:
-    """How many frames each probed frame's queries see under the mask applied: the earlier frames, its own, and,
-    when chunks of `frames_per_block` frames are denoised together (chunk-causal attention, frames counted in chunks
-    from 0), the later frames of its chunk. The uniform level of every share is taken over these."""
+def seen_frames(frames: list[int], role: str = "causal", frames_per_block: int = 1,
+                policy: CachePolicy | None = None) -> list[list[int]]:
+    """For each probed frame, the frames whose keys its queries see at a layer of this `role`, under the sampler's
+    cache `policy` (`scd.contract.frames_seen`: one definition for the sampler and every measure here)."""
     if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or frames_per_block < 1:
         raise AnalysisError(f"frames_per_block = {frames_per_block!r}; accepted: an integer >= 1")
-    if role in ("frame-local", "decoder"):
-        return [k + 1 for k in earlier_frames_seen(frames, role)]
-    return [(frame // frames_per_block + 1) * frames_per_block for frame in frames]
+    return [frames_seen(frame, role, frames_per_block, policy) for frame in frames]
 
 
-def per_key(mass: torch.Tensor, frames: list[int], role: str = "causal") -> tuple[torch.Tensor, torch.Tensor]:
-    """[F, S, H] each: (attention on one earlier-frame key, on one own-frame key), in units of a frame's token
-    count (the count cancels in their ratio)."""
-    seen = earlier_frames_seen(frames, role)
-    pairs = enumerate(zip(frames, seen, strict=True))
-    earlier = torch.stack([mass[i, ..., :frame].sum(-1) / max(k, 1) for i, (frame, k) in pairs])
+def earlier_seen(frames: list[int], role: str = "causal", frames_per_block: int = 1,
+                 policy: CachePolicy | None = None) -> list[list[int]]:
+    """For each probed frame, the earlier frames its queries see (those of `seen_frames` before it)."""
+    return [[f for f in seen if f < frame]
+            for frame, seen in zip(frames, seen_frames(frames, role, frames_per_block, policy), strict=True)]
+
+
+def earlier_frames_seen(frames: list[int], role: str, frames_per_block: int = 1,
+                        policy: CachePolicy | None = None) -> list[int]:
+    """How many earlier frames each probed frame's queries can see at a layer of this role."""
+    return [len(e) for e in earlier_seen(frames, role, frames_per_block, policy)]
+
+
+def frames_visible(frames: list[int], role: str, frames_per_block: int = 1, policy: CachePolicy | None = None) -> list[int]:
+    """How many frames each probed frame's queries see under the mask and the cache policy applied: the earlier
+    frames it is shown, its own, and, when chunks of `frames_per_block` frames are denoised together, the later
+    frames of its chunk. The uniform level of every share is taken over these."""
+    return [len(seen) for seen in seen_frames(frames, role, frames_per_block, policy)]
+
+
+def earlier_share(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
+                  policy: CachePolicy | None = None) -> torch.Tensor:
+    """[F, S, H]: share of each probed frame's attention on the earlier frames it sees."""
+    earlier = earlier_seen(frames, role, frames_per_block, policy)
+    return torch.stack([mass[i, ..., e].sum(-1) for i, e in enumerate(earlier)])
+
+
+def _rows_with_earlier(earlier: list[list[int]], role: str) -> list[int]:
+    """The probed frames whose queries see some earlier key. A frame-local layer keeps every frame: the mask
+    forbids the past, and that reads as attention 0 on it (the convention of the paper's frame-diagonal mask)."""
+    return list(range(len(earlier))) if role == "frame-local" else [i for i, e in enumerate(earlier) if e]
+
+
+def per_key(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
+            policy: CachePolicy | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[F, S, H] each: (attention on one earlier-frame key the query sees, on one own-frame key), in units of a
+    frame's token count (the count cancels in their ratio); NaN on the first where the query sees no earlier
+    frame (the first chunk of a video generated from no context, a window of one chunk): no earlier key is
+    there to be attended or ignored."""
+    earlier = earlier_seen(frames, role, frames_per_block, policy)
+    keys = torch.stack([mass[i, ..., e].sum(-1) / len(e) if e else
+                        mass.new_full(mass.shape[1:-1], 0.0 if role == "frame-local" else float("nan"))
+                        for i, e in enumerate(earlier)])
     own = torch.stack([mass[i, ..., frame] for i, frame in enumerate(frames)])
-    return earlier.double(), own.double()
+    return keys.double(), own.double()
 
 
-def per_key_ratio(mass: torch.Tensor, frames: list[int], role: str = "causal", dims=(0, 1, 2)) -> torch.Tensor:
-    """Mean attention on one earlier-frame key / on one own-frame key, the means taken over `dims` of [F, S, H]."""
-    earlier, own = per_key(mass, frames, role)
-    return earlier.mean(dims) / own.mean(dims).clamp_min(1e-30)
+def per_key_ratio(mass: torch.Tensor, frames: list[int], role: str = "causal", dims=(0, 1, 2),
+                  frames_per_block: int = 1, policy: CachePolicy | None = None) -> torch.Tensor:
+    """Mean attention on one earlier-frame key / on one own-frame key, the means taken over `dims` of [F, S, H]
+    over the probed frames that see an earlier frame (NaN if none does): 1 for uniform attention over the keys
+    shown, whatever the window, the sinks or the chunk; 0 for attention within the chunk."""
+    keys, own = per_key(mass, frames, role, frames_per_block, policy)
+    rows = _rows_with_earlier(earlier_seen(frames, role, frames_per_block, policy), role)
+    if not rows:
+        return torch.full([n for d, n in enumerate(keys.shape) if d not in dims], float("nan"), dtype=torch.float64)
+    return keys[rows].mean(dims) / own[rows].mean(dims).clamp_min(1e-30)
 
 
-def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1) -> torch.Tensor:
-    """[F, S, H]: share on earlier frames minus the share uniform attention over the visible keys would give (the
-    keys the mask lets the frame see: with chunks, the later frames of its chunk too)."""
-    seen, visible = earlier_frames_seen(frames, role), frames_visible(frames, role, frames_per_block)
-    uniform = torch.tensor([k / v for k, v in zip(seen, visible, strict=True)], dtype=torch.float64)
-    return earlier_share(mass, frames).double() - uniform[:, None, None]
+def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
+                 policy: CachePolicy | None = None) -> torch.Tensor:
+    """[F, S, H]: share on earlier frames minus the share uniform attention over the keys shown would give (the
+    frames `seen_frames` lists: the window's, the sinks, the whole chunk); NaN where the query sees no earlier
+    frame (average with nanmean)."""
+    earlier = earlier_seen(frames, role, frames_per_block, policy)
+    seen = frames_visible(frames, role, frames_per_block, policy)
+    uniform = torch.tensor([len(e) / v for e, v in zip(earlier, seen, strict=True)], dtype=torch.float64)
+    excess = earlier_share(mass, frames, role, frames_per_block, policy).double() - uniform[:, None, None]
+    hidden = [i for i in range(len(frames)) if i not in set(_rows_with_earlier(earlier, role))]
+    excess[hidden] = float("nan")
+    return excess
 
 
-def uniform_key_nats(frames: list[int], role: str, frames_per_block: int, tokens: int) -> torch.Tensor:
-    """[F]: ln of the per-key probability uniform attention gives each probed frame's queries (1 / visible keys)."""
-    visible = frames_visible(frames, role, frames_per_block)
+def uniform_key_nats(frames: list[int], role: str, frames_per_block: int, tokens: int,
+                     policy: CachePolicy | None = None) -> torch.Tensor:
+    """[F]: ln of the per-key probability uniform attention gives each probed frame's queries (1 / keys shown)."""
+    visible = frames_visible(frames, role, frames_per_block, policy)
     return -torch.log(torch.tensor(visible, dtype=torch.float64) * tokens)
 
 
 def context_key_nats(maps: torch.Tensor, frames: list[int], bands: int, uniform: torch.Tensor,
-                     role: str = "causal") -> torch.Tensor:
+                     role: str = "causal", frames_per_block: int = 1, policy: CachePolicy | None = None) -> torch.Tensor:
     """Per-key ln p of the context cells of pooled maps [F, ..., g, T*g] minus uniform's for the query's frame
     (`uniform_key_nats`): [..., cells], flattened over frames; -inf where a key gets nothing. Context cells are the
-    earlier frames' cells the query can see at a layer of this `role` (all earlier frames for a causal layer, the
-    frame before for SCD's decoder, none for a frame-local layer): a frame the mask hides is no evidence of
-    sparse attention."""
-    seen = earlier_frames_seen(frames, role)
-    parts = [maps[i, ..., (frame - k) * bands: frame * bands].flatten(-2).double().log() - uniform[i]
-             for i, (frame, k) in enumerate(zip(frames, seen, strict=True))]
+    cells of the earlier frames the query sees (`earlier_seen`: under a window, the sinks and the frames inside it;
+    the frame before for SCD's decoder; none for a frame-local layer): a frame the mask or the window hides is no
+    evidence of sparse attention."""
+    earlier = earlier_seen(frames, role, frames_per_block, policy)
+    parts = [maps[i, ..., _cells(e, bands)].flatten(-2).double().log() - uniform[i] for i, e in enumerate(earlier)]
     return torch.cat(parts, dim=-1)
+
+
+def _cells(frames: list[int], bands: int) -> list[int]:
+    """The pooled map's key cells of these frames (g bands per frame, frame-major)."""
+    return [frame * bands + b for frame in frames for b in range(bands)]
 
 
 def lit_share(nats: torch.Tensor, cut: float) -> torch.Tensor:
@@ -117,21 +165,26 @@ def lit_share(nats: torch.Tensor, cut: float) -> torch.Tensor:
 
 
 def earlier_key_nats(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
-                     dims=(0, 1, 2)) -> torch.Tensor:
-    """ln(mean attention on one earlier-frame key / uniform's per key), the means over `dims` of [F, S, H]: 0 for
-    uniform attention, -inf within the frame. Per frame the keys a query sees are `frames_visible` frames of tokens;
-    in units of a frame's tokens the count cancels."""
-    seen, visible = earlier_frames_seen(frames, role), frames_visible(frames, role, frames_per_block)
-    earlier = torch.stack([mass[i, ..., :frame].sum(-1) / max(k, 1) for i, (frame, k) in enumerate(zip(frames, seen,
-                                                                                                       strict=True))])
-    uniform = torch.tensor([1 / v for v in visible], dtype=torch.float64)[:, None, None].expand_as(earlier)
-    return (earlier.double().mean(dims) / uniform.mean(dims)).log()
+                     dims=(0, 1, 2), policy: CachePolicy | None = None) -> torch.Tensor:
+    """ln(mean attention on one earlier-frame key / uniform's per key), the means over `dims` of [F, S, H] over
+    the probed frames that see an earlier frame: 0 for uniform attention over the keys shown, -inf within the
+    chunk. Per frame the keys a query sees are `frames_visible` frames of tokens; in units of a frame's tokens the
+    count cancels."""
+    keys, _ = per_key(mass, frames, role, frames_per_block, policy)
+    rows = _rows_with_earlier(earlier_seen(frames, role, frames_per_block, policy), role)
+    if not rows:
+        return torch.full([n for d, n in enumerate(keys.shape) if d not in dims], float("nan"), dtype=torch.float64)
+    visible = frames_visible(frames, role, frames_per_block, policy)
+    uniform = torch.tensor([1 / visible[i] for i in rows], dtype=torch.float64)[:, None, None].expand_as(keys[rows])
+    return (keys[rows].mean(dims) / uniform.mean(dims)).log()
 
 
-def context_cells(maps: torch.Tensor, frames: list[int], bands: int) -> torch.Tensor:
-    """ln p of the context cells of pooled maps [F, ..., g, T*g] (queries of each probed frame, keys of the frames
-    before it), flattened over frames and cells: [..., cells]; -inf where a key gets nothing."""
-    parts = [maps[i, ..., : frame * bands].flatten(-2) for i, frame in enumerate(frames)]
+def context_cells(maps: torch.Tensor, frames: list[int], bands: int, role: str = "causal", frames_per_block: int = 1,
+                  policy: CachePolicy | None = None) -> torch.Tensor:
+    """ln p of the context cells of pooled maps [F, ..., g, T*g] (queries of each probed frame, keys of the earlier
+    frames it sees), flattened over frames and cells: [..., cells]; -inf where a key gets nothing."""
+    earlier = earlier_seen(frames, role, frames_per_block, policy)
+    parts = [maps[i, ..., _cells(e, bands)].flatten(-2) for i, e in enumerate(earlier)]
     return torch.cat(parts, dim=-1).double().log()
 
 
@@ -149,13 +202,15 @@ def context_sparsity(cells: torch.Tensor, low: float, high: float, fraction: flo
     return (cells > low + fraction * (high - low)).double().mean(-1)
 
 
-def by_offset(mass: torch.Tensor, frames: list[int]) -> torch.Tensor:
-    """[F, S, H, max_offset + 1]: mass on the frame `offset` frames back (0 = the frame itself); NaN where
-    a frame has no frame that far back."""
+def by_offset(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
+              policy: CachePolicy | None = None) -> torch.Tensor:
+    """[F, S, H, max_offset + 1]: mass on the frame `offset` frames back (0 = the frame itself); NaN where a frame
+    has no frame that far back, or where that frame is hidden from its queries (outside the window)."""
     width = max(frames) + 1
     out = mass.new_full((*mass.shape[:-1], width), float("nan"))
-    for i, frame in enumerate(frames):
-        out[i, ..., : frame + 1] = mass[i, ..., : frame + 1].flip(-1)
+    for i, (frame, seen) in enumerate(zip(frames, seen_frames(frames, role, frames_per_block, policy), strict=True)):
+        shown = [f for f in seen if f <= frame]
+        out[i, ..., [frame - f for f in shown]] = mass[i, ..., shown]
     return out
 
 
@@ -171,7 +226,7 @@ def sparsity_table(run: Recording) -> pd.DataFrame:
     frames, rows = run.manifest["frames"], []
     for layer in run.attention_layers:
         mass = run.attention(layer)
-        share = earlier_share(mass, frames)  # [F, S, H]
+        share = earlier_share(mass, frames, *_seeing(run, layer))  # [F, S, H]
         per_head = share.mean((0, 1))
         rows.append({"layer": layer, "earlier_share": float(share.mean()), "head_min": float(per_head.min()),
                      "head_max": float(per_head.max()), "head_std": float(per_head.std(unbiased=False)),
@@ -184,7 +239,7 @@ def head_table(run: Recording) -> pd.DataFrame:
     """One row per (layer, head): that head's share of attention on earlier frames."""
     frames, rows = run.manifest["frames"], []
     for layer in run.attention_layers:
-        for head, value in enumerate(earlier_share(run.attention(layer), frames).mean((0, 1)).tolist()):
+        for head, value in enumerate(earlier_share(run.attention(layer), frames, *_seeing(run, layer)).mean((0, 1)).tolist()):
             rows.append({"layer": layer, "head": head, "earlier_share": value})
     return pd.DataFrame(rows, columns=["layer", "head", "earlier_share"])
 
@@ -194,7 +249,7 @@ def offset_table(run: Recording) -> pd.DataFrame:
     """One row per (layer, offset): mean mass on the frame `offset` back (0 = same frame, 1 = previous, ...)."""
     frames, rows = run.manifest["frames"], []
     for layer in run.attention_layers:
-        for offset, value in enumerate(by_offset(run.attention(layer), frames).nanmean((0, 1, 2)).tolist()):
+        for offset, value in enumerate(by_offset(run.attention(layer), frames, *_seeing(run, layer)).nanmean((0, 1, 2)).tolist()):
             rows.append({"layer": layer, "offset": offset, "mass": value})
     return pd.DataFrame(rows, columns=["layer", "offset", "mass"])
 
@@ -205,7 +260,7 @@ def step_table(run: Recording) -> pd.DataFrame:
     run once per frame, SCD's encoder, have no steps and are left out)."""
     frames, rows = run.manifest["frames"], []
     for layer in (layer for layer in run.attention_layers if run.role(layer) != "encoder"):
-        share = earlier_share(run.attention(layer), frames).mean((0, 2))
+        share = earlier_share(run.attention(layer), frames, *_seeing(run, layer)).mean((0, 2))
         for step, value in zip(run.manifest["steps"], share.tolist(), strict=True):
             rows.append({"layer": layer, "step": step, "earlier_share": value})
     return pd.DataFrame(rows, columns=["layer", "step", "earlier_share"])
@@ -213,6 +268,11 @@ def step_table(run: Recording) -> pd.DataFrame:
 
 def _frames(run: Recording) -> list[int]:
     return run.manifest["frames"]
+
+
+def _seeing(run: Recording, layer: int) -> tuple[str, int, CachePolicy]:
+    """(role, frames per chunk, cache policy): what decides which frames a layer's queries see in this run."""
+    return run.role(layer), run.frames_per_block, run.cache_policy
 
 
 @takes_run
@@ -237,17 +297,17 @@ def attention_measures(run: Recording, steps: str = "all", cut: float = LIT_CUT)
     layers = run.attention_layers
     rows, cells = [], {}
     for layer in layers:
-        role = run.role(layer)
+        role, k, policy = _seeing(run, layer)
         mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
         maps = run.attention_map(layer).mean(2)  # over heads, as the paper's figure
         maps = maps if role == "encoder" else maps[:, chosen]
-        cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands)
-        uniform = uniform_key_nats(frames, role, run.frames_per_block, run.manifest["tokens_per_frame"])
-        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role), cut)
-        rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames).mean()),
-                     "excess_share": float(excess_share(mass, frames, role, run.frames_per_block).mean()),
-                     "per_key_ratio": float(per_key_ratio(mass, frames, role)),
-                     "earlier_key_nats": float(earlier_key_nats(mass, frames, role, run.frames_per_block)),
+        cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands, role, k, policy)
+        uniform = uniform_key_nats(frames, role, k, run.manifest["tokens_per_frame"], policy)
+        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role, k, policy), cut)
+        rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames, role, k, policy).mean()),
+                     "excess_share": float(excess_share(mass, frames, role, k, policy).nanmean()),
+                     "per_key_ratio": float(per_key_ratio(mass, frames, role, frames_per_block=k, policy=policy)),
+                     "earlier_key_nats": float(earlier_key_nats(mass, frames, role, k, policy=policy)),
                      "lit_share": float(lit)})
     low, high = colour_range(list(cells.values())) if cells else (float("nan"), float("nan"))
     for row in rows:
@@ -264,11 +324,11 @@ def measures_by_step(run: Recording) -> pd.DataFrame:
     Layers run once per frame (SCD's encoder) are left out."""
     frames, rows, cells = _frames(run), [], {}
     for layer in (layer for layer in run.attention_layers if run.role(layer) != "encoder"):
-        mass, role = run.attention(layer), run.role(layer)
-        ratio = per_key_ratio(mass, frames, role, dims=(0, 2))
-        excess = excess_share(mass, frames, role, run.frames_per_block).mean((0, 2))
-        share = earlier_share(mass, frames).mean((0, 2))
-        cells[layer] = context_cells(run.attention_map(layer).mean(2), frames, run.bands)  # [S, cells]
+        mass, (role, k, policy) = run.attention(layer), _seeing(run, layer)
+        ratio = per_key_ratio(mass, frames, role, dims=(0, 2), frames_per_block=k, policy=policy)
+        excess = excess_share(mass, frames, role, k, policy).nanmean(2).nanmean(0)
+        share = earlier_share(mass, frames, role, k, policy).mean((0, 2))
+        cells[layer] = context_cells(run.attention_map(layer).mean(2), frames, run.bands, role, k, policy)  # [S, cells]
         for i, step in enumerate(run.manifest["steps"]):
             rows.append({"layer": layer, "step": step, "per_key_ratio": float(ratio[i]), "excess_share": float(excess[i]),
                          "earlier_share": float(share[i])})
@@ -285,14 +345,14 @@ def measures_by_head(run: Recording, steps: str = "all", cut: float = LIT_CUT) -
     and the lit share of that head's pooled map (steps averaged), over the chosen steps."""
     frames, chosen, rows = _frames(run), step_slice(run, steps), []
     for layer in run.attention_layers:
-        role = run.role(layer)
+        role, k, policy = _seeing(run, layer)
         mass = run.attention(layer) if role == "encoder" else run.attention(layer)[:, chosen]
         maps = run.attention_map(layer) if role == "encoder" else run.attention_map(layer)[:, chosen]
-        uniform = uniform_key_nats(frames, role, run.frames_per_block, run.manifest["tokens_per_frame"])
-        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role), cut)  # [H]
-        ratio = per_key_ratio(mass, frames, role, dims=(0, 1))
-        excess = excess_share(mass, frames, role, run.frames_per_block).mean((0, 1))
-        nats = earlier_key_nats(mass, frames, role, run.frames_per_block, dims=(0, 1))
+        uniform = uniform_key_nats(frames, role, k, run.manifest["tokens_per_frame"], policy)
+        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role, k, policy), cut)  # [H]
+        ratio = per_key_ratio(mass, frames, role, dims=(0, 1), frames_per_block=k, policy=policy)
+        excess = excess_share(mass, frames, role, k, policy).nanmean(1).nanmean(0)
+        nats = earlier_key_nats(mass, frames, role, k, dims=(0, 1), policy=policy)
         for head in range(mass.shape[2]):
             rows.append({"layer": layer, "head": head, "per_key_ratio": float(ratio[head]),
                          "excess_share": float(excess[head]), "earlier_key_nats": float(nats[head]),

@@ -74,16 +74,16 @@ def summary_table(run: Recording) -> str:
 
 
 def _per_key_ratio(metrics, run: Recording):
-    """Per layer: mean attention on one earlier-frame key / on one own-frame key (analyses.sparsity.per_key_ratio),
-    from the per-frame shares of the metrics table."""
-    wide = metrics[metrics.metric.isin(["attention_earlier", "attention_same_frame"])].pivot_table(
-        index=["layer", "frame"] + [c for c in ("clip", "seed") if c in metrics], columns="metric", values="value")
-    wide = wide.reset_index()
-    seen = [0 if run.role(layer) == "frame-local" else 1 if run.role(layer) == "decoder" else frame
-            for layer, frame in zip(wide.layer, wide.frame, strict=True)]
-    wide["earlier_key"] = wide.attention_earlier / [max(k, 1) for k in seen]
-    per_layer = wide.groupby("layer")[["earlier_key", "attention_same_frame"]].mean()
-    return per_layer.earlier_key / per_layer.attention_same_frame
+    """Per layer: mean attention on one earlier-frame key the queries see / on one own-frame key
+    (`analyses.sparsity.per_key_ratio`, under the run's cache policy), over the run's frames, steps, heads and items."""
+    import pandas as pd
+
+    from analyses.sparsity import per_key_ratio
+
+    layers = sorted(metrics.layer.unique())
+    return pd.Series([float(per_key_ratio(run.attention(layer), run.frames, run.role(layer),
+                                          frames_per_block=run.frames_per_block, policy=run.cache_policy))
+                      for layer in layers], index=layers)
 
 
 def _capture(text: str) -> list[str]:

@@ -37,6 +37,7 @@ from probes.store import (
     layer_of,
     write_run,
 )
+from scd.contract import CachePolicy
 from scd.files import input_path, readable
 
 FILES = {"features": "features.safetensors", "attention": "attention.safetensors"}
@@ -160,6 +161,13 @@ class Recording:
         """(rows, columns) of a frame's tokens, row-major, as the model lays them out; None where not on a grid."""
         grid = self.manifest.get("token_grid")
         return (int(grid[0]), int(grid[1])) if grid is not None else None
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        """Which finished frames each chunk attended to when the run was generated (the manifest's `sampling`:
+        window, sink frames, RoPE policy); every finished frame for a run recorded without one."""
+        sampling = self.manifest.get("sampling") or {}
+        return CachePolicy(sampling.get("window"), sampling.get("sink_frames") or 0, sampling.get("rope") or "absolute")
 
     @property
     def frames_per_block(self) -> int:

@@ -168,18 +168,37 @@ class Layout:
             if keys != n:
                 raise LayoutError(f"frame-local layer {layer} saw {keys} keys; expected the frame's own {n}")
             return torch.full((n,), frame)
-        chunk = self.chunk(frame)
-        if policy is not None and policy.rolling:
-            seen = policy.visible(chunk[0], len(chunk)) + list(chunk)
-            if keys != len(seen) * n:
-                raise LayoutError(f"layer {layer} saw {keys} keys while denoising frame {frame}; expected the "
-                                  f"{len(seen)} frames of its window x {n} tokens")
-            return torch.tensor(seen).repeat_interleave(n)
-        last = chunk[-1]
-        if keys != (last + 1) * n:
-            raise LayoutError(f"layer {layer} saw {keys} keys while denoising frame {frame}; "
-                              f"expected frames 0..{last} x {n} tokens (a frame-major causal layout)")
-        return torch.arange(last + 1).repeat_interleave(n)
+        seen = self.frames_seen(layer, frame, policy)
+        if keys != len(seen) * n:
+            where = f"the {len(seen)} frames of its window" if policy is not None and policy.rolling else \
+                f"frames 0..{seen[-1]}"
+            raise LayoutError(f"layer {layer} saw {keys} keys while denoising frame {frame}; expected {where} x {n} "
+                              "tokens (a frame-major causal layout)")
+        return torch.tensor(seen).repeat_interleave(n)
+
+    def frames_seen(self, layer: int, frame: int, policy: CachePolicy | None = None) -> list[int]:
+        """The frames whose keys a query of `frame` sees at `layer` (`frames_seen`, with this layout's role and
+        chunk)."""
+        return frames_seen(frame, self.role(layer), self.frames_per_block, policy)
+
+
+def frames_seen(frame: int, role: str = "causal", frames_per_block: int = 1,
+                policy: CachePolicy | None = None) -> list[int]:
+    """The frames (video indices, ascending) whose keys the queries of `frame` see at a block of `role`: the one
+    definition the sampler's key layout and every attention measure and its uniform level read.
+
+    causal / encoder: the finished frames the cache `policy` keeps for the frame's chunk (every earlier frame
+    without a window; with one, the sink frames and the most recent frames that fit), then every frame of its
+    chunk (chunks of `frames_per_block` frames see each other); decoder (SCD): the frame before, then the frame;
+    frame-local (the frame-diagonal mask): the frame alone. A frame not listed is hidden from the query: neither
+    attended nor ignored, it is not there."""
+    if role == "frame-local":
+        return [frame]
+    if role == "decoder":
+        return [frame - 1, frame] if frame >= 1 else [frame]
+    first = frame - frame % frames_per_block
+    finished = (policy or CachePolicy()).visible(first, frames_per_block)
+    return finished + list(range(first, first + frames_per_block))
 
 
 class VideoDiffuser:

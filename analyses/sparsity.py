@@ -12,9 +12,12 @@ there, and a model whose attention is exactly uniform reads as uniform in every 
 SkyReels-V2 and the shipped baseline with windows, sinks and chunks). A probed frame that sees no earlier frame
 (the first chunk of a video generated from no context) has no per-key ratio: it is left out of the means. Measures:
 
+"Earlier" means before the query's chunk (a chunk of frames denoised together is the query's own, as the paper
+leaves the current block out of its maps; with one frame per chunk, the frame itself).
+
 - `earlier_share`: the share on the earlier frames seen. It grows with their number (uniform attention gives
   earlier / seen), so it is kept as a row, not tested;
-- `per_key_ratio`: mean attention on one earlier-frame key / on one own-frame key (1 for uniform
+- `per_key_ratio`: mean attention on one earlier-frame key / on one key of the own chunk (1 for uniform
   attention, 0 for attention within the chunk), whatever the context length, window or sinks;
 - `excess_share`: the share on earlier frames minus uniform's, earlier frames seen / frames seen;
 - `earlier_key_nats`: ln of the mean attention on one earlier-frame key over uniform's per key (1 / the
@@ -61,8 +64,9 @@ def seen_frames(frames: list[int], role: str = "causal", frames_per_block: int =
 
 def earlier_seen(frames: list[int], role: str = "causal", frames_per_block: int = 1,
                  policy: CachePolicy | None = None) -> list[list[int]]:
-    """For each probed frame, the earlier frames its queries see (those of `seen_frames` before it)."""
-    return [[f for f in seen if f < frame]
+    """For each probed frame, the earlier frames its queries see: those of `seen_frames` before its chunk (the
+    chunk is denoised together and is the query's own, as the paper leaves the current block out of its maps)."""
+    return [[f for f in seen if f < frame - frame % frames_per_block]
             for frame, seen in zip(frames, seen_frames(frames, role, frames_per_block, policy), strict=True)]
 
 
@@ -94,21 +98,23 @@ def _rows_with_earlier(earlier: list[list[int]], role: str) -> list[int]:
 
 def per_key(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
             policy: CachePolicy | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[F, S, H] each: (attention on one earlier-frame key the query sees, on one own-frame key), in units of a
-    frame's token count (the count cancels in their ratio); NaN on the first where the query sees no earlier
+    """[F, S, H] each: (attention on one earlier-frame key the query sees, on one key of its own chunk), in units
+    of a frame's token count (the count cancels in their ratio); NaN on the first where the query sees no earlier
     frame (the first chunk of a video generated from no context, a window of one chunk): no earlier key is
     there to be attended or ignored."""
     earlier = earlier_seen(frames, role, frames_per_block, policy)
+    seen = seen_frames(frames, role, frames_per_block, policy)
     keys = torch.stack([mass[i, ..., e].sum(-1) / len(e) if e else
                         mass.new_full(mass.shape[1:-1], 0.0 if role == "frame-local" else float("nan"))
                         for i, e in enumerate(earlier)])
-    own = torch.stack([mass[i, ..., frame] for i, frame in enumerate(frames)])
+    own = [[f for f in s if f not in e] for s, e in zip(seen, earlier, strict=True)]  # the chunk (the frame alone
+    own = torch.stack([mass[i, ..., o].sum(-1) / len(o) for i, o in enumerate(own)])  # for SCD's decoder)
     return keys.double(), own.double()
 
 
 def per_key_ratio(mass: torch.Tensor, frames: list[int], role: str = "causal", dims=(0, 1, 2),
                   frames_per_block: int = 1, policy: CachePolicy | None = None) -> torch.Tensor:
-    """Mean attention on one earlier-frame key / on one own-frame key, the means taken over `dims` of [F, S, H]
+    """Mean attention on one earlier-frame key / on one key of the own chunk, the means taken over `dims` of [F, S, H]
     over the probed frames that see an earlier frame (NaN if none does): 1 for uniform attention over the keys
     shown, whatever the window, the sinks or the chunk; 0 for attention within the chunk."""
     keys, own = per_key(mass, frames, role, frames_per_block, policy)

@@ -80,7 +80,7 @@ def _per_key_ratio(metrics, run: Recording):
 
     from analyses.sparsity import per_key_ratio
 
-    layers = sorted(metrics.layer.unique())
+    layers = sorted(int(layer) for layer in metrics.layer.unique())
     return pd.Series([float(per_key_ratio(run.attention(layer), run.frames, run.role(layer),
                                           frames_per_block=run.frames_per_block, policy=run.cache_policy))
                       for layer in layers], index=layers)

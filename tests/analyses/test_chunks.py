@@ -1,5 +1,6 @@
 """The uniform level of the attention measures comes from the mask applied: with chunks of frames denoised together
-(chunk-causal attention), a frame also sees the later frames of its chunk."""
+(chunk-causal attention), a frame also sees the later frames of its chunk, and its whole chunk is its own: "earlier"
+is before the chunk (the paper leaves the current block out of its maps)."""
 
 import pytest
 import torch
@@ -30,8 +31,8 @@ def test_frames_visible_by_hand():
 def test_uniform_attention_over_a_chunk_has_no_excess():
     frames = [3, 4, 5]
     mass = _uniform(frames, [6, 6, 6], 9)
-    # by hand: frame 3 puts 3/6 on frames 0..2, frame 4 4/6 on 0..3, frame 5 5/6 on 0..4
-    assert earlier_share(mass, frames).flatten().tolist() == pytest.approx([3 / 6, 4 / 6, 5 / 6])
+    # by hand: each frame of the chunk 3..5 puts 3/6 on frames 0..2, before its chunk
+    assert earlier_share(mass, frames, "causal", 3).flatten().tolist() == pytest.approx([3 / 6, 3 / 6, 3 / 6])
     assert excess_share(mass, frames, "causal", 3).abs().max() < 1e-12
     # the frame-causal level (f / (f + 1)) reads the same attention as avoiding the past: the old, wrong number
     wrong = excess_share(mass, frames, "causal", 1).flatten().tolist()
@@ -39,7 +40,8 @@ def test_uniform_attention_over_a_chunk_has_no_excess():
 
 
 def test_a_run_s_chunk_size_reaches_the_table(tmp_path):
-    """attention_measures of a stored run uses the manifest's chunk size: excess = share - f / (chunk end + 1)."""
+    """attention_measures of a stored run uses the manifest's chunk size: excess = share before the chunk - its
+    uniform level, chunk start / (chunk end + 1)."""
     from analyses.sparsity import attention_measures
     from probes.recording import load_run
     from tests.probes.test_store import _write
@@ -50,5 +52,5 @@ def test_a_run_s_chunk_size_reaches_the_table(tmp_path):
     table = attention_measures(run).set_index("layer")
     for layer in (15, 28):
         mass = attention[f"layer{layer}"].double()  # [2 frames, 3 steps, 2 heads, 6]
-        by_hand = ((mass[0, ..., :2].sum(-1) - 2 / 4).mean() + (mass[1, ..., :3].sum(-1) - 3 / 4).mean()) / 2
+        by_hand = ((mass[0, ..., :2].sum(-1) - 2 / 4).mean() + (mass[1, ..., :2].sum(-1) - 2 / 4).mean()) / 2
         assert table.loc[layer, "excess_share"] == pytest.approx(float(by_hand), abs=1e-6)

@@ -204,8 +204,13 @@ def _generation_text(generation: dict | None) -> dict[str, str]:
     if source == "video":
         where = f"video {context.get('path')} (sha256 {str(context.get('sha256'))[:12]}), {context.get('latent_frames')} " \
                 "latent frames"
-    elif source == "gaussian latents":
-        where = f"seeded Gaussian latents (seed {context.get('seed')}), {context.get('latent_frames')} latent frames"
+    elif source in ("latent noise", "gaussian latents"):  # the second: runs recorded before the name was changed
+        where = f"latent noise: seeded Gaussian latents (seed {context.get('seed')}), {context.get('latent_frames')} " \
+                "latent frames"
+    elif source == "none":
+        where = "none: the first chunk generated from the prompt alone (text-to-video)"
+    elif source == "tensor":
+        where = f"a tensor given to probes.record, {context.get('frames')} frames"
     else:
         where = f"{context.get('split')} clip {context.get('clip')} ({context.get('scene')} scene), {context.get('frames')} " \
                 "frames"

@@ -25,7 +25,7 @@ from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from scd.contract import ROPE_POLICIES
 from scd.training.config import FAMILY_DEFAULTS, LIMITS, SCENES, TrainConfig, describe
 
-STEPS, FRAMES = ranged(1, 1000), ranged(1, 1024)
+STEPS, FRAMES, CONTEXT = ranged(1, 1000), ranged(1, 1024), ranged(0, 1024)
 CLIPS = ranged(1, 10_000)
 OUR_PACKAGES = ("scd", "probes", "analyses", "probe_cli")
 
@@ -127,7 +127,8 @@ def _run_parser(sub) -> None:
                    "encoded with the directory's VAE as the context (default: seeded Gaussian latents)")
     r.add_argument("--scene", choices=SCENES, default="sprites", help="the benchmark scene of the val clips (the one "
                    "the model was trained on)")
-    r.add_argument("--context", type=FRAMES, default=4, help="context frames given to the model (1..1024)")
+    r.add_argument("--context", type=CONTEXT, default=4, help="context frames given to the model (0..1024; 0, diffusers "
+                   "models only: text-to-video, the first chunk from the prompt alone, as Self-Forcing and LongLive)")
     r.add_argument("--frames", type=FRAMES, default=4, help="frames to generate, each one probed (1..1024)")
     r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
                    help="frames of the val clip (default context + frames)")

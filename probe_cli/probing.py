@@ -130,9 +130,10 @@ def _uncond(path: Path) -> Path:
 
 def _condition(model, args: argparse.Namespace) -> None:
     """A diffusers model's frame counts checked against its chunks and RoPE table; its prompt and guidance set."""
-    for flag, count in (("--context", args.context), ("--frames", args.frames)):
-        model.check_frames(count, flag)
-    model.check_frames(args.context + args.frames, "--context + --frames")
+    model.check_frames(args.context, "--context", minimum=0)
+    model.check_frames(args.frames, "--frames")
+    # under the `cache` RoPE policy, positions stay below the window (checked before loading): the total is free
+    model.check_frames(args.context + args.frames, "--context + --frames", positions=args.rope != "cache")
     from scd.wan.pipeline import encode_prompt
 
     text = encode_prompt(model, args.prompt) if args.prompt is not None else model.text_embeddings
@@ -200,6 +201,12 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     if args.guidance_pass != "cond" and args.backend == "nnsight":
         raise UsageError("the nnsight backend records the conditional pass of a guided model; accepted: --backend "
                          "hookpoints with --guidance-pass uncond")
+    if args.context == 0 and not diffusers_model:
+        raise UsageError(f"--context 0 (text-to-video from no context) applies only to diffusers models, not "
+                         f"{args.model!r}; accepted: --context 1..1024, or --model diffusers:DIR with --context 0")
+    if args.context == 0 and args.context_video is not None:
+        raise UsageError("--context-video gives context frames, --context 0 none; accepted: --context >= 1 with "
+                         "--context-video, or --context 0 without it")
     if args.context_video is not None and not Path(args.context_video).exists():
         raise UsageError(f"--context-video {args.context_video} does not exist; accepted: a video file or a folder of "
                          "frames")
@@ -249,11 +256,11 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     h, w = args.latent_size or (8, 8)
     grid, chunk, _ = geometry(config, (h, w), args.frames_per_block, args.fps)
     table = config.get("rope_max_seq_len", 1024)
-    if args.rope == "cache":  # positions stay below the window: only the chunking limits the counts
-        table = max(table, args.context + args.frames)
-    elif args.window is not None and args.window > table:
+    if args.window is not None and args.window > table:  # a window's own positions need the table, either policy
         raise UsageError(f"--window {args.window} is beyond the model's RoPE table ({table} frames); accepted: at most "
                          f"{table}")
+    if args.rope == "cache":  # positions stay below the window: only the chunking limits the counts
+        table = max(table, args.context + args.frames)
     check_frame_counts({"--context": args.context, "--frames": args.frames,
                         "--context + --frames": args.context + args.frames}, chunk, table)
     try:
@@ -423,8 +430,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             video = Path(args.context_video)
             context = {"source": "video", "path": str(video), "latent_frames": args.context,
                        "sha256": sha256(video) if video.is_file() else None}
+        elif args.context == 0:  # text-to-video: the first chunk from the prompt alone
+            context = {"source": "none", "latent_frames": 0}
         elif diffusers_model or args.size:
-            context = {"source": "gaussian latents", "seed": clip_index, "latent_frames": args.context}
+            context = {"source": "latent noise", "seed": clip_index, "latent_frames": args.context}
         else:
             context = {"source": "benchmark", "split": "val", "scene": args.scene, "clip": clip_index,
                        "frames": args.context}
@@ -468,7 +477,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                          callback=advance, **sampling_options(args))
             bar.close()
             for probe, where in zip(probes, (path, _uncond(path)), strict=False):
-                split = ("context video" if context_latents is not None else "latent noise") \
+                split = ("context video" if context_latents is not None else "latent noise" if args.context else
+                         "no context") \
                     if diffusers_model or args.size else "val" if args.scene == "sprites" else f"val, {args.scene} scene"
                 saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
                                    split=split, dtype=args.dtype, device=str(on), command=command, control=control,

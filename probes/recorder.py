@@ -85,8 +85,8 @@ def record(
                                              "frames": context_frames}, "steps": count, "noise_seed": seed}}
     elif isinstance(context, torch.Tensor):
         seed = seed if noise is None else noise
-        truth, source = None, {"seed": seed, "generation": {"context": {"source": "tensor",
-                                                                        "frames": int(context.shape[-4])},
+        given = {"source": "tensor" if context.shape[-4] else "none", "frames": int(context.shape[-4])}
+        truth, source = None, {"seed": seed, "generation": {"context": given,
                                                             "steps": count, "noise_seed": seed}}
     else:
         raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "

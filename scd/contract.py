@@ -218,6 +218,7 @@ class VideoDiffuser:
     has_hookpoints: bool = True            # TransformerLens HookPoints (`hook_dict`) on every block's hooks
     encodes_finished_frames: bool = False  # SCD: its encoder runs only in the pass that caches a finished frame
     takes_surgeries: bool = False          # its blocks take the toolkit's surgeries (reuse, knockout, skip, masks)
+    generates_from_nothing: bool = False   # makes its first chunk from no context frame (text-to-video: Wan families)
 
     @property
     def layout(self) -> Layout:

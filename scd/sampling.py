@@ -70,9 +70,13 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
     if not isinstance(context, torch.Tensor):
         raise SamplingError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] or "
                             "[B, T, C, H, W]")
-    if context.dim() not in (4, 5) or context.shape[-4] < 1 or context.numel() == 0:
+    if context.dim() not in (4, 5) or (context.numel() == 0 and context.shape[-4] != 0):
         raise SamplingError(f"context has shape {list(context.shape)}; accepted: [T, C, H, W] or [B, T, C, H, W] with "
-                            "T >= 1 context frames")
+                            "T >= 0 context frames")
+    if context.shape[-4] == 0 and not model.generates_from_nothing:
+        raise SamplingError(f"context has no frame, and {type(model).__name__} does not generate from nothing; "
+                            "accepted: T >= 1 context frames (T = 0, text-to-video from the prompt alone: the Wan "
+                            "families)")
     if not context.is_floating_point():
         raise SamplingError(f"context is {context.dtype}; accepted: a floating-point tensor (frames in [-1, 1])")
     if not torch.isfinite(context).all():

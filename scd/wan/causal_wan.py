@@ -194,6 +194,8 @@ def check_frame_counts(counts: dict[str, int], frames_per_block: int, rope_max_s
 class CausalWan(VideoDiffuser, nn.Module):
     """A Wan / SkyReels-V2 transformer as a chunk-causal video diffuser over latent frames (see the module docstring)."""
 
+    generates_from_nothing = True  # text-to-video: the first chunk from the prompt alone, as Self-Forcing and LongLive
+
     def __init__(self, transformer: nn.Module, latent_size: tuple[int, int], text_embeddings: torch.Tensor | None = None,
                  *, frames_per_block: int | None = None, fps: int | None = None, name: str = "diffusers",
                  flow_shift: float = 1.0) -> None:
@@ -310,17 +312,19 @@ class CausalWan(VideoDiffuser, nn.Module):
 
     def shown_frames(self, latent_frames: int) -> int:
         """How many images `preview` makes of `latent_frames` latent frames (Wan's VAE: 1 + 4 (T - 1))."""
-        if self.vae is None:
+        if self.vae is None or latent_frames == 0:
             return latent_frames
         from scd.wan.vae import vae_factors
 
         return 1 + vae_factors(self.vae)[0] * (latent_frames - 1)
 
-    def check_frames(self, frames: int, what: str = "frames") -> None:
-        """Refuse a frame count that the chunking or the RoPE table cannot take."""
-        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-            raise CheckpointError(f"{what} = {frames!r}; accepted: a positive integer")
-        check_frame_counts({what: frames}, self.frames_per_block, self.max_frames)
+    def check_frames(self, frames: int, what: str = "frames", minimum: int = 1, positions: bool = True) -> None:
+        """Refuse a frame count that the chunking or the RoPE table cannot take (`minimum`: 0 for a context, which
+        may be empty; `positions`: False where the frames need no RoPE position of their own, as under the `cache`
+        RoPE policy, whose positions stay below the window)."""
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < minimum:
+            raise CheckpointError(f"{what} = {frames!r}; accepted: an integer >= {minimum}")
+        check_frame_counts({what: frames}, self.frames_per_block, self.max_frames if positions else frames)
 
     def _rope(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [1, frames * tokens, 1, head_dim] of frames at RoPE frame `positions`: Wan's table, frame-indexed."""

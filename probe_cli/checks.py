@@ -93,13 +93,15 @@ def indices(text: str, flag: str, low: int, high: int) -> list[int]:
 
 
 def timestep_list(text: str) -> list[float]:
-    """An argparse `type`: a comma-separated, strictly decreasing list of timesteps in 0..1000, the first above 0."""
-    accepted = "comma-separated numbers in 0..1000, strictly decreasing, the first above 0 (e.g. 1000,750,500,250)"
+    """An argparse `type`: a comma-separated, strictly decreasing list of timesteps in 0..1000, each above 0 (a step
+    at 0 is no denoising step: CausVid's list 1000,757,522,0 drops its 0 at inference)."""
+    accepted = "comma-separated numbers in 0..1000, strictly decreasing, each above 0 (e.g. 1000,750,500,250; " \
+               "CausVid's 1000,757,522,0 is run as 1000,757,522)"
     try:
         values = [number(part, 0, 1000) for part in text.split(",")]
     except UsageError:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}") from None
-    if len(values) > 1000 or values[0] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
+    if len(values) > 1000 or values[-1] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
         raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}")
     return values
 

@@ -144,8 +144,11 @@ def check_sampling(sampler: str, timesteps: Sequence[float] | None, steps: int |
     if not values or len(values) > 1000 or not all(isinstance(t, int | float) and not isinstance(t, bool) and
                                                    0 <= t <= 1000 for t in values):
         raise SamplingError(f"timesteps {timesteps!r}; accepted: a list of 1..1000 numbers in 0..1000")
-    if values[0] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise SamplingError(f"timesteps {values}; accepted: strictly decreasing, the first above 0 (e.g. 1000,750,500,250)")
+    if any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise SamplingError(f"timesteps {values}; accepted: strictly decreasing (e.g. 1000,750,500,250)")
+    if values[-1] <= 0:  # the model would be told its frame is already clean: upstream lists end in 0 and drop it
+        raise SamplingError(f"timesteps {values} end at 0, which is no denoising step (CausVid's list 1000,757,522,0 "
+                            "drops its 0 at inference); accepted: every timestep above 0, e.g. 1000,757,522")
     if steps is not None and steps != len(values):
         raise SamplingError(f"steps = {steps} but {len(values)} timesteps are given; accepted: steps omitted, or equal")
 

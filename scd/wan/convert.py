@@ -180,21 +180,26 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
     """A LoRA adapter (PEFT's layout, as LongLive saves it under `generator_lora`): per adapted module (the base's
     name, e.g. `blocks.0.self_attn.q`), (A [r, in], B [out, r], scale). The rank is read from A's shape; the scale is
     alpha / rank (PEFT's), alpha given, or read from the file (a top-level `lora_alpha` / `alpha` number, the
-    safetensors metadata's `lora_alpha`) or from a PEFT `adapter_config.json` beside it."""
+    safetensors metadata's `lora_alpha`) or from a PEFT `adapter_config.json` beside it; alpha / sqrt(rank) where the
+    adapter was trained with rank-stabilised LoRA (PEFT's `use_rslora`, read from the same places)."""
     from scd.files import input_path
 
     path = Path(input_path(path, "lora", "a LoRA adapter file (.safetensors, .pt or .pth)", ConversionError))
     if path.suffix not in SUFFIXES or not path.is_file():
         raise ConversionError(f"--lora {path} is not a file; accepted: a LoRA adapter file (.safetensors, .pt or .pth)")
-    found_alpha = None
+    found_alpha, rslora = None, None
     if path.suffix == ".safetensors":
         state, metadata = _safetensors(path)
         found_alpha = metadata.get("lora_alpha")
+        rslora = {"true": True, "false": False, None: None}.get(str(metadata["use_rslora"]).lower()
+                                                                  if "use_rslora" in metadata else None, "?")
     else:
         state = _unpickled(path)
     while isinstance(state, dict) and not any(LORA_KEY.fullmatch(str(k)) for k in state):
         if found_alpha is None:
             found_alpha = next((state[k] for k in ("lora_alpha", "alpha") if isinstance(state.get(k), int | float)), None)
+        if rslora is None and "use_rslora" in state:
+            rslora = state["use_rslora"] if isinstance(state["use_rslora"], bool) else "?"
         wrapper = next((k for k in LORA_WRAPPERS if isinstance(state.get(k), dict)), None)
         if wrapper is None:
             raise ConversionError(f"{path} holds no LoRA weights (<module>.lora_A.weight / lora_B.weight) at its top "
@@ -203,11 +208,19 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
     if not isinstance(state, dict):
         raise ConversionError(f"{path} holds a {type(state).__name__}; accepted: a LoRA state dict")
     config = path.parent / "adapter_config.json"
-    if found_alpha is None and config.is_file():
+    if config.is_file():
         try:
-            found_alpha = json.loads(config.read_text()).get("lora_alpha")
+            peft = json.loads(config.read_text())
+            found_alpha = peft.get("lora_alpha") if found_alpha is None else found_alpha
+            rslora = peft.get("use_rslora", False) if rslora is None else rslora
+            patterns = [name for name in ("rank_pattern", "alpha_pattern") if peft.get(name)]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             raise ConversionError(f"{config} is not a PEFT adapter config (JSON with lora_alpha)") from None
+        if patterns:
+            raise ConversionError(f"{config} sets {' and '.join(patterns)} (a rank or alpha per module), which this "
+                                  "merge does not apply; accepted: one rank and one alpha for every module")
+    if rslora not in (None, True, False):
+        raise ConversionError(f"{path}: use_rslora is not true or false; accepted: a boolean (PEFT's LoraConfig)")
     if alpha is None and found_alpha is None:
         raise ConversionError(f"{path} does not say its LoRA alpha (the scale is alpha / rank); accepted: --lora-alpha A "
                               "(LongLive's config: adapter.alpha)")
@@ -215,6 +228,8 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
         alpha = float(alpha if alpha is not None else found_alpha)
     except (TypeError, ValueError):
         raise ConversionError(f"{path}: lora_alpha {found_alpha!r} is not a number; accepted: --lora-alpha A") from None
+    if not 0 < alpha <= 1e6:  # NaN and inf fail this too
+        raise ConversionError(f"{path}: lora_alpha {alpha!r}; accepted: a finite number in (0, 1e6] (--lora-alpha A)")
     halves: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         match = LORA_KEY.fullmatch(str(key))
@@ -229,13 +244,14 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
         halves.setdefault(module, {})[match.group(2)] = value
     pairs = {}
     for module, half in halves.items():
-        if set(half) != {"A", "B"} or half["A"].shape[0] != half["B"].shape[1]:
-            raise ConversionError(f"{path}: {module} has no matching lora_A [r, in] and lora_B [out, r]")
+        if set(half) != {"A", "B"} or half["A"].shape[0] != half["B"].shape[1] or half["A"].shape[0] == 0:
+            raise ConversionError(f"{path}: {module} has no matching lora_A [r, in] and lora_B [out, r] with r >= 1")
         rank = half["A"].shape[0]
-        pairs[module] = (half["A"], half["B"], alpha / rank)
+        pairs[module] = (half["A"], half["B"], alpha / (rank ** 0.5 if rslora else rank))
     ranks = sorted({a.shape[0] for a, _, _ in pairs.values()})
+    rule = "alpha / sqrt(rank): rank-stabilised, use_rslora" if rslora else "alpha / rank"
     notes.append(f"merged the LoRA {path.name}: {len(pairs)} modules, rank {', '.join(map(str, ranks))}, alpha {alpha:g} "
-                 f"(scale alpha / rank)")
+                 f"(scale {rule})")
     return pairs
 
 

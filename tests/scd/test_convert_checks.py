@@ -124,7 +124,7 @@ def _adapter(original: dict, rank: int, seed: int = 0) -> dict:
     return lora
 
 
-@pytest.mark.parametrize("alpha_from", ["file", "flag", "adapter_config"])
+@pytest.mark.parametrize("alpha_from", ["file", "flag", "adapter_config", "rslora_config", "rslora_file"])
 def test_a_longlive_base_plus_lora_converts_to_the_merged_weights_built_directly(alpha_from, tmp_path):
     import copy
 
@@ -138,24 +138,29 @@ def test_a_longlive_base_plus_lora_converts_to_the_merged_weights_built_directly
     rank, alpha = 4, 8.0
     lora = _adapter(original, rank)
     torch.save({"generator": original}, tmp_path / "base.pt")
-    if alpha_from == "file":
-        torch.save({"generator_lora": lora, "lora_alpha": alpha}, tmp_path / "lora.pt")
+    rslora = alpha_from.startswith("rslora")
+    if alpha_from in ("file", "rslora_file"):
+        torch.save({"generator_lora": lora, "lora_alpha": alpha, **({"use_rslora": True} if rslora else {})},
+                   tmp_path / "lora.pt")
     else:
         torch.save({"generator_lora": lora}, tmp_path / "lora.pt")
-    if alpha_from == "adapter_config":
-        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha}))
+    if alpha_from in ("adapter_config", "rslora_config"):  # PEFT's LoraConfig as saved beside an adapter
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha, "use_rslora": rslora,
+                                                                  "rank_pattern": {}, "alpha_pattern": {}}))
     notes: list[str] = []
     convert(tmp_path / "base.pt", tmp_path / "out", heads=TINY["num_attention_heads"], lora=tmp_path / "lora.pt",
             lora_alpha=alpha if alpha_from == "flag" else None, notes=notes)
     assert any("rank 4, alpha 8" in note for note in notes)
-    # The same weights built directly: each adapted diffusers weight plus (alpha / rank) B A.
+    # The same weights built directly: each adapted diffusers weight plus (alpha / rank) B A, or (alpha / sqrt(rank))
+    # B A for a rank-stabilised adapter (PEFT's LoraLayer.update_layer: scaling = lora_alpha / math.sqrt(r)).
+    scale = alpha / rank ** 0.5 if rslora else alpha / rank
     direct = copy.deepcopy(stock)
     merged = direct.state_dict()
     for key in merged:
         module = original_name(key).removesuffix(".weight")
         a = lora.get(f"base_model.model.{module}.lora_A.weight")
         if a is not None and key.endswith(".weight"):
-            merged[key] = merged[key] + alpha / rank * lora[f"base_model.model.{module}.lora_B.weight"] @ a
+            merged[key] = merged[key] + scale * lora[f"base_model.model.{module}.lora_B.weight"] @ a
     direct.load_state_dict(merged)
     model = load_causal_wan(tmp_path / "out", LATENT)
     x, t = torch.randn(1, 2, 4, *LATENT), torch.tensor([[0.0, 500.0]])

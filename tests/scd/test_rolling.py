@@ -197,6 +197,9 @@ def test_builtin_rolling_cache_equals_the_upstream_buffer(rope):
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
 
 
+CAUSVID = [1000, 757, 522]  # configs/wan_causal_dmd.yaml's 1000, 757, 522, 0 as causal_inference.py applies it: 0 dropped
+
+
 def tiny_wan(family: str, k: int) -> CausalWan:
     stock = tiny(family, num_frame_per_block=k) if family == "skyreels" else tiny(family)
     return CausalWan(stock, LATENT, frames_per_block=k)
@@ -209,10 +212,10 @@ def test_wan_families_renoise_with_a_window_equal_a_full_sequence_recompute(fami
     model = tiny_wan(family, k)
     context = torch.randn(4, 4, *LATENT, generator=torch.Generator().manual_seed(3))
     policy = CachePolicy(window, sinks) if window else None
-    ours = generate(model, context, 6, timesteps=[1000, 757, 522, 0], sampler="renoise", seed=7, cache_policy=policy)
+    ours = generate(model, context, 6, timesteps=CAUSVID, sampler="renoise", seed=7, cache_policy=policy)
     velocity = full_sequence(model, window, sinks, k, monkeypatch, "scd.wan.causal_wan", "chunk_causal_mask")
     with torch.no_grad():
-        theirs = upstream_loop(velocity, context, 6, k, [1000.0, 757.0, 522.0, 0.0], 7)
+        theirs = upstream_loop(velocity, context, 6, k, [1000.0, 757.0, 522.0], 7)
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
 
 
@@ -258,7 +261,8 @@ def test_a_rollout_past_the_rope_table_runs_with_cache_positions_and_is_refused_
 
 @pytest.mark.parametrize("options,message", [
     (dict(timesteps=[500, 750]), "strictly decreasing"),
-    (dict(timesteps=[0]), "first above 0"),
+    (dict(timesteps=[0]), "end at 0"),
+    (dict(timesteps=[1000, 757, 522, 0]), "end at 0, which is no denoising step"),
     (dict(timesteps=[1000, 500], steps=3), "steps = 3"),
     (dict(warp=True), "explicit timestep list"),
     (dict(sampler="dmd"), "accepted: ode, renoise"),

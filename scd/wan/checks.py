@@ -96,24 +96,55 @@ def _constructor_kwargs(config: dict) -> dict:
     return {k: v for k, v in config.items() if k in accepted}
 
 
-def _headers(directory: Path) -> dict[str, tuple[tuple[int, ...], str, str]]:
-    """Every weight of a directory's safetensors files, from their headers (nothing is loaded): key -> (shape,
-    dtype, file name); a weight in two shards or an unreadable file is a CheckpointError."""
-    from safetensors import SafetensorError, safe_open
+HEADER_MAX = 100_000_000  # bytes of a safetensors header (safetensors' own limit)
 
+
+def safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The weights a safetensors file holds, key -> (shape, dtype name), read from its header alone: the 8-byte
+    length and the JSON that follows (the format's specification), so that a checkpoint larger than the machine's
+    memory is described, never mapped. The header's offsets must tile the rest of the file."""
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(f"{file} is not a readable safetensors file ({why})")
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 2 <= length <= min(HEADER_MAX, size - 8):
+                raise damaged(f"a header of {length} bytes in a file of {size}")
+            header = json.loads(f.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
+    out, spans = {}, []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or \
+                not isinstance(entry.get("shape"), list) or not all(_integer(n) and n >= 0 for n in entry["shape"]) or \
+                not isinstance(entry.get("data_offsets"), list) or len(entry["data_offsets"]) != 2 or \
+                not all(_integer(n) for n in entry["data_offsets"]):
+            raise damaged(f"its header's entry {key!r} is not a tensor's dtype, shape and offsets")
+        out[key] = (tuple(entry["shape"]), entry["dtype"])
+        spans.append(tuple(entry["data_offsets"]))
+    spans.sort()
+    if any(b < a for a, b in spans) or any(a != previous for (a, _), (previous) in
+                                           zip(spans, [0] + [b for _, b in spans[:-1]], strict=True)) or \
+            (spans[-1][1] if spans else 0) != size - 8 - length:
+        raise damaged("its header's offsets do not tile the data that follows it (truncated?)")
+    return out
+
+
+def _headers(directory: Path) -> dict[str, tuple[tuple[int, ...], str, str]]:
+    """Every weight of a directory's safetensors files, from their headers (nothing is loaded or mapped): key ->
+    (shape, dtype, file name); a weight in two shards or an unreadable file is a CheckpointError."""
     found: dict[str, tuple[tuple[int, ...], str, str]] = {}
     for file in sorted(directory.glob("*.safetensors")):
-        try:
-            with safe_open(file, "pt") as f:
-                for key in f.keys():
-                    part = f.get_slice(key)
-                    if key in found:
-                        raise CheckpointError(f"{directory}: weight {key} is in both {found[key][2]} and {file.name}; "
-                                              "accepted: each weight in one shard")
-                    found[key] = (tuple(part.get_shape()), part.get_dtype(), file.name)
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e})"
-                                  ) from None
+        for key, (shape, dtype) in safetensors_header(file).items():
+            if key in found:
+                raise CheckpointError(f"{directory}: weight {key} is in both {found[key][2]} and {file.name}; "
+                                      "accepted: each weight in one shard")
+            found[key] = (shape, dtype, file.name)
     return found
 
 

@@ -5,6 +5,7 @@ API (`load_causal_wan`: a CheckpointError), never loaded with random weights or 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from scd.contract import CachePolicy
 from scd.wan.pipeline import load_causal_wan
 from scd.zoo import CheckpointError
 from tests.cli.test_bad_input import _tree
+from tests.conftest import file_tree
 from tests.wan_tiny import save_pipeline
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
@@ -255,3 +257,52 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
     err = capsys.readouterr().err
     assert "GiB, but" in err and len(err.strip().splitlines()) == 1, err
     assert _tree(tmp_path) == before
+
+
+def test_a_checkpoint_larger_than_memory_is_described_from_its_header_without_mapping_it(tmp_path, monkeypatch, capsys):
+    """A 14B transformer's single 28 GB safetensors file (sparse here: a real header, its data never written) is
+    checked from the header alone and refused with the memory estimate; safetensors' reader, which maps the whole
+    file, is never called."""
+    import safetensors
+    import torch
+
+    import scd.wan.checks
+    from scd.wan.checks import safetensors_header
+
+    root = tmp_path / "krea"
+    (root / "transformer").mkdir(parents=True)
+    config = {"_class_name": "WanTransformer3DModel", "num_layers": 40, "num_attention_heads": 40,
+              "attention_head_dim": 128, "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096,
+              "patch_size": [1, 2, 2]}
+    (root / "transformer" / "config.json").write_text(json.dumps(config))
+    import diffusers
+
+    with torch.device("meta"):
+        shapes = {k: list(v.shape) for k, v in diffusers.WanTransformer3DModel(
+            **scd.wan.checks._constructor_kwargs(config)).state_dict().items()}
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[key] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    weights = root / "transformer" / "diffusion_pytorch_model.safetensors"
+    with open(weights, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)  # sparse: no disk, no memory
+    assert offset > 25 * 2**30
+    assert safetensors_header(weights)["blocks.0.attn1.to_q.weight"] == ((5120, 5120), "BF16")
+
+    def mapped(*args, **kwargs):
+        raise AssertionError("safe_open maps the whole file")
+    monkeypatch.setattr(safetensors, "safe_open", mapped)
+    before = file_tree(tmp_path, contents=False)  # a stat fingerprint: reading 28 GB of zeros is what is avoided
+    assert main(["run", "--model", f"diffusers:{root}", "--layers", "all", "--latent-size", "60x104", "--context", "3",
+                 "--frames", "18", "--frames-per-block", "3", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "GiB, but" in err and len(err.strip().splitlines()) == 1, err
+    assert file_tree(tmp_path, contents=False) == before
+    with open(weights, "r+b") as f:  # a truncated file: its offsets no longer tile it
+        f.truncate(8 + len(text) + offset - 1)
+    with pytest.raises(CheckpointError, match="do not tile"):
+        safetensors_header(weights)

@@ -159,7 +159,8 @@ def _section(run: Recording) -> dict:
     summary = {
         "model": m.get("model"), "checkpoint sha256": checkpoint.get("sha256"), "run directory": str(run.path),
         "clip": f"{m.get('split', '?')} {m.get('clip', '?')}", "seed": m.get("seed"),
-        **_generation_text(m.get("generation")),
+        **_generation_text({**(m.get("sampling") or {}), **m["generation"]} if isinstance(m.get("generation"), dict)
+                           else None),  # probes.record's generation leaves the sampling to the manifest's own entry
         **({"sweep": _sweep_text(m["sweep"])} if "sweep" in m else {}),
         "frames": f"{m.get('context')} context, probed {m.get('frames')}", "steps": len(m.get("steps", [])),
         "layers": _layers_text(run), "hook": m.get("hook"), "mode": m.get("mode"), "backend": m.get("backend"),
@@ -215,13 +216,19 @@ def _generation_text(generation: dict | None) -> dict[str, str]:
         where = f"{context.get('split')} clip {context.get('clip')} ({context.get('scene')} scene), {context.get('frames')} " \
                 "frames"
     scheduler = generation.get("scheduler") or {}
+    if generation.get("timesteps"):  # an explicit list: no scheduler was stepped, whatever an older run wrote here
+        stepped = f"none: the explicit timestep list, {generation.get('sampler') or 'ode'} sampler"
+    elif scheduler.get("class"):
+        stepped = f"{scheduler.get('class')}, shift {scheduler.get('shift')} ({scheduler.get('source')})"
+    else:
+        stepped = "not recorded"
     rows = {"context": where,
             "prompt": generation.get("prompt") if generation.get("prompt") is not None else
             (f"text embeddings {generation['text_embeddings']}" if generation.get("text_embeddings") else "none"),
             "guidance scale": f"{generation.get('guidance_scale')}" + (
                 f" (negative prompt {generation['negative_prompt']!r})" if generation.get("negative_prompt") is not None
                 else ""),
-            "scheduler": f"{scheduler.get('class')}, shift {scheduler.get('shift')} ({scheduler.get('source')})",
+            "scheduler": stepped,
             "chunk size": f"{generation.get('frames_per_block')} frame(s) denoised together",
             "sampler": f"{generation.get('sampler') or 'ode'}" + (
                 f", timesteps {generation['timesteps']}" + (f" warped at shift {generation.get('shift')}"

@@ -437,9 +437,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         else:
             context = {"source": "benchmark", "split": "val", "scene": args.scene, "clip": clip_index,
                        "frames": args.context}
-        info = (model.scheduler_info if diffusers_model else None) or {"class": "FlowMatchEulerDiscreteScheduler",
-                                                                       "shift": float(model.flow_shift),
-                                                          "source": "scd.sampling's flow-matching Euler scheduler"}
+        if args.timesteps is not None:  # no scheduler is stepped: the sampler runs the list itself
+            info = {"class": None, "shift": args.shift, "source": f"none: the explicit timestep list, {args.sampler} sampler"}
+        else:
+            info = (model.scheduler_info if diffusers_model else None) or {
+                "class": "FlowMatchEulerDiscreteScheduler", "shift": float(model.flow_shift),
+                "source": "scd.sampling's flow-matching Euler scheduler"}
         return {"context": context, "prompt": args.prompt if diffusers_model else None,
                 "text_embeddings": args.text_embeddings if diffusers_model else None,
                 "negative_prompt": args.negative_prompt, "guidance_scale": float(model.guidance_scale),

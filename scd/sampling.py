@@ -241,7 +241,7 @@ def generate(
         for fn in callbacks:
             fn(frame, step, timestep)
 
-    if use_cache:  # the context, written at the clean timestep: at once, or a chunk at a time under a window
+    if use_cache and T:  # the context, written at the clean timestep: at once, or a chunk at a time under a window
         size = k if policy.rolling else T
         for first in range(0, T, size):
             for f in range(first, first + size):

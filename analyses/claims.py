@@ -75,6 +75,46 @@ class Claim:
     provenance: str = ""  # each threshold's provenance (analyses/thresholds.py): pre-registered or post hoc
     original: str = ""    # the verdict under the original criterion, where one was changed after a result
     scale: str = ""       # the model and setting the verdict was observed in
+    needs: str = ""       # what a run must hold for the claim to be measured (`Needs.text`)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a claim on a recording needs of a run: short of the first three it is not measured; with fewer clips its
+    verdict can be no better than inconclusive. Checked before any number is computed (`_unmet`)."""
+    capture: str                # "features" or "attention" of the claim's layers
+    steps: int | None = None    # the denoising steps the claim is stated at (the paper's 50); None: any count
+    frames: int = 1             # probed frames, at least (a two-frame control needs 2)
+    clips: int = 2              # clips, each its own noise, for an interval (a leave-one-clip-out fit: 3)
+    input_features: bool = False  # the blocks' input features (a full-mode run)
+
+    def text(self) -> str:
+        parts = [f"{self.capture} of its layers", f"{self.steps} denoising steps (the paper's)" if self.steps else
+                 "any step count", f"{self.frames}+ probed frames" if self.frames > 1 else "1+ probed frame",
+                 f"{self.clips}+ clips" + (" (the fit leaves one out)" if self.clips > 2 else " for an interval")]
+        return ", ".join(parts + (["the blocks' input features (full mode)"] if self.input_features else []))
+
+
+def _unmet(run: Recording, needs: Needs, layers: list[int]) -> tuple[list[str], list[str]]:
+    """(what keeps the claim from being measured, what keeps it from a verdict better than inconclusive) on this run,
+    every unmet requirement named with what the run has."""
+    blocking, weak = [], []
+    probed = run.feature_layers if needs.capture == "features" else run.attention_layers
+    missing = [layer for layer in layers if layer not in probed]
+    if missing:
+        blocking.append(f"layers {missing} were not probed ({needs.capture})")
+    steps = len(run.manifest.get("steps", []))
+    if needs.steps is not None and steps != needs.steps:
+        blocking.append(f"the run has {steps} steps, the claim is about {needs.steps}")
+    frames = len(run.manifest.get("frames", []))
+    if frames < needs.frames:
+        blocking.append(f"{frames} frame(s) probed: the two-frame control needs {needs.frames}")
+    clips = len(clip_groups(items_of(run)))
+    if clips < needs.clips:
+        (blocking if needs.clips > 2 else weak).append(
+            f"{clips} clip(s): {'the fit leaves one clip out and needs' if needs.clips > 2 else 'an interval needs'} "
+            f"{needs.clips} (probe run --clip 0-7)")
+    return blocking, weak
 
 
 def provenance(*names: str) -> str:
@@ -274,20 +314,22 @@ def _finding1(run: Recording, layer: int) -> _Finding1:
     return _Finding1(values, parts, missing, ratio)
 
 
-def _finding1_checks(run: Recording, layers: list[int]) -> str | None:
-    steps = len(run.manifest.get("steps", []))
+F1_NEEDS = Needs("features", steps=PAPER_STEPS, frames=2)  # finding 1: the paper's 50 x 50, a two-frame control
+FUNCTIONAL_NEEDS = Needs("features", steps=PAPER_STEPS, frames=2, clips=3, input_features=True)
+LAST_LAYERS_NEEDS = Needs("features")
+ATTENTION_NEEDS = Needs("attention")
+
+
+def _finding1_checks(run: Recording, layers: list[int], needs: Needs = F1_NEEDS) -> str | None:
+    """Why finding 1 cannot be measured on this run (every unmet requirement, `Needs`), or None."""
     encoder = [layer for layer in layers if run.role(layer) == "encoder"]
     if encoder:
         return _ONCE_PER_FRAME.format(layer=f"layer {encoder[0]} is" if len(encoder) == 1 else
                                       f"layers {', '.join(map(str, encoder))} are")
-    missing = [layer for layer in layers if layer not in run.feature_layers]
-    if missing:
-        return f"layers {missing} were not probed (features)"
-    if steps != PAPER_STEPS:
-        return f"the run has {steps} steps, the claim is about {PAPER_STEPS}"
-    if len(run.manifest.get("frames", [])) < 2:
-        return "one frame was probed: the control needs two"
-    return None
+    blocking, _ = _unmet(run, needs, layers)
+    if needs.input_features and any(item.input_features() is None for item in items_of(run)):
+        blocking.append("the input's features were not recorded (a stream-mode run, or one made before): run in full mode")
+    return "; ".join(blocking) or None
 
 
 FIRST_SIMILARITY_MIN = THRESHOLDS["SIMILARITY_MIN"].original  # 0.95, the first criterion of finding 1 (2b5fa41)
@@ -339,7 +381,7 @@ def middle_layer_similarity(run: Recording) -> Claim:
     name = f"cross-step similarity at {_layer_name('15', [layer], run.depth)}, against its controls"
     statement = ("Early and middle layers are redundant across denoising steps: layer 15's step x step cosine similarity "
                  "of one frame is near 1 (median 0.97), far above the same layer's similarity between two frames (0.58).")
-    extra = dict(provenance=provenance(*_F1_NAMES), scale=scale_text(run))
+    extra = dict(provenance=provenance(*_F1_NAMES), scale=scale_text(run), needs=F1_NEEDS.text())
     missing = _finding1_checks(run, [layer])
     if missing:
         return Claim(name, statement, _F1_TEST, missing, NOT_MEASURED, **extra)
@@ -358,7 +400,7 @@ def early_layers_similarity(run: Recording) -> Claim:
     layers = paper_layers(run.depth)["early_span"]
     name = f"cross-step similarity at {_layer_name('0-10', layers, run.depth)}, each against its controls"
     statement = "Early and middle layers are redundant across denoising steps (the paper's early layers: 0-10)."
-    extra = dict(provenance=provenance(*_F1_NAMES), scale=scale_text(run))
+    extra = dict(provenance=provenance(*_F1_NAMES), scale=scale_text(run), needs=F1_NEEDS.text())
     missing = _finding1_checks(run, layers)
     if missing:
         return Claim(name, statement, _F1_TEST + "; every layer", missing, NOT_MEASURED, **extra)
@@ -380,30 +422,29 @@ def functional_redundancy(run: Recording) -> Claim:
     name = f"step-s features at {_layer_name('15', [layer], run.depth)} predict the last step's (linear fit)"
     statement = ("What a middle layer computes at an early step already holds what it computes at the last one "
                  "(the redundancy SCD's encoder relies on).")
-    test = (f"held-out R^2 (leave one clip out, ridge on standardised features) of the last step's features from step "
-            f"s's, averaged over steps s in an even grid of 5 from 0, minus the same for the blocks' input >= "
-            f"{FUNCTIONAL_MARGIN}, by its {CONFIDENCE:.0%} interval over clips")
-    extra = dict(provenance=provenance("FUNCTIONAL_MARGIN"), scale=scale_text(run))
-    missing = _finding1_checks(run, [layer])
+    test = (f"held-out R^2 (leave one clip out, ridge on standardised features) of the layer's last-step features from "
+            f"its step-s features, averaged over steps s in an even grid of 5 from 0, minus the R^2 of the same target "
+            f"from the blocks' input at step s >= {FUNCTIONAL_MARGIN}, by its {CONFIDENCE:.0%} interval over clips")
+    extra = dict(provenance=provenance("FUNCTIONAL_MARGIN"), scale=scale_text(run), needs=FUNCTIONAL_NEEDS.text())
+    missing = _finding1_checks(run, [layer], FUNCTIONAL_NEEDS)
     items = items_of(run)
-    if missing is None and any(item.input_features() is None for item in items):
-        missing = "the input's features were not recorded (a stream-mode run, or one made before): run in full mode"
-    if missing is None and len(clip_groups(items)) < 3:
-        missing = "fewer than 3 clips: the fit leaves one clip out"
     if missing:
         return Claim(name, statement, test, missing, NOT_MEASURED, **extra)
     try:
         table = functional_table(items, layer)
     except AnalysisError as e:
         return Claim(name, statement, test, f"{e}: inconclusive", INCONCLUSIVE, **extra)
-    per_clip = table.groupby("clip")[["layer_r2", "input_r2", "difference"]].mean()
-    ours, floor, diff = (interval(per_clip[c].tolist()) for c in ("layer_r2", "input_r2", "difference"))
+    per_clip = table.groupby("clip")[["layer_r2", "input_r2", "difference", "difference_own"]].mean()
+    ours, floor, diff, own = (interval(per_clip[c].tolist()) for c in ("layer_r2", "input_r2", "difference",
+                                                                       "difference_own"))
     by_step = table.groupby("step")[["layer_r2", "input_r2"]].mean()
     steps = ", ".join(f"s={s}: {r.layer_r2:.2f} vs {r.input_r2:.2f}" for s, r in by_step.iterrows())
     measured = (f"layer R^2 {shown(ours)}, input R^2 {shown(floor)}, difference {shown(diff)} (by step, layer vs input: "
                 f"{steps}); {clips_note(diff[3])}")
+    original = (f"{worded(side(own, FUNCTIONAL_MARGIN, True), run)} (the floor before issue 42: the input's own last "
+                f"step from its step s, another target; difference {shown(own)}; changed after that result, post hoc)")
     return Claim(name, statement, test, measured, worded(side(diff, FUNCTIONAL_MARGIN, True), run),
-                 {"layer R2": ours, "input R2": floor, "R2 difference": diff}, **extra)
+                 {"layer R2": ours, "input R2": floor, "R2 difference": diff}, original=original, **extra)
 
 
 @takes_run
@@ -415,13 +456,13 @@ def last_layers_less_similar(run: Recording) -> Claim:
     statement = "The redundancy is in early and middle layers: the last layers' features change across steps."
     threshold = (f"cosine of layer {middle} minus that of each of layers {last} >= {LAST_LAYERS_MARGIN}, by its "
                  f"{CONFIDENCE:.0%} interval over clips")
-    extra = dict(provenance=provenance("LAST_LAYERS_MARGIN"), scale=scale_text(run))
+    extra = dict(provenance=provenance("LAST_LAYERS_MARGIN"), scale=scale_text(run), needs=LAST_LAYERS_NEEDS.text())
     if run.role(middle) == "encoder":
         return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=f"layer {middle} is"), NOT_MEASURED,
                      **extra)
-    missing = [layer for layer in [middle, *last] if layer not in run.feature_layers]
-    if missing:
-        return Claim(name, statement, threshold, f"layers {missing} were not probed (features)", NOT_MEASURED, **extra)
+    blocking, _ = _unmet(run, LAST_LAYERS_NEEDS, [middle, *last])
+    if blocking:
+        return Claim(name, statement, threshold, "; ".join(blocking), NOT_MEASURED, **extra)
     values = {layer: _per_item(run, lambda item, layer=layer: cross_step(item, middle) - cross_step(item, layer))
               for layer in last}
     verdict = combine([side(v, LAST_LAYERS_MARGIN, True) for v in values.values()])
@@ -434,10 +475,8 @@ def last_layers_less_similar(run: Recording) -> Claim:
 
 
 def _attention_claim_checks(run: Recording, layers: list[int]) -> str | None:
-    missing = [layer for layer in layers if layer not in run.attention_layers]
-    if missing:
-        return f"layers {missing} were not probed (attention)"
-    return None  # bands: checked once, where the run was read (probes.store.check_manifest: 1..tokens per frame)
+    """Why an attention claim cannot be measured on this run, or None (bands: checked once, where the run was read)."""
+    return "; ".join(_unmet(run, ATTENTION_NEEDS, layers)[0]) or None
 
 
 def measures_of(item: Recording, steps: str = "all"):
@@ -469,7 +508,7 @@ def deep_layers_local(run: Recording) -> Claim:
                  "tokens.")
     threshold = (f"mean attention on one earlier-frame key / on one own-frame key < {DEEP_RATIO_MAX} in each of layers "
                  f"{deep} (all steps, heads averaged), by its {CONFIDENCE:.0%} interval over clips (uniform attention: 1)")
-    extra = dict(provenance=provenance("DEEP_RATIO_MAX"), scale=scale_text(run))
+    extra = dict(provenance=provenance("DEEP_RATIO_MAX"), scale=scale_text(run), needs=ATTENTION_NEEDS.text())
     missing = _attention_claim_checks(run, deep)
     if missing:
         return Claim(name, statement, threshold, missing, NOT_MEASURED, **extra)
@@ -504,7 +543,8 @@ def sparse_deep_attention(run: Recording) -> Claim:
     threshold = (f"share of the layer's pooled context cells (heads and steps averaged) whose per-key ln p is at most "
                  f"{LIT_CUT_NATS:g} nats below uniform's (the paper's cut): >= {EARLY_LIT_MIN} in layers {early} and "
                  f"<= {DEEP_LIT_MAX} in layers {deep}, by {CONFIDENCE:.0%} intervals over clips; per-head spread shown")
-    extra = dict(provenance=provenance("LIT_CUT_NATS", "EARLY_LIT_MIN", "DEEP_LIT_MAX"), scale=scale_text(run))
+    extra = dict(provenance=provenance("LIT_CUT_NATS", "EARLY_LIT_MIN", "DEEP_LIT_MAX"), scale=scale_text(run),
+                 needs=ATTENTION_NEEDS.text())
     missing = _attention_claim_checks(run, early + deep)
     if missing:
         return Claim(name, statement, threshold, missing, NOT_MEASURED, **extra)
@@ -517,6 +557,15 @@ def sparse_deep_attention(run: Recording) -> Claim:
                       + [side(values[layer], DEEP_LIT_MAX + 1e-12, False) for layer in deep])
     measured = "; ".join(f"layer {layer}: {shown(v)} (heads {float(spread[layer].min()):.3f}-"
                          f"{float(spread[layer].max()):.3f})" for layer, v in values.items())
+    # A lit share of 1 in every layer read is an observation (no layer's map is dark), not a separation of layers:
+    # say how far the darkest cell came toward the cut, so that a reader sees the measure sat at its ceiling.
+    darkest = {layer: min(float(t.loc[layer, "darkest_nats"]) for t in tables) for layer in early + deep}
+    if all(float(t.loc[layer, "lit_share"]) == 1.0 for t in tables for layer in early + deep):
+        measured += (f"; the lit share is 1 in every layer read, in every clip: no context cell falls {LIT_CUT_NATS:g} "
+                     "nats below uniform (the darkest: " + ", ".join(f"layer {layer} {max(0.0, -v):.2f}" for layer, v in
+                                                                   darkest.items()) +
+                     " nats below), so this measure separates no layers in this run; the per-key ratio claim is the "
+                     "graded one")
     # the first criterion (cf35735): the same bounds on the share above 30% of one colour range over the run's layers
     old = {layer: interval([float(t.loc[layer, "sparsity"]) for t in tables]) for layer in early + deep}
     original = combine([side(old[layer], EARLY_LIT_MIN, True) for layer in early]
@@ -529,6 +578,28 @@ def sparse_deep_attention(run: Recording) -> Claim:
 
 CLAIMS = (middle_layer_similarity, early_layers_similarity, functional_redundancy, last_layers_less_similar,
           deep_layers_local, sparse_deep_attention)
+
+
+@takes_run
+def requirements(run: Recording) -> list[dict]:
+    """Per claim, without computing it: its layers, what it needs (`Needs`), and what this run misses: `blocking`
+    (it is not measured) and `weak` (its verdict can be no better than inconclusive). `probe show` prints these."""
+    layers = paper_layers(run.depth)
+    middle = layers["middle"]
+    rows = [("finding 1, cross-step similarity", middle, F1_NEEDS), ("finding 1, early layers", layers["early_span"],
+                                                                     F1_NEEDS),
+            ("finding 1, functional (linear fit)", middle, FUNCTIONAL_NEEDS),
+            ("finding 1, last layers less similar", middle + layers["last3"], LAST_LAYERS_NEEDS),
+            ("finding 2, per-key ratio", layers["deep"], ATTENTION_NEEDS),
+            ("finding 2, lit share", layers["early"] + layers["deep"], ATTENTION_NEEDS)]
+    out = []
+    for name, claim_layers, needs in rows:
+        blocking, weak = _unmet(run, needs, claim_layers)
+        if needs.capture == "features" and needs.steps is not None:
+            why = _finding1_checks(run, claim_layers, needs)
+            blocking = [why] if why else []
+        out.append({"claim": name, "layers": claim_layers, "needs": needs.text(), "blocking": blocking, "weak": weak})
+    return out
 
 
 @takes_run

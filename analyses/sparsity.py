@@ -296,7 +296,8 @@ def attention_measures(run: Recording, steps: str = "all", cut: float = LIT_CUT)
     """Per layer, over the chosen steps (averaged over frames, steps and heads): share on earlier frames, its
     excess over uniform, the per-key ratio, ln of the per-key attention on earlier frames over uniform's
     (`earlier_key_nats`), and the lit share of the pooled map's context cells (heads averaged, as the paper's
-    figure; `cut` nats below uniform), each computed from that layer's tensors alone. `sparsity` is the old
+    figure; `cut` nats below uniform) with its darkest cell (`darkest_nats`, ln p relative to uniform: how far the
+    map ever falls toward the cut), each computed from that layer's tensors alone. `sparsity` is the old
     convention (one colour range over the run's layers; kept for the emergence cards, not used by the claims).
     On a sweep, run it on each item (`run.items`) for intervals."""
     frames, chosen = _frames(run), step_slice(run, steps)
@@ -309,18 +310,19 @@ def attention_measures(run: Recording, steps: str = "all", cut: float = LIT_CUT)
         maps = maps if role == "encoder" else maps[:, chosen]
         cells[layer] = context_cells(maps.mean(1, keepdim=True), frames, run.bands, role, k, policy)
         uniform = uniform_key_nats(frames, role, k, run.manifest["tokens_per_frame"], policy)
-        lit = lit_share(context_key_nats(maps.mean(1), frames, run.bands, uniform, role, k, policy), cut)
+        nats = context_key_nats(maps.mean(1), frames, run.bands, uniform, role, k, policy)
+        lit = lit_share(nats, cut)
         rows.append({"layer": layer, "role": role, "earlier_share": float(earlier_share(mass, frames, role, k, policy).mean()),
                      "excess_share": float(excess_share(mass, frames, role, k, policy).nanmean()),
                      "per_key_ratio": float(per_key_ratio(mass, frames, role, frames_per_block=k, policy=policy)),
                      "earlier_key_nats": float(earlier_key_nats(mass, frames, role, k, policy=policy)),
-                     "lit_share": float(lit)})
+                     "lit_share": float(lit), "darkest_nats": float(nats.min()) if nats.numel() else float("nan")})
     low, high = colour_range(list(cells.values())) if cells else (float("nan"), float("nan"))
     for row in rows:
         row["sparsity"] = float(context_sparsity(cells[row["layer"]].flatten(), low, high))
         row["range_nats"] = high - low
     return pd.DataFrame(rows, columns=["layer", "role", "earlier_share", "excess_share", "per_key_ratio",
-                                       "earlier_key_nats", "lit_share", "sparsity", "range_nats"])
+                                       "earlier_key_nats", "lit_share", "darkest_nats", "sparsity", "range_nats"])
 
 
 @takes_run

@@ -512,6 +512,13 @@ def cmd_show(args: argparse.Namespace) -> None:
     print(f"{m.get('model')} · layers {m.get('layers')} · frames {m.get('frames')} · {len(m.get('steps', []))} steps · "
           f"{which} · {m.get('mode')} mode")
     print(summary_table(run))
+    from analyses.claims import requirements
+
+    print("\nWhat each claim needs, and what this run misses (probe report gives the verdicts):")
+    for row in requirements(run):
+        state = ("not measured: " + "; ".join(row["blocking"]) if row["blocking"] else
+                 "inconclusive at best: " + "; ".join(row["weak"]) if row["weak"] else "measurable")
+        print(f"- {row['claim']} (layers {', '.join(map(str, row['layers']))}): needs {row['needs']}. {state}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

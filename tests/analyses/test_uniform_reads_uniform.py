@@ -128,19 +128,21 @@ def check_uniform(rec, k: int, window: int | None, sinks: int):
         assert (distances[f"d{d}"] - distances[f"d{d}_uniform"]).abs().max() < 1e-5
 
 
-SETTINGS = [  # (frames per chunk, window, sinks, rope)
-    (1, None, 0, "absolute"), (1, 4, 1, "absolute"), (1, 5, 2, "cache"), (1, 3, 0, "absolute"),
-    (3, None, 0, "absolute"), (3, 7, 1, "absolute"), (3, 6, 3, "cache"),
+SETTINGS = [  # (frames per chunk, window, sinks, rope, context frames: 0 is text-to-video, the sinks then generated)
+    (1, None, 0, "absolute", 2), (1, 4, 1, "absolute", 2), (1, 5, 2, "cache", 2), (1, 3, 0, "absolute", 2),
+    (1, 4, 1, "absolute", 0), (3, None, 0, "absolute", 3), (3, 7, 1, "absolute", 3), (3, 6, 3, "cache", 3),
+    (3, 7, 1, "absolute", 0), (3, None, 0, "absolute", 0),
 ]
 
 
 @pytest.mark.parametrize("family", ["wan", "skyreels"])
 def test_uniform_attention_reads_uniform_in_every_setting(family):
-    for k, window, sinks, rope in SETTINGS:
+    for k, window, sinks, rope, context in SETTINGS:
         stock = tiny(family, num_frame_per_block=k) if family == "skyreels" else tiny(family)
         model = CausalWan(stock, LATENT, frames_per_block=k)
-        rec = record(model, uniform_q(model), latents(2 if k == 1 else 3), 3 * k * (2 if k == 1 else 1) + k,
+        rec = record(model, uniform_q(model), latents(context), 3 * k * (2 if k == 1 else 1) + k,
                      CachePolicy(window, sinks, rope))
+        assert rec.frames[0] == context
         check_uniform(rec, k, window, sinks)
 
 

@@ -216,6 +216,10 @@ CASES = [
     ("U", ["run", "--timesteps", "500,750"], "strictly decreasing"),
     ("U", ["run", "--timesteps", "1000,nan"], "is not valid; accepted"),
     ("U", ["run", "--timesteps", "1001,500"], "is not valid; accepted"),
+    ("U", ["run", "--timesteps", "1000,757,522,0"], "each above 0"),  # CausVid's config list: its 0 is dropped upstream
+    ("C", ["run", "--model", "diffusers:mine", "--context", "0", "--context-video", "clip.mp4"],
+     "--context-video gives context frames, --context 0 none"),
+    ("U", ["run", "--context", "-1"], "accepted: an integer in 0..1024"),
     ("U", ["run", "--timesteps", "1000,500", "--steps", "3"], "--steps 3 but --timesteps lists 2"),
     ("C", ["run", "--warp"], "--warp maps --timesteps"),
     ("C", ["run", "--sampler", "dmd"], "invalid choice"),

@@ -303,3 +303,17 @@ def test_record_samples_as_generate_does_and_the_manifest_says_how():
                                         "warp": True, "shift": 5.0, "window": 4, "sink_frames": 1, "rope": "absolute"}
     assert rec.manifest["generation"]["steps"] == 4 and rec.steps == [0, 1, 2, 3]
     assert torch.equal(rec._video, video)  # probing does not change what generate makes
+
+
+def test_an_empty_context_is_text_to_video_for_the_wan_families_and_refused_for_the_built_in_models():
+    """T = 0 context frames: the first chunk from the prompt alone (Self-Forcing's and LongLive's `initial_latent =
+    None`), with the KV cache or without it (the same video); a built-in model, trained to continue clips, refuses."""
+    model = tiny_wan("wan", 2)
+    empty = torch.zeros(0, 4, *LATENT)
+    cached = generate(model, empty, 4, timesteps=[1000, 500], sampler="renoise", seed=3)
+    recomputed = generate(model, empty, 4, timesteps=[1000, 500], sampler="renoise", seed=3, use_cache=False)
+    assert cached.shape == (4, 4, *LATENT)
+    torch.testing.assert_close(cached, recomputed, atol=2e-5, rtol=1e-4)
+    with pytest.raises(SamplingError, match="does not generate from nothing") as caught:
+        generate(tiny_baseline(), torch.zeros(0, 3, 16, 16), 2, steps=1)
+    assert "\n" not in str(caught.value)

@@ -130,10 +130,10 @@ def _uncond(path: Path) -> Path:
 
 def _condition(model, args: argparse.Namespace) -> None:
     """A diffusers model's frame counts checked against its chunks and RoPE table; its prompt and guidance set."""
-    model.check_frames(args.context, "--context", minimum=0)
-    model.check_frames(args.frames, "--frames")
-    # under the `cache` RoPE policy, positions stay below the window (checked before loading): the total is free
-    model.check_frames(args.context + args.frames, "--context + --frames", positions=args.rope != "cache")
+    positions = args.rope != "cache"  # under the `cache` policy positions stay below the window (checked before loading)
+    model.check_frames(args.context, "--context", minimum=0, positions=positions)
+    model.check_frames(args.frames, "--frames", positions=positions)
+    model.check_frames(args.context + args.frames, "--context + --frames", positions=positions)
     from scd.wan.pipeline import encode_prompt
 
     text = encode_prompt(model, args.prompt) if args.prompt is not None else model.text_embeddings

@@ -316,7 +316,7 @@ class Recording:
 def metrics_table(recording: Recording) -> pd.DataFrame:
     """The run's metrics table, one row per (layer, frame, metric), from its recorded tensors: mean and minimum
     of the off-diagonal cross-step cosines (per token, and of the flattened features), the attention share on
-    earlier frames and on the frame itself."""
+    frames before the frame's chunk and on the frame itself."""
     rows = []
     capture = recording.manifest["capture"]
     for layer in recording.layers:
@@ -331,8 +331,10 @@ def metrics_table(recording: Recording) -> pd.DataFrame:
                     rows.append((layer, frame, f"{name}_mean", mean))
                     rows.append((layer, frame, f"{name}_min", minimum))
         if "attention" in capture:
+            k = recording.frames_per_block
             for frame, mass in zip(recording.frames, recording.attention(layer), strict=True):
-                rows.append((layer, frame, "attention_earlier", float(mass[..., :frame].sum(-1).mean())))
+                # before the frame's chunk (its chunk is its own, as analyses.sparsity reads it; hidden frames hold 0)
+                rows.append((layer, frame, "attention_earlier", float(mass[..., :frame - frame % k].sum(-1).mean())))
                 rows.append((layer, frame, "attention_same_frame", float(mass[..., frame].mean())))
     return pd.DataFrame(rows, columns=["layer", "frame", "metric", "value"])
 

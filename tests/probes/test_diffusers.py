@@ -220,6 +220,30 @@ def test_frame_counts_beyond_the_chunks_or_rope_table_are_refused_by_the_command
         assert not (tmp_path / "run").exists()
 
 
+def test_rope_cache_runs_past_the_rope_table_through_the_command_and_absolute_positions_are_refused_first(
+        tmp_path, capsys, monkeypatch):
+    """Under --rope cache positions stay below the window, so a rollout longer than rope_max_seq_len (32 here) runs, from
+    no context, as the Python generate does; under absolute positions it is refused before anything is loaded."""
+    import scd.wan.pipeline
+
+    root = save_pipeline(tmp_path / "pipe", "wan", vae=False, text=False)
+    common = ["run", "--model", f"diffusers:{root}", "--layer", "1", "--context", "0", "--frames", "36",
+              "--timesteps", "1000,500", "--sampler", "renoise", "--window", "6", "--sink-frames", "2",
+              "--capture", "attention", "--quiet"]
+    assert main([*common, "--rope", "cache", "--out", str(tmp_path / "run")]) == 0
+    run = load_run(tmp_path / "run")
+    assert run.frames == list(range(36)) and run.manifest["generation"]["context"]["source"] == "none"
+    assert run.manifest["sampling"]["rope"] == "cache"
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+    monkeypatch.setattr(scd.wan.pipeline, "load_causal_wan", loaded)
+    assert main([*common, "--out", str(tmp_path / "absolute")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exceed the model's RoPE table" in err, err
+    assert not (tmp_path / "absolute").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", ["baseline", "scd", "diffusers"])
 def test_probe_run_on_cuda_in_bfloat16(model, saved, tmp_path):

@@ -264,7 +264,7 @@ def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
     calibration = content["calibration"]
     generation, config = calibration.get("generation") or {}, calibration.get("config") or {}
     source = (generation.get("context") or {}).get("source")
-    if source != "gaussian latents" or not config.get("latent_size"):
+    if source not in ("latent noise", "gaussian latents") or not config.get("latent_size"):  # the second: before issue 42
         raise UsageError(f"--plan {args.plan} was calibrated on {source or 'an unrecorded context'}; on a diffusers model "
                          "the held-out set is other Gaussian latent contexts: accepted: a plan calibrated by probe run "
                          "--model diffusers:DIR without --context-video (and probe plan of this version)")

@@ -142,7 +142,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--control", choices=("none", "permuted"), default="none", help="permuted: the model's own "
                    "architecture with every weight tensor's entries permuted (seeded by --control-seed): a random-weight "
                    "control, probed with the same clips and settings, that must never come out reproduced")
-    r.add_argument("--control-seed", type=ranged(0, SEED_MAX), default=0, help="seed of the permutation (--control)")
+    r.add_argument("--control-seed", type=ranged(0, SEED_MAX), default=None, help="seed of the permutation (with "
+                   "--control permuted; default 0)")
     r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")
     r.add_argument("--mode", choices=("auto", *MODES), default="auto", help="keep every token (full, float16 on disk) "
                    "or only running reductions and a token subsample (stream); auto (default): full unless the recorded "

@@ -173,6 +173,10 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
     """Everything about `probe run`'s flags that needs no model: refused before anything is loaded."""
     capture = _capture(args.capture)
+    if args.control_seed is not None and args.control == "none":
+        raise UsageError("--control-seed seeds the permuted-weights control; accepted: --control permuted with it, or no "
+                         "--control-seed")
+    args.control_seed = 0 if args.control_seed is None else args.control_seed
     only_diffusers = (("--latent-size", args.latent_size), ("--text-embeddings", args.text_embeddings),
                       ("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt),
                       ("--guidance-scale", args.guidance_scale), ("--frames-per-block", args.frames_per_block),

@@ -269,7 +269,11 @@ def merge_lora(state: dict[str, torch.Tensor], pairs: dict[str, tuple[torch.Tens
         if tuple(weight.shape) != (b.shape[0], a.shape[1]):
             raise ConversionError(f"the LoRA's {module} is [{b.shape[0]}, {a.shape[1]}]; the base weight is "
                                   f"{list(weight.shape)}")
-        out[key] = (weight.float() + scale * (b.float() @ a.float())).to(weight.dtype)
+        merged = (weight.float() + scale * (b.float() @ a.float())).to(weight.dtype)
+        if not bool(torch.isfinite(merged).all()):  # an overflowing adapter (or scale) must not be written as weights
+            raise ConversionError(f"merging the LoRA into {key} gives infinite or NaN weights (in {weight.dtype}); "
+                                  "accepted: an adapter and alpha whose merged weights are finite")
+        out[key] = merged
     return out
 
 

@@ -220,6 +220,7 @@ CASES = [
     ("C", ["run", "--model", "diffusers:mine", "--context", "0", "--context-video", "clip.mp4"],
      "--context-video gives context frames, --context 0 none"),
     ("U", ["run", "--context", "-1"], "accepted: an integer in 0..1024"),
+    ("C", ["run", "--control-seed", "3"], "--control-seed seeds the permuted-weights control"),
     ("U", ["run", "--timesteps", "1000,500", "--steps", "3"], "--steps 3 but --timesteps lists 2"),
     ("C", ["run", "--warp"], "--warp maps --timesteps"),
     ("C", ["run", "--sampler", "dmd"], "invalid choice"),

@@ -211,3 +211,17 @@ def test_the_shapes_of_wan_1_3b_and_14b_give_their_blocks_and_heads(width, block
     family, config = infer_config(state)
     assert family == "WanTransformer3DModel" and config["num_layers"] == blocks
     assert config["num_attention_heads"] == heads and config["attention_head_dim"] == 128
+
+
+def test_a_lora_whose_merge_overflows_is_refused_and_writes_nothing(tmp_path):
+    """Finite factors whose product, at the scale asked, overflows the base's float32: nothing is written."""
+    from tests.wan_tiny import TINY
+
+    original = original_layout(tiny("wan").state_dict())
+    lora = {k: v * 1e20 for k, v in _adapter(original, 2).items()}
+    torch.save({"generator": original}, tmp_path / "base.pt")
+    torch.save({"generator_lora": lora}, tmp_path / "lora.pt")
+    with pytest.raises(ConversionError, match="infinite or NaN weights") as caught:
+        convert(tmp_path / "base.pt", tmp_path / "out", heads=TINY["num_attention_heads"], lora=tmp_path / "lora.pt",
+                lora_alpha=2.0)
+    assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()

@@ -227,6 +227,18 @@ def test_read_video_refuses_bad_arguments(args):
         read_video(*args)
 
 
+WAN_14B = {"_class_name": "WanTransformer3DModel", "num_layers": 40, "num_attention_heads": 40, "attention_head_dim": 128,
+           "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096, "patch_size": [1, 2, 2]}
+
+
+def _wan_14b_directory(tmp_path: Path) -> tuple[Path, dict]:
+    """A pipeline directory holding a Wan-2.1-14B-sized transformer config (40 blocks, 40 heads x 128), no weights."""
+    root = tmp_path / "krea"
+    (root / "transformer").mkdir(parents=True)
+    (root / "transformer" / "config.json").write_text(json.dumps(WAN_14B))
+    return root, dict(WAN_14B)
+
+
 def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkeypatch, capsys):
     """A Wan-2.1-14B-sized config (40 blocks, 40 heads x 128 = width 5120) is estimated at its real width, layers and
     tokens, and refused before any weight is read when it cannot fit; the tiny one at width 24."""
@@ -235,12 +247,7 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
     import probe_cli.probing as probing
     import scd.wan.checks
 
-    root = tmp_path / "krea"
-    (root / "transformer").mkdir(parents=True)
-    config = {"_class_name": "WanTransformer3DModel", "num_layers": 40, "num_attention_heads": 40,
-              "attention_head_dim": 128, "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096,
-              "patch_size": [1, 2, 2]}
-    (root / "transformer" / "config.json").write_text(json.dumps(config))
+    root, config = _wan_14b_directory(tmp_path)
     monkeypatch.setattr(scd.wan.checks, "check_weights", lambda directory, config: 0)  # no 14B weights on this disk
     args = argparse.Namespace(latent_size=(60, 104), frames_per_block=3, fps=None, context=3, frames=18, prompt=None,
                               negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full",
@@ -269,12 +276,7 @@ def test_a_checkpoint_larger_than_memory_is_described_from_its_header_without_ma
     import scd.wan.checks
     from scd.wan.checks import safetensors_header
 
-    root = tmp_path / "krea"
-    (root / "transformer").mkdir(parents=True)
-    config = {"_class_name": "WanTransformer3DModel", "num_layers": 40, "num_attention_heads": 40,
-              "attention_head_dim": 128, "ffn_dim": 13824, "in_channels": 16, "out_channels": 16, "text_dim": 4096,
-              "patch_size": [1, 2, 2]}
-    (root / "transformer" / "config.json").write_text(json.dumps(config))
+    root, config = _wan_14b_directory(tmp_path)
     import diffusers
 
     with torch.device("meta"):

@@ -84,6 +84,9 @@ def record(
                   "generation": {"context": {"source": "benchmark", "split": "val", "scene": scene, "clip": clip,
                                              "frames": context_frames}, "steps": count, "noise_seed": seed}}
     elif isinstance(context, torch.Tensor):
+        if context.dim() not in (4, 5):
+            raise ProbeError(f"context has shape {list(context.shape)}; accepted: a float tensor [T, C, H, W] (or "
+                             "[B, T, C, H, W]) of context frames")
         seed = seed if noise is None else noise
         given = {"source": "tensor" if context.shape[-4] else "none", "frames": int(context.shape[-4])}
         truth, source = None, {"seed": seed, "generation": {"context": given,

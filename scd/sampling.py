@@ -130,10 +130,14 @@ def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:
     return [1000.0 * shift * (t / 1000) / (1 + (shift - 1) * (t / 1000)) for t in timesteps]
 
 
-def check_sampling(sampler: str, timesteps: Sequence[float] | None, steps: int | None, warp: bool) -> None:
-    """Refuse, in one line, a sampler or an explicit timestep list that `generate` cannot run."""
+def check_sampling(sampler: str, timesteps: Sequence[float] | None, steps: int | None, warp: bool,
+                   shift: float | None = None) -> None:
+    """Refuse, in one line, a sampler, a flow shift or an explicit timestep list that `generate` cannot run."""
     if sampler not in SAMPLERS:
         raise SamplingError(f"sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
+    if shift is not None and (not isinstance(shift, int | float) or isinstance(shift, bool) or
+                              not 0.001 <= shift <= 1000):  # NaN fails this too
+        raise SamplingError(f"shift = {shift!r}; accepted: a number in [0.001, 1000] (the flow shift; None: the model's)")
     if not isinstance(warp, bool):
         raise SamplingError(f"warp = {warp!r}; accepted: True or False")
     if timesteps is None:
@@ -199,7 +203,7 @@ def generate(
             raise SamplingError("the cache given is not empty; accepted: a new one, model.new_cache(policy)")
         cache_policy = cache.policy
     check_generate_args(model, context, frames, 1 if steps is None else steps, seed, cache_policy)
-    check_sampling(sampler, timesteps, steps, warp)
+    check_sampling(sampler, timesteps, steps, warp, shift)
     policy = cache_policy or CachePolicy()
     device, dtype = usable_device(device), float_dtype(dtype)
     batched = context.dim() == 5

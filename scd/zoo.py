@@ -19,7 +19,7 @@ from torch import nn
 
 from scd.devices import float_dtype, usable_device
 from scd.errors import CheckpointError
-from scd.files import atomic_file, sha256
+from scd.files import atomic_file, input_path, sha256
 from scd.models.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.models.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
@@ -115,7 +115,8 @@ def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
     """(weights, config) paths of a shipped name, a checkpoint directory or a .safetensors file."""
     if isinstance(name_or_path, str) and name_or_path in shipped_models():
         return CHECKPOINT_DIR / f"{name_or_path}.safetensors", CHECKPOINT_DIR / f"{name_or_path}.json"
-    path = Path(name_or_path)
+    path = input_path(name_or_path, "model", f"{', '.join(shipped_models()) or '(none shipped)'}, a checkpoint "
+                      "directory, or a .safetensors file with a .json config beside it", CheckpointError)
     if path.is_dir():
         weights, config = path / "model.safetensors", path / "config.json"
     elif path.suffix == ".safetensors":

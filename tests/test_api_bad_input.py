@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes import Probe, ProbeError, RunError, load_run
+from probes import Probe, ProbeError, RunError, load_run, record
 from probes.store import write_run
 from scd import VideoBenchmark, generate, load_model
 from scd.devices import DeviceError
@@ -89,6 +89,16 @@ CASES = [  # (what is called, exception type, message); `m` is the tiny baseline
     ("load_model dtype float64", DeviceError, "accepted", lambda m, d: load_model("baseline", dtype=torch.float64)),
     ("load_model name 5", CheckpointError, "accepted: baseline", lambda m, d: load_model(5)),
     ("load_model unknown", CheckpointError, "accepted: baseline", lambda m, d: load_model("wan-14b")),
+    ("load_model a name too long to look up", CheckpointError, "cannot be looked up (File name too long); accepted",
+     lambda m, d: load_model("x" * 300)),
+    ("record context of the wrong rank", ProbeError, "accepted: a float tensor [T, C, H, W]",
+     lambda m, d: record(m, torch.zeros(2, 3), frames=1, steps=1, layers=[0])),
+    ("record shift 0", SamplingError, "shift = 0.0; accepted: a number in [0.001, 1000]",
+     lambda m, d: record(m, 0, frames=1, steps=1, layers=[0], context_frames=2, shift=0.0)),
+    ("record shift NaN", SamplingError, "shift = nan; accepted", lambda m, d: record(m, 0, frames=1, steps=1, layers=[0],
+                                                                                   context_frames=2, shift=math.nan)),
+    ("generate an empty context on a built-in model", SamplingError, "does not generate from nothing",
+     lambda m, d: _generate(m, context=torch.zeros(0, 3, 16, 16))),
     ("build_model zero heads", CheckpointError, "heads = 0; accepted",
      lambda m, d: build_model({"family": "baseline", "heads": 0})),
     ("build_model depth 10**9", CheckpointError, "accepted: an integer in 1..512",

@@ -193,6 +193,12 @@ def check_manifest(path: Path, m: dict) -> None:
     if list(table.columns)[:4] != ["layer", "frame", "metric", "value"]:
         raise RunError(f"{path}/metrics.parquet has columns {list(table.columns)}; accepted: layer, frame, metric, value "
                        "(the run is damaged: run it again)")
+    kinds = {"layer": "i", "frame": "i", "value": "f"}  # an empty table (no capture) has object columns: nothing to read
+    wrong = [c for c, kind in kinds.items() if len(table) and table[c].dtype.kind != kind]
+    if wrong or (len(table) and not (table["metric"].map(type) == str).all()):
+        what = f"a {wrong[0]} column of {table[wrong[0]].dtype}" if wrong else "a metric that is not text"
+        raise RunError(f"{path}/metrics.parquet holds {what}; accepted: integer layer and frame, text metric, float "
+                       "value (the run is damaged: run it again)")
     with safe_open(path / "features.safetensors", "pt") as fe, safe_open(path / "attention.safetensors", "pt") as at:
         shapes = {("features", k): tuple(fe.get_slice(k).get_shape()) for k in fe.keys()}
         shapes |= {("attention", k): tuple(at.get_slice(k).get_shape()) for k in at.keys()}

@@ -92,6 +92,7 @@ def material(tmp_path_factory, tiny_checkpoints):
         "unnormalised_attention": lambda d: _rehash_tensors(d, "attention.safetensors", "layer1", 0.5),
         "garbage_video": lambda d: _rehash(d, "video.npz", b"PK\x03\x04 not a zip"),
         "bad_grid": lambda d: _edit(d, token_grid=[3, 5]),
+        "string_metrics": lambda d: _rehash(d, "metrics.parquet", _string_metrics(d)),
     }
     for name, damage in broken.items():
         shutil.copytree(root / "run", root / f"broken-{name}")
@@ -107,6 +108,19 @@ def material(tmp_path_factory, tiny_checkpoints):
     save_file(original_layout(tiny("wan").state_dict()), root / "wan.safetensors")
     paths["wan"] = root / "wan.safetensors"
     return root, paths
+
+
+def _string_metrics(run: Path) -> bytes:
+    """The run's metrics table with its values written as text (a forged table pandas still reads)."""
+    import io
+
+    import pandas as pd
+
+    table = pd.read_parquet(run / "metrics.parquet")
+    table["value"] = table["value"].astype(str)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def _rehash(run: Path, name: str, content: bytes) -> None:
@@ -303,6 +317,7 @@ CASES = [
     ("R", ["show", "{broken:nan_attention}"], "NaN or infinite"),
     ("R", ["show", "{broken:unnormalised_attention}"], "is not attention mass"),
     ("R", ["show", "{broken:bad_grid}"], "token_grid"),
+    ("R", ["show", "{broken:string_metrics}"], "metrics.parquet holds a value column of str"),
     ("R", ["report", "{broken:nan_attention}", "-o", "r.html"], "NaN or infinite"),
     ("R", ["report", "{broken:unnormalised_attention}", "-o", "r.html"], "is not attention mass"),
     ("R", ["report", "{broken:garbage_video}", "-o", "r.html"], "video.npz cannot be read"),

@@ -195,7 +195,7 @@ def check_manifest(path: Path, m: dict) -> None:
                        "(the run is damaged: run it again)")
     kinds = {"layer": "i", "frame": "i", "value": "f"}  # an empty table (no capture) has object columns: nothing to read
     wrong = [c for c, kind in kinds.items() if len(table) and table[c].dtype.kind != kind]
-    if wrong or (len(table) and not (table["metric"].map(type) == str).all()):
+    if wrong or (len(table) and not table["metric"].map(lambda v: isinstance(v, str)).all()):
         what = f"a {wrong[0]} column of {table[wrong[0]].dtype}" if wrong else "a metric that is not text"
         raise RunError(f"{path}/metrics.parquet holds {what}; accepted: integer layer and frame, text metric, float "
                        "value (the run is damaged: run it again)")

@@ -220,6 +220,11 @@ def _inside_output(path: Path) -> Path | None:
     return None
 
 
+def inside_output(path: str | Path) -> Path | None:
+    """The toolkit output directory (a run, a sweep, ...) that `path` lies inside, if any."""
+    return _inside_output(Path(path))
+
+
 def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "--out") -> Path:
     """Refuse, before any work, an output that exists (without `force`), that is not the toolkit's own `kind`
     (with `force`), that lies inside another of the toolkit's outputs, or that cannot be written: proven by

@@ -20,6 +20,7 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from scd.files import inside_output, signature
 from scd.training.config import TrainConfig, TrainConfigError
 
 STUDY_STEPS = 3000  # causal training steps of every run (sized by the pilot in reports/emergence/README.md)
@@ -120,33 +121,66 @@ def differs_only_in_factor(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
     return {k: (x[k], y[k]) for k in x if k != "seed" and x[k] != y[k]}
 
 
+LOCK_KIND = "study-lock"  # the signature a lock file carries (scd.files.signature): a file without it is a user's
+
+
 class _Lock:
-    """An exclusive lock file for one run (its holder's pid inside); a lock whose holder is gone is taken over."""
+    """An exclusive lock file for one run, signed by the toolkit with its holder's pid; a signed lock whose holder is
+    gone is taken over. A file of that name without the signature is a user's: it is never removed (TrainConfigError,
+    before any run starts)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def holder(self) -> int | None:
+        """The pid a toolkit-signed lock names; None if the file is gone; TrainConfigError if it is not the toolkit's."""
+        try:
+            content = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            content = None
+        pid = content.get("pid") if isinstance(content, dict) and {k: content.get(k) for k in signature(LOCK_KIND)} \
+            == signature(LOCK_KIND) else None
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 1:
+            raise TrainConfigError(f"{self.path} is in the way of the study's lock and was not written by the toolkit; "
+                                   "accepted: move or rename that file")
+        return pid
 
     def acquire(self) -> bool:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
+                pid = self.holder()
+                if pid is None:
+                    continue  # released meanwhile
                 try:
-                    pid = int(self.path.read_text() or 0)
                     os.kill(pid, 0)
                     return False  # held by a live worker
-                except (ValueError, ProcessLookupError, FileNotFoundError):
-                    self.path.unlink(missing_ok=True)  # its holder died: take it over
+                except ProcessLookupError:
+                    self.path.unlink(missing_ok=True)  # its (signed) holder died: take it over
                     continue
-                except PermissionError:
+                except (PermissionError, OverflowError):
                     return False
-            os.write(fd, str(os.getpid()).encode())
+            os.write(fd, json.dumps({**signature(LOCK_KIND), "pid": os.getpid()}).encode())
             os.close(fd)
             return True
         return False
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def check_study_root(root: Path) -> None:
+    """Refuse a study root that is a file, or that lies inside another of the toolkit's outputs (a run directory, a
+    sweep, ...): writing there would make that output unrecognisable (TrainConfigError, one line)."""
+    if root.exists() and not root.is_dir():
+        raise TrainConfigError(f"study root {root} is a file; accepted: a directory (new or of earlier study runs)")
+    enclosing = inside_output(root)
+    if enclosing is not None:
+        raise TrainConfigError(f"study root {root} lies inside {enclosing}, an output of the toolkit; accepted: a path "
+                               "outside the toolkit's outputs")
 
 
 def run_state(root: Path, condition: str, seed: int) -> int:
@@ -170,6 +204,9 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
         raise TrainConfigError(f"threads = {threads!r}; accepted: an integer >= 1, or None for the plan's")
 
     root = Path(root)
+    check_study_root(root)
+    for condition, seed in plan(conditions, seeds):  # a user's look-alike of a lock refuses before any run starts
+        _Lock(root / f".{run_name(condition, seed)}.lock").holder()
     root.mkdir(parents=True, exist_ok=True)
     finished = []
     for condition, seed in plan(conditions, seeds):

@@ -27,10 +27,11 @@ from analyses.emergence import (
 from analyses.intervals import interval
 from probe_cli import main
 from scd.data import VideoBenchmark
+from scd.files import signature
 from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
-from scd.training.study import CONDITIONS, differs_only_in_factor, plan, study_config, train_study
+from scd.training.study import CONDITIONS, LOCK_KIND, differs_only_in_factor, plan, study_config, train_study
 from scd.training.train import TrainConfig, TrainConfigError, flow_matching_loss, learning_rate, train
-from tests.conftest import randomize
+from tests.conftest import file_tree, randomize
 
 TINY = dict(size="tiny", batch_size=2, frames=4, warmup=1, lr=3e-3, checkpoint_every=2, threads=1, bf16=False)
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,10 +96,17 @@ def test_the_study_trains_in_sittings_to_the_weights_of_one_uninterrupted_run(tm
         tiny_plan(patch)
         held = tmp_path / "runs" / ".textured-s0.lock"
         held.parent.mkdir(parents=True)
-        held.write_text(str(__import__("os").getpid()))  # a live worker holds textured-s0: it is skipped
+        signed = lambda pid: json.dumps({**signature(LOCK_KIND), "pid": pid})  # noqa: E731  (as the toolkit writes it)
+        for look_alike in ("999999999", "my notes", signed("1x")):  # a user's file of the lock's name: kept, refused
+            held.write_text(look_alike)
+            before = file_tree(tmp_path)
+            with pytest.raises(TrainConfigError, match="was not written by the toolkit; accepted: move") as caught:
+                train_study(tmp_path / "runs", ["reference", "textured"], seeds=(0,))
+            assert "\n" not in str(caught.value) and file_tree(tmp_path) == before  # nothing trained, nothing removed
+        held.write_text(signed(__import__("os").getpid()))  # a live worker holds textured-s0: it is skipped
         assert train_study(tmp_path / "runs", ["reference", "textured"], seeds=(0,)) == ["reference-s0"]
         assert held.exists() and not (tmp_path / "runs" / "textured-s0").exists()
-        held.write_text("999999999")  # its holder is gone: the lock is taken over
+        held.write_text(signed(999999999))  # its holder is gone: the lock is taken over
         assert train_study(tmp_path / "runs", ["reference", "textured"], seeds=(0,)) == ["textured-s0"]
         assert not held.exists()
         # runs measured already (cards committed; checkpoints on another machine) are not trained again
@@ -482,3 +490,16 @@ def test_training_reads_the_scene_it_is_given(tmp_path, monkeypatch):
     monkeypatch.setattr(scd.training.train, "VideoBenchmark", Recording)
     train(TrainConfig(steps=1, scene="textured", **TINY), tmp_path / "run", progress=False)
     assert seen == ["textured"] and json.loads((tmp_path / "run" / "train.json").read_text())["scene"] == "textured"
+
+
+def test_a_study_root_inside_a_run_directory_or_a_file_is_refused_and_nothing_is_written(tmp_path, tiny_model):
+    import probes
+
+    probes.record(tiny_model, 0, frames=1, steps=1, layers=[0], context_frames=2).save(tmp_path / "run")
+    (tmp_path / "file").write_text("mine")
+    before = file_tree(tmp_path)
+    for root, message in ((tmp_path / "run" / "study", "lies inside"), (tmp_path / "file", "is a file")):
+        with pytest.raises(TrainConfigError, match=message) as caught:
+            train_study(root, ["reference"], seeds=(0,))
+        assert "\n" not in str(caught.value)
+    assert file_tree(tmp_path) == before

@@ -304,14 +304,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
 
 
 def trained_steps(run: str | Path) -> int:
-    """The step a training directory's last checkpoint holds (0 where there is none)."""
-    from safetensors import safe_open
+    """The step a training directory's last checkpoint holds (0 where there is none); a TrainConfigError (one line)
+    where the checkpoint cannot be read or does not say its step."""
+    from safetensors import SafetensorError, safe_open
 
     state = Path(run) / "train_state.safetensors"
     if not state.is_file():
         return 0
-    with safe_open(state, "pt") as f:
-        return int(f.metadata()["step"])
+    try:
+        with safe_open(state, "pt") as f:
+            step = (f.metadata() or {}).get("step")
+    except (SafetensorError, OSError):
+        step = None
+    if not isinstance(step, str) or not step.isdigit():
+        raise TrainConfigError(f"{state} is not a readable training checkpoint with its step (damaged or truncated); "
+                               "accepted: a checkpoint written by probe train, or remove the run to start it again")
+    return int(step)
 
 
 WEIGHTS = ("ema", "raw")

@@ -503,3 +503,16 @@ def test_a_study_root_inside_a_run_directory_or_a_file_is_refused_and_nothing_is
             train_study(root, ["reference"], seeds=(0,))
         assert "\n" not in str(caught.value)
     assert file_tree(tmp_path) == before
+
+
+def test_probe_study_status_on_a_damaged_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    from probe_cli import main
+
+    run = tmp_path / "study" / "reference-s0"
+    run.mkdir(parents=True)
+    (run / "train_state.safetensors").write_bytes(b"not a checkpoint")
+    before = file_tree(tmp_path)
+    assert main(["study", "status", "--root", str(tmp_path / "study"), "--conditions", "reference", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a readable training checkpoint" in err, err
+    assert file_tree(tmp_path) == before

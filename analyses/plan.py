@@ -261,8 +261,11 @@ def write_plan(run_paths: list[str], out: str, budget: float, force: bool = Fals
     except OutputError as e:
         raise PlanError(str(e)) from None
     content = {**signature("plan"), **plan([load_run(path) for path in run_paths], budget, similarity_min)}
-    with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+    try:
+        with atomic_file(out, new=not force) as tmp:  # a second writer of the same plan, racing, does not replace it
+            tmp.write_text(json.dumps(content, indent=2) + "\n")
+    except OutputError as e:
+        raise PlanError(str(e)) from None
     return out
 
 

@@ -422,6 +422,9 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
 
     html = render(runs, read(load_bench, bench), [read(load_interventions, d) for d in directories],
                   read(load_study, emergence))
-    with atomic_file(out) as tmp:
-        tmp.write_text(html, encoding="utf-8")
+    try:
+        with atomic_file(out, new=not force) as tmp:  # a second writer of the same report, racing, does not replace it
+            tmp.write_text(html, encoding="utf-8")
+    except OutputError as e:
+        raise RunError(str(e)) from None
     return out

@@ -457,13 +457,23 @@ def atomic_directory(path: str | Path, kind: str | None = None, force: bool = Fa
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary file to write; on success it replaces `path` in one rename, on failure it is removed."""
+def atomic_file(path: str | Path, new: bool = False) -> Iterator[Path]:
+    """Yields a temporary file to write; on success it replaces `path` in one rename, on failure it is removed. With
+    `new` (an output asked for without --force), it is put at `path` only if nothing is there by then (a hard link,
+    which no other writer can race): a second writer of the same output, started before the first finished, gets an
+    OutputError instead of replacing the first's result."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = temporary_sibling(path, directory=False)
     try:
         yield payload
-        replace(payload, path)
+        if new:
+            try:
+                os.link(payload, path)
+            except FileExistsError:
+                raise OutputError(f"{path} was written by another process while this one worked; accepted: --force to "
+                                  "replace it, or another path") from None
+        else:
+            replace(payload, path)
     finally:
         discard(payload)

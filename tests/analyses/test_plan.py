@@ -386,3 +386,19 @@ def test_the_ratios_a_plan_exports_from_a_wan_run_drive_diffusers_magcache_hook_
         assert hook_skips(ratios, steps, threshold, 2, 0.1) == expected, threshold
         decisions.append(sum(expected))
     assert max(decisions) > 0 and min(decisions) < max(decisions)  # the thresholds reach different decisions
+
+
+def test_a_second_writer_of_the_same_plan_does_not_replace_the_first_without_force(tmp_path, monkeypatch):
+    """Two `probe plan` writers of one output, both past the existence check before either wrote: the second to
+    finish is refused in one line and the first's plan is kept (with force it replaces it)."""
+    from scd.files import OutputError, atomic_file
+
+    out = tmp_path / "plan.json"
+    with pytest.raises(OutputError, match="was written by another process while this one worked") as caught:
+        with atomic_file(out, new=True) as tmp:
+            tmp.write_text("second")
+            out.write_text("first")  # the other writer finishes meanwhile
+    assert "\n" not in str(caught.value) and out.read_text() == "first" and sorted(tmp_path.iterdir()) == [out]
+    with atomic_file(out, new=False) as tmp:
+        tmp.write_text("forced")
+    assert out.read_text() == "forced"

@@ -505,7 +505,20 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"wrote {run}")
 
 
+def _runs_exist(paths: list[str]) -> None:
+    """Refuse a run path that is not a directory before torch is imported (load_run checks the rest, and says the same
+    of a missing one)."""
+    from scd.files import input_path, readable
+
+    for given in paths:
+        path = input_path(given, "run", "a run directory written by probe run", UsageError)
+        if not readable(path).is_dir():  # readable: a run whose replacement was killed half way lies aside
+            raise UsageError(f"{path} is not a run directory (it does not exist or is a file); accepted: a directory "
+                             "written by probe run")
+
+
 def cmd_show(args: argparse.Namespace) -> None:
+    _runs_exist([args.run])
     from probes.recording import load_run
 
     run = load_run(args.run)
@@ -529,6 +542,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if Path(args.output).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {args.output!r} is not an .html file; accepted: a path ending in .html")
     output(args.output, "report", args.force, flag="-o")  # before the heavy imports: a refusal comes at once
+    _runs_exist(args.runs)
     import matplotlib
 
     matplotlib.use("Agg")  # the figures go into a file; a desktop backend would want a display

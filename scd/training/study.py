@@ -198,8 +198,6 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
     another machine); returns the names of the runs this worker finished. Start as many workers as there are cores,
     or one worker with `threads` = cores where a run must end sooner (a run detail, like the machine: it changes the
     order of floating-point sums, not a setting; a run resumed keeps the threads it was started with)."""
-    from scd.training.train import train
-
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise TrainConfigError(f"threads = {threads!r}; accepted: an integer >= 1, or None for the plan's")
 
@@ -207,6 +205,7 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
     check_study_root(root)
     for condition, seed in plan(conditions, seeds):  # a user's look-alike of a lock refuses before any run starts
         _Lock(root / f".{run_name(condition, seed)}.lock").holder()
+    from scd.training.train import train  # torch: only once the refusals that need none are made
     root.mkdir(parents=True, exist_ok=True)
     finished = []
     for condition, seed in plan(conditions, seeds):

@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 
 from analyses.errors import AnalysisError
+from analyses.plan_file import PLAN_FORMAT  # the plan file's format, checked where a plan is read (plan_file)
 from probes.recording import Recording
 
-PLAN_FORMAT = "scd-probes-plan/1"
 POLY_DEGREE = 4  # TeaCache's fit
 
 

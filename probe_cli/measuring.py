@@ -149,9 +149,11 @@ def _read_plan(path: str) -> dict:
         content = json.loads(plan_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"--plan {path} cannot be read as a plan; accepted: a JSON file written by probe plan") from None
-    if not isinstance(content, dict) or content.get("format") != "scd-probes-plan/1":
-        raise UsageError(f"--plan {path} is not a plan of this toolkit (format scd-probes-plan/1); accepted: a file "
-                         "written by probe plan")
+    from analyses.plan_file import plan_problem
+
+    problem = plan_problem(content)
+    if problem is not None:
+        raise UsageError(f"--plan {path}: {problem}; accepted: a file written by probe plan, unedited")
     return content
 
 

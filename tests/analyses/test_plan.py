@@ -5,6 +5,8 @@ tiny Wan configuration), and the command writes a plan from a real run."""
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from analyses.plan import (
     skip_schedule,
     update_drift,
 )
+from probe_cli import main
+from tests.conftest import file_tree
 
 
 def test_constant_features_give_ratio_one_and_no_change():
@@ -402,3 +406,57 @@ def test_a_second_writer_of_the_same_plan_does_not_replace_the_first_without_for
     with atomic_file(out, new=False) as tmp:
         tmp.write_text("forced")
     assert out.read_text() == "forced"
+
+
+def _damaged(plan: dict, where: str, value) -> dict:
+    """The plan with the field at dotted path `where` (list indices as numbers) set to `value` (DELETE: removed)."""
+    import copy
+
+    out = copy.deepcopy(plan)
+    *parents, last = [int(p) if p.isdigit() else p for p in where.split(".")]
+    node = out
+    for p in parents:
+        node = node[p]
+    if value == "DELETE":
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+DAMAGED_PLANS = [  # (field, value, the refusal's words): every class the plan's numbers and calibration can break in
+    ("calibration", "DELETE", "'calibration' is missing"),
+    ("checkpoint", "sha", "'checkpoint' is not an object"),
+    ("calibration.items.0.clip", "0", "calibration items are not"),
+    ("calibration.items.0.clip", True, "calibration items are not"),
+    ("calibration.items.0.seed", -1, "calibration items are not"),
+    ("calibration.steps", [], "calibration steps are not"),
+    ("calibration.timesteps.3", math.nan, "calibration timesteps are not"),
+    ("magcache.mag_ratios.2", math.nan, "magcache 'mag_ratios'"),
+    ("magcache.max.0", math.inf, "magcache 'max'"),
+    ("magcache.min", [1.0], "magcache 'min'"),
+    ("teacache.coefficients.1", math.inf, "teacache coefficients"),
+    ("teacache.degree", "4", "teacache coefficients"),
+    ("teacache.rel_l1_input.0", -1.0, "teacache 'rel_l1_input'"),
+    ("blocks.budget", math.nan, "blocks budget"),
+    ("blocks.update_drift.0.3", math.nan, "blocks update_drift"),
+    ("blocks.update_drift.4", [0.1], "blocks update_drift"),
+    ("blocks.skip.0.0", 1, "blocks skip"),
+    ("blocks.skip.2", "DELETE", "blocks skip"),
+    ("blocks.per_chunk.positions.0", "1", "per_chunk positions"),
+    ("blocks.per_chunk.update_drift.0.0.0", math.nan, "per_chunk update_drift and skip"),
+]
+
+
+@pytest.mark.parametrize("where, value, words", DAMAGED_PLANS, ids=[f"{w}={v!r}" for w, v, _ in DAMAGED_PLANS])
+def test_a_damaged_plan_is_refused_where_it_is_read_in_one_line(where, value, words, tmp_path, capsys):
+    from analyses.plan_file import plan_problem
+
+    sound = json.loads((Path(__file__).parents[2] / "reports" / "plan" / "plan.json").read_text())
+    assert plan_problem(sound) is None  # the committed plan passes: the check refuses damage, not plans
+    (tmp_path / "plan.json").write_text(json.dumps(_damaged(sound, where, value)))  # NaN / Infinity as JSON writes them
+    before = file_tree(tmp_path)
+    assert main(["intervene", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "accepted: a file written by probe plan" in err, err
+    assert file_tree(tmp_path) == before

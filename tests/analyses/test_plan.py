@@ -360,8 +360,10 @@ def test_a_plan_calibrated_on_a_context_video_is_refused_on_a_diffusers_model_be
     from probe_cli import main
 
     plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps({"format": "scd-probes-plan/1", "calibration": {
-        "generation": {"context": {"source": "video", "path": "clip.mp4"}}, "config": {"latent_size": [8, 8]}}}))
+    plan = json.loads((Path(__file__).parents[2] / "reports" / "plan" / "plan.json").read_text())  # a sound plan...
+    plan["calibration"]["generation"]["context"] = {"source": "video", "path": "clip.mp4"}  # ... calibrated on a video
+    plan["calibration"]["config"]["latent_size"] = [8, 8]
+    plan_file.write_text(json.dumps(plan))
     assert main(["intervene", "--model", f"diffusers:{tmp_path / 'absent'}", "--plan", str(plan_file), "--out",
                  str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

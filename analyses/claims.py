@@ -320,16 +320,21 @@ LAST_LAYERS_NEEDS = Needs("features")
 ATTENTION_NEEDS = Needs("attention")
 
 
-def _finding1_checks(run: Recording, layers: list[int], needs: Needs = F1_NEEDS) -> str | None:
-    """Why finding 1 cannot be measured on this run (every unmet requirement, `Needs`), or None."""
+def _finding1_unmet(run: Recording, layers: list[int], needs: Needs = F1_NEEDS) -> tuple[list[str], list[str]]:
+    """`_unmet` for finding 1, which also needs layers that run at every step and, for the fit, the input's features."""
     encoder = [layer for layer in layers if run.role(layer) == "encoder"]
     if encoder:
-        return _ONCE_PER_FRAME.format(layer=f"layer {encoder[0]} is" if len(encoder) == 1 else
-                                      f"layers {', '.join(map(str, encoder))} are")
-    blocking, _ = _unmet(run, needs, layers)
+        return [_ONCE_PER_FRAME.format(layer=f"layer {encoder[0]} is" if len(encoder) == 1 else
+                                       f"layers {', '.join(map(str, encoder))} are")], []
+    blocking, weak = _unmet(run, needs, layers)
     if needs.input_features and any(item.input_features() is None for item in items_of(run)):
         blocking.append("the input's features were not recorded (a stream-mode run, or one made before): run in full mode")
-    return "; ".join(blocking) or None
+    return blocking, weak
+
+
+def _finding1_checks(run: Recording, layers: list[int], needs: Needs = F1_NEEDS) -> str | None:
+    """Why finding 1 cannot be measured on this run (every unmet requirement, `Needs`), or None."""
+    return "; ".join(_finding1_unmet(run, layers, needs)[0]) or None
 
 
 FIRST_SIMILARITY_MIN = THRESHOLDS["SIMILARITY_MIN"].original  # 0.95, the first criterion of finding 1 (2b5fa41)
@@ -559,8 +564,8 @@ def sparse_deep_attention(run: Recording) -> Claim:
                          f"{float(spread[layer].max()):.3f})" for layer, v in values.items())
     # A lit share of 1 in every layer read is an observation (no layer's map is dark), not a separation of layers:
     # say how far the darkest cell came toward the cut, so that a reader sees the measure sat at its ceiling.
-    darkest = {layer: min(float(t.loc[layer, "darkest_nats"]) for t in tables) for layer in early + deep}
     if all(float(t.loc[layer, "lit_share"]) == 1.0 for t in tables for layer in early + deep):
+        darkest = {layer: min(float(t.loc[layer, "darkest_nats"]) for t in tables) for layer in early + deep}
         measured += (f"; the lit share is 1 in every layer read, in every clip: no context cell falls {LIT_CUT_NATS:g} "
                      "nats below uniform (the darkest: " + ", ".join(f"layer {layer} {max(0.0, -v):.2f}" for layer, v in
                                                                    darkest.items()) +
@@ -594,10 +599,8 @@ def requirements(run: Recording) -> list[dict]:
             ("finding 2, lit share", layers["early"] + layers["deep"], ATTENTION_NEEDS)]
     out = []
     for name, claim_layers, needs in rows:
-        blocking, weak = _unmet(run, needs, claim_layers)
-        if needs.capture == "features" and needs.steps is not None:
-            why = _finding1_checks(run, claim_layers, needs)
-            blocking = [why] if why else []
+        blocking, weak = _finding1_unmet(run, claim_layers, needs) if needs.steps is not None else \
+            _unmet(run, needs, claim_layers)  # finding 1's own checks: stepwise layers, the input's features
         out.append({"claim": name, "layers": claim_layers, "needs": needs.text(), "blocking": blocking, "weak": weak})
     return out
 

@@ -35,9 +35,8 @@ def plan_problem(content: object) -> str | None:
     None for a sound plan."""
     if not isinstance(content, dict) or content.get("format") != PLAN_FORMAT:
         return f"it is not a plan of this toolkit (format {PLAN_FORMAT})"
-    sections = {"calibration": dict, "magcache": dict, "teacache": dict, "blocks": dict, "split": dict}
-    for name, kind in sections.items():
-        if not isinstance(content.get(name), kind):
+    for name in ("calibration", "magcache", "teacache", "blocks", "split"):
+        if not isinstance(content.get(name), dict):
             return f"its {name!r} is missing or not an object"
     if content.get("checkpoint") is not None and not isinstance(content["checkpoint"], dict):
         return "its 'checkpoint' is not an object (name, path, sha256) or null"

@@ -96,6 +96,14 @@ def _rows_with_earlier(earlier: list[list[int]], role: str) -> list[int]:
     return list(range(len(earlier))) if role == "frame-local" else [i for i, e in enumerate(earlier) if e]
 
 
+def _mean_where_seeing(values: torch.Tensor, rows: list[int], dims) -> torch.Tensor:
+    """The mean over `dims` of [F, S, H] `values`, over the probed frames `rows` (`_rows_with_earlier`); NaN where
+    no probed frame sees an earlier frame."""
+    if not rows:
+        return torch.full([n for d, n in enumerate(values.shape) if d not in dims], float("nan"), dtype=torch.float64)
+    return values[rows].mean(dims)
+
+
 def per_key(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
             policy: CachePolicy | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """[F, S, H] each: (attention on one earlier-frame key the query sees, on one key of its own chunk), in units
@@ -119,9 +127,7 @@ def per_key_ratio(mass: torch.Tensor, frames: list[int], role: str = "causal", d
     shown, whatever the window, the sinks or the chunk; 0 for attention within the chunk."""
     keys, own = per_key(mass, frames, role, frames_per_block, policy)
     rows = _rows_with_earlier(earlier_seen(frames, role, frames_per_block, policy), role)
-    if not rows:
-        return torch.full([n for d, n in enumerate(keys.shape) if d not in dims], float("nan"), dtype=torch.float64)
-    return keys[rows].mean(dims) / own[rows].mean(dims).clamp_min(1e-30)
+    return _mean_where_seeing(keys, rows, dims) / _mean_where_seeing(own, rows, dims).clamp_min(1e-30)
 
 
 def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal", frames_per_block: int = 1,
@@ -133,8 +139,8 @@ def excess_share(mass: torch.Tensor, frames: list[int], role: str = "causal", fr
     seen = frames_visible(frames, role, frames_per_block, policy)
     uniform = torch.tensor([len(e) / v for e, v in zip(earlier, seen, strict=True)], dtype=torch.float64)
     excess = earlier_share(mass, frames, role, frames_per_block, policy).double() - uniform[:, None, None]
-    hidden = [i for i in range(len(frames)) if i not in set(_rows_with_earlier(earlier, role))]
-    excess[hidden] = float("nan")
+    seeing = set(_rows_with_earlier(earlier, role))
+    excess[[i for i in range(len(frames)) if i not in seeing]] = float("nan")
     return excess
 
 
@@ -178,11 +184,9 @@ def earlier_key_nats(mass: torch.Tensor, frames: list[int], role: str = "causal"
     count cancels."""
     keys, _ = per_key(mass, frames, role, frames_per_block, policy)
     rows = _rows_with_earlier(earlier_seen(frames, role, frames_per_block, policy), role)
-    if not rows:
-        return torch.full([n for d, n in enumerate(keys.shape) if d not in dims], float("nan"), dtype=torch.float64)
     visible = frames_visible(frames, role, frames_per_block, policy)
-    uniform = torch.tensor([1 / visible[i] for i in rows], dtype=torch.float64)[:, None, None].expand_as(keys[rows])
-    return (keys[rows].mean(dims) / uniform.mean(dims)).log()
+    uniform = torch.tensor([1 / v for v in visible], dtype=torch.float64)[:, None, None].expand_as(keys)
+    return (_mean_where_seeing(keys, rows, dims) / _mean_where_seeing(uniform, rows, dims)).log()
 
 
 def context_cells(maps: torch.Tensor, frames: list[int], bands: int, role: str = "causal", frames_per_block: int = 1,

@@ -127,10 +127,12 @@ def safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
             raise damaged(f"its header's entry {key!r} is not a tensor's dtype, shape and offsets")
         out[key] = (tuple(entry["shape"]), entry["dtype"])
         spans.append(tuple(entry["data_offsets"]))
-    spans.sort()
-    if any(b < a for a, b in spans) or any(a != previous for (a, _), (previous) in
-                                           zip(spans, [0] + [b for _, b in spans[:-1]], strict=True)) or \
-            (spans[-1][1] if spans else 0) != size - 8 - length:
+    end = 0
+    for start, stop in sorted(spans):  # each tensor's bytes follow the last one's, and the last ends the file
+        if start != end or stop < start:
+            raise damaged("its header's offsets do not tile the data that follows it")
+        end = stop
+    if end != size - 8 - length:
         raise damaged("its header's offsets do not tile the data that follows it (truncated?)")
     return out
 

@@ -31,6 +31,7 @@ from analyses.sparsity import (
 )
 from scd.contract import CachePolicy
 from scd.wan.causal_wan import CausalWan
+from tests.scd.test_rolling import window_frame_mask
 from tests.wan_tiny import LATENT, latents, tiny
 
 TIMESTEPS = [1000, 500]
@@ -38,13 +39,10 @@ TIMESTEPS = [1000, 500]
 
 def shown_by_hand(frame: int, k: int, window: int | None, sinks: int) -> list[int]:
     """The frames a query of `frame` attends to: its chunk, and of the finished frames every one (no window) or
-    the first `sinks` and the most recent that fit in `window` beside them and the chunk."""
-    first = frame - frame % k
-    chunk = set(range(first, first + k))
-    if window is None:
-        return sorted(set(range(first)) | chunk)
-    recent = window - sinks - k
-    return sorted(set(range(min(sinks, first))) | set(range(max(0, first - recent), first)) | chunk)
+    the first `sinks` and the most recent that fit in `window` beside them and the chunk (the frame mask written out
+    by hand in tests/scd/test_rolling.py)."""
+    allowed = window_frame_mask(frame - frame % k + k, k, window, sinks)[frame]
+    return [j for j, shown in enumerate(allowed.tolist()) if shown]
 
 
 def uniform_q(model):

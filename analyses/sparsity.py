@@ -46,7 +46,7 @@ import torch
 from analyses.errors import AnalysisError, takes_run
 from analyses.thresholds import threshold
 from probes.recording import Recording
-from scd.contract import CachePolicy, frames_seen
+from scd.contract import MAX_FRAMES_PER_BLOCK, ROLES, CachePolicy, frames_seen
 
 SPARSITY_FRACTION = 0.3            # a context cell counts when ln p is above 30% of the colour range (the paper's Fig. 3)
 SPARSITY_MIN_RANGE = math.log(10)  # ... and the range spans at least a factor 10; else the map is flat: not measured
@@ -57,8 +57,14 @@ def seen_frames(frames: list[int], role: str = "causal", frames_per_block: int =
                 policy: CachePolicy | None = None) -> list[list[int]]:
     """For each probed frame, the frames whose keys its queries see at a layer of this `role`, under the sampler's
     cache `policy` (`scd.contract.frames_seen`: one definition for the sampler and every measure here)."""
-    if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or frames_per_block < 1:
-        raise AnalysisError(f"frames_per_block = {frames_per_block!r}; accepted: an integer >= 1")
+    if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or \
+            not 1 <= frames_per_block <= MAX_FRAMES_PER_BLOCK:
+        raise AnalysisError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..{MAX_FRAMES_PER_BLOCK}")
+    if role not in ROLES:
+        raise AnalysisError(f"role = {role!r}; accepted: one of {', '.join(ROLES)}")
+    if not isinstance(frames, list | tuple) or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0
+                                                        for f in frames):
+        raise AnalysisError(f"frames = {frames!r}; accepted: a list of frame indices, integers >= 0")
     return [frames_seen(frame, role, frames_per_block, policy) for frame in frames]
 
 

@@ -36,6 +36,7 @@ CROSS_ATTENTION_HOOKS = ("hook_resid_mid", "hook_cross_out")
 #            frame's own keys (`BaselineConfig.frame_local_blocks`).
 ROLES = ("causal", "encoder", "decoder", "frame-local")
 
+MAX_FRAMES_PER_BLOCK = 64  # frames one chunk may hold (the Wan families denoise 1-3; bounds every chunk argument)
 PAPER_DEPTH = 30  # blocks of Wan-2.1-1.3B, the model the paper's layer numbers refer to
 
 

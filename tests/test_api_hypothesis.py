@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from probe_cli.cli import OUR_PACKAGES
@@ -125,6 +125,8 @@ def test_convert_numbers_answer_or_refuse(tmp_path_factory, heads, chunk, ema):
 @SETTINGS
 @given(frames=st.lists(st.integers(-3, 40), max_size=4), role=st.sampled_from(["causal", "decoder", "frame-local"]),
        chunk=ANY_NUMBER)
+@example(frames=[3], role="causal", chunk=2**62)  # a chunk too big to list: refused, not a crash of memory
+@example(frames=[-3], role="causal", chunk=1)     # no frame before the video's first
 def test_frames_visible_answers_or_refuses(frames, role, chunk):
     from analyses.sparsity import frames_visible
 

@@ -36,7 +36,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import CachePolicy, Layout, VideoDiffuser, latent_channels
+from scd.contract import MAX_FRAMES_PER_BLOCK, CachePolicy, Layout, VideoDiffuser, latent_channels
 from scd.errors import CheckpointError, ModelError
 from scd.models.baseline import block_causal_mask
 from scd.models.blocks import KVCache
@@ -157,8 +157,9 @@ def geometry(config, latent_size: tuple[int, int], frames_per_block: int | None 
                               f"(rope_max_seq_len = {rope} rows and columns); accepted: at most {rope * p_h}x{rope * p_w}")
     native = int(config.get("num_frame_per_block", 1) or 1)
     frames_per_block = native if frames_per_block is None else frames_per_block
-    if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or not 1 <= frames_per_block <= 64:
-        raise CheckpointError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64")
+    if not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool) or \
+            not 1 <= frames_per_block <= MAX_FRAMES_PER_BLOCK:
+        raise CheckpointError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..{MAX_FRAMES_PER_BLOCK}")
     sample_info = bool(config.get("inject_sample_info", False))
     if fps is not None and not sample_info:
         raise CheckpointError(f"fps = {fps!r}; accepted: none: this model has no fps embedding (inject_sample_info)")

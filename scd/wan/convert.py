@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from scd.contract import MAX_FRAMES_PER_BLOCK
 from scd.errors import CheckpointError
 
 # Renames applied in order to every key, as diffusers' scripts/convert_wan_to_diffusers.py does. The original
@@ -345,8 +346,9 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or not 1 <= heads <= 512):
         raise ConversionError(f"heads = {heads!r}; accepted: an integer in 1..512, or None (width / 128)")
     if frames_per_block is not None and (not isinstance(frames_per_block, int) or isinstance(frames_per_block, bool)
-                                         or not 1 <= frames_per_block <= 64):
-        raise ConversionError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in 1..64, or None")
+                                         or not 1 <= frames_per_block <= MAX_FRAMES_PER_BLOCK):
+        raise ConversionError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in "
+                              f"1..{MAX_FRAMES_PER_BLOCK}, or None")
     check_output(out, "converted", force)
     notes = [] if notes is None else notes
     in_file: dict[str, str] = {}

@@ -2,8 +2,11 @@
 
 Every parser either returns the value its specification gives or raises (argparse's ArgumentTypeError
 inside argparse, UsageError after it), so a bad flag is one line and exit code 2 before any work.
-Numbers: ASCII digits with an optional sign and surrounding spaces (no `1_000`, no `1e3`, no
-non-ASCII digits); lists: comma-separated; ranges: `A-B`, both ends included.
+Numbers: ASCII digits with an optional sign and surrounding spaces (no `1_000`, no non-ASCII digits). Integers
+(counts, indices, seeds) and the values of a sampler's fixed scale (timesteps on 0..1000, the flow shift, the
+guidance scale) are written in digits with an optional decimal point: `1e3` is refused. Scientific notation (`3e-4`)
+is accepted only for values that span decades (learning rates and other training numbers, a LoRA's alpha, a plan's
+budget). Lists: comma-separated; ranges: `A-B`, both ends included.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 
 INT = re.compile(r"\s*([+-]?[0-9]+)\s*")
 FLOAT = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*")
+DECIMAL = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))\s*")  # FLOAT without an exponent
 SEED_MAX = 2**63 - 1      # torch.Generator.manual_seed takes 64-bit seeds
 CLIP_MAX = 2**31 - 1      # a val clip index (its numpy seed is 2 * index + 1)
 MAX_ITEMS = 10_000        # clips x seeds of one sweep
@@ -39,12 +43,14 @@ def integer(text: str, low: int, high: int, what: str = "value") -> int:
     return value
 
 
-def number(text: str, low: float, high: float, what: str = "value") -> float:
-    """A finite decimal number in [low, high]; NaN, inf and beyond-float values are refused."""
-    match = FLOAT.fullmatch(text)
+def number(text: str, low: float, high: float, what: str = "value", scientific: bool = True) -> float:
+    """A finite number in [low, high], in decimal or (with `scientific`) scientific notation; NaN, inf and beyond-float
+    values are refused."""
+    match = (FLOAT if scientific else DECIMAL).fullmatch(text)
     value = float(match[1]) if match else math.nan
     if not match or not math.isfinite(value):
-        raise UsageError(f"{what} {text!r} is not a finite number; accepted: a number in [{low:g}, {high:g}]")
+        notation = "" if scientific else " in decimal notation (no exponent)"
+        raise UsageError(f"{what} {text!r} is not a finite number; accepted: a number in [{low:g}, {high:g}]{notation}")
     if not low <= value <= high:
         raise UsageError(f"{what} {value:g} is out of range; accepted: a number in [{low:g}, {high:g}]")
     return value
@@ -61,9 +67,9 @@ def _argtype(check, name: str):
     return parse
 
 
-def finite(low: float, high: float):
-    """An argparse `type`: a finite number in [low, high]."""
-    return _argtype(lambda text: number(text, low, high), f"number in [{low:g}, {high:g}]")
+def finite(low: float, high: float, scientific: bool = True):
+    """An argparse `type`: a finite number in [low, high] (in decimal notation only, without `scientific`)."""
+    return _argtype(lambda text: number(text, low, high, scientific=scientific), f"number in [{low:g}, {high:g}]")
 
 
 def ranged(low: int, high: int):
@@ -95,10 +101,10 @@ def indices(text: str, flag: str, low: int, high: int) -> list[int]:
 def timestep_list(text: str) -> list[float]:
     """An argparse `type`: a comma-separated, strictly decreasing list of timesteps in 0..1000, each above 0 (a step
     at 0 is no denoising step: CausVid's list 1000,757,522,0 drops its 0 at inference)."""
-    accepted = "comma-separated numbers in 0..1000, strictly decreasing, each above 0 (e.g. 1000,750,500,250; " \
-               "CausVid's 1000,757,522,0 is run as 1000,757,522)"
+    accepted = "comma-separated decimal numbers in 0..1000 (no exponent), strictly decreasing, each above 0 (e.g. " \
+               "1000,750,500,250; CausVid's 1000,757,522,0 is run as 1000,757,522)"
     try:
-        values = [number(part, 0, 1000) for part in text.split(",")]
+        values = [number(part, 0, 1000, scientific=False) for part in text.split(",")]
     except UsageError:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}") from None
     if len(values) > 1000 or values[-1] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):

@@ -76,8 +76,8 @@ def _sampling_flags(parser) -> None:
                    "0..1000 (Self-Forcing: 1000,750,500,250 with --warp; CausVid: 1000,757,522,0); replaces --steps")
     g.add_argument("--warp", action="store_true", help="map --timesteps through the shift warp (Self-Forcing's "
                    "warp_denoising_step): t -> 1000 s'(t/1000), s'(s) = shift s / (1 + (shift - 1) s)")
-    g.add_argument("--shift", type=finite(0.001, 1000), default=None, help="flow shift of the scheduler and the warp "
-                   "(default: the model's; Self-Forcing's timestep_shift is 5)")
+    g.add_argument("--shift", type=finite(0.001, 1000, scientific=False), default=None,
+                   help="flow shift of the scheduler and the warp (default: the model's; Self-Forcing's timestep_shift is 5)")
     g.add_argument("--sampler", choices=("ode", "renoise"), default="ode", help="ode: the scheduler's steps (default); "
                    "renoise: the few-step sampler of Self-Forcing and CausVid (predict the clean frame, noise it afresh "
                    "to the next timestep)")
@@ -113,8 +113,8 @@ def _run_parser(sub) -> None:
     d.add_argument("--prompt", default=None, help="text prompt, encoded by the pipeline directory's umT5 text encoder")
     d.add_argument("--negative-prompt", default=None, help="the unconditional pass's prompt under --guidance-scale "
                    "(default: the empty prompt; zeros with --text-embeddings)")
-    d.add_argument("--guidance-scale", type=finite(0, 100), default=None, help="classifier-free guidance scale in "
-                   "[0, 100] (default 1: none); each pass keeps its own KV cache")
+    d.add_argument("--guidance-scale", type=finite(0, 100, scientific=False), default=None,
+                   help="classifier-free guidance scale in [0, 100] (default 1: none); each pass keeps its own KV cache")
     d.add_argument("--guidance-pass", choices=(*GUIDANCE_PASSES, "both"), default="cond", help="which pass of the "
                    "guidance the probe records (default cond; both: the unconditional one into OUT.uncond)")
     d.add_argument("--frames-per-block", type=ranged(1, 64), default=None, help="latent frames denoised together as one "

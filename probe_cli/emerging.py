@@ -146,7 +146,7 @@ def cmd_emergence(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from scd.training.study import CONDITIONS, SEEDS, plan, run_name, run_state, study_config, train_study
+    from scd.training.study import CONDITIONS, SEEDS, check_study_root, plan, run_name, run_state, study_config, train_study
 
     conditions = None
     if args.conditions is not None:
@@ -166,6 +166,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                              "written by probe emergence (its card-*.json)")
         measured = frozenset(p.name[len("card-"):-len(".json")] for p in cards.glob("card-*.json"))
     if args.action == "status":
+        check_study_root(root)  # train_study checks it too, under its lock
         for condition, seed in plan(conditions, seeds):
             steps, name = study_config(condition, seed).steps, run_name(condition, seed)
             trained = f"{run_state(root, condition, seed)} of {steps} steps"

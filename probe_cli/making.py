@@ -53,6 +53,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from scd.checkpoint_files import check_export
+
+    check_export(args.run, args.name, args.weights, args.force)  # before torch is imported: a refusal comes at once
     from scd.evaluate import export_checkpoint
 
     card = export_checkpoint(args.run, args.name, clips=args.clips, steps=args.steps, force=args.force,

@@ -25,11 +25,11 @@ if TYPE_CHECKING:
     from probes.recording import Recording
 
 
-def _roles_text(layout) -> str:
-    """' (encoder 0..24, decoder 25..34)' for SCD; '' for a model of one kind of block."""
+def _roles_text(roles: list[str] | tuple[str, ...]) -> str:
+    """' (encoder 0..24, decoder 25..34)' for SCD; '' for a model of one kind of block (`roles`: each block's)."""
     spans: dict[str, list[int]] = {}
-    for layer in range(layout.depth):
-        spans.setdefault(layout.role(layer), []).append(layer)
+    for layer, role in enumerate(roles):
+        spans.setdefault(role, []).append(layer)
     if set(spans) == {"causal"}:
         return ""
     return " (" + ", ".join(f"{role} {v[0]}..{v[-1]}" for role, v in spans.items()) + ")"
@@ -322,11 +322,9 @@ def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Names
     return total
 
 
-def _plan(args: argparse.Namespace, shape: dict, roles: str, sharded: bool, capture: list[str],
-          clip_frames: int) -> tuple[list[int] | str, Path]:
-    """(layers, output) of a run, checked before any work against the model's `shape`: the layers against its depth,
-    the output (the default path names the layers), and the memory; sets `args.mode` and `args.pca_tokens`."""
-    depth = shape["depth"]
+def _layers_and_output(args: argparse.Namespace, depth: int, roles: str, sharded: bool) -> tuple[list[int] | str, Path]:
+    """(layers, output) of a run, checked before any work: the layers against the model's `depth` (`roles`: its
+    blocks' roles, said in the refusal), and the output (the default path names the layers)."""
     spec = layers(args.layers if args.layers is not None else args.layer, depth,
                   "--layers" if args.layers is not None else "--layer", roles)
     out = Path(args.out) if args.out else _default_out(args.model, spec, args.control)
@@ -334,11 +332,16 @@ def _plan(args: argparse.Namespace, shape: dict, roles: str, sharded: bool, capt
         output(out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
             output(_uncond(out), "run", args.force)
-    count = depth if spec == "all" else len(spec)
+    return spec, out
+
+
+def _fit(args: argparse.Namespace, shape: dict, spec: list[int] | str, capture: list[str], clip_frames: int) -> None:
+    """The recording's mode and the memory the run needs, checked against the model's `shape` before any work; sets
+    `args.mode` and `args.pca_tokens`."""
+    count = shape["depth"] if spec == "all" else len(spec)
     args.mode, args.pca_tokens = resolve_mode(args.mode, shape, count, args.frames, args.steps, capture)
     estimate_fits(_estimate(shape, count, capture, args, clip_frames),
                   "this probed generation (weights, KV cache, recorded features)")
-    return spec, out
 
 
 def _random_baseline(args: argparse.Namespace, on, dtype):
@@ -357,7 +360,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     diffusers_model = args.model.startswith("diffusers:")
     capture, clip_frames = _check_run_flags(args, diffusers_model)
     clips = indices(args.clip, "--clip", 0, CLIP_MAX)
-    from probes.sweep import noise_seed
+    from probes.sweep_plan import noise_seed, world
 
     if len(clips) * args.seeds > 10_000:
         raise UsageError(f"--clip x --seeds makes {len(clips) * args.seeds} runs; accepted: at most 10000")
@@ -370,19 +373,26 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.guidance_pass == "both" and len(clips) * args.seeds > 1:
         raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and draw; accepted: one --clip and "
                          "--seeds 1, or --guidance-pass cond / uncond for a sweep")
-    from probes.sweep import world
-
     rank, world_size, local_rank = world()
     sharded = len(clips) * args.seeds > 1 or world_size > 1
     if args.out is not None:  # checked before the model is even loaded; the default path is checked below
         output(args.out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
             output(_uncond(Path(args.out)), "run", args.force)
+    spec = out = None
+    if not diffusers_model and args.size is None:
+        from scd.checkpoint_files import checkpoint_roles, resolve, shipped_models
+
+        resolve(args.model)  # an unknown name, a missing file: refused here
+        if args.model in shipped_models():  # its depth is in its config, sound (tests/scd/test_shipped): read before
+            roles = checkpoint_roles(args.model)  # torch; a user's config is judged whole by the loader first
+            spec, out = _layers_and_output(args, len(roles), _roles_text(roles), sharded)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)
-    spec = out = None
     if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
-        spec, out = _plan(args, diffusers_shape(args.model, args), "", sharded, capture, clip_frames)
+        shape = diffusers_shape(args.model, args)
+        spec, out = _layers_and_output(args, shape["depth"], "", sharded)
+        _fit(args, shape, spec, capture, clip_frames)
 
     import torch
 
@@ -410,8 +420,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         control = permute_weights(model, args.control_seed)
     layout = model.layout
+    if spec is None:  # a random model (--size), or a checkpoint whose config only the loader could judge
+        spec, out = _layers_and_output(args, layout.depth, _roles_text([layout.role(i) for i in range(layout.depth)]),
+                                       sharded)
     if not diffusers_model:
-        spec, out = _plan(args, model_shape(model, layout), _roles_text(layout), sharded, capture, clip_frames)
+        _fit(args, model_shape(model, layout), spec, capture, clip_frames)
     try:
         passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
         probes = [Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,

@@ -20,40 +20,17 @@ spread over items is in `metrics`, one row per item), and whose features and vid
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from probes.recording import MergedRun, is_sweep, load_sweep
 from probes.store import SHARD_FORMAT
+from probes.sweep_plan import DRAW_STRIDE, item_name, noise_seed, shard_name, world
 from scd.files import atomic_directory, discard, replace, temporary_sibling
 
 __all__ = ["MergedRun", "is_sweep", "load_sweep", "noise_seed", "DRAW_STRIDE", "item_name", "shard_name", "world",
            "process_group", "broadcast", "barrier", "write_shard", "write_sweep"]
-
-
-DRAW_STRIDE = 2**31  # above every clip index: the seeds of two draws never meet
-
-
-def noise_seed(seed: int, clip: int, draw: int = 0) -> int:
-    """The noise seed of draw `draw` of clip `clip` from a sweep's base `seed`: seed + clip + draw * 2^31, so every
-    clip of a sweep has its own noise (clips never share frame k's noise) and each draw of a clip its own too."""
-    return seed + clip + draw * DRAW_STRIDE
-
-
-def item_name(clip: int, seed: int) -> str:
-    """The run directory of one sweep item inside its shard."""
-    return f"clip{clip}-seed{seed}"
-
-
-def shard_name(rank: int, world_size: int) -> str:
-    return f"shard-{rank:02d}-of-{world_size:02d}"
-
-
-def world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 @contextmanager

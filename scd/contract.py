@@ -183,6 +183,27 @@ class Layout:
         return frames_seen(frame, self.role(layer), self.frames_per_block, policy)
 
 
+def builtin_roles(config: dict) -> tuple[str, ...]:
+    """The role of every block of a built-in model (scd.models), in execution order, from its config's fields: the
+    baseline's blocks are causal but the last `frame_local_blocks` (frame-local); SCD's `encoder_depth` encoder blocks
+    come before its `decoder_depth` decoder blocks. The models' layouts and the command's checks read this one rule."""
+    def count(name: str) -> int:
+        value = config.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096:
+            raise LayoutError(f"{name} = {value!r}; accepted: an integer in 0..4096")
+        return value
+
+    family = config.get("family")
+    if family == "scd":
+        return ("encoder",) * count("encoder_depth") + ("decoder",) * count("decoder_depth")
+    if family == "baseline":
+        depth, local = count("depth"), count("frame_local_blocks")
+        if local > depth:
+            raise LayoutError(f"frame_local_blocks {local} exceeds depth {depth}; accepted: 0..{depth}")
+        return ("causal",) * (depth - local) + ("frame-local",) * local
+    raise LayoutError(f"family {family!r}; accepted: baseline, scd")
+
+
 def frames_seen(frame: int, role: str = "causal", frames_per_block: int = 1,
                 policy: CachePolicy | None = None) -> list[int]:
     """The frames (video indices, ascending) whose keys the queries of `frame` see at a block of `role`: the one

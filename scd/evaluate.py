@@ -19,20 +19,18 @@ import pandas as pd
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from scd.checkpoint_files import check_export
 from scd.data import VideoBenchmark, clip_seed
 from scd.files import (
     GENERATOR,
-    PLAIN_NAME,
     atomic_file,
     discard,
-    input_path,
-    is_plain_name,
     recover,
     temporary_sibling,
 )
 from scd.progress import progress as progress_bar
 from scd.sampling import generate
-from scd.zoo import CHECKPOINT_DIR, CheckpointError, load_model, save_model
+from scd.zoo import CHECKPOINT_DIR, load_model, save_model
 
 DATA_RANGE = (-1.0, 1.0)
 
@@ -144,26 +142,8 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     """
     from scd.training.train import WEIGHTS, dev_loss, load_trained
 
-    run = input_path(run, "run", "a training directory written by probe train", CheckpointError)
-    if weights not in (*WEIGHTS, "auto"):
-        raise CheckpointError(f"unknown weights {weights!r}; accepted: auto, {', '.join(WEIGHTS)}")
-    if not is_plain_name(name):
-        raise CheckpointError(f"checkpoint name {name!r} is not a plain name; accepted: {PLAIN_NAME}")
-    if not (run / "train.json").is_file() or not (run / "train_state.safetensors").is_file():
-        raise CheckpointError(f"{run} is not a training directory written by probe train (no train.json and "
-                              "train_state.safetensors)")
+    run = check_export(run, name, weights, force, CHECKPOINT_DIR)
     targets = [CHECKPOINT_DIR / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
-    if any(p.exists() for p in targets):
-        if not force:
-            raise CheckpointError(f"{CHECKPOINT_DIR / name}.safetensors already exists; pass --force to replace it")
-        config = targets[1]
-        try:
-            ours = isinstance(json.loads(config.read_text()).get("family"), str)
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours or any(p.is_symlink() or (p.exists() and not p.is_file()) for p in targets):
-            raise CheckpointError(f"{CHECKPOINT_DIR / name}.* is not a checkpoint written by this toolkit; "
-                                  "--force replaces only the toolkit's own checkpoints")
     candidates = {w: load_trained(run, w) for w in WEIGHTS}
     dev = {w: dev_loss(m, run) for w, m in candidates.items()}
     chosen = min(dev, key=dev.get) if weights == "auto" else weights

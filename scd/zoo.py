@@ -17,13 +17,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scd.checkpoint_files import CHECKPOINT_DIR, config_path_for, read_config, resolve, shipped_models  # noqa: F401
 from scd.devices import float_dtype, usable_device
 from scd.errors import CheckpointError
-from scd.files import atomic_file, input_path, sha256
+from scd.files import atomic_file, sha256
 from scd.models.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
 from scd.models.scd_model import SCD_SIZES, SCDConfig, SeparableCausalDiffuser
 
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "baseline": (BaselineConfig, CausalVideoDiffuser),
     "scd": (SCDConfig, SeparableCausalDiffuser),
@@ -32,11 +32,6 @@ SIZES: dict[str, dict] = {"baseline": BASELINE_SIZES, "scd": SCD_SIZES}  # named
 
 
 RANDOM_POOL = 2**20 + 7  # seeded draws that `random_model` tiles into its matrices
-
-
-def shipped_models() -> list[str]:
-    """Names of the checkpoints shipped in scd/checkpoints/."""
-    return sorted(p.stem for p in CHECKPOINT_DIR.glob("*.safetensors") if p.with_suffix(".json").exists())
 
 
 # Accepted values of each model config field: (type, low, high); sizes are also checked against each other below.
@@ -106,32 +101,6 @@ def build_model(config: dict, device: str | torch.device | None = None) -> nn.Mo
         return model_cls(config_cls(**config))
 
 
-def config_path_for(weights: Path) -> Path:
-    """The JSON config beside a weights file: `config.json` for `model.safetensors`, else `{stem}.json`."""
-    return weights.parent / "config.json" if weights.name == "model.safetensors" else weights.with_suffix(".json")
-
-
-def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
-    """(weights, config) paths of a shipped name, a checkpoint directory or a .safetensors file."""
-    if isinstance(name_or_path, str) and name_or_path in shipped_models():
-        return CHECKPOINT_DIR / f"{name_or_path}.safetensors", CHECKPOINT_DIR / f"{name_or_path}.json"
-    path = input_path(name_or_path, "model", f"{', '.join(shipped_models()) or '(none shipped)'}, a checkpoint "
-                      "directory, or a .safetensors file with a .json config beside it", CheckpointError)
-    if path.is_dir():
-        weights, config = path / "model.safetensors", path / "config.json"
-    elif path.suffix == ".safetensors":
-        weights, config = path, config_path_for(path)
-    else:
-        raise CheckpointError(
-            f"unknown model {str(name_or_path)!r}; accepted: {', '.join(shipped_models()) or '(none shipped)'}, "
-            "a checkpoint directory, or a .safetensors file with a .json config beside it")
-    for p in (weights, config):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file missing: {p}; accepted: a .safetensors file with its .json "
-                                  "config beside it (model.safetensors + config.json in a directory)")
-    return weights, config
-
-
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                **diffusers_options) -> nn.Module:
     """Load a model (a `scd.contract.VideoDiffuser`) in eval mode: a shipped name ("baseline"), a checkpoint
@@ -151,13 +120,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
         raise CheckpointError(f"model must be a name or a path, got {type(name_or_path).__name__}; accepted: "
                               f"{', '.join(shipped_models())}, a checkpoint directory or a .safetensors file")
     weights, config_path = resolve(name_or_path)
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        reason = e.msg if isinstance(e, json.JSONDecodeError) else e
-        raise CheckpointError(f"config {config_path} is not valid JSON ({reason})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"config {config_path} must be a JSON object")
+    config = read_config(config_path)
     expected_sha = config.pop("sha256", None)
     config.pop("dtype", None)
     digest = sha256(weights)

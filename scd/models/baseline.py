@@ -17,7 +17,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import CachePolicy, Layout, VideoDiffuser, latent_channels
+from scd.contract import CachePolicy, Layout, VideoDiffuser, builtin_roles, latent_channels
 from scd.errors import ModelError
 from scd.models.blocks import Block, KVCache, modulate, rope_angles
 
@@ -165,9 +165,8 @@ class CausalVideoDiffuser(BuiltinFrames, HookedRootModule):
     @property
     def layout(self) -> Layout:
         """Blocks `blocks.{i}`, all causal but the last `frame_local_blocks` (frame-local)."""
-        depth, local = self.config.depth, self.config.frame_local_blocks
-        roles = ("causal",) * (depth - local) + ("frame-local",) * local if local else ()
-        return Layout(tuple(f"blocks.{i}" for i in range(depth)), self.config.tokens_per_frame, roles,
+        roles = builtin_roles({"family": "baseline", **asdict(self.config)})
+        return Layout(tuple(f"blocks.{i}" for i in range(self.config.depth)), self.config.tokens_per_frame, roles,
                       token_grid=patch_grid(self.config))
 
     def patchify(self, video: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from scd.contract import CachePolicy, Layout
+from scd.contract import CachePolicy, Layout, builtin_roles
 from scd.errors import ModelError
 from scd.models.baseline import (
     WAN_1_3B,
@@ -117,7 +117,7 @@ class SeparableCausalDiffuser(BuiltinFrames, HookedRootModule):
         """Layers 0..E-1 are `encoder.blocks.{i}` (role encoder), then `decoder.blocks.{i}` (role decoder)."""
         e, d = self.config.encoder_depth, self.config.decoder_depth
         blocks = tuple(f"encoder.blocks.{i}" for i in range(e)) + tuple(f"decoder.blocks.{i}" for i in range(d))
-        return Layout(blocks, self.config.tokens_per_frame, ("encoder",) * e + ("decoder",) * d,
+        return Layout(blocks, self.config.tokens_per_frame, builtin_roles({"family": "scd", **asdict(self.config)}),
                       token_grid=patch_grid(self.config))
 
     def decoder_parameters(self) -> list[nn.Parameter]:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from scd.checkpoint_files import WEIGHTS
 from scd.data import VideoBenchmark
 from scd.files import OutputError, atomic_file, check_output, discard, input_path, replace, temporary_sibling
 from scd.flops import tokens_per_frame
@@ -320,9 +321,6 @@ def trained_steps(run: str | Path) -> int:
         raise TrainConfigError(f"{state} is not a readable training checkpoint with its step (damaged or truncated); "
                                "accepted: a checkpoint written by probe train, or remove the run to start it again")
     return int(step)
-
-
-WEIGHTS = ("ema", "raw")
 
 
 def load_trained(run: str | Path, weights: str = "ema") -> nn.Module:

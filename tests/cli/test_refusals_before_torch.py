@@ -20,6 +20,24 @@ REFUSALS = [  # (argv after `probe`, the refusal's words); {tmp}: a temporary di
     (["run", "--timesteps", "1000,757,522,0"], "each above 0"),
     (["plan", "{tmp}/missing", "--out", "{tmp}/p.json"], "is not a run directory"),
     (["study", "train", "--root", "{tmp}/mine.html", "--conditions", "reference", "--seeds", "0"], "is a file"),
+    (["study", "status", "--root", "{tmp}/mine.html"], "is a file"),
+    (["study", "train", "--root", "{tmp}/s", "--conditions", "bogus"], "unknown bogus"),
+    # a layer beyond the shipped models' depth: read from their configs, not by loading them
+    (["run", "--layers", "30"], "accepted: block indices in 0..29"),
+    (["run", "--layer", "35", "--model", "scd"], "(encoder 0..24, decoder 25..34)"),
+    (["run", "--layers", "3", "--model", "baseline-diagonal", "--out", "{tmp}/mine.html"], "already exists"),
+    (["run", "--model", "nonexistent"], "unknown model 'nonexistent'"),
+    (["run", "--model", "{tmp}/mine.html"], "unknown model"),
+    # numbers: integers and the sampler's scales in digits, no exponent
+    (["run", "--timesteps", "1e3,500"], "no exponent"),
+    (["run", "--shift", "1e1"], "no exponent"),
+    (["run", "--steps", "1e3"], "is not an integer"),
+    (["run", "--window", "2", "--sink-frames", "3"], "--window / --sink-frames"),
+    (["run", "--sink-frames", "1"], "apply to a rolling cache"),
+    (["intervene", "--plan", "{tmp}/mine.html", "--out", "{tmp}/iv"], "cannot be read as a plan"),
+    (["export", "{tmp}/missing", "--name", "x"], "is not a training directory"),
+    (["bench", "--out", "{tmp}/mine.html"], "already exists"),
+    (["convert", "{tmp}/missing", "{tmp}/out"], "is not a checkpoint"),
 ]
 
 

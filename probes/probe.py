@@ -24,6 +24,7 @@ What is recorded per (layer, probed frame, step):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -36,7 +37,7 @@ from probes.attention import derived_entries, pooled_attention, token_bands
 from probes.backends import get_backend
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
 from probes.errors import ProbeError
-from probes.recording import Recording, memory_source
+from probes.recording import BOOKKEEPING, Recording, memory_source
 from probes.reductions import StepGram
 from scd.contract import ACCEPTED_MODELS, CROSS_ATTENTION_HOOKS, HOOKS, CachePolicy, LayoutError, is_video_diffuser
 from scd.sampling import observe_sampling
@@ -71,6 +72,13 @@ def _frames_uint8(video: torch.Tensor) -> np.ndarray:
     """[T, C, H, W] in [-1, 1] -> uint8 [T, H, W, C]."""
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
+
+# The entries a recording's manifest holds of its own (`Probe._manifest_of`, and what write_run adds): `annotate`
+# refuses them as names of the caller's entries, which would replace them.
+MANIFEST_KEYS = ("model", "checkpoint", "config", "parameters", "depth", "block_roles", "layers", "layer_roles",
+                 "layer_paths", "hook", "capture", "mode", "backend", "tokens_per_frame", "bands", "frames_per_block",
+                 "token_grid", "frames", "context", "num_frames", "steps", "timesteps", "ground_truth", "input_layer",
+                 "guidance", "sampling", "video_frames", "video_context_frames", "video_shows", *BOOKKEEPING)
 
 class Probe(Recording):
     """Context manager that records features and per-frame attention of chosen layers during `generate`; after its
@@ -406,7 +414,17 @@ class Probe(Recording):
 
     def annotate(self, ground_truth: torch.Tensor | None = None, **info) -> None:
         """The clip's `ground_truth` frames [T, C, H, W] and manifest entries (e.g. clip=0, seed=0) that the recording,
-        and the run directory it saves, carry."""
+        and the run directory it saves, carry: JSON values under names of the caller's (the manifest's own entries,
+        MANIFEST_KEYS, say what was recorded and cannot be replaced)."""
+        taken = sorted(set(info) & set(MANIFEST_KEYS))
+        if taken:
+            raise ProbeError(f"manifest entries {taken} are the recording's own; accepted: other names (e.g. clip, seed, "
+                             "command)")
+        try:
+            json.dumps(info, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ProbeError(f"manifest entries must be JSON values ({e}); accepted: strings, finite numbers, booleans, "
+                             "None, and lists and dicts of them") from None
         self._info, self._source = (ground_truth, info), None
 
     def _frames_in_order(self) -> list[int]:

@@ -48,6 +48,10 @@ def gaussian_context(frame_shape: Sequence[int], clip: int, frames: int) -> torc
     return torch.randn((frames, *frame_shape), generator=generator)
 
 
+# Probe's keyword arguments that `record` passes on (the others are record's own: layers, capture, frames, steps).
+PROBE_OPTIONS = ("hook", "mode", "backend", "pca_tokens", "sample_seed", "bands", "guidance_pass")
+
+
 def record(
     model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int = 50, seed: int = 0,
     layers: Sequence[int] | str = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
@@ -71,6 +75,12 @@ def record(
     from probes.sweep import noise_seed
     from scd.sampling import generate
 
+    unknown = sorted(set(probe_options) - set(PROBE_OPTIONS))
+    if unknown:
+        raise ProbeError(f"record has no option {', '.join(unknown)}; accepted: the arguments of record and Probe's "
+                         f"{', '.join(PROBE_OPTIONS)}")
+    if info is not None and not isinstance(info, dict):
+        raise ProbeError(f"info is a {type(info).__name__}; accepted: a dict of further manifest entries, or None")
     probe = Probe(model, layers, capture=capture, frames=record_frames, steps=record_steps, **probe_options)
     count = len(timesteps) if isinstance(timesteps, list | tuple) else steps  # what the manifest says was run
     if isinstance(context, int) and not isinstance(context, bool):
@@ -97,6 +107,9 @@ def record(
     with probe:
         generate(model, context, frames, steps=None if timesteps is not None else steps, seed=seed, device=device,
                  dtype=dtype, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler, cache_policy=cache_policy)
+    taken = sorted(set(info or {}) & set(source))
+    if taken:
+        raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
     probe.annotate(truth, **{**source, **(info or {})})  # the clip's truth and where it came from, as a run holds them
     return probe
 
@@ -112,13 +125,16 @@ def record_sweep(model, out: str | Path, clips: Iterable[int] = range(8), *, dra
     from scd.files import OutputError, check_output, input_path
     from scd.progress import progress
 
-    clips = list(clips)
-    if not clips or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in clips):
-        raise ProbeError(f"clips {clips!r}; accepted: a non-empty collection of val clip indices (integers >= 0)")
+    clips = list(clips) if isinstance(clips, Iterable) and not isinstance(clips, str | bytes) else clips
+    if not isinstance(clips, list) or not clips or len(set(clips)) != len(clips) or \
+            not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**31 for c in clips):
+        raise ProbeError(f"clips {clips!r}; accepted: a non-empty collection of distinct val clip indices (integers in "
+                         "0..2147483647)")
     _count(draws, "draws", 1, 1000)
+    _count(seed, "seed", 0, 2**62)
     out = input_path(out, "out", "a path ending in a new name", ProbeError)
     try:
-        check_output(out, "sweep", force)
+        check_output(out, "sweep", force, flag="out")
     except OutputError as e:
         raise ProbeError(str(e)) from None
     items = [(clip, noise_seed(seed, clip, draw)) for clip in clips for draw in range(draws)]

@@ -206,6 +206,9 @@ class Recording:
         return sorted(layer for layer in map(layer_of, self._recorded().keys(name)) if layer is not None)
 
     def _tensor(self, name: str, layer: int, what: str = "") -> torch.Tensor:
+        if not isinstance(layer, int) or isinstance(layer, bool):  # "1" or "1.gram" would name another entry
+            raise RunError(f"layer {layer!r} is not a block index; accepted: an integer, one of the recorded layers "
+                           f"{', '.join(map(str, self._layers(name))) or '(none)'}")
         key = f"layer{layer}" + (f".{what}" if what else "")
         source = self._recorded()
         if key not in source.keys(name):
@@ -224,7 +227,7 @@ class Recording:
         if frame is None or tensor is None:
             return tensor
         frames = self.frames
-        if frame not in frames:
+        if not isinstance(frame, int) or isinstance(frame, bool) or frame not in frames:
             raise RunError(f"frame {frame!r} was not recorded; recorded frames: {', '.join(map(str, frames))}")
         return tensor[frames.index(frame)]
 

@@ -104,9 +104,9 @@ def write_run(
     """
     path = input_path(path, "path", "a path ending in a new name", RunError)
     try:
-        check_output(path, "run", force)
+        check_output(path, "run", force, flag="path")
     except OutputError as e:
-        raise RunError(str(e).replace("--out ", "", 1)) from None
+        raise RunError(str(e)) from None
     for name, video in (("generated", generated), ("ground_truth", ground_truth)):
         if not isinstance(video, np.ndarray) or video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise RunError(f"{name} must be uint8 [T, H, W, 3], got {getattr(video, 'dtype', type(video).__name__)} "

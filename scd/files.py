@@ -230,8 +230,9 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
     (with `force`), that lies inside another of the toolkit's outputs, or that cannot be written: proven by
     creating its marked temporary sibling in the real parent and removing it again (parents that do not exist
     yet are made and removed again). Reads only otherwise: nothing of anyone's is moved or removed. Returns the
-    path."""
+    path. `flag` names the path in a refusal: a command's flag, or the name of a Python argument ("out": "pass force=True")."""
     path = input_path(path, flag, "a path ending in a new name", OutputError)
+    force_text = "--force" if flag.startswith("-") else "force=True"  # a command's flag, or a Python argument
     if path.name in ("", ".", ".."):
         raise OutputError(f"{flag} {str(path)!r} names no file or directory of its own; accepted: a path ending in a new name")
     if path.is_symlink():
@@ -242,10 +243,10 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
         empty_dir = directory and path.is_dir() and not any(path.iterdir())
         if not empty_dir:
             if not force:
-                raise OutputError(f"{flag} {path} already exists; pass --force to replace it, or choose another path")
+                raise OutputError(f"{flag} {path} already exists; pass {force_text} to replace it, or choose another path")
             if path.exists() and not is_toolkit_output(path, kind):
                 raise OutputError(f"{flag} {path} is not {_describe(kind)} written by this toolkit; "
-                                  "--force replaces only the toolkit's own outputs, so it is left as it is")
+                                  f"{force_text} replaces only the toolkit's own outputs, so it is left as it is")
     inside = _inside_output(path)
     if inside is not None:
         raise OutputError(f"{flag} {path} lies inside {inside}, an output of this toolkit; accepted: a path outside "

@@ -182,7 +182,7 @@ def test_a_toolkit_run_is_replaced_only_with_force(tmp_path, tiny_model):
     with Probe(tiny_model, layers=[1]) as probe:
         generate(tiny_model, clip[:2], 2, steps=2)
     probe.save(tmp_path / "run", ground_truth=clip)
-    with pytest.raises(RunError, match="already exists; pass --force"):
+    with pytest.raises(RunError, match="already exists; pass force=True"):
         probe.save(tmp_path / "run", ground_truth=clip)
     assert probe.save(tmp_path / "run", ground_truth=clip, force=True) == tmp_path / "run"
     assert load_run(tmp_path / "run").manifest["layers"] == [1]

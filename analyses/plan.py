@@ -257,7 +257,7 @@ def write_plan(run_paths: list[str], out: str, budget: float, force: bool = Fals
     from scd.files import OutputError, atomic_file, check_output, signature
 
     try:
-        check_output(out, "plan", force)
+        check_output(out, "plan", force, flag="out")
     except OutputError as e:
         raise PlanError(str(e)) from None
     content = {**signature("plan"), **plan([load_run(path) for path in run_paths], budget, similarity_min)}

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes import Probe, ProbeError, RunError, load_run, record
+from analyses.plan import PlanError, write_plan
+from probes import Probe, ProbeError, RunError, load_run, record, record_sweep
 from probes.store import write_run
 from scd import VideoBenchmark, generate, load_model
 from scd.devices import DeviceError
@@ -19,7 +20,9 @@ from scd.evaluate import export_checkpoint
 from scd.files import OutputError, atomic_directory
 from scd.sampling import SamplingError
 from scd.training.config import TrainConfig, TrainConfigError, default_config
+from scd.training.study import train_study
 from scd.training.train import train
+from scd.wan.convert import ConversionError, convert
 from scd.zoo import CheckpointError, build_model
 from tests.conftest import file_tree
 
@@ -138,11 +141,74 @@ CASES = [  # (what is called, exception type, message); `m` is the tiny baseline
     ("export_checkpoint ../x", CheckpointError, "not a plain name", lambda m, d: export_checkpoint(d / "mine", "../x")),
     ("export_checkpoint not a training run", CheckpointError, "not a training directory",
      lambda m, d: export_checkpoint(d / "mine", "ok")),
+    # -- the doors added since (issue 43): probes.record, record_sweep, Recording methods, load_model, the study,
+    # convert with a LoRA; `place` holds a toolkit run (myrun) and a user's lock-named file in mystudy/
+    ("record a context of the wrong rank", ProbeError, "accepted: a float tensor [T, C, H, W]",
+     lambda m, d: record(m, torch.zeros(2, 3, 16), frames=1, steps=2, layers=[1])),
+    ("record shift 0", SamplingError, "shift = 0; accepted", lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], shift=0)),
+    ("record shift nan", SamplingError, "accepted: a number in [0.001, 1000]",
+     lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], shift=math.nan)),
+    ("record timesteps ending at 0", SamplingError, "accepted: every timestep above 0",
+     lambda m, d: record(m, 0, frames=1, layers=[1], timesteps=[900, 0])),
+    ("record an unknown option", ProbeError, "record has no option colour; accepted",
+     lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], colour="red")),
+    ("record info not a dict", ProbeError, "info is a list; accepted: a dict",
+     lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], info=[1])),
+    ("record info naming the manifest's own entries", ProbeError, "are the recording's own; accepted",
+     lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], info={"layers": [3]})),
+    ("record info naming what record writes", ProbeError, "which record writes itself; accepted",
+     lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], info={"seed": 7})),
+    ("record info not JSON", ProbeError, "must be JSON values",
+     lambda m, d: record(m, 0, frames=1, steps=2, layers=[1], info={"x": object()})),
+    ("record_sweep repeated clips", ProbeError, "distinct val clip indices",
+     lambda m, d: record_sweep(m, d / "s", clips=[0, 0], frames=1, steps=2, layers=[1])),
+    ("record_sweep seed '0'", ProbeError, "seed = '0'; accepted",
+     lambda m, d: record_sweep(m, d / "s", clips=[0], seed="0", frames=1, steps=2, layers=[1])),
+    ("record_sweep over a user's file", ProbeError, "out " , lambda m, d: record_sweep(m, d / "file.txt", clips=[0])),
+    ("record_sweep inside a run", ProbeError, "lies inside", lambda m, d: record_sweep(m, d / "myrun" / "s", clips=[0])),
+    ("Recording layer '1'", RunError, "is not a block index; accepted", lambda m, d: load_run(d / "myrun").gram("1")),
+    ("Recording layer '1.gram'", RunError, "is not a block index; accepted",
+     lambda m, d: load_run(d / "myrun").features("1.gram")),
+    ("Recording frame True", RunError, "was not recorded", lambda m, d: load_run(d / "myrun").attention(1, True)),
+    ("Recording save inside a run", RunError, "lies inside",
+     lambda m, d: load_run(d / "myrun").save(d / "myrun" / "copy")),
+    ("Recording save over a user's file", RunError, "pass force=True", lambda m, d: load_run(d / "myrun").save(d / "file.txt")),
+    ("load_model a name too long", CheckpointError, "cannot be looked up", lambda m, d: load_model("x" * 300)),
+    ("load_model an int", CheckpointError, "must be a name or a path", lambda m, d: load_model(3)),
+    ("load_model a user's directory", CheckpointError, "checkpoint file missing", lambda m, d: load_model(d / "mine")),
+    ("load_model diffusers: nowhere", CheckpointError, "is not a diffusers model directory",
+     lambda m, d: load_model(f"diffusers:{d / 'nowhere'}")),
+    ("train_study beside a user's lock-named file", TrainConfigError, "in the way of the study's lock",
+     lambda m, d: train_study(d / "mystudy", ["reference"], seeds=(0,))),
+    ("train_study root inside a run", TrainConfigError, "lies inside",
+     lambda m, d: train_study(d / "myrun" / "study", ["reference"], seeds=(0,))),
+    ("train_study root a file", TrainConfigError, "is a file", lambda m, d: train_study(d / "file.txt", ["reference"])),
+    ("convert lora_alpha nan", ConversionError, "lora_alpha = nan; accepted",
+     lambda m, d: convert(d / "file.txt", d / "conv", lora=d / "file.txt", lora_alpha=math.nan)),
+    ("convert lora_alpha without a LoRA", ConversionError, "lora_alpha scales a LoRA",
+     lambda m, d: convert(d / "file.txt", d / "conv", lora_alpha=2.0)),
+    ("convert inside a run", ConversionError, "lies inside", lambda m, d: convert(d / "file.txt", d / "myrun" / "conv")),
+    ("write_plan inside a run", PlanError, "lies inside", lambda m, d: write_plan([d / "myrun"], d / "myrun" / "p.json", 0.1)),
 ]
 
 
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory):
+    """A run the toolkit wrote (tiny baseline, layer 1), copied into every case's place."""
+    from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
+    from tests.conftest import randomize
+
+    path = tmp_path_factory.mktemp("a_run") / "run"
+    record(randomize(CausalVideoDiffuser(BASELINE_SIZES["tiny"])), 0, frames=1, steps=2, layers=[1],
+           context_frames=2).save(path)
+    return path
+
+
 @pytest.fixture
-def place(tmp_path):
+def place(tmp_path, a_run):
+    shutil.copytree(a_run, tmp_path / "myrun")
+    (tmp_path / "mystudy").mkdir()
+    (tmp_path / "mystudy" / ".reference-s0.lock").write_text("the user's lock notes")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("the user's")
     (tmp_path / "file.txt").write_text("a file")

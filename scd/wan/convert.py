@@ -246,7 +246,8 @@ def read_lora(path: str | Path, alpha: float | None, notes: list[str]) -> dict[s
     pairs = {}
     for module, half in halves.items():
         if set(half) != {"A", "B"} or half["A"].shape[0] != half["B"].shape[1] or half["A"].shape[0] == 0:
-            raise ConversionError(f"{path}: {module} has no matching lora_A [r, in] and lora_B [out, r] with r >= 1")
+            raise ConversionError(f"{path}: {module} has no matching LoRA factors; accepted: lora_A [r, in] and "
+                                  "lora_B [out, r] with r >= 1")
         rank = half["A"].shape[0]
         pairs[module] = (half["A"], half["B"], alpha / (rank ** 0.5 if rslora else rank))
     ranks = sorted({a.shape[0] for a, _, _ in pairs.values()})
@@ -341,7 +342,7 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
     head size of every Wan-2.1 size: 1.3B 1536 / 12, 14B 5120 / 40), said in the notes."""
     import diffusers
 
-    from scd.files import atomic_directory, check_output, sha256, signature
+    from scd.files import OutputError, atomic_directory, check_output, sha256, signature
 
     if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or not 1 <= heads <= 512):
         raise ConversionError(f"heads = {heads!r}; accepted: an integer in 1..512, or None (width / 128)")
@@ -349,7 +350,10 @@ def convert(source: str | Path, out: str | Path, *, heads: int | None = None, fr
                                          or not 1 <= frames_per_block <= MAX_FRAMES_PER_BLOCK):
         raise ConversionError(f"frames_per_block = {frames_per_block!r}; accepted: an integer in "
                               f"1..{MAX_FRAMES_PER_BLOCK}, or None")
-    check_output(out, "converted", force)
+    try:
+        check_output(out, "converted", force, flag="out")
+    except OutputError as e:
+        raise ConversionError(str(e)) from None
     notes = [] if notes is None else notes
     in_file: dict[str, str] = {}
     if lora_alpha is not None and (not isinstance(lora_alpha, int | float) or isinstance(lora_alpha, bool) or

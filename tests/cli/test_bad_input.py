@@ -105,9 +105,52 @@ def material(tmp_path_factory, tiny_checkpoints):
     from tests.scd.test_causal_wan import original_layout
     from tests.wan_tiny import tiny
 
-    save_file(original_layout(tiny("wan").state_dict()), root / "wan.safetensors")
+    original = original_layout(tiny("wan").state_dict())
+    save_file(original, root / "wan.safetensors")
     paths["wan"] = root / "wan.safetensors"
+    _new_doors_material(root, paths, original)
     return root, paths
+
+
+def _new_doors_material(root: Path, paths: dict, original: dict) -> None:
+    """Damaged inputs of the doors added since the first table: LoRA adapters ({lora:NAME}), plans ({plan:NAME}),
+    a study whose run holds a damaged training checkpoint ({study:damaged})."""
+    from tests.analyses.test_plan import _damaged
+    from tests.scd.test_convert_checks import _adapter
+
+    lora = _adapter(original, 2)
+    loras = {
+        "overflow": ({"generator_lora": {k: v * 1e20 for k, v in lora.items()}, "lora_alpha": 2.0}, "pt"),
+        "inf": ({"generator_lora": {k: v.clone().fill_(float("inf")) for k, v in lora.items()}, "lora_alpha": 2.0}, "pt"),
+        "rank0": ({"generator_lora": {k: v[:0] if k.endswith("lora_A.weight") else v[:, :0] for k, v in lora.items()},
+                   "lora_alpha": 2.0}, "pt"),
+        "nan_alpha": (lora, "nan"),
+        "text": (None, "text"),
+    }
+    (root / "lora").mkdir()
+    for name, (content, kind) in loras.items():
+        if kind == "pt":
+            torch.save(content, root / "lora" / f"{name}.pt")
+            paths[f"lora:{name}"] = root / "lora" / f"{name}.pt"
+            continue
+        target = root / "lora" / f"{name}.safetensors"
+        if kind == "nan":
+            save_file(content, target, metadata={"lora_alpha": "nan"})
+        else:
+            target.write_text("my LoRA notes")
+        paths[f"lora:{name}"] = target
+    sound = json.loads((Path(__file__).parents[2] / "reports" / "plan" / "plan.json").read_text())
+    (root / "plans").mkdir()
+    for name, where, value in (("nan_ratio", "magcache.mag_ratios.2", float("nan")),
+                               ("string_clip", "calibration.items.0.clip", "0"),
+                               ("no_calibration", "calibration", "DELETE"),
+                               ("wrong_checkpoint", "checkpoint", "sha")):
+        (root / "plans" / f"{name}.json").write_text(json.dumps(_damaged(sound, where, value)))
+        paths[f"plan:{name}"] = root / "plans" / f"{name}.json"
+    run = root / "study-damaged" / "reference-s0"
+    run.mkdir(parents=True)
+    (run / "train_state.safetensors").write_bytes(b"not a checkpoint")
+    paths["study:damaged"] = root / "study-damaged"
 
 
 def _string_metrics(run: Path) -> bytes:
@@ -176,6 +219,16 @@ def _look_alikes(root: Path) -> None:
     for name in ("config.json", "convert.json"):
         (root / "fake-converted" / name).write_text('{"source": "my notes"}')
     (root / "fake-converted" / "diffusion_pytorch_model.safetensors").write_bytes(b"my bytes")
+    # beside the newer doors' outputs: a user's file named like a study lock (in a study root of the user's, and in
+    # one of earlier study runs), a plan's and a converted model's temporaries and backups of a dead PID
+    for study in ("mystudy", "oldstudy"):
+        (root / study).mkdir()
+        (root / study / ".reference-s0.lock").write_text("the user's lock notes")
+    (root / "oldstudy" / "reference-s1").mkdir()
+    (root / ".p.json.999999999.abc.tmp").write_text("the user's")
+    (root / ".p.json.old").write_text("the user's")
+    (root / ".conv.999999999.abc.tmp").mkdir()
+    (root / ".conv.old").mkdir()
 
 
 # (argv, what the one line must say). Classes: O output paths, N names, U numbers (ranges, NaN, inf, 64 bits,
@@ -449,6 +502,52 @@ CASES = [
     ("T", ["train", "baseline", "--out", "t", "--steps", "10", "--bidirectional-steps", "11"], "more than steps"),
     ("T", ["train", "scd", "--out", "t", "--bidirectional-steps", "1"], "bidirectional_steps is a baseline setting"),
     ("T", ["train", "baseline", "--out", "t", "--snapshot-every", "-1"], "accepted: an integer in 0.."),
+    # -- the doors added since the first table (issue 43), each class the issue names, user's look-alikes beside
+    # every output (a lock-named file of the user's in mystudy/ and oldstudy/)
+    # study: a user's file is never lost; an output inside another is refused; damaged state is one line
+    ("O", ["study", "train", "--root", "mystudy", "--conditions", "reference", "--seeds", "0"],
+     "in the way of the study's lock"),
+    ("O", ["study", "train", "--root", "oldstudy", "--conditions", "reference", "--seeds", "0,1"],
+     "in the way of the study's lock"),
+    ("O", ["study", "train", "--root", "myrun/study", "--conditions", "reference", "--seeds", "0"], "lies inside"),
+    ("O", ["study", "train", "--root", "file.txt", "--conditions", "reference", "--seeds", "0"], "is a file"),
+    ("O", ["study", "status", "--root", "file.txt"], "is a file"),
+    ("R", ["study", "status", "--root", "{study:damaged}", "--conditions", "reference", "--seeds", "0"],
+     "is not a readable training checkpoint"),
+    ("U", ["study", "train", "--root", "new", "--seeds", "0,0"], "--seeds"),
+    ("U", ["study", "train", "--root", "new", "--threads", "0"], "--threads"),
+    ("R", ["study", "train", "--root", "new", "--skip-measured", "file.txt"], "is not a directory"),
+    # convert --lora: damaged adapters are refused, never merged into weights
+    ("K", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "{lora:overflow}"], "infinite or NaN weights"),
+    ("K", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "{lora:inf}"], "is not a finite float matrix"),
+    ("K", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "{lora:rank0}"], "with r >= 1"),
+    ("K", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "{lora:nan_alpha}"], "lora_alpha"),
+    ("K", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "{lora:text}"], "is not a readable safetensors file"),
+    ("C", ["convert", "{wan}", "conv", "--heads", "2", "--lora-alpha", "2"], "--lora-alpha scales a LoRA"),
+    ("U", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "{lora:overflow}", "--lora-alpha", "nan"],
+     "is not a finite number"),
+    ("R", ["convert", "{wan}", "conv", "--heads", "2", "--lora", "mine"], "is not a file"),
+    ("O", ["convert", "{wan}", "myrun/conv", "--heads", "2", "--lora", "{lora:overflow}"], "lies inside"),
+    # plan / intervene --plan: a damaged plan is refused where it is read
+    ("R", ["intervene", "--plan", "{plan:nan_ratio}", "--out", "v"], "magcache 'mag_ratios'"),
+    ("R", ["intervene", "--plan", "{plan:string_clip}", "--out", "v"], "calibration items are not"),
+    ("R", ["intervene", "--plan", "{plan:no_calibration}", "--out", "v"], "'calibration' is missing"),
+    ("R", ["intervene", "--plan", "{plan:wrong_checkpoint}", "--out", "v"], "'checkpoint' is not an object"),
+    ("R", ["intervene", "--plan", "mine", "--out", "v"], "cannot be read as a plan"),
+    ("O", ["plan", "{run}", "--out", "page.html"], "is not a .json file"),
+    ("O", ["plan", "{run}", "--out", "myrun/p.json"], "lies inside"),
+    # the sampling flags: the README's rules hold on them too
+    ("U", ["run", "--timesteps", "1e3,500"], "no exponent"),
+    ("U", ["run", "--timesteps", "1000,nan"], "accepted: comma-separated decimal numbers"),
+    ("U", ["run", "--timesteps", "500,1000"], "strictly decreasing"),
+    ("U", ["run", "--shift", "1e1"], "no exponent"),
+    ("U", ["run", "--shift", "inf"], "is not a finite number"),
+    ("U", ["run", "--guidance-scale", "5e0"], "no exponent"),
+    ("C", ["run", "--control-seed", "3", "--control", "none"], "--control-seed seeds the permuted-weights control"),
+    ("U", ["run", "--window", "1e2"], "is not an integer"),
+    ("C", ["run", "--rope", "cache", "--sink-frames", "1"], "apply to a rolling cache"),
+    ("U", ["run", "--layers", "30"], "accepted: block indices in 0..29"),
+    ("U", ["run", "--model", "scd", "--layer", "35"], "(encoder 0..24, decoder 25..34)"),
     # -- the command itself
     ("C", ["frobnicate"], "choose from"),
     ("C", ["run", "--nope"], "unrecognized arguments"),

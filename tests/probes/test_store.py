@@ -54,7 +54,7 @@ def test_round_trip(tmp_path):
 
 def test_an_existing_run_is_replaced_only_with_force(tmp_path):
     _write(tmp_path / "run", seed=0)
-    with pytest.raises(RunError, match="--force"):
+    with pytest.raises(RunError, match="pass force=True"):
         _write(tmp_path / "run", seed=1)
     assert load_run(tmp_path / "run").manifest["seed"] == 0
     _write(tmp_path / "run", seed=1, force=True)

@@ -156,7 +156,7 @@ def cmd_study(args: argparse.Namespace) -> None:
             raise UsageError(f"--conditions {args.conditions!r}: unknown {', '.join(unknown) or '(none given)'}; "
                              f"accepted: comma-separated names of {', '.join(CONDITIONS)}")
     seeds = tuple(args.seeds) if args.seeds else SEEDS
-    root = Path(args.root)
+    root = check_study_root(args.root, writing=args.action == "train")  # before any work (train_study: the API's)
     # A run with a card in the study's directory is measured: done, even where its checkpoints are not on this machine.
     measured = frozenset()
     if args.skip_measured is not None:
@@ -166,7 +166,6 @@ def cmd_study(args: argparse.Namespace) -> None:
                              "written by probe emergence (its card-*.json)")
         measured = frozenset(p.name[len("card-"):-len(".json")] for p in cards.glob("card-*.json"))
     if args.action == "status":
-        check_study_root(root)  # train_study checks it too, under its lock
         for condition, seed in plan(conditions, seeds):
             steps, name = study_config(condition, seed).steps, run_name(condition, seed)
             trained = f"{run_state(root, condition, seed)} of {steps} steps"

@@ -20,7 +20,7 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from scd.files import inside_output, signature
+from scd.files import OutputError, check_output, input_path, inside_output, signature
 from scd.training.config import TrainConfig, TrainConfigError
 
 STUDY_STEPS = 3000  # causal training steps of every run (sized by the pilot in reports/emergence/README.md)
@@ -172,15 +172,26 @@ class _Lock:
         self.path.unlink(missing_ok=True)
 
 
-def check_study_root(root: Path) -> None:
-    """Refuse a study root that is a file, or that lies inside another of the toolkit's outputs (a run directory, a
-    sweep, ...): writing there would make that output unrecognisable (TrainConfigError, one line)."""
+def check_study_root(root: str | Path, writing: bool = True) -> Path:
+    """The study root as a Path, once accepted: a usable path (not empty, no control character, short enough), not a
+    file, not inside another of the toolkit's outputs (a run directory, a sweep, ...: writing there would make that
+    output unrecognisable), and, when `writing`, a place a file can be created (proven by creating one and removing it
+    again, as outputs are checked). TrainConfigError, one line, otherwise; a full disk is the machine's fault."""
+    accepted = "a directory (new or of earlier study runs)"
+    root = input_path(root, "study root", accepted, TrainConfigError)
     if root.exists() and not root.is_dir():
         raise TrainConfigError(f"study root {root} is a file; accepted: a directory (new or of earlier study runs)")
     enclosing = inside_output(root)
     if enclosing is not None:
         raise TrainConfigError(f"study root {root} lies inside {enclosing}, an output of the toolkit; accepted: a path "
                                "outside the toolkit's outputs")
+    if writing:
+        try:  # a file name no run or lock takes: nothing is left, whatever the outcome
+            check_output(root / ".scd-probes-study-write-check.json", "plan", flag="study root")
+        except OutputError as e:
+            raise TrainConfigError(str(e).replace("study root " + str(root / ".scd-probes-study-write-check.json"),
+                                                  f"study root {root}", 1)) from None
+    return root
 
 
 def run_state(root: Path, condition: str, seed: int) -> int:
@@ -201,8 +212,7 @@ def train_study(root: str | Path, conditions: list[str] | None = None, seeds: tu
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise TrainConfigError(f"threads = {threads!r}; accepted: an integer >= 1, or None for the plan's")
 
-    root = Path(root)
-    check_study_root(root)
+    root = check_study_root(root)
     for condition, seed in plan(conditions, seeds):  # a user's look-alike of a lock refuses before any run starts
         _Lock(root / f".{run_name(condition, seed)}.lock").holder()
     from scd.training.train import train  # torch: only once the refusals that need none are made

@@ -512,6 +512,10 @@ CASES = [
     ("O", ["study", "train", "--root", "myrun/study", "--conditions", "reference", "--seeds", "0"], "lies inside"),
     ("O", ["study", "train", "--root", "file.txt", "--conditions", "reference", "--seeds", "0"], "is a file"),
     ("O", ["study", "status", "--root", "file.txt"], "is a file"),
+    ("O", ["study", "train", "--root", "/proc/study"], "cannot be written"),  # a usage error, not the machine's
+    ("O", ["study", "train", "--root", "file.txt/study"], "is a file, not a directory"),
+    ("O", ["study", "train", "--root", ""], "is not a usable path"),
+    ("O", ["study", "status", "--root", LONG * 2], "cannot be looked up"),
     ("R", ["study", "status", "--root", "{study:damaged}", "--conditions", "reference", "--seeds", "0"],
      "is not a readable training checkpoint"),
     ("U", ["study", "train", "--root", "new", "--seeds", "0,0"], "--seeds"),

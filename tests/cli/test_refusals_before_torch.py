@@ -21,6 +21,8 @@ REFUSALS = [  # (argv after `probe`, the refusal's words); {tmp}: a temporary di
     (["plan", "{tmp}/missing", "--out", "{tmp}/p.json"], "is not a run directory"),
     (["study", "train", "--root", "{tmp}/mine.html", "--conditions", "reference", "--seeds", "0"], "is a file"),
     (["study", "status", "--root", "{tmp}/mine.html"], "is a file"),
+    (["study", "train", "--root", "/proc/study"], "cannot be written"),
+    (["study", "train", "--root", ""], "is not a usable path"),
     (["study", "train", "--root", "{tmp}/s", "--conditions", "bogus"], "unknown bogus"),
     # a layer beyond the shipped models' depth: read from their configs, not by loading them
     (["run", "--layers", "30"], "accepted: block indices in 0..29"),

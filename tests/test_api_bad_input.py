@@ -273,3 +273,14 @@ def test_a_failed_move_leaves_the_model_where_it_was(tiny_model, monkeypatch):
         _generate(tiny_model, dtype=torch.bfloat16)
     assert {p.dtype for p in tiny_model.parameters()} == {torch.float32}
     assert len(calls) == 2  # the move back went through the block too
+
+
+def test_record_passes_on_exactly_probe_s_own_options():
+    """record's list of Probe options is Probe's signature less what record names itself: a new Probe option cannot
+    be refused by record, nor a removed one accepted."""
+    import inspect
+
+    from probes.recorder import PROBE_OPTIONS
+
+    own = {"self", "model", "layers", "capture", "frames", "steps"}
+    assert set(PROBE_OPTIONS) == set(inspect.signature(Probe.__init__).parameters) - own

@@ -74,8 +74,9 @@ def _frames_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 # The entries a recording's manifest holds of its own (`Probe._manifest_of`, and what write_run adds): `annotate`
-# refuses them as names of the caller's entries, which would replace them.
-MANIFEST_KEYS = ("model", "checkpoint", "config", "parameters", "depth", "block_roles", "layers", "layer_roles",
+# refuses them as names of the caller's entries, which would replace them. Not "model": the name shown for the model
+# is the caller's to give (the weights themselves are named by "checkpoint", with their sha256).
+MANIFEST_KEYS = ("checkpoint", "config", "parameters", "depth", "block_roles", "layers", "layer_roles",
                  "layer_paths", "hook", "capture", "mode", "backend", "tokens_per_frame", "bands", "frames_per_block",
                  "token_grid", "frames", "context", "num_frames", "steps", "timesteps", "ground_truth", "input_layer",
                  "guidance", "sampling", "video_frames", "video_context_frames", "video_shows", *BOOKKEEPING)

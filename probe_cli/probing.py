@@ -278,11 +278,19 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
             "text_encoder": 4 * stored_numel(root / "text_encoder") if prompt else 0}
 
 
+# Peak host memory per byte of the float32 features recorded, measured: the shipped baseline, `probe run --capture
+# features --mode full --frames 8 --steps 50` at 1, 15 and 30 layers (max RSS 0.71, 1.50, 2.37 GB on 2 CPU cores):
+# 57-59 MB per further layer for 13.1 MB of float32 features, 4.4-4.5x (the steps' copies, the stacks, the float16
+# copy, the file's bytes being written). It was taken as 2x, which let --mode auto keep a run in full mode that needs
+# more than twice its limit.
+FEATURE_PEAK_FACTOR = 4.5
+
+
 def feature_bytes(shape: dict, layers: int, frames: int, steps: int, mode: str, kept: int = 256) -> int:
-    """Host memory of the recorded features: float32 while recording, stacked once more to save (stream mode: `kept`
+    """Peak host memory of recording the features (FEATURE_PEAK_FACTOR x their float32 bytes; stream mode: `kept`
     tokens of each frame)."""
     kept = shape["tokens"] if mode == "full" else min(kept, shape["tokens"])
-    return 2 * layers * frames * steps * (kept * shape["width"] * 4 + 16 * steps)
+    return int(FEATURE_PEAK_FACTOR * layers * frames * steps * (kept * shape["width"] * 4 + 16 * steps))
 
 
 def resolve_mode(mode: str, shape: dict, layers: int, frames: int, steps: int, capture: list[str]) -> tuple[str, int]:
@@ -318,7 +326,8 @@ def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Names
     if "features" in capture:
         total += feature_bytes(shape, layers, args.frames, args.steps, args.mode, args.pca_tokens)
     if "attention" in capture:
-        total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + 9)  # mass, 3x3-band maps
+        # float32 per (layer, frame, step, head): the mass over the clip's frames [T] and the pooled map [g, T * g]
+        total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + args.bands ** 2)
     return total
 
 

@@ -251,11 +251,12 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
     monkeypatch.setattr(scd.wan.checks, "check_weights", lambda directory, config: 0)  # no 14B weights on this disk
     args = argparse.Namespace(latent_size=(60, 104), frames_per_block=3, fps=None, context=3, frames=18, prompt=None,
                               negative_prompt=None, dtype="bfloat16", guidance_scale=None, steps=50, mode="full",
-                              pca_tokens=256, window=None, sink_frames=0, rope="absolute", cache_policy=CachePolicy())
+                              pca_tokens=256, window=None, sink_frames=0, rope="absolute", cache_policy=CachePolicy(),
+                              bands=3)
     shape = probing.diffusers_shape(f"diffusers:{root}", args)
     assert shape == {"width": 5120, "depth": 40, "heads": 40, "tokens": 30 * 52, "frame_pixels": 3 * 64 * 60 * 104,
                      "weights": 0, "text_encoder": 0}
-    by_hand = 2 * 40 * 18 * 50 * (1560 * 5120 * 4 + 16 * 50)  # every token of 40 layers, float32, stacked once more
+    by_hand = int(4.5 * 40 * 18 * 50 * (1560 * 5120 * 4 + 16 * 50))  # every token of 40 layers, float32, x the peak
     assert probing.feature_bytes(shape, 40, 18, 50, "full") == by_hand
     assert probing._estimate(shape, 40, ["features"], args, 21) > by_hand
     before = _tree(tmp_path)
@@ -308,3 +309,17 @@ def test_a_checkpoint_larger_than_memory_is_described_from_its_header_without_ma
         f.truncate(8 + len(text) + offset - 1)
     with pytest.raises(CheckpointError, match="do not tile"):
         safetensors_header(weights)
+
+
+def test_the_attention_estimate_counts_the_pooled_map_of_the_bands_asked_for():
+    """The pooled map holds bands x (frames x bands) floats per (layer, frame, step, head): at 64 bands the estimate
+    grows by exactly that over 3 bands (it once assumed 3 whatever --bands said, 455x too small at 64)."""
+    import argparse
+
+    import probe_cli.probing as probing
+
+    shape = {"width": 128, "depth": 30, "heads": 4, "tokens": 64, "frame_pixels": 3 * 32 * 32, "weights": 0}
+    args = {bands: argparse.Namespace(dtype="float32", guidance_scale=None, window=None, frames=8, steps=50,
+                                      mode="full", pca_tokens=256, bands=bands) for bands in (3, 64)}
+    grown = probing._estimate(shape, 30, ["attention"], args[64], 12) - probing._estimate(shape, 30, ["attention"], args[3], 12)
+    assert grown == 30 * 8 * 50 * 4 * 12 * 4 * (64**2 - 3**2)

@@ -48,6 +48,8 @@ def rollout(model, context, frames, policy, device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="wan1.3b", help="the baseline size (scd.zoo.SIZES): wan1.3b, or wan-tiny for "
+                        "the GPU check's reduced run")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--latent-size", default="60x104")
     parser.add_argument("--context", type=int, default=3)
@@ -60,7 +62,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     height, width = (int(v) for v in args.latent_size.lower().split("x"))
-    model = random_model("baseline", "wan1.3b", device, dtype, frame_size=height, frame_width=width)
+    model = random_model("baseline", args.size, device, dtype, frame_size=height, frame_width=width)
     context = torch.randn(args.context, *model.frame_shape, generator=torch.Generator().manual_seed(0))
     policies = {"growing cache": CachePolicy(), f"window {args.window}, {args.sinks} sinks":
                 CachePolicy(args.window, args.sinks)}

@@ -2,7 +2,8 @@
 # The GPU check: run whenever a GPU is lent (one H100 / H200, under 10 minutes), from the repository root:
 #
 #     bash benchmarks/gpu_check.sh                      # writes its figures into benchmarks/RESULTS.md
-#     bash benchmarks/gpu_check.sh --reduced OUT.md     # CPU-sized, the same steps (tests/test_gpu_check.py)
+#     bash benchmarks/gpu_check.sh --reduced OUT.md     # CPU-sized (wan-tiny: Wan's layout at width 48), the same
+#                                                       # steps (tests/test_gpu_check.py)
 #
 # 1. the `gpu` tests; 2. `probe bench --size wan1.3b` (SCD vs baseline at 4 and 50 steps, random weights);
 # 3. every layer probed at 480p with a 21-frame context against the same generation unprobed (overhead ratio,
@@ -18,24 +19,24 @@ if [ "${1:-}" = "--reduced" ]; then REDUCED=1; RESULTS=${2:?--reduced needs the 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [ $REDUCED = 1 ]; then
-  DEVICE=cpu; LATENT=8x8; BENCH=(--steps 2,4 --context 1,3 --frames 2 --repeats 1)
+  DEVICE=cpu; LATENT=8x8; SIZE=wan-tiny; BENCH=(--steps 2,4 --context 1,3 --frames 2 --repeats 1)
   PROBE=(--context 3 --frames 1 --steps 2 --repeats 1); ROLL=(--frames 6 --window 4 --sinks 1 --repeats 1)
 else
-  DEVICE=cuda; LATENT=60x104; BENCH=(--steps 4,50 --context 1,21 --frames 2 --repeats 3)
+  DEVICE=cuda; LATENT=60x104; SIZE=wan1.3b; BENCH=(--steps 4,50 --context 1,21 --frames 2 --repeats 3)
   PROBE=(--context 21 --frames 2 --steps 4 --repeats 2); ROLL=(--frames 60 --window 12 --sinks 3 --repeats 2)
 fi
 PY=${PYTHON:-python}
 echo "== 1. gpu tests"
 $PY -m pytest -q -m gpu tests -p no:randomly -n 0 2>&1 | tail -3 | tee "$WORK/tests.txt"
-echo "== 2. probe bench --size wan1.3b"
-BENCH_CMD=(-m probe_cli bench --size wan1.3b --latent-size "$LATENT" --device "$DEVICE" "${BENCH[@]}"
+echo "== 2. probe bench --size $SIZE"
+BENCH_CMD=(-m probe_cli bench --size "$SIZE" --latent-size "$LATENT" --device "$DEVICE" "${BENCH[@]}"
            --out "$WORK/bench" --force --quiet)
 $PY "${BENCH_CMD[@]}"
 echo "== 3. every layer probed at scale"
-PROBE_CMD=(benchmarks/bench_probes.py --scale wan1.3b --device "$DEVICE" --latent-size "$LATENT" "${PROBE[@]}")
+PROBE_CMD=(benchmarks/bench_probes.py --scale "$SIZE" --device "$DEVICE" --latent-size "$LATENT" "${PROBE[@]}")
 $PY "${PROBE_CMD[@]}" | tail -1 > "$WORK/probes.json"
 echo "== 4. Self-Forcing-shaped rollout, window and sinks"
-ROLL_CMD=(benchmarks/bench_rolling.py --device "$DEVICE" --latent-size "$LATENT" "${ROLL[@]}" --out "$WORK/rolling.json")
+ROLL_CMD=(benchmarks/bench_rolling.py --size "$SIZE" --device "$DEVICE" --latent-size "$LATENT" "${ROLL[@]}" --out "$WORK/rolling.json")
 $PY "${ROLL_CMD[@]}" > /dev/null
 $PY benchmarks/gpu_results.py "$WORK" "$RESULTS" "python ${BENCH_CMD[*]}" "python ${PROBE_CMD[*]}" "python ${ROLL_CMD[*]}"
 echo "wrote $RESULTS"

@@ -25,10 +25,11 @@ def section(work: Path, commands: list[str]) -> str:
     probes = json.loads((work / "probes.json").read_text())
     rolling = json.loads((work / "rolling.json").read_text())
     tests = (work / "tests.txt").read_text().strip().splitlines()[-1:] or ["(no output)"]
+    size = commands[0].split("--size ", 1)[1].split()[0] if "--size " in commands[0] else "(unnamed)"
     lines = [START, "## The GPU check (`benchmarks/gpu_check.sh`)", "",
              f"Device: {bench.get('device')}; {bench.get('machine')}. Written by `bash benchmarks/gpu_check.sh`.", "",
              f"1. `gpu` tests: {tests[0]}", "",
-             f"2. SCD / baseline at Wan-1.3B size, random weights (`{commands[0]}`):", "", ratios, "",
+             f"2. SCD / baseline at the {size} size, random weights (`{commands[0]}`):", "", ratios, "",
              f"3. Every layer probed, {probes['tokens']} tokens per frame, {probes['context']}-frame context, "
              f"{probes['steps']} steps, {probes['dtype']} (`{commands[1]}`): probed / unprobed time "
              f"**{probes['ratio']:.2f}x** ({probes['probed_s']:.2f} s vs {probes['unprobed_s']:.2f} s); peak memory "

@@ -30,7 +30,7 @@ CLIPS = ranged(1, 10_000)
 OUR_PACKAGES = ("scd", "probes", "analyses", "probe_cli")
 
 
-BENCH_SIZES = ("wan1.3b",)  # named sizes of both families that probe bench builds with random weights (scd.zoo)
+BENCH_SIZES = ("wan1.3b", "wan-tiny")  # named sizes of both families that probe bench builds with random weights (scd.zoo)
 
 
 class Parser(argparse.ArgumentParser):

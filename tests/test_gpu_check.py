@@ -26,8 +26,8 @@ def test_the_gpu_check_runs_at_a_reduced_size_and_writes_its_figures(tmp_path):
     text = results.read_text()
     assert text.startswith("# Benchmark results\n\nearlier sections stay")
     section = text.split("<!-- gpu-check: start -->", 1)[1].split("<!-- gpu-check: end -->", 1)[0]
-    for expected in ("Device: cpu", "`gpu` tests:", "probe_cli bench --size wan1.3b", "frames/s ratio",
-                     "bench_probes.py --scale wan1.3b", "probed / unprobed time", "bench_rolling.py",
+    for expected in ("Device: cpu", "`gpu` tests:", "probe_cli bench --size wan-tiny", "frames/s ratio",
+                     "bench_probes.py --scale wan-tiny", "probed / unprobed time", "bench_rolling.py --size wan-tiny",
                      "| growing cache |", "| window 4, 1 sinks |", "Window / growing: speed x"):
         assert expected in section, expected
     assert "an older check" not in text and text.count("<!-- gpu-check: start -->") == 1  # replaced, not added

@@ -69,6 +69,9 @@ def patch_grid(config) -> tuple[int, int]:
 # Wan-2.1-1.3B's transformer at 480p: 16-channel 60x104 latents in 2x2 patches (1,560 tokens per frame), width 1536,
 # 12 heads, MLP 8960, 30 blocks. Random weights only (`scd.zoo.random_model`): for speed and memory at the paper's scale.
 WAN_1_3B = dict(frame_size=60, frame_width=104, patch_size=2, channels=16, width=1536, heads=12, mlp_ratio=8960 / 1536)
+# The same layout (16-channel latents, 2x2 patches, Wan's block counts) at a width a CPU runs in seconds: the GPU check's
+# reduced run (benchmarks/gpu_check.sh --reduced) exercises every step of the real one with it.
+WAN_TINY = {**WAN_1_3B, "width": 48, "heads": 2, "mlp_ratio": 4.0}
 
 # Named sizes, as DiT's DiT_models: "tiny" for tests, "baseline" for the shipped checkpoint.
 BASELINE_SIZES: dict[str, BaselineConfig] = {
@@ -79,6 +82,7 @@ BASELINE_SIZES: dict[str, BaselineConfig] = {
     "study": BaselineConfig(width=128, depth=8, heads=4),
     "study-p2": BaselineConfig(width=128, depth=8, heads=4, patch_size=2),  # its 256-tokens-per-frame condition
     "wan1.3b": BaselineConfig(depth=30, **WAN_1_3B),
+    "wan-tiny": BaselineConfig(depth=30, **WAN_TINY),
 }
 
 

@@ -25,6 +25,7 @@ from scd.contract import CachePolicy, Layout, builtin_roles
 from scd.errors import ModelError
 from scd.models.baseline import (
     WAN_1_3B,
+    WAN_TINY,
     BuiltinFrames,
     CausalVideoDiffuser,
     FrameShape,
@@ -61,6 +62,7 @@ SCD_SIZES: dict[str, SCDConfig] = {
     # The paper's SCD 1.6B: a 25-block encoder, a 10-block decoder (its T2V model starts the decoder from Wan's first
     # and last 5 blocks: the same architecture, other weights), Wan-1.3B's width at 480p.
     "wan1.3b": SCDConfig(encoder_depth=25, decoder_depth=10, **WAN_1_3B),
+    "wan-tiny": SCDConfig(encoder_depth=25, decoder_depth=10, **WAN_TINY),
 }
 
 

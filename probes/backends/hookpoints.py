@@ -16,11 +16,14 @@ from scd.contract import Layout
 @contextmanager
 def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]], receive: Receive,
            active: Active) -> Iterator[None]:
-    """Add one forward hook per target HookPoint; remove exactly those (not the user's own) on exit."""
+    """Add one forward hook per target HookPoint; remove exactly those (not the user's own) on exit. The hook is
+    torch's own on the HookPoint (an identity module: its output is the activation), not `HookPoint.add_hook`,
+    whose return value and bookkeeping changed across the transformer-lens versions the requirement admits (it
+    returns its handle only from 4.3; 2.0-4.2 return None)."""
     added = []
 
     def make_hook(layer: int, name: str):
-        def read(tensor, hook):  # returns None: the activation passes through unchanged
+        def read(module, inputs, tensor):  # returns None: the activation passes through unchanged
             if active(layer):
                 receive(layer, name, tensor)
         return read
@@ -32,9 +35,8 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
             hook_point = modules.get(path)
             if not isinstance(hook_point, HookPoint):
                 raise ProbeError(f"{type(model).__name__} has no HookPoint {path!r} (the nnsight backend reads any module)")
-            added.append((hook_point, hook_point.add_hook(make_hook(layer, hook))))
+            added.append(hook_point.register_forward_hook(make_hook(layer, hook)))
         yield
     finally:
-        for hook_point, handle in added:
-            handle.hook.remove()
-            hook_point.fwd_hooks.remove(handle)
+        for handle in added:
+            handle.remove()

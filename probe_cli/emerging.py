@@ -156,7 +156,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             raise UsageError(f"--conditions {args.conditions!r}: unknown {', '.join(unknown) or '(none given)'}; "
                              f"accepted: comma-separated names of {', '.join(CONDITIONS)}")
     seeds = tuple(args.seeds) if args.seeds else SEEDS
-    root = check_study_root(args.root, writing=args.action == "train")  # before any work (train_study: the API's)
+    # status reads the root: checked here; train_study checks a root it writes, first thing, before any work
+    root = check_study_root(args.root, writing=False) if args.action == "status" else args.root
     # A run with a card in the study's directory is measured: done, even where its checkpoints are not on this machine.
     measured = frozenset()
     if args.skip_measured is not None:

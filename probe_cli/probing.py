@@ -390,11 +390,12 @@ def cmd_run(args: argparse.Namespace) -> None:
             output(_uncond(Path(args.out)), "run", args.force)
     spec = out = None
     if not diffusers_model and args.size is None:
-        from scd.checkpoint_files import checkpoint_roles, resolve, shipped_models
+        from scd.checkpoint_files import read_config, resolve, shipped_models
+        from scd.contract import builtin_roles
 
-        resolve(args.model)  # an unknown name, a missing file: refused here
+        _, config = resolve(args.model)  # an unknown name, a missing file: refused here
         if args.model in shipped_models():  # its depth is in its config, sound (tests/scd/test_shipped): read before
-            roles = checkpoint_roles(args.model)  # torch; a user's config is judged whole by the loader first
+            roles = builtin_roles(read_config(config))  # torch; a user's config is judged whole by the loader first
             spec, out = _layers_and_output(args, len(roles), _roles_text(roles), sharded)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)

@@ -81,6 +81,21 @@ MANIFEST_KEYS = ("checkpoint", "config", "parameters", "depth", "block_roles", "
                  "token_grid", "frames", "context", "num_frames", "steps", "timesteps", "ground_truth", "input_layer",
                  "guidance", "sampling", "video_frames", "video_context_frames", "video_shows", *BOOKKEEPING)
 
+
+def check_manifest_entries(entries: dict) -> None:
+    """Refuse (ProbeError, one line) caller's manifest entries that would replace the recording's own
+    (MANIFEST_KEYS) or are not JSON values."""
+    taken = sorted(set(entries) & set(MANIFEST_KEYS))
+    if taken:
+        raise ProbeError(f"manifest entries {taken} are the recording's own; accepted: other names (e.g. clip, seed, "
+                         "command)")
+    try:
+        json.dumps(entries, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ProbeError(f"manifest entries must be JSON values ({e}); accepted: strings, finite numbers, booleans, "
+                         "None, and lists and dicts of them") from None
+
+
 class Probe(Recording):
     """Context manager that records features and per-frame attention of chosen layers during `generate`; after its
     `with` block it is the live `Recording` of what it heard (`probes.recording`), read and saved like a loaded run."""
@@ -417,15 +432,7 @@ class Probe(Recording):
         """The clip's `ground_truth` frames [T, C, H, W] and manifest entries (e.g. clip=0, seed=0) that the recording,
         and the run directory it saves, carry: JSON values under names of the caller's (the manifest's own entries,
         MANIFEST_KEYS, say what was recorded and cannot be replaced)."""
-        taken = sorted(set(info) & set(MANIFEST_KEYS))
-        if taken:
-            raise ProbeError(f"manifest entries {taken} are the recording's own; accepted: other names (e.g. clip, seed, "
-                             "command)")
-        try:
-            json.dumps(info, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ProbeError(f"manifest entries must be JSON values ({e}); accepted: strings, finite numbers, booleans, "
-                             "None, and lists and dicts of them") from None
+        check_manifest_entries(info)
         self._info, self._source = (ground_truth, info), None
 
     def _frames_in_order(self) -> list[int]:

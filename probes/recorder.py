@@ -18,7 +18,7 @@ import torch
 
 from probes.choices import CAPTURES
 from probes.errors import ProbeError
-from probes.probe import Probe
+from probes.probe import Probe, check_manifest_entries
 
 
 def _count(value: object, name: str, low: int, high: int) -> int:
@@ -104,12 +104,13 @@ def record(
     else:
         raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "
                          "or a val clip index (an integer >= 0)")
-    with probe:
-        generate(model, context, frames, steps=None if timesteps is not None else steps, seed=seed, device=device,
-                 dtype=dtype, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler, cache_policy=cache_policy)
     taken = sorted(set(info or {}) & set(source))
     if taken:
         raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
+    check_manifest_entries(info or {})  # before the model runs; annotate checks them again, cheaply
+    with probe:
+        generate(model, context, frames, steps=None if timesteps is not None else steps, seed=seed, device=device,
+                 dtype=dtype, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler, cache_policy=cache_policy)
     probe.annotate(truth, **{**source, **(info or {})})  # the clip's truth and where it came from, as a run holds them
     return probe
 

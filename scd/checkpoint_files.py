@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scd.contract import builtin_roles
 from scd.errors import CheckpointError
 from scd.files import PLAIN_NAME, input_path, is_plain_name
 
@@ -62,15 +61,9 @@ def read_config(config_path: Path) -> dict:
     return config
 
 
-def checkpoint_roles(name_or_path: str | Path) -> tuple[str, ...] | None:
-    """The role of each block (`scd.contract.ROLES`, in execution order) of the built-in checkpoint `name_or_path`, read
-    from its config alone; None where the config cannot say (a missing or damaged file, an unknown family): the loader
-    then refuses it with the exact reason."""
-    try:
-        config = read_config(resolve(name_or_path)[1])
-        return builtin_roles(config)
-    except (CheckpointError, KeyError, TypeError, ValueError):
-        return None
+def export_targets(name: str, directory: Path = CHECKPOINT_DIR) -> list[Path]:
+    """The weights, config and card an export of `name` writes into `directory`."""
+    return [directory / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
 
 
 def check_export(run: str | Path, name: str, weights: str, force: bool, directory: Path = CHECKPOINT_DIR) -> Path:
@@ -86,7 +79,7 @@ def check_export(run: str | Path, name: str, weights: str, force: bool, director
     if not (run / "train.json").is_file() or not (run / "train_state.safetensors").is_file():
         raise CheckpointError(f"{run} is not a training directory written by probe train (no train.json and "
                               "train_state.safetensors)")
-    targets = [directory / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
+    targets = export_targets(name, directory)
     if any(p.exists() for p in targets):
         if not force:
             raise CheckpointError(f"{directory / name}.safetensors already exists; pass --force to replace it")

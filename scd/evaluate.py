@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from scd.checkpoint_files import check_export
+from scd.checkpoint_files import check_export, export_targets
 from scd.data import VideoBenchmark, clip_seed
 from scd.files import (
     GENERATOR,
@@ -143,7 +143,7 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
     from scd.training.train import WEIGHTS, dev_loss, load_trained
 
     run = check_export(run, name, weights, force, CHECKPOINT_DIR)
-    targets = [CHECKPOINT_DIR / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
+    targets = export_targets(name, CHECKPOINT_DIR)
     candidates = {w: load_trained(run, w) for w in WEIGHTS}
     dev = {w: dev_loss(m, run) for w, m in candidates.items()}
     chosen = min(dev, key=dev.get) if weights == "auto" else weights

@@ -172,6 +172,9 @@ class _Lock:
         self.path.unlink(missing_ok=True)
 
 
+WRITE_CHECK = ".scd-probes-study-write-check.json"  # a name no run or lock takes: created and removed at once
+
+
 def check_study_root(root: str | Path, writing: bool = True) -> Path:
     """The study root as a Path, once accepted: a usable path (not empty, no control character, short enough), not a
     file, not inside another of the toolkit's outputs (a run directory, a sweep, ...: writing there would make that
@@ -180,17 +183,17 @@ def check_study_root(root: str | Path, writing: bool = True) -> Path:
     accepted = "a directory (new or of earlier study runs)"
     root = input_path(root, "study root", accepted, TrainConfigError)
     if root.exists() and not root.is_dir():
-        raise TrainConfigError(f"study root {root} is a file; accepted: a directory (new or of earlier study runs)")
+        raise TrainConfigError(f"study root {root} is a file; accepted: {accepted}")
     enclosing = inside_output(root)
     if enclosing is not None:
         raise TrainConfigError(f"study root {root} lies inside {enclosing}, an output of the toolkit; accepted: a path "
                                "outside the toolkit's outputs")
     if writing:
-        try:  # a file name no run or lock takes: nothing is left, whatever the outcome
-            check_output(root / ".scd-probes-study-write-check.json", "plan", flag="study root")
-        except OutputError as e:
-            raise TrainConfigError(str(e).replace("study root " + str(root / ".scd-probes-study-write-check.json"),
-                                                  f"study root {root}", 1)) from None
+        probe = root / WRITE_CHECK
+        try:
+            check_output(probe, "plan", flag="study root")
+        except OutputError as e:  # said of the root, not of the file that proved it
+            raise TrainConfigError(str(e).replace(f"study root {probe}", f"study root {root}", 1)) from None
     return root
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,12 +161,6 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
         args.cache_policy = CachePolicy(args.window, args.sink_frames, args.rope).check(args.frames_per_block or 1)
     except CachePolicyError as e:
         raise UsageError(f"--window / --sink-frames: {e}") from None
-
-
-def sampling_options(args: argparse.Namespace) -> dict:
-    """generate's keyword arguments for the sampling flags (checked by `_check_sampling_flags`)."""
-    return {"steps": args.steps, "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift,
-            "sampler": args.sampler, "cache_policy": args.cache_policy}
 
 
 def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
@@ -406,11 +399,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     import torch
 
-    from probes import sweep
-    from probes.probe import Probe, ProbeError
+    from probes.recorder import record_passes, record_sweep
     from probes.recording import load_run
-    from scd import VideoBenchmark, generate, load_model
-    from scd.progress import progress
+    from scd import load_model
 
     if on.type == "cuda" and world_size > 1:
         on = torch.device("cuda", local_rank)  # one GPU per rank of the machine
@@ -435,93 +426,38 @@ def cmd_run(args: argparse.Namespace) -> None:
                                        sharded)
     if not diffusers_model:
         _fit(args, model_shape(model, layout), spec, capture, clip_frames)
-    try:
-        passes = ("cond", "uncond") if args.guidance_pass == "both" else (args.guidance_pass,)
-        probes = [Probe(model, spec, capture=capture, mode=args.mode, hook=args.hook, backend=args.backend,
-                        bands=args.bands, guidance_pass=p, pca_tokens=args.pca_tokens) for p in passes]
-    except ProbeError as e:
-        raise UsageError(str(e)) from None
-    context_latents = None
-    if diffusers_model and args.context_video is not None:
-        from scd.wan.pipeline import context_from_video
-
-        context_latents = context_from_video(model, args.context_video, args.context)
-    items = [(clip, noise_seed(args.seed, clip, draw)) for clip in clips for draw in range(args.seeds)]
-    command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
-
-    def generation(clip_index: int, seed: int) -> dict:
-        """How the video was made, as a researcher must report it: the manifest's `generation` (shown in the report)."""
-        if diffusers_model and context_latents is not None:
+    context_latents, provenance = None, {}
+    if diffusers_model:
+        provenance = {"prompt": args.prompt, "text_embeddings": args.text_embeddings,
+                      "negative_prompt": args.negative_prompt}
+        if args.context_video is not None:  # a real video, encoded: its later frames are not the truth
             from scd.files import sha256
+            from scd.wan.pipeline import context_from_video
 
+            context_latents = context_from_video(model, args.context_video, args.context)
             video = Path(args.context_video)
-            context = {"source": "video", "path": str(video), "latent_frames": args.context,
-                       "sha256": sha256(video) if video.is_file() else None}
-        elif args.context == 0:  # text-to-video: the first chunk from the prompt alone
-            context = {"source": "none", "latent_frames": 0}
-        elif diffusers_model or args.size:
-            context = {"source": "latent noise", "seed": clip_index, "latent_frames": args.context}
-        else:
-            context = {"source": "benchmark", "split": "val", "scene": args.scene, "clip": clip_index,
-                       "frames": args.context}
-        if args.timesteps is not None:  # no scheduler is stepped: the sampler runs the list itself
-            info = {"class": None, "shift": args.shift, "source": f"none: the explicit timestep list, {args.sampler} sampler"}
-        else:
-            info = (model.scheduler_info if diffusers_model else None) or {
-                "class": "FlowMatchEulerDiscreteScheduler", "shift": float(model.flow_shift),
-                "source": "scd.sampling's flow-matching Euler scheduler"}
-        return {"context": context, "prompt": args.prompt if diffusers_model else None,
-                "text_embeddings": args.text_embeddings if diffusers_model else None,
-                "negative_prompt": args.negative_prompt, "guidance_scale": float(model.guidance_scale),
-                "scheduler": info, "steps": args.steps, "noise_seed": seed, "sampler": args.sampler,
-                "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift,
-                **args.cache_policy.describe(),
-                "frames_per_block": int(model.frames_per_block), "fps": model.fps if diffusers_model else None,
-                "dtype": args.dtype, "device": str(on)}
-
-    def probe_item(clip_index: int, seed: int, path: Path, quiet: bool) -> Path:
-        if diffusers_model and context_latents is not None:  # a real video, encoded: its later frames are not the truth
-            clip, truth = context_latents, None
-        elif diffusers_model or args.size:  # seeded Gaussian latents stand in for the context: there is no ground truth
-            from probes.recorder import gaussian_context
-
-            shape = model.config.frame_shape if args.size else (model.channels, *model.latent_size)
-            clip = gaussian_context(shape, clip_index, clip_frames)
-            truth = None
-        else:
-            clip = VideoBenchmark("val", frames=clip_frames, size=model.config.frame_size, scene=args.scene).clip(clip_index)
-            truth = clip[: args.context + args.frames]
-        chunks = args.frames // model.frames_per_block  # one callback per step of a chunk
-        bar = progress(total=chunks * args.steps, desc=f"probe {args.model}", unit="step", disable=quiet)
-
-        def advance(frame: int, step: int | None, timestep: float) -> None:
-            if step is not None:
-                bar.set_postfix(frame=frame, refresh=False)
-                bar.update()
-
-        try:
-            with ExitStack() as stack:
-                for probe in probes:  # with --guidance-pass both, two probes hear the one generation
-                    stack.enter_context(probe)
-                generate(model, clip[: args.context], args.frames, seed=seed, device=on, dtype=dtype,
-                         callback=advance, **sampling_options(args))
-            bar.close()
-            for probe, where in zip(probes, (path, _uncond(path)), strict=False):
-                split = ("context video" if context_latents is not None else "latent noise" if args.context else
-                         "no context") \
-                    if diffusers_model or args.size else "val" if args.scene == "sprites" else f"val, {args.scene} scene"
-                saved = probe.save(where, ground_truth=truth, force=args.force, clip=clip_index, seed=seed,
-                                   split=split, dtype=args.dtype, device=str(on), command=command, control=control,
-                                   generation=generation(clip_index, seed))
-            return path if len(probes) > 1 else saved
-        except ProbeError as e:
-            raise UsageError(str(e)) from None
-
-    if not sharded:
-        run = probe_item(*items[0], out, args.quiet)
+            provenance["context"] = {"source": "video", "path": str(video), "latent_frames": args.context,
+                                     "sha256": sha256(video) if video.is_file() else None}
+    command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
+    info = {key: value for key, value in (("command", command), ("control", control)) if value is not None}
+    if context_latents is not None:
+        info["clip"] = clips[0]  # a context video given as a tensor: the run still names its --clip
+    options = {"frames": args.frames, "steps": args.steps, "layers": spec, "capture": capture, "context_frames":
+               args.context, "clip_frames": clip_frames, "scene": args.scene, "device": on, "dtype": dtype,
+               "context_source": "latent noise" if diffusers_model or args.size else "benchmark",
+               "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift, "sampler": args.sampler,
+               "cache_policy": args.cache_policy, "mode": args.mode, "hook": args.hook, "backend": args.backend,
+               "bands": args.bands, "pca_tokens": args.pca_tokens, "info": info, "provenance": provenance}
+    if not sharded:  # one generation: a run (and OUT.uncond with --guidance-pass both)
+        recorded = record_passes(model, clips[0] if context_latents is None else context_latents,
+                                 noise=noise_seed(args.seed, clips[0]), guidance_pass=args.guidance_pass, progress=not args.quiet, **options)
+        for probe, where in zip(recorded, (out, _uncond(out)), strict=False):
+            saved = probe.save(where, force=args.force)
+        run = out if len(recorded) > 1 else saved
     else:
         run = out
-        if not sweep.write_sweep(out, items, probe_item, args.quiet):
+        if record_sweep(model, out, clips, draws=args.seeds, seed=args.seed, force=args.force, quiet=args.quiet,
+                        progress=not args.quiet, guidance_pass=args.guidance_pass, **options) is None:
             return  # ranks other than 0 report nothing
     if not args.quiet:  # the table of what was written, not a second computation of it
         print(summary_table(load_run(run)))

@@ -62,8 +62,9 @@ def read_config(config_path: Path) -> dict:
 
 
 def export_targets(name: str, directory: Path = CHECKPOINT_DIR) -> list[Path]:
-    """The weights, config and card an export of `name` writes into `directory`."""
-    return [directory / f"{name}{ext}" for ext in (".safetensors", ".json", ".md")]
+    """The weights, config, card and per-clip validation table (the card's numbers, clip by clip: a test reproduces
+    some clips of it without rerunning all) an export of `name` writes into `directory`, weights first."""
+    return [directory / f"{name}{ext}" for ext in (".safetensors", ".json", ".md", ".validation.csv")]
 
 
 def check_export(run: str | Path, name: str, weights: str, force: bool, directory: Path = CHECKPOINT_DIR) -> Path:

@@ -234,6 +234,8 @@ class VideoDiffuser:
     max_frames: int | None = None          # frame positions the model can take (Wan: its RoPE table); None: any
     flow_shift: float = 1.0                # the flow-matching timestep shift `generate` samples with
     scheduler_config: dict | None = None   # a pipeline's scheduler_config.json (Wan); None: flow-matching Euler
+    scheduler_info: dict | None = None     # what a run's manifest records of that scheduler; None: the Euler one
+    fps: int | None = None                 # the frame rate a model with an fps embedding is told (SkyReels-V2)
     guidance_scale: float = 1.0            # classifier-free guidance scale (1: none)
     guidance_pass: str | None = None       # "cond" or "uncond" while a guided pass runs (a probe records one of them)
     checkpoint: dict | None = None         # name, files and sha256 of the weights it was loaded from

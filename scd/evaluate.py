@@ -133,7 +133,7 @@ def training_command(run: Path) -> str:
 
 def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 50, force: bool = False,
                       weights: str = "auto", progress: bool = True) -> Path:
-    """Ship a training run as scd/checkpoints/{name}.safetensors (float16), .json and .md card.
+    """Ship a training run as scd/checkpoints/{name}.safetensors (float16), .json, .md card and .validation.csv.
 
     `weights`: "ema", "raw", or "auto" (the one with the lower loss on unseen train-split clips,
     never on val). The card records the training command, data seeds, iterations, wall time,
@@ -157,12 +157,13 @@ def export_checkpoint(run: str | Path, name: str, clips: int = 32, steps: int = 
         summary = summarize(table)
         card = _model_card(run, name, shipped, summary, clips, steps, path, chosen, dev)
         (tmp / f"{name}.md").write_text(card)
+        table.to_csv(tmp / f"{name}.validation.csv", index=False)
         with atomic_file(run / "validation.csv") as csv:
             table.to_csv(csv, index=False)
         _replace_together(tmp, targets)
     finally:
         discard(tmp)
-    return targets[-1]
+    return targets[2]
 
 
 def _replace_together(tmp: Path, targets: list[Path]) -> None:

@@ -73,7 +73,7 @@ def test_train_then_resume_then_export(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(scd.evaluate, "CHECKPOINT_DIR", shipped)
     assert main(["export", str(run), "--name", "mini", "--clips", "2", "--steps", "2"]) == 0
     capsys.readouterr()
-    assert sorted(p.name for p in shipped.iterdir()) == ["mini.json", "mini.md", "mini.safetensors"]
+    assert sorted(p.name for p in shipped.iterdir()) == ["mini.json", "mini.md", "mini.safetensors", "mini.validation.csv"]
     card = (shipped / "mini.md").read_text()
     assert "probe train baseline --size tiny --steps 4" in card and "copy last frame" in card
     assert re.search(r"Shipped: the \*\*(ema|raw)\*\* weights", card)

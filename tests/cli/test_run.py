@@ -196,3 +196,63 @@ def test_the_permuted_control_is_recorded(tiny_checkpoint, tmp_path):
     assert m["control"]["kind"] == "permuted" and m["control"]["seed"] == 3 and "permuted weights, seed 3" in m["model"]
     assert _run(tiny_checkpoint, tmp_path / "plain") == 0
     assert load_run(tmp_path / "plain").manifest.get("control") is None
+
+
+def _without_command(manifest: dict) -> dict:
+    """A manifest less the command line, which only the CLI knows."""
+    return {key: value for key, value in manifest.items() if key != "command"}
+
+
+@pytest.mark.parametrize("flags, options", [
+    ((), {}),
+    (("--clip", "2", "--seed", "7", "--capture", "attention", "--bands", "2"),
+     {"clip": 2, "seed": 7, "capture": ["attention"], "bands": 2}),
+    (("--timesteps", "1000,600,200", "--sampler", "renoise", "--window", "3", "--sink-frames", "1", "--frames", "4"),
+     {"timesteps": [1000.0, 600.0, 200.0], "sampler": "renoise", "window": (3, 1), "frames": 4}),
+    (("--size", "wan-tiny", "--clip", "1", "--mode", "stream"), {"size": "wan-tiny", "clip": 1, "mode": "stream"}),
+], ids=["defaults", "clip-seed-attention", "few-step-window", "random-latents"])
+def test_probe_run_and_record_save_write_the_same_manifest(tiny_checkpoint, tmp_path, flags, options):
+    """One path from settings to a run: `probe run` is `probes.record_passes` plus printing, so the manifest it writes
+    (every entry, the files' digests included) is the one `probes.record(...).save()` writes with the same settings."""
+    import probes
+    from probe_cli.checks import size_latent
+    from scd.contract import CachePolicy
+    from scd.zoo import load_model, random_model
+
+    model_flags = () if "size" in options else ("--model", str(tiny_checkpoint))
+    frames = options.get("frames", 2)
+    argv = ["run", *model_flags, "--context", "2", "--steps", "3", "--out", str(tmp_path / "cli"), "--quiet",
+            "--layer", "1", *(("--frames", "2") if "frames" not in options else ()), *flags]
+    assert main(argv) == 0
+    if "size" in options:  # what --size builds: the baseline family at that size, seeded random weights
+        height, width = size_latent(options["size"], None)
+        model = random_model("baseline", options["size"], frame_size=height, frame_width=width)
+    else:
+        model = load_model(tiny_checkpoint)
+    window = options.get("window")
+    rec = probes.record(model, options.get("clip", 0), seed=options.get("seed", 0), frames=frames,
+                        steps=len(options.get("timesteps", [0] * 3)), context_frames=2, layers=[1],
+                        capture=options.get("capture", ("features", "attention")), bands=options.get("bands", 3),
+                        mode=options.get("mode", "full"), timesteps=options.get("timesteps"),
+                        sampler=options.get("sampler", "ode"),
+                        cache_policy=CachePolicy(*window) if window else None,
+                        context_source="latent noise" if "size" in options else "auto")
+    rec.save(tmp_path / "api")
+    cli, api = load_run(tmp_path / "cli").manifest, load_run(tmp_path / "api").manifest
+    assert _without_command(cli) == _without_command(api)
+    assert api["generation"]["window"] == (window[0] if window else None)  # the report's "KV cache" line reads it
+
+
+def test_a_sweep_from_probe_run_is_record_sweep(tiny_checkpoint, tmp_path):
+    """`probe run --clip 0-1 --seeds 2` and `probes.record_sweep(model, out, [0, 1], draws=2)`: the same items, each
+    with the same manifest."""
+    import probes
+    from scd.zoo import load_model
+
+    assert _run(tiny_checkpoint, tmp_path / "cli", "--clip", "0-1", "--seeds", "2", "--seed", "5") == 0
+    probes.record_sweep(load_model(tiny_checkpoint), tmp_path / "api", [0, 1], draws=2, seed=5, frames=2, steps=3,
+                        context_frames=2, layers=[1])
+    cli, api = load_run(tmp_path / "cli"), load_run(tmp_path / "api")
+    by_item = {(i.manifest["clip"], i.manifest["seed"]): _without_command(i.manifest) for i in api.items}
+    assert len(cli.items) == 4 and {(i.manifest["clip"], i.manifest["seed"]): _without_command(i.manifest)
+                                    for i in cli.items} == by_item

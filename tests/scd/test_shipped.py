@@ -3,6 +3,7 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 
 from scd.evaluate import summarize, validate
@@ -30,14 +31,25 @@ def _card_psnr(name: str, method: str) -> float:
     return float(row.group(1))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["baseline", "scd"])  # the frame-diagonal fine-tune is measured by probe intervene
 def test_a_shipped_checkpoint_beats_copy_last_frame_as_its_card_says(name):
-    summary = summarize(validate(load_model(name), clips=32, steps=50, progress=False))
-    model, copy = summary.loc["model", "psnr"], summary.loc["copy last frame", "psnr"]
-    assert model > copy, (model, copy)
-    for method in ("model", "copy last frame", "extrapolate linearly"):  # the card reports what this measures
-        assert _card_psnr(name, method) == pytest.approx(summary.loc[method, "psnr"], abs=0.01)
+    """The card's table is the mean of the shipped per-clip table (32 clips x 4 frames), in which the model beats
+    copying the last frame; and that table is what the shipped weights make: the first batch of its validation (clips
+    0-15, whose noise is drawn together) regenerated to its first frame, clip by clip. Regenerating all 128 entries
+    took 176 s for the baseline; the first frame of a batch is drawn first, so its noise is the full run's."""
+    table = pd.read_csv(CHECKPOINT_DIR / f"{name}.validation.csv")
+    assert len(table) == 3 * 32 * 4 and sorted(table["clip"].unique()) == list(range(32))
+    summary = summarize(table)
+    assert summary.loc["model", "psnr"] > summary.loc["copy last frame", "psnr"]
+    for method in ("model", "copy last frame", "extrapolate linearly"):  # the card reports what the table holds
+        assert _card_psnr(name, method) == pytest.approx(summary.loc[method, "psnr"], abs=0.0006)
+    again = validate(load_model(name), clips=16, frames=1, steps=50, progress=False)
+    shipped = table[(table["clip"] < 16) & (table.frame == 4)]
+    key = ["method", "clip", "frame"]
+    merged = shipped.merge(again, on=key, suffixes=("", "_again"), validate="one_to_one")
+    assert len(merged) == 3 * 16
+    assert merged.psnr_again.to_numpy() == pytest.approx(merged.psnr.to_numpy(), abs=1e-4)
+    assert merged.ssim_again.to_numpy() == pytest.approx(merged.ssim.to_numpy(), abs=1e-5)
 
 
 def test_the_scd_card_states_both_training_computes():

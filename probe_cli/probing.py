@@ -450,7 +450,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                "bands": args.bands, "pca_tokens": args.pca_tokens, "info": info, "provenance": provenance}
     if not sharded:  # one generation: a run (and OUT.uncond with --guidance-pass both)
         recorded = record_passes(model, clips[0] if context_latents is None else context_latents,
-                                 noise=noise_seed(args.seed, clips[0]), guidance_pass=args.guidance_pass, progress=not args.quiet, **options)
+                                 noise=noise_seed(args.seed, clips[0]), guidance_pass=args.guidance_pass,
+                                 progress=not args.quiet, **options)
         for probe, where in zip(recorded, (out, _uncond(out)), strict=False):
             saved = probe.save(where, force=args.force)
         run = out if len(recorded) > 1 else saved

@@ -14,7 +14,6 @@ from probe_cli.checks import (
     device,
     estimate_fits,
     indices,
-    layers,
     output,
     size_latent,
     torch_dtype,
@@ -22,16 +21,6 @@ from probe_cli.checks import (
 
 if TYPE_CHECKING:
     from probes.recording import Recording
-
-
-def _roles_text(roles: list[str] | tuple[str, ...]) -> str:
-    """' (encoder 0..24, decoder 25..34)' for SCD; '' for a model of one kind of block (`roles`: each block's)."""
-    spans: dict[str, list[int]] = {}
-    for layer, role in enumerate(roles):
-        spans.setdefault(role, []).append(layer)
-    if set(spans) == {"causal"}:
-        return ""
-    return " (" + ", ".join(f"{role} {v[0]}..{v[-1]}" for role, v in spans.items()) + ")"
 
 
 def _default_out(model: str, spec: list[int] | str, control: str = "none") -> Path:
@@ -86,15 +75,8 @@ def _per_key_ratio(metrics, run: Recording):
 
 
 def _capture(text: str) -> list[str]:
-    from probes.choices import CAPTURES
-
-    kinds = [c.strip() for c in text.split(",")]
-    for c in kinds:
-        if c not in CAPTURES:
-            raise UsageError(f"--capture: unknown kind {c!r}; accepted: {', '.join(CAPTURES)} (comma-separated)")
-    if len(set(kinds)) != len(kinds):
-        raise UsageError(f"--capture {text!r} names a kind twice; accepted: {', '.join(CAPTURES)}, each once")
-    return kinds
+    """'features,attention' -> the kinds named (checked with the other probe options by `probes.spec.ProbeSpec`)."""
+    return [c.strip() for c in text.split(",")]
 
 
 def _text_embeddings(path: str | None):
@@ -195,9 +177,6 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     if args.guidance_pass != "cond" and not guided:
         raise UsageError(f"--guidance-pass {args.guidance_pass} needs classifier-free guidance; accepted: with "
                          "--guidance-scale other than 1, or --guidance-pass cond")
-    if args.guidance_pass != "cond" and args.backend == "nnsight":
-        raise UsageError("the nnsight backend records the conditional pass of a guided model; accepted: --backend "
-                         "hookpoints with --guidance-pass uncond")
     if args.context == 0 and not diffusers_model:
         raise UsageError(f"--context 0 (text-to-video from no context) applies only to diffusers models, not "
                          f"{args.model!r}; accepted: --context 1..1024, or --model diffusers:DIR with --context 0")
@@ -304,9 +283,10 @@ def resolve_mode(mode: str, shape: dict, layers: int, frames: int, steps: int, c
     return "stream", kept
 
 
-def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Namespace, clip_frames: int) -> int:
+def _estimate(shape: dict, spec, args: argparse.Namespace, clip_frames: int) -> int:
     """Bytes a probed generation holds: the weights, the model's KV cache and scores (scd.memory; two caches with
-    guidance), the clip, and the recorded features and attention."""
+    guidance), the clip, and the recorded features and attention (`spec`: the probe's ProbeSpec)."""
+    layers, capture = len(spec.layers), spec.capture
     from scd.memory import generation_bytes
 
     itemsize = 2 if args.dtype != "float32" else 4
@@ -317,19 +297,30 @@ def _estimate(shape: dict, layers: int, capture: list[str], args: argparse.Names
                                        itemsize=itemsize)
     total += clip_frames * shape["frame_pixels"] * 8
     if "features" in capture:
-        total += feature_bytes(shape, layers, args.frames, args.steps, args.mode, args.pca_tokens)
+        total += feature_bytes(shape, layers, args.frames, args.steps, spec.mode, spec.pca_tokens)
     if "attention" in capture:
         # float32 per (layer, frame, step, head): the mass over the clip's frames [T] and the pooled map [g, T * g]
-        total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + args.bands ** 2)
+        total += layers * args.frames * args.steps * shape["heads"] * clip_frames * 4 * (1 + spec.bands ** 2)
     return total
 
 
-def _layers_and_output(args: argparse.Namespace, depth: int, roles: str, sharded: bool) -> tuple[list[int] | str, Path]:
-    """(layers, output) of a run, checked before any work: the layers against the model's `depth` (`roles`: its
-    blocks' roles, said in the refusal), and the output (the default path names the layers)."""
-    spec = layers(args.layers if args.layers is not None else args.layer, depth,
-                  "--layers" if args.layers is not None else "--layer", roles)
-    out = Path(args.out) if args.out else _default_out(args.model, spec, args.control)
+def _probe_spec(args: argparse.Namespace, facts, capture: list[str], sharded: bool):
+    """(ProbeSpec, output) of a run, checked once, before any work: every probe option against the model's facts
+    (`probes.spec.ProbeSpec.check`: refusals name the flags), and the output (the default path names the layers).
+    `--mode auto` is checked as full; `_fit` resolves it."""
+    from probes.spec import ProbeSpec
+
+    flag = "--layers" if args.layers is not None else "--layer"
+    text = args.layers if args.layers is not None else args.layer
+    chosen = "all" if text.strip() == "all" else [int(part) for part in text.split(",")]  # syntax: layers_syntax
+    names = {"layers": flag, "capture": "--capture", "hook": "--hook", "mode": "--mode", "backend": "--backend",
+             "pca_tokens": "--pca-tokens", "sample_seed": "sample_seed", "bands": "--bands",
+             "guidance_pass": "--guidance-pass", "frames": "frames", "steps": "steps"}
+    spec = ProbeSpec.check(facts, chosen, capture=capture, hook=args.hook, mode="full" if args.mode == "auto" else
+                           args.mode, backend=args.backend, bands=args.bands,
+                           guidance_pass="uncond" if args.guidance_pass == "both" else args.guidance_pass, names=names)
+    out = Path(args.out) if args.out else _default_out(args.model, "all" if chosen == "all" else list(spec.layers),
+                                                        args.control)
     if args.out is None:
         output(out, "sweep" if sharded else "run", args.force)
         if args.guidance_pass == "both":
@@ -337,13 +328,17 @@ def _layers_and_output(args: argparse.Namespace, depth: int, roles: str, sharded
     return spec, out
 
 
-def _fit(args: argparse.Namespace, shape: dict, spec: list[int] | str, capture: list[str], clip_frames: int) -> None:
-    """The recording's mode and the memory the run needs, checked against the model's `shape` before any work; sets
-    `args.mode` and `args.pca_tokens`."""
-    count = shape["depth"] if spec == "all" else len(spec)
-    args.mode, args.pca_tokens = resolve_mode(args.mode, shape, count, args.frames, args.steps, capture)
-    estimate_fits(_estimate(shape, count, capture, args, clip_frames),
-                  "this probed generation (weights, KV cache, recorded features)")
+def _fit(args: argparse.Namespace, shape: dict, spec, clip_frames: int):
+    """The spec with its recording mode resolved (`--mode auto`), once the memory the run needs is checked against
+    the model's `shape`, before any work."""
+    from dataclasses import replace
+
+    count, capture = len(spec.layers), list(spec.capture)
+    mode, pca_tokens = resolve_mode(args.mode, shape, count, args.frames, args.steps, capture)
+    spec = replace(spec, mode=mode, pca_tokens=pca_tokens)
+    estimate_fits(_estimate(shape, spec, args, clip_frames), "this probed generation (weights, KV cache, recorded "
+                  "features)")
+    return spec  # resolve_mode gives a mode and token count in range
 
 
 def _random_baseline(args: argparse.Namespace, on, dtype):
@@ -388,14 +383,18 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         _, config = resolve(args.model)  # an unknown name, a missing file: refused here
         if args.model in shipped_models():  # its depth is in its config, sound (tests/scd/test_shipped): read before
-            roles = builtin_roles(read_config(config))  # torch; a user's config is judged whole by the loader first
-            spec, out = _layers_and_output(args, len(roles), _roles_text(roles), sharded)
+            from probes.spec import ModelFacts
+
+            fields = read_config(config)  # torch; a user's config is judged whole by the loader first
+            spec, out = _probe_spec(args, ModelFacts.of_builtin(fields, builtin_roles(fields)), capture, sharded)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)
     if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
+        from probes.spec import ModelFacts
+
         shape = diffusers_shape(args.model, args)
-        spec, out = _layers_and_output(args, shape["depth"], "", sharded)
-        _fit(args, shape, spec, capture, clip_frames)
+        spec, out = _probe_spec(args, ModelFacts.of_wan(shape["depth"], shape["tokens"]), capture, sharded)
+        spec = _fit(args, shape, spec, clip_frames)
 
     import torch
 
@@ -420,12 +419,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         from scd.zoo import permute_weights
 
         control = permute_weights(model, args.control_seed)
-    layout = model.layout
     if spec is None:  # a random model (--size), or a checkpoint whose config only the loader could judge
-        spec, out = _layers_and_output(args, layout.depth, _roles_text([layout.role(i) for i in range(layout.depth)]),
-                                       sharded)
+        from probes.spec import ModelFacts
+
+        spec, out = _probe_spec(args, ModelFacts.of(model), capture, sharded)
     if not diffusers_model:
-        _fit(args, model_shape(model, layout), spec, capture, clip_frames)
+        spec = _fit(args, model_shape(model, model.layout), spec, clip_frames)
     context_latents, provenance = None, {}
     if diffusers_model:
         provenance = {"prompt": args.prompt, "text_embeddings": args.text_embeddings,
@@ -442,12 +441,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     info = {key: value for key, value in (("command", command), ("control", control)) if value is not None}
     if context_latents is not None:
         info["clip"] = clips[0]  # a context video given as a tensor: the run still names its --clip
-    options = {"frames": args.frames, "steps": args.steps, "layers": spec, "capture": capture, "context_frames":
-               args.context, "clip_frames": clip_frames, "scene": args.scene, "device": on, "dtype": dtype,
+    options = {"frames": args.frames, "steps": args.steps, "layers": spec, "context_frames": args.context,
+               "clip_frames": clip_frames, "scene": args.scene, "device": on, "dtype": dtype,
                "context_source": "latent noise" if diffusers_model or args.size else "benchmark",
                "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift, "sampler": args.sampler,
-               "cache_policy": args.cache_policy, "mode": args.mode, "hook": args.hook, "backend": args.backend,
-               "bands": args.bands, "pca_tokens": args.pca_tokens, "info": info, "provenance": provenance}
+               "cache_policy": args.cache_policy, "info": info, "provenance": provenance}
     if not sharded:  # one generation: a run (and OUT.uncond with --guidance-pass both)
         recorded = record_passes(model, clips[0] if context_latents is None else context_latents,
                                  noise=noise_seed(args.seed, clips[0]), guidance_pass=args.guidance_pass,

@@ -35,11 +35,12 @@ from torch import nn
 
 from probes.attention import derived_entries, pooled_attention, token_bands
 from probes.backends import get_backend
-from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
+from probes.choices import CAPTURES
 from probes.errors import ProbeError
 from probes.recording import BOOKKEEPING, Recording, memory_source
 from probes.reductions import StepGram
-from scd.contract import ACCEPTED_MODELS, CROSS_ATTENTION_HOOKS, HOOKS, CachePolicy, LayoutError, is_video_diffuser
+from probes.spec import ModelFacts, ProbeSpec
+from scd.contract import ACCEPTED_MODELS, CROSS_ATTENTION_HOOKS, CachePolicy, LayoutError, is_video_diffuser
 from scd.sampling import observe_sampling
 
 
@@ -101,12 +102,13 @@ class Probe(Recording):
     `with` block it is the live `Recording` of what it heard (`probes.recording`), read and saved like a loaded run."""
 
     def __init__(
-        self, model: nn.Module, layers: Sequence[int] | str = (15,), *, capture: Iterable[str] = CAPTURES,
+        self, model: nn.Module, layers: Sequence[int] | str | ProbeSpec = (15,), *, capture: Iterable[str] = CAPTURES,
         frames: Iterable[int] | None = None, steps: Iterable[int] | None = None, hook: str = "hook_resid_post",
         mode: str = "full", backend: str | None = None, pca_tokens: int = 256, sample_seed: int = 0, bands: int = 3,
         guidance_pass: str = "cond",
     ) -> None:
-        """`layers`: block indices or "all"; `frames`: video frame indices to probe (default every generated
+        """`layers`: block indices or "all", or a `ProbeSpec` checked for this model (then the other options are its
+        own, and nothing is checked again); `frames`: video frame indices to probe (default every generated
         frame); `steps`: denoising step indices to record (default all); `hook`: the block HookPoint whose
         output is the features; `backend`: "hookpoints" or "nnsight" (default: hookpoints where the model
         has them, else nnsight); `pca_tokens`: tokens kept per step in `stream` mode; `bands`: rows and columns
@@ -115,54 +117,31 @@ class Probe(Recording):
         Recording.__init__(self, {}, None)
         if not is_video_diffuser(model):
             raise ProbeError(f"cannot probe a {type(model).__name__}; accepted: {ACCEPTED_MODELS}")
+        facts = ModelFacts.of(model)
+        if isinstance(layers, ProbeSpec):  # checked already (probes.record, probe run): trusted, if for this model
+            spec = layers
+            if spec.facts != facts:
+                raise ProbeError(f"the ProbeSpec was checked for another model ({spec.facts.kind}, {spec.facts.depth} "
+                                 f"blocks); accepted: one checked with ModelFacts.of(this model)")
+        else:
+            spec = ProbeSpec.check(facts, layers, capture=capture, frames=frames, steps=steps, hook=hook, mode=mode,
+                                   backend=backend, pca_tokens=pca_tokens, sample_seed=sample_seed, bands=bands,
+                                   guidance_pass=guidance_pass)
+        self.spec = spec
         self.model, self.layout = model, model.layout
         depth = self.layout.depth
-        try:
-            self._probed = checked_layers(layers, depth)
-        except ChoiceError as e:
-            raise ProbeError(str(e)) from None
-        self.capture = (capture,) if isinstance(capture, str) else tuple(capture)
-        unknown = [c for c in self.capture if c not in CAPTURES]
-        if unknown or not self.capture or len(set(self.capture)) != len(self.capture):
-            shown = repr(unknown[0]) if unknown else repr(self.capture)
-            raise ProbeError(f"capture {shown} is not accepted; accepted: {', '.join(CAPTURES)}, or a sequence of them")
-        if mode not in MODES:
-            raise ProbeError(f"unknown probe mode {mode!r}; accepted: {', '.join(MODES)}")
-        if hook not in HOOKS or hook.startswith("attn."):
-            accepted_hooks = ", ".join(h for h in HOOKS if not h.startswith("attn."))
-            raise ProbeError(f"unknown feature hook {hook!r}; accepted: {accepted_hooks}")
-        if not self.layout.has_hook(hook):
-            offered = ", ".join(h for h in HOOKS if not h.startswith("attn.") and self.layout.has_hook(h))
-            raise ProbeError(f"a {type(model).__name__} has no feature hook {hook!r}; accepted: {offered}")
-        if not _index(pca_tokens) or pca_tokens < 1:
-            raise ProbeError(f"pca_tokens = {pca_tokens!r}; accepted: an integer >= 1")
+        self._probed = list(spec.layers)
+        self.capture, self.guidance_pass = spec.capture, spec.guidance_pass
+        self._wanted_frames = None if spec.frames is None else set(spec.frames)
+        self._wanted_steps = None if spec.steps is None else set(spec.steps)
+        self.hook, self.mode, self.backend, self.pca_tokens, self._bands = (spec.hook, spec.mode, spec.backend,
+                                                                          spec.pca_tokens, spec.bands)
         n = self.layout.tokens_per_frame
-        if not _index(bands) or not 1 <= bands <= n:
-            raise ProbeError(f"bands = {bands!r}; accepted: an integer in 1..{n} (the tokens of a frame)")
-        if guidance_pass not in GUIDANCE_PASSES:
-            raise ProbeError(f"guidance_pass {guidance_pass!r}; accepted: {', '.join(GUIDANCE_PASSES)}")
-        if backend == "nnsight" and guidance_pass != "cond":  # one nnsight trace spans both passes of a guided step
-            raise ProbeError("the nnsight backend records the conditional pass of a guided model (the first of the "
-                             "trace); accepted: backend hookpoints for guidance_pass 'uncond'")
-        self.guidance_pass = guidance_pass
-        if backend is not None and backend not in BACKENDS:
-            raise ProbeError(f"unknown probe backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-        if backend == "hookpoints" and not model.has_hookpoints:
-            raise ProbeError(f"a {type(model).__name__} has no HookPoints; accepted backend: nnsight")
-        for name, chosen in (("frames", frames), ("steps", steps)):
-            if chosen is not None and (isinstance(chosen, str) or not isinstance(chosen, Iterable)
-                                       or not all(_index(v) for v in chosen)):
-                raise ProbeError(f"{name} {chosen!r} is not accepted; accepted: None (all) or a collection of integers >= 0")
-        self._wanted_frames = None if frames is None else {int(f) for f in frames}
-        self._wanted_steps = None if steps is None else {int(s) for s in steps}
-        # HookPoints where the model has them (the built-in models); nnsight reads any module by path.
-        backend = backend or ("hookpoints" if model.has_hookpoints else "nnsight")
-        self.hook, self.mode, self.backend, self.pca_tokens, self._bands = hook, mode, backend, pca_tokens, int(bands)
         self.band_of_token = token_bands(n, self._bands)
         self._band_share = torch.bincount(self.band_of_token, minlength=self._bands) / n  # each band's share of the tokens
-        generator = torch.Generator().manual_seed(sample_seed)
+        generator = torch.Generator().manual_seed(spec.sample_seed)
         # The same tokens at every step and frame, so PCA images line up on the token grid.
-        self._token_index = torch.randperm(n, generator=generator)[: min(pca_tokens, n)].sort().values
+        self._token_index = torch.randperm(n, generator=generator)[: min(spec.pca_tokens, n)].sort().values
         self._encoder_layers = [layer for layer in self._probed if self.layout.role(layer) == "encoder"]
         # Asked at every hook of every pass: kept as plain lookups (nn.Module attribute misses are slow).
         self._roles = [self.layout.role(layer) for layer in range(depth)]

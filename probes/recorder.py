@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from probes.choices import CAPTURES
 from probes.errors import ProbeError
 from probes.probe import Probe, check_manifest_entries
+from probes.spec import ModelFacts, ProbeSpec
 
 
 def _count(value: object, name: str, low: int, high: int) -> int:
@@ -101,7 +103,7 @@ def record(model, context: torch.Tensor | int = 0, **options) -> Probe:
 
 def record_passes(
     model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int = 50, seed: int = 0,
-    layers: Sequence[int] | str = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
+    layers: Sequence[int] | str | ProbeSpec = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
     clip_frames: int | None = None, scene: str = "sprites", context_source: str = "auto",
     record_frames: Iterable[int] | None = None, record_steps: Iterable[int] | None = None,
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, noise: int | None = None,
@@ -113,6 +115,7 @@ def record_passes(
     heard by one Probe per guidance pass (`guidance_pass`: cond, uncond, or "both": [cond, uncond]), each annotated with
     the same manifest entries (clip, seed, split, dtype, device, generation, and the caller's `info`).
 
+    `layers`: block indices or "all", or a `ProbeSpec` checked for this model (then it gives every Probe option);
     `clip_frames`: frames drawn for an integer clip (default context + generated; `probe run --clip-frames`);
     `record_frames` / `record_steps`: the video frame numbers and step indices to record (default all);
     `probe_options`: the rest of `Probe`'s arguments (hook, mode, backend, bands, pca_tokens, sample_seed); `noise`:
@@ -135,9 +138,13 @@ def record_passes(
         raise ProbeError(f"provenance {provenance!r}; accepted: None or a dict of {', '.join(PROVENANCE_KEYS)}")
     if context_source not in CONTEXT_SOURCES:
         raise ProbeError(f"context_source {context_source!r}; accepted: {', '.join(CONTEXT_SOURCES)}")
-    passes = ("cond", "uncond") if guidance_pass == "both" else (guidance_pass,)
-    probes = [Probe(model, layers, capture=capture, frames=record_frames, steps=record_steps, guidance_pass=p,
-                    **probe_options) for p in passes]
+    if isinstance(layers, ProbeSpec):  # checked by the caller (probe run): its options are the spec's
+        spec = layers
+    else:  # "both": checked as the stricter pass (nnsight records only the conditional one)
+        spec = ProbeSpec.check(ModelFacts.of(model), layers, capture=capture, frames=record_frames, steps=record_steps,
+                               guidance_pass="uncond" if guidance_pass == "both" else guidance_pass, **probe_options)
+    passes = ("cond", "uncond") if guidance_pass == "both" else (spec.guidance_pass,)
+    probes = [Probe(model, replace(spec, guidance_pass=p)) for p in passes]
     provenance = provenance or {}
     count = len(timesteps) if isinstance(timesteps, list | tuple) else steps  # what the manifest says was run
     if isinstance(context, int) and not isinstance(context, bool):
@@ -183,7 +190,7 @@ def record_passes(
     taken = sorted(set(info or {}) & {*source, "dtype", "device", "generation"})
     if taken:
         raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
-    check_manifest_entries({**(info or {}), **provenance})  # the caller's entries, before the model runs
+    check_manifest_entries({**(info or {}), "provenance": provenance})  # the caller's entries, before the model runs
     chunks = -(-frames // int(model.frames_per_block))
     bar = progress_bar(total=chunks * count, desc=f"record {model.name}", unit="step", disable=not progress)
 

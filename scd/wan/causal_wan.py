@@ -40,6 +40,7 @@ from scd.contract import MAX_FRAMES_PER_BLOCK, CachePolicy, Layout, VideoDiffuse
 from scd.errors import CheckpointError, ModelError
 from scd.models.baseline import block_causal_mask
 from scd.models.blocks import KVCache
+from scd.wan.checks import HOOK_PATHS
 
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 TEXT_TOKENS = 512  # Wan's text context length (its processors hard-code it too)
@@ -242,10 +243,7 @@ class CausalWan(VideoDiffuser, nn.Module):
         """Blocks `transformer.blocks.{i}` with HookPoints for their input and output (the features) and `attn1`'s q
         and k (cached keys included); `frames_per_block` frames are denoised together and see each other."""
         blocks = tuple(f"transformer.blocks.{i}" for i in range(len(self.transformer.blocks)))
-        paths = {"hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post",
-                 "attn.hook_q": "attn1.hook_q", "attn.hook_k": "attn1.hook_k",
-                 "hook_resid_mid": "hook_resid_mid", "hook_cross_out": "hook_cross_out"}
-        return Layout(blocks, self.tokens_per_frame, hook_paths=paths, frames_per_block=self.frames_per_block,
+        return Layout(blocks, self.tokens_per_frame, hook_paths=dict(HOOK_PATHS), frames_per_block=self.frames_per_block,
                       token_grid=tuple(self.grid))
 
     @property

@@ -21,6 +21,11 @@ from pathlib import Path
 
 from scd.errors import CheckpointError
 
+# Where each HookPoint of a Wan block sits (causal_wan adds them): the layout's hook paths, known before loading.
+HOOK_PATHS = {"hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post",
+              "attn.hook_q": "attn1.hook_q", "attn.hook_k": "attn1.hook_k",
+              "hook_resid_mid": "hook_resid_mid", "hook_cross_out": "hook_cross_out"}
+
 FAMILIES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors' names of the float dtypes a transformer may be stored in
 

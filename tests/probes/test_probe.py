@@ -229,7 +229,7 @@ def test_hooks_are_gone_after_an_exception(tiny_model, clip, backend):
     ({"layers": []}, "no layer to probe"),
     ({"layers": [1, 1]}, "duplicate layers"),
     ({"layers": "some"}, "or 'all'"),
-    ({"capture": ("features", "logits")}, "capture 'logits' is not accepted; accepted: features, attention"),
+    ({"capture": ("features", "logits")}, "capture: unknown kind 'logits'; accepted: features, attention"),
     ({"mode": "lazy"}, "unknown probe mode 'lazy'; accepted: full, stream"),
     ({"hook": "attn.hook_q"}, "unknown feature hook"),
     ({"backend": "pyvene"}, "unknown probe backend 'pyvene'; accepted: hookpoints, nnsight"),

@@ -258,7 +258,8 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
                      "weights": 0, "text_encoder": 0}
     by_hand = int(4.5 * 40 * 18 * 50 * (1560 * 5120 * 4 + 16 * 50))  # every token of 40 layers, float32, x the peak
     assert probing.feature_bytes(shape, 40, 18, 50, "full") == by_hand
-    assert probing._estimate(shape, 40, ["features"], args, 21) > by_hand
+    spec = argparse.Namespace(layers=tuple(range(40)), capture=("features",), mode="full", pca_tokens=256, bands=3)
+    assert probing._estimate(shape, spec, args, 21) > by_hand
     before = _tree(tmp_path)
     assert main(["run", "--model", f"diffusers:{root}", "--layers", "all", "--latent-size", "60x104", "--context", "3",
                  "--frames", "18", "--frames-per-block", "3", "--mode", "full", "--out", str(tmp_path / "r")]) == 2
@@ -321,5 +322,7 @@ def test_the_attention_estimate_counts_the_pooled_map_of_the_bands_asked_for():
     shape = {"width": 128, "depth": 30, "heads": 4, "tokens": 64, "frame_pixels": 3 * 32 * 32, "weights": 0}
     args = {bands: argparse.Namespace(dtype="float32", guidance_scale=None, window=None, frames=8, steps=50,
                                       mode="full", pca_tokens=256, bands=bands) for bands in (3, 64)}
-    grown = probing._estimate(shape, 30, ["attention"], args[64], 12) - probing._estimate(shape, 30, ["attention"], args[3], 12)
+    spec = {bands: argparse.Namespace(layers=tuple(range(30)), capture=("attention",), mode="full", pca_tokens=256,
+                                      bands=bands) for bands in (3, 64)}
+    grown = probing._estimate(shape, spec[64], args[64], 12) - probing._estimate(shape, spec[3], args[3], 12)
     assert grown == 30 * 8 * 50 * 4 * 12 * 4 * (64**2 - 3**2)

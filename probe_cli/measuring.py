@@ -235,7 +235,7 @@ def _diffusers_fits(args: argparse.Namespace, content: dict, config: dict, gener
     from types import SimpleNamespace
 
     from probe_cli.probing import diffusers_shape
-    from scd.contract import CachePolicy
+    from scd.contract import CachePolicy, CachePolicyError
     from scd.errors import CheckpointError
     from scd.memory import generation_bytes
 
@@ -248,8 +248,9 @@ def _diffusers_fits(args: argparse.Namespace, content: dict, config: dict, gener
                                  prompt=generation.get("prompt"), negative_prompt=generation.get("negative_prompt"))
     try:
         shape = diffusers_shape(args.model, shape_args)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+        shape_args.cache_policy.check(shape["chunk"])
+    except (CheckpointError, CachePolicyError) as e:
+        raise UsageError(f"the plan's sampling: {e}" if isinstance(e, CachePolicyError) else str(e)) from None
     caches = 2 if generation.get("guidance_scale") not in (None, 1.0) else 1
     estimate_fits(shape["weights"] + shape["text_encoder"] + caches * generation_bytes(
         shape["width"], shape["depth"], shape["heads"], shape["tokens"], args.context + args.frames),

@@ -124,25 +124,22 @@ def _condition(model, args: argparse.Namespace) -> None:
     model.set_prompt(text, negative, 1.0 if args.guidance_scale is None else args.guidance_scale)
 
 
-def _check_sampling_flags(args: argparse.Namespace) -> None:
-    """The sampler, timesteps and cache policy flags, refused in one line before any work; sets `args.steps` (the
-    length of --timesteps, else 50) and `args.cache_policy`."""
-    from scd.contract import CachePolicy, CachePolicyError
+SAMPLING_FLAGS = {"steps": "--steps", "timesteps": "--timesteps", "warp": "--warp", "shift": "--shift",
+                  "sampler": "--sampler", "cache_policy": "--window / --sink-frames", "seed": "--seed"}
 
-    if args.timesteps is not None:
-        if args.steps is not None and args.steps != len(args.timesteps):
-            raise UsageError(f"--steps {args.steps} but --timesteps lists {len(args.timesteps)}; accepted: one of them, "
-                             "or equal counts")
-        args.steps = len(args.timesteps)
-    elif args.warp:
-        raise UsageError("--warp maps --timesteps; accepted: --warp with --timesteps, or neither")
-    args.steps = 50 if args.steps is None else args.steps
-    if args.window is None and (args.sink_frames or args.rope != "absolute"):
-        raise UsageError("--sink-frames and --rope apply to a rolling cache; accepted: with --window N, or neither")
-    try:
-        args.cache_policy = CachePolicy(args.window, args.sink_frames, args.rope).check(args.frames_per_block or 1)
-    except CachePolicyError as e:
-        raise UsageError(f"--window / --sink-frames: {e}") from None
+
+def _check_sampling_flags(args: argparse.Namespace, frames_per_block: int) -> None:
+    """The sampling flags, checked once (`scd.sampling_spec.SamplingSpec`) for chunks of `frames_per_block` frames
+    before any work; sets `args.sampling`, and `args.steps` (the length of --timesteps, else 50) and
+    `args.cache_policy` from it."""
+    from scd.contract import CachePolicy
+    from scd.sampling_spec import SamplingSpec
+
+    args.sampling = SamplingSpec.check(steps=args.steps, timesteps=args.timesteps, warp=args.warp, shift=args.shift,
+                                       sampler=args.sampler, cache_policy=CachePolicy(args.window, args.sink_frames,
+                                                                                      args.rope),
+                                       seed=args.seed, frames_per_block=frames_per_block, names=SAMPLING_FLAGS)
+    args.steps, args.cache_policy = args.sampling.steps, args.sampling.cache_policy
 
 
 def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
@@ -191,7 +188,8 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
             if count % args.frames_per_block:
                 raise UsageError(f"{flag} {count} is not a multiple of --frames-per-block {args.frames_per_block}; "
                                  f"accepted: multiples of {args.frames_per_block}")
-    _check_sampling_flags(args)
+    if not diffusers_model:  # the built-in families denoise one frame at a time; a Wan model's chunk is in its config
+        _check_sampling_flags(args, 1)
     clip_frames = args.clip_frames or args.context + args.frames
     if args.context >= clip_frames:
         raise UsageError(f"--context {args.context} is not shorter than the clip ({clip_frames} frames); "
@@ -239,13 +237,9 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
         table = max(table, args.context + args.frames)
     check_frame_counts({"--context": args.context, "--frames": args.frames,
                         "--context + --frames": args.context + args.frames}, chunk, table)
-    try:
-        args.cache_policy.check(chunk)
-    except ValueError as e:
-        raise UsageError(f"--window / --sink-frames: {e}") from None
     heads, head_dim = config.get("num_attention_heads", 40), config.get("attention_head_dim", 128)
     prompt = args.prompt is not None or args.negative_prompt is not None  # umT5 is loaded, in float32, to encode it
-    return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads,
+    return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads, "chunk": chunk,
             "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": 4 * numel,
             "text_encoder": 4 * stored_numel(root / "text_encoder") if prompt else 0}
 
@@ -393,6 +387,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         from probes.spec import ModelFacts
 
         shape = diffusers_shape(args.model, args)
+        _check_sampling_flags(args, shape["chunk"])  # the sampling flags, once the model's chunk is known
         spec, out = _probe_spec(args, ModelFacts.of_wan(shape["depth"], shape["tokens"]), capture, sharded)
         spec = _fit(args, shape, spec, clip_frames)
 
@@ -441,11 +436,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     info = {key: value for key, value in (("command", command), ("control", control)) if value is not None}
     if context_latents is not None:
         info["clip"] = clips[0]  # a context video given as a tensor: the run still names its --clip
-    options = {"frames": args.frames, "steps": args.steps, "layers": spec, "context_frames": args.context,
+    options = {"frames": args.frames, "layers": spec, "context_frames": args.context,
                "clip_frames": clip_frames, "scene": args.scene, "device": on, "dtype": dtype,
                "context_source": "latent noise" if diffusers_model or args.size else "benchmark",
-               "timesteps": args.timesteps, "warp": args.warp, "shift": args.shift, "sampler": args.sampler,
-               "cache_policy": args.cache_policy, "info": info, "provenance": provenance}
+               "sampling": args.sampling, "info": info, "provenance": provenance}
     if not sharded:  # one generation: a run (and OUT.uncond with --guidance-pass both)
         recorded = record_passes(model, clips[0] if context_latents is None else context_latents,
                                  noise=noise_seed(args.seed, clips[0]), guidance_pass=args.guidance_pass,

@@ -22,6 +22,7 @@ from probes.choices import CAPTURES
 from probes.errors import ProbeError
 from probes.probe import Probe, check_manifest_entries
 from probes.spec import ModelFacts, ProbeSpec
+from scd.sampling_spec import SamplingSpec
 
 
 def _count(value: object, name: str, low: int, high: int) -> int:
@@ -66,23 +67,21 @@ def _has_benchmark(model) -> bool:
     return channels == 3 and height == width
 
 
-def generation_entry(model, context: dict, steps: int, seed: int, *, timesteps: Sequence[float] | None, warp: bool,
-                     shift: float | None, sampler: str, cache_policy, dtype: torch.dtype, device,
+def generation_entry(model, context: dict, sampling: SamplingSpec, *, dtype: torch.dtype, device,
                      provenance: dict) -> dict:
     """The manifest's `generation`: how the video was made, as a researcher must report it (the report shows it)."""
-    from scd.contract import CachePolicy
-
-    if timesteps is not None:  # no scheduler is stepped: the sampler runs the list itself
-        scheduler = {"class": None, "shift": shift, "source": f"none: the explicit timestep list, {sampler} sampler"}
+    if sampling.timesteps is not None:  # no scheduler is stepped: the sampler runs the list itself
+        scheduler = {"class": None, "shift": sampling.shift,
+                     "source": f"none: the explicit timestep list, {sampling.sampler} sampler"}
     else:
         scheduler = model.scheduler_info or {"class": "FlowMatchEulerDiscreteScheduler",
                                              "shift": float(model.flow_shift),
                                              "source": "scd.sampling's flow-matching Euler scheduler"}
     return {"context": context, "prompt": provenance.get("prompt"), "text_embeddings": provenance.get("text_embeddings"),
             "negative_prompt": provenance.get("negative_prompt"), "guidance_scale": float(model.guidance_scale),
-            "scheduler": scheduler, "steps": steps, "noise_seed": seed, "sampler": sampler,
-            "timesteps": None if timesteps is None else [float(t) for t in timesteps], "warp": warp, "shift": shift,
-            **(cache_policy or CachePolicy()).describe(), "frames_per_block": int(model.frames_per_block),
+            "scheduler": scheduler, "steps": sampling.steps, "noise_seed": sampling.seed, "sampler": sampling.sampler,
+            "timesteps": None if sampling.timesteps is None else list(sampling.timesteps), "warp": sampling.warp,
+            "shift": sampling.shift, **sampling.cache_policy.describe(), "frames_per_block": int(model.frames_per_block),
             "fps": model.fps, "dtype": str(dtype).removeprefix("torch."), "device": str(torch.device(device))}
 
 
@@ -102,14 +101,14 @@ def record(model, context: torch.Tensor | int = 0, **options) -> Probe:
 
 
 def record_passes(
-    model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int = 50, seed: int = 0,
+    model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int | None = None, seed: int = 0,
     layers: Sequence[int] | str | ProbeSpec = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
     clip_frames: int | None = None, scene: str = "sprites", context_source: str = "auto",
     record_frames: Iterable[int] | None = None, record_steps: Iterable[int] | None = None,
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, noise: int | None = None,
     info: dict | None = None, provenance: dict | None = None, timesteps: Sequence[float] | None = None,
-    warp: bool = False, shift: float | None = None, sampler: str = "ode", cache_policy=None, progress: bool = False,
-    guidance_pass: str = "cond", **probe_options,
+    warp: bool = False, shift: float | None = None, sampler: str = "ode", cache_policy=None,
+    sampling: SamplingSpec | None = None, progress: bool = False, guidance_pass: str = "cond", **probe_options,
 ) -> list[Probe]:
     """The one path from settings to recordings (`record`, `record_sweep` and `probe run` all take it): one generation,
     heard by one Probe per guidance pass (`guidance_pass`: cond, uncond, or "both": [cond, uncond]), each annotated with
@@ -146,7 +145,6 @@ def record_passes(
     passes = ("cond", "uncond") if guidance_pass == "both" else (spec.guidance_pass,)
     probes = [Probe(model, replace(spec, guidance_pass=p)) for p in passes]
     provenance = provenance or {}
-    count = len(timesteps) if isinstance(timesteps, list | tuple) else steps  # what the manifest says was run
     if isinstance(context, int) and not isinstance(context, bool):
         clip = _count(context, "clip", 0, 2**31 - 1)
         _count(context_frames, "context_frames", 0, 1024)
@@ -187,6 +185,12 @@ def record_passes(
     else:
         raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "
                          "or a clip index (an integer >= 0)")
+    if sampling is None:  # every sampling value, checked once; generate trusts the spec
+        sampling = SamplingSpec.check(steps=steps, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler,
+                                      cache_policy=cache_policy, seed=seed, frames_per_block=model.frames_per_block)
+    elif sampling.seed != seed:  # checked by the caller (probe run); the noise seed is this item's
+        sampling = replace(sampling, seed=_count(seed, "seed", 0, 2**63 - 1))
+    count = sampling.steps
     taken = sorted(set(info or {}) & {*source, "dtype", "device", "generation"})
     if taken:
         raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
@@ -202,14 +206,11 @@ def record_passes(
     with ExitStack() as stack:
         for probe in probes:  # one generation, heard by a probe per guidance pass
             stack.enter_context(probe)
-        generate(model, context, frames, steps=None if timesteps is not None else steps, seed=seed, device=device,
-                 dtype=dtype, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler, cache_policy=cache_policy,
-                 callback=advance)
+        generate(model, context, frames, device=device, dtype=dtype, sampling=sampling, callback=advance)
     bar.close()
     # How the video was made, from the values generate has just accepted.
     source |= {"dtype": str(dtype).removeprefix("torch."), "device": str(torch.device(device)),
-               "generation": generation_entry(model, given, count, seed, timesteps=timesteps, warp=warp, shift=shift,
-                                              sampler=sampler, cache_policy=cache_policy, dtype=dtype, device=device,
+               "generation": generation_entry(model, given, sampling, dtype=dtype, device=device,
                                               provenance=provenance)}
     for probe in probes:  # the clip's truth and where it came from, as a run holds them
         probe.annotate(truth, **{**source, **(info or {})})

@@ -14,7 +14,7 @@ relative depth mean the same on every family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: the command's argument checks import this file
@@ -71,10 +71,15 @@ class CachePolicy:
     window: int | None = None  # latent frames a chunk attends to, sinks and itself included; None: every finished frame
     sink_frames: int = 0       # the first frames written, attended to for ever
     rope: str = "absolute"     # ROPE_POLICIES: where keys are rotated (see the class docstring)
+    # The chunk size this policy was checked for (`check`): a checked policy is trusted, not checked again.
+    checked_for: int | None = field(default=None, compare=False, repr=False)
 
     def check(self, frames_per_block: int = 1) -> CachePolicy:
-        """Refuse, in one line, a policy that cannot run with chunks of `frames_per_block`; return it."""
+        """Refuse, in one line, a policy that cannot run with chunks of `frames_per_block`; return it, checked (the
+        returned policy says so, and checking it again for the same chunk is free)."""
         k = frames_per_block
+        if self.checked_for == k:
+            return self
         if self.rope not in ROPE_POLICIES:
             raise CachePolicyError(f"rope = {self.rope!r}; accepted: {', '.join(ROPE_POLICIES)}")
         if not isinstance(self.sink_frames, int) or isinstance(self.sink_frames, bool) or \
@@ -84,12 +89,12 @@ class CachePolicy:
             if self.sink_frames or self.rope != "absolute":
                 raise CachePolicyError("sink frames and rope = 'cache' need a window; accepted: a window (--window N) "
                                        "with them, or neither")
-            return self
+            return replace(self, checked_for=k)
         if not isinstance(self.window, int) or isinstance(self.window, bool) or \
                 not self.sink_frames + k <= self.window <= 100_000:
             raise CachePolicyError(f"window = {self.window!r}; accepted: an integer in {self.sink_frames + k}..100000 "
                                    f"(the {self.sink_frames} sink frames plus a chunk of {k}, at least)")
-        return self
+        return replace(self, checked_for=k)
 
     @property
     def rolling(self) -> bool:

@@ -27,6 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from scd.contract import ACCEPTED_MODELS, CachePolicy, CachePolicyError, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
 from scd.devices import float_dtype, usable_device
+from scd.sampling_spec import SAMPLERS, SamplingError, SamplingSpec  # noqa: F401  (re-exported)
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
 # output video of the frame being computed (of a chunk, its last frame); `step` is the denoising step
@@ -53,20 +54,20 @@ def observe_sampling(model: nn.Module, observer: SamplingObserver) -> RemovableH
     return handle
 
 
-class SamplingError(ValueError):
-    """A `generate` call that cannot run as asked; the message names the accepted values."""
-
-
 def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int,
-                        cache_policy: CachePolicy | None = None) -> None:
-    """Refuse, before anything moves or runs, what `generate` cannot do: a context that is not a finite float
-    tensor [T, C, H, W] (or [B, T, C, H, W]) of the model's frame shape, counts out of range, a seed beyond 64 bits."""
+def check_model(model: nn.Module) -> None:
+    """Refuse a model that does not implement the contract (scd.contract.VideoDiffuser)."""
     if not isinstance(model, nn.Module) or not is_video_diffuser(model):
         raise SamplingError(f"cannot sample a {type(model).__name__}; accepted: {ACCEPTED_MODELS}")
+
+
+def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, policy: CachePolicy) -> None:
+    """Refuse, before anything moves or runs, what `generate` cannot do with this model (the sampling itself is
+    checked by SamplingSpec): a context that is not a finite float tensor [T, C, H, W] (or [B, T, C, H, W]) of the
+    model's frame shape, frame counts out of range or off its chunks, more frames than its positions."""
     if not isinstance(context, torch.Tensor):
         raise SamplingError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] or "
                             "[B, T, C, H, W]")
@@ -86,25 +87,12 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, st
         raise SamplingError(f"context frames are {list(context.shape[-3:])}; this model takes {list(frame)} (C, H, W)")
     if not _int(frames) or not 0 <= frames <= 100_000:
         raise SamplingError(f"frames = {frames!r}; accepted: an integer in 0..100000")
-    if not _int(steps) or not 1 <= steps <= 10_000:
-        raise SamplingError(f"steps = {steps!r}; accepted: an integer in 1..10000")
-    if not _int(seed) or not 0 <= seed < 2**63:
-        raise SamplingError(f"seed = {seed!r}; accepted: an integer in 0..2**63-1")
     k, T = model.frames_per_block, context.shape[-4]
     for what, count in (("context frames", T), ("frames", frames)):
         if count % k:
             raise SamplingError(f"{what} = {count} is not a multiple of the model's chunk size {k} (frames_per_block); "
                                 f"accepted: multiples of {k}")
-    if cache_policy is not None:
-        if not isinstance(cache_policy, CachePolicy):
-            raise SamplingError(f"cache_policy is a {type(cache_policy).__name__}; accepted: a scd.contract.CachePolicy")
-        try:
-            cache_policy.check(k)
-        except CachePolicyError as e:
-            raise SamplingError(str(e)) from None
-    limit = model.max_frames
-    if cache_policy is not None and cache_policy.rope == "cache":
-        limit = None  # positions stay below the window
+    limit = None if policy.rope == "cache" else model.max_frames  # under `cache`, positions stay below the window
     if limit is not None and T + frames > limit:
         raise SamplingError(f"{T} context + {frames} frames exceed the model's {limit} frame positions (its RoPE "
                             f"table, rope_max_seq_len); accepted: at most {limit} frames in all")
@@ -120,7 +108,6 @@ def make_scheduler(shift: float = 1.0, config: dict | None = None):
     return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
-SAMPLERS = ("ode", "renoise")
 
 
 def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:
@@ -128,33 +115,6 @@ def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:
     timestep of its place on a 1000-step flow-matching schedule shifted by `shift`, 1000 s' with
     s' = shift s / (1 + (shift - 1) s), s = t / 1000 (so 1000 stays 1000 and 0 stays 0)."""
     return [1000.0 * shift * (t / 1000) / (1 + (shift - 1) * (t / 1000)) for t in timesteps]
-
-
-def check_sampling(sampler: str, timesteps: Sequence[float] | None, steps: int | None, warp: bool,
-                   shift: float | None = None) -> None:
-    """Refuse, in one line, a sampler, a flow shift or an explicit timestep list that `generate` cannot run."""
-    if sampler not in SAMPLERS:
-        raise SamplingError(f"sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
-    if shift is not None and (not isinstance(shift, int | float) or isinstance(shift, bool) or
-                              not 0.001 <= shift <= 1000):  # NaN fails this too
-        raise SamplingError(f"shift = {shift!r}; accepted: a number in [0.001, 1000] (the flow shift; None: the model's)")
-    if not isinstance(warp, bool):
-        raise SamplingError(f"warp = {warp!r}; accepted: True or False")
-    if timesteps is None:
-        if warp:
-            raise SamplingError("warp applies to an explicit timestep list; accepted: timesteps with it, or no warp")
-        return
-    values = list(timesteps) if isinstance(timesteps, list | tuple) else None
-    if not values or len(values) > 1000 or not all(isinstance(t, int | float) and not isinstance(t, bool) and
-                                                   0 <= t <= 1000 for t in values):
-        raise SamplingError(f"timesteps {timesteps!r}; accepted: a list of 1..1000 numbers in 0..1000")
-    if any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise SamplingError(f"timesteps {values}; accepted: strictly decreasing (e.g. 1000,750,500,250)")
-    if values[-1] <= 0:  # the model would be told its frame is already clean: upstream lists end in 0 and drop it
-        raise SamplingError(f"timesteps {values} end at 0, which is no denoising step (CausVid's list 1000,757,522,0 "
-                            "drops its 0 at inference); accepted: every timestep above 0, e.g. 1000,757,522")
-    if steps is not None and steps != len(values):
-        raise SamplingError(f"steps = {steps} but {len(values)} timesteps are given; accepted: steps omitted, or equal")
 
 
 @torch.no_grad()
@@ -175,6 +135,7 @@ def generate(
     sampler: str = "ode",
     cache_policy: CachePolicy | None = None,
     cache=None,
+    sampling: SamplingSpec | None = None,
 ) -> torch.Tensor:
     """Generate `frames` new frames after `context` [T, C, H, W] (or batched [B, T, C, H, W]).
 
@@ -193,8 +154,11 @@ def generate(
     and the last estimate is the frame. `cache_policy`: which finished frames a chunk attends to (a rolling
     window with sink frames, `scd.contract.CachePolicy`); under a window the context is written into the cache
     one chunk at a time, as the upstream pipelines do. `cache`: an empty cache to fill (`model.new_cache(policy)`),
-    to read afterwards (e.g. its `nbytes()`); its policy is the one sampled with.
+    to read afterwards (e.g. its `nbytes()`); its policy is the one sampled with. `sampling`: all of the above
+    (steps, timesteps, warp, shift, sampler, cache_policy, seed) checked once already (`SamplingSpec.check`, as
+    `probes.record` and `probe run` do): trusted, in place of those arguments.
     """
+    given = (steps, timesteps, warp, shift, sampler, cache_policy, seed) != (None, None, False, None, "ode", None, 0)
     if cache is not None:
         if use_cache is False or cache_policy is not None:
             raise SamplingError("a cache is given: its policy is the one sampled with; accepted: cache alone, or "
@@ -202,9 +166,23 @@ def generate(
         if cache.frames != 0:
             raise SamplingError("the cache given is not empty; accepted: a new one, model.new_cache(policy)")
         cache_policy = cache.policy
-    check_generate_args(model, context, frames, 1 if steps is None else steps, seed, cache_policy)
-    check_sampling(sampler, timesteps, steps, warp, shift)
-    policy = cache_policy or CachePolicy()
+    check_model(model)
+    k = model.frames_per_block
+    if sampling is None:
+        sampling = SamplingSpec.check(steps=steps, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler,
+                                      cache_policy=cache_policy, seed=seed, frames_per_block=k)
+    else:
+        if given:
+            raise SamplingError("sampling is given: it holds the steps, timesteps, warp, shift, sampler, cache policy "
+                                "and seed; accepted: sampling alone, or those arguments without it")
+        if sampling.frames_per_block != k:
+            raise SamplingError(f"sampling was checked for chunks of {sampling.frames_per_block} frames; this model "
+                                f"denoises {k} together; accepted: SamplingSpec.check(..., frames_per_block={k})")
+        if cache is not None and cache.policy != sampling.cache_policy:
+            raise SamplingError("the cache given keeps another policy than sampling's; accepted: "
+                                "model.new_cache(sampling.cache_policy)")
+    policy, seed, shift, sampler = sampling.cache_policy, sampling.seed, sampling.shift, sampling.sampler
+    check_generate_args(model, context, frames, policy)
     device, dtype = usable_device(device), float_dtype(dtype)
     batched = context.dim() == 5
     video = (context if batched else context[None]).to(device=device, dtype=dtype)
@@ -227,18 +205,18 @@ def generate(
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
     shift = model.flow_shift if shift is None else shift
     schedule = model.scheduler_config
-    k = model.frames_per_block
     clean = torch.zeros(B, 1, device=device, dtype=dtype)
     explicit = None
-    if timesteps is not None:
-        explicit = warp_timesteps(timesteps, shift) if warp else [float(t) for t in timesteps]
-    count = len(explicit) if explicit is not None else (50 if steps is None else steps)
+    if sampling.timesteps is not None:
+        explicit = warp_timesteps(sampling.timesteps, shift) if sampling.warp else list(sampling.timesteps)
+    count = sampling.steps
 
     observers = list(_observers.get(model, {}).values())
-    sampling = {"sampler": sampler, "timesteps": explicit, "warp": warp, "shift": float(shift), **policy.describe()}
+    described = {"sampler": sampler, "timesteps": explicit, "warp": sampling.warp, "shift": float(shift),
+                 **policy.describe()}
     for o in observers:  # before any work: an observer may refuse this call (a Probe asked for frames it will not make)
         if hasattr(o, "on_start"):
-            o.on_start(T, frames, count, policy=policy, sampling=sampling)
+            o.on_start(T, frames, count, policy=policy, sampling=described)
     callbacks = [o.on_step for o in observers] + ([callback] if callback is not None else [])
 
     def announce(frame: int, step: int | None, timestep: float) -> None:

@@ -57,7 +57,9 @@ def test_the_shipped_checkpoints_are_the_known_set():
 
     assert shipped_models() == ["baseline", "baseline-diagonal", "baseline-finetuned", "scd"]
     names = sorted(p.name for p in (ROOT / "scd" / "checkpoints").iterdir())
-    assert names == sorted(f"{m}{ext}" for m in shipped_models() for ext in (".json", ".md", ".safetensors"))
+    shipped = sorted(f"{m}{ext}" for m in shipped_models() for ext in (".json", ".md", ".safetensors"))
+    validated = [f"{m}.validation.csv" for m in ("baseline", "scd")]  # the per-clip tables of the card tests
+    assert names == sorted(shipped + validated)
 
 
 def test_the_scd_report_and_bench_are_made_from_both_shipped_checkpoints():

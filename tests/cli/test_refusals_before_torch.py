@@ -35,7 +35,7 @@ REFUSALS = [  # (argv after `probe`, the refusal's words); {tmp}: a temporary di
     (["run", "--shift", "1e1"], "no exponent"),
     (["run", "--steps", "1e3"], "is not an integer"),
     (["run", "--window", "2", "--sink-frames", "3"], "--window / --sink-frames"),
-    (["run", "--sink-frames", "1"], "apply to a rolling cache"),
+    (["run", "--sink-frames", "1"], "need a window; accepted: a window (--window N)"),
     (["intervene", "--plan", "{tmp}/mine.html", "--out", "{tmp}/iv"], "cannot be read as a plan"),
     (["export", "{tmp}/missing", "--name", "x"], "is not a training directory"),
     (["bench", "--out", "{tmp}/mine.html"], "already exists"),

@@ -261,9 +261,9 @@ def test_a_rollout_past_the_rope_table_runs_with_cache_positions_and_is_refused_
 
 @pytest.mark.parametrize("options,message", [
     (dict(timesteps=[500, 750]), "strictly decreasing"),
-    (dict(timesteps=[0]), "end at 0"),
-    (dict(timesteps=[1000, 757, 522, 0]), "end at 0, which is no denoising step"),
-    (dict(timesteps=[1000, 500], steps=3), "steps = 3"),
+    (dict(timesteps=[0]), "ends at 0"),
+    (dict(timesteps=[1000, 757, 522, 0]), "ends at 0, which is no denoising step"),
+    (dict(timesteps=[1000, 500], steps=3), "steps: 3 but timesteps lists 2"),
     (dict(warp=True), "explicit timestep list"),
     (dict(sampler="dmd"), "accepted: ode, renoise"),
     (dict(cache_policy=CachePolicy(2, 2)), "window = 2"),

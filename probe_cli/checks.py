@@ -99,17 +99,34 @@ def indices(text: str, flag: str, low: int, high: int) -> list[int]:
 
 
 def timestep_list(text: str) -> list[float]:
-    """An argparse `type`: a comma-separated, strictly decreasing list of timesteps in 0..1000, each above 0 (a step
-    at 0 is no denoising step: CausVid's list 1000,757,522,0 drops its 0 at inference)."""
-    accepted = "comma-separated decimal numbers in 0..1000 (no exponent), strictly decreasing, each above 0 (e.g. " \
-               "1000,750,500,250; CausVid's 1000,757,522,0 is run as 1000,757,522)"
-    try:
-        values = [number(part, 0, 1000, scientific=False) for part in text.split(",")]
-    except UsageError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}") from None
-    if len(values) > 1000 or values[-1] <= 0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
+    """An argparse `type`: comma-separated decimal numbers (no exponent), parsed only: the list's range and order are
+    checked where every sampling value is, by `scd.sampling_spec.SamplingSpec`."""
+    accepted = "comma-separated decimal numbers (no exponent), e.g. 1000,750,500,250"
+    parts = text.split(",")
+    if len(parts) > 10_000 or not all(DECIMAL.fullmatch(part) for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: {accepted}")
-    return values
+    return [float(part) for part in parts]
+
+
+def whole(text: str) -> int:
+    """An argparse `type`: an integer in ASCII digits, parsed only (its range is checked by the spec that takes it)."""
+    match = INT.fullmatch(text)
+    if not match or len(match[1]) > 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; accepted: an integer in ASCII digits")
+    return int(match[1])
+
+
+whole.__name__ = "integer"
+
+
+def decimal(text: str) -> float:
+    """An argparse `type`: a decimal number (no exponent), parsed only (its range is checked by the spec that takes
+    it)."""
+    match = DECIMAL.fullmatch(text)
+    if not match or not math.isfinite(float(match[1])):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number; accepted: digits with an optional point "
+                                         "(no exponent)")
+    return float(match[1])
 
 
 timestep_list.__name__ = "timestep list"

@@ -20,6 +20,7 @@ from probe_cli.checks import (
     layers_syntax,
     plain_name,
     ranged,
+    whole,
 )
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES
 from scd.contract import ROPE_POLICIES
@@ -69,25 +70,28 @@ def _train_flag(name: str):
 
 def _sampling_flags(parser) -> None:
     """How the frames are sampled, as the model's authors run it: the sampler, its timesteps, the KV cache's window."""
-    from probe_cli.checks import timestep_list
+    from probe_cli.checks import decimal, timestep_list
+
+    # Parsed only: SamplingSpec checks every sampling value, once (probe_cli.probing._check_sampling_flags).
 
     g = parser.add_argument_group("sampling as the model's authors run it (few-step samplers, rolling KV cache)")
     g.add_argument("--timesteps", type=timestep_list, default=None, help="an explicit timestep list, decreasing, in "
                    "0..1000 (Self-Forcing: 1000,750,500,250 with --warp; CausVid: 1000,757,522,0); replaces --steps")
     g.add_argument("--warp", action="store_true", help="map --timesteps through the shift warp (Self-Forcing's "
                    "warp_denoising_step): t -> 1000 s'(t/1000), s'(s) = shift s / (1 + (shift - 1) s)")
-    g.add_argument("--shift", type=finite(0.001, 1000, scientific=False), default=None,
+    g.add_argument("--shift", type=decimal, default=None,
                    help="flow shift of the scheduler and the warp (default: the model's; Self-Forcing's timestep_shift is 5)")
-    g.add_argument("--sampler", choices=("ode", "renoise"), default="ode", help="ode: the scheduler's steps (default); "
+    g.add_argument("--sampler", default="ode", metavar="{ode,renoise}", help="ode: the scheduler's steps (default); "
                    "renoise: the few-step sampler of Self-Forcing and CausVid (predict the clean frame, noise it afresh "
                    "to the next timestep)")
-    g.add_argument("--window", type=ranged(1, 100_000), default=None, help="rolling KV cache: latent frames a chunk "
+    g.add_argument("--window", type=whole, default=None, help="rolling KV cache: latent frames a chunk "
                    "attends to, the sinks and itself included (Self-Forcing's local_attn_size; LongLive: 12); default: "
                    "every finished frame")
-    g.add_argument("--sink-frames", type=ranged(0, 100_000), default=0, help="with --window: the first frames, attended "
+    g.add_argument("--sink-frames", type=whole, default=0, help="with --window: the first frames, attended "
                    "to for ever (Self-Forcing's sink_size; LongLive: 3)")
-    g.add_argument("--rope", choices=ROPE_POLICIES, default="absolute", help="with --window: keys rotated at "
-                   "their frame's index in the video (absolute: Self-Forcing, LongLive) or at their place in the cache "
+    g.add_argument("--rope", default="absolute", metavar="{" + ",".join(ROPE_POLICIES) + "}", help="with --window: "
+                   "keys rotated at their frame's index in the video (absolute: Self-Forcing, LongLive) or at their place "
+                   "in the cache "
                    "(cache: positions stay below the window, so a rollout can outrun the RoPE table)")
 
 
@@ -132,10 +136,10 @@ def _run_parser(sub) -> None:
     r.add_argument("--frames", type=FRAMES, default=4, help="frames to generate, each one probed (1..1024)")
     r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
                    help="frames of the val clip (default context + frames)")
-    r.add_argument("--steps", type=STEPS, default=None, help="denoising steps per frame (1..1000; default 50, or the "
+    r.add_argument("--steps", type=whole, default=None, help="denoising steps per frame (1..10000; default 50, or the "
                    "length of --timesteps)")
     _sampling_flags(r)
-    r.add_argument("--seed", type=ranged(0, SEED_MAX), default=0, help=f"base noise seed in 0..{SEED_MAX}: clip c's "
+    r.add_argument("--seed", type=whole, default=0, help=f"base noise seed in 0..{SEED_MAX}: clip c's "
                    "noise is drawn with seed + c (each clip of a sweep its own noise; recorded in the manifest)")
     r.add_argument("--seeds", type=ranged(1, 64), default=1, help="noise draws per clip, 1..64 (default 1): draw j "
                    "of clip c uses seed + c + j * 2^31; two or more give finding 1's different-noise control")
@@ -148,10 +152,10 @@ def _run_parser(sub) -> None:
     r.add_argument("--mode", choices=("auto", *MODES), default="auto", help="keep every token (full, float16 on disk) "
                    "or only running reductions and a token subsample (stream); auto (default): full unless the recorded "
                    f"features would exceed {FULL_MODE_LIMIT_GIB} GiB of host memory, then stream")
-    r.add_argument("--bands", type=ranged(1, 4096), default=3, help="rows and columns per frame of the pooled attention "
+    r.add_argument("--bands", type=whole, default=3, help="rows and columns per frame of the pooled attention "
                    "map (the paper's figure shows about 3; the tokens per frame give the unpooled map)")
     r.add_argument("--hook", default="hook_resid_post", help="the block HookPoint recorded as features")
-    r.add_argument("--backend", choices=BACKENDS, default=None,
+    r.add_argument("--backend", default=None, metavar="{" + ",".join(BACKENDS) + "}",
                    help="how the model is read: TransformerLens HookPoints (default) or nnsight by module path")
     r.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or mps, if this machine has it")
     r.add_argument("--dtype", choices=DTYPES, default="float32")

@@ -205,7 +205,7 @@ def test_plain_names(text):
         assert _refused(lambda: plain_name(text))
 
 
-FLAGS = [("run", "--steps", 1, 1000), ("run", "--frames", 1, 1024), ("run", "--context", 0, 1024),
+FLAGS = [("intervene", "--steps", 1, 1000), ("run", "--frames", 1, 1024), ("run", "--context", 0, 1024),
          ("run", "--clip-frames", 2, 2048), ("generate", "--clip", 0, CLIP_MAX), ("generate", "--seed", 0, SEED_MAX),
          ("bench", "--repeats", 1, 100), ("intervene", "--refresh", 1, 1000), ("train", "--batch-size", 1, 4096),
          ("train", "--threads", 1, 1024), ("export", "--clips", 1, 10_000)]

@@ -17,7 +17,7 @@ REFUSALS = [  # (argv after `probe`, the refusal's words); {tmp}: a temporary di
     (["report", "{tmp}/missing", "-o", "{tmp}/mine.html"], "already exists"),
     (["run", "--context", "0"], "applies only to diffusers models"),
     (["run", "--control-seed", "3"], "--control-seed seeds the permuted-weights control"),
-    (["run", "--timesteps", "1000,757,522,0"], "each above 0"),
+    (["run", "--timesteps", "1000,757,522,0"], "ends at 0, which is no denoising step"),
     (["plan", "{tmp}/missing", "--out", "{tmp}/p.json"], "is not a run directory"),
     (["study", "train", "--root", "{tmp}/mine.html", "--conditions", "reference", "--seeds", "0"], "is a file"),
     (["study", "status", "--root", "{tmp}/mine.html"], "is a file"),

@@ -89,12 +89,12 @@ def test_unknown_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--steps", "0"], "--steps: value 0 is out of range; accepted: an integer in 1..1000"),
+    (["--steps", "0"], "--steps: 0 is not accepted; accepted: an integer in 1..10000"),
     (["--frames", "0"], "--frames: value 0 is out of range; accepted: an integer in 1..1024"),
     (["--context", "0"], "--context 0 (text-to-video from no context) applies only to diffusers models, not 'baseline'"),
     (["--clip", "-2"], "--clip '-2' is out of range; accepted: an integer, a range A-B or a comma-separated list"),
     (["--layer", "3", "--layers", "1,2"], "not allowed with argument"),
-    (["--backend", "pyvene"], "invalid choice: 'pyvene'"),
+    (["--backend", "pyvene"], "--backend: unknown probe backend 'pyvene'"),
 ])
 def test_bad_flags_are_one_line_exit_2(argv, expected, capsys, tmp_path):
     try:  # argparse's own checks exit; ours return

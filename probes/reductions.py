@@ -50,7 +50,7 @@ class StepGram:
         return x
 
     def _settle(self) -> None:
-        """Rows of the steps added since the last call, from float64 matrix products per chunk of tokens."""
+        """Rows of the steps added since the last call, from one float64 matrix product per chunk of tokens."""
         first, steps = self.settled, len(self.buffer)
         if first == steps:
             return
@@ -61,16 +61,14 @@ class StepGram:
         gram = torch.zeros(steps - first, steps, dtype=torch.float64, device=x.device)
         cosine, centred = torch.zeros_like(gram), torch.zeros_like(gram)
         for start in range(0, tokens, chunk):
-            xt = x[:, start:start + chunk].double()  # [S, n, D]
+            xt = x[:, start:start + chunk].transpose(0, 1).double()  # [n, S, D]
             for raw, out in ((True, cosine), (False, centred)):
-                xs = xt if raw else xt - mean[:, None]
-                if raw:  # the flattened features' inner products: one [new, n D] x [n D, S] product
-                    flat = xs.flatten(1)
-                    gram += flat[first:] @ flat.T
-                # A sum over tokens of per-token cosines is the inner product of the tokens' unit vectors, laid end
-                # to end: one matrix product instead of a batch of n small ones.
-                unit = (xs / torch.linalg.vector_norm(xs, dim=-1, keepdim=True).clamp_min(1e-6)).flatten(1)
-                out += unit[first:] @ unit.T
+                xs = xt if raw else xt - mean
+                dots = xs[:, first:] @ xs.transpose(1, 2)  # [n, new, S]
+                norms = torch.linalg.vector_norm(xs, dim=-1)  # [n, S]
+                if raw:
+                    gram += dots.sum(0)
+                out += (dots / (norms[:, first:, None] * norms[:, None, :]).clamp_min(1e-12)).sum(0)
         cosine /= tokens
         centred /= tokens
         self.blocks.append((first, gram.cpu(), cosine.cpu(), centred.cpu(), hsic_rows(x.double() - mean[:, None], first).cpu()))

@@ -8,13 +8,55 @@ import torch
 from scd.models.baseline import BASELINE_SIZES, CausalVideoDiffuser
 from scd.models.scd_model import SCD_SIZES, SeparableCausalDiffuser
 
+RSS_LIMIT = 2 * 2**30  # the suite's budget per test: 2 GiB resident
+
+
+def _status_bytes(field: str) -> int | None:
+    """A /proc/self/status field in bytes (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
 
 @pytest.fixture(autouse=True)
-def _pinned_threads():
-    """Pin threads and seeds so the fast tests are quick and repeatable on a 2-core machine."""
+def _pinned_threads(request):
+    """Pin threads and seeds so the fast tests are quick and repeatable on a 2-core machine; record the test's peak
+    resident memory in its process (VmHWM, reset before it runs; subprocesses it starts are not in it)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current resident set
+    except OSError:
+        pass
     yield
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        request.node.user_properties.append(("peak_rss", peak))
+
+
+_PEAKS: list[tuple[int, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    """Collect each test's peak resident memory (the xdist controller receives the workers' reports)."""
+    if report.when == "call":
+        peak = dict(report.user_properties).get("peak_rss")
+        if peak is not None:
+            _PEAKS.append((peak, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The ten largest peaks of resident memory, beside pytest's ten slowest tests (the budget: 2 GiB a test)."""
+    if not _PEAKS:
+        return
+    terminalreporter.section("largest peak resident memory (in the test's process)")
+    for peak, nodeid in sorted(_PEAKS, reverse=True)[:10]:
+        flag = "  OVER 2 GiB" if peak > RSS_LIMIT else ""
+        terminalreporter.write_line(f"{peak / 2**30:6.2f} GiB  {nodeid}{flag}")
 
 
 def randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:

@@ -43,7 +43,7 @@ _PEAKS: list[tuple[int, str]] = []
 
 def pytest_runtest_logreport(report):
     """Collect each test's peak resident memory (the xdist controller receives the workers' reports)."""
-    if report.when == "call":
+    if report.when == "teardown":  # the fixture records the peak as the test is torn down
         peak = dict(report.user_properties).get("peak_rss")
         if peak is not None:
             _PEAKS.append((peak, report.nodeid))

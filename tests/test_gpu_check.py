@@ -20,7 +20,8 @@ def test_the_gpu_check_runs_at_a_reduced_size_and_writes_its_figures(tmp_path):
                        "<!-- gpu-check: end -->\n\nlater sections stay\n")
     bash = shutil.which("bash")
     done = subprocess.run([bash, str(ROOT / "benchmarks" / "gpu_check.sh"), "--reduced", str(results)], cwd=tmp_path,
-                          capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin",
+                                                                 "OMP_NUM_THREADS": "1"},
                           timeout=2400)  # a guard against a hang, not a speed test: CI beside other jobs is slow
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     text = results.read_text()

@@ -209,7 +209,8 @@ def _without_command(manifest: dict) -> dict:
      {"clip": 2, "seed": 7, "capture": ["attention"], "bands": 2}),
     (("--timesteps", "1000,600,200", "--sampler", "renoise", "--window", "3", "--sink-frames", "1", "--frames", "4"),
      {"timesteps": [1000.0, 600.0, 200.0], "sampler": "renoise", "window": (3, 1), "frames": 4}),
-    (("--size", "wan-tiny", "--clip", "1", "--mode", "stream"), {"size": "wan-tiny", "clip": 1, "mode": "stream"}),
+    (("--size", "wan-tiny", "--latent-size", "8x8", "--clip", "1", "--mode", "stream"),
+     {"size": "wan-tiny", "clip": 1, "mode": "stream"}),
 ], ids=["defaults", "clip-seed-attention", "few-step-window", "random-latents"])
 def test_probe_run_and_record_save_write_the_same_manifest(tiny_checkpoint, tmp_path, flags, options):
     """One path from settings to a run: `probe run` is `probes.record_passes` plus printing, so the manifest it writes
@@ -225,7 +226,7 @@ def test_probe_run_and_record_save_write_the_same_manifest(tiny_checkpoint, tmp_
             "--layer", "1", *(("--frames", "2") if "frames" not in options else ()), *flags]
     assert main(argv) == 0
     if "size" in options:  # what --size builds: the baseline family at that size, seeded random weights
-        height, width = size_latent(options["size"], None)
+        height, width = size_latent(options["size"], (8, 8))
         model = random_model("baseline", options["size"], frame_size=height, frame_width=width)
     else:
         model = load_model(tiny_checkpoint)

@@ -308,7 +308,7 @@ def _probe_spec(args: argparse.Namespace, facts, capture: list[str], sharded: bo
     text = args.layers if args.layers is not None else args.layer
     chosen = "all" if text.strip() == "all" else [int(part) for part in text.split(",")]  # syntax: layers_syntax
     names = {"layers": flag, "capture": "--capture", "hook": "--hook", "mode": "--mode", "backend": "--backend",
-             "pca_tokens": "--pca-tokens", "sample_seed": "sample_seed", "bands": "--bands",
+             "pca_tokens": "pca_tokens", "sample_seed": "sample_seed", "bands": "--bands",
              "guidance_pass": "--guidance-pass", "frames": "frames", "steps": "steps"}
     spec = ProbeSpec.check(facts, chosen, capture=capture, hook=args.hook, mode="full" if args.mode == "auto" else
                            args.mode, backend=args.backend, bands=args.bands,
@@ -351,6 +351,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     diffusers_model = args.model.startswith("diffusers:")
     capture, clip_frames = _check_run_flags(args, diffusers_model)
     clips = indices(args.clip, "--clip", 0, CLIP_MAX)
+    from probes.spec import ModelFacts  # torch-free, as the sweep's seeds
     from probes.sweep_plan import noise_seed, world
 
     if len(clips) * args.seeds > 10_000:
@@ -377,15 +378,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         _, config = resolve(args.model)  # an unknown name, a missing file: refused here
         if args.model in shipped_models():  # its depth is in its config, sound (tests/scd/test_shipped): read before
-            from probes.spec import ModelFacts
-
             fields = read_config(config)  # torch; a user's config is judged whole by the loader first
             spec, out = _probe_spec(args, ModelFacts.of_builtin(fields, builtin_roles(fields)), capture, sharded)
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     on = device(args.device)
     if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
-        from probes.spec import ModelFacts
-
         shape = diffusers_shape(args.model, args)
         _check_sampling_flags(args, shape["chunk"])  # the sampling flags, once the model's chunk is known
         spec, out = _probe_spec(args, ModelFacts.of_wan(shape["depth"], shape["tokens"]), capture, sharded)
@@ -415,8 +412,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         control = permute_weights(model, args.control_seed)
     if spec is None:  # a random model (--size), or a checkpoint whose config only the loader could judge
-        from probes.spec import ModelFacts
-
         spec, out = _probe_spec(args, ModelFacts.of(model), capture, sharded)
     if not diffusers_model:
         spec = _fit(args, model_shape(model, model.layout), spec, clip_frames)

@@ -43,11 +43,6 @@ from probes.spec import ModelFacts, ProbeSpec
 from scd.contract import ACCEPTED_MODELS, CROSS_ATTENTION_HOOKS, CachePolicy, LayoutError, is_video_diffuser
 from scd.sampling import observe_sampling
 
-
-def _index(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
-
-
 # Keys held for the batched attention of one pass (float elements), past which it is computed at once: at Wan's
 # 480p scale (21 frames x 1,560 tokens x 1,536 wide) that is about one layer, on the shipped baseline all 30.
 PENDING_BUDGET = 2**26

@@ -31,17 +31,22 @@ def _count(value: object, name: str, low: int, high: int) -> int:
     return value
 
 
+def _has_benchmark(model) -> bool:
+    """Does the val benchmark have clips at this model's frames (RGB, square)?"""
+    channels, height, width = model.frame_shape
+    return channels == 3 and height == width
+
+
 def benchmark_clip(model, clip: int, frames: int, scene: str = "sprites") -> torch.Tensor:
     """Clip `clip` of the val benchmark at the model's frame size: [frames, 3, H, W] in [-1, 1] (RGB models only)."""
     from scd.data import SCENES, VideoBenchmark
 
-    channels, height, width = model.frame_shape
-    if channels != 3 or height != width:
+    if not _has_benchmark(model):
         raise ProbeError(f"a {type(model).__name__} of frames {list(model.frame_shape)} has no benchmark clips; accepted: "
                          "a context tensor [T, C, H, W] of its frame shape")
     if scene not in SCENES:
         raise ProbeError(f"scene {scene!r}; accepted: {', '.join(SCENES)}")
-    return VideoBenchmark("val", frames=frames, size=height, scene=scene).clip(clip)
+    return VideoBenchmark("val", frames=frames, size=model.frame_shape[1], scene=scene).clip(clip)
 
 
 def gaussian_context(frame_shape: Sequence[int], clip: int, frames: int) -> torch.Tensor:
@@ -62,12 +67,7 @@ CONTEXT_SOURCES = ("auto", "benchmark", "latent noise")
 PROVENANCE_KEYS = ("context", "prompt", "text_embeddings", "negative_prompt")
 
 
-def _has_benchmark(model) -> bool:
-    channels, height, width = model.frame_shape
-    return channels == 3 and height == width
-
-
-def generation_entry(model, context: dict, sampling: SamplingSpec, *, dtype: torch.dtype, device,
+def generation_entry(model, context: dict, sampling: SamplingSpec, *, dtype: str, device: str,
                      provenance: dict) -> dict:
     """The manifest's `generation`: how the video was made, as a researcher must report it (the report shows it)."""
     if sampling.timesteps is not None:  # no scheduler is stepped: the sampler runs the list itself
@@ -82,7 +82,7 @@ def generation_entry(model, context: dict, sampling: SamplingSpec, *, dtype: tor
             "scheduler": scheduler, "steps": sampling.steps, "noise_seed": sampling.seed, "sampler": sampling.sampler,
             "timesteps": None if sampling.timesteps is None else list(sampling.timesteps), "warp": sampling.warp,
             "shift": sampling.shift, **sampling.cache_policy.describe(), "frames_per_block": int(model.frames_per_block),
-            "fps": model.fps, "dtype": str(dtype).removeprefix("torch."), "device": str(torch.device(device))}
+            "fps": model.fps, "dtype": dtype, "device": device}
 
 
 def record(model, context: torch.Tensor | int = 0, **options) -> Probe:
@@ -209,9 +209,8 @@ def record_passes(
         generate(model, context, frames, device=device, dtype=dtype, sampling=sampling, callback=advance)
     bar.close()
     # How the video was made, from the values generate has just accepted.
-    source |= {"dtype": str(dtype).removeprefix("torch."), "device": str(torch.device(device)),
-               "generation": generation_entry(model, given, sampling, dtype=dtype, device=device,
-                                              provenance=provenance)}
+    named = {"dtype": str(dtype).removeprefix("torch."), "device": str(torch.device(device))}
+    source |= {**named, "generation": generation_entry(model, given, sampling, **named, provenance=provenance)}
     for probe in probes:  # the clip's truth and where it came from, as a run holds them
         probe.annotate(truth, **{**source, **(info or {})})
     return probes

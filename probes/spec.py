@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from numbers import Integral
 
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
 from probes.errors import ProbeError
-from scd.contract import CROSS_ATTENTION_HOOKS, HOOKS
+from scd.contract import BUILTIN_HOOKS, HOOKS
 
 FEATURE_HOOKS = tuple(h for h in HOOKS if not h.startswith("attn."))  # hooks whose output can be the features
 PYTHON_NAMES = {name: name for name in ("layers", "capture", "frames", "steps", "hook", "mode", "backend", "pca_tokens",
@@ -47,7 +48,7 @@ class ModelFacts:
         """The facts of a built-in model (scd.models) from its checkpoint config and `scd.contract.builtin_roles`."""
         kind = {"baseline": "CausalVideoDiffuser", "scd": "SeparableCausalDiffuser"}[config["family"]]
         side = config["frame_size"] // config["patch_size"]
-        return cls(kind, roles, side * side, tuple(h for h in HOOKS if h not in CROSS_ATTENTION_HOOKS), True)
+        return cls(kind, roles, side * side, BUILTIN_HOOKS, True)
 
     @classmethod
     def of_wan(cls, depth: int, tokens_per_frame: int) -> ModelFacts:
@@ -59,7 +60,8 @@ class ModelFacts:
 
 
 def _index(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A non-negative integer, numpy's included (numbers.Integral: no numpy import before torch)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass(frozen=True)

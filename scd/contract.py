@@ -26,6 +26,8 @@ HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "hook_at
 # Of these, the two that only blocks with cross-attention to a text have (the Wan families): the stream after the
 # self-attention's update, and the cross-attention's output as added to it.
 CROSS_ATTENTION_HOOKS = ("hook_resid_mid", "hook_cross_out")
+# The HookPoints of every block of a built-in model (a layout without hook_paths): all but the cross-attention's.
+BUILTIN_HOOKS = tuple(h for h in HOOKS if h not in CROSS_ATTENTION_HOOKS)
 
 # What a block is to a probe:
 #   causal:  runs at every denoising step; the frame's queries see keys of frames 0..frame (frame-major).
@@ -148,7 +150,7 @@ class Layout:
 
     def has_hook(self, hook: str) -> bool:
         """Does every block offer this HookPoint?"""
-        return hook not in CROSS_ATTENTION_HOOKS if self.hook_paths is None else hook in self.hook_paths
+        return hook in BUILTIN_HOOKS if self.hook_paths is None else hook in self.hook_paths
 
     def order(self, layer: int, hook: str) -> tuple[int, int]:
         """Sort key giving the order in which a forward pass reaches (layer, hook)."""

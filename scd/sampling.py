@@ -25,9 +25,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from scd.contract import ACCEPTED_MODELS, CachePolicy, CachePolicyError, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
+from scd.contract import ACCEPTED_MODELS, CachePolicy, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
 from scd.devices import float_dtype, usable_device
-from scd.sampling_spec import SAMPLERS, SamplingError, SamplingSpec  # noqa: F401  (re-exported)
+from scd.sampling_spec import SAMPLERS, SamplingError, SamplingSpec, _int  # noqa: F401  (SAMPLERS: re-exported)
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
 # output video of the frame being computed (of a chunk, its last frame); `step` is the denoising step
@@ -52,10 +52,6 @@ def observe_sampling(model: nn.Module, observer: SamplingObserver) -> RemovableH
     handle = RemovableHandle(observers)
     observers[handle.id] = observer
     return handle
-
-
-def _int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_model(model: nn.Module) -> None:
@@ -106,8 +102,6 @@ def make_scheduler(shift: float = 1.0, config: dict | None = None):
     import diffusers
 
     return getattr(diffusers, config["_class_name"]).from_config(config)
-
-
 
 
 def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:

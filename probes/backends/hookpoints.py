@@ -19,7 +19,7 @@ def attach(model: nn.Module, layout: Layout, targets: Sequence[tuple[int, str]],
     """Add one forward hook per target HookPoint; remove exactly those (not the user's own) on exit. The hook is
     torch's own on the HookPoint (an identity module: its output is the activation), not `HookPoint.add_hook`,
     whose return value and bookkeeping changed across the transformer-lens versions the requirement admits (it
-    returns its handle only from 4.3; 2.0-4.2 return None)."""
+    returns its handle only from 4.3; 4.0-4.2, and the 2.x-3.x before them, return None)."""
     added = []
 
     def make_hook(layer: int, name: str):

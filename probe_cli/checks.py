@@ -77,23 +77,27 @@ def ranged(low: int, high: int):
     return _argtype(lambda text: integer(text, low, high), f"integer in {low}..{high}")
 
 
-def indices(text: str, flag: str, low: int, high: int) -> list[int]:
-    """'3' / '0-3' / '0,2,5' -> [3] / [0, 1, 2, 3] / [0, 2, 5]: clips or seeds, each in low..high, each once."""
-    accepted = f"an integer, a range A-B or a comma-separated list of them, each in {low}..{high}, at most {MAX_ITEMS}"
+def indices(text: str, flag: str, low: int | None = None, high: int | None = None) -> list[int]:
+    """'3' / '0-3' / '0,2,5' -> [3] / [0, 1, 2, 3] / [0, 2, 5]: clips or seeds, at most MAX_ITEMS; each in low..high
+    and named once where bounds are given (else parsed only: the spec that takes them checks them, as probe run's
+    `probes.spec.RecordSpec`)."""
+    bounded = low is not None and high is not None
+    each = f", each in {low}..{high}" if bounded else ""
+    accepted = f"an integer, a range A-B or a comma-separated list of them{each}, at most {MAX_ITEMS}"
     values: list[int] = []
     for part in text.split(","):
-        match = re.fullmatch(r"\s*([+-]?[0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        match = re.fullmatch(r"\s*([+-]?[0-9]{1,40})\s*(?:-\s*([0-9]{1,40})\s*)?", part)
         if not match:
             raise UsageError(f"{flag} {text!r} is not valid; accepted: {accepted}")
         first, last = int(match[1]), int(match[2]) if match[2] else int(match[1])
-        if not (low <= first <= high and low <= last <= high):
+        if bounded and not (low <= first <= high and low <= last <= high):
             raise UsageError(f"{flag} {part.strip()!r} is out of range; accepted: {accepted}")
         if last < first:
             raise UsageError(f"{flag} range {part.strip()!r} is empty; accepted: {accepted}")
         if len(values) + last - first + 1 > MAX_ITEMS:
             raise UsageError(f"{flag} {text!r} names more than {MAX_ITEMS} values; accepted: {accepted}")
         values += range(first, last + 1)
-    if len(set(values)) != len(values):
+    if bounded and len(set(values)) != len(values):
         raise UsageError(f"{flag} {text!r} names a value twice; accepted: {accepted}")
     return values
 
@@ -190,19 +194,21 @@ def device_name(text: str) -> str:
 
 
 def device(name: str):
-    """The torch.device for a name `device_name` accepted, refused unless this torch build can use it here."""
-    from scd.devices import DeviceError, usable_device
-
-    try:
-        return usable_device(name)
-    except DeviceError as e:
-        raise UsageError(f"--device {name}: {e}") from None
+    """The torch.device of `--device` (float32 commands), checked (`placement`)."""
+    return placement(name, "float32").device
 
 
-def torch_dtype(name: str):
+def placement(name: str, dtype: str):
+    """The checked `scd.devices.Placement` of `--device` (a name `device_name` accepted) and `--dtype` (a name of
+    DTYPES): refused unless this torch build can use the device here. The one check of both; loaders trust it."""
     import torch
 
-    return getattr(torch, name)
+    from scd.devices import DeviceError, Placement
+
+    try:
+        return Placement.check(name, getattr(torch, dtype))
+    except DeviceError as e:
+        raise UsageError(f"--device {name}: {e}") from None
 
 
 def plain_name(text: str) -> str:
@@ -226,13 +232,11 @@ def estimate_fits(estimate: int, what: str) -> None:
 
 def output(path, kind: str, force: bool, flag: str = "--out"):
     """Refuse, before any work, an output that exists (without --force), is not the toolkit's (with --force),
-    or cannot be written (scd.files.check_output)."""
-    from scd.files import OutputError, check_output
+    or cannot be written (scd.files.check_output). Returns a `scd.files.CheckedOutput`, which the toolkit's writers
+    take in place of the path and trust."""
+    from scd.files import checked_output
 
-    try:
-        return check_output(path, kind, force, flag)
-    except OutputError as e:
-        raise UsageError(str(e)) from None
+    return checked_output(path, kind, force, flag, error=UsageError)
 
 
 def size_latent(size: str, latent: tuple[int, int] | None) -> tuple[int, int]:

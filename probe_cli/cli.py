@@ -131,17 +131,17 @@ def _run_parser(sub) -> None:
                    "encoded with the directory's VAE as the context (default: seeded Gaussian latents)")
     r.add_argument("--scene", choices=SCENES, default="sprites", help="the benchmark scene of the val clips (the one "
                    "the model was trained on)")
-    r.add_argument("--context", type=CONTEXT, default=4, help="context frames given to the model (0..1024; 0, diffusers "
+    r.add_argument("--context", type=whole, default=4, help="context frames given to the model (0, diffusers "
                    "models only: text-to-video, the first chunk from the prompt alone, as Self-Forcing and LongLive)")
-    r.add_argument("--frames", type=FRAMES, default=4, help="frames to generate, each one probed (1..1024)")
-    r.add_argument("--clip-frames", type=ranged(2, 2048), default=None,
-                   help="frames of the val clip (default context + frames)")
+    r.add_argument("--frames", type=whole, default=4, help="frames to generate, each one probed (default 4)")
+    r.add_argument("--clip-frames", type=whole, default=None,
+                   help="frames of the val clip, at most 4096 (default context + frames)")
     r.add_argument("--steps", type=whole, default=None, help="denoising steps per frame (1..10000; default 50, or the "
                    "length of --timesteps)")
     _sampling_flags(r)
     r.add_argument("--seed", type=whole, default=0, help=f"base noise seed in 0..{SEED_MAX}: clip c's "
                    "noise is drawn with seed + c (each clip of a sweep its own noise; recorded in the manifest)")
-    r.add_argument("--seeds", type=ranged(1, 64), default=1, help="noise draws per clip, 1..64 (default 1): draw j "
+    r.add_argument("--seeds", type=whole, default=1, help="noise draws per clip, 1..1000 (default 1): draw j "
                    "of clip c uses seed + c + j * 2^31; two or more give finding 1's different-noise control")
     r.add_argument("--control", choices=("none", "permuted"), default="none", help="permuted: the model's own "
                    "architecture with every weight tensor's entries permuted (seeded by --control-seed): a random-weight "

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from probe_cli.checks import UsageError, device, estimate_fits, output, torch_dtype
+from probe_cli.checks import UsageError, estimate_fits, output, placement
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -15,19 +15,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if out.suffix.lower() != ".png":
         raise UsageError(f"-o {str(out)!r} is not a .png file; accepted: a path ending in .png")
     output(out, "strip", args.force, flag="-o")
-    on = device(args.device)
+    where = placement(args.device, args.dtype)  # checked once: the loader and generate trust it
     from scd import VideoBenchmark, generate, load_model
     from scd.evaluate import frame_quality, save_strip
     from scd.memory import generation_bytes
 
-    dtype = torch_dtype(args.dtype)
-    model = load_model(args.model, device=on, dtype=dtype)
+    model = load_model(args.model, device=where)
     c = model.config
     estimate_fits(generation_bytes(c.width, c.depth, c.heads, c.tokens_per_frame, args.context + args.frames)
                   + (args.context + args.frames) * 3 * c.frame_size ** 2 * 8 * 3, "this generation")
     bench = VideoBenchmark("val", frames=args.context + args.frames, size=c.frame_size, scene=args.scene)
     clip = bench.clip(args.clip)
-    video = generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=on, dtype=dtype)
+    video = generate(model, clip[: args.context], args.frames, steps=args.steps, seed=args.seed, device=where)
     psnr, ssim = frame_quality(video[args.context:], clip[args.context:])
     title = f"{args.model} · val clip {args.clip} · {args.steps} steps · seed {args.seed}"
     save_strip(video, clip, args.context, out, title=title)

@@ -49,7 +49,7 @@ def _random_models(args: argparse.Namespace, on, dtype, contexts: list[int]) -> 
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    out = output(args.out, "bench", args.force)
+    out = output(args.out, "bench", args.force).path
     if args.size and (args.baseline or args.scd):
         raise UsageError("--size builds both models with random weights; accepted: --size, or --baseline / --scd "
                          "checkpoints, not both")
@@ -278,9 +278,7 @@ def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
         model = load_model(args.model, device=on, latent_size=tuple(config["latent_size"]),
                            text_embeddings=_text_embeddings(generation.get("text_embeddings")),
                            frames_per_block=config.get("frames_per_block"), fps=config.get("fps"), scheduler=scheduler)
-        for flag, count in (("--context", args.context), ("--frames", args.frames),
-                            ("--context + --frames", args.context + args.frames)):
-            model.check_frames(count, flag)
+        model.check_frames(args.context, args.frames, {"context_frames": "--context", "frames": "--frames"})
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     from scd.wan.pipeline import encode_prompt
@@ -294,7 +292,7 @@ def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
 
 
 def cmd_intervene(args: argparse.Namespace) -> None:
-    out = output(args.out, "interventions", args.force)
+    out = output(args.out, "interventions", args.force).path
     content = _read_plan(args.plan) if args.plan is not None else None
     if args.budget is not None and content is None:
         raise UsageError("--budget sets a plan's drift budgets; accepted: with --plan FILE, or neither")

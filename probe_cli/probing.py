@@ -7,17 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from probe_cli.checks import (
-    CLIP_MAX,
-    SEED_MAX,
-    UsageError,
-    device,
-    estimate_fits,
-    indices,
-    output,
-    size_latent,
-    torch_dtype,
-)
+from probe_cli.checks import UsageError, estimate_fits, indices, output, placement, size_latent
 
 if TYPE_CHECKING:
     from probes.recording import Recording
@@ -110,11 +100,9 @@ def _uncond(path: Path) -> Path:
 
 
 def _condition(model, args: argparse.Namespace) -> None:
-    """A diffusers model's frame counts checked against its chunks and RoPE table; its prompt and guidance set."""
-    positions = args.rope != "cache"  # under the `cache` policy positions stay below the window (checked before loading)
-    model.check_frames(args.context, "--context", minimum=0, positions=positions)
-    model.check_frames(args.frames, "--frames", positions=positions)
-    model.check_frames(args.context + args.frames, "--context + --frames", positions=positions)
+    """A diffusers model's prompt and guidance set (its frame counts were checked against its config's chunk and RoPE
+    table before loading: `_check_record_flags`)."""
+    assert model.frames_per_block == args.record.sampling.frames_per_block  # the loader computes the chunk alike
     from scd.wan.pipeline import encode_prompt
 
     text = encode_prompt(model, args.prompt) if args.prompt is not None else model.text_embeddings
@@ -124,25 +112,36 @@ def _condition(model, args: argparse.Namespace) -> None:
     model.set_prompt(text, negative, 1.0 if args.guidance_scale is None else args.guidance_scale)
 
 
-SAMPLING_FLAGS = {"steps": "--steps", "timesteps": "--timesteps", "warp": "--warp", "shift": "--shift",
-                  "sampler": "--sampler", "cache_policy": "--window / --sink-frames", "seed": "--seed"}
+# How probe run's refusals name each value: its flags.
+RUN_FLAGS = {"steps": "--steps", "timesteps": "--timesteps", "warp": "--warp", "shift": "--shift",
+             "sampler": "--sampler", "cache_policy": "--window / --sink-frames", "seed": "--seed",
+             "context_frames": "--context", "frames": "--frames", "clips": "--clip", "draws": "--seeds",
+             "noise": "--seed", "clip_frames": "--clip-frames", "scene": "--scene", "context_source": "--context-video"}
 
 
-def _check_sampling_flags(args: argparse.Namespace, frames_per_block: int) -> None:
-    """The sampling flags, checked once (`scd.sampling_spec.SamplingSpec`) for chunks of `frames_per_block` frames
-    before any work; sets `args.sampling`, and `args.steps` (the length of --timesteps, else 50) and
-    `args.cache_policy` from it."""
+def _check_record_flags(args: argparse.Namespace, *, frames_per_block: int, max_frames: int | None,
+                        from_nothing: bool) -> None:
+    """What probe run generates, checked once (`probes.spec.RecordSpec`, the sampling in it) for a model of these
+    facts, before any work; sets `args.record`, and `args.steps` and `args.cache_policy` from it."""
+    from probes.spec import RecordSpec
+    from probes.sweep_plan import noise_seed
     from scd.contract import CachePolicy
-    from scd.sampling_spec import SamplingSpec
 
-    args.sampling = SamplingSpec.check(steps=args.steps, timesteps=args.timesteps, warp=args.warp, shift=args.shift,
-                                       sampler=args.sampler, cache_policy=CachePolicy(args.window, args.sink_frames,
-                                                                                      args.rope),
-                                       seed=args.seed, frames_per_block=frames_per_block, names=SAMPLING_FLAGS)
-    args.steps, args.cache_policy = args.sampling.steps, args.sampling.cache_policy
+    clips = indices(args.clip, "--clip")  # parsed; RecordSpec checks them
+    video = args.context_video is not None  # a tensor context: the clip only names the run
+    args.record = RecordSpec.check(
+        clips=None if video else clips, draws=args.seeds, seed=args.seed,
+        noise=noise_seed(args.seed, clips[0]) if video else None, context_frames=args.context, frames=args.frames,
+        clip_frames=args.clip_frames, scene=args.scene,
+        context_source="latent noise" if args.model.startswith("diffusers:") or args.size else "benchmark",
+        frames_per_block=frames_per_block, max_frames=max_frames, from_nothing=from_nothing, names=RUN_FLAGS,
+        steps=args.steps, timesteps=args.timesteps, warp=args.warp, shift=args.shift, sampler=args.sampler,
+        cache_policy=CachePolicy(args.window, args.sink_frames, args.rope))
+    args.clips = list(args.record.clips) or clips
+    args.steps, args.cache_policy = args.record.sampling.steps, args.record.sampling.cache_policy
 
 
-def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[list[str], int]:
+def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> list[str]:
     """Everything about `probe run`'s flags that needs no model: refused before anything is loaded."""
     capture = _capture(args.capture)
     if args.control_seed is not None and args.control == "none":
@@ -174,30 +173,15 @@ def _check_run_flags(args: argparse.Namespace, diffusers_model: bool) -> tuple[l
     if args.guidance_pass != "cond" and not guided:
         raise UsageError(f"--guidance-pass {args.guidance_pass} needs classifier-free guidance; accepted: with "
                          "--guidance-scale other than 1, or --guidance-pass cond")
-    if args.context == 0 and not diffusers_model:
-        raise UsageError(f"--context 0 (text-to-video from no context) applies only to diffusers models, not "
-                         f"{args.model!r}; accepted: --context 1..1024, or --model diffusers:DIR with --context 0")
     if args.context == 0 and args.context_video is not None:
         raise UsageError("--context-video gives context frames, --context 0 none; accepted: --context >= 1 with "
                          "--context-video, or --context 0 without it")
     if args.context_video is not None and not Path(args.context_video).exists():
         raise UsageError(f"--context-video {args.context_video} does not exist; accepted: a video file or a folder of "
                          "frames")
-    if args.frames_per_block is not None:
-        for flag, count in (("--context", args.context), ("--frames", args.frames)):
-            if count % args.frames_per_block:
-                raise UsageError(f"{flag} {count} is not a multiple of --frames-per-block {args.frames_per_block}; "
-                                 f"accepted: multiples of {args.frames_per_block}")
-    if not diffusers_model:  # the built-in families denoise one frame at a time; a Wan model's chunk is in its config
-        _check_sampling_flags(args, 1)
-    clip_frames = args.clip_frames or args.context + args.frames
-    if args.context >= clip_frames:
-        raise UsageError(f"--context {args.context} is not shorter than the clip ({clip_frames} frames); "
-                         f"accepted: 1..{clip_frames - 1}")
-    if args.context + args.frames > clip_frames:
-        raise UsageError(f"--context {args.context} + --frames {args.frames} needs {args.context + args.frames} frames "
-                         f"but --clip-frames is {clip_frames}; accepted: --clip-frames >= {args.context + args.frames}")
-    return capture, clip_frames
+    if not diffusers_model:  # the built-in families denoise one frame at a time, from context, at any position
+        _check_record_flags(args, frames_per_block=1, max_frames=None, from_nothing=False)
+    return capture
 
 
 def model_shape(model, layout) -> dict:
@@ -214,7 +198,7 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     text encoder's when a prompt is encoded)."""
     from scd.errors import CheckpointError
     from scd.files import input_path
-    from scd.wan.causal_wan import check_frame_counts, geometry
+    from scd.wan.causal_wan import geometry
     from scd.wan.checks import check_pipeline, check_weights, read_transformer_config, stored_numel
 
     root = input_path(model.removeprefix("diffusers:"), "--model diffusers:", "a pipeline directory (transformer/...) "
@@ -229,17 +213,11 @@ def diffusers_shape(model: str, args: argparse.Namespace) -> dict:
     numel = check_weights(directory, config)
     h, w = args.latent_size or (8, 8)
     grid, chunk, _ = geometry(config, (h, w), args.frames_per_block, args.fps)
-    table = config.get("rope_max_seq_len", 1024)
-    if args.window is not None and args.window > table:  # a window's own positions need the table, either policy
-        raise UsageError(f"--window {args.window} is beyond the model's RoPE table ({table} frames); accepted: at most "
-                         f"{table}")
-    if args.rope == "cache":  # positions stay below the window: only the chunking limits the counts
-        table = max(table, args.context + args.frames)
-    check_frame_counts({"--context": args.context, "--frames": args.frames,
-                        "--context + --frames": args.context + args.frames}, chunk, table)
+    table = config.get("rope_max_seq_len", 1024)  # frame positions: the frame counts are checked against it
     heads, head_dim = config.get("num_attention_heads", 40), config.get("attention_head_dim", 128)
     prompt = args.prompt is not None or args.negative_prompt is not None  # umT5 is loaded, in float32, to encode it
     return {"width": heads * head_dim, "depth": config.get("num_layers", 40), "heads": heads, "chunk": chunk,
+            "max_frames": table,
             "tokens": grid[0] * grid[1], "frame_pixels": 3 * 64 * h * w, "weights": 4 * numel,
             "text_encoder": 4 * stored_numel(root / "text_encoder") if prompt else 0}
 
@@ -313,16 +291,20 @@ def _probe_spec(args: argparse.Namespace, facts, capture: list[str], sharded: bo
     spec = ProbeSpec.check(facts, chosen, capture=capture, hook=args.hook, mode="full" if args.mode == "auto" else
                            args.mode, backend=args.backend, bands=args.bands,
                            guidance_pass="uncond" if args.guidance_pass == "both" else args.guidance_pass, names=names)
-    out = Path(args.out) if args.out else _default_out(args.model, "all" if chosen == "all" else list(spec.layers),
-                                                        args.control)
-    if args.out is None:
-        output(out, "sweep" if sharded else "run", args.force)
-        if args.guidance_pass == "both":
-            output(_uncond(out), "run", args.force)
-    return spec, out
+    if args.out is not None:  # checked before the model was loaded (_check_out)
+        return spec, args.checked_out
+    _check_out(args, _default_out(args.model, "all" if chosen == "all" else list(spec.layers), args.control), sharded)
+    return spec, args.checked_out
 
 
-def _fit(args: argparse.Namespace, shape: dict, spec, clip_frames: int):
+def _check_out(args: argparse.Namespace, path: Path, sharded: bool) -> None:
+    """The run's output (and OUT.uncond with --guidance-pass both), checked once: `args.checked_out` (and
+    `args.uncond_out`) are `scd.files.CheckedOutput`s, which the writers trust."""
+    args.checked_out = output(path, "sweep" if sharded else "run", args.force)
+    args.uncond_out = output(_uncond(path), "run", args.force) if args.guidance_pass == "both" else None
+
+
+def _fit(args: argparse.Namespace, shape: dict, spec):
     """The spec with its recording mode resolved (`--mode auto`), once the memory the run needs is checked against
     the model's `shape`, before any work."""
     from dataclasses import replace
@@ -330,17 +312,17 @@ def _fit(args: argparse.Namespace, shape: dict, spec, clip_frames: int):
     count, capture = len(spec.layers), list(spec.capture)
     mode, pca_tokens = resolve_mode(args.mode, shape, count, args.frames, args.steps, capture)
     spec = replace(spec, mode=mode, pca_tokens=pca_tokens)
-    estimate_fits(_estimate(shape, spec, args, clip_frames), "this probed generation (weights, KV cache, recorded "
+    estimate_fits(_estimate(shape, spec, args, args.record.clip_frames), "this probed generation (weights, KV cache, recorded "
                   "features)")
     return spec  # resolve_mode gives a mode and token count in range
 
 
-def _random_baseline(args: argparse.Namespace, on, dtype):
+def _random_baseline(args: argparse.Namespace, where):
     """The baseline at `--size` with seeded random weights (`scd.zoo.random_model`), at `--latent-size` if given."""
     from scd.zoo import random_model
 
     height, width = size_latent(args.size, args.latent_size)
-    return random_model("baseline", args.size, on, dtype, frame_size=height, frame_width=width)
+    return random_model("baseline", args.size, where, frame_size=height, frame_width=width)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -349,28 +331,14 @@ def cmd_run(args: argparse.Namespace) -> None:
                          "of them")
     args.model = args.model or (f"random:{args.size}" if args.size else "baseline")
     diffusers_model = args.model.startswith("diffusers:")
-    capture, clip_frames = _check_run_flags(args, diffusers_model)
-    clips = indices(args.clip, "--clip", 0, CLIP_MAX)
+    capture = _check_run_flags(args, diffusers_model)  # and, for the built-in families, what is generated
     from probes.spec import ModelFacts  # torch-free, as the sweep's seeds
-    from probes.sweep_plan import noise_seed, world
+    from probes.sweep_plan import world
 
-    if len(clips) * args.seeds > 10_000:
-        raise UsageError(f"--clip x --seeds makes {len(clips) * args.seeds} runs; accepted: at most 10000")
-    if noise_seed(args.seed, max(clips), args.seeds - 1) > SEED_MAX:
-        raise UsageError(f"--seed {args.seed} + clip {max(clips)} + draws leave the 64-bit seed range; accepted: a smaller "
-                         f"--seed (at most {SEED_MAX - noise_seed(0, max(clips), args.seeds - 1)})")
     if args.control != "none" and args.model.startswith("random:"):
         raise UsageError("--control permuted permutes a trained model's weights; --size already gives random weights; "
                          "accepted: --control with --model")
-    if args.guidance_pass == "both" and len(clips) * args.seeds > 1:
-        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and draw; accepted: one --clip and "
-                         "--seeds 1, or --guidance-pass cond / uncond for a sweep")
     rank, world_size, local_rank = world()
-    sharded = len(clips) * args.seeds > 1 or world_size > 1
-    if args.out is not None:  # checked before the model is even loaded; the default path is checked below
-        output(args.out, "sweep" if sharded else "run", args.force)
-        if args.guidance_pass == "both":
-            output(_uncond(Path(args.out)), "run", args.force)
     spec = out = None
     if not diffusers_model and args.size is None:
         from scd.checkpoint_files import read_config, resolve, shipped_models
@@ -379,14 +347,23 @@ def cmd_run(args: argparse.Namespace) -> None:
         _, config = resolve(args.model)  # an unknown name, a missing file: refused here
         if args.model in shipped_models():  # its depth is in its config, sound (tests/scd/test_shipped): read before
             fields = read_config(config)  # torch; a user's config is judged whole by the loader first
-            spec, out = _probe_spec(args, ModelFacts.of_builtin(fields, builtin_roles(fields)), capture, sharded)
+            spec = ModelFacts.of_builtin(fields, builtin_roles(fields))
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
-    on = device(args.device)
-    if diffusers_model:  # layers, output and memory from config.json and the weights' headers: before loading anything
+    where = placement(args.device, args.dtype)  # the one check of both: the loader and generate trust it
+    if diffusers_model:  # layers, frames, output and memory from config.json and the weights' headers: before loading
         shape = diffusers_shape(args.model, args)
-        _check_sampling_flags(args, shape["chunk"])  # the sampling flags, once the model's chunk is known
-        spec, out = _probe_spec(args, ModelFacts.of_wan(shape["depth"], shape["tokens"]), capture, sharded)
-        spec = _fit(args, shape, spec, clip_frames)
+        _check_record_flags(args, frames_per_block=shape["chunk"], max_frames=shape["max_frames"], from_nothing=True)
+        spec = ModelFacts.of_wan(shape["depth"], shape["tokens"])
+    sharded = len(args.record.items) > 1 or world_size > 1
+    if args.guidance_pass == "both" and len(args.record.items) > 1:
+        raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and draw; accepted: one --clip and "
+                         "--seeds 1, or --guidance-pass cond / uncond for a sweep")
+    if args.out is not None:  # before the model is even loaded; the default path names the layers, checked below
+        _check_out(args, Path(args.out), sharded)
+    if spec is not None:
+        spec, out = _probe_spec(args, spec, capture, sharded)
+    if diffusers_model:
+        spec = _fit(args, shape, spec)
 
     import torch
 
@@ -394,16 +371,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     from probes.recording import load_run
     from scd import load_model
 
-    if on.type == "cuda" and world_size > 1:
-        on = torch.device("cuda", local_rank)  # one GPU per rank of the machine
-    dtype = torch_dtype(args.dtype)
+    if where.device.type == "cuda" and world_size > 1:  # one GPU per rank of the machine
+        from scd.devices import Placement
+
+        where = Placement(torch.device("cuda", local_rank), where.dtype)
     options = {"latent_size": args.latent_size or (8, 8), "text_embeddings": embeddings,
                "frames_per_block": args.frames_per_block, "fps": args.fps, "scheduler": args.scheduler} \
         if diffusers_model else {}
-    if args.size is not None:
-        model = _random_baseline(args, on, dtype)
-    else:
-        model = load_model(args.model, device=on, dtype=dtype, **options)
+    model = _random_baseline(args, where) if args.size is not None else load_model(args.model, device=where, **options)
     if diffusers_model:
         _condition(model, args)
     control = None
@@ -414,7 +389,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if spec is None:  # a random model (--size), or a checkpoint whose config only the loader could judge
         spec, out = _probe_spec(args, ModelFacts.of(model), capture, sharded)
     if not diffusers_model:
-        spec = _fit(args, model_shape(model, model.layout), spec, clip_frames)
+        spec = _fit(args, model_shape(model, model.layout), spec)
     context_latents, provenance = None, {}
     if diffusers_model:
         provenance = {"prompt": args.prompt, "text_embeddings": args.text_embeddings,
@@ -430,22 +405,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = "probe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("probe") else None
     info = {key: value for key, value in (("command", command), ("control", control)) if value is not None}
     if context_latents is not None:
-        info["clip"] = clips[0]  # a context video given as a tensor: the run still names its --clip
-    options = {"frames": args.frames, "layers": spec, "context_frames": args.context,
-               "clip_frames": clip_frames, "scene": args.scene, "device": on, "dtype": dtype,
-               "context_source": "latent noise" if diffusers_model or args.size else "benchmark",
-               "sampling": args.sampling, "info": info, "provenance": provenance}
+        info["clip"] = args.clips[0]  # a context video given as a tensor: the run still names its --clip
+    options = {"layers": spec, "spec": args.record, "device": where, "info": info, "provenance": provenance,
+               "progress": not args.quiet, "guidance_pass": args.guidance_pass}
     if not sharded:  # one generation: a run (and OUT.uncond with --guidance-pass both)
-        recorded = record_passes(model, clips[0] if context_latents is None else context_latents,
-                                 noise=noise_seed(args.seed, clips[0]), guidance_pass=args.guidance_pass,
-                                 progress=not args.quiet, **options)
-        for probe, where in zip(recorded, (out, _uncond(out)), strict=False):
-            saved = probe.save(where, force=args.force)
-        run = out if len(recorded) > 1 else saved
+        recorded = record_passes(model, args.clips[0] if context_latents is None else context_latents, **options)
+        for probe, where_to in zip(recorded, (out, args.uncond_out), strict=False):
+            saved = probe.save(where_to)
+        run = out.path if len(recorded) > 1 else saved
     else:
-        run = out
-        if record_sweep(model, out, clips, draws=args.seeds, seed=args.seed, force=args.force, quiet=args.quiet,
-                        progress=not args.quiet, guidance_pass=args.guidance_pass, **options) is None:
+        run = out.path
+        if record_sweep(model, out, quiet=args.quiet, **options) is None:
             return  # ranks other than 0 report nothing
     if not args.quiet:  # the table of what was written, not a second computation of it
         print(summary_table(load_run(run)))

@@ -21,14 +21,8 @@ import torch
 from probes.choices import CAPTURES
 from probes.errors import ProbeError
 from probes.probe import Probe, check_manifest_entries
-from probes.spec import ModelFacts, ProbeSpec
+from probes.spec import RECORD_NAMES, ModelFacts, ProbeSpec, RecordSpec
 from scd.sampling_spec import SamplingSpec
-
-
-def _count(value: object, name: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProbeError(f"{name} = {value!r}; accepted: an integer in {low}..{high}")
-    return value
 
 
 def _has_benchmark(model) -> bool:
@@ -39,13 +33,19 @@ def _has_benchmark(model) -> bool:
 
 def benchmark_clip(model, clip: int, frames: int, scene: str = "sprites") -> torch.Tensor:
     """Clip `clip` of the val benchmark at the model's frame size: [frames, 3, H, W] in [-1, 1] (RGB models only)."""
-    from scd.data import SCENES, VideoBenchmark
+    from scd.data import SCENES
 
     if not _has_benchmark(model):
         raise ProbeError(f"a {type(model).__name__} of frames {list(model.frame_shape)} has no benchmark clips; accepted: "
                          "a context tensor [T, C, H, W] of its frame shape")
     if scene not in SCENES:
         raise ProbeError(f"scene {scene!r}; accepted: {', '.join(SCENES)}")
+    return _benchmark_video(model, clip, frames, scene)
+
+
+def _benchmark_video(model, clip: int, frames: int, scene: str) -> torch.Tensor:
+    from scd.data import VideoBenchmark
+
     return VideoBenchmark("val", frames=frames, size=model.frame_shape[1], scene=scene).clip(clip)
 
 
@@ -59,9 +59,9 @@ def gaussian_context(frame_shape: Sequence[int], clip: int, frames: int) -> torc
 
 # Probe's keyword arguments that `record` passes on (the others are record's own: layers, capture, frames, steps).
 PROBE_OPTIONS = ("hook", "mode", "backend", "pca_tokens", "sample_seed", "bands", "guidance_pass")
-# Where an integer `context` takes its frames from: the val benchmark's clip, or seeded Gaussian latents (the
-# latent models, and a random baseline built by `probe run --size`, which have no benchmark truth to compare with).
-CONTEXT_SOURCES = ("auto", "benchmark", "latent noise")
+# record's own values, which `RecordSpec.check` validates (the sampling's among them).
+RECORD_OPTIONS = ("frames", "steps", "seed", "context_frames", "clip_frames", "scene", "context_source", "noise",
+                  "timesteps", "warp", "shift", "sampler", "cache_policy")
 # What a caller may say of how the video was made that record cannot know: where a tensor context came from
 # (a video file), and the prompt of a text-conditioned model.
 PROVENANCE_KEYS = ("context", "prompt", "text_embeddings", "negative_prompt")
@@ -100,34 +100,16 @@ def record(model, context: torch.Tensor | int = 0, **options) -> Probe:
     return record_passes(model, context, **options)[0]
 
 
-def record_passes(
-    model, context: torch.Tensor | int = 0, *, frames: int = 4, steps: int | None = None, seed: int = 0,
-    layers: Sequence[int] | str | ProbeSpec = (15,), capture: Iterable[str] = CAPTURES, context_frames: int = 4,
-    clip_frames: int | None = None, scene: str = "sprites", context_source: str = "auto",
-    record_frames: Iterable[int] | None = None, record_steps: Iterable[int] | None = None,
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, noise: int | None = None,
-    info: dict | None = None, provenance: dict | None = None, timesteps: Sequence[float] | None = None,
-    warp: bool = False, shift: float | None = None, sampler: str = "ode", cache_policy=None,
-    sampling: SamplingSpec | None = None, progress: bool = False, guidance_pass: str = "cond", **probe_options,
-) -> list[Probe]:
-    """The one path from settings to recordings (`record`, `record_sweep` and `probe run` all take it): one generation,
-    heard by one Probe per guidance pass (`guidance_pass`: cond, uncond, or "both": [cond, uncond]), each annotated with
-    the same manifest entries (clip, seed, split, dtype, device, generation, and the caller's `info`).
+def _checked(model, clips: tuple[int, ...] | None, context_frames: int | None, options: dict, *,
+             layers=(15,), capture=CAPTURES, record_frames=None, record_steps=None, guidance_pass: str = "cond",
+             device="cpu", dtype=None, info=None, provenance=None, spec: RecordSpec | None = None,
+             progress: bool = False) -> dict:
+    """Every value of a `record_passes` / `record_sweep` call validated once (or, given as specs, trusted): the
+    Probe's (`ProbeSpec`), record's (`RecordSpec`, the sampling in it), the device and dtype (`Placement`), the caller's
+    manifest entries. Returns them by name for the recorder."""
+    from scd.devices import placed
 
-    `layers`: block indices or "all", or a `ProbeSpec` checked for this model (then it gives every Probe option);
-    `clip_frames`: frames drawn for an integer clip (default context + generated; `probe run --clip-frames`);
-    `record_frames` / `record_steps`: the video frame numbers and step indices to record (default all);
-    `probe_options`: the rest of `Probe`'s arguments (hook, mode, backend, bands, pca_tokens, sample_seed); `noise`:
-    the generation seed itself, in place of `noise_seed(seed, clip)` (a sweep's draw); `info`: further manifest
-    entries (e.g. the command); `provenance`: what only the caller knows of the generation (PROVENANCE_KEYS: a tensor
-    context's source, the prompt); `timesteps`, `warp`, `shift`, `sampler`, `cache_policy`: how
-    `scd.sampling.generate` samples; `progress`: a bar over the denoising steps. Everything is checked before the
-    model runs."""
-    from probes.sweep_plan import noise_seed
-    from scd.progress import progress as progress_bar
-    from scd.sampling import generate
-
-    unknown = sorted(set(probe_options) - set(PROBE_OPTIONS))
+    unknown = sorted(set(options) - set(RECORD_OPTIONS) - set(PROBE_OPTIONS))
     if unknown:
         raise ProbeError(f"record has no option {', '.join(unknown)}; accepted: the arguments of record and Probe's "
                          f"{', '.join(PROBE_OPTIONS)}")
@@ -135,68 +117,110 @@ def record_passes(
         raise ProbeError(f"info is a {type(info).__name__}; accepted: a dict of further manifest entries, or None")
     if provenance is not None and (not isinstance(provenance, dict) or set(provenance) - set(PROVENANCE_KEYS)):
         raise ProbeError(f"provenance {provenance!r}; accepted: None or a dict of {', '.join(PROVENANCE_KEYS)}")
-    if context_source not in CONTEXT_SOURCES:
-        raise ProbeError(f"context_source {context_source!r}; accepted: {', '.join(CONTEXT_SOURCES)}")
     if isinstance(layers, ProbeSpec):  # checked by the caller (probe run): its options are the spec's
-        spec = layers
+        probe = layers
     else:  # "both": checked as the stricter pass (nnsight records only the conditional one)
-        spec = ProbeSpec.check(ModelFacts.of(model), layers, capture=capture, frames=record_frames, steps=record_steps,
-                               guidance_pass="uncond" if guidance_pass == "both" else guidance_pass, **probe_options)
-    passes = ("cond", "uncond") if guidance_pass == "both" else (spec.guidance_pass,)
-    probes = [Probe(model, replace(spec, guidance_pass=p)) for p in passes]
-    provenance = provenance or {}
-    if isinstance(context, int) and not isinstance(context, bool):
-        clip = _count(context, "clip", 0, 2**31 - 1)
-        _count(context_frames, "context_frames", 0, 1024)
-        _count(frames, "frames", 1, 1024)
-        drawn = context_frames + frames if clip_frames is None else _count(clip_frames, "clip_frames", 1, 2048)
-        if drawn < context_frames + frames:
-            raise ProbeError(f"clip_frames = {drawn} is fewer than context_frames + frames = {context_frames + frames}; "
-                             f"accepted: at least {context_frames + frames}")
-        seed = noise_seed(_count(seed, "seed", 0, 2**62), clip) if noise is None else _count(noise, "noise", 0, 2**63 - 1)
-        benchmark = context_source == "benchmark" or (context_source == "auto" and _has_benchmark(model))
-        if benchmark:
-            if context_frames == 0:
-                raise ProbeError("context_frames = 0 takes no benchmark frame; accepted: 1..1024 for a benchmark clip")
-            video = benchmark_clip(model, clip, drawn, scene)
-            context, truth = video[:context_frames], video[: context_frames + frames]
-            given = {"source": "benchmark", "split": "val", "scene": scene, "clip": clip, "frames": context_frames}
-            split = "val" if scene == "sprites" else f"val, {scene} scene"
-        else:
-            if scene != "sprites":
-                raise ProbeError(f"scene {scene!r} picks benchmark clips; a {context_source} context takes none; "
-                                 "accepted: scene='sprites' (the default)")
-            context, truth = gaussian_context(model.frame_shape, clip, drawn)[:context_frames], None
-            given = {"source": "latent noise", "seed": clip, "latent_frames": context_frames} if context_frames else \
-                {"source": "none", "latent_frames": 0}  # text-to-video: the first chunk from the prompt alone
-            split = "latent noise" if context_frames else "no context"
-        source = {"clip": clip, "seed": seed, "split": split}
-    elif isinstance(context, torch.Tensor):
+        probe_options = {k: v for k, v in options.items() if k in PROBE_OPTIONS}
+        probe = ProbeSpec.check(ModelFacts.of(model), layers, capture=capture, frames=record_frames,
+                                steps=record_steps, guidance_pass="uncond" if guidance_pass == "both" else guidance_pass,
+                                **probe_options)
+    own = {k: v for k, v in options.items() if k in RECORD_OPTIONS}
+    if spec is None:
+        spec = RecordSpec.check(clips=clips, context_frames=4 if context_frames is None else context_frames,
+                                has_benchmark=_has_benchmark(model), frames_per_block=int(model.frames_per_block),
+                                max_frames=model.max_frames, from_nothing=bool(model.generates_from_nothing),
+                                names=PYTHON_RECORD_NAMES, **own)
+    elif own:
+        raise ProbeError(f"spec is given: it holds {', '.join(sorted(own))}; accepted: spec alone, or those without it")
+    taken = sorted(set(info or {}) & {"clip", "seed", "split", "dtype", "device", "generation"})
+    if taken:
+        raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
+    check_manifest_entries({**(info or {}), "provenance": provenance or {}})  # before the model runs
+    return {"probe": probe, "spec": spec, "placement": placed(device, dtype), "info": info or {},
+            "provenance": provenance or {}, "passes": ("cond", "uncond") if guidance_pass == "both" else
+            (probe.guidance_pass,), "progress": progress}
+
+
+# How record's refusals name its values: the Python arguments.
+PYTHON_RECORD_NAMES = {**RECORD_NAMES, "clips": "context (a clip index)", "draws": "draws"}
+
+
+def record_passes(model, context: torch.Tensor | int = 0, **options) -> list[Probe]:
+    """The one path from settings to recordings (`record`, `record_sweep` and `probe run` all take it): one generation,
+    heard by one Probe per guidance pass (`guidance_pass`: cond, uncond, or "both": [cond, uncond]), each annotated with
+    the same manifest entries (clip, seed, split, dtype, device, generation, and the caller's `info`).
+
+    Options, each checked once before the model runs (or given as checked specs and trusted):
+    - what is generated (`RecordSpec`): `frames` (4), `context_frames` (4), `steps` (None: 50), `seed` (0: the noise
+      is `noise_seed(seed, clip)`), `noise` (the generation seed itself, a sweep's draw), `clip_frames` (frames drawn
+      for an integer clip; default context + generated), `scene`, `context_source` (auto, benchmark, latent noise),
+      `timesteps`, `warp`, `shift`, `sampler`, `cache_policy` (how `scd.sampling.generate` samples); or `spec`, a
+      checked `RecordSpec` for this model (probe run's);
+    - what is recorded (`ProbeSpec`): `layers` (block indices or "all", or a checked ProbeSpec, which then gives every
+      Probe option), `capture`, `record_frames` / `record_steps` (the video frame numbers and step indices to record,
+      default all), `guidance_pass`, and Probe's hook, mode, backend, bands, pca_tokens, sample_seed;
+    - `device`, `dtype` (None: float32), or a checked `scd.devices.Placement` as `device`;
+    - `info`: further manifest entries (e.g. the command); `provenance`: what only the caller knows of the generation
+      (PROVENANCE_KEYS: a tensor context's source, the prompt); `progress`: a bar over the denoising steps."""
+    if isinstance(context, torch.Tensor):
         if context.dim() not in (4, 5):
             raise ProbeError(f"context has shape {list(context.shape)}; accepted: a float tensor [T, C, H, W] (or "
                              "[B, T, C, H, W]) of context frames")
-        seed = seed if noise is None else noise
+        clips, counted = None, int(context.shape[-4])
+        if "context_frames" in options:
+            raise ProbeError("context_frames counts an integer clip's context; a tensor context gives its own frames; "
+                             "accepted: context_frames with a clip index, or none")
+    elif isinstance(context, int):  # a bool is refused by RecordSpec, as every clip that is not an index
+        clips, counted = (context,), options.pop("context_frames", None)
+    else:
+        raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "
+                         "or a clip index (an integer >= 0)")
+    named = {k: options.pop(k) for k in list(options) if k in _CALL_ARGUMENTS}
+    checked = _checked(model, clips, counted, options, **named)
+    spec = checked["spec"]
+    if clips is not None and spec.clips != clips:
+        raise ProbeError(f"spec holds clips {list(spec.clips)}; this call records clip {context}; accepted: its own clip "
+                         "(RecordSpec.item)")
+    return _record(model, context, checked)
+
+
+# record_passes' arguments that are not record's or Probe's own values (`_checked`'s keywords).
+_CALL_ARGUMENTS = ("layers", "capture", "record_frames", "record_steps", "guidance_pass", "device", "dtype", "info",
+                   "provenance", "spec", "progress")
+
+
+def _record(model, context: torch.Tensor | int, checked: dict) -> list[Probe]:
+    """One generation of checked values (`_checked`), heard by a Probe per guidance pass, each annotated."""
+    from scd.progress import progress as progress_bar
+    from scd.sampling import generate
+
+    spec, placement, provenance = checked["spec"], checked["placement"], checked["provenance"]
+    sampling = spec.sampling
+    probes = [Probe(model, replace(checked["probe"], guidance_pass=p)) for p in checked["passes"]]
+    if spec.clips:
+        clip, drawn, frames = spec.clips[0], spec.clip_frames, sampling.context_frames + sampling.frames
+        if spec.context_source == "benchmark":
+            video = _benchmark_video(model, clip, drawn, spec.scene)
+            context, truth = video[:sampling.context_frames], video[:frames]
+            given = {"source": "benchmark", "split": "val", "scene": spec.scene, "clip": clip,
+                     "frames": sampling.context_frames}
+            split = "val" if spec.scene == "sprites" else f"val, {spec.scene} scene"
+        else:
+            context, truth = gaussian_context(model.frame_shape, clip, drawn)[:sampling.context_frames], None
+            given = {"source": "latent noise", "seed": clip, "latent_frames": sampling.context_frames} \
+                if sampling.context_frames else {"source": "none", "latent_frames": 0}  # text-to-video: no context
+            split = "latent noise" if sampling.context_frames else "no context"
+        source = {"clip": clip, "seed": sampling.seed, "split": split}
+    else:
         truth = None
         given = provenance.get("context") or {"source": "tensor" if context.shape[-4] else "none",
                                               "frames": int(context.shape[-4])}
         split = "no context" if not context.shape[-4] else "context video" if given.get("source") == "video" else \
             "given tensor"
-        source = {"seed": seed, "split": split}
-    else:
-        raise ProbeError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] of context frames, "
-                         "or a clip index (an integer >= 0)")
-    if sampling is None:  # every sampling value, checked once; generate trusts the spec
-        sampling = SamplingSpec.check(steps=steps, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler,
-                                      cache_policy=cache_policy, seed=seed, frames_per_block=model.frames_per_block)
-    elif sampling.seed != seed:  # checked by the caller (probe run); the noise seed is this item's
-        sampling = replace(sampling, seed=_count(seed, "seed", 0, 2**63 - 1))
-    count = sampling.steps
-    taken = sorted(set(info or {}) & {*source, "dtype", "device", "generation"})
-    if taken:
-        raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
-    check_manifest_entries({**(info or {}), "provenance": provenance})  # the caller's entries, before the model runs
-    chunks = -(-frames // int(model.frames_per_block))
-    bar = progress_bar(total=chunks * count, desc=f"record {model.name}", unit="step", disable=not progress)
+        source = {"seed": sampling.seed, "split": split}
+    chunks = -(-sampling.frames // sampling.frames_per_block)
+    bar = progress_bar(total=chunks * sampling.steps, desc=f"record {model.name}", unit="step",
+                       disable=not checked["progress"])
 
     def advance(frame: int, step: int | None, timestep: float) -> None:
         if step is not None:
@@ -206,13 +230,13 @@ def record_passes(
     with ExitStack() as stack:
         for probe in probes:  # one generation, heard by a probe per guidance pass
             stack.enter_context(probe)
-        generate(model, context, frames, device=device, dtype=dtype, sampling=sampling, callback=advance)
+        generate(model, context, sampling.frames, device=placement, sampling=sampling, callback=advance)
     bar.close()
     # How the video was made, from the values generate has just accepted.
-    named = {"dtype": str(dtype).removeprefix("torch."), "device": str(torch.device(device))}
+    named = {"dtype": str(placement.dtype).removeprefix("torch."), "device": str(placement.device)}
     source |= {**named, "generation": generation_entry(model, given, sampling, **named, provenance=provenance)}
     for probe in probes:  # the clip's truth and where it came from, as a run holds them
-        probe.annotate(truth, **{**source, **(info or {})})
+        probe.annotate(truth, **{**source, **checked["info"]})
     return probes
 
 
@@ -221,32 +245,45 @@ def record_sweep(model, out: str | Path, clips: Iterable[int] = range(8), *, dra
     """`record` over val clips x noise draws, each item with its own noise (`probes.sweep.noise_seed(seed, clip,
     draw)`: the seeds `probe run --clip ... --seeds DRAWS` uses), written as a sweep directory `out` (one shard per
     torchrun rank; `force` replaces an earlier sweep of the toolkit's) and returned merged (`MergedRun`); None on
-    ranks other than 0. `record_options`: those of `record` (frames, steps, layers, capture, scene, ...)."""
+    ranks other than 0. `out` may be a `scd.files.CheckedOutput` for a sweep (probe run's), trusted.
+    `record_options`: those of `record` (frames, steps, layers, capture, scene, ...), checked once for all items;
+    or `spec`, a checked RecordSpec of the sweep's clips and draws."""
     from probes.recording import load_run
-    from probes.sweep import noise_seed, write_sweep
-    from scd.files import OutputError, check_output, input_path
+    from probes.sweep import write_sweep
+    from scd.files import CheckedOutput, checked_output
     from scd.progress import progress
 
-    clips = list(clips) if isinstance(clips, Iterable) and not isinstance(clips, str | bytes) else clips
-    if not isinstance(clips, list) or not clips or len(set(clips)) != len(clips) or \
-            not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**31 for c in clips):
-        raise ProbeError(f"clips {clips!r}; accepted: a non-empty collection of distinct val clip indices (integers in "
-                         "0..2147483647)")
-    _count(draws, "draws", 1, 1000)
-    _count(seed, "seed", 0, 2**62)
-    out = input_path(out, "out", "a path ending in a new name", ProbeError)
-    try:
-        check_output(out, "sweep", force, flag="out")
-    except OutputError as e:
-        raise ProbeError(str(e)) from None
-    items = [(clip, noise_seed(seed, clip, draw)) for clip in clips for draw in range(draws)]
-    bar = progress(total=len(items), desc="record_sweep", unit="run", disable=quiet)
+    named = {k: record_options.pop(k) for k in list(record_options) if k in _CALL_ARGUMENTS}
+    if named.get("spec") is None:
+        listed = list(clips) if isinstance(clips, Iterable) and not isinstance(clips, str | bytes) else clips
+        record_options |= {"draws": draws, "seed": seed}
+        checked = _checked_sweep(model, listed, record_options, named)
+    else:
+        checked = _checked(model, None, None, record_options, **named)
+    spec = checked["spec"]
+    target = out if isinstance(out, CheckedOutput) else checked_output(out, "sweep", force, flag="out",
+                                                                       error=ProbeError)
+    bar = progress(total=len(spec.items), desc="record_sweep", unit="run", disable=quiet)
 
     def record_item(clip: int, noise: int, path: Path, quiet_item: bool) -> None:
-        options = {**record_options, "progress": record_options.get("progress", False) and not quiet_item}
-        record(model, clip, noise=noise, **options).save(path)
+        item = {**checked, "spec": spec.item(clip, noise), "progress": checked["progress"] and not quiet_item}
+        _record(model, clip, item)[0].save(CheckedOutput(path, "run", False))  # a fresh path inside the new sweep
         bar.update()
 
-    first = write_sweep(out, items, record_item, quiet)
+    first = write_sweep(target.path, spec.items, record_item, quiet)
     bar.close()
-    return load_run(out) if first else None
+    return load_run(target.path) if first else None
+
+
+def _checked_sweep(model, clips, options: dict, named: dict) -> dict:
+    """`_checked` for a sweep's clips and draws (RecordSpec's clips: the sweep's, named as record_sweep's)."""
+    names = {**PYTHON_RECORD_NAMES, "clips": "clips"}
+    own = {k: v for k, v in options.items() if k in (*RECORD_OPTIONS, "draws")}
+    rest = {k: v for k, v in options.items() if k not in own}
+    if named.get("guidance_pass") == "both":
+        raise ProbeError("record_sweep writes one run per item; accepted: guidance_pass cond or uncond")
+    counted = own.pop("context_frames", 4)
+    spec = RecordSpec.check(clips=clips, context_frames=counted, has_benchmark=_has_benchmark(model),
+                            frames_per_block=int(model.frames_per_block), max_frames=model.max_frames,
+                            from_nothing=bool(model.generates_from_nothing), names=names, **own)
+    return _checked(model, None, None, rest, **{**named, "spec": spec})

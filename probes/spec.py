@@ -1,6 +1,8 @@
-"""What a Probe records, checked once: `ProbeSpec.check` is the one place where every Probe option is validated,
-against the facts of the model it will hear (`ModelFacts`), for `Probe(...)`, `probes.record` and `probe run` alike.
-The recorder trusts a spec it is given. No torch: `probe run` checks a shipped or diffusers model's options from its
+"""What a Probe records and what `record` generates, checked once: `ProbeSpec.check` is the one place where every
+Probe option is validated, against the facts of the model it will hear (`ModelFacts`); `RecordSpec.check` the one
+place for what `record` draws and generates (clips, noise draws and seeds, frame counts, scene, and the sampling,
+through `scd.sampling_spec.SamplingSpec`), for `Probe(...)`, `probes.record`, `record_sweep` and `probe run` alike.
+The recorder trusts specs it is given. No torch: `probe run` checks a shipped or diffusers model's options from its
 config before importing it.
 
     facts = ModelFacts.of(model)                       # or from a config, before the weights load
@@ -16,7 +18,11 @@ from numbers import Integral
 
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
 from probes.errors import ProbeError
+from probes.sweep_plan import noise_seed
 from scd.contract import BUILTIN_HOOKS, HOOKS
+from scd.sampling_spec import PYTHON_NAMES as SAMPLING_NAMES
+from scd.sampling_spec import SamplingSpec
+from scd.training.config import SCENES
 
 FEATURE_HOOKS = tuple(h for h in HOOKS if not h.startswith("attn."))  # hooks whose output can be the features
 PYTHON_NAMES = {name: name for name in ("layers", "capture", "frames", "steps", "hook", "mode", "backend", "pca_tokens",
@@ -138,3 +144,100 @@ class ProbeSpec:
         return cls(facts, probed, captured, chosen["frames"], chosen["steps"], hook, mode,
                     backend or ("hookpoints" if facts.has_hookpoints else "nnsight"), pca_tokens, sample_seed, int(bands),
                     guidance_pass)
+
+
+# Where an integer clip's context comes from: the val benchmark's clip, or seeded Gaussian latents (the latent models,
+# and a random baseline built by `probe run --size`, which have no benchmark truth to compare with); auto: the
+# benchmark where the model's frames have one.
+CONTEXT_SOURCES = ("auto", "benchmark", "latent noise")
+RECORD_NAMES = {**SAMPLING_NAMES, **{name: name for name in ("clips", "draws", "noise", "clip_frames", "scene",
+                                                             "context_source")}}
+CLIP_MAX = 2**31 - 1     # a val clip index (its numpy seed is 2 * index + 1)
+SEED_MAX = 2**63 - 1     # torch.Generator.manual_seed takes 64-bit seeds
+MAX_ITEMS = 10_000       # generations of one sweep (clips x draws)
+CLIP_FRAMES_MAX = 4096   # frames of one drawn clip (scd.data.VideoBenchmark's bound)
+
+
+def _int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and low <= value <= high
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """What `record` draws and generates, checked once (RecordSpec.check): the recorder and `generate` trust it."""
+    sampling: SamplingSpec            # how each item is generated (steps, cache, frame counts); its seed the first item's
+    clips: tuple[int, ...]            # val clip indices (latent models: the seeds of their Gaussian context); () a tensor
+    draws: int                        # noise draws per clip
+    seed: int                         # base seed: draw d of clip c is generated with noise_seed(seed, c, d)
+    clip_frames: int                  # frames drawn per clip (>= context + generated); the context is their prefix
+    scene: str                        # the benchmark scene of the clips
+    context_source: str               # benchmark or latent noise (a tensor context: "tensor")
+
+    @property
+    def items(self) -> list[tuple[int, int]]:
+        """(clip, generation seed) of each generation, clips outer: a sweep's items."""
+        return [(clip, noise_seed(self.seed, clip, draw)) for clip in self.clips for draw in range(self.draws)]
+
+    def item(self, clip: int, noise: int) -> RecordSpec:
+        """The spec of one generation of the sweep (`items`): trusted, its values derived from checked ones."""
+        assert (clip, noise) in self.items, (clip, noise)
+        return RecordSpec(SamplingSpec(**{**vars(self.sampling), "seed": noise}), (clip,), 1, self.seed,
+                          self.clip_frames, self.scene, self.context_source)
+
+    @classmethod
+    def check(cls, *, clips: object = (0,), draws: object = 1, seed: object = 0, noise: object = None,
+              context_frames: object = 4, frames: object = 4, clip_frames: object = None, scene: object = "sprites",
+              context_source: object = "auto", has_benchmark: bool = True, frames_per_block: int = 1,
+              max_frames: int | None = None, from_nothing: bool = False, names: dict[str, str] = RECORD_NAMES,
+              **sampling) -> RecordSpec:
+        """Every value validated, once (a ProbeError naming the value as `names` calls it, and the accepted values;
+        the sampling's by `SamplingSpec.check`, a SamplingError). `clips`: val clip indices, or None for a tensor context of
+        `context_frames` frames; `noise`: the one generation's seed itself (a sweep's draw), in place of
+        `noise_seed(seed, clip)`; `has_benchmark`, `frames_per_block`, `max_frames`, `from_nothing`: the model's facts
+        (`context_source="auto"` takes the benchmark where it has one); `sampling`: SamplingSpec.check's values (steps,
+        timesteps, warp, shift, sampler, cache_policy)."""
+        def refuse(name: str, text: str) -> ProbeError:
+            return ProbeError(f"{names[name]}: {text}")
+
+        if clips is None:  # a tensor context: no clip, no benchmark
+            chosen, source = (), "tensor"
+        else:
+            chosen = tuple(clips) if isinstance(clips, Iterable) and not isinstance(clips, str | bytes) else ()
+            if not chosen or not all(_int(c, 0, CLIP_MAX) for c in chosen) or len(set(chosen)) != len(chosen):
+                raise refuse("clips", f"{clips!r} is not accepted; accepted: distinct clip indices, each an integer in "
+                                      f"0..{CLIP_MAX}")
+            if context_source not in CONTEXT_SOURCES:
+                raise refuse("context_source", f"{context_source!r} is not accepted; accepted: "
+                                                f"{', '.join(CONTEXT_SOURCES)}")
+            source = ("benchmark" if has_benchmark else "latent noise") if context_source == "auto" else context_source
+        if scene not in SCENES:
+            raise refuse("scene", f"{scene!r} is not accepted; accepted: {', '.join(SCENES)}")
+        if scene != "sprites" and source != "benchmark":
+            raise refuse("scene", f"{scene!r} picks benchmark clips; a {source} context takes none; accepted: "
+                                  "sprites (the default)")
+        if not _int(draws, 1, 1000):
+            raise refuse("draws", f"{draws!r} is not accepted; accepted: an integer in 1..1000")
+        if len(chosen) * draws > MAX_ITEMS:
+            raise refuse("draws", f"{len(chosen)} clips x {draws} draws make {len(chosen) * draws} generations; "
+                                  f"accepted: at most {MAX_ITEMS}")
+        if not _int(seed, 0, SEED_MAX):
+            raise refuse("seed", f"{seed!r} is not accepted; accepted: an integer in 0..{SEED_MAX}")
+        if chosen and noise_seed(seed, max(chosen), draws - 1) > SEED_MAX:
+            room = SEED_MAX - noise_seed(0, max(chosen), draws - 1)
+            raise refuse("seed", f"{seed} + clip {max(chosen)} + draws leave the 64-bit seed range; accepted: at most "
+                                 f"{room}")
+        if noise is not None and (len(chosen) * draws > 1 or not _int(noise, 0, SEED_MAX)):
+            raise refuse("noise", f"{noise!r} is not accepted; accepted: None, or the seed of one generation (an "
+                                  f"integer in 0..{SEED_MAX})")
+        first = (seed if not chosen else noise_seed(seed, chosen[0])) if noise is None else noise
+        checked = SamplingSpec.check(**sampling, seed=first, context_frames=context_frames, frames=frames,
+                                     frames_per_block=frames_per_block, max_frames=max_frames,
+                                     from_nothing=from_nothing, names=names)
+        if source == "benchmark" and checked.context_frames == 0:
+            raise refuse("context_frames", "0 takes no benchmark frame; accepted: 1 or more for a benchmark clip")
+        needed = checked.context_frames + checked.frames
+        drawn = needed if clip_frames is None else clip_frames
+        if chosen and not _int(drawn, needed, CLIP_FRAMES_MAX):
+            raise refuse("clip_frames", f"{drawn!r} is not accepted; accepted: an integer in {needed}..{CLIP_FRAMES_MAX} "
+                                        f"(at least context + generated frames, {needed})")
+        return cls(checked, chosen, draws, seed, drawn, scene, source)

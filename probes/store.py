@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from probes.attention import derived_entries
 from scd.contract import ROLES
-from scd.files import OutputError, atomic_directory, check_output, input_path, sha256
+from scd.files import CheckedOutput, atomic_directory, checked_output, sha256
 
 FORMAT = "scd-probes-run/6"  # 2: files' sha256; 3: pooled attention maps (bands); 4: centred cosine, CKA; 5: depth, block_roles;
 # 6: attention by temporal distance and by cache region, the sampling (sampler, timesteps, window, sinks, RoPE)
@@ -90,7 +90,7 @@ def _digest(path: Path) -> dict:
 
 
 def write_run(
-    path: str | Path, manifest: dict, *, features: dict[str, torch.Tensor] | None = None,
+    path: str | Path | CheckedOutput, manifest: dict, *, features: dict[str, torch.Tensor] | None = None,
     attention: dict[str, torch.Tensor] | None = None, metrics: pd.DataFrame | None = None,
     generated: np.ndarray, ground_truth: np.ndarray, force: bool = False,
 ) -> Path:
@@ -102,11 +102,8 @@ def write_run(
     manifest records each file's size and sha256, so a file swapped in from another run is refused.
     An existing `path` is replaced only with `force`, and only if it is a run (`scd.files`).
     """
-    path = input_path(path, "path", "a path ending in a new name", RunError)
-    try:
-        check_output(path, "run", force, flag="path")
-    except OutputError as e:
-        raise RunError(str(e)) from None
+    target = checked_output(path, "run", force, flag="path", error=RunError)  # a CheckedOutput: trusted
+    path, force = target.path, target.force
     for name, video in (("generated", generated), ("ground_truth", ground_truth)):
         if not isinstance(video, np.ndarray) or video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise RunError(f"{name} must be uint8 [T, H, W, 3], got {getattr(video, 'dtype', type(video).__name__)} "

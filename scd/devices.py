@@ -1,6 +1,10 @@
-"""Which devices and dtypes a model can be put on here, checked before anything moves."""
+"""Which devices and dtypes a model can be put on here, checked once before anything moves: `Placement.check` is the
+one validator of a device and a dtype; `load_model`, `random_model`, `load_causal_wan` and `generate` take a checked
+`Placement` as their `device` and trust it (`placed`), so `probe run` checks `--device` and `--dtype` once."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -40,3 +44,25 @@ def float_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise DeviceError(f"dtype {dtype!r} is not accepted; accepted: {', '.join(str(d) for d in DTYPES)}")
     return dtype
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs, checked (Placement.check): a device this machine can compute on, a dtype models run in."""
+    device: torch.device    # cpu, an available cuda:N, or mps
+    dtype: torch.dtype      # DTYPES
+
+    @classmethod
+    def check(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Placement:
+        """The one validation of a device and a dtype (a DeviceError naming the accepted ones)."""
+        return cls(usable_device(device), float_dtype(dtype))
+
+
+def placed(device: str | torch.device | Placement, dtype: torch.dtype | None) -> Placement:
+    """A checked `Placement` given as `device`, trusted (its dtype is the one: `dtype` must be None or the same); else
+    `device` and `dtype` (None: float32) checked."""
+    if isinstance(device, Placement):
+        if dtype is not None and dtype != device.dtype:
+            raise DeviceError(f"dtype {dtype} beside a Placement in {device.dtype}; accepted: the Placement alone")
+        return device
+    return Placement.check(device, torch.float32 if dtype is None else dtype)

@@ -31,6 +31,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from fnmatch import fnmatchcase as fnmatch
 from pathlib import Path
 
@@ -276,6 +277,29 @@ def check_output(path: str | Path, kind: str, force: bool = False, flag: str = "
         for p in reversed(made):
             p.rmdir()
     return path
+
+
+@dataclass(frozen=True)
+class CheckedOutput:
+    """An output path that `check_output` accepted for `kind` (with `force`): the toolkit's writers take it in place of
+    a path and trust it, so a command's output is proven writable once, at its door."""
+    path: Path
+    kind: str
+    force: bool
+
+
+def checked_output(path: str | Path | CheckedOutput, kind: str, force: bool = False, flag: str = "--out",
+                   error: type[ValueError] = OutputError) -> CheckedOutput:
+    """`path` checked by `check_output` (its refusal raised as `error`), or a CheckedOutput for `kind` trusted."""
+    if isinstance(path, CheckedOutput):
+        assert path.kind == kind, (path.kind, kind)  # a writer is handed the kind it writes
+        return path
+    try:
+        return CheckedOutput(check_output(path, kind, force, flag), kind, force)
+    except OutputError as e:
+        if error is OutputError:
+            raise
+        raise error(str(e)) from None
 
 
 # Temporaries. Each is a hidden wrapper directory `.NAME.PID.XXXX.tmp` beside the output, holding first a

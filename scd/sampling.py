@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from scd.contract import ACCEPTED_MODELS, CachePolicy, is_video_diffuser, latent_channels  # noqa: F401  (latent_channels: re-exported)
-from scd.devices import float_dtype, usable_device
-from scd.sampling_spec import SAMPLERS, SamplingError, SamplingSpec, _int  # noqa: F401  (SAMPLERS: re-exported)
+from scd.devices import Placement, placed
+from scd.sampling_spec import SAMPLERS, SamplingError, SamplingSpec  # noqa: F401  (SAMPLERS: re-exported)
 
 # callback(frame, step, timestep): called before every forward pass. `frame` is the index in the
 # output video of the frame being computed (of a chunk, its last frame); `step` is the denoising step
@@ -60,20 +60,15 @@ def check_model(model: nn.Module) -> None:
         raise SamplingError(f"cannot sample a {type(model).__name__}; accepted: {ACCEPTED_MODELS}")
 
 
-def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, policy: CachePolicy) -> None:
-    """Refuse, before anything moves or runs, what `generate` cannot do with this model (the sampling itself is
-    checked by SamplingSpec): a context that is not a finite float tensor [T, C, H, W] (or [B, T, C, H, W]) of the
-    model's frame shape, frame counts out of range or off its chunks, more frames than its positions."""
+def check_context(model: nn.Module, context: torch.Tensor) -> None:
+    """Refuse, before anything moves or runs, a context that is not a finite float tensor [T, C, H, W] (or
+    [B, T, C, H, W]) of the model's frame shape (its frame counts are checked by SamplingSpec)."""
     if not isinstance(context, torch.Tensor):
         raise SamplingError(f"context is a {type(context).__name__}; accepted: a float tensor [T, C, H, W] or "
                             "[B, T, C, H, W]")
     if context.dim() not in (4, 5) or (context.numel() == 0 and context.shape[-4] != 0):
         raise SamplingError(f"context has shape {list(context.shape)}; accepted: [T, C, H, W] or [B, T, C, H, W] with "
                             "T >= 0 context frames")
-    if context.shape[-4] == 0 and not model.generates_from_nothing:
-        raise SamplingError(f"context has no frame, and {type(model).__name__} does not generate from nothing; "
-                            "accepted: T >= 1 context frames (T = 0, text-to-video from the prompt alone: the Wan "
-                            "families)")
     if not context.is_floating_point():
         raise SamplingError(f"context is {context.dtype}; accepted: a floating-point tensor (frames in [-1, 1])")
     if not torch.isfinite(context).all():
@@ -81,17 +76,6 @@ def check_generate_args(model: nn.Module, context: torch.Tensor, frames: int, po
     frame = tuple(model.frame_shape)
     if tuple(context.shape[-3:]) != frame:
         raise SamplingError(f"context frames are {list(context.shape[-3:])}; this model takes {list(frame)} (C, H, W)")
-    if not _int(frames) or not 0 <= frames <= 100_000:
-        raise SamplingError(f"frames = {frames!r}; accepted: an integer in 0..100000")
-    k, T = model.frames_per_block, context.shape[-4]
-    for what, count in (("context frames", T), ("frames", frames)):
-        if count % k:
-            raise SamplingError(f"{what} = {count} is not a multiple of the model's chunk size {k} (frames_per_block); "
-                                f"accepted: multiples of {k}")
-    limit = None if policy.rope == "cache" else model.max_frames  # under `cache`, positions stay below the window
-    if limit is not None and T + frames > limit:
-        raise SamplingError(f"{T} context + {frames} frames exceed the model's {limit} frame positions (its RoPE "
-                            f"table, rope_max_seq_len); accepted: at most {limit} frames in all")
 
 
 def make_scheduler(shift: float = 1.0, config: dict | None = None):
@@ -119,8 +103,8 @@ def generate(
     *,
     steps: int | None = None,
     seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | Placement = "cpu",
+    dtype: torch.dtype | None = None,
     callback: StepCallback | None = None,
     use_cache: bool | None = None,
     shift: float | None = None,
@@ -135,7 +119,8 @@ def generate(
 
     Returns the context followed by the generated frames, on the CPU in float32, with the same
     rank as `context`. The same `seed` gives the same video. The model is moved to `device` and
-    `dtype` in place (as a diffusers pipeline's `.to()` would be) and put in eval mode. `use_cache`
+    `dtype` (None: float32; or one checked `scd.devices.Placement` as `device`, trusted) in place (as a
+    diffusers pipeline's `.to()` would be) and put in eval mode. `use_cache`
     defaults to whether the model has a KV cache (`new_cache`), `shift` (the scheduler's timestep
     shift) to the model's `flow_shift`, or 1.
 
@@ -161,10 +146,13 @@ def generate(
             raise SamplingError("the cache given is not empty; accepted: a new one, model.new_cache(policy)")
         cache_policy = cache.policy
     check_model(model)
-    k = model.frames_per_block
+    check_context(model, context)
+    k, T = model.frames_per_block, context.shape[-4]
     if sampling is None:
         sampling = SamplingSpec.check(steps=steps, timesteps=timesteps, warp=warp, shift=shift, sampler=sampler,
-                                      cache_policy=cache_policy, seed=seed, frames_per_block=k)
+                                      cache_policy=cache_policy, seed=seed, context_frames=T, frames=frames,
+                                      frames_per_block=k, max_frames=model.max_frames,
+                                      from_nothing=model.generates_from_nothing)
     else:
         if given:
             raise SamplingError("sampling is given: it holds the steps, timesteps, warp, shift, sampler, cache policy "
@@ -172,12 +160,15 @@ def generate(
         if sampling.frames_per_block != k:
             raise SamplingError(f"sampling was checked for chunks of {sampling.frames_per_block} frames; this model "
                                 f"denoises {k} together; accepted: SamplingSpec.check(..., frames_per_block={k})")
+        if (sampling.context_frames, sampling.frames) != (T, frames):
+            raise SamplingError(f"sampling was checked for {sampling.context_frames} context + {sampling.frames} frames; "
+                                f"this call gives {T} + {frames}; accepted: the counts it was checked for")
         if cache is not None and cache.policy != sampling.cache_policy:
             raise SamplingError("the cache given keeps another policy than sampling's; accepted: "
                                 "model.new_cache(sampling.cache_policy)")
     policy, seed, shift, sampler = sampling.cache_policy, sampling.seed, sampling.shift, sampling.sampler
-    check_generate_args(model, context, frames, policy)
-    device, dtype = usable_device(device), float_dtype(dtype)
+    where = placed(device, dtype)  # a checked Placement (probe run's, record's) is trusted
+    device, dtype = where.device, where.dtype
     batched = context.dim() == 5
     video = (context if batched else context[None]).to(device=device, dtype=dtype)
     first = next(model.parameters(), None)
@@ -194,7 +185,7 @@ def generate(
     if cache is None and policy.rolling:
         raise SamplingError("a rolling window needs the KV cache; accepted: use_cache=True (or None) with a window")
     use_cache = cache is not None
-    B, T = video.shape[:2]
+    B = video.shape[0]
     frame_shape = video.shape[2:]
     generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
     shift = model.flow_shift if shift is None else shift

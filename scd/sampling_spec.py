@@ -1,6 +1,7 @@
 """How `generate` samples, checked once: `SamplingSpec.check` is the one place where the sampler, the timesteps, the
-flow shift, the noise seed and the KV cache policy are validated, for `generate`, `probes.record` and `probe run`
-alike; `generate` trusts a spec it is given. No torch: `probe run` checks its sampling flags before importing it.
+flow shift, the noise seed, the KV cache policy and the frame counts (context and generated, against the model's
+chunks and frame positions) are validated, for `generate`, `probes.record` and `probe run` alike; `generate` trusts
+a spec it is given. No torch: `probe run` checks its sampling flags before importing it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 from scd.contract import CachePolicy, CachePolicyError
 
 SAMPLERS = ("ode", "renoise")  # the scheduler's ODE steps; the few-step re-noising sampler (Self-Forcing, CausVid)
-PYTHON_NAMES = {name: name for name in ("steps", "timesteps", "warp", "shift", "sampler", "cache_policy", "seed")}
+PYTHON_NAMES = {name: name for name in ("steps", "timesteps", "warp", "shift", "sampler", "cache_policy", "seed",
+                                        "frames", "context_frames")}
+MAX_FRAMES = 100_000  # frames of context, and generated, that one generation takes (a bound, not a model's limit)
 
 
 class SamplingError(ValueError):
@@ -32,14 +35,19 @@ class SamplingSpec:
     sampler: str                            # SAMPLERS
     cache_policy: CachePolicy               # which finished frames a chunk attends to, checked for the chunk size
     seed: int                               # the noise seed
-    frames_per_block: int                   # the chunk size the policy was checked for
+    frames_per_block: int                   # the chunk size the policy and the frame counts were checked for
+    context_frames: int                     # frames of context given (0: from nothing, text-to-video)
+    frames: int                             # frames generated
 
     @classmethod
     def check(cls, *, steps: object = None, timesteps: object = None, warp: object = False, shift: object = None,
-              sampler: object = "ode", cache_policy: object = None, seed: object = 0, frames_per_block: int = 1,
+              sampler: object = "ode", cache_policy: object = None, seed: object = 0, context_frames: object,
+              frames: object, frames_per_block: int = 1, max_frames: int | None = None, from_nothing: bool = False,
               names: dict[str, str] = PYTHON_NAMES) -> SamplingSpec:
         """Every sampling value validated, once (SamplingError naming the value as `names` calls it, and the accepted
-        values). `steps` defaults to 50, or to the length of `timesteps`."""
+        values). `steps` defaults to 50, or to the length of `timesteps`. The model's facts: `frames_per_block` (its
+        chunk), `max_frames` (its frame positions, e.g. Wan's RoPE table; None: any), `from_nothing` (whether it makes
+        its first chunk from no context frame, `scd.contract.VideoDiffuser.generates_from_nothing`)."""
         def refuse(name: str, text: str) -> SamplingError:
             return SamplingError(f"{names[name]}: {text}")
 
@@ -85,5 +93,21 @@ class SamplingSpec:
             policy = policy.check(frames_per_block)
         except CachePolicyError as e:
             raise refuse("cache_policy", str(e)) from None
+        if max_frames is not None and policy.window is not None and policy.window > max_frames:
+            raise refuse("cache_policy", f"a window of {policy.window} frames is beyond the model's {max_frames} frame "
+                                         f"positions (its RoPE table); accepted: at most {max_frames}")
+        lowest = 0 if from_nothing else 1
+        for name, value, low in (("context_frames", context_frames, lowest), ("frames", frames, 1)):
+            if not _int(value) or not low <= value <= MAX_FRAMES:
+                more = " (0, text-to-video from no context: the Wan families only)" if name == "context_frames" else ""
+                raise refuse(name, f"{value!r} is not accepted; accepted: an integer in {low}..{MAX_FRAMES}{more}")
+            if value % frames_per_block:
+                raise refuse(name, f"{value} is not a multiple of the model's chunk of {frames_per_block} frames "
+                                   f"(frames_per_block); accepted: multiples of {frames_per_block}")
+        limit = None if policy.rope == "cache" else max_frames  # under `cache`, positions stay below the window
+        if limit is not None and context_frames + frames > limit:
+            raise refuse("frames", f"{context_frames} context + {frames} frames exceed the model's {limit} frame "
+                                   f"positions (its RoPE table, rope_max_seq_len); accepted: at most {limit} frames in "
+                                   "all, or a window with the cache RoPE policy")
         return cls(count, listed, warp, None if shift is None else float(shift), sampler, policy, seed,
-                   frames_per_block)
+                   frames_per_block, context_frames, frames)

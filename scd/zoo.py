@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scd.checkpoint_files import CHECKPOINT_DIR, config_path_for, read_config, resolve, shipped_models  # noqa: F401
-from scd.devices import float_dtype, usable_device
+from scd.devices import Placement, placed
 from scd.errors import CheckpointError
 from scd.files import atomic_file, sha256
 from scd.models.baseline import BASELINE_SIZES, BaselineConfig, CausalVideoDiffuser
@@ -101,18 +101,19 @@ def build_model(config: dict, device: str | torch.device | None = None) -> nn.Mo
         return model_cls(config_cls(**config))
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               **diffusers_options) -> nn.Module:
+def load_model(name_or_path: str | Path, device: str | torch.device | Placement = "cpu",
+               dtype: torch.dtype | None = None, **diffusers_options) -> nn.Module:
     """Load a model (a `scd.contract.VideoDiffuser`) in eval mode: a shipped name ("baseline"), a checkpoint
     directory, a .safetensors file, or "diffusers:DIR", a local diffusers Wan / SkyReels-V2 transformer or pipeline
     directory (`scd.wan.pipeline.load_causal_wan`; `diffusers_options`: latent_size, text_embeddings,
-    frames_per_block, fps, scheduler). The device and dtype are checked first (`scd.devices`): a DeviceError (a
-    ValueError) names the accepted ones."""
-    device, dtype = usable_device(device), float_dtype(dtype)
+    frames_per_block, fps, scheduler). The device and dtype (None: float32) are checked first, or given as one checked
+    `scd.devices.Placement` (`device`) and trusted: a DeviceError (a ValueError) names the accepted ones."""
+    where = placed(device, dtype)
+    device, dtype = where.device, where.dtype
     if isinstance(name_or_path, str) and name_or_path.startswith("diffusers:"):
         from scd.wan.pipeline import load_causal_wan
 
-        return load_causal_wan(name_or_path.removeprefix("diffusers:"), device=device, dtype=dtype, **diffusers_options)
+        return load_causal_wan(name_or_path.removeprefix("diffusers:"), device=where, **diffusers_options)
     if diffusers_options:
         raise CheckpointError(f"options {sorted(diffusers_options)} are for diffusers:DIR models; a built-in "
                               "checkpoint takes device and dtype only")
@@ -154,8 +155,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
     return model.to(device=device, dtype=dtype).eval()
 
 
-def random_model(family: str, size: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 seed: int = 0, **overrides) -> nn.Module:
+def random_model(family: str, size: str, device: str | torch.device | Placement = "cpu",
+                 dtype: torch.dtype | None = None, seed: int = 0, **overrides) -> nn.Module:
     """A model of a named size (`SIZES`) with seeded random weights, allocated once on `device` in `dtype` (no float32
     copy first): for speed and memory at sizes no checkpoint ships, e.g. "wan1.3b". Nothing is downloaded. Matrices are
     tiled from one seeded pool of N(0, 0.02^2) draws, each from its own offset (the adaLN gates too, so no block is the
@@ -165,7 +166,8 @@ def random_model(family: str, size: str, device: str | torch.device = "cpu", dty
         raise CheckpointError(f"unknown model family {family!r}; accepted: {', '.join(SIZES)}")
     if size not in SIZES[family]:
         raise CheckpointError(f"unknown {family} size {size!r}; accepted: {', '.join(SIZES[family])}")
-    device, dtype = usable_device(device), float_dtype(dtype)
+    where = placed(device, dtype)  # a checked Placement is trusted
+    device, dtype = where.device, where.dtype
     model = build_model({"family": family, **asdict(SIZES[family][size]), **overrides}, device="meta")
     if device.type == "cpu":
         from scd.memory import NotEnoughMemory, check_fits

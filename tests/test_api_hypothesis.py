@@ -100,7 +100,7 @@ def test_frame_counts_answer_or_refuse(pipeline, frames):
     from scd.wan.pipeline import load_causal_wan
 
     model = load_causal_wan(pipeline)
-    if answer(lambda: model.check_frames(frames) or True):
+    if answer(lambda: model.check_frames(0, frames) or True):
         assert isinstance(frames, int) and 1 <= frames <= TINY["rope_max_seq_len"]
 
 

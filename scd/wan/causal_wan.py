@@ -182,17 +182,6 @@ def check_embeddings(tensor: object, text_dim: int, what: str = "text embeddings
         raise CheckpointError(f"{what} hold NaN or infinite values; accepted: finite embeddings")
 
 
-def check_frame_counts(counts: dict[str, int], frames_per_block: int, rope_max_seq_len: int) -> None:
-    """Refuse frame counts (by flag) that the chunking or the RoPE table cannot take."""
-    for what, frames in counts.items():
-        if frames % frames_per_block:
-            raise CheckpointError(f"{what} = {frames} is not a multiple of the chunk size {frames_per_block}; accepted: "
-                                  f"multiples of {frames_per_block} (or another --frames-per-block)")
-        if frames > rope_max_seq_len:
-            raise CheckpointError(f"{frames} latent frames exceed the model's RoPE table (rope_max_seq_len = "
-                                  f"{rope_max_seq_len}); accepted: at most {rope_max_seq_len} frames in all")
-
-
 class CausalWan(VideoDiffuser, nn.Module):
     """A Wan / SkyReels-V2 transformer as a chunk-causal video diffuser over latent frames (see the module docstring)."""
 
@@ -317,13 +306,16 @@ class CausalWan(VideoDiffuser, nn.Module):
 
         return 1 + vae_factors(self.vae)[0] * (latent_frames - 1)
 
-    def check_frames(self, frames: int, what: str = "frames", minimum: int = 1, positions: bool = True) -> None:
-        """Refuse a frame count that the chunking or the RoPE table cannot take (`minimum`: 0 for a context, which
-        may be empty; `positions`: False where the frames need no RoPE position of their own, as under the `cache`
-        RoPE policy, whose positions stay below the window)."""
-        if not isinstance(frames, int) or isinstance(frames, bool) or frames < minimum:
-            raise CheckpointError(f"{what} = {frames!r}; accepted: an integer >= {minimum}")
-        check_frame_counts({what: frames}, self.frames_per_block, self.max_frames if positions else frames)
+    def check_frames(self, context_frames: int, frames: int, names: dict[str, str] | None = None) -> None:
+        """Refuse frame counts that the chunking or the RoPE table cannot take, by the one rule for them
+        (`SamplingSpec.check`'s); `names`: what the caller calls context_frames and frames (e.g. its flags)."""
+        from scd.sampling_spec import PYTHON_NAMES, SamplingError, SamplingSpec
+
+        try:
+            SamplingSpec.check(context_frames=context_frames, frames=frames, frames_per_block=self.frames_per_block,
+                               max_frames=self.max_frames, from_nothing=True, names={**PYTHON_NAMES, **(names or {})})
+        except SamplingError as e:
+            raise CheckpointError(str(e)) from None
 
     def _rope(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [1, frames * tokens, 1, head_dim] of frames at RoPE frame `positions`: Wan's table, frame-indexed."""

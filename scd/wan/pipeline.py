@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from scd.devices import Placement, placed
 from scd.errors import CheckpointError
 from scd.files import input_path, sha256
 from scd.wan.causal_wan import TEXT_TOKENS, CausalWan, check_embeddings
@@ -60,16 +61,16 @@ def scheduler_config(root: Path, choice: str = "auto") -> dict | None:
 
 def load_causal_wan(path: str | Path, latent_size: tuple[int, int] = (8, 8), text_embeddings: torch.Tensor | None = None,
                     *, frames_per_block: int | None = None, fps: int | None = None, scheduler: str = "auto",
-                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> CausalWan:
+                    device: str | torch.device | Placement = "cpu", dtype: torch.dtype | None = None) -> CausalWan:
     """Load a local diffusers transformer directory, or a pipeline directory's `transformer/` (with its `vae/`
     and scheduler when there), with `from_pretrained` and no network access, as a `CausalWan`."""
     import diffusers
 
-    from scd.devices import float_dtype, usable_device
     from scd.wan.causal_wan import geometry
 
     path = input_path(path, "path", "a pipeline directory (transformer/...) or a transformer directory", CheckpointError)
-    device, dtype = usable_device(device), float_dtype(dtype)  # before anything is read: meta and int dtypes refused
+    where = placed(device, dtype)  # before anything is read: meta and int dtypes refused (a Placement: checked already)
+    device, dtype = where.device, where.dtype
     if scheduler not in SCHEDULERS:
         raise CheckpointError(f"scheduler {scheduler!r}; accepted: {', '.join(SCHEDULERS)}")
     root = Path(path)

@@ -72,8 +72,10 @@ def test_layers_all_stream_mode_and_the_nnsight_backend(tiny_checkpoint, tmp_pat
     (["--capture", "features,logits"], "--capture: unknown kind 'logits'; accepted: features, attention"),
     (["--capture", "attention,attention"], "names a kind twice"),
     (["--mode", "lazy"], "invalid choice: 'lazy' (choose from 'auto', 'full', 'stream')"),
-    (["--context", "5", "--clip-frames", "4"], "--context 5 is not shorter than the clip (4 frames); accepted: 1..3"),
-    (["--frames", "3", "--clip-frames", "4"], "needs 5 frames but --clip-frames is 4"),
+    (["--context", "5", "--clip-frames", "4"], "--clip-frames: 4 is not accepted; accepted: an integer in 7..4096"),
+    (["--frames", "3", "--clip-frames", "4"], "--clip-frames: 4 is not accepted; accepted: an integer in 5..4096"),
+    (["--clip", "0,0"], "--clip: [0, 0] is not accepted; accepted: distinct clip indices"),
+    (["--seeds", "0"], "--seeds: 0 is not accepted; accepted: an integer in 1..1000"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpoint, tmp_path, capsys, extra, expected):
@@ -90,9 +92,10 @@ def test_unknown_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--steps", "0"], "--steps: 0 is not accepted; accepted: an integer in 1..10000"),
-    (["--frames", "0"], "--frames: value 0 is out of range; accepted: an integer in 1..1024"),
-    (["--context", "0"], "--context 0 (text-to-video from no context) applies only to diffusers models, not 'baseline'"),
-    (["--clip", "-2"], "--clip '-2' is out of range; accepted: an integer, a range A-B or a comma-separated list"),
+    (["--frames", "0"], "--frames: 0 is not accepted; accepted: an integer in 1..100000"),
+    (["--context", "0"], "--context: 0 is not accepted; accepted: an integer in 1..100000 (0, text-to-video from "
+                         "no context: the Wan families only)"),
+    (["--clip", "-2"], "--clip: [-2] is not accepted; accepted: distinct clip indices, each an integer in"),
     (["--layer", "3", "--layers", "1,2"], "not allowed with argument"),
     (["--backend", "pyvene"], "--backend: unknown probe backend 'pyvene'"),
 ])

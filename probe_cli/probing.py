@@ -349,7 +349,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             fields = read_config(config)  # torch; a user's config is judged whole by the loader first
             spec = ModelFacts.of_builtin(fields, builtin_roles(fields))
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
-    where = placement(args.device, args.dtype)  # the one check of both: the loader and generate trust it
     if diffusers_model:  # layers, frames, output and memory from config.json and the weights' headers: before loading
         shape = diffusers_shape(args.model, args)
         _check_record_flags(args, frames_per_block=shape["chunk"], max_frames=shape["max_frames"], from_nothing=True)
@@ -364,6 +363,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         spec, out = _probe_spec(args, spec, capture, sharded)
     if diffusers_model:
         spec = _fit(args, shape, spec)
+    where = placement(args.device, args.dtype)  # the one check of both: the loader and generate trust it
 
     import torch
 

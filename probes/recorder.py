@@ -132,7 +132,8 @@ def _checked(model, clips: tuple[int, ...] | None, context_frames: int | None, o
                                 names=PYTHON_RECORD_NAMES, **own)
     elif own:
         raise ProbeError(f"spec is given: it holds {', '.join(sorted(own))}; accepted: spec alone, or those without it")
-    taken = sorted(set(info or {}) & {"clip", "seed", "split", "dtype", "device", "generation"})
+    written = {"seed", "split", "dtype", "device", "generation", *(("clip",) if spec.clips else ())}
+    taken = sorted(set(info or {}) & written)  # a tensor context's run may name the clip it stands for
     if taken:
         raise ProbeError(f"info names {taken}, which record writes itself; accepted: other names (e.g. command)")
     check_manifest_entries({**(info or {}), "provenance": provenance or {}})  # before the model runs
@@ -253,6 +254,8 @@ def record_sweep(model, out: str | Path, clips: Iterable[int] = range(8), *, dra
     from scd.files import CheckedOutput, checked_output
     from scd.progress import progress
 
+    target = out if isinstance(out, CheckedOutput) else checked_output(out, "sweep", force, flag="out",
+                                                                       error=ProbeError)
     named = {k: record_options.pop(k) for k in list(record_options) if k in _CALL_ARGUMENTS}
     if named.get("spec") is None:
         listed = list(clips) if isinstance(clips, Iterable) and not isinstance(clips, str | bytes) else clips
@@ -261,8 +264,6 @@ def record_sweep(model, out: str | Path, clips: Iterable[int] = range(8), *, dra
     else:
         checked = _checked(model, None, None, record_options, **named)
     spec = checked["spec"]
-    target = out if isinstance(out, CheckedOutput) else checked_output(out, "sweep", force, flag="out",
-                                                                       error=ProbeError)
     bar = progress(total=len(spec.items), desc="record_sweep", unit="run", disable=quiet)
 
     def record_item(clip: int, noise: int, path: Path, quiet_item: bool) -> None:

@@ -221,14 +221,14 @@ class RecordSpec:
             raise refuse("draws", f"{len(chosen)} clips x {draws} draws make {len(chosen) * draws} generations; "
                                   f"accepted: at most {MAX_ITEMS}")
         if not _int(seed, 0, SEED_MAX):
-            raise refuse("seed", f"{seed!r} is not accepted; accepted: an integer in 0..{SEED_MAX}")
+            raise refuse("seed", f"{seed!r} is not accepted; accepted: an integer in 0..2**63-1")
         if chosen and noise_seed(seed, max(chosen), draws - 1) > SEED_MAX:
             room = SEED_MAX - noise_seed(0, max(chosen), draws - 1)
             raise refuse("seed", f"{seed} + clip {max(chosen)} + draws leave the 64-bit seed range; accepted: at most "
                                  f"{room}")
         if noise is not None and (len(chosen) * draws > 1 or not _int(noise, 0, SEED_MAX)):
             raise refuse("noise", f"{noise!r} is not accepted; accepted: None, or the seed of one generation (an "
-                                  f"integer in 0..{SEED_MAX})")
+                                  "integer in 0..2**63-1)")
         first = (seed if not chosen else noise_seed(seed, chosen[0])) if noise is None else noise
         checked = SamplingSpec.check(**sampling, seed=first, context_frames=context_frames, frames=frames,
                                      frames_per_block=frames_per_block, max_frames=max_frames,

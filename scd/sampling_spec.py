@@ -98,9 +98,11 @@ class SamplingSpec:
                                          f"positions (its RoPE table); accepted: at most {max_frames}")
         lowest = 0 if from_nothing else 1
         for name, value, low in (("context_frames", context_frames, lowest), ("frames", frames, 1)):
+            if value == 0 and name == "context_frames" and not from_nothing:
+                raise refuse(name, f"0: this model does not generate from nothing (no context frame); accepted: 1.."
+                                   f"{MAX_FRAMES} (0, text-to-video from the prompt alone: the Wan families)")
             if not _int(value) or not low <= value <= MAX_FRAMES:
-                more = " (0, text-to-video from no context: the Wan families only)" if name == "context_frames" else ""
-                raise refuse(name, f"{value!r} is not accepted; accepted: an integer in {low}..{MAX_FRAMES}{more}")
+                raise refuse(name, f"{value!r} is not accepted; accepted: an integer in {low}..{MAX_FRAMES}")
             if value % frames_per_block:
                 raise refuse(name, f"{value} is not a multiple of the model's chunk of {frames_per_block} frames "
                                    f"(frames_per_block); accepted: multiples of {frames_per_block}")

@@ -121,7 +121,11 @@ def _refused_in(error: BaseException) -> str:
     (("--timesteps", "1000,0", "--steps", "2"), {"timesteps": [1000, 0]}, "check"),
     (("--shift", "2000"), {"shift": 2000.0}, "check"),
     (("--window", "1", "--sink-frames", "1"), {"cache_policy": scd.contract.CachePolicy(1, 1)}, "check"),
-], ids=["layers", "capture", "bands", "hook", "timesteps", "shift", "window"])
+    (("--frames", "0"), {"frames": 0}, "check"),
+    (("--clip-frames", "3"), {"clip_frames": 3}, "check"),
+    (("--clip", "-1"), {"context": -1}, "check"),
+    (("--seed", str(2**63)), {"seed": 2**63}, "check"),
+], ids=["layers", "capture", "bands", "hook", "timesteps", "shift", "window", "frames", "clip-frames", "clip", "seed"])
 def test_a_bad_value_is_refused_by_its_one_validator_through_both_doors(checkpoint, tmp_path, capsys, monkeypatch,
                                                                        flags, option, validator):
     """probe run (in process: the refusal's traceback is caught at the command's boundary) and probes.record refuse
@@ -136,8 +140,9 @@ def test_a_bad_value_is_refused_by_its_one_validator_through_both_doors(checkpoi
                  "--out", str(tmp_path / "run"), "--quiet", *flags]) == 2
     assert not (tmp_path / "run").exists()
     options = {"frames": 2, "steps": 2, "context_frames": 2, "layers": [1], **option}
+    context = options.pop("context", 0)
     with pytest.raises(ValueError) as raised:
-        probes.record(load_model(checkpoint), 0, **options)
+        probes.record(load_model(checkpoint), context, **options)
     (cli_error,) = caught
     assert _refused_in(cli_error) == _refused_in(raised.value) == validator
     assert type(cli_error) is type(raised.value)

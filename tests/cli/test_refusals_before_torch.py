@@ -15,7 +15,7 @@ REFUSALS = [  # (argv after `probe`, the refusal's words); {tmp}: a temporary di
     (["show", "{tmp}/missing"], "is not a run directory"),
     (["report", "{tmp}/missing", "-o", "{tmp}/r.html"], "is not a run directory"),
     (["report", "{tmp}/missing", "-o", "{tmp}/mine.html"], "already exists"),
-    (["run", "--context", "0"], "applies only to diffusers models"),
+    (["run", "--context", "0"], "does not generate from nothing"),
     (["run", "--control-seed", "3"], "--control-seed seeds the permuted-weights control"),
     (["run", "--timesteps", "1000,757,522,0"], "ends at 0, which is no denoising step"),
     (["plan", "{tmp}/missing", "--out", "{tmp}/p.json"], "is not a run directory"),

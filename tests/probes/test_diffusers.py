@@ -193,8 +193,6 @@ def test_bad_directories_and_flags_are_one_line_errors(tmp_path, capsys):
         (["--frames-per-block", "3"], "--frames-per-block applies only to diffusers models"),
         (["--model", f"diffusers:{tmp_path}", "--negative-prompt", "x"], "--negative-prompt is read by classifier-free"),
         (["--model", f"diffusers:{tmp_path}", "--guidance-pass", "uncond"], "--guidance-pass uncond needs classifier-free"),
-        (["--model", f"diffusers:{tmp_path}", "--frames-per-block", "3", "--context", "4"],
-         "--context 4 is not a multiple of --frames-per-block 3"),
         (["--model", f"diffusers:{tmp_path}", "--guidance-scale", "nan"], "is not a finite number"),
         (["--model", f"diffusers:{tmp_path}", "--context-video", str(tmp_path / "none.mp4")], "does not exist"),
         (["--model", f"diffusers:{tmp_path}", "--prompt", "a", "--text-embeddings", "x.safetensors"],
@@ -209,8 +207,8 @@ def test_bad_directories_and_flags_are_one_line_errors(tmp_path, capsys):
 
 def test_frame_counts_beyond_the_chunks_or_rope_table_are_refused_by_the_command(tmp_path, capsys):
     root = save_pipeline(tmp_path / "pipe", "skyreels", vae=False, text=False, num_frame_per_block=3)
-    for flags, message in ((["--context", "2", "--frames", "3"], "--context = 2 is not a multiple of the chunk size 3"),
-                           (["--context", "3", "--frames", "30"], "exceed the model's RoPE table"),
+    for flags, message in ((["--context", "2", "--frames", "3"], "--context: 2 is not a multiple of the model's chunk of 3 frames"),
+                           (["--context", "3", "--frames", "30"], "exceed the model's 32 frame positions (its RoPE table"),
                            (["--context", "3", "--frames", "3", "--layer", "1", "--hook", "hook_mlp_out"],
                             "has no feature hook 'hook_mlp_out'; accepted: hook_resid_pre, hook_resid_mid, hook_cross_out, "
                             "hook_resid_post")):
@@ -240,7 +238,7 @@ def test_rope_cache_runs_past_the_rope_table_through_the_command_and_absolute_po
     monkeypatch.setattr(scd.wan.pipeline, "load_causal_wan", loaded)
     assert main([*common, "--out", str(tmp_path / "absolute")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "exceed the model's RoPE table" in err, err
+    assert len(err.splitlines()) == 1 and "exceed the model's 32 frame positions (its RoPE table" in err, err
     assert not (tmp_path / "absolute").exists()
 
 

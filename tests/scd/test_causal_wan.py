@@ -104,8 +104,8 @@ def test_frame_counts_that_do_not_fit_are_refused_before_any_work():
     calls = []
     handle = model.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        for context, frames, message in ((2, 3, "context frames = 2 is not a multiple of the model's chunk size 3"),
-                                         (3, 4, "frames = 4 is not a multiple"),
+        for context, frames, message in ((2, 3, "context_frames: 2 is not a multiple of the model's chunk of 3 frames"),
+                                         (3, 4, "frames: 4 is not a multiple"),
                                          (3, 30, "exceed the model's 32 frame positions")):
             with pytest.raises(SamplingError, match=message):
                 generate(model, latents(context), frames, steps=2)

@@ -255,7 +255,7 @@ def test_the_memory_is_estimated_from_the_config_before_loading(tmp_path, monkey
                               bands=3, timesteps=None, warp=False, shift=None, sampler="ode", seed=0)
     shape = probing.diffusers_shape(f"diffusers:{root}", args)
     assert shape == {"width": 5120, "depth": 40, "heads": 40, "tokens": 30 * 52, "frame_pixels": 3 * 64 * 60 * 104,
-                     "weights": 0, "text_encoder": 0, "chunk": 3}
+                     "weights": 0, "text_encoder": 0, "chunk": 3, "max_frames": 1024}
     by_hand = int(4.5 * 40 * 18 * 50 * (1560 * 5120 * 4 + 16 * 50))  # every token of 40 layers, float32, x the peak
     assert probing.feature_bytes(shape, 40, 18, 50, "full") == by_hand
     spec = argparse.Namespace(layers=tuple(range(40)), capture=("features",), mode="full", pca_tokens=256, bands=3)

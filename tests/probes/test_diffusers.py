@@ -207,7 +207,7 @@ def test_bad_directories_and_flags_are_one_line_errors(tmp_path, capsys):
 
 def test_frame_counts_beyond_the_chunks_or_rope_table_are_refused_by_the_command(tmp_path, capsys):
     root = save_pipeline(tmp_path / "pipe", "skyreels", vae=False, text=False, num_frame_per_block=3)
-    for flags, message in ((["--context", "2", "--frames", "3"], "--context: 2 is not a multiple of the model's chunk of 3 frames"),
+    for flags, message in ((["--context", "2", "--frames", "3"], "--context: 2 is not a multiple of the model's chunk"),
                            (["--context", "3", "--frames", "30"], "exceed the model's 32 frame positions (its RoPE table"),
                            (["--context", "3", "--frames", "3", "--layer", "1", "--hook", "hook_mlp_out"],
                             "has no feature hook 'hook_mlp_out'; accepted: hook_resid_pre, hook_resid_mid, hook_cross_out, "

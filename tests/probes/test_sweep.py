@@ -99,7 +99,8 @@ def test_incomplete_sweeps_are_refused(one_process, tmp_path):
 
 
 def test_bad_sweep_flags_and_an_existing_output_are_one_line_errors(checkpoint, one_process, tmp_path, capsys):
-    for spec, problem in (("3-1", "range '3-1' is empty"), ("a", "--clip 'a' is not valid"), ("0,0", "--clip: [0, 0] is not accepted; accepted: distinct clip indices"),
+    for spec, problem in (("3-1", "range '3-1' is empty"), ("a", "--clip 'a' is not valid"),
+                          ("0,0", "--clip: [0, 0] is not accepted; accepted: distinct clip indices"),
                           ("-1", "--clip: [-1] is not accepted")):
         assert main(["run", "--model", str(checkpoint), "--clip", spec, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()

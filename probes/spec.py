@@ -13,7 +13,7 @@ config before importing it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 from probes.choices import BACKENDS, CAPTURES, GUIDANCE_PASSES, MODES, ChoiceError, checked_layers
@@ -180,9 +180,8 @@ class RecordSpec:
 
     def item(self, clip: int, noise: int) -> RecordSpec:
         """The spec of one generation of the sweep (`items`): trusted, its values derived from checked ones."""
-        assert (clip, noise) in self.items, (clip, noise)
-        return RecordSpec(SamplingSpec(**{**vars(self.sampling), "seed": noise}), (clip,), 1, self.seed,
-                          self.clip_frames, self.scene, self.context_source)
+        assert clip in self.clips and any(noise == noise_seed(self.seed, clip, d) for d in range(self.draws))
+        return replace(self, sampling=replace(self.sampling, seed=noise), clips=(clip,), draws=1)
 
     @classmethod
     def check(cls, *, clips: object = (0,), draws: object = 1, seed: object = 0, noise: object = None,

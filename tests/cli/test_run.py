@@ -93,8 +93,8 @@ def test_unknown_model(tmp_path, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["--steps", "0"], "--steps: 0 is not accepted; accepted: an integer in 1..10000"),
     (["--frames", "0"], "--frames: 0 is not accepted; accepted: an integer in 1..100000"),
-    (["--context", "0"], "--context: 0 is not accepted; accepted: an integer in 1..100000 (0, text-to-video from "
-                         "no context: the Wan families only)"),
+    (["--context", "0"], "--context: 0: this model does not generate from nothing (no context frame); "
+                             "accepted: 1..100000 (0, text-to-video from the prompt alone: the Wan families)"),
     (["--clip", "-2"], "--clip: [-2] is not accepted; accepted: distinct clip indices, each an integer in"),
     (["--layer", "3", "--layers", "1,2"], "not allowed with argument"),
     (["--backend", "pyvene"], "--backend: unknown probe backend 'pyvene'"),

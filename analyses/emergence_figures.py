@@ -195,6 +195,9 @@ last layer's ln per-key ratio. {_capital(THRESHOLDS['STUDY_COMBINED_FACTORS'].pr
 - `runs.md`: one row per run: condition, seed, steps, compute (the run's, and what was spent: steps redone after a
   sitting cut short count), wall time, hardware, whether it beat copy-last.
 - `two_by_two.md`: the reference and the textured condition, each evaluated on both scenes.
+- `family.md`: the design's analysis (post hoc, `analyses.study_statistics`): every comparison of the family with its
+  paired seeds, the mean paired difference, the exact sign-flip p, Holm's and Benjamini-Hochberg's adjusted p over
+  the family (and Holm over the confirmatory measure's conditions); then each measure's power.
 - `over_training.csv`, `curve.png`: the measures at every snapshot, mean and interval over seeds.
 - `effects.png`: every factor's effect per layer; `maps.png`: the figure layers' log maps per condition.
 - `card-NAME.json` / `card-NAME.md`: each run's card; `maps-NAME.npz`: its pooled maps.
@@ -242,6 +245,36 @@ Snapshots measured: {', '.join(str(p['step']) for p in card['over_training']) or
 """
 
 
+def family_markdown(cards: list[dict]) -> str:
+    """`family.md`: the family of comparisons and the power per measure (`analyses.emergence.family`)."""
+    from analyses.emergence import family
+    from analyses.study_statistics import ALPHA
+
+    table, power, constant = family(cards)
+    if table.empty:
+        return "# The family of comparisons\n\nNo condition has enough paired seeds yet.\n"
+    shown = table.assign(effect=table.effect.map("{:+.4f}".format), sd=table.sd.map("{:.4f}".format),
+                         p=table.p.map("{:.3g}".format), p_holm=table.p_holm.map("{:.3g}".format),
+                         p_bh=table.p_bh.map("{:.3g}".format),
+                         p_confirmatory=table.p_confirmatory.map(lambda v: "" if math.isnan(v) else f"{v:.3g}"))
+    shown = shown.rename(columns={"effect": "effect (mean paired difference)", "sd": "SD of the differences",
+                                  "p": "exact p (sign flips)", "p_holm": f"Holm over {len(table)}",
+                                  "p_bh": f"BH over {len(table)}", "p_confirmatory": "Holm, confirmatory"})
+    powered = power.assign(reference_sd=power.reference_sd.map("{:.4f}".format), alpha=power.alpha.map("{:.3g}".format),
+                           detectable=power.detectable.map("{:.4f}".format)).drop(columns=["effect"])
+    powered = powered.rename(columns={"reference_sd": "reference SD over seeds", "effect_words": "effect of interest",
+                                      "seeds_needed": "seeds per arm needed", "seeds": "seeds per arm now",
+                                      "detectable": "detectable now"})
+    left = ", ".join(constant) or "none"
+    return (f"# The family of comparisons (post hoc: `analyses.study_statistics`, 2026-12-05)\n\n"
+            f"{table.condition.nunique()} conditions x {table.measure.nunique()} measures = {len(table)} comparisons; "
+            f"left out as constant over every run: {left}. Each effect is the mean of the paired differences by seed "
+            f"(condition - reference); p is exact (every sign assignment); an effect holds at {ALPHA} only after "
+            "correction.\n\n" + shown.to_markdown(index=False) + "\n\n## Power per measure (80%, normal "
+            "approximation, unpaired; at the family's first Holm level, the confirmatory measure at alpha over its "
+            "conditions)\n\n" + powered.to_markdown(index=False) + "\n")
+
+
 def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> None:
     """Every file of the study into `out` (an existing directory), from the cards and their maps."""
     from analyses.emergence import settings_problems
@@ -258,6 +291,7 @@ def write_emergence(out: Path, cards: list[dict], maps: dict[str, dict[str, np.n
     (out / "table.md").write_text(table_markdown(table).to_markdown(index=False) + "\n")
     (out / "runs.md").write_text(runs_table(cards).to_markdown(index=False) + "\n")
     (out / "two_by_two.md").write_text(two_by_two(cards).to_markdown(index=False) + "\n")
+    (out / "family.md").write_text(family_markdown(cards))
     over_training(cards).to_csv(out / "over_training.csv", index=False)
     for card in cards:
         (out / f"card-{card['name']}.md").write_text(card_markdown(card))

@@ -46,7 +46,7 @@ KINDS: dict[str, tuple[str, ...]] = {
                  "machines.txt", "validation.csv"),
     "converted": ("convert.json", "config.json", "diffusion_pytorch_model.safetensors"),
     "emergence": ("emergence.json", "README.md", "table.md", "table.csv", "layers.md", "maps.png", "curve.png",
-                  "card-*.json", "card-*.md", "maps-*.npz", "runs.md", "two_by_two.md", "over_training.csv",
+                  "card-*.json", "card-*.md", "maps-*.npz", "runs.md", "two_by_two.md", "family.md", "over_training.csv",
                   "effects.png"),
 }
 MARKERS = {"run": "manifest.json", "bench": "bench.json", "interventions": "interventions.json", "training": "train.json",

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from analyses.errors import AnalysisError, takes_run
 from analyses.intervals import CONFIDENCE, clip_groups, interval, over_clips
@@ -812,11 +812,34 @@ def skip_loss_in_last_steps(table, depth: int) -> Claim:
 
 def diagonal_tune_recovers(table, depth: int) -> Claim:
     """The paper's frame-diagonal surgery: the last 5 layers attend within the frame, fine-tuned to recover, against
-    the unmodified model and against the compute-matched fine-tune without the mask."""
-    return _quality_loss_claim(
+    the unmodified model and against the compute-matched fine-tune without the mask. A recovery needs a loss first:
+    the untuned mask ("diagonal") must lose quality beyond the thresholds, by its interval (RECOVERY_NEEDS_LOSS);
+    without a resolvable loss the fine-tune keeps quality but recovers nothing, and the claim is inconclusive."""
+    claim = _quality_loss_claim(
         table, "diagonal-tuned", f"frame-diagonal layers {max(0, depth - 5)}-{depth - 1}, fine-tuned, recover quality",
         "A frame-diagonal mask in the last 5 layers recovers the baseline's quality after fine-tuning (5K steps).",
         "the fine-tuned frame-diagonal model", control="finetuned", original_psnr_only=True)
+    if claim.verdict == NOT_MEASURED:
+        return claim
+    untuned = _rows(table, "diagonal")
+    before = f"{claim.verdict} (without the loss-first clause)" + (f"; {claim.original}" if claim.original else "")
+    rule = ("; a recovery needs a loss first: the untuned mask's PSNR or SSIM loss beyond the thresholds by its "
+            "interval (post hoc, issue 45, 2026-12-05: set after the untuned mask's cost was on record)")
+    if untuned.empty:
+        verdict = INCONCLUSIVE if claim.verdict == REPRODUCED else claim.verdict
+        return replace(claim, threshold=claim.threshold + rule, verdict=verdict, original=before,
+                       measured=claim.measured + "; the untuned mask was not measured (probe intervene --diagonal): "
+                       "whether there was a loss to recover is unknown")
+    loss, ssim = quality_losses(untuned, _rows(table, "none").set_index("clip"))
+    lost = REPRODUCED in (side(loss, QUALITY_LOSS_MAX_DB, True), side(ssim, QUALITY_LOSS_MAX_SSIM, True))
+    shown_loss = f"; the untuned mask: PSNR loss {shown(loss, 2)} dB, SSIM loss {shown(ssim, 3)}"
+    if lost:
+        return replace(claim, threshold=claim.threshold + rule,
+                       measured=claim.measured + shown_loss + " (a resolvable loss: there was quality to recover)")
+    verdict = INCONCLUSIVE if claim.verdict == REPRODUCED else claim.verdict
+    return replace(claim, threshold=claim.threshold + rule, verdict=verdict, original=before,
+                   measured=claim.measured + shown_loss + ": no resolvable loss, so nothing to recover (the fine-tuned "
+                   "model keeps the quality the untuned mask already kept)")
 
 
 def past_not_needed(table, depth: int) -> Claim:

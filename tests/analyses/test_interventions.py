@@ -240,8 +240,9 @@ def test_intervention_claims_use_the_noise_floor_and_the_compute_matched_control
                  "keep_steps": extra.get("keep", -1), "tail_steps": extra.get("tail", -1), "clip": c,
                  "psnr": psnr + 0.01 * c, "ssim": ssim, "drift_psnr": 30.0, "seconds_per_frame": 1.0} for c in range(8)]
 
-    def table(redraw_jitter, control_psnr):
+    def table(redraw_jitter, control_psnr, untuned=(15.0, 0.60)):  # untuned: a resolvable loss, 2 dB and 0.1
         out = rows("none", 17.0, 0.70) + rows("diagonal-tuned", 16.95, 0.70) + rows("finetuned", control_psnr, 0.70)
+        out += rows("diagonal", *untuned) if untuned else []
         redraw = rows("redraw", 17.0, 0.70)
         for r in redraw:  # a second noise draw: quality moves by +-jitter per clip
             r["psnr"] += redraw_jitter * (1 if r["clip"] % 2 else -1)
@@ -254,7 +255,13 @@ def test_intervention_claims_use_the_noise_floor_and_the_compute_matched_control
     assert worse.verdict == NOT_OBSERVED and "against the control" in worse.measured
     no_control = diagonal_tune_recovers(table(0.05, 16.98)[lambda t: t.intervention != "finetuned"], 30)
     assert no_control.verdict == INCONCLUSIVE and "--tuned-control" in no_control.measured
-    assert "post hoc" in no_control.provenance and no_control.original.startswith("reproduced")
+    assert "post hoc" in no_control.provenance and "reproduced (PSNR alone" in no_control.original
+    # a recovery needs a loss first: an untuned mask that already keeps quality leaves nothing to recover
+    kept = diagonal_tune_recovers(table(0.05, 16.98, untuned=(16.9, 0.70)), 30)
+    assert kept.verdict == INCONCLUSIVE and "nothing to recover" in kept.measured
+    assert kept.original.startswith("reproduced (without the loss-first clause)") and "post hoc" in kept.threshold
+    unknown = diagonal_tune_recovers(table(0.05, 16.98, untuned=None), 30)
+    assert unknown.verdict == INCONCLUSIVE and "the untuned mask was not measured" in unknown.measured
     recompute = pd.DataFrame(rows("none", 17.0, 0.70) + rows("skip", 17.5, 0.40, layer=8, span_end=22, keep=5, tail=0)
                              + rows("skip", 17.2, 0.68, layer=8, span_end=22, keep=5, tail=10))
     assert skip_loss_in_last_steps(recompute, 30).verdict == REPRODUCED

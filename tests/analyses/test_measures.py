@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.redundancy import held_out_r2, step_grid
+from analyses.redundancy import held_out_pairs, held_out_r2, step_grid
 from analyses.similarity import cosine_matrix, paired_similarity
 from analyses.sparsity import (
     attention_measures,
@@ -142,6 +142,16 @@ def test_functional_fit_by_hand():
     unrelated = held_out_r2(arrays, groups, 1, 2)
     assert min(linear.values()) > 0.99 and max(unrelated.values()) < 0.1 and len(linear) == 4
     assert step_grid(50) == [0, 10, 20, 29, 39]
+    # out of sample: R^2 about the training clips' mean (issue 45). Sources unrelated to targets that sit at a clip's
+    # own offset: the map predicts about the training mean, so R^2 is about 0; about the held-out clip's own mean,
+    # as before issue 45, the same predictions would score far below 0 (the offset counted as error only)
+    sources = [rng.normal(size=(50, 4)) for _ in range(4)]
+    targets = [rng.normal(size=(50, 3)) + 3.0 * c for c in range(4)]
+    scores = held_out_pairs(sources, targets, groups)
+    assert all(abs(v) < 0.3 for v in scores.values()), scores
+    train = np.concatenate(targets[1:])
+    own_mean = 1 - ((targets[0] - train.mean(0)) ** 2).sum() / ((targets[0] - targets[0].mean(0)) ** 2).sum()
+    assert own_mean < -5  # the old definition's view of a prediction at the training mean
 
 
 def test_permuted_weights_keep_each_tensors_values_and_change_their_order(tiny_model):

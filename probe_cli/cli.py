@@ -143,9 +143,11 @@ def _run_parser(sub) -> None:
                    "noise is drawn with seed + c (each clip of a sweep its own noise; recorded in the manifest)")
     r.add_argument("--seeds", type=whole, default=1, help="noise draws per clip, 1..1000 (default 1): draw j "
                    "of clip c uses seed + c + j * 2^31; two or more give finding 1's different-noise control")
-    r.add_argument("--control", choices=("none", "permuted"), default="none", help="permuted: the model's own "
-                   "architecture with every weight tensor's entries permuted (seeded by --control-seed): a random-weight "
-                   "control, probed with the same clips and settings, that must never come out reproduced")
+    r.add_argument("--control", choices=("none", "permuted", "rescaled"), default="none", help="permuted: the model's "
+                   "own architecture with every weight tensor's entries permuted (seeded by --control-seed): a "
+                   "random-weight control, probed with the same clips and settings, that must never come out "
+                   "reproduced; rescaled (the built-in baseline): permuted, then each block's update scaled to the "
+                   "trained model's, so that the control transforms its input as much as the trained model does")
     r.add_argument("--control-seed", type=ranged(0, SEED_MAX), default=None, help="seed of the permutation (with "
                    "--control permuted; default 0)")
     r.add_argument("--capture", default=",".join(CAPTURES), help=f"comma-separated: {', '.join(CAPTURES)}")

@@ -338,6 +338,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.control != "none" and args.model.startswith("random:"):
         raise UsageError("--control permuted permutes a trained model's weights; --size already gives random weights; "
                          "accepted: --control with --model")
+    if args.control == "rescaled" and diffusers_model:
+        raise UsageError("--control rescaled rescales the built-in blocks' adaLN gates; accepted: --control permuted for "
+                         "a diffusers model")
     rank, world_size, local_rank = world()
     spec = out = None
     if not diffusers_model and args.size is None:
@@ -382,10 +385,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     if diffusers_model:
         _condition(model, args)
     control = None
-    if args.control == "permuted":
-        from scd.zoo import permute_weights
+    if args.control != "none":
+        from scd.zoo import permute_weights, rescaled_control
 
-        control = permute_weights(model, args.control_seed)
+        control = (permute_weights if args.control == "permuted" else rescaled_control)(model, args.control_seed)
     if spec is None:  # a random model (--size), or a checkpoint whose config only the loader could judge
         spec, out = _probe_spec(args, ModelFacts.of(model), capture, sharded)
     if not diffusers_model:

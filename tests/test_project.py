@@ -28,12 +28,14 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     shipped = json.loads((ROOT / "scd" / "checkpoints" / "baseline.json").read_text())["sha256"]
     assert shipped in html and "layers 28, 29 barely attend to past frames (per key)" in html
     readme = (ROOT / "README.md").read_text()
-    command = ("probe report reports/runs/baseline-layers-all reports/runs/baseline-permuted-layers-all "
-               "reports/runs/scd-layers-all \\\n    --interventions reports/interventions-surgeries")
+    command = ("probe report reports/runs/baseline-layers-all reports/runs/baseline-permuted-layers-all \\\n"
+               "    reports/runs/baseline-rescaled-layers-all reports/runs/scd-layers-all \\\n"
+               "    --interventions reports/interventions-surgeries")
     assert command in readme
+    assert "permuted and rescaled weights" in html  # the control that computes, beside the permuted one
     # the trained model beside its random-weight control, every claim with its thresholds' provenance
     assert "Claims, side by side" in html and "baseline (permuted weights, seed 0)" in html
-    assert "post hoc: set 2026-11-25 in cf35735" in html and "pre-registered: set 2026-12-01" in html
+    assert "post hoc: set 2026-11-25 in cf35735" in html and "pre-registered: set 2026-11-24" in html
     assert "not observed in this model" in html and "under the original criterion" in html
     # ... with the committed interventions, made from the same checkpoint
     interventions = json.loads((ROOT / "reports" / "interventions" / "interventions.json").read_text())

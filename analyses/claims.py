@@ -462,8 +462,8 @@ def functional_redundancy(run: Recording) -> Claim:
     if any(v is None for v in shown_controls.values()):
         parts.append(INCONCLUSIVE)  # a control not recorded: not cleared
     original = (f"{worded(side(diff, FUNCTIONAL_MARGIN, True), run)} (before issue 45: the margin over the input alone, "
-                f"{shown(diff)}; before issue 42, over the input's own last step, {shown(own)}; both changed after "
-                "their results, post hoc)")
+                f"{shown(diff)}); {worded(side(own, FUNCTIONAL_MARGIN, True), run)} (before issue 42: over the input's "
+                f"own last step, {shown(own)}); both changed after their results, post hoc")
     return Claim(name, statement, test, measured, worded(combine(parts), run),
                  {"layer R2": ours, "best control R2": best, "R2 over the best control": over}, original=original,
                  **extra)

@@ -278,7 +278,7 @@ def rescaled_control(model: nn.Module, seed: int = 0, clips: int = 4) -> dict:
 
     from scd.data import VideoBenchmark
 
-    if not hasattr(model, "blocks") or not hasattr(model.blocks[0], "modulation"):
+    if not model.takes_surgeries:  # the contract's word for "its `blocks` are built-in adaLN blocks"
         raise CheckpointError(f"a {type(model).__name__} has no built-in blocks to rescale; accepted: the built-in "
                               "baseline (--control permuted for the other families)")
     trained = copy.deepcopy(model).eval()

@@ -247,6 +247,30 @@ class _Pooled:
         self.items = [item for run in runs for item in run.items]
 
 
+def plan_summary(content: dict) -> list[str]:
+    """What a plan holds, in a few lines (`probe plan` prints them): what it was calibrated on, what each rule would
+    skip, and the encoder / decoder split. Speed-ups and drift are not in a plan: `probe intervene --plan` measures
+    them on held-out clips."""
+    calibration, blocks, split = content["calibration"], content["blocks"], content["split"]
+    steps, skips = len(calibration["steps"]), content["magcache"]["skips_at_defaults"]
+    depth = len(blocks["skip"])
+    encoder = split["encoder_blocks"]
+    span = split.get("redundant_span")
+    return [
+        f"plan of {content['model']}, calibrated on {len(calibration['items'])} generation"
+        f"{'s' if len(calibration['items']) != 1 else ''} x {steps} steps "
+        f"({len(calibration['runs'])} run{'s' if len(calibration['runs']) != 1 else ''})",
+        f"per-block plan at budget {blocks['budget']:g}: skips {100 * blocks['skipped_share']:.1f}% of the block calls "
+        f"({depth} blocks x {steps} steps)",
+        f"MagCache-style at its defaults: skips {sum(map(bool, skips))} of {len(skips)} steps; TeaCache-style: a degree-"
+        f"{content['teacache']['degree']} fit of the output change from the input change",
+        "split: " + (f"cross-step redundant blocks {span[0]}-{span[1]}; " if span else "no redundant span; ")
+        + (f"encoder blocks {encoder[0]}-{encoder[-1]}, decoder from {split['decoder_from']}" if encoder else
+           "no encoder"),
+        "speed-ups and drift: measured on held-out clips by probe intervene --plan (docs/plans.md)",
+    ]
+
+
 def write_plan(run_paths: list[str], out: str, budget: float, force: bool = False,
                similarity_min: float | None = None) -> str:
     """Calibrate on the runs (or sweeps) at `run_paths` and write the plan file `out` (JSON, docs/plans.md); an

@@ -356,11 +356,16 @@ def _emergence_section(study: dict) -> dict:
 
 
 def render(runs: list[Recording], bench: dict | None = None, interventions: dict | list[dict] | None = None,
-           emergence: dict | None = None) -> str:
+           emergence: dict | None = None, progress: bool = False) -> str:
     """The report's HTML for these runs (and a `probe bench` directory's tables, from `load_bench`, a
     `probe intervene` directory's, from `load_interventions`, and a `probe emergence` study's, from
-    `analyses.emergence.load_study`)."""
+    `analyses.emergence.load_study`); `progress`: a bar over its parts (the overlays, each run, each table)."""
+    from scd.progress import progress as progress_bar
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
+    listed = [] if interventions is None else [interventions] if isinstance(interventions, dict) else interventions
+    bar = progress_bar(total=1 + len(runs) + (bench is not None) + len(listed) + (emergence is not None),
+                       desc="report", unit="part", disable=not progress)
     named = {run_name(run): run for run in runs}
     overlays = {}
     with_features = {name: run for name, run in named.items() if run.stepwise_layers}
@@ -370,29 +375,37 @@ def render(runs: list[Recording], bench: dict | None = None, interventions: dict
     if with_attention:
         overlays["Attention on earlier frames vs depth (band: spread over heads)"] = png_data_uri(
             figures.attention_vs_depth(with_attention))
+    bar.update()
     try:
         version = metadata.version("scd-probes")
     except metadata.PackageNotFoundError:
         version = "?"
-    sections = [_section(run) for run in runs]
+
+    def step(part):  # one part of the report, counted
+        bar.update()
+        return part
+
+    sections = [step(_section(run)) for run in runs]
     thresholds = [{"name": t.name, "value": f"{t.value:g}", "test": t.test, "provenance": t.provenance(),
                    "post_hoc": t.post_hoc} for t in THRESHOLDS.values()]
+    bench_part = step(_bench_section(bench)) if bench is not None else None
+    intervention_parts = [step(_interventions_section(i)) for i in listed]
+    emergence_part = step(_emergence_section(emergence)) if emergence is not None else None
+    bar.close()
     return env.get_template("report.html.j2").render(
         sections=sections, overlays=overlays, version=version, side_by_side=_side_by_side(sections),
-        thresholds=thresholds, lit_cut=THRESHOLDS["LIT_CUT_NATS"].value,
-        bench=_bench_section(bench) if bench is not None else None,
-        interventions=[_interventions_section(i) for i in
-                       ([] if interventions is None else [interventions] if isinstance(interventions, dict) else interventions)],
-        emergence=_emergence_section(emergence) if emergence is not None else None,
+        thresholds=thresholds, lit_cut=THRESHOLDS["LIT_CUT_NATS"].value, bench=bench_part,
+        interventions=intervention_parts, emergence=emergence_part,
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path | None = None,
                  interventions: str | Path | list[str | Path] | None = None, force: bool = False,
-                 emergence: str | Path | None = None) -> Path:
+                 emergence: str | Path | None = None, progress: bool = False) -> Path:
     """Read the runs (and a `probe bench` and a `probe intervene` directory), render, and write `out`
     atomically; a RunError for a bad run, bench or interventions directory, or output path. An existing
-    `out` is replaced only with `force`, and only if it is a report this toolkit wrote."""
+    `out` is replaced only with `force`, and only if it is a report this toolkit wrote. `progress`: a bar over the
+    report's parts (`probe report` shows it; 1-3 minutes for the committed reports on 2 cores)."""
     out = input_path(out, "-o", "a path ending in .html", RunError)
     if out.suffix.lower() not in (".html", ".htm"):
         raise RunError(f"-o {str(out)!r} is not an .html file; accepted: a path ending in .html")
@@ -421,7 +434,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, bench: str | Path
     from analyses.emergence import load_study
 
     html = render(runs, read(load_bench, bench), [read(load_interventions, d) for d in directories],
-                  read(load_study, emergence))
+                  read(load_study, emergence), progress=progress)
     try:
         with atomic_file(out, new=not force) as tmp:  # a second writer of the same report, racing, does not replace it
             tmp.write_text(html, encoding="utf-8")

@@ -178,6 +178,7 @@ def _run_parser(sub) -> None:
                    help="a directory written by probe intervene, to include it (repeat for several)")
     p.add_argument("--emergence", default=None, help="a directory written by probe emergence, to include the study")
     p.add_argument("--force", action="store_true", help="replace an existing report written by this toolkit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the report's parts, only its path")
     p.set_defaults(func=probing.cmd_report)
 
 

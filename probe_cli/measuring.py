@@ -415,9 +415,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if Path(args.out).suffix.lower() != ".json":
         raise UsageError(f"--out {args.out!r} is not a .json file; accepted: a path ending in .json")
     output(args.out, "plan", args.force)  # before the heavy imports: a refusal comes at once
-    from analyses.plan import PlanError, write_plan
+    import json
+
+    from analyses.plan import PlanError, plan_summary, write_plan
 
     try:
-        print(f"wrote {write_plan(args.runs, args.out, args.budget, force=args.force)}")
+        written = write_plan(args.runs, args.out, args.budget, force=args.force)
     except PlanError as e:
         raise UsageError(str(e)) from None
+    for line in plan_summary(json.loads(Path(written).read_text())):
+        print(line)
+    print(f"wrote {written}")

@@ -469,5 +469,5 @@ def cmd_report(args: argparse.Namespace) -> None:
     from analyses.report import write_report
 
     written = write_report(args.runs, args.output, args.bench, args.interventions, force=args.force,
-                           emergence=args.emergence)
+                           emergence=args.emergence, progress=not args.quiet)
     print(f"wrote {written}")

@@ -106,8 +106,12 @@ def test_probe_plan_writes_a_plan_from_a_run_and_refuses_what_it_cannot_use(tmp_
     assert len(zero["magcache"]["mag_ratios"]) == 6 and zero["magcache"]["mag_ratios"][0] == 1.0
     assert len(zero["teacache"]["coefficients"]) == 5 and len(zero["blocks"]["update_drift"]) == 30
     assert zero["split"]["decoder_from"] == len(zero["split"]["encoder_blocks"])
+    capsys.readouterr()
     assert main(["plan", str(run), "--budget", "10", "--out", str(tmp_path / "all.json")]) == 0
     assert json.loads((tmp_path / "all.json").read_text())["blocks"]["skipped_share"] == pytest.approx(5 / 6)
+    printed = capsys.readouterr().out  # the plan's summary, from the file just written
+    assert "calibrated on 1 generation x 6 steps" in printed and "skips 83.3% of the block calls (30 blocks x 6 steps)" \
+        in printed and "probe intervene --plan" in printed
     capsys.readouterr()
     assert main(["plan", str(run), "--out", str(tmp_path / "zero.json")]) == 2  # exists, no --force
     stream = tmp_path / "stream"

@@ -50,7 +50,7 @@ def test_probe_intervene_writes_the_sweeps_and_the_report_shows_them(tiny_checkp
     assert "Interventions on" in text
 
 
-def test_the_paper_surgeries_from_the_command(tiny_checkpoints, tmp_path):
+def test_the_paper_surgeries_from_the_command(tiny_checkpoints, tmp_path, capsys):
     """--skip and --diagonal by default (mapped onto 4 blocks: skip 1-2, diagonal from 0), a fine-tuned model beside."""
     from scd.zoo import build_model, load_model, save_model
 
@@ -72,7 +72,10 @@ def test_the_paper_surgeries_from_the_command(tiny_checkpoints, tmp_path):
     run = tmp_path / "run"
     assert main(["run", "--model", str(base), "--layers", "all", "--context", "2", "--frames", "2", "--steps", "3",
                  "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
     assert main(["report", str(run), "--interventions", str(out), "--interventions", str(out), "-o", str(html)]) == 0
+    progress = capsys.readouterr().err  # a bar over the report's parts, with the overall count: 1 + 1 run + 2 tables
+    assert "report" in progress and "4/4" in progress, progress
     text = html.read_text()
     assert "fine-tuned, recover quality" in text and "The paper&#39;s surgeries" in text
     assert text.count("Interventions on") == 2

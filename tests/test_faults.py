@@ -137,7 +137,7 @@ def test_a_fault_at_any_stage_of_probe_report_leaves_the_tree_as_it_was(tmp_path
     root = tmp_path / "sandbox"
     root.mkdir()
     _write(tmp_path / "run")
-    argv = ["report", str(tmp_path / "run"), "-o", str(root / "out.html"), "--force"]
+    argv = ["report", str(tmp_path / "run"), "-o", str(root / "out.html"), "--quiet", "--force"]  # first without --force
     assert main(argv[:-1]) == 0
     _user_files(root)
     assert _sweep(monkeypatch, capsys, root, argv, ["write_text", "os.replace", "mkdir"]) >= 4

@@ -342,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError("--control rescaled rescales the built-in blocks' adaLN gates; accepted: --control permuted for "
                          "a diffusers model")
     rank, world_size, local_rank = world()
-    spec = out = None
+    facts = spec = out = None  # the model's facts, before its weights load where they can be read
     if not diffusers_model and args.size is None:
         from scd.checkpoint_files import read_config, resolve, shipped_models
         from scd.contract import builtin_roles
@@ -350,20 +350,20 @@ def cmd_run(args: argparse.Namespace) -> None:
         _, config = resolve(args.model)  # an unknown name, a missing file: refused here
         if args.model in shipped_models():  # its depth is in its config, sound (tests/scd/test_shipped): read before
             fields = read_config(config)  # torch; a user's config is judged whole by the loader first
-            spec = ModelFacts.of_builtin(fields, builtin_roles(fields))
+            facts = ModelFacts.of_builtin(fields, builtin_roles(fields))
     embeddings = _text_embeddings(args.text_embeddings) if diffusers_model else None
     if diffusers_model:  # layers, frames, output and memory from config.json and the weights' headers: before loading
         shape = diffusers_shape(args.model, args)
         _check_record_flags(args, frames_per_block=shape["chunk"], max_frames=shape["max_frames"], from_nothing=True)
-        spec = ModelFacts.of_wan(shape["depth"], shape["tokens"])
+        facts = ModelFacts.of_wan(shape["depth"], shape["tokens"])
     sharded = len(args.record.items) > 1 or world_size > 1
     if args.guidance_pass == "both" and len(args.record.items) > 1:
         raise UsageError("--guidance-pass both writes OUT and OUT.uncond for one clip and draw; accepted: one --clip and "
                          "--seeds 1, or --guidance-pass cond / uncond for a sweep")
     if args.out is not None:  # before the model is even loaded; the default path names the layers, checked below
         _check_out(args, Path(args.out), sharded)
-    if spec is not None:
-        spec, out = _probe_spec(args, spec, capture, sharded)
+    if facts is not None:
+        spec, out = _probe_spec(args, facts, capture, sharded)
     if diffusers_model:
         spec = _fit(args, shape, spec)
     where = placement(args.device, args.dtype)  # the one check of both: the loader and generate trust it

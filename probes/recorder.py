@@ -100,6 +100,19 @@ def record(model, context: torch.Tensor | int = 0, **options) -> Probe:
     return record_passes(model, context, **options)[0]
 
 
+# How record's refusals name its values: the Python arguments.
+PYTHON_RECORD_NAMES = {**RECORD_NAMES, "clips": "context (a clip index)", "draws": "draws"}
+
+
+def _record_spec(model, clips: tuple[int, ...] | list | None, context_frames: int | None, own: dict,
+                 names: dict[str, str]) -> RecordSpec:
+    """`RecordSpec.check` of record's own values `own`, against this model's facts (context_frames None: 4)."""
+    return RecordSpec.check(clips=clips, context_frames=4 if context_frames is None else context_frames,
+                            has_benchmark=_has_benchmark(model), frames_per_block=int(model.frames_per_block),
+                            max_frames=model.max_frames, from_nothing=bool(model.generates_from_nothing),
+                            names=names, **own)
+
+
 def _checked(model, clips: tuple[int, ...] | None, context_frames: int | None, options: dict, *,
              layers=(15,), capture=CAPTURES, record_frames=None, record_steps=None, guidance_pass: str = "cond",
              device="cpu", dtype=None, info=None, provenance=None, spec: RecordSpec | None = None,
@@ -126,10 +139,7 @@ def _checked(model, clips: tuple[int, ...] | None, context_frames: int | None, o
                                 **probe_options)
     own = {k: v for k, v in options.items() if k in RECORD_OPTIONS}
     if spec is None:
-        spec = RecordSpec.check(clips=clips, context_frames=4 if context_frames is None else context_frames,
-                                has_benchmark=_has_benchmark(model), frames_per_block=int(model.frames_per_block),
-                                max_frames=model.max_frames, from_nothing=bool(model.generates_from_nothing),
-                                names=PYTHON_RECORD_NAMES, **own)
+        spec = _record_spec(model, clips, context_frames, own, PYTHON_RECORD_NAMES)
     elif own:
         raise ProbeError(f"spec is given: it holds {', '.join(sorted(own))}; accepted: spec alone, or those without it")
     written = {"seed", "split", "dtype", "device", "generation", *(("clip",) if spec.clips else ())}
@@ -140,10 +150,6 @@ def _checked(model, clips: tuple[int, ...] | None, context_frames: int | None, o
     return {"probe": probe, "spec": spec, "placement": placed(device, dtype), "info": info or {},
             "provenance": provenance or {}, "passes": ("cond", "uncond") if guidance_pass == "both" else
             (probe.guidance_pass,), "progress": progress}
-
-
-# How record's refusals name its values: the Python arguments.
-PYTHON_RECORD_NAMES = {**RECORD_NAMES, "clips": "context (a clip index)", "draws": "draws"}
 
 
 def record_passes(model, context: torch.Tensor | int = 0, **options) -> list[Probe]:
@@ -283,8 +289,5 @@ def _checked_sweep(model, clips, options: dict, named: dict) -> dict:
     rest = {k: v for k, v in options.items() if k not in own}
     if named.get("guidance_pass") == "both":
         raise ProbeError("record_sweep writes one run per item; accepted: guidance_pass cond or uncond")
-    counted = own.pop("context_frames", 4)
-    spec = RecordSpec.check(clips=clips, context_frames=counted, has_benchmark=_has_benchmark(model),
-                            frames_per_block=int(model.frames_per_block), max_frames=model.max_frames,
-                            from_nothing=bool(model.generates_from_nothing), names=names, **own)
+    spec = _record_spec(model, clips, own.pop("context_frames", None), own, names)
     return _checked(model, None, None, rest, **{**named, "spec": spec})

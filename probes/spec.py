@@ -12,6 +12,7 @@ config before importing it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from numbers import Integral
@@ -65,9 +66,9 @@ class ModelFacts:
                    tuple(h for h in HOOKS if h in HOOK_PATHS), True)
 
 
-def _index(value: object) -> bool:
-    """A non-negative integer, numpy's included (numbers.Integral: no numpy import before torch)."""
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+def _int(value: object, low: float = 0, high: float = math.inf) -> bool:
+    """An integer in low..high (default: any >= 0), numpy's included (numbers.Integral: no numpy import before torch)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,12 @@ class ProbeSpec:
         if hook not in facts.hooks:
             offered = ", ".join(h for h in FEATURE_HOOKS if h in facts.hooks)
             raise refuse("hook", f"a {facts.kind} has no feature hook {hook!r}; accepted: {offered}")
-        if not _index(pca_tokens) or pca_tokens < 1:
+        if not _int(pca_tokens) or pca_tokens < 1:
             raise refuse("pca_tokens", f"{pca_tokens!r} is not accepted; accepted: an integer >= 1")
-        if not _index(sample_seed):
+        if not _int(sample_seed):
             raise refuse("sample_seed", f"{sample_seed!r} is not accepted; accepted: an integer >= 0")
         n = facts.tokens_per_frame
-        if not _index(bands) or not 1 <= bands <= n:
+        if not _int(bands) or not 1 <= bands <= n:
             raise refuse("bands", f"{bands!r} is not accepted; accepted: an integer in 1..{n} (the tokens of a frame)")
         if guidance_pass not in GUIDANCE_PASSES:
             raise refuse("guidance_pass", f"unknown pass {guidance_pass!r}; accepted: {', '.join(GUIDANCE_PASSES)}")
@@ -138,7 +139,7 @@ class ProbeSpec:
         chosen = {}
         for name, given in (("frames", frames), ("steps", steps)):
             if given is not None and (isinstance(given, str) or not isinstance(given, Iterable)
-                                      or not all(_index(v) for v in given)):
+                                      or not all(_int(v) for v in given)):
                 raise refuse(name, f"{given!r} is not accepted; accepted: None (all) or a collection of integers >= 0")
             chosen[name] = None if given is None else frozenset(int(v) for v in given)
         return cls(facts, probed, captured, chosen["frames"], chosen["steps"], hook, mode,
@@ -156,10 +157,6 @@ CLIP_MAX = 2**31 - 1     # a val clip index (its numpy seed is 2 * index + 1)
 SEED_MAX = 2**63 - 1     # torch.Generator.manual_seed takes 64-bit seeds
 MAX_ITEMS = 10_000       # generations of one sweep (clips x draws)
 CLIP_FRAMES_MAX = 4096   # frames of one drawn clip (scd.data.VideoBenchmark's bound)
-
-
-def _int(value: object, low: int, high: int) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)

@@ -830,7 +830,7 @@ def skip_loss_in_last_steps(table, depth: int) -> Claim:
 def diagonal_tune_recovers(table, depth: int) -> Claim:
     """The paper's frame-diagonal surgery: the last 5 layers attend within the frame, fine-tuned to recover, against
     the unmodified model and against the compute-matched fine-tune without the mask. A recovery needs a loss first:
-    the untuned mask ("diagonal") must lose quality beyond the thresholds, by its interval (RECOVERY_NEEDS_LOSS);
+    the untuned mask ("diagonal") must lose quality beyond the thresholds, by its interval (post hoc, issue 45);
     without a resolvable loss the fine-tune keeps quality but recovers nothing, and the claim is inconclusive."""
     claim = _quality_loss_claim(
         table, "diagonal-tuned", f"frame-diagonal layers {max(0, depth - 5)}-{depth - 1}, fine-tuned, recover quality",
@@ -840,11 +840,11 @@ def diagonal_tune_recovers(table, depth: int) -> Claim:
         return claim
     untuned = _rows(table, "diagonal")
     before = f"{claim.verdict} (without the loss-first clause)" + (f"; {claim.original}" if claim.original else "")
+    capped = INCONCLUSIVE if claim.verdict == REPRODUCED else claim.verdict  # no recovery shown without a loss
     rule = ("; a recovery needs a loss first: the untuned mask's PSNR or SSIM loss beyond the thresholds by its "
             "interval (post hoc, issue 45, 2026-12-05: set after the untuned mask's cost was on record)")
     if untuned.empty:
-        verdict = INCONCLUSIVE if claim.verdict == REPRODUCED else claim.verdict
-        return replace(claim, threshold=claim.threshold + rule, verdict=verdict, original=before,
+        return replace(claim, threshold=claim.threshold + rule, verdict=capped, original=before,
                        measured=claim.measured + "; the untuned mask was not measured (probe intervene --diagonal): "
                        "whether there was a loss to recover is unknown")
     loss, ssim = quality_losses(untuned, _rows(table, "none").set_index("clip"))
@@ -853,8 +853,7 @@ def diagonal_tune_recovers(table, depth: int) -> Claim:
     if lost:
         return replace(claim, threshold=claim.threshold + rule,
                        measured=claim.measured + shown_loss + " (a resolvable loss: there was quality to recover)")
-    verdict = INCONCLUSIVE if claim.verdict == REPRODUCED else claim.verdict
-    return replace(claim, threshold=claim.threshold + rule, verdict=verdict, original=before,
+    return replace(claim, threshold=claim.threshold + rule, verdict=capped, original=before,
                    measured=claim.measured + shown_loss + ": no resolvable loss, so nothing to recover (the fine-tuned "
                    "model keeps the quality the untuned mask already kept)")
 

@@ -333,17 +333,17 @@ def run_values(cards: list[dict], scene: str = SCENE) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["condition", "seed", "measure", "value"])
 
 
-def family(cards: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(the family of comparisons, the power per measure, the measures left out as constant over every run):
-    `analyses.study_statistics`, on the competent runs; the confirmatory measure is the last layer's ln per-key
-    ratio, the study's question."""
-    from analyses.study_statistics import family_table, power_table
+def family(cards: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """(the family of comparisons, the power per measure, the measures left out as constant over every run, with
+    their value): `analyses.study_statistics`, on the competent runs; the confirmatory measure is the last layer's ln
+    per-key ratio, the study's question."""
+    from analyses.study_statistics import constant_measures, family_table, power_table
 
     values = run_values(cards)
     if values.empty:
-        return pd.DataFrame(), pd.DataFrame(), []
+        return pd.DataFrame(), pd.DataFrame(), {}
     depth = depth_of(cards[0])
-    constant = sorted(m for m, v in values.groupby("measure").value if np.ptp(v.to_numpy(dtype=float)) == 0)
+    constant = constant_measures(values)
     table = family_table(values, f"log_ratio_{depth - 1}", min_seeds=int(threshold("STUDY_SEEDS_MIN")),
                          names={m: measure_name(m, depth) for m in table_measures(depth)})
     return table, (power_table(values, table) if len(table) else pd.DataFrame()), constant
@@ -361,10 +361,8 @@ def family_lines(cards: list[dict]) -> list[str]:
     last = f"log_ratio_{depth - 1}"
     size, conditions = len(table), table.condition.nunique()
     seeds = int(table.n.min())
-    values = run_values(cards)
-    held = {m: float(values[values.measure == m].value.iloc[0]) for m in constant}
     left = ("; left out, constant over every run: " + ", ".join(f"{measure_name(m, depth)} ({v:.3f})"
-                                                               for m, v in held.items())) if constant else ""
+                                                               for m, v in sorted(constant.items()))) if constant else ""
     lines = [f"The design's analysis (post hoc: `analyses.study_statistics`, written 2026-12-05 after these results; "
              f"the committed rule's verdicts stand above): the family is {conditions} conditions x "
              f"{table.measure.nunique()} measures = {size} comparisons{left}. The runs of one seed share their initial "

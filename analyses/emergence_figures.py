@@ -265,7 +265,7 @@ def family_markdown(cards: list[dict]) -> str:
     powered = powered.rename(columns={"reference_sd": "reference SD over seeds", "effect_words": "effect of interest",
                                       "seeds_needed": "seeds per arm needed", "seeds": "seeds per arm now",
                                       "detectable": "detectable now"})
-    left = ", ".join(constant) or "none"
+    left = ", ".join(sorted(constant)) or "none"
     return (f"# The family of comparisons (post hoc: `analyses.study_statistics`, 2026-12-05)\n\n"
             f"{table.condition.nunique()} conditions x {table.measure.nunique()} measures = {len(table)} comparisons; "
             f"left out as constant over every run: {left}. Each effect is the mean of the paired differences by seed "

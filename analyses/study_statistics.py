@@ -100,6 +100,12 @@ def detectable(sd: float, seeds: int, alpha: float, power: float = POWER) -> flo
     return (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd * math.sqrt(2 / seeds)
 
 
+def constant_measures(values: pd.DataFrame) -> dict[str, float]:
+    """The measures whose value is the same in every run (measure -> that value): they can show no effect and are left
+    out of the family."""
+    return {m: float(v.iloc[0]) for m, v in values.groupby("measure").value if np.ptp(v.to_numpy(dtype=float)) == 0}
+
+
 def family_table(values: pd.DataFrame, confirmatory: str, reference: str = "reference", min_seeds: int = 3,
                  names: dict[str, str] | None = None) -> pd.DataFrame:
     """The family of comparisons of a study: `values` holds one row per run and measure (condition, seed, measure,
@@ -109,7 +115,7 @@ def family_table(values: pd.DataFrame, confirmatory: str, reference: str = "refe
     adjusted p over the whole family, and, for the `confirmatory` measure, Holm over the conditions alone."""
     columns = ["condition", "measure", "name", "confirmatory", "seeds", "n", "effect", "sd", "p", "p_holm", "p_bh",
                "p_confirmatory"]
-    constant = {m for m, v in values.groupby("measure").value if np.ptp(v.to_numpy(dtype=float)) == 0}
+    constant = constant_measures(values)
     ref = values[values.condition == reference].set_index(["measure", "seed"]).value
     rows = []
     for (condition, measure), group in values[values.condition != reference].groupby(["condition", "measure"],

@@ -15,12 +15,11 @@ import argparse
 import math
 import re
 
+from probes.spec import CLIP_MAX, MAX_ITEMS, SEED_MAX  # noqa: F401  (the one definition: RecordSpec's bounds)
+
 INT = re.compile(r"\s*([+-]?[0-9]+)\s*")
 FLOAT = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*")
 DECIMAL = re.compile(r"\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))\s*")  # FLOAT without an exponent
-SEED_MAX = 2**63 - 1      # torch.Generator.manual_seed takes 64-bit seeds
-CLIP_MAX = 2**31 - 1      # a val clip index (its numpy seed is 2 * index + 1)
-MAX_ITEMS = 10_000        # clips x seeds of one sweep
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE = re.compile(r"(cpu|cuda|cuda:[0-9]{1,3}|mps)")
 

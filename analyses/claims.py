@@ -471,14 +471,22 @@ def functional_redundancy(run: Recording) -> Claim:
 
 @takes_run
 def last_layers_less_similar(run: Recording) -> Claim:
-    """Claim 1, its other side: the last layers change more across steps than layer 15."""
+    """Claim 1, its other side: the last layers change more across steps than layer 15, which is itself redundant.
+
+    The contrast is the paper's only where layer 15 is redundant (finding 1 at layer 15, every clause): a network
+    that computes without learned structure (the rescaled control, `scd.zoo.rescaled_control`) met "each last layer
+    less similar than layer 15" alone, so that clause by itself does not tell learned computation from computation.
+    The condition on finding 1 was added after that result (issue 45): post hoc, the verdict without it beside."""
     layers = paper_layers(run.depth)
     middle, last = layers["middle"][0], layers["last3"]
     name = f"{_layer_name('last 3', last, run.depth)} less similar across steps than layer {middle}"
     statement = "The redundancy is in early and middle layers: the last layers' features change across steps."
     threshold = (f"cosine of layer {middle} minus that of each of layers {last} >= {LAST_LAYERS_MARGIN}, by its "
-                 f"{CONFIDENCE:.0%} interval over clips")
-    extra = dict(provenance=provenance("LAST_LAYERS_MARGIN"), scale=scale_text(run), needs=LAST_LAYERS_NEEDS.text())
+                 f"{CONFIDENCE:.0%} interval over clips; and finding 1 reproduced at layer {middle} (the redundancy "
+                 f"the last layers are contrasted with; post hoc, issue 45: a network that computes without learned "
+                 f"structure met the margin alone)")
+    extra = dict(provenance=provenance("LAST_LAYERS_MARGIN", *_F1_NAMES), scale=scale_text(run),
+                 needs=LAST_LAYERS_NEEDS.text() + f"; finding 1 at layer {middle}: {F1_NEEDS.text()}")
     if run.role(middle) == "encoder":
         return Claim(name, statement, threshold, _ONCE_PER_FRAME.format(layer=f"layer {middle} is"), NOT_MEASURED,
                      **extra)
@@ -487,13 +495,23 @@ def last_layers_less_similar(run: Recording) -> Claim:
         return Claim(name, statement, threshold, "; ".join(blocking), NOT_MEASURED, **extra)
     values = {layer: _per_item(run, lambda item, layer=layer: cross_step(item, middle) - cross_step(item, layer))
               for layer in last}
-    verdict = combine([side(v, LAST_LAYERS_MARGIN, True) for v in values.values()])
+    margins = combine([side(v, LAST_LAYERS_MARGIN, True) for v in values.values()])
     original = combine([side(v, 1e-12, True) for v in values.values()])
     measured = f"layer {middle}: {shown(_per_item(run, lambda item: cross_step(item, middle)))}; " + "; ".join(
-        f"minus layer {layer}: {shown(v)}" for layer, v in values.items()) + f"; {clips_note(len(clip_groups(items_of(run))))}"
-    return Claim(name, statement, threshold, measured, worded(verdict, run),
+        f"minus layer {layer}: {shown(v)}" for layer, v in values.items())
+    missing = _finding1_checks(run, [middle])
+    if missing:
+        redundant = INCONCLUSIVE  # the contrast needs the middle layer's verdict: unmeasured, it is not cleared
+        measured += f"; finding 1 at layer {middle} not measured ({missing})"
+    else:
+        redundant = combine([v for _, v in _finding1(run, middle).parts])
+        measured += f"; finding 1 at layer {middle}: {worded(redundant, run)}"
+    measured += f"; {clips_note(len(clip_groups(items_of(run))))}"
+    return Claim(name, statement, threshold, measured, worded(combine([margins, redundant]), run),
                  {f"{middle} - {layer}": v for layer, v in values.items()},
-                 original=f"{worded(original, run)} (each last layer below layer {middle}: margin 0)", **extra)
+                 original=f"{worded(margins, run)} (before issue 45: the margins alone, without finding 1 at layer "
+                          f"{middle}); {worded(original, run)} (first criterion: each last layer below layer "
+                          f"{middle}, margin 0)", **extra)
 
 
 def _attention_claim_checks(run: Recording, layers: list[int]) -> str | None:

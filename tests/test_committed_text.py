@@ -9,6 +9,7 @@ bound on quality). The scanner is checked on the stale sentences it was made for
 
 import html
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"[-+]?\d+\.\d+|[-+]?\d+"
 INTERVAL = re.compile(rf"({NUMBER})\s*\[({NUMBER}),\s*({NUMBER})\]")
-RETIRED = (re.compile(r"sparsity[^.;]{0,40}?\b0\.\d+", re.I), re.compile(r"below the noise floor", re.I))
+RETIRED = (re.compile(r"sparsity[^.;]{0,40}?\b0\.\d+", re.I), re.compile(r"below the noise floor", re.I),
+           re.compile(r"\b(none|nothing|no (plan|schedule|surgery|skip))( of them)? (lowers|loses|hurts|costs)\b", re.I))
+LABEL = re.compile(r"post hoc|pre-registered")
 DEFINES = ("would mean", "paper's own setting")  # the one place "not reproduced" is defined, not claimed
 
 
@@ -73,6 +76,20 @@ def problems(text: str, measured: set, intervals: bool = True) -> list[str]:
         if not any(_agrees(quoted, held) for held in measured):
             found.append(f"{groups[0]} [{groups[1]}, {groups[2]}] is in no committed table")
     found += [f"retired wording: {m.group(0)!r}" for pattern in RETIRED for m in pattern.finditer(text)]
+    return found + label_problems(text)
+
+
+def label_problems(text: str) -> list[str]:
+    """A threshold named with a provenance label ("CENTRED_CONTROL_MARGIN = 0.2: post hoc (2a96325)") must carry the
+    registry's (`analyses.thresholds`): the first label within 400 characters after the name is the one checked."""
+    from analyses.thresholds import THRESHOLDS
+
+    found = []
+    for name, threshold in THRESHOLDS.items():
+        for match in re.finditer(rf"\b{name}\b", text):
+            label = LABEL.search(text, match.end(), match.end() + 400)
+            if label and (label.group(0) == "post hoc") != threshold.post_hoc:
+                found.append(f"{name} called {label.group(0)}; the registry: {threshold.short()}")
     return found
 
 
@@ -89,6 +106,8 @@ STALE = [  # the statements issue 45 found, as they stood; each must be flagged
     "layer 34 4.35 [3.96, 4.74]: the last decoder layer reads the encoder's summary of the past",
     "The sparsity of their maps (0.18) is SCD's wiring, not a finding",
     "a training-free TeaCache-style schedule calibrated here reaches 3.4x with a drift (41 dB) far below the noise floor.",
+    "unmodified video (34-53 dB) than a second noise draw is (20.1 dB), and none lowers the quality against the truth",
+    "SIMILARITY_MIN = 0.9: post hoc (cf35735; changed from 0.95); CENTRED_CONTROL_MARGIN = 0.2: pre-registered (2a96325)",
 ]
 
 
@@ -99,3 +118,34 @@ def test_the_scanner_flags_each_stale_statement(sentence, measured):
 
 def test_the_scanner_passes_what_the_tables_hold(measured):
     assert problems("layer 34 4.238 [3.764, 4.713] per key; layer 33 0.47 [0.45, 0.49]", measured) == []
+
+
+def test_the_reports_label_each_threshold_as_the_registry_does():
+    """The committed reports (HTML and Markdown) name thresholds with their labels: each must be the registry's."""
+    reports = [*ROOT.glob("reports/*.html"), *ROOT.glob("reports/**/*.md"), *ROOT.glob("scd/checkpoints/*.md")]
+    assert reports
+    assert {str(p.relative_to(ROOT)): label_problems(_text(p)) for p in reports if label_problems(_text(p))} == {}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+
+
+def test_each_thresholds_label_agrees_with_the_history():
+    """A post hoc threshold's named results precede the commit that set it; the results named for a pre-registered
+    one follow that commit. Checked with git on the commits each entry names (a clone without the history skips)."""
+    from analyses.thresholds import THRESHOLDS
+
+    if _git("cat-file", "-e", "2b5fa41^{commit}").returncode != 0:
+        pytest.skip("this copy has no git history to check the provenance against")
+    wrong, checked = [], 0
+    for t in THRESHOLDS.values():
+        assert _git("cat-file", "-e", f"{t.commit}^{{commit}}").returncode == 0, f"{t.name}: no commit {t.commit}"
+        for named in re.findall(r"\b[0-9a-f]{7}\b", t.seen):
+            if named == t.commit[:7] or _git("cat-file", "-e", f"{named}^{{commit}}").returncode != 0:
+                continue
+            first, then = (named, t.commit) if t.post_hoc else (t.commit, named)
+            checked += 1
+            if _git("merge-base", "--is-ancestor", first, then).returncode != 0:
+                wrong.append(f"{t.name} ({t.timing} {t.commit[:7]}) names {named}, which is not on that side")
+    assert checked >= 5 and wrong == []

@@ -63,26 +63,22 @@ def test_permuted_weights_of_a_tiny_model_are_never_reproduced(tmp_path, seed):
     _never_reproduced(evaluate(_sweep(model, tmp_path)))
 
 
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_control_that_computes_is_never_reproduced(tmp_path, seed):
-    """The rescaled control: it moves the residual stream as much as the model it comes from, block by block."""
+    """The rescaled control: it moves the residual stream as much as the model it comes from, block by block.
+
+    Observed (issue 45): with seed 1 its last 3 layers change more across steps than its middle layer, the
+    last-layers clause's margins alone; the claim now also needs finding 1 at the middle layer, which this control
+    fails, so it is not reproduced. The verdict under the margins alone is still reported beside it: asserted here,
+    so that the test shows what the added condition changes."""
     model = _structured(seed)
     rescaled_control(model, seed, clips=2)
-    _never_reproduced(evaluate(_sweep(model, tmp_path)))
-
-
-def test_the_control_that_computes_reproduces_the_last_layers_claim_with_seed_1(tmp_path):
-    """Observed (issue 45): with seed 1 the rescaled control of this 12-block model comes out reproduced on one claim,
-    and only that one: its last 3 layers change more across steps than its middle layer. A network that transforms its
-    input as much as a trained one, with no learned structure, can do that: the clause does not tell learned
-    computation from computation. (The permuted control, which barely computes, never showed it.) Every other claim
-    it does not reproduce; the report says so beside the last-layers claim."""
-    model = _structured(1)
-    rescaled_control(model, 1, clips=2)
     claims = evaluate(_sweep(model, tmp_path))
-    assert len(claims) == len(CLAIMS) and all(c.verdict != "not measured" for c in claims)
-    reproduced = [c.name for c in claims if c.verdict == REPRODUCED]
-    assert reproduced == ["layers 9, 10, 11 (the paper's last 3) less similar across steps than layer 6"]
+    _never_reproduced(claims)
+    last = next(c for c in claims if "less similar across steps" in c.name)
+    assert "finding 1 at layer 6: not observed in this model" in last.measured
+    if seed == 1:
+        assert last.original.startswith("reproduced (before issue 45: the margins alone")
 
 
 def test_the_rescaled_control_moves_its_input_as_much_as_the_trained_model():

@@ -34,16 +34,28 @@ def _pick(layers: list[int], most: int) -> list[int]:
 
 
 @takes_run
+def similarity_floor(run: Recording, layers: list[int] | None = None, frame: int | None = None,
+                     kind: str = "token") -> float:
+    """The lowest cosine `similarity_heatmaps` would draw, at most 0: take the minimum over several runs and pass it
+    as `vmin`, so that they share one colour scale."""
+    frame = run.frames.index(run.frames[0] if frame is None else frame)
+    layers = layers or _pick(run.stepwise_layers, 6)
+    return min([0.0, *(float(run_cosine(run, layer, kind)[frame].min()) for layer in layers)])
+
+
+@takes_run
 def similarity_heatmaps(run: Recording, layers: list[int] | None = None, frame: int | None = None,
-                        kind: str = "token") -> Figure:
+                        kind: str = "token", vmin: float | None = None) -> Figure:
     """Step x step cosine similarity matrices of one probed frame (its video frame number; None: the first probed),
-    one heatmap per layer."""
+    one heatmap per layer, all on one colour scale from `vmin` (`similarity_floor`, shared with other runs; None:
+    this run's own) to 1."""
+    vmin = similarity_floor(run, layers, frame, kind) if vmin is None else vmin
     frame = run.frames.index(run.frames[0] if frame is None else frame)  # its position among the recorded frames
     layers = layers or _pick(run.stepwise_layers, 6)
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 0.8, 2.8), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         matrix = run_cosine(run, layer, kind)[frame].numpy()
-        sns.heatmap(matrix, ax=ax, vmin=min(0.0, matrix.min()), vmax=1.0, cmap="viridis", square=True,
+        sns.heatmap(matrix, ax=ax, vmin=vmin, vmax=1.0, cmap="viridis", square=True,
                     cbar=ax is axes[0, -1], xticklabels=False, yticklabels=False)
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("step")
@@ -331,13 +343,18 @@ def intervention_figure(summary: pd.DataFrame) -> Figure:
 
 
 def surgery_figure(summary: pd.DataFrame) -> Figure:
-    """The paper's surgeries: quality against the truth and the measured speed-up of the middle-span skip against k
-    (the steps its blocks still run), with the unmodified model and the frame-diagonal models as lines."""
-    skip = summary[summary.intervention == "skip"].sort_values("keep_steps")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    """The paper's surgeries: quality against the truth and the measured speed-up of the middle-span skip, with the
+    unmodified model and the frame-diagonal models as lines. The x axis is what varies among the skips measured: k
+    (the steps the span still runs) or, where k is one value, m (the last steps it is recomputed at)."""
+    skip = summary[summary.intervention == "skip"]
+    over_tail = skip.keep_steps.nunique() == 1 and skip.tail_steps.nunique() > 1
+    x, xlabel = (("tail_steps", f"m: the last steps the span is recomputed at (k = {skip.keep_steps.iloc[0]})")
+                 if over_tail else ("keep_steps", "k: steps the span still runs"))
+    skip = skip.sort_values(x)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for (first, last), rows in skip.groupby(["layer", "span_end"]):
-        axes[0].plot(rows.keep_steps, rows.psnr, marker="o", label=f"skip {first}-{last}")
-        axes[1].plot(rows.keep_steps, rows.speedup, marker="o", label=f"skip {first}-{last}")
+        axes[0].plot(rows[x], rows.psnr, marker="o", label=f"skip {first}-{last}")
+        axes[1].plot(rows[x], rows.speedup, marker="o", label=f"skip {first}-{last}")
     styles = {"none": ("black", "unmodified"), "diagonal": ("tab:red", "frame-diagonal, no fine-tune"),
               "diagonal-tuned": ("tab:green", "frame-diagonal, fine-tuned")}
     for kind, (colour, label) in styles.items():
@@ -347,9 +364,14 @@ def surgery_figure(summary: pd.DataFrame) -> Figure:
     axes[0].set_ylabel("PSNR vs truth (dB)")
     axes[1].axhline(1, color="grey", lw=0.8)
     axes[1].set_ylabel("speed-up (measured wall time)")
+    values = sorted(int(v) for v in skip[x].unique())
     for ax in axes:
-        ax.set_xlabel("k: steps the span still runs")
-        ax.legend(fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+        if values:  # the values measured, as ticks; one value alone gets a padded range, not a zero-width axis
+            pad = max(1, 0.1 * (values[-1] - values[0]))
+            ax.set_xticks(values)
+            ax.set_xlim(values[0] - pad, values[-1] + pad)
     return _finished(fig)
 
 

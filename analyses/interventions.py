@@ -234,5 +234,5 @@ def load_interventions(path: str | Path) -> dict:
         videos = {name: frames[name] for name in frames.files}
     info = json.loads((path / "interventions.json").read_text())
     table.attrs["refresh"] = info.get("refresh")  # the claims name reuse by its refresh
-    return {"info": info, "table": table,
+    return {"info": info, "table": table, "name": path.name,
             "summary": intervention_summary(table), "videos": videos}

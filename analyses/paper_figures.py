@@ -63,25 +63,46 @@ def draw_map(ax, pooled: torch.Tensor, frames: list[int], g: int, T: int, low: f
         own[i * g:(i + 1) * g, frame * g:(frame + 1) * g] = True
     image = ax.imshow(grid, cmap="magma", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
     ax.imshow(np.where(own, 1.0, np.nan), cmap="Greys", vmin=0, vmax=2.5, aspect="auto", interpolation="nearest")
-    ax.set_xticks([f * g + (g - 1) / 2 for f in range(T)], range(T), fontsize=6)
-    ax.set_yticks([i * g + (g - 1) / 2 for i in range(len(frames))], frames, fontsize=6)
+    every = max(1, math.ceil(max(T, len(frames)) / 10))  # at most ~10 labels an axis: legible at the report's 9 pt
+    ax.set_xticks([f * g + (g - 1) / 2 for f in range(0, T, every)], range(0, T, every), fontsize=9)
+    ax.set_yticks([i * g + (g - 1) / 2 for i in range(0, len(frames), every)], frames[::every], fontsize=9)
     ax.set_xlabel("key frame", fontsize=7)
     ax.set_ylabel("query frame", fontsize=7)
     return image
 
 
-@takes_run
-def attention_maps(run: Recording, layers: list[int] | None = None, head: int | None = None, steps: str = "all") -> Figure:
-    """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range; averaged over heads
-    (or one `head`) and over the chosen `steps` ("all", "first10", "last10")."""
-    frames, g, T = run.manifest["frames"], run.bands, run.manifest["num_frames"]
+def _figure_maps(run: Recording, layers: list[int] | None, head: int | None, steps: str) -> dict:
+    """The pooled maps the attention figure draws: the paper's figure layers that were probed (else the first 8)."""
     probed = run.attention_layers
     layers = [layer for layer in (layers or paper_layers(run.depth)["figure"]) if layer in probed] or probed[:8]
-    maps = {layer: mean_map(run, layer, head, steps) for layer in layers}
+    return {layer: mean_map(run, layer, head, steps) for layer in layers}
+
+
+def _context_range(run: Recording, maps: dict) -> tuple[float, float]:
+    frames, g, k, policy = run.manifest["frames"], run.bands, run.frames_per_block, run.cache_policy
+    return colour_range([context_cells(m[:, None], frames, g, run.role(layer), k, policy) for layer, m in maps.items()])
+
+
+@takes_run
+def attention_map_range(run: Recording, layers: list[int] | None = None, head: int | None = None,
+                        steps: str = "all") -> tuple[float, float]:
+    """The (low, high) ln p of the context cells `attention_maps` would draw: take the union over several runs and
+    pass it as `value_range`, so that a model and its control share one colour scale."""
+    return _context_range(run, _figure_maps(run, layers, head, steps))
+
+
+@takes_run
+def attention_maps(run: Recording, layers: list[int] | None = None, head: int | None = None, steps: str = "all",
+                   value_range: tuple[float, float] | None = None) -> Figure:
+    """The paper's attention figure: ln p per pooled cell, one panel per layer, one colour range; averaged over heads
+    (or one `head`) and over the chosen `steps` ("all", "first10", "last10"). `value_range`: the colour range
+    (`attention_map_range`, shared with other runs); None: this run's own."""
+    frames, g, T = run.manifest["frames"], run.bands, run.manifest["num_frames"]
+    maps = _figure_maps(run, layers, head, steps)
+    layers = list(maps)
     k, policy = run.frames_per_block, run.cache_policy
     earlier = {layer: earlier_seen(frames, run.role(layer), k, policy) for layer in layers}
-    low, high = colour_range([context_cells(m[:, None], frames, g, run.role(layer), k, policy)
-                              for layer, m in maps.items()])
+    low, high = value_range if value_range is not None else _context_range(run, maps)
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.2, 2.6 * rows + 0.6), squeeze=False)
@@ -108,16 +129,24 @@ def attention_maps(run: Recording, layers: list[int] | None = None, head: int | 
 
 
 @takes_run
-def step_heatmap(run: Recording, measure: str = "per_key_ratio") -> Figure:
+def ratio_span(run: Recording) -> float:
+    """The largest |log10 per-key ratio| of `step_heatmap`'s cells: take the maximum over several runs and pass it as
+    `span`, so that they share one colour scale."""
+    values = measures_by_step(run)["per_key_ratio"].to_numpy()
+    return max(1e-3, float(np.nanmax(np.abs(np.log10(np.clip(values, 1e-6, None))))))
+
+
+@takes_run
+def step_heatmap(run: Recording, measure: str = "per_key_ratio", span: float | None = None) -> Figure:
     """Layer x denoising step heatmap of an attention measure (`measures_by_step`); the per-key ratio on a log10
-    scale centred on uniform attention."""
+    scale centred on uniform attention, +-`span` (`ratio_span`, shared with other runs; None: this run's own)."""
     table = measures_by_step(run)
     pivot = table.pivot(index="layer", columns="step", values=measure)
     values = pivot.to_numpy()
     fig, ax = plt.subplots(figsize=(7, 0.16 * len(pivot) + 1.6))
     if measure == "per_key_ratio":
         values = np.log10(np.clip(values, 1e-6, None))
-        span = max(1e-3, float(np.nanmax(np.abs(values))))
+        span = span if span is not None else max(1e-3, float(np.nanmax(np.abs(values))))
         image = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -span, span),
                           interpolation="nearest")
         label = "log10 per-key ratio, earlier / own frame (0: uniform)"

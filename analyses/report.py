@@ -11,13 +11,18 @@ from __future__ import annotations
 import base64
 import datetime
 import io
+import math
+import re
+from collections import Counter
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
 import jinja2
 import matplotlib.pyplot as plt
+from markupsafe import Markup, escape
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from analyses import figures, paper_figures
 from analyses.bench import QUALITY_COLUMNS, RATIO_COLUMNS, SPEED_COLUMNS, load_bench
@@ -47,10 +52,16 @@ from scd.contract import paper_layer
 from scd.files import OutputError, atomic_file, check_output, input_path
 
 TEMPLATES = Path(__file__).parent / "templates"
+MIN_FONT_PT = 9.0  # the smallest text in a report figure: 12.5 px at 100 dpi, legible at 100% zoom
+FIGURE_DPI = 100   # figures are shown at their natural size (at most the page's width), not scaled down
+SUMMARY_CHARS = 180  # the summary's numbers: the claim's measured text, cut at a clause boundary
 
 
-def png_data_uri(fig: Figure, dpi: int = 90) -> str:
-    """A figure as a `data:image/png;base64,...` URI (the figure is closed)."""
+def png_data_uri(fig: Figure, dpi: int = FIGURE_DPI) -> str:
+    """A figure as a `data:image/png;base64,...` URI (the figure is closed); every text at least MIN_FONT_PT."""
+    for text in fig.findobj(Text):
+        if text.get_text() and text.get_fontsize() < MIN_FONT_PT:
+            text.set_fontsize(MIN_FONT_PT)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -121,7 +132,9 @@ def _sweep_text(sweep: dict) -> str:
             f"{sweep['world_size']} shards); the PCA and frames show the first")
 
 
-def _section(run: Recording) -> dict:
+def _section(run: Recording, scales: dict | None = None) -> dict:
+    """One run's part of the report; `scales`: colour ranges shared by every run of the report (`_shared_scales`)."""
+    scales = scales or {}
     m = run.manifest
     middle = paper_layers(run.depth)["middle"][0]
     stepwise = run.stepwise_layers
@@ -133,12 +146,13 @@ def _section(run: Recording) -> dict:
             paper_figures.finding1_panels_figure(run))
     if run.attention_layers:
         figs["Finding 2, as the paper draws it: per-key attention of each generated frame on every key (log scale, "
-             "pooled cells, heads and steps averaged)"] = png_data_uri(paper_figures.attention_maps(run))
+             "pooled cells, heads and steps averaged)"] = png_data_uri(
+            paper_figures.attention_maps(run, value_range=scales.get("attention")))
         figs["Per-key attention, earlier / own frame, by layer and denoising step"] = png_data_uri(
-            paper_figures.step_heatmap(run))
+            paper_figures.step_heatmap(run, span=scales.get("ratio_span")))
     if stepwise:
         figs["Cross-step cosine similarity (frame being denoised, every step pair)"] = png_data_uri(
-            figures.similarity_heatmaps(run))
+            figures.similarity_heatmaps(run, vmin=scales.get("similarity_vmin")))
     if pca_layer is not None:
         figs[f"PCA of layer {pca_layer} over the denoising steps"] = png_data_uri(figures.pca_strip(run, pca_layer))
     if run.attention_layers and is_rolling(run):
@@ -237,8 +251,9 @@ def _generation_text(generation: dict | None) -> dict[str, str]:
             "KV cache": "every finished frame" if generation.get("window") is None else
             f"rolling window of {generation['window']} frames, {generation.get('sink_frames')} sink frame(s), "
             f"RoPE {generation.get('rope')}",
-            "fps": generation.get("fps"), "dtype, device": f"{generation.get('dtype')}, {generation.get('device')}"}
-    return {k: "" if v is None else str(v) for k, v in rows.items()}
+            "fps": generation.get("fps") if generation.get("fps") is not None else "none (no fps conditioning)",
+            "dtype, device": f"{generation.get('dtype')}, {generation.get('device')}"}
+    return {k: "not recorded" if v is None else str(v) for k, v in rows.items()}
 
 
 def _with_interval(row, column: str) -> str:
@@ -247,11 +262,32 @@ def _with_interval(row, column: str) -> str:
     return f"{mean:.3f}" if low != low else f"{mean:.3f} [{low:.3f}, {high:.3f}]"  # NaN bounds: one clip
 
 
+SETTING_COLUMNS = ("layer", "span_end", "keep_steps", "tail_steps")  # -1 there: the setting does not apply
+
+
+def table_cell(column: str, value) -> str:
+    """A table value as the report shows it: 3 significant digits; an empty cell where a setting does not apply (-1
+    in the tidy table) or nothing was measured (NaN); "identical" for an infinite PSNR (a video against itself)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "" if value is None else str(value)
+    if value != value:
+        return ""
+    if column in SETTING_COLUMNS and value == -1:
+        return ""
+    if value in (float("inf"), float("-inf")):
+        return "identical" if "psnr" in column else ("inf" if value > 0 else "-inf")
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _records(table, columns: dict[str, str]) -> dict:
+    """A summary table as the template shows it: the columns' names and the cells as text (`table_cell`)."""
+    return {"columns": list(columns.values()),
+            "rows": [[table_cell(c, row[c]) for c in columns] for row in table.to_dict("records")]}
+
+
 def _bench_section(bench: dict) -> dict:
     """The `probe bench` tables (records, escaped by the template) and its figure."""
-    def records(table, columns: dict[str, str]) -> dict:
-        return {"columns": list(columns.values()),
-                "rows": [[row[c] for c in columns] for row in table.to_dict("records")]}
+    records = _records
 
     speed = records(bench["speed"], SPEED_COLUMNS)
     ratios = records(bench["ratios"], RATIO_COLUMNS)
@@ -267,8 +303,7 @@ def _interventions_section(interventions: dict) -> dict:
     claims = [claim(interventions["table"], depth) for claim in INTERVENTION_CLAIMS]
     measured = [c for c in claims if c.verdict != "not measured"]
     claims = measured if info.get("plan") else measured or claims  # what this directory measured (a plan: no claim)
-    table = {"columns": list(SUMMARY_COLUMNS.values()),
-             "rows": [[row[c] for c in SUMMARY_COLUMNS] for row in summary.to_dict("records")]}
+    table = _records(summary, SUMMARY_COLUMNS)
     first, last = paper_layers(depth)["span"]
     wanted = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +
               [paper_layer(25, depth)]] + [f"skip{first}-{last}k{k}" for k in (1, 5)] + \
@@ -277,7 +312,8 @@ def _interventions_section(interventions: dict) -> dict:
     figs = {}
     if summary.intervention.isin(["skip", "diagonal", "diagonal-tuned"]).any():
         figs["The paper's surgeries: quality against the truth and measured speed-up of the middle-span skip against "
-             "k, the frame-diagonal models as lines"] = png_data_uri(figures.surgery_figure(summary))
+             "what varies among the skips measured (k, the steps the span runs, or m, the last steps it is recomputed "
+             "at), the unmodified and frame-diagonal models as lines"] = png_data_uri(figures.surgery_figure(summary))
     if summary.intervention.isin(["reuse", "knockout"]).any():
         figs["Drift from the unmodified generation, and the measured speed-up, against the layer step-0 reuse or "
              "knockout starts at"] = png_data_uri(figures.intervention_figure(summary))
@@ -291,8 +327,23 @@ def _interventions_section(interventions: dict) -> dict:
         figs |= {
                 f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
                     figures.intervention_frames(interventions["videos"], info["context"], shown))}
-    return {"info": info, "claims": claims, "table": table, "figures": figs, "reliance": _reliance(interventions),
-            "plan": plan_table}
+    refresh = info.get("refresh")
+    words = {"reuse": "step-0 reuse: blocks 0..K run " + (f"every {refresh} steps" if refresh else "at step 0 only") +
+             ", block K's output reused in between",
+             "knockout": "knockout: blocks K.. attend only to the frame's own keys (no adaptation)",
+             "knockout-layer": "knockout of one layer: layer K alone attends only to the frame's own keys",
+             "skip": "skip (the paper's): blocks K..'span to' run at steps < k (and the last m), their residual update "
+                     "added after",
+             "diagonal": "diagonal: blocks K.. attend within the frame (diagonal-tuned: fine-tuned so)",
+             "finetuned": "finetuned: the compute-matched fine-tune without the mask (the control of diagonal-tuned)",
+             "plan": "plan: the caching plan's per-block skips at each budget",
+             "magcache": "magcache / teacache: whole-model skipping at the same shares of skipped blocks",
+             "redraw": "redraw: the unmodified model from a second noise draw (the noise floor)"}
+    present = set(summary.intervention) | ({"diagonal"} if "diagonal-tuned" in set(summary.intervention) else set())
+    kinds = [text for kind, text in words.items() if kind in present]
+    return {"info": info, "name": interventions.get("name", ""), "claims": claims, "table": table, "figures": figs,
+            "kinds": kinds,
+            "reliance": _reliance(interventions), "plan": plan_table}
 
 
 def _plan_table(table, settings: dict) -> dict:
@@ -323,15 +374,121 @@ def _reliance(interventions: dict) -> list[dict]:
         for layer, group in table[table.intervention == kind].groupby("layer"):
             psnr, ssim = quality_losses(group, reference)
             rows.setdefault(int(layer), {"layer": int(layer)})[label] = f"{shown(psnr, 2)} dB, SSIM {shown(ssim, 3)}"
-    return [{"layer": k, "alone": v.get("alone", "-"), "from": v.get("from", "-")} for k, v in sorted(rows.items())]
+    return [{"layer": k, "alone": v.get("alone", "not measured"), "from": v.get("from", "not measured")}
+            for k, v in sorted(rows.items())]
 
 
-def _side_by_side(sections: list[dict]) -> dict:
-    """Every claim's verdict on every run, one row per claim (the trained model beside its controls)."""
-    names = [s["name"] for s in sections]
-    by_claim = zip(*[s["claims"] for s in sections], strict=True)  # every run's claims come in CLAIMS order
-    return {"runs": names, "rows": [{"claim": claims[0].name, "verdicts": [c.verdict for c in claims]}
-                                    for claims in by_claim]}
+def headline(measured: str, limit: int = SUMMARY_CHARS) -> str:
+    """A claim's measured text for the summary: whole if short, else cut at the last clause boundary ("; " or ", "
+    outside brackets, so that no interval is split) before `limit` characters, with " ..." where cut."""
+    failed = measured.find("(not cleared: ")
+    if failed > 0 and len(measured) > limit:  # what failed says more than the numbers that passed: the first, then it
+        depth, end = 0, len(measured)
+        for i in range(failed, len(measured)):  # the parenthesis that closes "(not cleared: ...", nested ones kept
+            depth += {"(": 1, ")": -1}.get(measured[i], 0)
+            if depth == 0:
+                end = i
+                break
+        reason = measured[failed + 1:end]
+        return headline(measured[:failed].rstrip(), max(40, limit - len(reason) - 5)) + " " + reason
+    if len(measured) <= limit:
+        return measured
+    depth, cut = 0, 0
+    for i, char in enumerate(measured[:limit]):
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(char, 0)
+        if depth == 0 and measured.startswith(("; ", ", "), i):
+            cut = i
+    return (measured[:cut] if cut else measured[:limit]) + " ..."
+
+
+def _summary(sections: list[dict], parts: list[dict]) -> dict:
+    """The report's first screen: each claim on the first run that is no control (its verdict, its numbers, the
+    other runs' verdicts beside it), each causal test once, a caching plan's Pareto front, and one sentence of counts."""
+    trained = next((s for s in sections if not s["control"]), sections[0])
+    others = [s for s in sections if s is not trained]
+    rows = [{"claim": c.name, "verdict": c.verdict, "number": headline(c.measured), "anchor": trained["id"],
+             "others": [o["claims"][i].verdict for o in others]} for i, c in enumerate(trained["claims"])]
+    causal, seen = [], set()
+    for part in parts:
+        for c in part["claims"]:
+            if c.name not in seen:
+                seen.add(c.name)
+                causal.append({"claim": c.name, "verdict": c.verdict, "number": headline(c.measured),
+                               "anchor": part["id"], "source": part["name"]})
+    counts = Counter(r["verdict"] for r in rows + causal)
+    order = ("reproduced", "inconclusive", "not observed in this model", "not reproduced", "not measured")
+    tally = ", ".join(f"{counts[v]} {v}" for v in order if counts[v])
+    sentence = (f"{len(rows)} claims of the paper tested on {trained['name']} ({trained['scale']})"
+                + (f" and {len(causal)} causal tests" if causal else "") + f": {tally}.")
+    controls = [s for s in sections if s["control"]]
+    if controls:
+        hits = sum(c.verdict == "reproduced" for s in controls for c in s["claims"])
+        sentence += (f" Its random-weight control{'s' if len(controls) > 1 else ''} "
+                     f"({', '.join(s['name'] for s in controls)}), which must never come out reproduced: reproduced on "
+                     f"{hits} claim{'' if hits == 1 else 's'}.")
+    plans = []
+    for part in parts:
+        if part["plan"]:
+            points = part["plan"]["rows"]
+            front = [r for r in points if r[4] == "yes"]
+            mine = [r for r in points if r[0].startswith("plan")]
+            plans.append({"anchor": part["id"], "source": part["name"], "front": [
+                f"{r[0]}: {r[2]}x, drift {r[3]} dB" for r in front],
+                "verdict": f"the per-block plan is on the front at {sum(r[4] == 'yes' for r in mine)} of its "
+                           f"{len(mine)} budgets"})
+    return {"sentence": sentence, "columns": [o["name"] for o in others], "trained": trained["name"], "rows": rows,
+            "causal": causal, "plans": plans}
+
+
+def _shared_scales(named: dict[str, Recording]) -> dict:
+    """Colour ranges every run's figures share, so that a model and its control are compared by eye on one scale:
+    the attention maps' ln p range, the per-key ratio heatmap's span, the similarity heatmaps' floor."""
+    scales = {}
+    attention = [run for run in named.values() if run.attention_layers]
+    if attention:
+        ranges = [r for r in (paper_figures.attention_map_range(run) for run in attention) if math.isfinite(r[0])]
+        if ranges:
+            scales["attention"] = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+        scales["ratio_span"] = max(paper_figures.ratio_span(run) for run in attention)
+    features = [run for run in named.values() if run.stepwise_layers]
+    if features:
+        scales["similarity_vmin"] = min(figures.similarity_floor(run) for run in features)
+    return scales
+
+
+def _contents(sections: list[dict], parts: list[dict], bench: bool, emergence: bool, overlays: bool) -> list[dict]:
+    """The contents list, in the report's order: every section's anchor and title (the template uses the same ids)."""
+    plan_parts = [p for p in parts if p["plan"]]
+    other_parts = [p for p in parts if not p["plan"]]
+    items = [{"id": "summary", "title": "What was found", "children": []}]
+    items += [{"id": p["id"], "title": p["title"], "children": []} for p in plan_parts]
+    items.append({"id": "claims", "title": "Claims, run by run",
+                  "children": [{"id": s["id"], "title": s["claims_title"]} for s in sections]})
+    items.append({"id": "thresholds", "title": "Thresholds and their provenance", "children": []})
+    if overlays:
+        items.append({"id": "across-depth", "title": "Across depth", "children": []})
+    if bench:
+        items.append({"id": "bench", "title": "Speed and quality (probe bench)", "children": []})
+    items += [{"id": p["id"], "title": p["title"], "children": []} for p in other_parts]
+    if emergence:
+        items.append({"id": "emergence", "title": "The emergence study", "children": []})
+    items.append({"id": "runs", "title": "The runs: settings, figures and tables by layer",
+                  "children": [{"id": s["run_id"], "title": s["run_title"]} for s in sections]})
+    return items
+
+
+def markdown_lines(text: str) -> list[Markup]:
+    """The few Markdown marks the study's answer uses (**bold**, `code`, "- " items) as HTML, every character of the
+    text escaped first: one safe paragraph per line (an item keeps its bullet), blank lines dropped."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        html = str(escape(line.strip()))
+        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html)
+        html = re.sub(r"`(.+?)`", r"<code>\1</code>", html)
+        out.append(Markup("&bull; " + html[2:] if html.startswith("- ") else html))
+    return out
 
 
 def _emergence_section(study: dict) -> dict:
@@ -344,8 +501,9 @@ def _emergence_section(study: dict) -> dict:
     shown = table_markdown(table)
     depth = int(cards[0]["training"]["model"]["depth"]) if cards else 8
     runs = runs_table(cards)
-    return {"cards": cards, "answer": answer(cards).splitlines(),
-            "table": {"columns": list(shown.columns), "rows": shown.astype(str).values.tolist()},
+    return {"cards": cards, "answer": markdown_lines(answer(cards)),
+            "table": {"columns": list(shown.columns),  # the reference's effect against itself does not apply: empty
+                      "rows": [["" if v == "-" else v for v in row] for row in shown.astype(str).values.tolist()]},
             "runs": {"columns": list(runs.columns), "rows": runs.astype(str).values.tolist()},
             "figures": {"Each factor's effect on each layer's ln per-key ratio, Welch 95% intervals over seeds":
                         png_data_uri(effects_figure(table, depth)),
@@ -385,15 +543,28 @@ def render(runs: list[Recording], bench: dict | None = None, interventions: dict
         bar.update()
         return part
 
-    sections = [step(_section(run)) for run in runs]
+    scales = _shared_scales(named)
+    sections = [step(_section(run, scales)) for run in runs]
+    for i, section in enumerate(sections):
+        section |= {"id": f"claims-{i + 1}", "claims_title": f"Claims on {section['name']}",
+                    "run_id": f"run-{i + 1}", "run_title": f"Run {section['name']}"}
     thresholds = [{"name": t.name, "value": f"{t.value:g}", "test": t.test, "provenance": t.provenance(),
                    "post_hoc": t.post_hoc} for t in THRESHOLDS.values()]
     bench_part = step(_bench_section(bench)) if bench is not None else None
     intervention_parts = [step(_interventions_section(i)) for i in listed]
+    names = Counter(part["name"] for part in intervention_parts)
+    for i, part in enumerate(intervention_parts):
+        if names[part["name"]] > 1:  # one directory given twice, or two of one name: headings stay distinct
+            part["name"] = f"{part['name'] or 'interventions'} #{i + 1}"
+        what = "A caching plan, validated" if part["plan"] else "Interventions"
+        part |= {"id": f"interventions-{i + 1}",
+                 "title": f"{what} on {part['info'].get('model')}: {part['name'] or i + 1} (probe intervene)"}
     emergence_part = step(_emergence_section(emergence)) if emergence is not None else None
     bar.close()
     return env.get_template("report.html.j2").render(
-        sections=sections, overlays=overlays, version=version, side_by_side=_side_by_side(sections),
+        sections=sections, overlays=overlays, version=version, summary=_summary(sections, intervention_parts),
+        contents=_contents(sections, intervention_parts, bench_part is not None, emergence_part is not None,
+                           bool(overlays)),
         thresholds=thresholds, lit_cut=THRESHOLDS["LIT_CUT_NATS"].value, bench=bench_part,
         interventions=intervention_parts, emergence=emergence_part,
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))

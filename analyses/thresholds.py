@@ -140,7 +140,7 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
     Threshold("STUDY_COMBINED_FACTORS", 2, "emergence study: the combination condition joins this many single "
               "factors: those with the lowest mean effect on the last layer's log per-key ratio (the most toward "
               "frame-local deep layers), whether or not their intervals exclude 0, among textured, clean-context-10 "
-              "and bidirectional (`scd.training.study.COMBINATION_CANDIDATES`)", *_STUDY_CANDIDATES, AFTER,
+              "and bidirectional (scd.training.study.COMBINATION_CANDIDATES)", *_STUDY_CANDIDATES, AFTER,
               "the reference's 3 seeds, textured's and clean-context-10's 2 and bidirectional's 1 were on record; "
               "tokens-256 was left out of the candidates for its compute (~17 h a run on one thread, ~8 h on two: "
               "20 s / 10 s a step measured on a 2-core AMD EPYC; a session here holds 3 h), not for a result",

@@ -27,14 +27,14 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     html = report.read_text()
     shipped = json.loads((ROOT / "scd" / "checkpoints" / "baseline.json").read_text())["sha256"]
     assert shipped in html and "layers 28, 29 barely attend to past frames (per key)" in html
-    readme = (ROOT / "README.md").read_text()
+    findings = (ROOT / "docs" / "findings.md").read_text()  # the README links there for the commands
     command = ("probe report reports/runs/baseline-layers-all reports/runs/baseline-permuted-layers-all \\\n"
                "    reports/runs/baseline-rescaled-layers-all reports/runs/scd-layers-all \\\n"
                "    --interventions reports/interventions-surgeries")
-    assert command in readme
+    assert command in findings
     assert "permuted and rescaled weights" in html  # the control that computes, beside the permuted one
     # the trained model beside its random-weight control, every claim with its thresholds' provenance
-    assert "Claims, side by side" in html and "baseline (permuted weights, seed 0)" in html
+    assert "What was found" in html and "baseline (permuted weights, seed 0)" in html
     assert "post hoc: set 2026-11-25 in cf35735" in html and "pre-registered: set 2026-11-24" in html
     assert "not observed in this model" in html and "under the original criterion" in html
     # ... with the committed interventions, made from the same checkpoint
@@ -48,7 +48,7 @@ def test_the_reference_report_is_made_from_the_shipped_baseline():
     assert surgeries["checkpoint"]["sha256"] == shipped and surgeries["tuned"]["sha256"] == tuned
     assert surgeries["tuned_control"]["sha256"] == control and surgeries["clips"] >= 32
     reliance = json.loads((ROOT / "reports" / "interventions-reliance" / "interventions.json").read_text())
-    assert reliance["checkpoint"]["sha256"] == shipped and "Reliance on the past, causally" in html
+    assert reliance["checkpoint"]["sha256"] == shipped and "reliance on the past, causally" in html
     assert "skipping layers 8-22 after step 5 keeps quality" in html
     assert "frame-diagonal layers 25-29, fine-tuned, recover quality" in html
 

@@ -89,19 +89,20 @@ def test_the_self_forcing_recipe_converts_copies_and_runs_to_a_report(tmp_path):
     assert "a blue boat sails on sea" in html and "UniPCMultistepScheduler" in html
 
 
-def _readme_commands() -> list[list[str]]:
-    """The `probe ...` commands of the README's "Probing your own model" block, continuation lines joined."""
+def _recipe_commands() -> list[list[str]]:
+    """The `probe convert` and `probe run` commands of docs/real-models.md's recipes ("As their authors run them"),
+    continuation lines joined (the README links there)."""
     import re
     import shlex
 
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    section = text.split("## Probing your own model", 1)[1].split("\n## ", 1)[0]
+    text = (Path(__file__).parents[1] / "docs" / "real-models.md").read_text()
+    section = text.split("## As their authors run them", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
-    return [shlex.split(line)[1:] for line in block.splitlines() if re.match(r"\s*probe ", line)]
+    return [shlex.split(line)[1:] for line in block.splitlines() if re.match(r"\s*probe (convert|run) ", line)]
 
 
 def _reduced(argv: list[str], paths: dict[str, str]) -> list[str]:
-    """A README command at test size: its paths mapped, 480p latents and GPU settings swapped for the tiny ones,
+    """A recipe command at test size: its paths mapped, 480p latents and GPU settings swapped for the tiny ones,
     every sampling flag kept as written."""
     out, skip = [], {"--device": 1, "--dtype": 1, "--latent-size": 1, "--clip": 1, "--layers": 1}
     i = 0
@@ -119,7 +120,7 @@ def _reduced(argv: list[str], paths: dict[str, str]) -> list[str]:
 
 
 # The settings each author's inference runs with, transcribed from the upstream files docs/real-models.md cites (read
-# with the search tool's copies of the repositories at these commits): what the README's recipes must say.
+# with the search tool's copies of the repositories at these commits): what the recipes in docs/real-models.md must say.
 UPSTREAM = {
     "self-forcing": {"source": "guandeh17/Self-Forcing @ 33593df", "ema": True, "context": 0, "frames": 21,
                      "frames_per_block": 3, "timesteps": [1000, 750, 500, 250], "warp": True, "shift": 5.0,
@@ -134,7 +135,7 @@ UPSTREAM = {
 
 
 def _recipe(commands: list[list[str]], name: str) -> dict:
-    """What the README's convert and run commands for `name` say, in UPSTREAM's terms."""
+    """What the recipes' convert and run commands for `name` say, in UPSTREAM's terms."""
     from probe_cli.cli import build_parser
 
     parser = build_parser()
@@ -146,8 +147,8 @@ def _recipe(commands: list[list[str]], name: str) -> dict:
             "window": run.window, "sink_frames": run.sink_frames, "lora_alpha": convert.lora_alpha}
 
 
-def test_each_readme_recipe_runs_its_model_as_the_upstream_inference_does():
-    commands = _readme_commands()
+def test_each_recipe_runs_its_model_as_the_upstream_inference_does():
+    commands = _recipe_commands()
     docs = (Path(__file__).parents[1] / "docs" / "real-models.md").read_text()
     for name, upstream in UPSTREAM.items():
         assert upstream["source"] in docs, name  # the docs cite the files these values were read from
@@ -155,11 +156,11 @@ def test_each_readme_recipe_runs_its_model_as_the_upstream_inference_does():
         assert said == {k: v for k, v in upstream.items() if k != "source"}, (name, said)
 
 
-def test_the_readme_commands_parse_and_say_what_the_docs_say():
-    """Every `probe` command of the README's real-model block parses with the real parser."""
+def test_the_recipe_commands_parse():
+    """Every `probe` command of the recipes parses with the real parser."""
     from probe_cli.cli import build_parser
 
-    commands = _readme_commands()
+    commands = _recipe_commands()
     assert {c[0] for c in commands} == {"convert", "run"} and len(commands) >= 6
     parser = build_parser()
     for argv in commands:
@@ -171,9 +172,9 @@ def test_the_readme_commands_parse_and_say_what_the_docs_say():
 
 
 @pytest.mark.slow
-def test_the_readme_self_forcing_causvid_and_longlive_commands_run_as_written_at_a_reduced_size(tmp_path):
+def test_the_self_forcing_causvid_and_longlive_recipes_run_as_written_at_a_reduced_size(tmp_path):
     """Self-Forcing (4 warped steps, re-noising, 3-frame chunks), CausVid (its 3 unwarped steps) and LongLive (base +
-    LoRA merged, a 12-frame window with 3 sinks), all from no context, the README's commands with their paths mapped
+    LoRA merged, a 12-frame window with 3 sinks), all from no context, the docs' commands with their paths mapped
     to tiny pipelines and fewer frames, each to a report."""
     import torch
 
@@ -194,7 +195,7 @@ def test_the_readme_self_forcing_causvid_and_longlive_commands_run_as_written_at
              "/models/longlive/transformer": str(tmp_path / "longlive" / "transformer"),
              "/models/self-forcing": str(tmp_path / "self-forcing"), "/models/longlive": str(tmp_path / "longlive"),
              "reports/runs/self-forcing-4step": str(tmp_path / "sf"), "reports/runs/longlive-w12s3": str(tmp_path / "ll")}
-    for argv in _readme_commands():
+    for argv in _recipe_commands():
         if any(model in " ".join(argv) for model in ("krea", "14b")):
             continue  # no 14B on this machine: its shapes and memory estimate are tested apart
         argv = _reduced(argv, paths)

@@ -13,6 +13,7 @@ from probe_cli import main
 from probes import Probe
 from scd.data import VideoBenchmark
 from scd.sampling import generate
+from tests.analyses.test_report_layout import layout_problems
 
 EVIL = "<script>alert(1)</script>"
 
@@ -54,6 +55,7 @@ def test_the_report_opens_offline_in_headless_chromium(runs, tmp_path):
     assert main(["report", *map(str, runs), "-o", str(out)]) == 0
     html = out.read_text()
     assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert layout_problems(html) == []
     errors, requests, dialogs = [], [], []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
@@ -114,5 +116,5 @@ def test_the_reliance_table_is_the_loss_against_the_truth_per_layer():
         rows.append({"intervention": "knockout-layer", "layer": 2, "clip": clip, "psnr": 19.0 + clip, "ssim": 0.6})
         rows.append({"intervention": "knockout", "layer": 3, "clip": clip, "psnr": 20.0 + clip, "ssim": 0.7})
     table = _reliance({"table": pd.DataFrame(rows)})
-    assert table == [{"layer": 2, "alone": "1.00 [1.00, 1.00] dB, SSIM 0.100 [0.100, 0.100]", "from": "-"},
-                     {"layer": 3, "alone": "-", "from": "0.00 [0.00, 0.00] dB, SSIM 0.000 [0.000, 0.000]"}]
+    assert table == [{"layer": 2, "alone": "1.00 [1.00, 1.00] dB, SSIM 0.100 [0.100, 0.100]", "from": "not measured"},
+                     {"layer": 3, "alone": "not measured", "from": "0.00 [0.00, 0.00] dB, SSIM 0.000 [0.000, 0.000]"}]

@@ -17,6 +17,7 @@ from scd.flops import generation_flops
 from scd.models.baseline import BaselineConfig, CausalVideoDiffuser
 from scd.models.scd_model import SCDConfig, SeparableCausalDiffuser
 from scd.sampling import generate
+from tests.analyses.test_report_layout import layout_problems
 from tests.conftest import randomize
 
 
@@ -98,6 +99,7 @@ def test_bench_writes_tables_and_the_report_shows_them_next_to_both_runs(tiny_ch
     assert main(["report", str(runs[0]), str(runs[1]), "--bench", str(out), "-o", str(report)]) == 0
     html = report.read_text()
     assert "run-base" in html and "run-scd" in html and "probe bench" in html and "frames/s ratio (measured)" in html
+    assert layout_problems(html) == []
 
 
 def test_scd_layer_out_of_range_names_encoder_and_decoder(tiny_checkpoints, tmp_path, capsys):

@@ -13,6 +13,7 @@ from analyses.claims import (
 )
 from analyses.interventions import load_interventions
 from probe_cli import main
+from tests.analyses.test_report_layout import layout_problems
 
 SMALL = ["--clips", "2", "--context", "2", "--frames", "2", "--steps", "3", "--quiet"]
 
@@ -78,7 +79,8 @@ def test_the_paper_surgeries_from_the_command(tiny_checkpoints, tmp_path, capsys
     assert "report" in progress and "4/4" in progress, progress
     text = html.read_text()
     assert "fine-tuned, recover quality" in text and "The paper&#39;s surgeries" in text
-    assert text.count("Interventions on") == 2
+    assert layout_problems(text) == []
+    assert text.count('<h2 id="interventions-') == 2 and f"{out.name} #1" in text and f"{out.name} #2" in text
 
 
 def test_the_causal_claims_read_the_table_with_intervals():

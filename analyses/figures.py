@@ -237,14 +237,14 @@ def speed_quality_figure(table: pd.DataFrame) -> Figure:
 
     points = speed_quality_table(table)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for kind, marker in zip(("plan", "chunked", "magcache", "teacache", "skip"), "ovsD^", strict=True):
+    for kind, marker in zip(("plan", "chunked", "gated", "magcache", "teacache", "skip"), "ov*sD^", strict=True):
         rows = points[points.kind == kind]
         if rows.empty:
             continue
         xerr = [(rows.speedup - rows.speedup_low).fillna(0), (rows.speedup_high - rows.speedup).fillna(0)]
         yerr = [(rows.drift_psnr - rows.drift_psnr_low).fillna(0), (rows.drift_psnr_high - rows.drift_psnr).fillna(0)]
         ax.errorbar(rows.speedup, rows.drift_psnr, xerr=xerr, yerr=yerr, marker=marker, linestyle="none", capsize=2,
-                    label={"skip": "middle-span skip", "chunked": "plan, per chunk"}.get(kind, kind))
+                    label={"skip": "middle-span skip", "chunked": "plan, per chunk", "gated": "model-gated plan"}.get(kind, kind))
     front = points[points.pareto].sort_values("speedup")
     ax.plot(front.speedup, front.drift_psnr, color="black", linewidth=1, linestyle="--", label="Pareto front")
     ax.set_xlabel("measured speed-up (unmodified / setting, per clip)")

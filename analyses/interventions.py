@@ -81,7 +81,7 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
                        keep: dict[str, np.ndarray] | None = None, others: dict[str, nn.Module] | None = None,
                        redraw: bool = True, first_clip: int = 0,
                        schedules: dict[tuple[str, int], list | dict] | None = None, latent: bool = False,
-                       sampling: dict | None = None) -> pd.DataFrame:
+                       sampling: dict | None = None, draws: int = 1) -> pd.DataFrame:
     """Tidy table, one row per (intervention, layer, span_end, keep_steps, tail_steps, clip): drift from the
     unmodified generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the
     ground truth, seconds per generated frame, the clip's noise seed. Settings are (kind, layer) or ("skip",
@@ -91,11 +91,14 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     fine-tuned with the frame-diagonal mask; "finetuned": its compute-matched control without the mask) measured
     the same way, with `layer` their first frame-local block (their depth when none). `keep`, if given, receives
     the first clip's videos (uint8 [T, H, W, 3]). The val clips are `first_clip`.. (held out from a plan's
-    calibration); `schedules` give the block schedules of settings ("plan" | "chunked" | "magcache" | "teacache",
+    calibration); `schedules` give the block schedules of settings ("plan" | "chunked" | "gated" | "magcache" | "teacache",
     index). `latent`: a latent model without benchmark clips (the Wan families): clip c's context is seeded Gaussian
     latents (`probes.recorder.gaussian_context`, as `probe run` makes them), there is no truth (PSNR / SSIM against it
     are NaN) and drift is measured on the latents (`latent_drift`). `sampling`: `generate`'s sampling options (an
-    explicit `timesteps` list, `shift`, `sampler`, `cache_policy`), as the plan was calibrated with."""
+    explicit `timesteps` list, `shift`, `sampler`, `cache_policy`), as the plan was calibrated with. `draws`: noise draws
+    per clip, each its own unmodified reference (draw j: noise draw 2j, its redraw 2j + 1; draw 0 is the single-draw
+    table's); every row also keeps its per-frame numbers (`*_frames`: one value per generated frame, in order), for
+    drift by rollout position."""
     from probes.recorder import gaussian_context
     from probes.sweep import noise_seed
 
@@ -120,46 +123,54 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
             return video[:context], video
         drift_of = frame_quality
 
-    def quality(frames_made: torch.Tensor, truth: torch.Tensor | None) -> tuple[float, float]:
+    def quality(frames_made: torch.Tensor, truth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per generated frame: PSNR and SSIM against the truth (NaN where there is none)."""
         if truth is None:
-            return float("nan"), float("nan")
-        psnr, ssim = frame_quality(frames_made, truth[context:])
-        return float(psnr.mean()), float(ssim.mean())
+            nan = torch.full((len(frames_made),), float("nan"))
+            return nan, nan
+        return frame_quality(frames_made, truth[context:])
 
     _timed(model, clip_video(first_clip)[0], 1, 2, 0, device, sampling)  # warm-up, untimed
     rows = []
-    for clip in progress_bar(range(first_clip, first_clip + clips), desc="interventions", disable=not progress):
+    pairs = [(clip, draw) for clip in range(first_clip, first_clip + clips) for draw in range(draws)]
+    for clip, draw in progress_bar(pairs, desc="interventions", unit="clip x draw", disable=not progress):
         start, video = clip_video(clip)
-        clip_seed = noise_seed(seed, clip)
+        clip_seed = noise_seed(seed, clip, 2 * draw)
         reference, seconds = _timed(model, start, frames, steps, clip_seed, device, sampling)
-        if keep is not None and clip == first_clip:
+        first = keep is not None and clip == first_clip and draw == 0
+        if first:
             keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
         psnr, ssim = quality(reference[context:], video)
         rows.append({"intervention": "none", "layer": -1, "span_end": -1, "keep_steps": -1, "tail_steps": -1,
-                     "clip": clip, "noise_seed": clip_seed, "drift_psnr": float("inf"),
+                     "clip": clip, "draw": draw, "noise_seed": clip_seed, "drift_psnr": float("inf"),
                      "drift_ssim": float("nan") if latent else 1.0,
-                     "drift_max_abs": 0.0, "psnr": psnr, "ssim": ssim, "seconds_per_frame": seconds})
+                     "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+                     "seconds_per_frame": seconds, "drift_psnr_frames": [float("inf")] * frames,
+                     "drift_ssim_frames": [float("nan") if latent else 1.0] * frames,
+                     "psnr_frames": psnr.tolist(), "ssim_frames": ssim.tolist()})
         runs = [(kind, layer, span_end, keep_steps, tail_steps, model, clip_seed)
                 for kind, layer, span_end, keep_steps, tail_steps in settings]
         runs += [(name, other.config.depth - other.config.frame_local_blocks, -1, -1, -1, other, clip_seed)
                  for name, other in (others or {}).items()]
         if redraw:
-            runs.append(("redraw", -1, -1, -1, -1, model, noise_seed(seed, clip, 1)))
+            runs.append(("redraw", -1, -1, -1, -1, model, noise_seed(seed, clip, 2 * draw + 1)))
         for kind, layer, span_end, keep_steps, tail_steps, which, noise in runs:
             with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps,
                               (schedules or {}).get((kind, layer))) if which is model and kind != "redraw" else nullcontext():
                 changed, seconds = _timed(which, start, frames, steps, noise, device, sampling)
-            if keep is not None and clip == first_clip:
+            if first:
                 keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")
                      + (f"t{tail_steps}" if kind == "skip" and tail_steps > 0 else "")] = to_uint8(changed)
             drift_psnr, drift_ssim = drift_of(changed[context:], reference[context:])
             psnr, ssim = quality(changed[context:], video)
             rows.append({"intervention": kind, "layer": layer, "span_end": span_end, "keep_steps": keep_steps,
-                         "tail_steps": tail_steps, "clip": clip, "noise_seed": noise,
+                         "tail_steps": tail_steps, "clip": clip, "draw": draw, "noise_seed": noise,
                          "drift_psnr": float(drift_psnr.mean()),
                          "drift_ssim": float(drift_ssim.mean()),
                          "drift_max_abs": float((changed[context:] - reference[context:]).abs().max()),
-                         "psnr": psnr, "ssim": ssim, "seconds_per_frame": seconds})
+                         "psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "seconds_per_frame": seconds,
+                         "drift_psnr_frames": drift_psnr.tolist(), "drift_ssim_frames": drift_ssim.tolist(),
+                         "psnr_frames": psnr.tolist(), "ssim_frames": ssim.tolist()})
     return pd.DataFrame(rows)
 
 
@@ -230,6 +241,7 @@ def load_interventions(path: str | Path) -> dict:
         raise InterventionError(f"{path} is not a directory written by probe intervene (missing {', '.join(missing)})")
     table = pd.read_parquet(path / "interventions.parquet")
     table = table.assign(**{c: -1 for c in ("span_end", "keep_steps", "tail_steps") if c not in table})  # older tables
+    table = table.assign(**({"draw": 0} if "draw" not in table else {}))  # tables of one noise draw per clip
     with np.load(path / "frames.npz") as frames:
         videos = {name: frames[name] for name in frames.files}
     info = json.loads((path / "interventions.json").read_text())

@@ -138,6 +138,38 @@ def skip_schedule(drift: list[list[float]], budget: float) -> list[list[bool]]:
     return schedule
 
 
+def gated_schedule(drift: list[list[float]], model_change: list[float], budget: float) -> list[list[bool]]:
+    """The model-gated rule (issue 47): per block and step, skip (True) or compute, from what the probes see per block
+    and what the whole model does per step. A block's drift at step t is weighted by how much the whole model's output
+    changes at t (TeaCache's rescaled input change, `model_change`, over its mean), so a block is skipped where it
+    drifts little and the model changes little, and kept where the model moves; it is skipped while its weighted drift
+    accumulated since it last ran stays within `budget`. The first and the last step always run (TeaCache's rule: the
+    last, low-noise step is where skipping costs structure, docs/surgeries.md)."""
+    if not isinstance(budget, int | float) or isinstance(budget, bool) or not 0 <= budget <= 1e6 or math.isnan(budget):
+        raise PlanError(f"budget = {budget!r}; accepted: a number >= 0 (0: compute every block at every step)")
+    change = np.clip(np.asarray(model_change, dtype=float), 0.0, None)
+    scale = float(change[1:].mean()) if len(change) > 1 and change[1:].mean() > 0 else 1.0
+    weight = change / scale
+    schedule = []
+    for per_step in drift:
+        skips, accumulated = [], 0.0
+        for step, value in enumerate(per_step):
+            accumulated += value * float(weight[step])
+            skip = 0 < step < len(per_step) - 1 and accumulated <= budget and budget > 0
+            if not skip:
+                accumulated = 0.0
+            skips.append(skip)
+        schedule.append(skips)
+    return schedule
+
+
+def model_change(teacache: dict) -> list[float]:
+    """Per step, the whole model's output change TeaCache predicts from its input's (the fitted polynomial of the
+    relative L1 input change; 0 at step 0): the gate of `gated_schedule`."""
+    rescale = np.poly1d(teacache["coefficients"])
+    return [0.0] + [float(rescale(c)) for c in teacache["rel_l1_input"][1:]]
+
+
 def magcache_skips(mag_ratios: list[float], steps: int, threshold: float = 0.06, max_skip_steps: int = 3,
                    retention_ratio: float = 0.2) -> list[bool]:
     """Which of `steps` denoising steps MagCache skips with these ratios (its published rule, as diffusers'
@@ -323,6 +355,7 @@ def _matching(share: float, skips_at, thresholds) -> tuple[float, list[bool]]:
 
 
 THRESHOLD_GRID = np.geomspace(1e-4, 1e3, 400)  # searched for the model-level baselines' thresholds
+BUDGET_GRID = np.geomspace(1e-4, 1e3, 400)  # searched for the gated rule's budget at the plan's share
 
 
 def chunk_schedules(content: dict, budget: float) -> dict[int, list[list[bool]]] | None:
@@ -345,7 +378,8 @@ def validation_settings(content: dict, budgets: list[float], depth: int) -> tupl
     """For each budget: the plan's block schedule, its per-chunk schedules where chunks differ (`chunked`; the share
     of skipped calls an average over the chunk positions calibrated), and the model-level baselines at the same share
     of skipped block calls (MagCache's and TeaCache's rules with their threshold chosen on `THRESHOLD_GRID` to match
-    it): settings (kind, index), their schedules by (kind, index), and what each is (budget, threshold, skipped share)."""
+    it), and the model-gated rule (`gated_schedule`, its budget chosen on `BUDGET_GRID` to match it): settings (kind,
+    index), their schedules by (kind, index), and what each is (budget, threshold, skipped share)."""
     drift = content["blocks"]["update_drift"]
     if len(drift) != depth:
         raise PlanError(f"the plan has {len(drift)} blocks; the model has {depth}: accepted: a plan of this model")
@@ -358,8 +392,12 @@ def validation_settings(content: dict, budgets: list[float], depth: int) -> tupl
         threshold_tea, tea = _matching(
             share, lambda t: teacache_skips(teacache["rel_l1_input"], teacache["coefficients"], float(t)), THRESHOLD_GRID)
         chunked = chunk_schedules(content, budget)
+        gate = model_change(teacache)
+        gated_budget, gated = min(((float(b), gated_schedule(drift, gate, float(b))) for b in BUDGET_GRID),
+                                  key=lambda pair: abs(_share(pair[1]) - share))
         for kind, rows, info in (("plan", schedule, {"budget": budget}),
                                  ("chunked", chunked, {"budget": budget}),
+                                 ("gated", gated, {"budget": gated_budget}),
                                  ("magcache", [list(mag) for _ in range(depth)], {"threshold": threshold_mag}),
                                  ("teacache", [list(tea) for _ in range(depth)], {"threshold": threshold_tea})):
             if rows is None:
@@ -376,18 +414,22 @@ DRIFT_CAP = 60.0  # dB: an identical video (inf) is drawn at this drift PSNR
 def speed_quality_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per setting of a plan validation (an interventions table): the speed-up (per clip, the unmodified model's
     seconds per frame over the setting's, measured in the same process) and the drift PSNR against the unmodified
-    generation (identical: DRIFT_CAP dB), each a mean with its 95% t-interval over clips, and whether the setting is
-    on the Pareto front (no other is at least as fast and at least as close, and better in one)."""
+    generation (identical: DRIFT_CAP dB), each a mean with its 95% t-interval over clips (a clip's noise draws averaged
+    first), and whether the setting is on the Pareto front (no other is at least as fast and at least as close, and
+    better in one)."""
     from analyses.intervals import interval
 
-    base = table[table.intervention == "none"].set_index("clip")["seconds_per_frame"]
+    table = table.assign(**({"draw": 0} if "draw" not in table else {}))
+    base = table[table.intervention == "none"].set_index(["clip", "draw"])["seconds_per_frame"]
     rows = []
     for key, group in table[~table.intervention.isin(["none", "redraw"])].groupby(
             ["intervention", "layer", "span_end", "keep_steps"], sort=False):
-        speed = [float(base[c] / s) for c, s in zip(group["clip"], group["seconds_per_frame"], strict=True)]
-        drift = [min(float(d), DRIFT_CAP) for d in group["drift_psnr"]]
-        sm, sl, sh, n = interval(speed)
-        dm, dl, dh, _ = interval(drift)
+        group = group.assign(speed=[float(base[(c, d)] / s) for c, d, s in
+                                    zip(group["clip"], group["draw"], group["seconds_per_frame"], strict=True)],
+                             capped=group["drift_psnr"].clip(upper=DRIFT_CAP))
+        per_clip = group.groupby("clip")[["speed", "capped"]].mean()  # a clip's draws averaged: clips are the unit
+        sm, sl, sh, n = interval(per_clip["speed"].tolist())
+        dm, dl, dh, _ = interval(per_clip["capped"].tolist())
         name = f"{key[0]}{key[1]}" if key[0] != "skip" else f"skip{key[1]}-{key[2]}k{key[3]}"
         rows.append({"setting": name, "kind": key[0], "speedup": sm, "speedup_low": sl, "speedup_high": sh,
                      "drift_psnr": dm, "drift_psnr_low": dl, "drift_psnr_high": dh, "clips": n})
@@ -396,3 +438,96 @@ def speed_quality_table(table: pd.DataFrame) -> pd.DataFrame:
                              (o.speedup > r.speedup or o.drift_psnr > r.drift_psnr) for o in out.itertuples())
                      for r in out.itertuples()]
     return out
+
+
+def _setting_name(kind: str, layer: int, span_end: int, keep_steps: int) -> str:
+    return f"{kind}{layer}" if kind != "skip" else f"skip{layer}-{span_end}k{keep_steps}"
+
+
+def _paired(table: pd.DataFrame, column: str, frames: bool = False) -> pd.DataFrame:
+    """Per setting and clip (its draws averaged): the setting's `column` and the unmodified model's of the same clip
+    and draw, side by side (`frames`: the per-frame lists, one row per frame position)."""
+    table = table.assign(**({"draw": 0} if "draw" not in table else {}))
+    source = f"{column}_frames" if frames else column
+    rows = []
+    base = {(r.clip, r.draw): getattr(r, source) for r in table[table.intervention == "none"].itertuples()}
+    for r in table[~table.intervention.isin(["none"])].itertuples():
+        name = _setting_name(r.intervention, r.layer, r.span_end, r.keep_steps)
+        values, reference = getattr(r, source), base[(r.clip, r.draw)]
+        pairs = enumerate(zip(values, reference, strict=True)) if frames else [(-1, (values, reference))]
+        rows += [{"setting": name, "kind": r.intervention, "clip": r.clip, "draw": r.draw, "position": p,
+                  "value": float(v), "unmodified": float(u)} for p, (v, u) in pairs]
+    out = pd.DataFrame(rows)
+    return out.groupby(["setting", "kind", "position", "clip"], sort=False)[["value", "unmodified"]].mean().reset_index()
+
+
+def non_inferiority(table: pd.DataFrame, ssim_margin: float, psnr_margin: float) -> pd.DataFrame:
+    """Per setting of a plan validation: the loss of quality against the truth over the whole rollout, paired by clip
+    (unmodified minus setting, each clip's draws averaged), SSIM and PSNR, with 95% intervals over clips, and the
+    verdict: "non-inferior" when both upper bounds are below their margins, "inferior" when a lower bound is at or
+    above its margin, else "inconclusive"."""
+    from analyses.intervals import interval
+
+    ssim, psnr = _paired(table, "ssim"), _paired(table, "psnr")
+    rows = []
+    for (setting, kind), group in ssim.groupby(["setting", "kind"], sort=False):
+        s = interval((group.unmodified - group.value).tolist())
+        other = psnr[psnr.setting == setting]
+        p = interval((other.unmodified - other.value).tolist())
+        verdict = ("non-inferior" if s[2] < ssim_margin and p[2] < psnr_margin else
+                   "inferior" if s[1] >= ssim_margin or p[1] >= psnr_margin else "inconclusive")
+        rows.append({"setting": setting, "kind": kind, "ssim_loss": s[0], "ssim_loss_low": s[1], "ssim_loss_high": s[2],
+                     "psnr_loss": p[0], "psnr_loss_low": p[1], "psnr_loss_high": p[2], "clips": s[3],
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def position_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and generated-frame position (0: the first generated frame): drift PSNR from the unmodified
+    generation (capped at DRIFT_CAP) and the SSIM loss against the truth (unmodified minus setting), each a mean with
+    its 95% interval over clips (draws averaged): how drift compounds through the KV cache along the rollout."""
+    from analyses.intervals import interval
+
+    drift = _paired(table, "drift_psnr", frames=True)
+    ssim = _paired(table, "ssim", frames=True)
+    rows = []
+    for (setting, kind, position), group in drift.groupby(["setting", "kind", "position"], sort=False):
+        d = interval(group.value.clip(upper=DRIFT_CAP).tolist())
+        other = ssim[(ssim.setting == setting) & (ssim.position == position)]
+        s = interval((other.unmodified - other.value).tolist())
+        rows.append({"setting": setting, "kind": kind, "position": int(position), "drift_psnr": d[0],
+                     "drift_psnr_low": d[1], "drift_psnr_high": d[2], "ssim_loss": s[0], "ssim_loss_low": s[1],
+                     "ssim_loss_high": s[2], "clips": d[3]})
+    return pd.DataFrame(rows)
+
+
+def rule_comparison(table: pd.DataFrame, rule: str, other: str, ssim_margin: float,
+                    speed_tolerance: float) -> pd.DataFrame:
+    """`rule` i against `other` i (the same share of skipped block calls) on the same clips and draws, paired by clip:
+    the drift PSNR difference (capped at DRIFT_CAP), the SSIM difference against the truth and the speed-up ratio, each
+    with its 95% interval over clips, and whether `rule` beats `other` (PLAN_SPEED_TOLERANCE's definition: higher
+    drift PSNR, SSIM not lower by more than the margin, speed-up at least 1 - tolerance of the other's, each by its
+    bound)."""
+    from analyses.intervals import interval
+
+    table = table.assign(**({"draw": 0} if "draw" not in table else {}))
+    base = table[table.intervention == "none"].set_index(["clip", "draw"])["seconds_per_frame"]
+    rows = []
+    for index in sorted(set(table.layer[table.intervention == rule]) & set(table.layer[table.intervention == other])):
+        a = table[(table.intervention == rule) & (table.layer == index)].set_index(["clip", "draw"])
+        b = table[(table.intervention == other) & (table.layer == index)].set_index(["clip", "draw"])
+        both = a.index.intersection(b.index)
+        per = pd.DataFrame({
+            "drift": a.loc[both, "drift_psnr"].clip(upper=DRIFT_CAP) - b.loc[both, "drift_psnr"].clip(upper=DRIFT_CAP),
+            "ssim": a.loc[both, "ssim"] - b.loc[both, "ssim"],
+            "speed": (base[both] / a.loc[both, "seconds_per_frame"]) / (base[both] / b.loc[both, "seconds_per_frame"]),
+        }).groupby(level="clip").mean()
+        drift, ssim, speed = (interval(per[c].tolist()) for c in ("drift", "ssim", "speed"))
+        beats = drift[1] > 0 and ssim[1] > -ssim_margin and speed[1] >= 1 - speed_tolerance
+        worse = drift[2] < 0
+        rows.append({"index": int(index), "rule": rule, "other": other, "drift_difference": drift[0],
+                     "drift_difference_low": drift[1], "drift_difference_high": drift[2], "ssim_difference": ssim[0],
+                     "ssim_difference_low": ssim[1], "ssim_difference_high": ssim[2], "speed_ratio": speed[0],
+                     "speed_ratio_low": speed[1], "speed_ratio_high": speed[2], "clips": drift[3],
+                     "verdict": "beats" if beats else ("drifts more" if worse else "does not beat")})
+    return pd.DataFrame(rows)

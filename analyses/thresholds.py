@@ -55,6 +55,7 @@ _ISSUE26 = ("2a96325", "2026-12-01")  # the commit that added issue 26's thresho
 _ISSUE27 = ("67b1955", "2026-12-02")  # the commit that added the emergence study's rules, before its runs
 _STUDY_CANDIDATES = ("9dea926", "2026-12-02")  # the commit that set the combination's candidates (amended rule)
 _ISSUE45 = ("a8c96e4", "2026-12-05")  # the commit that set the functional test's criterion after issue 45's review
+_ISSUE47 = ("PENDING", "2026-12-05")  # the commit that set the rollout validation's margins, before its runs
 
 THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
     Threshold("SIMILARITY_MIN", 0.90, "finding 1: cross-step cosine at layer 15 at least this",
@@ -145,6 +146,17 @@ THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
               "tokens-256 was left out of the candidates for its compute (~17 h a run on one thread, ~8 h on two: "
               "20 s / 10 s a step measured on a 2-core AMD EPYC; a session here holds 3 h), not for a result",
               original_rule="the same count among every single factor, tokens-256 included"),
+    Threshold("PLAN_SSIM_MARGIN", 0.02, "caching plans, over the whole rollout: SSIM vs truth at most this below the "
+              "unmodified model's (non-inferiority: the upper 95% bound of the paired loss over held-out clips, each "
+              "clip's noise draws averaged)", *_ISSUE47, BEFORE, "no plan had been run over a rollout of 8 or more "
+              "frames; only the 2-frame validation's SSIM was on record"),
+    Threshold("PLAN_PSNR_MARGIN_DB", 0.5, "... and PSNR vs truth at most this below the unmodified model's", *_ISSUE47,
+              BEFORE, "the same"),
+    Threshold("PLAN_SPEED_TOLERANCE", 0.05, "a rule beats another at a matched share of skipped blocks when its drift "
+              "PSNR from the unmodified video is higher (paired difference over clips, lower 95% bound > 0), its SSIM "
+              "vs truth is not lower by more than PLAN_SSIM_MARGIN (lower bound), and its speed-up is at least (1 - "
+              "this) x the other's (lower bound of the paired ratio)", *_ISSUE47, BEFORE, "the model-gated rule had "
+              "not been run"),
     Threshold("RECOMPUTE_GAIN_MIN_SSIM", 0.02, "span skip: recomputing the span at the last m steps raises SSIM "
               "vs truth by at least this over the plain skip (the skip's loss sits in the last steps)", *_ISSUE26,
               AFTER, "issue 26 reported SSIM 0.38 / 0.51 / 0.76 / 0.78 for k = 5 / 25 / 40 / 48"),

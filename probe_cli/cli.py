@@ -219,6 +219,8 @@ def _measure_parsers(sub) -> None:
     i.add_argument("--first-clip", type=ranged(0, 2**31 - 10_001), default=0, help="the first val clip (with --plan: "
                    "clips held out from the plan's calibration)")
     i.add_argument("--clips", type=CLIPS, default=16, help="val clips (1..10000)")
+    i.add_argument("--draws", type=ranged(1, 8), default=1, help="noise draws per clip, each with its own unmodified "
+                   "reference and redraw (1..8; intervals stay over clips, a clip's draws averaged)")
     i.add_argument("--context", type=FRAMES, default=4, help="context frames")
     i.add_argument("--frames", type=FRAMES, default=4, help="generated frames per clip")
     i.add_argument("--steps", type=STEPS, default=50, help="denoising steps per frame")

@@ -321,15 +321,16 @@ def cmd_intervene(args: argparse.Namespace) -> None:
             table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
                                        steps=args.steps, seed=args.seed, device=on, progress=not args.quiet,
                                        keep=videos, first_clip=args.first_clip, schedules=schedules, latent=latent,
-                                       sampling=plan_sampling(content))
+                                       sampling=plan_sampling(content), draws=args.draws)
         except InterventionError as e:
             raise UsageError(str(e)) from None
         info = {"model": args.model, "checkpoint": model.checkpoint, "depth": model.depth, "command": _command("intervene"),
                 "machine": _machine(on), "device": str(on), "clips": args.clips, "first_clip": args.first_clip,
                 "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": None,
+                "draws": args.draws,
                 "plan": {"path": str(args.plan), "budgets": _budgets(args.budget, content), "settings": described,
                          "sampling": content["calibration"].get("sampling") or {}},
-                "noise": "clip c: seed + c; redraw: seed + c + 2^31",
+                "noise": "clip c, draw j: seed + c + 2j x 2^31; its redraw: seed + c + (2j + 1) x 2^31",
                 **({"contexts": "clip c: Gaussian latents of seed c, as probe run --clip c draws them",
                     "drift": "on the latents: PSNR with the unmodified latent frame's range as the peak; no truth",
                     "generation": content["calibration"].get("generation")} if latent else {})}
@@ -392,15 +393,15 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     try:
         table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
                                    steps=args.steps, seed=args.seed, refresh=args.refresh, device=on,
-                                   progress=not args.quiet, keep=videos, others=others)
+                                   progress=not args.quiet, keep=videos, others=others, draws=args.draws)
     except InterventionError as e:
         raise UsageError(str(e)) from None
     info = {"model": args.model, "checkpoint": model.checkpoint, "depth": depth,
             "command": _command("intervene"), "machine": _machine(on), "device": str(on), "clips": args.clips,
             "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": args.refresh,
             "tuned": others["diagonal-tuned"].checkpoint if "diagonal-tuned" in others else None,
-            "tuned_control": others["finetuned"].checkpoint if "finetuned" in others else None,
-            "noise": "clip c: seed + c; redraw: seed + c + 2^31"}
+            "tuned_control": others["finetuned"].checkpoint if "finetuned" in others else None, "draws": args.draws,
+            "noise": "clip c, draw j: seed + c + 2j x 2^31; its redraw: seed + c + (2j + 1) x 2^31"}
     write_interventions(out, table, videos, info, force=args.force)
     if not args.quiet:
         print((out / "interventions.md").read_text())

@@ -41,7 +41,7 @@ from probes.recording import BOOKKEEPING, Recording, memory_source
 from probes.reductions import StepGram
 from probes.spec import ModelFacts, ProbeSpec
 from scd.contract import ACCEPTED_MODELS, CROSS_ATTENTION_HOOKS, CachePolicy, LayoutError, is_video_diffuser
-from scd.sampling import observe_sampling
+from scd.sampling import noise_generator, observe_sampling
 
 # Keys held for the batched attention of one pass (float elements), past which it is computed at once: at Wan's
 # 480p scale (21 frames x 1,560 tokens x 1,536 wide) that is about one layer, on the shipped baseline all 30.
@@ -134,7 +134,7 @@ class Probe(Recording):
         n = self.layout.tokens_per_frame
         self.band_of_token = token_bands(n, self._bands)
         self._band_share = torch.bincount(self.band_of_token, minlength=self._bands) / n  # each band's share of the tokens
-        generator = torch.Generator().manual_seed(spec.sample_seed)
+        generator = noise_generator(spec.sample_seed)
         # The same tokens at every step and frame, so PCA images line up on the token grid.
         self._token_index = torch.randperm(n, generator=generator)[: min(spec.pca_tokens, n)].sort().values
         self._encoder_layers = [layer for layer in self._probed if self.layout.role(layer) == "encoder"]

@@ -154,7 +154,7 @@ CONTEXT_SOURCES = ("auto", "benchmark", "latent noise")
 RECORD_NAMES = {**SAMPLING_NAMES, **{name: name for name in ("clips", "draws", "noise", "clip_frames", "scene",
                                                              "context_source")}}
 CLIP_MAX = 2**31 - 1     # a val clip index (its numpy seed is 2 * index + 1)
-SEED_MAX = 2**63 - 1     # torch.Generator.manual_seed takes 64-bit seeds
+SEED_MAX = 2**63 - 1     # a 64-bit seed (scd.sampling.noise_generator mixes those above 2^32 into the 32 bits torch keeps)
 MAX_ITEMS = 10_000       # generations of one sweep (clips x draws)
 CLIP_FRAMES_MAX = 4096   # frames of one drawn clip (scd.data.VideoBenchmark's bound)
 

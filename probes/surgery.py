@@ -18,10 +18,11 @@ from torch import nn
 from scd.contract import is_video_diffuser
 from scd.sampling import observe_sampling
 
-INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal", "plan", "chunked", "magcache", "teacache")
+INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal", "plan", "chunked", "gated", "magcache",
+                 "teacache")
 # Block schedules: a caching plan (one schedule for every chunk, or `chunked`: one per chunk position) and the
 # model-level baselines.
-SCHEDULED = ("plan", "chunked", "magcache", "teacache")
+SCHEDULED = ("plan", "chunked", "gated", "magcache", "teacache")
 
 
 class InterventionError(ValueError):

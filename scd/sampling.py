@@ -96,6 +96,20 @@ def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:
 
 
 @torch.no_grad()
+def noise_generator(seed: int) -> torch.Generator:
+    """The CPU generator of a run's noise. torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so
+    seed s and s + 2^32 would draw the same noise (a sweep's draw 2, seed + c + 2 x 2^31, would repeat draw 0). A seed
+    below 2^32 is used as it is (every run made before stays the same); a larger one is mixed into 32 bits first
+    (splitmix64's finaliser), so that seeds that differ only above bit 31 draw different noise (two given seeds still
+    meet with probability 2^-32)."""
+    if seed >= 2**32:
+        z = (seed + 0x9E3779B97F4A7C15) % 2**64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+        seed = (z ^ (z >> 31)) % 2**32
+    return torch.Generator().manual_seed(seed)
+
+
 def generate(
     model: nn.Module,
     context: torch.Tensor,
@@ -187,7 +201,7 @@ def generate(
     use_cache = cache is not None
     B = video.shape[0]
     frame_shape = video.shape[2:]
-    generator = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same on every device
+    generator = noise_generator(seed)  # noise drawn on the CPU: the same on every device
     shift = model.flow_shift if shift is None else shift
     schedule = model.scheduler_config
     clean = torch.zeros(B, 1, device=device, dtype=dtype)

@@ -207,3 +207,23 @@ def test_the_wan_1_3b_sizes_have_wan_s_shapes_and_random_models_are_seeded():
     assert a.config.tokens_per_frame == 6 and a.checkpoint["sha256"] is None
     with pytest.raises(ValueError, match="unknown baseline size 'wan7b'; accepted: tiny, baseline, study, study-p2, wan1.3b"):
         random_model("baseline", "wan7b")
+
+
+def test_every_noise_draw_of_a_sweep_draws_its_own_noise():
+    """torch's CPU generator keeps only a seed's low 32 bits, so draw 2 of a sweep (seed + c + 2 x 2^31) once drew draw
+    0's noise. `noise_generator` keeps seeds below 2^32 as they were and mixes larger ones: the first 8 draws of a
+    clip all differ, draws 0 and 1 are what torch draws from those seeds directly, and generate uses it."""
+    import torch
+
+    from probes.sweep_plan import noise_seed
+    from scd.sampling import noise_generator
+
+    first = [tuple(torch.randn(4, generator=noise_generator(noise_seed(5, 3, draw))).tolist()) for draw in range(8)]
+    assert len(set(first)) == 8
+    for draw in (0, 1):
+        direct = torch.randn(4, generator=torch.Generator().manual_seed(noise_seed(5, 3, draw))).tolist()
+        assert list(first[draw]) == direct
+    model = CausalVideoDiffuser(BASELINE_SIZES["tiny"]).eval()
+    context = torch.zeros(1, 2, 3, 16, 16)
+    videos = [generate(model, context, 1, steps=2, seed=noise_seed(0, 0, draw)) for draw in (0, 2)]
+    assert not torch.equal(videos[0], videos[1])

@@ -55,7 +55,7 @@ _ISSUE26 = ("2a96325", "2026-12-01")  # the commit that added issue 26's thresho
 _ISSUE27 = ("67b1955", "2026-12-02")  # the commit that added the emergence study's rules, before its runs
 _STUDY_CANDIDATES = ("9dea926", "2026-12-02")  # the commit that set the combination's candidates (amended rule)
 _ISSUE45 = ("a8c96e4", "2026-12-05")  # the commit that set the functional test's criterion after issue 45's review
-_ISSUE47 = ("PENDING", "2026-12-05")  # the commit that set the rollout validation's margins, before its runs
+_ISSUE47 = ("402fa29", "2026-12-05")  # the commit that set the rollout validation's margins, before its runs
 
 THRESHOLDS: dict[str, Threshold] = {t.name: t for t in (
     Threshold("SIMILARITY_MIN", 0.90, "finding 1: cross-step cosine at layer 15 at least this",

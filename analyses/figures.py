@@ -393,3 +393,33 @@ def intervention_frames(videos: dict[str, np.ndarray], context: int, rows: list[
         label = labels.get(name, name.replace("reuse", "reuse from ").replace("knockout", "knockout from "))
         axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
     return _finished(fig)
+
+
+def position_figure(table: pd.DataFrame, index: int | None = None) -> Figure:
+    """Drift along the rollout: per generated-frame position, the drift PSNR from the unmodified video (left) and the
+    SSIM loss against the truth (right) of each rule at one matched share of skipped blocks (`index`; None: the
+    middle one), with 95% intervals over clips (analyses.plan.position_table)."""
+    from analyses.plan import DRIFT_CAP, position_table
+
+    positions = position_table(table)
+    indices = sorted({int(s[len(k):]) for s, k in zip(positions.setting, positions.kind, strict=True)
+                      if k in ("plan", "gated", "magcache", "teacache") and s[len(k):].isdigit()})
+    index = indices[len(indices) // 2] if index is None and indices else index
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    labels = {"plan": "per-block plan", "gated": "model-gated plan", "magcache": "MagCache-style",
+              "teacache": "TeaCache-style", "chunked": "plan, per chunk"}
+    for kind, label in labels.items():
+        rows = positions[positions.setting == f"{kind}{index}"].sort_values("position")
+        if rows.empty:
+            continue
+        for ax, column in zip(axes, ("drift_psnr", "ssim_loss"), strict=True):
+            ax.plot(rows.position, rows[column], marker="o", label=label)
+            ax.fill_between(rows.position, rows[f"{column}_low"], rows[f"{column}_high"], alpha=0.15)
+    axes[0].set_ylabel(f"drift PSNR vs unmodified (dB; identical at {DRIFT_CAP:g})")
+    axes[1].set_ylabel("SSIM loss vs truth (unmodified - setting)")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    for ax in axes:
+        ax.set_xlabel("generated frame (0: the first after the context)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"setting {index} (matched share of skipped block calls); 95% intervals over clips", fontsize=9)
+    return _finished(fig)

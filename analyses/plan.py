@@ -531,3 +531,61 @@ def rule_comparison(table: pd.DataFrame, rule: str, other: str, ssim_margin: flo
                      "speed_ratio_low": speed[1], "speed_ratio_high": speed[2], "clips": drift[3],
                      "verdict": "beats" if beats else ("drifts more" if worse else "does not beat")})
     return pd.DataFrame(rows)
+
+
+def taylorseer_computes(steps: int, cache_interval: int, disable_before: int, disable_after: int | None) -> list[bool]:
+    """Which of `steps` denoising steps TaylorSeer computes fully (the others are predicted from its Taylor factors),
+    as diffusers' `TaylorSeerCacheConfig` decides it: every step before `disable_before`, every `cache_interval`-th
+    after it (from disable_before + 1), and every step from `disable_after` on."""
+    return [s < disable_before or (s - disable_before - 1) % cache_interval == 0 or
+            (disable_after is not None and s >= disable_after) for s in range(steps)]
+
+
+def diffusers_cache_configs(content: dict, budget: float | None = None) -> dict:
+    """Configs for diffusers' cache hooks from a plan (`probe plan --export diffusers`), matched to the share of block
+    calls the plan skips at `budget` (None: the plan's own), each as the keyword arguments its class takes, with the
+    decisions it makes:
+
+    - `MagCacheConfig`: the plan's ratios, its steps, and the threshold (on `THRESHOLD_GRID`, MagCache's defaults
+      otherwise) whose skipped steps match the share; decisions: the steps skipped (`magcache_skips`), which diffusers'
+      hook reproduces from the ratios alone.
+    - `TaylorSeerCacheConfig`: full computation for MagCache's retained first steps and for the last step (where
+      skipping costs structure), and a cache interval whose predicted steps match the share, on every transformer
+      block (`blocks.N`, as the Wan families name them); decisions: the steps computed fully (`taylorseer_computes`),
+      fixed by the schedule. Its step counter advances at every call, so under classifier-free guidance (two passes a
+      step) the interval counts passes.
+
+    FirstBlockCacheConfig is not exported: it decides at run time from the first block's residual on the live input,
+    a statistic the plan can estimate but whose decisions it cannot fix."""
+    steps = len(content["magcache"]["mag_ratios"])
+    budget = float(content["blocks"]["budget"]) if budget is None else float(budget)
+    share = _share(skip_schedule(content["blocks"]["update_drift"], budget))
+    ratios = content["magcache"]["mag_ratios"]
+    threshold, skips = _matching(share, lambda t: magcache_skips(ratios, steps, float(t)), THRESHOLD_GRID)
+    before = int(round(0.2 * steps))  # MagCache's retention ratio: the first steps lay down the trajectory
+    after = steps - 1
+    best = min(range(1, steps + 1), key=lambda k: abs(
+        (1 - sum(taylorseer_computes(steps, k, before, after)) / steps) - share))
+    return {
+        "budget": budget, "matched_share": share,
+        "MagCacheConfig": {"threshold": float(threshold), "max_skip_steps": 3, "retention_ratio": 0.2,
+                           "num_inference_steps": steps, "mag_ratios": [float(r) for r in ratios]},
+        "TaylorSeerCacheConfig": {"cache_interval": int(best), "disable_cache_before_step": before,
+                                  "disable_cache_after_step": after, "max_order": 1,
+                                  # the Wan transformers' blocks, whole (diffusers' default patterns name none of them)
+                                  "cache_identifiers": [r"blocks\.\d+"]},
+        "decisions": {"MagCacheConfig": {"skipped_steps": [s for s, skip in enumerate(skips) if skip]},
+                      "TaylorSeerCacheConfig": {"computed_steps": [
+                          s for s, c in enumerate(taylorseer_computes(steps, best, before, after)) if c]}},
+    }
+
+
+def cache_config(exported: dict, name: str):
+    """The diffusers config object `name` ("MagCacheConfig" or "TaylorSeerCacheConfig") of an exported file's content
+    (`diffusers_cache_configs`), for `transformer.enable_cache(...)`."""
+    import diffusers.hooks
+
+    if name not in ("MagCacheConfig", "TaylorSeerCacheConfig") or name not in exported:
+        raise PlanError(f"config {name!r}; accepted: MagCacheConfig, TaylorSeerCacheConfig (an export of probe plan "
+                        "--export diffusers)")
+    return getattr(diffusers.hooks, name)(**exported[name])

@@ -317,9 +317,14 @@ def _interventions_section(interventions: dict) -> dict:
     if summary.intervention.isin(["reuse", "knockout"]).any():
         figs["Drift from the unmodified generation, and the measured speed-up, against the layer step-0 reuse or "
              "knockout starts at"] = png_data_uri(figures.intervention_figure(summary))
-    plan_table = None
+    plan_table = rollout = None
     if info.get("plan"):
         plan_table = _plan_table(interventions["table"], info["plan"].get("settings") or {})
+        if "ssim_frames" in interventions["table"]:  # per-frame numbers: validations made since issue 47
+            rollout = _rollout(interventions["table"])
+            figs["Drift along the rollout: per generated frame, drift from the unmodified video and SSIM loss against "
+                 "the truth, each rule at the middle matched share"] = png_data_uri(
+                figures.position_figure(interventions["table"]))
         figs["A caching plan on held-out clips: speed-up against drift from the unmodified video, the plan at each "
              "budget beside MagCache-, TeaCache-style and middle-span skipping at its share of skipped blocks, the "
              "Pareto front dashed"] = png_data_uri(figures.speed_quality_figure(interventions["table"]))
@@ -343,7 +348,36 @@ def _interventions_section(interventions: dict) -> dict:
     kinds = [text for kind, text in words.items() if kind in present]
     return {"info": info, "name": interventions.get("name", ""), "claims": claims, "table": table, "figures": figs,
             "kinds": kinds,
-            "reliance": _reliance(interventions), "plan": plan_table}
+            "reliance": _reliance(interventions), "plan": plan_table, "rollout": rollout}
+
+
+def _rollout(table) -> dict:
+    """A plan validation over a rollout: each setting's quality loss against the truth with its non-inferiority verdict
+    (PLAN_SSIM_MARGIN, PLAN_PSNR_MARGIN_DB), and the model-gated rule and the per-block plan against TeaCache-style
+    skipping at each matched share (PLAN_SPEED_TOLERANCE's definition of "beats")."""
+    from analyses.plan import non_inferiority, rule_comparison
+
+    margins = {name: THRESHOLDS[name].value for name in ("PLAN_SSIM_MARGIN", "PLAN_PSNR_MARGIN_DB",
+                                                          "PLAN_SPEED_TOLERANCE")}
+    quality = non_inferiority(table, margins["PLAN_SSIM_MARGIN"], margins["PLAN_PSNR_MARGIN_DB"])
+    rows = [[r.setting, f"{r.ssim_loss:.3f} [{r.ssim_loss_low:.3f}, {r.ssim_loss_high:.3f}]",
+             f"{r.psnr_loss:.2f} [{r.psnr_loss_low:.2f}, {r.psnr_loss_high:.2f}]", r.verdict, str(r.clips)]
+            for r in quality.itertuples()]
+    comparisons = []
+    for rule in ("gated", "plan"):
+        for r in rule_comparison(table, rule, "teacache", margins["PLAN_SSIM_MARGIN"],
+                                 margins["PLAN_SPEED_TOLERANCE"]).itertuples():
+            comparisons.append([f"{rule}{r.index} vs teacache{r.index}",
+                                f"{r.drift_difference:+.1f} [{r.drift_difference_low:+.1f}, {r.drift_difference_high:+.1f}]",
+                                f"{r.ssim_difference:+.3f} [{r.ssim_difference_low:+.3f}, {r.ssim_difference_high:+.3f}]",
+                                f"{r.speed_ratio:.3f} [{r.speed_ratio_low:.3f}, {r.speed_ratio_high:.3f}]", r.verdict,
+                                str(r.clips)])
+    return {"quality": {"columns": ["setting", "SSIM loss vs truth [95%]", "PSNR loss vs truth, dB [95%]",
+                                    f"non-inferior (SSIM < {margins['PLAN_SSIM_MARGIN']:g}, PSNR < "
+                                    f"{margins['PLAN_PSNR_MARGIN_DB']:g} dB)", "clips"], "rows": rows},
+            "comparison": {"columns": ["rule vs TeaCache-style, same share", "drift PSNR difference, dB [95%]",
+                                       "SSIM vs truth difference [95%]", "speed-up ratio [95%]", "verdict", "clips"],
+                           "rows": comparisons}}
 
 
 def _plan_table(table, settings: dict) -> dict:

@@ -308,6 +308,9 @@ def _plan_parser(sub) -> None:
     p.add_argument("--budget", type=finite(0, 1e6), default=0.1, help="drift a block may accumulate since it was "
                    "last computed before it is computed again (0: compute everything; default 0.1)")
     p.add_argument("--out", default="plan.json", help="the plan file to write (JSON; default plan.json)")
+    p.add_argument("--export", choices=("diffusers",), help="also write OUT's stem + .diffusers.json: MagCacheConfig and "
+                   "TaylorSeerCacheConfig arguments matched to the plan's share of skipped blocks, with the decisions "
+                   "each makes (analyses.plan.cache_config builds the object transformer.enable_cache takes)")
     p.add_argument("--force", action="store_true", help="replace a plan this command wrote")
     p.set_defaults(func=measuring.cmd_plan)
 

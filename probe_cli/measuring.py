@@ -416,14 +416,26 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if Path(args.out).suffix.lower() != ".json":
         raise UsageError(f"--out {args.out!r} is not a .json file; accepted: a path ending in .json")
     output(args.out, "plan", args.force)  # before the heavy imports: a refusal comes at once
+    exported = Path(args.out).with_suffix(".diffusers.json") if args.export else None
+    if exported is not None:
+        output(str(exported), "plan", args.force)
     import json
 
-    from analyses.plan import PlanError, plan_summary, write_plan
+    from analyses.plan import PlanError, diffusers_cache_configs, plan_summary, write_plan
 
     try:
         written = write_plan(args.runs, args.out, args.budget, force=args.force)
     except PlanError as e:
         raise UsageError(str(e)) from None
-    for line in plan_summary(json.loads(Path(written).read_text())):
+    content = json.loads(Path(written).read_text())
+    for line in plan_summary(content):
         print(line)
     print(f"wrote {written}")
+    if exported is not None:
+        from scd.files import atomic_file, signature
+
+        configs = {**signature("plan"), "export": "diffusers", "plan": str(written),
+                   **diffusers_cache_configs(content)}
+        with atomic_file(exported, new=not args.force) as tmp:
+            tmp.write_text(json.dumps(configs, indent=2) + "\n")
+        print(f"wrote {exported} (MagCacheConfig, TaylorSeerCacheConfig: analyses.plan.cache_config)")

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -107,11 +108,16 @@ def test_probe_plan_writes_a_plan_from_a_run_and_refuses_what_it_cannot_use(tmp_
     assert len(zero["teacache"]["coefficients"]) == 5 and len(zero["blocks"]["update_drift"]) == 30
     assert zero["split"]["decoder_from"] == len(zero["split"]["encoder_blocks"])
     capsys.readouterr()
-    assert main(["plan", str(run), "--budget", "10", "--out", str(tmp_path / "all.json")]) == 0
+    assert main(["plan", str(run), "--budget", "10", "--out", str(tmp_path / "all.json"), "--export", "diffusers"]) == 0
     assert json.loads((tmp_path / "all.json").read_text())["blocks"]["skipped_share"] == pytest.approx(5 / 6)
+    exported = json.loads((tmp_path / "all.diffusers.json").read_text())  # beside the plan, its stem + .diffusers
+    from analyses.plan import cache_config
+
+    assert cache_config(exported, "MagCacheConfig").num_inference_steps == 6 and exported["matched_share"] == \
+        pytest.approx(5 / 6)
     printed = capsys.readouterr().out  # the plan's summary, from the file just written
-    assert "calibrated on 1 generation x 6 steps" in printed and "skips 83.3% of the block calls (30 blocks x 6 steps)" \
-        in printed and "probe intervene --plan" in printed
+    assert "all.diffusers.json" in printed and "calibrated on 1 generation x 6 steps" in printed
+    assert "skips 83.3% of the block calls (30 blocks x 6 steps)" in printed and "probe intervene --plan" in printed
     capsys.readouterr()
     assert main(["plan", str(run), "--out", str(tmp_path / "zero.json")]) == 2  # exists, no --force
     stream = tmp_path / "stream"
@@ -466,3 +472,111 @@ def test_a_damaged_plan_is_refused_where_it_is_read_in_one_line(where, value, wo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "accepted: a file written by probe plan" in err, err
     assert file_tree(tmp_path) == before
+
+
+def _computed_steps(config, steps: int) -> list[int]:
+    """The steps at which the tiny Wan transformer, with `transformer.enable_cache(config)`, runs its first block's
+    self-attention (its q projection is called) rather than skipping or predicting it."""
+    from tests.wan_tiny import tiny
+
+    transformer = tiny("wan")
+    transformer.enable_cache(config)
+    ran = []
+    handle = transformer.blocks[0].attn1.to_q.register_forward_hook(lambda *args: ran.append(True))
+    x = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
+    computed = []
+    with torch.no_grad():
+        for step in range(steps):
+            before = len(ran)
+            with transformer.cache_context("cond"):  # as diffusers' pipelines call it
+                transformer(x, torch.tensor([1000.0 - 100 * step]), text)
+            if len(ran) > before:
+                computed.append(step)
+    handle.remove()
+    return computed
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.3, 2.0])
+def test_exported_diffusers_configs_make_the_decisions_the_plan_computed(budget):
+    """`probe plan --export diffusers`'s configs, built into diffusers' own objects and enabled on the tiny Wan
+    transformer, skip (MagCache) or predict (TaylorSeer) exactly the steps the export says, at every budget."""
+    from analyses.plan import cache_config, diffusers_cache_configs
+
+    steps = 10
+    ratios = [1.0, 1.02, 0.99, 1.01, 1.0, 0.97, 1.03, 0.98, 1.05, 0.9]
+    drift = [[0.0, 0.05, 0.02, 0.08, 0.01, 0.03, 0.2, 0.02, 0.04, 0.1], [0.0, 0.3, 0.1, 0.02, 0.02, 0.05, 0.01, 0.1,
+                                                                         0.02, 0.3]]
+    exported = diffusers_cache_configs({"magcache": {"mag_ratios": ratios}, "blocks": {"update_drift": drift,
+                                                                                       "budget": budget}})
+    skipped = exported["decisions"]["MagCacheConfig"]["skipped_steps"]
+    assert _computed_steps(cache_config(exported, "MagCacheConfig"), steps) == [s for s in range(steps)
+                                                                                 if s not in skipped]
+    computed = exported["decisions"]["TaylorSeerCacheConfig"]["computed_steps"]
+    assert _computed_steps(cache_config(exported, "TaylorSeerCacheConfig"), steps) == computed
+    assert 0 in computed and steps - 1 in computed
+    with pytest.raises(PlanError, match="accepted"):
+        cache_config(exported, "FirstBlockCacheConfig")
+
+
+def test_the_gated_rule_weights_each_blocks_drift_by_the_whole_models_change():
+    from analyses.plan import gated_schedule, skip_schedule
+
+    drift = [[0.0, 0.05, 0.05, 0.05, 0.3, 0.01, 0.02]]
+    flat = [0.0] + [1.0] * 6  # the model changes alike at every step: the per-block rule, the last step kept
+    assert gated_schedule(drift, flat, 0.0) == [[False] * 7]
+    assert gated_schedule(drift, flat, 0.12) == [skip_schedule(drift, 0.12)[0][:-1] + [False]]
+    # the model does not move at steps 3-4: its blocks' drift counts 0 there. Weights: the change over its mean after
+    # step 0 (4/6), so 1.5 where it moves; weighted drift 0, .075, .075, 0, 0, .015, .03 against a budget of .06
+    still = [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert gated_schedule(drift, still, 0.06) == [[False, False, False, True, True, True, False]]
+    with pytest.raises(PlanError, match="budget"):
+        gated_schedule(drift, flat, -1.0)
+
+
+def _validation(frames: int = 3) -> pd.DataFrame:
+    """A constructed plan validation: 4 clips x 2 draws; gated0 drifts 2 dB less than teacache0 on every clip, loses
+    0.01 SSIM (clip-dependent by +-0.002), runs as fast; teacache0's SSIM loss 0.05 on every clip."""
+    rows = []
+    for clip in range(4):
+        for draw in range(2):
+            base = {"layer": 0, "span_end": -1, "keep_steps": -1, "tail_steps": -1, "clip": clip, "draw": draw}
+            truth = 0.8 + 0.01 * clip
+            rows.append({**base, "intervention": "none", "layer": -1, "drift_psnr": float("inf"), "ssim": truth,
+                         "psnr": 20.0, "seconds_per_frame": 2.0, "drift_psnr_frames": [float("inf")] * frames,
+                         "ssim_frames": [truth] * frames})
+            gated = truth - 0.01 + (0.002 if clip % 2 else -0.002)
+            rows.append({**base, "intervention": "gated", "drift_psnr": 40.0 + clip, "ssim": gated, "psnr": 19.9,
+                         "seconds_per_frame": 1.0, "drift_psnr_frames": [42.0 + clip - p for p in range(frames)],
+                         "ssim_frames": [gated] * frames})
+            rows.append({**base, "intervention": "teacache", "drift_psnr": 38.0 + clip, "ssim": truth - 0.05,
+                         "psnr": 19.0, "seconds_per_frame": 1.0, "drift_psnr_frames": [39.0 + clip] * frames,
+                         "ssim_frames": [truth - 0.05] * frames})
+    return pd.DataFrame(rows)
+
+
+def test_rollout_statistics_by_hand_on_a_constructed_validation():
+    """Non-inferiority, drift by position and the rule comparison, against hand computations: paired by clip, a
+    clip's draws averaged, 95% t intervals over the 4 clips."""
+    from scipy import stats
+
+    from analyses.plan import non_inferiority, position_table, rule_comparison
+
+    table = _validation()
+    quality = non_inferiority(table, 0.02, 0.5).set_index("setting")
+    losses = [0.01 - (0.002 if clip % 2 else -0.002) for clip in range(4)]  # unmodified - gated, per clip
+    half = stats.t.ppf(0.975, 3) * np.std(losses, ddof=1) / 2
+    assert quality.loc["gated0", "ssim_loss"] == pytest.approx(0.01)
+    assert quality.loc["gated0", "ssim_loss_high"] == pytest.approx(0.01 + half)
+    assert quality.loc["gated0", "verdict"] == "non-inferior" and quality.loc["gated0", "clips"] == 4
+    assert quality.loc["teacache0", "verdict"] == "inferior"  # 0.05 on every clip: the interval is [0.05, 0.05]
+    position = position_table(table).set_index(["setting", "position"])
+    assert position.loc[("gated0", 2), "drift_psnr"] == pytest.approx(np.mean([40.0 + c for c in range(4)]))
+    assert position.loc[("teacache0", 0), "ssim_loss"] == pytest.approx(0.05)
+    comparison = rule_comparison(table, "gated", "teacache", 0.02, 0.05).iloc[0]
+    assert comparison.drift_difference == pytest.approx(2.0) and comparison.drift_difference_low == pytest.approx(2.0)
+    assert comparison.ssim_difference == pytest.approx(0.04) and comparison.speed_ratio == pytest.approx(1.0)
+    assert comparison.verdict == "beats"
+    slower = table.assign(seconds_per_frame=np.where(table.intervention == "gated", 1.2, table.seconds_per_frame))
+    assert rule_comparison(slower, "gated", "teacache", 0.02, 0.05).iloc[0].verdict == "does not beat"  # 0.83x
+    assert rule_comparison(table, "teacache", "gated", 0.02, 0.05).iloc[0].verdict == "drifts more"

@@ -95,7 +95,6 @@ def warp_timesteps(timesteps: Sequence[float], shift: float) -> list[float]:
     return [1000.0 * shift * (t / 1000) / (1 + (shift - 1) * (t / 1000)) for t in timesteps]
 
 
-@torch.no_grad()
 def noise_generator(seed: int) -> torch.Generator:
     """The CPU generator of a run's noise. torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so
     seed s and s + 2^32 would draw the same noise (a sweep's draw 2, seed + c + 2 x 2^31, would repeat draw 0). A seed
@@ -110,6 +109,7 @@ def noise_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@torch.no_grad()
 def generate(
     model: nn.Module,
     context: torch.Tensor,

@@ -65,7 +65,7 @@ def maps_figure(cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> Fi
     cells = [context_cells(torch.from_numpy(a)[:, None], frames, a.shape[1]) for _, _, frames, m in rows for a in m.values()]
     low, high = colour_range(cells) if cells else (float("nan"), float("nan"))
     fig, axes = plt.subplots(max(1, len(rows)), max(1, len(layers)), squeeze=False,
-                             figsize=(2.2 * max(1, len(layers)) + 1.4, 2.0 * max(1, len(rows)) + 0.8))
+                             figsize=(2.2 * max(1, len(layers)) + 1.4, 2.3 * max(1, len(rows)) + 0.8))
     image = None
     for ax_row, (condition, n, frames, chosen) in zip(axes, rows, strict=False):
         for ax, key in zip(ax_row, layers, strict=True):
@@ -74,11 +74,11 @@ def maps_figure(cards: list[dict], maps: dict[str, dict[str, np.ndarray]]) -> Fi
                 ax.axis("off")
                 continue
             image = draw_map(ax, array, frames, array.shape[1], array.shape[2] // array.shape[1], low, high)
-            ax.set_title(f"{condition} ({_seeds(n)}): layer {key.split('_')[1]}", fontsize=7)
+            ax.set_title(f"{condition} ({_seeds(n)})\nlayer {key.split('_')[1]}", fontsize=9)  # two lines: legible, no overlap
     if not rows:
         axes[0][0].text(0.5, 0.5, "no trained run measured yet", ha="center", va="center")
         axes[0][0].axis("off")
-    fig.subplots_adjust(hspace=0.7, wspace=0.45, right=0.9)
+    fig.subplots_adjust(hspace=0.9, wspace=0.45, right=0.9)
     if image is not None and math.isfinite(low):
         fig.colorbar(image, cax=fig.add_axes((0.92, 0.15, 0.012, 0.7)), label="ln p (one key)")
     fig.suptitle("Attention of each frame's queries on every key, per condition, sprites val clips (grey: own frame, "

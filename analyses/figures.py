@@ -304,8 +304,8 @@ def compare_frames(runs: dict[str, Recording]) -> Figure:
 
 def bench_figure(speed: pd.DataFrame, ratios: pd.DataFrame, quality: pd.DataFrame) -> Figure:
     """`probe bench` at a glance: frames/s per setting and model; measured vs analytic speed-up; PSNR."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    setting = lambda t: t.steps.astype(str) + " steps, " + t.context.astype(str) + " ctx"  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    setting = lambda t: t.steps.astype(str) + " steps\n" + t.context.astype(str) + " context"  # noqa: E731  two lines
     sns.barplot(data=speed.assign(setting=setting(speed)), x="setting", y="frames_per_s", hue="model", ax=axes[0])
     axes[0].set_ylabel("frames/s")
     axes[0].set_xlabel("")

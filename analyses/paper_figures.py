@@ -21,7 +21,7 @@ import torch
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from analyses.claims import paper_layers
+from analyses.claims import memoized, paper_layers
 from analyses.errors import takes_run
 from analyses.figures import _finished
 from analyses.similarity import finding1_panels, similarity_to_last
@@ -75,7 +75,8 @@ def _figure_maps(run: Recording, layers: list[int] | None, head: int | None, ste
     """The pooled maps the attention figure draws: the paper's figure layers that were probed (else the first 8)."""
     probed = run.attention_layers
     layers = [layer for layer in (layers or paper_layers(run.depth)["figure"]) if layer in probed] or probed[:8]
-    return {layer: mean_map(run, layer, head, steps) for layer in layers}
+    return memoized(run, ("figure maps", tuple(layers), head, steps),  # the shared range and the figure read them
+                    lambda: {layer: mean_map(run, layer, head, steps) for layer in layers})
 
 
 def _context_range(run: Recording, maps: dict) -> tuple[float, float]:
@@ -132,7 +133,7 @@ def attention_maps(run: Recording, layers: list[int] | None = None, head: int | 
 def ratio_span(run: Recording) -> float:
     """The largest |log10 per-key ratio| of `step_heatmap`'s cells: take the maximum over several runs and pass it as
     `span`, so that they share one colour scale."""
-    values = measures_by_step(run)["per_key_ratio"].to_numpy()
+    values = memoized(run, ("measures by step",), lambda: measures_by_step(run))["per_key_ratio"].to_numpy()
     return max(1e-3, float(np.nanmax(np.abs(np.log10(np.clip(values, 1e-6, None))))))
 
 
@@ -140,7 +141,7 @@ def ratio_span(run: Recording) -> float:
 def step_heatmap(run: Recording, measure: str = "per_key_ratio", span: float | None = None) -> Figure:
     """Layer x denoising step heatmap of an attention measure (`measures_by_step`); the per-key ratio on a log10
     scale centred on uniform attention, +-`span` (`ratio_span`, shared with other runs; None: this run's own)."""
-    table = measures_by_step(run)
+    table = memoized(run, ("measures by step",), lambda: measures_by_step(run))  # ratio_span read it for the scale
     pivot = table.pivot(index="layer", columns="step", values=measure)
     values = pivot.to_numpy()
     fig, ax = plt.subplots(figsize=(7, 0.16 * len(pivot) + 1.6))

@@ -444,6 +444,11 @@ def _setting_name(kind: str, layer: int, span_end: int, keep_steps: int) -> str:
     return f"{kind}{layer}" if kind != "skip" else f"skip{layer}-{span_end}k{keep_steps}"
 
 
+def _number(value) -> float:
+    """A table value as a float: NaN where nothing was measured (a latent model's SSIM, read back from parquet as None)."""
+    return float("nan") if value is None else float(value)
+
+
 def _paired(table: pd.DataFrame, column: str, frames: bool = False) -> pd.DataFrame:
     """Per setting and clip (its draws averaged): the setting's `column` and the unmodified model's of the same clip
     and draw, side by side (`frames`: the per-frame lists, one row per frame position)."""
@@ -456,7 +461,7 @@ def _paired(table: pd.DataFrame, column: str, frames: bool = False) -> pd.DataFr
         values, reference = getattr(r, source), base[(r.clip, r.draw)]
         pairs = enumerate(zip(values, reference, strict=True)) if frames else [(-1, (values, reference))]
         rows += [{"setting": name, "kind": r.intervention, "clip": r.clip, "draw": r.draw, "position": p,
-                  "value": float(v), "unmodified": float(u)} for p, (v, u) in pairs]
+                  "value": _number(v), "unmodified": _number(u)} for p, (v, u) in pairs]
     out = pd.DataFrame(rows)
     return out.groupby(["setting", "kind", "position", "clip"], sort=False)[["value", "unmodified"]].mean().reset_index()
 

@@ -205,6 +205,7 @@ def _section(run: Recording, scales: dict | None = None) -> dict:
         summary["control"] = (f"{control.get('kind')} weights (seed {control.get('seed')}): {control.get('what')}; a "
                               "random-weight model of the same architecture, which must never come out reproduced")
     summary["scale"] = scale_text(run)
+    summary = {key: "not recorded" if value is None else value for key, value in summary.items()}
     return {"name": run_name(run), "summary": summary, "claims": evaluate(run), "figures": figs,
             "similarity": similarity, "by_layer": by_layer, "sparsity": sparsity, "measures": measures,
             "scale": scale_text(run), "control": bool(control)}
@@ -320,7 +321,8 @@ def _interventions_section(interventions: dict) -> dict:
     plan_table = rollout = None
     if info.get("plan"):
         plan_table = _plan_table(interventions["table"], info["plan"].get("settings") or {})
-        if "ssim_frames" in interventions["table"]:  # per-frame numbers: validations made since issue 47
+        tidy = interventions["table"]
+        if "ssim_frames" in tidy and tidy.ssim.notna().any():  # per-frame numbers (since issue 47) and a truth
             rollout = _rollout(interventions["table"])
             figs["Drift along the rollout: per generated frame, drift from the unmodified video and SSIM loss against "
                  "the truth, each rule at the middle matched share"] = png_data_uri(

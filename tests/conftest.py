@@ -92,17 +92,8 @@ def tiny_scd() -> SeparableCausalDiffuser:
     return randomize(SeparableCausalDiffuser(SCD_SIZES["tiny"]))
 
 
-# Handed out first, beside every test marked slow, so that the 2 workers end together (no long test running alone at
-# the end): the modules whose tests take 20-60 s each (benchmarks/RESULTS.md lists the slowest).
-LONG_FIRST = ("tests/test_notebooks.py", "tests/test_faults.py", "tests/scd/test_shipped.py", "tests/probes/test_kill.py",
-              "tests/test_gpu_check.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    """The long tests (marked `slow`, and the notebooks) first, the rest in their order, so that pytest-xdist's
-    workers do not end with one long test running alone; tests marked `gpu` need CUDA: skipped, with the reason
-    shown, where there is none."""
-    items.sort(key=lambda item: not ("slow" in item.keywords or item.nodeid.startswith(LONG_FIRST)))  # stable
+    """Tests marked `gpu` need CUDA: skipped, with the reason shown, where there is none."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -120,22 +120,31 @@ def statistics(run: Recording) -> dict:
             "update_drift_per_chunk": {p: torch.stack(by_chunk[p]).mean(0).tolist() for p in sorted(by_chunk)}}
 
 
-def skip_schedule(drift: list[list[float]], budget: float) -> list[list[bool]]:
-    """Per block and step, skip (True) or compute: a block is skipped while the drift it has accumulated since it was
-    last computed stays within `budget` (MagCache's rule, per block); step 0 is always computed."""
+def _accumulated_skips(drift: list[list[float]], weight: list[float], budget: float,
+                       last_runs: bool) -> list[list[bool]]:
+    """Per block and step, skip (True) or compute: a block is skipped while its drift times the step's weight,
+    accumulated since it was last computed, stays within `budget` (MagCache's rule, per block); step 0 always runs,
+    and the last step too with `last_runs`."""
     if not isinstance(budget, int | float) or isinstance(budget, bool) or not 0 <= budget <= 1e6 or math.isnan(budget):
         raise PlanError(f"budget = {budget!r}; accepted: a number >= 0 (0: compute every block at every step)")
     schedule = []
     for per_step in drift:
         skips, accumulated = [], 0.0
         for step, value in enumerate(per_step):
-            accumulated += value
-            skip = step > 0 and accumulated <= budget and budget > 0
+            accumulated += value * weight[step]
+            skip = 0 < step and (not last_runs or step < len(per_step) - 1) and accumulated <= budget and budget > 0
             if not skip:
                 accumulated = 0.0
             skips.append(skip)
         schedule.append(skips)
     return schedule
+
+
+def skip_schedule(drift: list[list[float]], budget: float) -> list[list[bool]]:
+    """Per block and step, skip (True) or compute: a block is skipped while the drift it has accumulated since it was
+    last computed stays within `budget` (MagCache's rule, per block); step 0 is always computed."""
+    steps = max((len(row) for row in drift), default=0)
+    return _accumulated_skips(drift, [1.0] * steps, budget, last_runs=False)
 
 
 def gated_schedule(drift: list[list[float]], model_change: list[float], budget: float) -> list[list[bool]]:
@@ -145,22 +154,9 @@ def gated_schedule(drift: list[list[float]], model_change: list[float], budget: 
     drifts little and the model changes little, and kept where the model moves; it is skipped while its weighted drift
     accumulated since it last ran stays within `budget`. The first and the last step always run (TeaCache's rule: the
     last, low-noise step is where skipping costs structure, docs/surgeries.md)."""
-    if not isinstance(budget, int | float) or isinstance(budget, bool) or not 0 <= budget <= 1e6 or math.isnan(budget):
-        raise PlanError(f"budget = {budget!r}; accepted: a number >= 0 (0: compute every block at every step)")
     change = np.clip(np.asarray(model_change, dtype=float), 0.0, None)
     scale = float(change[1:].mean()) if len(change) > 1 and change[1:].mean() > 0 else 1.0
-    weight = change / scale
-    schedule = []
-    for per_step in drift:
-        skips, accumulated = [], 0.0
-        for step, value in enumerate(per_step):
-            accumulated += value * float(weight[step])
-            skip = 0 < step < len(per_step) - 1 and accumulated <= budget and budget > 0
-            if not skip:
-                accumulated = 0.0
-            skips.append(skip)
-        schedule.append(skips)
-    return schedule
+    return _accumulated_skips(drift, (change / scale).tolist(), budget, last_runs=True)
 
 
 def model_change(teacache: dict) -> list[float]:
@@ -430,7 +426,7 @@ def speed_quality_table(table: pd.DataFrame) -> pd.DataFrame:
         per_clip = group.groupby("clip")[["speed", "capped"]].mean()  # a clip's draws averaged: clips are the unit
         sm, sl, sh, n = interval(per_clip["speed"].tolist())
         dm, dl, dh, _ = interval(per_clip["capped"].tolist())
-        name = f"{key[0]}{key[1]}" if key[0] != "skip" else f"skip{key[1]}-{key[2]}k{key[3]}"
+        name = _setting_name(*key)
         rows.append({"setting": name, "kind": key[0], "speedup": sm, "speedup_low": sl, "speedup_high": sh,
                      "drift_psnr": dm, "drift_psnr_low": dl, "drift_psnr_high": dh, "clips": n})
     out = pd.DataFrame(rows)

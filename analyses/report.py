@@ -288,11 +288,9 @@ def _records(table, columns: dict[str, str]) -> dict:
 
 def _bench_section(bench: dict) -> dict:
     """The `probe bench` tables (records, escaped by the template) and its figure."""
-    records = _records
-
-    speed = records(bench["speed"], SPEED_COLUMNS)
-    ratios = records(bench["ratios"], RATIO_COLUMNS)
-    quality = records(bench["quality"], QUALITY_COLUMNS)
+    speed = _records(bench["speed"], SPEED_COLUMNS)
+    ratios = _records(bench["ratios"], RATIO_COLUMNS)
+    quality = _records(bench["quality"], QUALITY_COLUMNS)
     figure = png_data_uri(figures.bench_figure(bench["speed"], bench["ratios"], bench["quality"]))
     return {"info": bench["info"], "speed": speed, "ratios": ratios, "quality": quality, "figure": figure}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 PLAN_FORMAT = "scd-probes-plan/1"
+HEAD_PLAN_FORMAT = "scd-probes-head-plan/1"  # analyses.head_plan: which cached frames each attention head keeps
 
 
 def _integer(value: object, low: int = 0) -> bool:
@@ -81,4 +82,31 @@ def plan_problem(content: object) -> str | None:
     if _array(chunks.get("update_drift"), 3, lambda v: _finite(v, 0)) not in (shape, [0, 0, 0]) or \
             _array(chunks.get("skip"), 3, lambda v: isinstance(v, bool)) not in (shape, [0, 0, 0]):
         return f"its blocks per_chunk update_drift and skip are not {shape} finite numbers and booleans"
+    return None
+
+
+def head_plan_problem(content: object) -> str | None:
+    """As `plan_problem`, for a head plan (`analyses.head_plan`): its calibration, layers and heads, and every rule a
+    sound [sinks, recent] pair of the plan's candidates, one per (block, head)."""
+    if not isinstance(content, dict) or content.get("format") != HEAD_PLAN_FORMAT:
+        return f"it is not a head plan of this toolkit (format {HEAD_PLAN_FORMAT})"
+    calibration, heads, plans = content.get("calibration"), content.get("heads"), content.get("plans")
+    if not isinstance(calibration, dict) or not isinstance(heads, dict) or not isinstance(plans, list) or not plans:
+        return "its 'calibration', 'heads' or 'plans' is missing or malformed"
+    items = calibration.get("items")
+    if not isinstance(items, list) or not items or not all(
+            isinstance(i, dict) and _integer(i.get("clip")) and _integer(i.get("seed")) for i in items):
+        return "its calibration items are not a list of {clip, seed} with integers >= 0"
+    layers, count = heads.get("layers"), heads.get("heads")
+    if not isinstance(layers, list) or not layers or not all(_integer(v) for v in layers) or \
+            len(set(layers)) != len(layers) or not _integer(count, 1):
+        return "its heads 'layers' (distinct block indices) or 'heads' (an integer >= 1) is malformed"
+    for entry in plans:
+        if not isinstance(entry, dict) or not _finite(entry.get("budget"), 0):
+            return "a plan's budget is not a finite number >= 0"
+        keep = entry.get("keep")
+        if _array(keep, 2, lambda v: isinstance(v, list)) != [len(layers), count] or not all(
+                len(rule) == 2 and _integer(rule[0]) and (rule[1] is None or _integer(rule[1]))
+                for layer in keep for rule in layer):
+            return f"a plan's keep is not [{len(layers)} blocks][{count} heads] of [sinks, recent or null]"
     return None

@@ -19,7 +19,7 @@ from scd.contract import is_video_diffuser
 from scd.sampling import observe_sampling
 
 INTERVENTIONS = ("reuse", "knockout", "knockout-layer", "skip", "diagonal", "plan", "chunked", "gated", "magcache",
-                 "teacache")
+                 "teacache", "heads")
 # Block schedules: a caching plan (one schedule for every chunk, or `chunked`: one per chunk position) and the
 # model-level baselines.
 SCHEDULED = ("plan", "chunked", "gated", "magcache", "teacache")
@@ -222,6 +222,40 @@ def _check_schedule(schedule: Schedule, depth: int) -> None:
 
 
 @contextmanager
+def head_pruning(model: nn.Module, keep: dict[int, tuple]) -> Iterator[None]:
+    """Run a head plan (`analyses.head_plan`): every KV cache the model makes (`new_cache`, as `scd.generate` calls
+    it) is a `scd.models.blocks.HeadPrunedCache` in which head h of block L keeps only the frames `keep[L][h]` (a
+    `HeadKeep`) says; the others are never stored. The causal baseline only: its blocks attend group by group over
+    what their heads kept (the Wan families' attention processors are not patched). Blocks not in `keep` are cached
+    as usual; a plan that prunes nothing leaves the model's code path as it is."""
+    from scd.contract import CachePolicy
+    from scd.models.baseline import CausalVideoDiffuser
+    from scd.models.blocks import HeadKeep, HeadPrunedCache
+
+    layout = _surgery_layout(model)
+    if not isinstance(model, CausalVideoDiffuser):
+        raise InterventionError(f"head plans run on the causal baseline's KV cache; got {type(model).__name__}")
+    heads = model.config.heads
+    for layer, rules in keep.items():
+        if not (isinstance(layer, int) and 0 <= layer < layout.depth):
+            raise InterventionError(f"head plan block {layer!r}; accepted: 0..{layout.depth - 1}")
+        if len(rules) != heads or not all(isinstance(r, HeadKeep) for r in rules):
+            raise InterventionError(f"head plan block {layer}: {len(rules)} rules; accepted: one HeadKeep per head "
+                                    f"({heads})")
+    chunk = model.frames_per_block
+
+    def new_cache(policy: CachePolicy | None = None) -> HeadPrunedCache:
+        return HeadPrunedCache(policy=(policy or CachePolicy()).check(chunk), chunk=chunk, heads=dict(keep))
+
+    new_cache(None)  # refuse a plan the cache cannot hold before anything runs
+    model.new_cache = new_cache  # an instance attribute: shadows the method until removed
+    try:
+        yield
+    finally:
+        del model.new_cache
+
+
+@contextmanager
 def block_skip(model: nn.Module, schedule: Schedule | dict[int, Schedule]) -> Iterator[dict[str, int]]:
     """Run a caching plan's schedule (`analyses.plan`): block L is skipped at denoising step t where `schedule[L][t]`
     holds, its update from the last step it ran (its output minus its input) added to its current input; every block
@@ -306,7 +340,12 @@ def intervention(model: nn.Module, kind: str, layer: int, refresh: int | None = 
     `layer` is the setting's index); layer -1 means none."""
     if kind not in INTERVENTIONS:
         raise InterventionError(f"unknown intervention {kind!r}; accepted: {', '.join(INTERVENTIONS)}")
-    if kind in SCHEDULED:
+    if kind == "heads":
+        if not isinstance(schedule, dict):
+            raise InterventionError("heads runs a head plan, and none is given; accepted: a head plan's rules")
+        with head_pruning(model, schedule):
+            yield
+    elif kind in SCHEDULED:
         if schedule is None:
             raise InterventionError(f"{kind} runs a block schedule, and none is given; accepted: a plan's schedule")
         with block_skip(model, schedule):

@@ -130,6 +130,108 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
 
 
+@dataclass(frozen=True)
+class HeadKeep:
+    """Which finished frames one attention head keeps in its cache: the first `sinks` frames of the video and the
+    `recent` most recent finished frames; `recent=None` keeps every frame (the head is not pruned). A head plan
+    (`analyses.head_plan`) gives one per (block, head); a rolling `CachePolicy` still bounds what any head holds."""
+    sinks: int = 0              # the first frames of the video, kept for ever (attention sinks)
+    recent: int | None = None   # the most recent finished frames kept; None: all
+
+    def keeps(self, frame: int, written: int) -> bool:
+        """Whether this head keeps video frame `frame` once `written` frames are finished."""
+        return self.recent is None or frame < self.sinks or frame >= written - self.recent
+
+
+@dataclass
+class HeadGroups:
+    """What a pruned block reads from a `HeadPrunedCache`: per group of heads that keep the same frames, the heads'
+    indices and their visible cached (keys, values) [B, L_group, H_group, D]. `Attention` attends group by group."""
+    groups: list[tuple[list[int], torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class HeadPrunedCache(KVCache):
+    """A KV cache whose blocks keep, head by head, only the frames a head plan says (`HeadKeep`), as Forcing-KV
+    prunes the cache per head: the frames a head drops are never stored, so `nbytes` counts what is really held.
+
+    Blocks not in `heads` (or whose heads all keep every frame) are cached as `KVCache` caches them, so a plan that
+    prunes nothing runs the unmodified code path. Keys must be stored rotated (the `absolute` RoPE policy): a head's
+    kept frames are then attended at their own positions."""
+    heads: dict[int, tuple[HeadKeep, ...]] = field(default_factory=dict)
+    # per pruned block: [heads, keys, values, cached frames] per group of heads that keep the same frames
+    grouped: dict[int, list[list]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.policy.rope != "absolute":
+            raise ModelError(f"a head-pruned cache needs keys rotated when written (rope = 'absolute'); got rope = "
+                             f"{self.policy.rope!r}")
+        self.heads = {i: keep for i, keep in self.heads.items() if any(k.recent is not None for k in keep)}
+        for i, keep in self.heads.items():
+            order: dict[HeadKeep, list[int]] = {}
+            for head, rule in enumerate(keep):
+                order.setdefault(rule, []).append(head)
+            self.grouped[i] = [[heads, None, None, []] for heads in order.values()]
+            self.grouped[i] = [g + [rule] for g, rule in zip(self.grouped[i], order, strict=True)]
+
+    def layer(self, i: int, frames: int | None = None):
+        """As `KVCache.layer`; for a pruned block, a `HeadGroups` of what each group of heads may see."""
+        if i not in self.grouped:
+            return super().layer(i, frames)
+        if self.grouped[i][0][1] is None:
+            return None
+        visible = set(self.visible(frames)) if frames is not None else None
+        groups = []
+        for heads, k, v, cached, _ in self.grouped[i]:
+            slots = list(range(len(cached))) if visible is None else [s for s, f in enumerate(cached) if f in visible]
+            if len(slots) < len(cached):
+                index = _token_index(slots, k.shape[1] // len(cached), k.device) if cached else None
+                k, v = k.index_select(1, index), v.index_select(1, index)
+            groups.append((heads, k, v))
+        return HeadGroups(groups)
+
+    def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if i not in self.grouped:
+            return super().append(i, k, v)
+        for group in self.grouped[i]:
+            heads = group[0]
+            new_k, new_v = k[:, :, heads], v[:, :, heads]
+            group[1] = new_k if group[1] is None else torch.cat([group[1], new_k], dim=1)
+            group[2] = new_v if group[2] is None else torch.cat([group[2], new_v], dim=1)
+
+    def advance(self, frames: int) -> None:
+        written = list(range(self.frames, self.frames + frames))
+        total = self.frames + frames
+        allowed = set(self.policy.kept(total))
+        for groups in self.grouped.values():
+            for group in groups:
+                if group[1] is None:
+                    continue
+                held, rule = group[3] + written, group[4]
+                kept = [f for f in held if f in allowed and rule.keeps(f, total)]
+                if kept != held:
+                    index = _token_index([held.index(f) for f in kept], group[1].shape[1] // len(held),
+                                         group[1].device)
+                    group[1], group[2] = group[1].index_select(1, index), group[2].index_select(1, index)
+                group[3] = kept
+        super().advance(frames)
+
+    def kept_frames(self, i: int) -> list[list[int]]:
+        """Per head of block i, the video frames it holds now (in cache order)."""
+        if i not in self.grouped:
+            return [list(self.cached)] * (0 if self.layer(i) is None else self.keys[i].shape[2])
+        held: dict[int, list[int]] = {}
+        for heads, _, _, cached, _ in self.grouped[i]:
+            held.update({h: list(cached) for h in heads})
+        return [held[h] for h in sorted(held)]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values, every head's what it keeps."""
+        pruned = sum(t.numel() * t.element_size() for groups in self.grouped.values() for g in groups
+                     for t in g[1:3] if t is not None)
+        return super().nbytes() + pruned
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with RMS qk-norm, RoPE and an optional KV cache."""
 
@@ -160,12 +262,31 @@ class Attention(nn.Module):
         unrotated = self.k_norm(k)
         k = apply_rope(unrotated, angles)
         own = (k if past_angles is None else unrotated, v)
+        if isinstance(past, HeadGroups):  # a head-pruned cache: each group of heads attends to what it kept
+            return self.out(self._grouped(self.hook_q(q), k, v, mask, past).transpose(1, 2).reshape(B, L, W)), own
         if past is not None:
             past_keys = past[0] if past_angles is None else apply_rope(past[0], past_angles)
             k, v = torch.cat([past_keys, k], dim=1), torch.cat([past[1], v], dim=1)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(B, L, W)), own
+
+
+    @staticmethod
+    def _grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                 past: HeadGroups) -> torch.Tensor:
+        """Attention [B, H, L, D] of q, k, v [B, L, H, D] (this pass's tokens) over each head group's own cached keys
+        and values. A pass's mask covers the policy's visible past (all allowed) and its own frames (block-causal):
+        each group keeps the own part and allows all of what it kept. (k and v are not hooked here: a group's keys
+        are not one tensor.)"""
+        B, L, H, D = q.shape
+        out = q.new_empty(B, H, L, D)
+        for heads, past_k, past_v in past.groups:
+            keys = torch.cat([past_k, k[:, :, heads]], dim=1).transpose(1, 2)
+            values = torch.cat([past_v, v[:, :, heads]], dim=1).transpose(1, 2)
+            own = None if mask is None else torch.cat([mask.new_ones(L, past_k.shape[1]), mask[:, -L:]], dim=1)
+            out[:, heads] = F.scaled_dot_product_attention(q[:, :, heads].transpose(1, 2), keys, values, attn_mask=own)
+        return out
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,7 @@ def head_statistics(runs: list[Recording], max_sinks: int = 2) -> dict:
     sinks, recent = list(range(max_sinks + 1)), list(range(seen))
     worst, mean, by_distance = [], [], []
     for layer in layers:
-        lost = torch.cat([lost_mass(item, layer, sinks, recent).flatten(2) for item in items], dim=2)
+        lost = torch.cat([lost_mass(item, layer, sinks, recent).flatten(2, 3) for item in items], dim=2)  # [S, R, n, H]
         worst.append(lost.amax(2))  # [S, R, H]
         mean.append(lost.mean(2))
         distance = torch.cat([item.attention_by_distance(layer).double().flatten(0, 1) for item in items])  # [n, H, T]
@@ -111,7 +111,8 @@ def head_statistics(runs: list[Recording], max_sinks: int = 2) -> dict:
 def head_keep(stats: dict, budget: float) -> list[list[list[int | None]]]:
     """Per block and head, the rule [sinks, recent] of the plan at `budget` ([0, None]: keep every frame): the rule
     keeping fewest frames among those whose worst lost mass is within the budget and that drop something the
-    calibration saw (ties: fewer sinks)."""
+    calibration saw (ties: fewer sinks). A zero budget keeps every frame of every head, even where some head put
+    exactly no mass on a frame."""
     plan = []
     for worst_layer in stats["worst"]:
         heads = []
@@ -119,7 +120,7 @@ def head_keep(stats: dict, budget: float) -> list[list[list[int | None]]]:
             best = None
             for a, s in enumerate(stats["sinks"]):
                 for b, r in enumerate(stats["recent"]):
-                    if not stats["drops"][a][b] or worst[a][b] > budget:
+                    if not stats["drops"][a][b] or worst[a][b] > budget or budget <= 0:  # zero: keep everything
                         continue
                     if best is None or (s + r, s) < (best[0] + best[1], best[0]):
                         best = (s, r)
@@ -160,12 +161,20 @@ def keep_rules(content: dict, index: int) -> dict[int, tuple]:
             for layer, heads in zip(layers, content["plans"][index]["keep"], strict=True)}
 
 
-def kept_share(content: dict, index: int, written: int, policy=None) -> float:
-    """The share of the unpruned cache's (block, head, frame) entries the plan at `index` keeps once `written`
-    frames are finished, under `policy` (a `scd.contract.CachePolicy`; None: every frame)."""
+def calibration_policy(content: dict):
+    """The cache policy the plan's calibration sampled with (`scd.contract.CachePolicy`)."""
     from scd.contract import CachePolicy
 
-    held = (policy or CachePolicy()).kept(written)
+    sampling = content["calibration"].get("sampling") or {}
+    if sampling.get("window") is None:
+        return CachePolicy()
+    return CachePolicy(sampling["window"], sampling.get("sink_frames") or 0, sampling.get("rope") or "absolute")
+
+
+def kept_share(content: dict, index: int, written: int, policy=None) -> float:
+    """The share of the unpruned cache's (block, head, frame) entries the plan at `index` keeps once `written`
+    frames are finished, under `policy` (a `scd.contract.CachePolicy`; None: the calibration's)."""
+    held = (policy or calibration_policy(content)).kept(written)
     keep = content["plans"][index]["keep"]
     total = sum(len(heads) for heads in keep) * len(held)
     kept = sum(1 for heads in keep for s, r in heads for f in held if r is None or f < s or f >= written - r)

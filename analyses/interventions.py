@@ -56,13 +56,21 @@ DEFAULT_LAYERS = (0, 5, 10, 15, 20, 25, 29)
 
 
 def _timed(model: nn.Module, context: torch.Tensor, frames: int, steps: int, seed: int, device,
-           sampling: dict | None = None) -> tuple[torch.Tensor, float]:
+           sampling: dict | None = None, bytes_held: list | None = None) -> tuple[torch.Tensor, float]:
+    """The generation and its wall time per generated frame; `bytes_held` receives the KV cache's bytes at the end
+    (`nbytes`: what the cache really holds, a head plan's pruning included; NaN for a model without a cache)."""
     sampling = dict(sampling or {})
     if sampling.get("timesteps") is not None:
         steps = None  # an explicit list sets the steps
+    cache = model.new_cache(sampling.get("cache_policy"))  # made here to be read afterwards; as generate makes it
+    if cache is not None:
+        sampling.pop("cache_policy", None)  # the cache carries it
     start = time.perf_counter()
-    video = generate(model, context, frames, steps=steps, seed=seed, device=device, **sampling)
-    return video, (time.perf_counter() - start) / frames
+    video = generate(model, context, frames, steps=steps, seed=seed, device=device, cache=cache, **sampling)
+    seconds = (time.perf_counter() - start) / frames
+    if bytes_held is not None:
+        bytes_held.append(float("nan") if cache is None or not hasattr(cache, "nbytes") else float(cache.nbytes()))
+    return video, seconds
 
 
 def latent_drift(changed: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +94,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     unmodified generation (PSNR, SSIM, max abs difference over the generated frames), PSNR / SSIM against the
     ground truth, seconds per generated frame, the clip's noise seed. Settings are (kind, layer) or ("skip",
     first, last, keep[, tail]). Clip c draws its noise with seed + c. The unmodified generation is the row
-    ("none", -1); with `redraw`, the row ("redraw", -1) is the unmodified model from a second noise draw (seed + c
+    ("none", -1); `cache_bytes` is what its KV cache held at the end. With `redraw`, the row ("redraw", -1) is
+    the unmodified model from a second noise draw (seed + c
     + 2^31): the noise floor of quality claims. `others` are other models (e.g. "diagonal-tuned": the baseline
     fine-tuned with the frame-diagonal mask; "finetuned": its compute-matched control without the mask) measured
     the same way, with `layer` their first frame-local block (their depth when none). `keep`, if given, receives
@@ -136,7 +145,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
     for clip, draw in progress_bar(pairs, desc="interventions", unit="clip x draw", disable=not progress):
         start, video = clip_video(clip)
         clip_seed = noise_seed(seed, clip, 2 * draw)
-        reference, seconds = _timed(model, start, frames, steps, clip_seed, device, sampling)
+        held: list[float] = []
+        reference, seconds = _timed(model, start, frames, steps, clip_seed, device, sampling, held)
         first = keep is not None and clip == first_clip and draw == 0
         if first:
             keep["ground_truth"], keep["none-1"] = to_uint8(video), to_uint8(reference)
@@ -145,7 +155,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
                      "clip": clip, "draw": draw, "noise_seed": clip_seed, "drift_psnr": float("inf"),
                      "drift_ssim": float("nan") if latent else 1.0,
                      "drift_max_abs": 0.0, "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-                     "seconds_per_frame": seconds, "drift_psnr_frames": [float("inf")] * frames,
+                     "seconds_per_frame": seconds, "cache_bytes": held[-1],
+                     "drift_psnr_frames": [float("inf")] * frames,
                      "drift_ssim_frames": [float("nan") if latent else 1.0] * frames,
                      "psnr_frames": psnr.tolist(), "ssim_frames": ssim.tolist()})
         runs = [(kind, layer, span_end, keep_steps, tail_steps, model, clip_seed)
@@ -157,7 +168,7 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
         for kind, layer, span_end, keep_steps, tail_steps, which, noise in runs:
             with intervention(model, kind, layer, refresh, span_end, keep_steps, tail_steps, steps,
                               (schedules or {}).get((kind, layer))) if which is model and kind != "redraw" else nullcontext():
-                changed, seconds = _timed(which, start, frames, steps, noise, device, sampling)
+                changed, seconds = _timed(which, start, frames, steps, noise, device, sampling, held)
             if first:
                 keep[f"{kind}{layer}" + (f"-{span_end}k{keep_steps}" if kind == "skip" else "")
                      + (f"t{tail_steps}" if kind == "skip" and tail_steps > 0 else "")] = to_uint8(changed)
@@ -169,7 +180,8 @@ def intervention_table(model: nn.Module, settings: Sequence[tuple], clips: int =
                          "drift_ssim": float(drift_ssim.mean()),
                          "drift_max_abs": float((changed[context:] - reference[context:]).abs().max()),
                          "psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "seconds_per_frame": seconds,
-                         "drift_psnr_frames": drift_psnr.tolist(), "drift_ssim_frames": drift_ssim.tolist(),
+                         "cache_bytes": held[-1], "drift_psnr_frames": drift_psnr.tolist(),
+                         "drift_ssim_frames": drift_ssim.tolist(),
                          "psnr_frames": psnr.tolist(), "ssim_frames": ssim.tolist()})
     return pd.DataFrame(rows)
 

@@ -311,6 +311,9 @@ def _plan_parser(sub) -> None:
     p.add_argument("--export", choices=("diffusers",), help="also write OUT's stem + .diffusers.json: MagCacheConfig and "
                    "TaylorSeerCacheConfig arguments matched to the plan's share of skipped blocks, with the decisions "
                    "each makes (analyses.plan.cache_config builds the object transformer.enable_cache takes)")
+    p.add_argument("--heads", default=None, metavar="BUDGETS", help="write a head plan instead (analyses.head_plan): "
+                   "per attention head, the sinks and recent frames its KV cache keeps, from runs with attention "
+                   "recorded; BUDGETS: the attention mass a head may lose, comma-separated (e.g. 0.01,0.05,0.1)")
     p.add_argument("--force", action="store_true", help="replace a plan this command wrote")
     p.set_defaults(func=measuring.cmd_plan)
 

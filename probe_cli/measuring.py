@@ -141,7 +141,8 @@ def _span(text: str, depth: int) -> list[int]:
 
 
 def _read_plan(path: str) -> dict:
-    """A plan file written by probe plan, refused in one line otherwise."""
+    """A plan file written by probe plan (a caching plan or, with --heads, a head plan), refused in one line
+    otherwise."""
     import json
 
     plan_path = Path(path)
@@ -149,9 +150,10 @@ def _read_plan(path: str) -> dict:
         content = json.loads(plan_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"--plan {path} cannot be read as a plan; accepted: a JSON file written by probe plan") from None
-    from analyses.plan_file import plan_problem
+    from analyses.plan_file import HEAD_PLAN_FORMAT, head_plan_problem, plan_problem
 
-    problem = plan_problem(content)
+    is_heads = isinstance(content, dict) and content.get("format") == HEAD_PLAN_FORMAT
+    problem = head_plan_problem(content) if is_heads else plan_problem(content)
     if problem is not None:
         raise UsageError(f"--plan {path}: {problem}; accepted: a file written by probe plan, unedited")
     return content
@@ -291,6 +293,62 @@ def _plan_diffusers_model(args: argparse.Namespace, content: dict, on):
     return model
 
 
+def _validate_head_plan(args: argparse.Namespace, content: dict, model, out: Path, on) -> None:
+    """`probe intervene --plan HEADS.json`: each of the head plan's budgets beside the unmodified model and its
+    redraw, on held-out clips, sampled as the plan was calibrated (its cache policy included), over --frames."""
+    from analyses.head_plan import keep_rules
+    from analyses.interventions import intervention_table, write_interventions
+    from probes.surgery import InterventionError
+
+    for flag, value, default in (("--reuse", args.reuse, "default"), ("--knockout", args.knockout, "default"),
+                                 ("--skip", args.skip, "default"), ("--diagonal", args.diagonal, "default"),
+                                 ("--knockout-layer", args.knockout_layer, "none"), ("--tuned", args.tuned, None),
+                                 ("--refresh", args.refresh, None), ("--budget", args.budget, None)):
+        if value != default:
+            raise UsageError(f"{flag} is not run with a head plan (every budget of the plan is validated); accepted: "
+                             f"--plan HEADS.json alone, or {flag} without it")
+    sha = (model.checkpoint or {}).get("sha256")
+    if (content.get("checkpoint") or {}).get("sha256") != sha:
+        raise UsageError(f"--plan was calibrated on {content.get('model')!r}, not --model {args.model}; accepted: a "
+                         "plan of this model")
+    if "decoder" in model.layout.roles:
+        raise UsageError(f"--plan runs on the causal baseline's KV cache; --model {args.model} is an SCD model")
+    calibration = content["calibration"]
+    steps = len(calibration.get("steps") or [])
+    if steps and steps != args.steps:
+        raise UsageError(f"--plan was calibrated at {steps} steps; --steps {args.steps}; accepted: --steps {steps}")
+    calibrated = {item.get("clip") for item in calibration["items"]}
+    if calibrated & set(range(args.first_clip, args.first_clip + args.clips)):
+        raise UsageError(f"val clip {min(calibrated & set(range(args.first_clip, args.first_clip + args.clips)))} is in "
+                         f"the plan's calibration set; accepted: held-out clips, e.g. --first-clip {max(calibrated) + 1}")
+    layers = content["heads"]["layers"]
+    if max(layers) >= model.depth or content["heads"]["heads"] != model.config.heads:
+        raise UsageError(f"--plan has {content['heads']['heads']} heads in blocks up to {max(layers)}; --model "
+                         f"{args.model} has {model.config.heads} heads in {model.depth} blocks; accepted: a plan of it")
+    indices = range(len(content["plans"]))
+    settings = [("heads", i) for i in indices]
+    schedules = {("heads", i): keep_rules(content, i) for i in indices}
+    _fits(model, args.context + args.frames, "one intervened generation")
+    videos: dict = {}
+    try:
+        table = intervention_table(model, settings, clips=args.clips, context=args.context, frames=args.frames,
+                                   steps=args.steps, seed=args.seed, device=on, progress=not args.quiet, keep=videos,
+                                   first_clip=args.first_clip, schedules=schedules, sampling=plan_sampling(content),
+                                   draws=args.draws)
+    except InterventionError as e:
+        raise UsageError(str(e)) from None
+    info = {"model": args.model, "checkpoint": model.checkpoint, "depth": model.depth, "command": _command("intervene"),
+            "machine": _machine(on), "device": str(on), "clips": args.clips, "first_clip": args.first_clip,
+            "context": args.context, "frames": args.frames, "steps": args.steps, "seed": args.seed, "refresh": None,
+            "draws": args.draws,
+            "head_plan": {"path": str(args.plan), "budgets": [entry["budget"] for entry in content["plans"]],
+                          "sampling": calibration.get("sampling") or {}},
+            "noise": "clip c, draw j: seed + c + 2j x 2^31; its redraw: seed + c + (2j + 1) x 2^31"}
+    write_interventions(out, table, videos, info, force=args.force)
+    if not args.quiet:
+        print((out / "interventions.md").read_text())
+
+
 def cmd_intervene(args: argparse.Namespace) -> None:
     out = output(args.out, "interventions", args.force).path
     content = _read_plan(args.plan) if args.plan is not None else None
@@ -309,7 +367,13 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     if latent and content is None:
         raise UsageError(f"--model {args.model}: on a diffusers model probe intervene validates a caching plan; "
                          "accepted: --plan FILE (the paper's surgeries run on the built-in families)")
+    heads = content is not None and content["format"] != "scd-probes-plan/1"
+    if latent and heads:
+        raise UsageError(f"--model {args.model}: head plans run on the built-in causal baseline's KV cache; accepted: "
+                         "a built-in baseline (a caching plan runs on diffusers models)")
     model = _plan_diffusers_model(args, content, on) if latent else load_model(args.model, device=on)
+    if heads:
+        return _validate_head_plan(args, content, model, out, on)
     if content is not None:
         if "decoder" in model.layout.roles:
             raise UsageError(f"--plan runs on the causal baseline's blocks; --model {args.model} is an SCD model")
@@ -408,6 +472,37 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _head_budgets(text: str) -> list[float]:
+    from probe_cli.checks import number
+
+    try:
+        values = [number(part, 0, 1) for part in text.split(",")]
+    except UsageError:
+        raise UsageError(f"--heads {text!r} is not accepted; accepted: comma-separated attention masses in 0..1") from None
+    if len(values) > 16 or len(set(values)) != len(values):
+        raise UsageError(f"--heads {text!r} is not accepted; accepted: at most 16 distinct masses in 0..1")
+    return values
+
+
+def _head_plan(args: argparse.Namespace) -> None:
+    """`probe plan --heads`: a head plan (analyses.head_plan) from runs with attention recorded."""
+    budgets = _head_budgets(args.heads)
+    for flag, value, default in (("--export", args.export, None), ("--budget", args.budget, 0.1)):
+        if value != default:
+            raise UsageError(f"{flag} is not used by a head plan; accepted: --heads BUDGETS without {flag}")
+    from analyses.head_plan import HeadPlanError, head_plan_summary, write_head_plan
+
+    try:
+        written = write_head_plan(args.runs, args.out, budgets, force=args.force)
+    except HeadPlanError as e:
+        raise UsageError(str(e)) from None
+    import json
+
+    for line in head_plan_summary(json.loads(Path(written).read_text())):
+        print(line)
+    print(f"wrote {written}")
+
+
 def cmd_plan(args: argparse.Namespace) -> None:
     for run in args.runs:
         if not Path(run).is_dir():
@@ -416,6 +511,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if Path(args.out).suffix.lower() != ".json":
         raise UsageError(f"--out {args.out!r} is not a .json file; accepted: a path ending in .json")
     output(args.out, "plan", args.force)  # before the heavy imports: a refusal comes at once
+    if args.heads is not None:
+        return _head_plan(args)
     exported = Path(args.out).with_suffix(".diffusers.json") if args.export else None
     if exported is not None:
         output(str(exported), "plan", args.force)

@@ -51,7 +51,7 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 def _token_index(slots: list[int], tokens_per_frame: int, device: torch.device) -> torch.Tensor:
     """The token positions [len(slots) * n] of the cached frames in `slots` (frame-major, n tokens each)."""
     n = tokens_per_frame
-    return (torch.tensor(slots, device=device)[:, None] * n + torch.arange(n, device=device)).flatten()
+    return (torch.tensor(slots, device=device, dtype=torch.long)[:, None] * n + torch.arange(n, device=device)).flatten()
 
 
 @dataclass

@@ -233,3 +233,38 @@ def head_table(content: dict) -> pd.DataFrame:
                 row[f"lost@{entry['budget']:g}"] = worst
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def head_validation_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per head-plan budget of a validation (`probe intervene --plan HEADS.json`): the KV cache's bytes at the end
+    of the rollout relative to the unmodified model's, the speed-up (the unmodified model's seconds per frame over
+    the setting's, in the same process), the drift PSNR from the unmodified generation (capped at
+    `analyses.plan.DRIFT_CAP`) over the whole rollout and at its first and last generated frame, and the SSIM loss
+    against the truth (unmodified minus setting); each a mean with its 95% t-interval over clips, a clip's noise
+    draws averaged first. The redraw row is the noise floor of the drift."""
+    from analyses.intervals import interval
+    from analyses.plan import DRIFT_CAP
+
+    table = table.assign(**({"draw": 0} if "draw" not in table else {}))
+    base = table[table.intervention == "none"].set_index(["clip", "draw"])
+    rows = []
+    for (kind, index), group in table[table.intervention.isin(["heads", "redraw"])].groupby(
+            ["intervention", "layer"], sort=False):
+        keys = list(zip(group["clip"], group["draw"], strict=True))
+        per = pd.DataFrame({
+            "clip": group["clip"].to_numpy(),
+            "bytes": group["cache_bytes"].to_numpy() / base.loc[keys, "cache_bytes"].to_numpy(),
+            "speed": base.loc[keys, "seconds_per_frame"].to_numpy() / group["seconds_per_frame"].to_numpy(),
+            "drift": group["drift_psnr"].clip(upper=DRIFT_CAP).to_numpy(),
+            "first": [min(f[0], DRIFT_CAP) for f in group["drift_psnr_frames"]],
+            "last": [min(f[-1], DRIFT_CAP) for f in group["drift_psnr_frames"]],
+            "ssim_loss": base.loc[keys, "ssim"].to_numpy() - group["ssim"].to_numpy(),
+        }).groupby("clip").mean()
+        row = {"setting": f"{kind}{index}" if kind == "heads" else "redraw"}
+        for column in ("bytes", "speed", "drift", "first", "last", "ssim_loss"):
+            mean, low, high, n = interval(per[column].dropna().tolist()) if per[column].notna().any() else \
+                (float("nan"),) * 3 + (0,)
+            row.update({column: mean, f"{column}_low": low, f"{column}_high": high})
+        row["clips"] = len(per)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -328,6 +328,7 @@ def _interventions_section(interventions: dict) -> dict:
         figs["A caching plan on held-out clips: speed-up against drift from the unmodified video, the plan at each "
              "budget beside MagCache-, TeaCache-style and middle-span skipping at its share of skipped blocks, the "
              "Pareto front dashed"] = png_data_uri(figures.speed_quality_figure(interventions["table"]))
+    heads = _head_validation(interventions["table"]) if info.get("head_plan") else None
     if "ground_truth" in interventions["videos"]:  # a latent model's validation keeps no frames to show
         figs |= {
                 f"Clip 0's generated frames under {', '.join(shown) or 'no intervention'}": png_data_uri(
@@ -343,12 +344,30 @@ def _interventions_section(interventions: dict) -> dict:
              "finetuned": "finetuned: the compute-matched fine-tune without the mask (the control of diagonal-tuned)",
              "plan": "plan: the caching plan's per-block skips at each budget",
              "magcache": "magcache / teacache: whole-model skipping at the same shares of skipped blocks",
+             "heads": "heads: the head plan at each budget, each attention head's KV cache keeping only its rule's "
+                      "sinks and recent frames",
              "redraw": "redraw: the unmodified model from a second noise draw (the noise floor)"}
     present = set(summary.intervention) | ({"diagonal"} if "diagonal-tuned" in set(summary.intervention) else set())
     kinds = [text for kind, text in words.items() if kind in present]
     return {"info": info, "name": interventions.get("name", ""), "claims": claims, "table": table, "figures": figs,
             "kinds": kinds,
-            "reliance": _reliance(interventions), "plan": plan_table, "rollout": rollout}
+            "reliance": _reliance(interventions), "plan": plan_table, "rollout": rollout, "heads": heads}
+
+
+def _head_validation(table) -> dict:
+    """A head plan's validation (`analyses.head_plan.head_validation_table`) as a plain table."""
+    from analyses.head_plan import head_validation_table
+
+    def cell(r, name: str, digits: int) -> str:
+        mean, low, high = (getattr(r, f) for f in (name, f"{name}_low", f"{name}_high"))
+        return "" if mean != mean else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    rows = [[r.setting, cell(r, "bytes", 3), cell(r, "speed", 3), cell(r, "drift", 1), cell(r, "first", 1),
+             cell(r, "last", 1), cell(r, "ssim_loss", 3), str(r.clips)]
+            for r in head_validation_table(table).itertuples()]
+    return {"columns": ["setting", "KV cache bytes / unmodified [95%]", "speed-up [95%]",
+                        "drift PSNR, rollout, dB [95%]", "first frame", "last frame", "SSIM loss vs truth [95%]",
+                        "clips"], "rows": rows}
 
 
 def _rollout(table) -> dict:

@@ -301,7 +301,7 @@ def _interventions_section(interventions: dict) -> dict:
     depth = int(info.get("depth", 30))
     claims = [claim(interventions["table"], depth) for claim in INTERVENTION_CLAIMS]
     measured = [c for c in claims if c.verdict != "not measured"]
-    claims = measured if info.get("plan") else measured or claims  # what this directory measured (a plan: no claim)
+    claims = measured if info.get("plan") or info.get("head_plan") else measured or claims  # a plan: no claim
     table = _records(summary, SUMMARY_COLUMNS)
     first, last = paper_layers(depth)["span"]
     wanted = [f"{kind}{layer}" for kind in ("reuse", "knockout") for layer in paper_layers(depth)["middle"] +

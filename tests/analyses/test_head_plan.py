@@ -173,14 +173,14 @@ def test_the_head_validation_table_by_hand_on_a_constructed_validation():
                          "ssim": 0.8})
             rows.append({**base, "intervention": "heads", "layer": 0, "cache_bytes": 500.0 + 100 * (clip - 8),
                          "seconds_per_frame": 1.0 + 0.1 * draw, "drift_psnr": 30.0 + clip + draw,
-                         "drift_psnr_frames": [70.0, 30.0, 20.0 + clip], "ssim": 0.78})
+                         "drift_psnr_frames": [70.0, 30.0 + clip + draw, 20.0 + clip], "ssim": 0.78})
     table = head_validation_table(pd.DataFrame(rows))
     row = table[table.setting == "heads0"].iloc[0]
     per_clip_bytes = [0.5, 0.6, 0.7]
     half = stats.t.ppf(0.975, 2) * stats.sem(per_clip_bytes)
     assert row.bytes == pytest.approx(0.6) and row.bytes_high == pytest.approx(0.6 + half)
     assert row.speed == pytest.approx((2.0 + 2.0 / 1.1) / 2)  # a clip's two draws averaged, then over clips
-    assert row.drift == pytest.approx(39.5) and row.first == pytest.approx(60.0)  # capped at DRIFT_CAP
+    assert row.drift == pytest.approx((60 + 39.5 + 29) / 3) and row.first == pytest.approx(60.0)  # each frame capped
     assert row["last"] == pytest.approx(29.0) and row.ssim_loss == pytest.approx(0.02) and row.clips == 3
     rendered = _head_validation(pd.DataFrame(rows))
     assert rendered["rows"][0][:2] == ["heads0", f"0.600 [{0.6 - half:.3f}, {0.6 + half:.3f}]"]

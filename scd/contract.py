@@ -276,8 +276,9 @@ class VideoDiffuser:
         raise NotImplementedError(f"{type(self).__name__} must give its config")
 
     def new_cache(self, policy: CachePolicy | None = None):
-        """An empty KV cache for streaming generation, keeping the frames `policy` says (default: all); None: the
-        model recomputes the whole sequence each pass (and takes no rolling window)."""
+        """An empty KV cache for streaming generation, keeping the frames `policy` says (default: all), whose
+        `nbytes()` counts the bytes it holds; None: the model recomputes the whole sequence each pass (and takes no
+        rolling window)."""
         return None
 
     def decoder_parameters(self) -> list | None:

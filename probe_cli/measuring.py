@@ -159,18 +159,23 @@ def _read_plan(path: str) -> dict:
     return content
 
 
-def _budgets(text: str | None, content: dict) -> list[float]:
-    if text is None:
-        return [float(content["blocks"]["budget"])]
+def _numbers(text: str, flag: str, high: float, most: int, what: str) -> list[float]:
+    """Comma-separated distinct numbers in 0..high (at most `most`), refused in one line naming `flag` and `what`."""
     from probe_cli.checks import number
 
     try:
-        values = [number(part, 0, 1e6) for part in text.split(",")]
+        values = [number(part, 0, high) for part in text.split(",")]
     except UsageError:
-        raise UsageError(f"--budget {text!r} is not accepted; accepted: comma-separated numbers >= 0") from None
-    if len(values) > 32 or len(set(values)) != len(values):
-        raise UsageError(f"--budget {text!r} is not accepted; accepted: at most 32 distinct numbers >= 0")
+        raise UsageError(f"{flag} {text!r} is not accepted; accepted: comma-separated {what}") from None
+    if len(values) > most or len(set(values)) != len(values):
+        raise UsageError(f"{flag} {text!r} is not accepted; accepted: at most {most} distinct {what}")
     return values
+
+
+def _budgets(text: str | None, content: dict) -> list[float]:
+    if text is None:
+        return [float(content["blocks"]["budget"])]
+    return _numbers(text, "--budget", 1e6, 32, "numbers >= 0")
 
 
 def _plan_settings(args: argparse.Namespace, content: dict, model) -> tuple[list[tuple], dict, dict]:
@@ -472,21 +477,9 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _head_budgets(text: str) -> list[float]:
-    from probe_cli.checks import number
-
-    try:
-        values = [number(part, 0, 1) for part in text.split(",")]
-    except UsageError:
-        raise UsageError(f"--heads {text!r} is not accepted; accepted: comma-separated attention masses in 0..1") from None
-    if len(values) > 16 or len(set(values)) != len(values):
-        raise UsageError(f"--heads {text!r} is not accepted; accepted: at most 16 distinct masses in 0..1")
-    return values
-
-
 def _head_plan(args: argparse.Namespace) -> None:
     """`probe plan --heads`: a head plan (analyses.head_plan) from runs with attention recorded."""
-    budgets = _head_budgets(args.heads)
+    budgets = _numbers(args.heads, "--heads", 1, 16, "attention masses in 0..1")
     for flag, value, default in (("--export", args.export, None), ("--budget", args.budget, 0.1)):
         if value != default:
             raise UsageError(f"{flag} is not used by a head plan; accepted: --heads BUDGETS without {flag}")

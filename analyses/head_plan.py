@@ -63,9 +63,12 @@ def lost_mass(item: Recording, layer: int, sinks: list[int], recent: list[int]) 
 
 def _dropped_any(item: Recording, s: int, r: int) -> bool:
     """Whether the rule (s, r) drops any frame a probed frame of `item` could see."""
+    from scd.models.blocks import HeadKeep
+
+    rule = HeadKeep(s, r)
     for frame in item.frames:
         visible, start = _visible(item, frame)
-        if any(not (f < s or f >= start - r) for f in visible):
+        if any(not rule.keeps(f, start) for f in visible):
             return True
     return False
 
@@ -175,9 +178,9 @@ def kept_share(content: dict, index: int, written: int, policy=None) -> float:
     """The share of the unpruned cache's (block, head, frame) entries the plan at `index` keeps once `written`
     frames are finished, under `policy` (a `scd.contract.CachePolicy`; None: the calibration's)."""
     held = (policy or calibration_policy(content)).kept(written)
-    keep = content["plans"][index]["keep"]
-    total = sum(len(heads) for heads in keep) * len(held)
-    kept = sum(1 for heads in keep for s, r in heads for f in held if r is None or f < s or f >= written - r)
+    rules = [rule for heads in keep_rules(content, index).values() for rule in heads]
+    total = len(rules) * len(held)
+    kept = sum(rule.keeps(f, written) for rule in rules for f in held)
     return kept / total if total else 1.0
 
 

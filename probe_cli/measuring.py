@@ -178,32 +178,38 @@ def _budgets(text: str | None, content: dict) -> list[float]:
     return _numbers(text, "--budget", 1e6, 32, "numbers >= 0")
 
 
-def _plan_settings(args: argparse.Namespace, content: dict, model) -> tuple[list[tuple], dict, dict]:
-    """The plan's validation settings (analyses.plan.validation_settings) and the middle-span skip at the same share
-    of skipped block calls; refused where the plan is not of this model and steps, or its calibration clips overlap
-    the validation clips."""
-    from analyses.plan import PlanError, validation_settings
-
-    for flag, value, default in (("--reuse", args.reuse, "default"), ("--knockout", args.knockout, "default"),
+def _refuse_with_plan(args: argparse.Namespace, content: dict, model, steps: int, also: list[tuple],
+                      why: str) -> None:
+    """What every plan validation refuses: a surgery flag (and `also`: (flag, value, default)), a plan of another
+    model, other steps than calibrated (`steps`; 0: not recorded), and validation clips the plan was calibrated on."""
+    for flag, value, default in [("--reuse", args.reuse, "default"), ("--knockout", args.knockout, "default"),
                                  ("--skip", args.skip, "default"), ("--diagonal", args.diagonal, "default"),
                                  ("--knockout-layer", args.knockout_layer, "none"), ("--tuned", args.tuned, None),
-                                 ("--refresh", args.refresh, None)):
+                                 ("--refresh", args.refresh, None), *also]:
         if value != default:
-            raise UsageError(f"{flag} is not run with --plan (its baselines are the model-level skips and the middle-span "
-                             f"skip at the plan's speed-up); accepted: --plan alone, or {flag} without --plan")
+            raise UsageError(f"{flag} is not run with --plan {why}; accepted: --plan alone, or {flag} without --plan")
     sha = (model.checkpoint or {}).get("sha256")
     if (content.get("checkpoint") or {}).get("sha256") != sha:
         raise UsageError(f"--plan was calibrated on {content.get('model')!r} (sha256 "
                          f"{str((content.get('checkpoint') or {}).get('sha256'))[:12]}), not --model {args.model} "
                          f"(sha256 {str(sha)[:12]}); accepted: a plan of this model")
-    steps = len(content["magcache"]["mag_ratios"])
-    if steps != args.steps:
+    if steps and steps != args.steps:
         raise UsageError(f"--plan was calibrated at {steps} steps; --steps {args.steps}; accepted: --steps {steps}")
     calibrated = {item.get("clip") for item in content["calibration"]["items"]}
     validated = set(range(args.first_clip, args.first_clip + args.clips))
     if calibrated & validated:
         raise UsageError(f"val clip {min(calibrated & validated)} is in the plan's calibration set; accepted: held-out "
                          f"clips, e.g. --first-clip {max(c for c in calibrated if c is not None) + 1}")
+
+
+def _plan_settings(args: argparse.Namespace, content: dict, model) -> tuple[list[tuple], dict, dict]:
+    """The plan's validation settings (analyses.plan.validation_settings) and the middle-span skip at the same share
+    of skipped block calls; refused where the plan is not of this model and steps, or its calibration clips overlap
+    the validation clips."""
+    from analyses.plan import PlanError, validation_settings
+
+    _refuse_with_plan(args, content, model, len(content["magcache"]["mag_ratios"]), [],
+                      "(its baselines are the model-level skips and the middle-span skip at the plan's speed-up)")
     try:
         settings, schedules, described = validation_settings(content, _budgets(args.budget, content), model.depth)
     except PlanError as e:
@@ -305,27 +311,11 @@ def _validate_head_plan(args: argparse.Namespace, content: dict, model, out: Pat
     from analyses.interventions import intervention_table, write_interventions
     from probes.surgery import InterventionError
 
-    for flag, value, default in (("--reuse", args.reuse, "default"), ("--knockout", args.knockout, "default"),
-                                 ("--skip", args.skip, "default"), ("--diagonal", args.diagonal, "default"),
-                                 ("--knockout-layer", args.knockout_layer, "none"), ("--tuned", args.tuned, None),
-                                 ("--refresh", args.refresh, None), ("--budget", args.budget, None)):
-        if value != default:
-            raise UsageError(f"{flag} is not run with a head plan (every budget of the plan is validated); accepted: "
-                             f"--plan HEADS.json alone, or {flag} without it")
-    sha = (model.checkpoint or {}).get("sha256")
-    if (content.get("checkpoint") or {}).get("sha256") != sha:
-        raise UsageError(f"--plan was calibrated on {content.get('model')!r}, not --model {args.model}; accepted: a "
-                         "plan of this model")
+    calibration = content["calibration"]
+    _refuse_with_plan(args, content, model, len(calibration.get("steps") or []), [("--budget", args.budget, None)],
+                      "HEADS.json (every budget of a head plan is validated)")
     if "decoder" in model.layout.roles:
         raise UsageError(f"--plan runs on the causal baseline's KV cache; --model {args.model} is an SCD model")
-    calibration = content["calibration"]
-    steps = len(calibration.get("steps") or [])
-    if steps and steps != args.steps:
-        raise UsageError(f"--plan was calibrated at {steps} steps; --steps {args.steps}; accepted: --steps {steps}")
-    calibrated = {item.get("clip") for item in calibration["items"]}
-    if calibrated & set(range(args.first_clip, args.first_clip + args.clips)):
-        raise UsageError(f"val clip {min(calibrated & set(range(args.first_clip, args.first_clip + args.clips)))} is in "
-                         f"the plan's calibration set; accepted: held-out clips, e.g. --first-clip {max(calibrated) + 1}")
     layers = content["heads"]["layers"]
     if max(layers) >= model.depth or content["heads"]["heads"] != model.config.heads:
         raise UsageError(f"--plan has {content['heads']['heads']} heads in blocks up to {max(layers)}; --model "

@@ -171,8 +171,7 @@ class HeadPrunedCache(KVCache):
             order: dict[HeadKeep, list[int]] = {}
             for head, rule in enumerate(keep):
                 order.setdefault(rule, []).append(head)
-            self.grouped[i] = [[heads, None, None, []] for heads in order.values()]
-            self.grouped[i] = [g + [rule] for g, rule in zip(self.grouped[i], order, strict=True)]
+            self.grouped[i] = [[heads, None, None, [], rule] for rule, heads in order.items()]
 
     def layer(self, i: int, frames: int | None = None):
         """As `KVCache.layer`; for a pruned block, a `HeadGroups` of what each group of heads may see."""
@@ -185,7 +184,7 @@ class HeadPrunedCache(KVCache):
         for heads, k, v, cached, _ in self.grouped[i]:
             slots = list(range(len(cached))) if visible is None else [s for s, f in enumerate(cached) if f in visible]
             if len(slots) < len(cached):
-                index = _token_index(slots, k.shape[1] // len(cached), k.device) if cached else None
+                index = _token_index(slots, k.shape[1] // len(cached), k.device)
                 k, v = k.index_select(1, index), v.index_select(1, index)
             groups.append((heads, k, v))
         return HeadGroups(groups)
